@@ -1,0 +1,24 @@
+# One image for every Floodwatch process; docker-compose.yml picks the command
+# (python -m ingest | api | simulators).
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+# The registry's built-in default is resolved next to the package's source directory, which a
+# regular install moves into site-packages; name the shipped file outright instead.
+ENV FLOODWATCH_REGISTRY=/app/sensors.geojson
+
+WORKDIR /app
+COPY pyproject.toml constraints.txt README.md sensors.geojson ./
+COPY floodwatch/ floodwatch/
+COPY ingest/ ingest/
+COPY api/ api/
+COPY simulators/ simulators/
+COPY config/ config/
+RUN pip install --no-cache-dir -c constraints.txt . \
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin floodwatch
+
+USER floodwatch
+EXPOSE 8000
+CMD ["python", "-m", "api", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,66 @@
+"""`python -m api`: serve Floodwatch's HTTP API with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+
+from api.app import create_app
+from floodwatch.errors import FloodwatchError, SettingsError
+from floodwatch.settings import COMMON_OPTIONS, add_options, option, settings_from_args
+
+API_OPTIONS = (
+    option("--host", "127.0.0.1", "address to listen on (0.0.0.0 for every interface)"),
+    option("--port", "8000", "TCP port to listen on, 1 to 65535"),
+)
+
+DESCRIPTION = """\
+Serve Floodwatch's HTTP API (OpenAPI at /docs): sensor readings and alerts from InfluxDB,
+plus /healthz (the process is alive) and /readyz (the MQTT broker and InfluxDB are
+reachable; 503 with the problems listed when not).
+
+Every option can also be set with the FLOODWATCH_* variable named in its help.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m api",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_options(parser, COMMON_OPTIONS + API_OPTIONS)
+    return parser
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise SettingsError(
+            f"--port {value!r} must be a whole number from 1 to 65535; "
+            "fix --port or FLOODWATCH_PORT."
+        )
+    return port
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+        port = _port(str(args.port))
+        app = create_app(settings)
+    except FloodwatchError as exc:
+        print(f"api: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=str(args.host), port=port, log_level=settings.log_level.lower())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

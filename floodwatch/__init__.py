@@ -1,0 +1,1 @@
+"""Floodwatch's shared core: the contract in code (registry, topics, settings, errors)."""

@@ -1,0 +1,176 @@
+"""Start a real Mosquitto and InfluxDB 1.x on free loopback ports, for tests, benchmarks and the
+local stack, each with its own data directory, and stop them afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from floodwatch.errors import FloodwatchError
+
+MOSQUITTO_CONF = Path(__file__).resolve().parent.parent / "config" / "mosquitto.conf"
+
+
+class ServiceError(FloodwatchError):
+    """A local broker or database could not be started."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServiceError(f"{what} exited at start; its log {log} says:\n{log.read_text()}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise ServiceError(f"{what} did not open port {port} within 30 s; see {log}")
+
+
+def mosquitto_config(port: int, data_dir: Path, source: Path = MOSQUITTO_CONF) -> str:
+    """The shipped configuration with only the listener port and data directory replaced."""
+    lines = []
+    for line in source.read_text().splitlines():
+        if line.startswith("listener "):
+            line = f"listener {port} 127.0.0.1"
+        elif line.startswith("persistence_location "):
+            line = f"persistence_location {data_dir}/"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Service:
+    name: str
+    port: int
+    workdir: Path
+    argv: list[str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            self.argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir,
+            start_new_session=True,
+        )
+        out.close()
+        _wait_for_port(self.port, self.proc, self.name, self.log)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+
+def _require(binary: str, package: str) -> str:
+    path = shutil.which(binary) or (f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists() else None)
+    if path is None:
+        raise ServiceError(
+            f"{binary} is not installed; run `apt-get install {package}` (the README's test "
+            "and stack commands do this for you)."
+        )
+    return path
+
+
+def mosquitto_service(workdir: Path, port: int | None = None) -> Service:
+    port = port or free_port()
+    data = workdir / "mosquitto-data"
+    data.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(mosquitto_config(port, data))
+    return Service(
+        "mosquitto", port, workdir, [_require("mosquitto", "mosquitto"), "-c", str(conf)],
+        workdir / "mosquitto.log",
+    )
+
+
+def influxd_service(workdir: Path, port: int | None = None) -> Service:
+    port = port or free_port()
+    rpc_port = free_port()
+    data = workdir / "influxdb"
+    conf = workdir / "influxdb.conf"
+    conf.write_text(
+        f"""reporting-disabled = true
+bind-address = "127.0.0.1:{rpc_port}"
+[meta]
+  dir = "{data}/meta"
+[data]
+  dir = "{data}/data"
+  wal-dir = "{data}/wal"
+  query-log-enabled = false
+[monitor]
+  store-enabled = false
+[http]
+  bind-address = "127.0.0.1:{port}"
+  log-enabled = false
+  max-body-size = 0
+[continuous_queries]
+  enabled = false
+"""
+    )
+    return Service(
+        "influxd", port, workdir, [_require("influxd", "influxdb"), "-config", str(conf)],
+        workdir / "influxd.log",
+    )
+
+
+def wait_influx_ready(port: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=1).status_code == 204:
+                return
+        time.sleep(0.05)
+    raise ServiceError(f"influxd on port {port} did not answer /ping within {timeout_s:g} s")
+
+
+@contextlib.contextmanager
+def running(*services: Service) -> Iterator[tuple[Service, ...]]:
+    """Start services in order and stop them in reverse, whatever happens in between."""
+    started: list[Service] = []
+    try:
+        for svc in services:
+            svc.start()
+            started.append(svc)
+            if svc.name == "influxd":
+                wait_influx_ready(svc.port)
+        yield services
+    finally:
+        for svc in reversed(started):
+            svc.stop()
+
+
+def env_with(**overrides: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(overrides)
+    return env

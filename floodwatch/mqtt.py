@@ -1,0 +1,262 @@
+"""The only module that touches paho-mqtt: connect, subscribe, publish and acknowledge.
+
+The rest of Floodwatch sees `Delivery` values and plain methods, never paho's callbacks or
+threads. Every client speaks MQTT v5.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from floodwatch.errors import BrokerError
+from floodwatch.settings import MqttEndpoint
+
+log = logging.getLogger(__name__)
+
+MAX_PENDING = 30_000
+_PUBACK = 0x40
+_PUBACK_WORD = (_PUBACK << 24) | (2 << 16)
+
+
+class Delivery(NamedTuple):
+    """One message as the broker delivered it, with what is needed to acknowledge it later.
+
+    A NamedTuple rather than a frozen dataclass: one is built per message on the network
+    thread, and a tuple is the cheapest immutable value to build.
+    """
+
+    topic: str
+    payload: bytes
+    retained: bool
+    received_at_ns: int
+    mid: int
+    qos: int
+    # Which connection delivered it: a message id is only meaningful on its own connection.
+    connection: int
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+class MqttConnection:
+    """A connected MQTT v5 client with a network thread, reconnecting by itself.
+
+    With `session_expiry_s` set the session is persistent (clean start off): the broker keeps
+    subscriptions and queues QoS 1 messages while the client is away. With `manual_ack` a
+    QoS 1 message is acknowledged only when `ack()` is called, so an unacknowledged message
+    is redelivered after a crash or a reconnect.
+    """
+
+    def __init__(
+        self,
+        endpoint: MqttEndpoint,
+        client_id: str = "",
+        *,
+        subscriptions: Sequence[tuple[str, int]] = (),
+        on_delivery: Callable[[Delivery], None] | None = None,
+        session_expiry_s: int | None = None,
+        manual_ack: bool = False,
+        will: Will | None = None,
+        max_inflight: int = 1000,
+    ) -> None:
+        self.endpoint = endpoint
+        self._subscriptions = list(subscriptions)
+        self._on_delivery = on_delivery
+        self._session_expiry_s = session_expiry_s
+        self._connected = threading.Event()
+        # Held while acknowledging and while a connection is marked lost, so no
+        # acknowledgement of an old connection's message id is sent on a new connection.
+        self._ack_lock = threading.Lock()
+        self._connection = 0
+        self._last_error = "no answer yet"
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5,
+            manual_ack=manual_ack,
+        )
+        if endpoint.username is not None:
+            client.username_pw_set(endpoint.username, endpoint.password)
+        if endpoint.tls:
+            client.tls_set()
+        if will is not None:
+            client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        # Outgoing QoS 1 messages in flight at once; paho's default of 20 caps publishers at a
+        # few thousand messages per second on loopback.
+        client.max_inflight_messages_set(max_inflight)
+        client.max_queued_messages_set(0)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        if on_delivery is not None:
+            client.on_message = self._handle_message
+        self._client = client
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Connect and start the network thread; raise BrokerError if not connected in time."""
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        if self._session_expiry_s is not None:
+            props.SessionExpiryInterval = self._session_expiry_s
+        clean_start = self._session_expiry_s is None
+        try:
+            self._client.connect_async(
+                self.endpoint.host,
+                self.endpoint.port,
+                keepalive=30,
+                clean_start=clean_start,
+                properties=props,
+            )
+        except (OSError, ValueError) as exc:
+            raise BrokerError(f"cannot connect to MQTT broker {self.endpoint}: {exc}") from exc
+        self._client.loop_start()
+        if not self._connected.wait(timeout_s):
+            self._client.loop_stop()
+            raise BrokerError(
+                f"MQTT broker {self.endpoint} did not accept a connection within {timeout_s:g} s "
+                f"({self._last_error}); check that it runs and that --mqtt-url is right."
+            )
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected.clear()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        return self._connected.wait(timeout_s)
+
+    # -- messages --------------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> int:
+        """Queue a message; return its message id (paho sends it from its own thread).
+
+        Blocks while MAX_PENDING messages await the broker's acknowledgement: message ids
+        are 16-bit, so paho refuses a new one once 65535 are outstanding.
+        """
+        if qos and len(self._client._out_messages) >= MAX_PENDING:
+            while len(self._client._out_messages) >= MAX_PENDING // 2:
+                time.sleep(0.001)
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise BrokerError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
+        return info.mid
+
+    def publish_and_wait(
+        self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False,
+        timeout_s: float = 10.0,
+    ) -> bool:
+        """Publish and wait until the broker acknowledged it (QoS 1) or it was written (QoS 0)."""
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        deadline = time.monotonic() + timeout_s
+        while not info.is_published():
+            if time.monotonic() > deadline:
+                return False
+            info.wait_for_publish(0.1)
+        return True
+
+    def pending_publishes(self) -> int:
+        """Outgoing messages the broker has not yet acknowledged."""
+        return len(self._client._out_messages)
+
+    def ack(self, delivery: Delivery) -> bool:
+        """Acknowledge one QoS 1 delivery; False if its connection is gone (it is redelivered)."""
+        return self.ack_many([delivery]) == 1
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> int:
+        """Acknowledge QoS 1 deliveries in order, in one write; return how many were sent.
+
+        Deliveries of an earlier connection are skipped: the broker redelivers them, and
+        their message ids may now name other messages. Paho would queue one packet and wake
+        its network thread once per acknowledgement; here all PUBACKs of a batch (4 bytes
+        each: type, length 2, message id) go out as one buffer.
+        """
+        with self._ack_lock:
+            if not self._connected.is_set():
+                return 0
+            current = self._connection
+            mids = [d.mid for d in deliveries if d.qos == 1 and d.connection == current]
+            if mids:
+                packed = struct.pack(f"!{len(mids)}I", *[_PUBACK_WORD | mid for mid in mids])
+                self._client._packet_queue(_PUBACK, packed, mids[-1], 1)
+            return len(mids) + sum(
+                1 for d in deliveries if d.qos == 0 and d.connection == current
+            )
+
+    # -- paho callbacks (network thread) ----------------------------------------------------
+
+    def _handle_connect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            self._last_error = f"broker refused: {reason}"
+            log.warning("MQTT connection to %s refused: %s", self.endpoint, reason)
+            return
+        self._connection += 1
+        if self._subscriptions:
+            client.subscribe(self._subscriptions)
+        log.info(
+            "connected to MQTT broker %s (session present: %s)",
+            self.endpoint,
+            flags.session_present,
+        )
+        self._connected.set()
+
+    def _handle_disconnect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        with self._ack_lock:
+            self._connected.clear()
+        self._last_error = f"disconnected: {reason}"
+        if reason.value != 0:
+            log.warning("MQTT connection to %s lost (%s); reconnecting", self.endpoint, reason)
+
+    def _handle_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        # Runs once per message on paho's thread: keep it to building one value.
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            topic = msg._topic.decode("utf-8", "replace")
+        assert self._on_delivery is not None
+        self._on_delivery(
+            Delivery(
+                topic,
+                bytes(msg.payload),
+                bool(msg.retain),
+                time.time_ns(),
+                msg.mid,
+                msg.qos,
+                self._connection,
+            )
+        )

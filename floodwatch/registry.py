@@ -1,0 +1,300 @@
+"""The sensor registry (CONTRACT section 1): which sensors exist, where, and how they are judged."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import orjson
+
+from floodwatch.errors import RegistryError
+
+SensorKind = Literal["street", "tide"]
+# What a sensor publishes (CONTRACT section 2): a depth, or a raw distance to the water surface.
+SensorSends = Literal["level_cm", "distance_mm"]
+
+# CONTRACT section 3: HCMC flood point from 10 cm, red light at 20, impassable 30, closure 50.
+STREET_THRESHOLDS_CM: tuple[float, ...] = (10.0, 20.0, 30.0, 50.0)
+# Phu An gauge alarm levels I, II, III (river stage, cm).
+TIDE_THRESHOLDS_CM: tuple[float, ...] = (140.0, 150.0, 160.0)
+
+SHIPPED_REGISTRY = Path(__file__).resolve().parent.parent / "sensors.geojson"
+
+
+@dataclass(frozen=True, slots=True)
+class Sensor:
+    id: str
+    name: str
+    street: str
+    ward: str
+    kind: SensorKind
+    lon: float
+    lat: float
+    thresholds_cm: tuple[float, ...]
+    interval_s: float = 60.0
+    # Height of a downward-looking distance sensor above the dry road; None for depth sensors.
+    mount_height_mm: float | None = None
+    sends: SensorSends = "level_cm"
+
+
+@dataclass(frozen=True, slots=True)
+class Street:
+    name: str
+    ward: str
+    # GeoJSON order: (longitude, latitude) pairs.
+    coordinates: tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Registry:
+    sensors: Mapping[str, Sensor]
+    streets: tuple[Street, ...]
+    source: str = ""
+
+    def get(self, sensor_id: str) -> Sensor | None:
+        return self.sensors.get(sensor_id)
+
+
+# A plausible box around Ho Chi Minh City; anything outside is a typo or a lat/lon swap.
+LON_BOUNDS: tuple[float, float] = (106.3, 107.1)
+LAT_BOUNDS: tuple[float, float] = (10.3, 11.2)
+
+_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_MAX_MOUNT_HEIGHT_MM = 10_000.0
+_MAX_INTERVAL_S = 86_400.0
+
+
+def load_registry(path: Path | str) -> Registry:
+    """Read and validate a registry file; raise RegistryError naming the feature and the fix."""
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise RegistryError(
+            f"{source}: cannot read the registry file ({exc.strerror or exc}); "
+            "check the path and its permissions."
+        ) from exc
+    try:
+        doc: object = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RegistryError(
+            f"{source}: not valid JSON ({exc}); fix the syntax or re-export it from your GIS tool."
+        ) from exc
+    if not isinstance(doc, dict) or doc.get("type") != "FeatureCollection":
+        raise RegistryError(
+            f'{source}: the top level must be a GeoJSON object with "type": "FeatureCollection"; '
+            "save the registry as a FeatureCollection."
+        )
+    features = doc.get("features")
+    if not isinstance(features, list):
+        raise RegistryError(
+            f'{source}: the FeatureCollection has no "features" list; '
+            "add one Feature per sensor and street."
+        )
+
+    sensors: dict[str, Sensor] = {}
+    first_seen: dict[str, int] = {}
+    streets: list[Street] = []
+    for index, feature in enumerate(features):
+        where = f"{source}: features[{index}]"
+        if not isinstance(feature, dict) or feature.get("type") != "Feature":
+            raise RegistryError(
+                f'{where} is not a GeoJSON object with "type": "Feature"; '
+                "make every entry of the list a Feature."
+            )
+        geometry = feature.get("geometry")
+        properties = feature.get("properties")
+        if not isinstance(properties, dict):
+            raise RegistryError(
+                f'{where} has no "properties" object; give it at least its name and ward.'
+            )
+        geometry_type = geometry.get("type") if isinstance(geometry, dict) else None
+        coordinates = geometry.get("coordinates") if isinstance(geometry, dict) else None
+        if geometry_type == "Point":
+            sensor = _sensor(where, properties, coordinates)
+            if sensor.id in sensors:
+                raise RegistryError(
+                    f"{where} (id {sensor.id!r}): the id is already used by "
+                    f"features[{first_seen[sensor.id]}]; give every sensor a unique id."
+                )
+            sensors[sensor.id] = sensor
+            first_seen[sensor.id] = index
+        elif geometry_type == "LineString":
+            streets.append(_street(where, properties, coordinates))
+        else:
+            raise RegistryError(
+                f"{where}: geometry type {_show(geometry_type)} is not supported; "
+                "use a Point for a sensor or a LineString for a street."
+            )
+    if not sensors:
+        raise RegistryError(
+            f"{source}: the registry has no sensors; add at least one Feature with Point geometry."
+        )
+    return Registry(sensors=sensors, streets=tuple(streets), source=source)
+
+
+def _sensor(where: str, props: dict[str, object], coordinates: object) -> Sensor:
+    sensor_id = props.get("id")
+    if not isinstance(sensor_id, str) or _ID.fullmatch(sensor_id) is None:
+        raise RegistryError(
+            f"{where}: sensor id {_show(sensor_id)} is invalid; use 1-64 characters of "
+            "lowercase letters, digits, '_' or '-', starting with a letter or digit."
+        )
+    where = f"{where} (id {sensor_id!r})"
+    name = _text(where, props, "name")
+    street = _text(where, props, "street")
+    ward = _text(where, props, "ward")
+
+    kind = props.get("kind")
+    if kind not in ("street", "tide"):
+        raise RegistryError(
+            f'{where}: kind {_show(kind)} is invalid; use "street" for depth on a road '
+            'or "tide" for a river gauge.'
+        )
+    lon, lat = _position(where, coordinates)
+
+    sends = props.get("sends")
+    if sends is None:
+        sends = "level_cm"
+    if sends not in ("level_cm", "distance_mm"):
+        raise RegistryError(
+            f'{where}: sends {_show(sends)} is invalid; use "level_cm" or "distance_mm".'
+        )
+
+    mount_height_mm = _optional_number(
+        where, props, "mount_height_mm", upper=_MAX_MOUNT_HEIGHT_MM, unit="mm"
+    )
+    if sends == "distance_mm" and mount_height_mm is None:
+        raise RegistryError(
+            f'{where}: the sensor sends "distance_mm" but has no mount_height_mm; '
+            "add the sensor's height above the dry road surface in mm."
+        )
+    # Depth = mount height - distance only means something above a road, not for a river stage.
+    if sends == "distance_mm" and kind == "tide":
+        raise RegistryError(
+            f'{where}: a tide gauge must send "level_cm" (river stage); '
+            'remove "sends": "distance_mm" or make it a street sensor.'
+        )
+
+    interval_s = _optional_number(where, props, "interval_s", upper=_MAX_INTERVAL_S, unit="s")
+    default = STREET_THRESHOLDS_CM if kind == "street" else TIDE_THRESHOLDS_CM
+    return Sensor(
+        id=sensor_id,
+        name=name,
+        street=street,
+        ward=ward,
+        kind="street" if kind == "street" else "tide",
+        lon=lon,
+        lat=lat,
+        thresholds_cm=_thresholds(where, props.get("thresholds_cm"), default),
+        interval_s=60.0 if interval_s is None else interval_s,
+        mount_height_mm=mount_height_mm,
+        sends="distance_mm" if sends == "distance_mm" else "level_cm",
+    )
+
+
+def _street(where: str, props: dict[str, object], coordinates: object) -> Street:
+    name = _text(where, props, "name")
+    where = f"{where} (street {name!r})"
+    ward = _text(where, props, "ward")
+    if not isinstance(coordinates, list) or len(coordinates) < 2:
+        raise RegistryError(
+            f"{where}: a street LineString needs at least 2 [longitude, latitude] points; "
+            "draw the street with two or more vertices."
+        )
+    points = tuple(_position(f"{where} point {i}", point) for i, point in enumerate(coordinates))
+    return Street(name=name, ward=ward, coordinates=points)
+
+
+def _text(where: str, props: dict[str, object], key: str) -> str:
+    value = props.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise RegistryError(
+            f"{where}: {key} is missing or empty (got {_show(value)}); give it a non-empty text."
+        )
+    return value.strip()
+
+
+def _position(where: str, value: object) -> tuple[float, float]:
+    pair = [_finite(v) for v in value] if isinstance(value, list) and len(value) == 2 else []
+    if len(pair) != 2 or pair[0] is None or pair[1] is None:
+        raise RegistryError(
+            f"{where}: coordinates {_show(value)} are not two finite numbers; "
+            "write them as [longitude, latitude]."
+        )
+    lon, lat = pair[0], pair[1]
+    if _inside(lon, LON_BOUNDS) and _inside(lat, LAT_BOUNDS):
+        return lon, lat
+    if _inside(lon, LAT_BOUNDS) and _inside(lat, LON_BOUNDS):
+        raise RegistryError(
+            f"{where}: coordinates [{lon}, {lat}]: the pair looks like [latitude, longitude]; "
+            "GeoJSON wants [longitude, latitude], so swap them."
+        )
+    raise RegistryError(
+        f"{where}: coordinates [{lon}, {lat}] fall outside Ho Chi Minh City "
+        f"(longitude {LON_BOUNDS[0]}..{LON_BOUNDS[1]}, latitude {LAT_BOUNDS[0]}..{LAT_BOUNDS[1]}); "
+        "fix the position."
+    )
+
+
+def _optional_number(
+    where: str, props: dict[str, object], key: str, *, upper: float, unit: str
+) -> float | None:
+    # GIS tools write an empty attribute as null, so null means "not given".
+    value = props.get(key)
+    if value is None:
+        return None
+    number = _finite(value)
+    if number is None or not 0.0 < number <= upper:
+        raise RegistryError(
+            f"{where}: {key} {_show(value)} is invalid; "
+            f"give a number greater than 0 and at most {upper:g} {unit}."
+        )
+    return number
+
+
+def _thresholds(where: str, value: object, default: tuple[float, ...]) -> tuple[float, ...]:
+    if value is None:
+        return default
+    numbers = [_finite(v) for v in value] if isinstance(value, list) else []
+    ladder = tuple(n for n in numbers if n is not None)
+    if not ladder or len(ladder) != len(numbers):
+        raise RegistryError(
+            f"{where}: thresholds_cm {_show(value)} is not a non-empty list of finite numbers; "
+            "list the alert levels in cm, e.g. [10, 20, 30, 50]."
+        )
+    if any(low >= high for low, high in itertools.pairwise(ladder)):
+        raise RegistryError(
+            f"{where}: thresholds_cm {_show(value)} is not strictly increasing; "
+            "list the alert levels from lowest to highest, each one higher than the last."
+        )
+    return ladder
+
+
+def _finite(value: object) -> float | None:
+    """The value as a float if it is a finite JSON number; None otherwise (bool included)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _inside(value: float, bounds: tuple[float, float]) -> bool:
+    return bounds[0] <= value <= bounds[1]
+
+
+def _show(value: object) -> str:
+    # Show the value as JSON, as the user wrote it, on one line even when it is huge.
+    try:
+        text = orjson.dumps(value).decode()
+    except TypeError:
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

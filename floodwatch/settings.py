@@ -1,0 +1,200 @@
+"""One typed settings object per process, from flags or FLOODWATCH_* variables, checked once at start.
+
+Every shared setting is declared here, once, with its variable, default and help text; each
+process (`python -m ingest|api|simulators`) adds its own options to the same parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from floodwatch.errors import SettingsError
+from floodwatch.registry import SHIPPED_REGISTRY
+
+ENV_PREFIX = "FLOODWATCH_"
+_TOPIC_ROOT = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")
+
+
+@dataclass(frozen=True, slots=True)
+class MqttEndpoint:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+    def __str__(self) -> str:  # never print the password
+        scheme = "mqtts" if self.tls else "mqtt"
+        user = f"{self.username}@" if self.username else ""
+        return f"{scheme}://{user}{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class InfluxEndpoint:
+    base_url: str  # scheme://host:port[/path], without credentials
+    username: str | None = None
+    password: str | None = None
+
+    def __str__(self) -> str:
+        return self.base_url
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    mqtt: MqttEndpoint
+    influx: InfluxEndpoint
+    influx_db: str
+    registry_path: Path
+    topic_root: str
+    log_level: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Option:
+    flag: str
+    default: str
+    help: str
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.flag.removeprefix("--").replace("-", "_").upper()
+
+
+def option(flag: str, default: str, help: str) -> _Option:
+    return _Option(flag, default, help)
+
+
+COMMON_OPTIONS: tuple[_Option, ...] = (
+    option(
+        "--mqtt-url",
+        "mqtt://127.0.0.1:1883",
+        "MQTT broker, mqtt://[user:password@]host[:port] (mqtts:// for TLS)",
+    ),
+    option(
+        "--influx-url",
+        "http://127.0.0.1:8086",
+        "InfluxDB v1 HTTP API, http(s)://[user:password@]host[:port][/path]",
+    ),
+    option("--influx-db", "floodwatch", "InfluxDB database (created at start if missing)"),
+    option(
+        "--registry",
+        str(SHIPPED_REGISTRY),
+        "sensor registry, a GeoJSON FeatureCollection (CONTRACT section 1)",
+    ),
+    option("--topic-root", "floodwatch", "MQTT topic root; topics live under ROOT/v1/"),
+    option("--log-level", "INFO", "logging level: DEBUG, INFO, WARNING or ERROR"),
+)
+
+
+def add_options(
+    parser: argparse.ArgumentParser,
+    options: tuple[_Option, ...],
+    environ: Mapping[str, str] | None = None,
+) -> None:
+    """Add options whose defaults come from FLOODWATCH_* variables, named in each help text."""
+    env = os.environ if environ is None else environ
+    for opt in options:
+        parser.add_argument(
+            opt.flag,
+            default=env.get(opt.env, opt.default),
+            help=f"{opt.help} [env {opt.env}; default {opt.default}]",
+        )
+
+
+def parse_mqtt_url(url: str) -> MqttEndpoint:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise SettingsError(
+            f"MQTT URL {url!r} must start with mqtt:// or mqtts://, "
+            "for example mqtt://127.0.0.1:1883; fix --mqtt-url or FLOODWATCH_MQTT_URL."
+        )
+    tls = parts.scheme in ("mqtts", "ssl")
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError:
+        raise SettingsError(
+            f"MQTT URL {url!r} has an invalid port; use a number from 1 to 65535 "
+            "in --mqtt-url or FLOODWATCH_MQTT_URL."
+        ) from None
+    if not parts.hostname:
+        raise SettingsError(
+            f"MQTT URL {url!r} names no host; write mqtt://HOST:PORT "
+            "in --mqtt-url or FLOODWATCH_MQTT_URL."
+        )
+    return MqttEndpoint(
+        host=parts.hostname,
+        port=port,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        tls=tls,
+    )
+
+
+def parse_influx_url(url: str) -> InfluxEndpoint:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise SettingsError(
+            f"InfluxDB URL {url!r} must start with http:// or https://, "
+            "for example http://127.0.0.1:8086; fix --influx-url or FLOODWATCH_INFLUX_URL."
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise SettingsError(
+            f"InfluxDB URL {url!r} has an invalid port; use a number from 1 to 65535 "
+            "in --influx-url or FLOODWATCH_INFLUX_URL."
+        ) from None
+    if not parts.hostname:
+        raise SettingsError(
+            f"InfluxDB URL {url!r} names no host; write http://HOST:PORT "
+            "in --influx-url or FLOODWATCH_INFLUX_URL."
+        )
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    netloc = f"{host}:{port}" if port else host
+    return InfluxEndpoint(
+        base_url=f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}",
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Check the common options once; raise SettingsError with the fix in one sentence."""
+    db = str(args.influx_db)
+    if not db or "\n" in db or '"' in db:
+        raise SettingsError(
+            f"InfluxDB database name {db!r} is empty or contains a quote or newline; "
+            "pick a plain name in --influx-db or FLOODWATCH_INFLUX_DB."
+        )
+    root = str(args.topic_root)
+    if not _TOPIC_ROOT.fullmatch(root):
+        raise SettingsError(
+            f"topic root {root!r} may hold only letters, digits, '-', '_' and single '/' "
+            "between levels (no wildcards); fix --topic-root or FLOODWATCH_TOPIC_ROOT."
+        )
+    level = str(args.log_level).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise SettingsError(
+            f"log level {args.log_level!r} is not DEBUG, INFO, WARNING or ERROR; "
+            "fix --log-level or FLOODWATCH_LOG_LEVEL."
+        )
+    registry = Path(args.registry)
+    if not registry.is_file():
+        raise SettingsError(
+            f"sensor registry {str(registry)!r} does not exist or is not a file; "
+            "point --registry or FLOODWATCH_REGISTRY at a GeoJSON file."
+        )
+    return Settings(
+        mqtt=parse_mqtt_url(str(args.mqtt_url)),
+        influx=parse_influx_url(str(args.influx_url)),
+        influx_db=db,
+        registry_path=registry,
+        topic_root=root,
+        log_level=level,
+    )

@@ -1,0 +1,58 @@
+"""MQTT topic names of CONTRACT section 2, built and parsed in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+SensorChannel = Literal["reading", "status"]
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """All topics live under `{root}/v1/`."""
+
+    root: str = "floodwatch"
+
+    @property
+    def base(self) -> str:
+        return f"{self.root}/v1"
+
+    def reading(self, sensor_id: str) -> str:
+        return f"{self.base}/sensors/{sensor_id}/reading"
+
+    def status(self, sensor_id: str) -> str:
+        return f"{self.base}/sensors/{sensor_id}/status"
+
+    def alert(self, sensor_id: str) -> str:
+        return f"{self.base}/alerts/{sensor_id}"
+
+    @property
+    def deadletter(self) -> str:
+        return f"{self.base}/deadletter"
+
+    @property
+    def all_readings(self) -> str:
+        return f"{self.base}/sensors/+/reading"
+
+    @property
+    def all_statuses(self) -> str:
+        return f"{self.base}/sensors/+/status"
+
+    def parse_sensor_topic(self, topic: str) -> tuple[str, SensorChannel] | None:
+        """`(sensor_id, channel)` for a `sensors/{id}/reading|status` topic, else None.
+
+        The id is returned as sent, unvalidated: the decoder judges it against the registry.
+        """
+        prefix = self.base + "/sensors/"
+        if not topic.startswith(prefix):
+            return None
+        rest = topic[len(prefix) :]
+        sensor_id, sep, channel = rest.rpartition("/")
+        if not sep or not sensor_id or "/" in sensor_id:
+            return None
+        if channel == "reading":
+            return sensor_id, "reading"
+        if channel == "status":
+            return sensor_id, "status"
+        return None

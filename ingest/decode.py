@@ -1,0 +1,328 @@
+"""Decode and validate what sensors publish (CONTRACT section 2), as pure functions over bytes.
+
+Nothing here does I/O or reads the clock: the receive time is passed in. Nothing here raises
+on bad input either: every message comes back as readings, rejections, or both (an array
+with some bad items keeps its good ones). Each rejection carries a short `code` for counting
+and a `reason` sentence for people.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+import orjson
+
+from floodwatch.registry import Registry, Sensor
+from floodwatch.topics import Topics
+
+MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_ITEMS = 1000
+# Physical ranges. Street depth may read a little below the road from noise; beyond that the
+# sensor is wrong. The Saigon river stage at Phu An stays within a few metres of datum.
+STREET_DEPTH_CM = (-10.0, 300.0)
+TIDE_STAGE_CM = (-500.0, 500.0)
+DISTANCE_MM = (0.0, 20000.0)
+BATTERY_V = (0.0, 15.0)
+RSSI_DBM = (-200, 0)
+SEQ_MAX = 2**63 - 1
+# Readings older than this are certainly a broken clock or a seconds-for-milliseconds mix-up.
+EARLIEST_NS = 946_684_800 * 10**9  # 2000-01-01T00:00:00Z
+# Sensor clocks drift; beyond this a reading from the future is refused, not stored.
+MAX_FUTURE_NS = 5 * 60 * 10**9
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
+
+
+class Reading(NamedTuple):
+    """One validated water-level reading.
+
+    A NamedTuple, not a frozen dataclass: one is built per reading on the hot path, and a
+    frozen dataclass's __init__ costs several times more.
+    """
+
+    sensor_id: str
+    time_ns: int  # epoch nanoseconds, UTC
+    level_cm: float  # depth above the road (street) or river stage (tide)
+    distance_mm: float | None = None  # the raw distance, when the sensor sent one
+    battery_v: float | None = None
+    rssi: int | None = None
+    seq: int | None = None
+    # True when the payload had no `ts` and the receive time stands in for it.
+    time_from_receipt: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """A sensor's `online`/`offline` status (its MQTT will says `offline`)."""
+
+    sensor_id: str
+    online: bool
+    time_ns: int
+    retained: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A message, or one item of an array, that failed validation."""
+
+    topic: str
+    payload: bytes
+    code: str
+    reason: str
+    received_at_ns: int
+
+    def to_json(self) -> bytes:
+        """The `deadletter` topic's payload (CONTRACT section 2)."""
+        try:
+            text, encoding = self.payload.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            text, encoding = base64.b64encode(self.payload).decode("ascii"), "base64"
+        return orjson.dumps(
+            {
+                "topic": self.topic,
+                "payload": text,
+                "payload_encoding": encoding,
+                "reason": self.reason,
+                "code": self.code,
+                "received_at": iso_time(self.received_at_ns),
+            }
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    readings: list[Reading]
+    statuses: list[StatusChange]
+    rejections: list[Rejection]
+
+
+class _Invalid(Exception):
+    """Internal: one field is wrong; carries the code and the sentence."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def iso_time(time_ns: int) -> str:
+    """ISO 8601 with offset and milliseconds, in UTC."""
+    dt = _EPOCH + timedelta(microseconds=time_ns // 1000)
+    return dt.isoformat(timespec="milliseconds")
+
+
+def decode_message(
+    topics: Topics,
+    registry: Registry,
+    topic: str,
+    payload: bytes,
+    received_at_ns: int,
+    retained: bool = False,
+) -> Decoded:
+    """Judge one MQTT message; never raises on any topic or payload."""
+    parsed = topics.parse_sensor_topic(topic)
+    if parsed is None:
+        return _reject(topic, payload, received_at_ns, "bad_topic",
+                       f"topic {topic!r} is not {topics.base}/sensors/{{id}}/reading or /status")
+    sensor_id, channel = parsed
+    sensor = registry.get(sensor_id)
+    if sensor is None:
+        return _reject(
+            topic, payload, received_at_ns, "unknown_sensor",
+            f"unknown sensor {sensor_id[:80]!r}: add it to the registry or fix the topic",
+        )
+    if channel == "status":
+        return _decode_status(sensor, topic, payload, received_at_ns, retained)
+    return decode_readings(sensor, topic, payload, received_at_ns)
+
+
+def decode_readings(sensor: Sensor, topic: str, payload: bytes, received_at_ns: int) -> Decoded:
+    """A reading object or an array of them (a backfill) for a known sensor."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return _reject(
+            topic, payload, received_at_ns, "too_large",
+            f"payload is {len(payload)} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit; "
+            f"send backfills as arrays of at most {MAX_ITEMS} readings",
+        )
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        return _reject(topic, payload, received_at_ns, "bad_json", _json_reason(payload, exc))
+    if isinstance(doc, dict):
+        try:
+            reading = _reading(doc, sensor, received_at_ns)
+        except _Invalid as bad:
+            return _reject(topic, payload, received_at_ns, bad.code, bad.reason)
+        return Decoded([reading], [], [])
+    if isinstance(doc, list):
+        if not doc:
+            return _reject(topic, payload, received_at_ns, "empty_array",
+                           "the array holds no readings")
+        if len(doc) > MAX_ITEMS:
+            return _reject(
+                topic, payload, received_at_ns, "too_many_items",
+                f"the array holds {len(doc)} readings; send at most {MAX_ITEMS} per message",
+            )
+        readings: list[Reading] = []
+        rejections: list[Rejection] = []
+        for index, item in enumerate(doc):
+            try:
+                if not isinstance(item, dict):
+                    raise _Invalid("bad_payload", f"must be a JSON object, got {_kind(item)}")
+                readings.append(_reading(item, sensor, received_at_ns))
+            except _Invalid as bad:
+                rejections.append(
+                    Rejection(topic, orjson.dumps(item), bad.code,
+                              f"item {index} of {len(doc)}: {bad.reason}", received_at_ns)
+                )
+        return Decoded(readings, [], rejections)
+    return _reject(topic, payload, received_at_ns, "bad_payload",
+                   f"payload must be a JSON object or array of objects, got {_kind(doc)}")
+
+
+def _reading(doc: dict[str, Any], sensor: Sensor, received_at_ns: int) -> Reading:
+    ts = doc.get("ts")
+    if ts is None:
+        time_ns, from_receipt = received_at_ns, True
+    else:
+        time_ns, from_receipt = _time_ns(ts), False
+        if time_ns < EARLIEST_NS:
+            raise _Invalid("ts_out_of_range",
+                           f"ts {ts!r} is before 2000-01-01; epoch times are in milliseconds")
+        if time_ns > received_at_ns + MAX_FUTURE_NS:
+            ahead = (time_ns - received_at_ns) / 1e9
+            raise _Invalid("ts_out_of_range",
+                           f"ts {ts!r} is {ahead:.0f} s ahead of the receive time; "
+                           "check the sensor's clock")
+
+    level = doc.get("level_cm")
+    distance = doc.get("distance_mm")
+    if (level is None) == (distance is None):
+        raise _Invalid("bad_level", "send exactly one of level_cm or distance_mm")
+    distance_mm: float | None = None
+    if level is None:
+        distance_mm = _number(distance, "distance_mm")
+        if sensor.mount_height_mm is None:
+            raise _Invalid("bad_level",
+                           f"sensor {sensor.id!r} has no mount_height_mm in the registry, "
+                           "so distance_mm cannot become a depth; send level_cm or add it")
+        if not DISTANCE_MM[0] <= distance_mm <= DISTANCE_MM[1]:
+            raise _Invalid("out_of_range",
+                           f"distance_mm {distance_mm:g} is outside {DISTANCE_MM[0]:g} to "
+                           f"{DISTANCE_MM[1]:g}")
+        level_cm = (sensor.mount_height_mm - distance_mm) / 10.0
+    else:
+        level_cm = _number(level, "level_cm")
+    low, high = TIDE_STAGE_CM if sensor.kind == "tide" else STREET_DEPTH_CM
+    if not low <= level_cm <= high:
+        what = "river stage" if sensor.kind == "tide" else "depth"
+        raise _Invalid("out_of_range",
+                       f"{what} {level_cm:g} cm is outside the physical range {low:g} to "
+                       f"{high:g} cm")
+
+    battery_v = doc.get("battery_v")
+    if battery_v is not None:
+        battery_v = _number(battery_v, "battery_v")
+        if not BATTERY_V[0] <= battery_v <= BATTERY_V[1]:
+            raise _Invalid("out_of_range", f"battery_v {battery_v:g} is outside 0 to 15 V")
+    rssi = doc.get("rssi")
+    if rssi is not None:
+        rssi = _integer(rssi, "rssi")
+        if not RSSI_DBM[0] <= rssi <= RSSI_DBM[1]:
+            raise _Invalid("out_of_range", f"rssi {rssi} is outside -200 to 0 dBm")
+    seq = doc.get("seq")
+    if seq is not None:
+        seq = _integer(seq, "seq")
+        if not 0 <= seq <= SEQ_MAX:
+            raise _Invalid("out_of_range", f"seq {seq} is outside 0 to 2^63-1")
+    return Reading(sensor.id, time_ns, level_cm, distance_mm, battery_v, rssi, seq, from_receipt)
+
+
+def _time_ns(ts: object) -> int:
+    if type(ts) is int:
+        return ts * 1_000_000
+    if type(ts) is str:
+        try:
+            dt = datetime.fromisoformat(ts)
+        except ValueError:
+            raise _Invalid("bad_ts",
+                           f"ts {ts[:60]!r} is not ISO 8601 (e.g. 2026-11-26T18:05:00+07:00)"
+                           ) from None
+        if dt.tzinfo is None:
+            raise _Invalid("bad_ts",
+                           f"ts {ts[:60]!r} has no UTC offset; add one, e.g. +07:00 or Z")
+        try:
+            return ((dt - _EPOCH) // _ONE_US) * 1000
+        except OverflowError:
+            raise _Invalid("ts_out_of_range", f"ts {ts[:60]!r} is out of range") from None
+    raise _Invalid("bad_ts",
+                   f"ts must be an ISO 8601 string or integer epoch milliseconds, got {_kind(ts)}")
+
+
+def _number(value: object, name: str) -> float:
+    if type(value) is float:
+        if math.isfinite(value):
+            return value
+        raise _Invalid("not_finite", f"{name} is {value}, not a finite number")
+    if type(value) is int:
+        return float(value)
+    raise _Invalid("bad_field", f"{name} must be a number, got {_kind(value)}")
+
+
+def _integer(value: object, name: str) -> int:
+    if type(value) is int:
+        return value
+    raise _Invalid("bad_field", f"{name} must be an integer, got {_kind(value)}")
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _json_reason(payload: bytes, exc: orjson.JSONDecodeError) -> str:
+    # orjson refuses NaN and Infinity like any other typo; say so plainly, since sensors
+    # that send them mean a broken measurement rather than broken JSON.
+    try:
+        json.loads(payload)
+    except (ValueError, RecursionError):
+        pass
+    else:
+        return "payload contains NaN or Infinity, which are not numbers in JSON"
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return "payload is not UTF-8 text"
+    return f"payload is not valid JSON: {exc}"
+
+
+def _decode_status(
+    sensor: Sensor, topic: str, payload: bytes, received_at_ns: int, retained: bool
+) -> Decoded:
+    text = payload.strip().lower()
+    if text in (b"online", b"offline"):
+        return Decoded([], [StatusChange(sensor.id, text == b"online", received_at_ns, retained)],
+                       [])
+    return _reject(topic, payload, received_at_ns, "bad_status",
+                   "status payload must be 'online' or 'offline'")
+
+
+def _reject(topic: str, payload: bytes, received_at_ns: int, code: str, reason: str) -> Decoded:
+    return Decoded([], [], [Rejection(topic, payload, code, reason, received_at_ns)])

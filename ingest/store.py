@@ -1,0 +1,109 @@
+"""Where a reading is stored: the InfluxDB schema (measurements, tags, fields) and batch writes
+that keep the good lines of a batch when InfluxDB refuses some of them.
+
+Measurements (nanosecond timestamps; documented in the README):
+- water_level    tag sensor; fields level_cm, distance_mm, battery_v, rssi, seq, ts_from_receipt
+- sensor_status  tag sensor; field online
+- deadletter     tag code; fields topic, payload, payload_encoding, reason
+
+Only `sensor` is a tag on readings, so a replayed reading (same sensor, same time) lands on the
+same series and timestamp and overwrites itself, whatever the registry says about streets.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from floodwatch.influx import InfluxClient, WriteRefused
+from ingest.decode import Reading, Rejection, StatusChange
+from ingest.line_protocol import encode_point, escape_tag_value
+
+# A dead letter's payload is kept whole up to this size, and truncated (and said so) beyond.
+DEADLETTER_PAYLOAD_CHARS = 16_384
+
+_series_prefix: dict[str, str] = {}
+
+
+def reading_line(r: Reading) -> str:
+    """The hot path: one reading as line protocol, without generic escaping per call."""
+    prefix = _series_prefix.get(r.sensor_id)
+    if prefix is None:
+        prefix = _series_prefix.setdefault(
+            r.sensor_id, f"water_level,sensor={escape_tag_value(r.sensor_id)} level_cm="
+        )
+    line = prefix + repr(r.level_cm)
+    if r.distance_mm is not None:
+        line += f",distance_mm={r.distance_mm!r}"
+    if r.battery_v is not None:
+        line += f",battery_v={r.battery_v!r}"
+    if r.rssi is not None:
+        line += f",rssi={r.rssi}i"
+    if r.seq is not None:
+        line += f",seq={r.seq}i"
+    if r.time_from_receipt:
+        line += ",ts_from_receipt=true"
+    return f"{line} {r.time_ns}"
+
+
+def status_line(s: StatusChange) -> str:
+    return encode_point("sensor_status", {"sensor": s.sensor_id}, {"online": s.online}, s.time_ns)
+
+
+def deadletter_line(rej: Rejection, nth: int = 0) -> str:
+    """`nth` spreads dead letters received in the same nanosecond so none overwrites another."""
+    try:
+        text, encoding = rej.payload.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(rej.payload).decode("ascii"), "base64"
+    if len(text) > DEADLETTER_PAYLOAD_CHARS:
+        text, encoding = text[:DEADLETTER_PAYLOAD_CHARS], encoding + "-truncated"
+    # Line protocol cannot carry these inside strings; keep them visible as escapes.
+    text = text.replace("\r", "\\r").replace("\n", "\\n").replace("\x00", "\\0")
+    topic = rej.topic.replace("\n", "\\n").replace("\r", "\\r").replace("\x00", "\\0")
+    reason = rej.reason.replace("\n", " ").replace("\r", " ").replace("\x00", "\\0")
+    return encode_point(
+        "deadletter",
+        {"code": rej.code},
+        {
+            "topic": topic or "(empty)",
+            "payload": text,
+            "payload_encoding": encoding,
+            "reason": reason,
+        },
+        rej.received_at_ns + nth,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedLine:
+    index: int
+    message: str
+
+
+def write_keeping_good_lines(influx: InfluxClient, lines: Sequence[str]) -> list[RefusedLine]:
+    """Write a batch; if InfluxDB refuses part of it, find the bad lines by halving.
+
+    InfluxDB 1.x stores the valid lines of a "partial write" but names only some of the bad
+    ones, so halves are written again until each refused line stands alone; rewriting a
+    stored line is harmless because writes are idempotent. Raises InfluxUnavailable (retry
+    the whole batch later) and InfluxError for problems no split can fix.
+    """
+    if not lines:
+        return []
+    refused: list[RefusedLine] = []
+    pending: list[tuple[int, int]] = [(0, len(lines))]
+    while pending:
+        start, stop = pending.pop()
+        try:
+            influx.write(lines[start:stop])
+        except WriteRefused as exc:
+            if stop - start == 1:
+                refused.append(RefusedLine(start, exc.message))
+            else:
+                middle = (start + stop) // 2
+                pending.append((middle, stop))
+                pending.append((start, middle))
+    refused.sort(key=lambda r: r.index)
+    return refused

@@ -1,0 +1,101 @@
+"""Shared fixtures: a real Mosquitto and a real influxd per test session, on free loopback
+ports with temporary data directories, and helpers to run Floodwatch's processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from floodwatch.influx import InfluxClient
+from floodwatch.localservices import Service, influxd_service, mosquitto_service, running
+from floodwatch.settings import parse_influx_url
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, Service]]:
+    """One broker and one database for the whole session; tests isolate by topic root and db."""
+    workdir = tmp_path_factory.mktemp("services")
+    with running(mosquitto_service(workdir), influxd_service(workdir)) as (broker, influxd):
+        yield broker, influxd
+
+
+@pytest.fixture(scope="session")
+def broker(services: tuple[Service, Service]) -> Service:
+    return services[0]
+
+
+@pytest.fixture(scope="session")
+def influxd(services: tuple[Service, Service]) -> Service:
+    return services[1]
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique name for this test's topic root, database and client ids."""
+    return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def influx(influxd: Service, unique: str) -> Iterator[InfluxClient]:
+    """A client on a fresh database of its own."""
+    client = InfluxClient(parse_influx_url(f"http://127.0.0.1:{influxd.port}"), unique)
+    client.create_database()
+    yield client
+    client.close()
+
+
+def process_env(broker: Service, influxd: Service, db: str, root: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        FLOODWATCH_MQTT_URL=f"mqtt://127.0.0.1:{broker.port}",
+        FLOODWATCH_INFLUX_URL=f"http://127.0.0.1:{influxd.port}",
+        FLOODWATCH_INFLUX_DB=db,
+        FLOODWATCH_TOPIC_ROOT=root,
+        FLOODWATCH_LOG_LEVEL="INFO",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start `python -m MODULE ARGS` with an environment; every process is stopped at the end."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(module: str, *args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        with (tmp_path / f"{module}-{len(procs)}.log").open("wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", module, *args], env=env, cwd=ROOT,
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 20.0, what: str = "") -> None:
+    """Poll a condition (the thing waited on lives in another process), failing with `what`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what or predicate}")

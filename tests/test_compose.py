@@ -1,0 +1,256 @@
+"""Static checks of docker-compose.yml and the Dockerfile, since Docker itself is not run here.
+
+The Compose file is validated against the Compose Specification schema that ships inside the
+docker-compose 1.29.2 wheel on PyPI (downloaded once into .cache/compose-spec), then against
+what the rest of the project expects: pinned images, the shipped broker configuration, health
+ordering and the FLOODWATCH_* variables the processes really accept.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from jsonschema import Draft7Validator, Draft201909Validator, Draft202012Validator
+from jsonschema.protocols import Validator
+
+from tests.conftest import ROOT
+
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+MOSQUITTO_CONF = ROOT / "config" / "mosquitto.conf"
+SPEC_CACHE = ROOT / ".cache" / "compose-spec"
+SPEC_WHEEL = "docker-compose==1.29.2"
+SPEC_MEMBER = "compose/config/compose_spec.json"
+# The dependencies ingest and api cannot work without.
+BACKENDS = ("mosquitto", "influxdb")
+
+Doc = dict[str, Any]
+
+
+def _download_spec_wheel() -> Path:
+    """The docker-compose wheel from the cache, downloaded from PyPI on first use."""
+    found = sorted(SPEC_CACHE.glob("docker_compose-1.29.2-*.whl"))
+    if found:
+        return found[0]
+    SPEC_CACHE.mkdir(parents=True, exist_ok=True)
+    flags = ["--no-deps", "--only-binary=:all:", "--disable-pip-version-check"]
+    argv = [sys.executable, "-m", "pip", "download", *flags, SPEC_WHEEL, "-d", str(SPEC_CACHE)]
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+    except subprocess.TimeoutExpired:
+        result = None
+    found = sorted(SPEC_CACHE.glob("docker_compose-1.29.2-*.whl"))
+    if not found:
+        detail = "timed out" if result is None else result.stderr.strip()[-2000:]
+        pytest.fail(
+            f"this test needs PyPI: it downloads the Compose Specification schema inside "
+            f"{SPEC_WHEEL} into {SPEC_CACHE}, and `pip download` failed: {detail}"
+        )
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def compose_schema() -> Doc:
+    """The Compose Specification JSON schema, read from inside the wheel."""
+    with zipfile.ZipFile(_download_spec_wheel()) as wheel:
+        schema: Doc = json.loads(wheel.read(SPEC_MEMBER))
+    return schema
+
+
+@pytest.fixture(scope="module")
+def compose() -> Doc:
+    """docker-compose.yml as plain data."""
+    doc = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(doc, dict)
+    return doc
+
+
+def _services(compose: Doc) -> dict[str, Doc]:
+    services: dict[str, Doc] = compose["services"]
+    return services
+
+
+def _depends_on(service: Doc) -> dict[str, str]:
+    """A service's dependencies with their conditions, whichever syntax the file uses."""
+    deps = service.get("depends_on", {})
+    if isinstance(deps, list):
+        return dict.fromkeys(deps, "service_started")
+    return {name: spec["condition"] for name, spec in deps.items()}
+
+
+def _has_healthcheck(service: Doc) -> bool:
+    check = service.get("healthcheck")
+    if not check or check.get("disable"):
+        return False
+    test = check.get("test")
+    return bool(test) and test != ["NONE"]
+
+
+def _volume_mounts(service: Doc) -> list[tuple[str, str, str]]:
+    """(source, target, mode) of every short-syntax volume of a service."""
+    mounts = []
+    for volume in service.get("volumes", []):
+        assert isinstance(volume, str), f"use the short volume syntax: {volume!r}"
+        source, target, *mode = volume.split(":")
+        mounts.append((source, target, mode[0] if mode else "rw"))
+    return mounts
+
+
+@functools.cache
+def _help_text(module: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, f"`python -m {module} --help` failed:\n{result.stderr}"
+    return result.stdout
+
+
+def _validator_class(schema: Doc) -> type[Validator]:
+    """The validator for the draft the schema's $schema names, whether spelt http or https."""
+    declared = str(schema["$schema"]).rstrip("#").split("://", 1)[-1]
+    for cls in (Draft7Validator, Draft201909Validator, Draft202012Validator):
+        if str(cls.META_SCHEMA["$id"]).rstrip("#").split("://", 1)[-1] == declared:
+            return cls
+    pytest.fail(f"the Compose schema declares an unknown $schema {schema['$schema']!r}")
+
+
+def test_compose_file_follows_the_compose_specification(compose: Doc, compose_schema: Doc) -> None:
+    """docker-compose.yml validates against the Compose Specification, by the draft it names."""
+    validator_class = _validator_class(compose_schema)
+    validator_class.check_schema(compose_schema)
+    errors = sorted(validator_class(compose_schema).iter_errors(compose), key=str)
+    assert not errors, "\n".join(
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors
+    )
+    assert "version" not in compose, "the Compose Specification has no top-level version key"
+
+
+def test_every_image_is_pinned(compose: Doc) -> None:
+    """Every service's image carries an explicit tag other than `latest`."""
+    for name, service in _services(compose).items():
+        assert "image" in service or "build" in service, f"{name} has neither image nor build"
+        if "image" not in service:
+            continue
+        image = service["image"]
+        repository, _, tag = image.rpartition(":")
+        assert repository and "/" not in tag, f"{name}: image {image!r} has no tag"
+        assert tag != "latest", f"{name}: image {image!r} is not pinned"
+
+
+def test_mosquitto_runs_the_shipped_config_with_persistent_data(compose: Doc) -> None:
+    """Mosquitto mounts config/mosquitto.conf read-only and a named volume where it persists."""
+    mosquitto = _services(compose)["mosquitto"]
+    mounts = _volume_mounts(mosquitto)
+    assert ("./config/mosquitto.conf", "/mosquitto/config/mosquitto.conf", "ro") in mounts
+    conf = MOSQUITTO_CONF.read_text().splitlines()
+    assert "persistence true" in conf
+    [location] = [
+        line.split(None, 1)[1].strip() for line in conf if line.startswith("persistence_location ")
+    ]
+    assert location == "/mosquitto/data/"
+    [(source, _, _)] = [m for m in mounts if m[1].rstrip("/") == location.rstrip("/")]
+    assert source in (compose.get("volumes") or {}), f"{source} is not a named volume"
+
+
+def test_ingest_and_api_wait_for_a_healthy_broker_and_database(compose: Doc) -> None:
+    """ingest and api start only once mosquitto and influxdb report healthy."""
+    services = _services(compose)
+    for name in ("ingest", "api"):
+        deps = _depends_on(services[name])
+        for backend in BACKENDS:
+            assert deps.get(backend) == "service_healthy", f"{name} -> {backend}: {deps}"
+
+
+def test_every_service_is_health_checked_directly_or_through_its_dependencies(
+    compose: Doc,
+) -> None:
+    """Each service has a health check, or depends only on services that are covered."""
+    services = _services(compose)
+
+    def covered(name: str, seen: frozenset[str] = frozenset()) -> bool:
+        assert name not in seen, f"depends_on cycle through {name}"
+        service = services[name]
+        if _has_healthcheck(service):
+            return True
+        deps = _depends_on(service)
+        return bool(deps) and all(covered(dep, seen | {name}) for dep in deps)
+
+    uncovered = [name for name in services if not covered(name)]
+    assert not uncovered, f"no health check, directly or through depends_on: {uncovered}"
+
+
+def test_only_the_api_is_published_beyond_loopback(compose: Doc) -> None:
+    """The broker and database ports are published on 127.0.0.1 only."""
+    for name, service in _services(compose).items():
+        for port in service.get("ports", []):
+            assert isinstance(port, str), f"{name}: quote ports as strings: {port!r}"
+            if name != "api":
+                assert port.startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+
+
+def test_commands_use_only_variables_and_flags_the_processes_accept(compose: Doc) -> None:
+    """Each FLOODWATCH_* variable and --flag a service passes appears in its module's --help."""
+    for name, service in _services(compose).items():
+        command = service.get("command")
+        if not (isinstance(command, list) and command[:2] == ["python", "-m"]):
+            continue
+        help_text = _help_text(command[2])
+        wanted = [v for v in service.get("environment", {}) if v.startswith("FLOODWATCH_")]
+        wanted += [arg for arg in command[3:] if arg.startswith("--")]
+        missing = [item for item in wanted if item not in help_text]
+        assert not missing, f"{name}: `python -m {command[2]} --help` does not mention {missing}"
+
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, comments dropped and continuation lines joined."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    pairs = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            pairs.append((keyword.upper(), rest.strip()))
+    return pairs
+
+
+def test_dockerfile_copies_every_package_and_the_config() -> None:
+    """The image gets every top-level package pyproject.toml installs, plus config/."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    include = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {pattern.rstrip("*") for pattern in include}
+    assert packages >= {"floodwatch", "ingest", "api", "simulators"}
+    copied: set[str] = set()
+    for keyword, args in _dockerfile_instructions():
+        if keyword == "COPY":
+            sources = [a for a in args.split() if not a.startswith("--")][:-1]
+            copied.update(s.rstrip("/") for s in sources)
+    wanted = packages | {"config", "pyproject.toml", "constraints.txt", "README.md"}
+    assert wanted <= copied, f"the Dockerfile does not COPY {sorted(wanted - copied)}"
+
+
+def test_dockerfile_pins_the_base_names_the_registry_and_drops_root() -> None:
+    """The base image is pinned, the registry path is explicit and copied, the user not root."""
+    instructions = _dockerfile_instructions()
+    assert ("FROM", "python:3.11-slim-bookworm") in instructions
+    env = " ".join(args for keyword, args in instructions if keyword == "ENV")
+    match = re.search(r"FLOODWATCH_REGISTRY=(\S+)", env)
+    assert match, "the image should name its registry with FLOODWATCH_REGISTRY"
+    [workdir] = [args for keyword, args in instructions if keyword == "WORKDIR"]
+    assert match.group(1) == f"{workdir.rstrip('/')}/sensors.geojson"
+    assert any(k == "COPY" and "sensors.geojson" in a.split() for k, a in instructions)
+    users = [args for keyword, args in instructions if keyword == "USER"]
+    assert users and users[-1] not in ("root", "0"), "the image should not run as root"

@@ -1,0 +1,270 @@
+"""Ingest end to end: real mosquitto, real influxd, `python -m ingest` as a process."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from floodwatch.influx import InfluxClient
+from floodwatch.localservices import Service, influxd_service, wait_influx_ready
+from floodwatch.mqtt import Delivery, MqttConnection
+from floodwatch.settings import MqttEndpoint, parse_influx_url
+from tests.conftest import ROOT, process_env, wait_until
+
+EXAMPLE = (
+    '{"ts": "2026-11-25T18:05:00.000+07:00", "level_cm": 23.5, "battery_v": 3.71, '
+    '"rssi": -87, "seq": 1042}'
+)
+
+
+class IngestProcess:
+    """`python -m ingest` with its own log, startable again after a kill."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def log(self) -> Path:
+        return self.log_dir / f"ingest-{self.starts}.log"
+
+    def start(self) -> None:
+        self.starts += 1
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "ingest", "--stats-interval", "1"],
+                                         env=self.env, cwd=ROOT, stdout=out,
+                                         stderr=subprocess.STDOUT)
+        wait_until(lambda: b"ingesting" in self.log.read_bytes(), 30, "ingest to subscribe")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(30)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@pytest.fixture
+def ingest_env(broker: Service, influxd: Service, unique: str) -> dict[str, str]:
+    env = process_env(broker, influxd, unique, unique)
+    env["FLOODWATCH_CLIENT_ID"] = f"ingest-{unique}"
+    return env
+
+
+@pytest.fixture
+def ingest(ingest_env: dict[str, str], tmp_path: Path) -> Iterator[IngestProcess]:
+    proc = IngestProcess(ingest_env, tmp_path)
+    proc.start()
+    yield proc
+    if proc.running():
+        proc.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def db(influxd: Service, unique: str) -> Iterator[InfluxClient]:
+    client = InfluxClient(parse_influx_url(f"http://127.0.0.1:{influxd.port}"), unique)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def listen(broker: Service) -> Iterator[Callable[[str], list[Delivery]]]:
+    """Subscribe to a topic filter; returns the live list of what arrives."""
+    conns: list[MqttConnection] = []
+
+    def subscribe(topic_filter: str) -> list[Delivery]:
+        got: list[Delivery] = []
+        lock = threading.Lock()
+
+        def on(d: Delivery) -> None:
+            with lock:
+                got.append(d)
+
+        conn = MqttConnection(MqttEndpoint("127.0.0.1", broker.port),
+                              subscriptions=[(topic_filter, 1)], on_delivery=on)
+        conn.start()
+        conns.append(conn)
+        return got
+
+    yield subscribe
+    for conn in conns:
+        conn.stop()
+
+
+def mosquitto_pub(broker: Service, topic: str, *, message: str | None = None,
+                  lines: bytes | None = None) -> None:
+    args = ["mosquitto_pub", "-p", str(broker.port), "-q", "1", "-t", topic]
+    if message is not None:
+        subprocess.run([*args, "-m", message], check=True, timeout=30)
+    else:
+        subprocess.run([*args, "-l"], input=lines, check=True, timeout=60)
+
+
+def count(db: InfluxClient, field: str = "level_cm", where: str = "",
+          params: dict[str, str] | None = None) -> int:
+    series = db.query(f'SELECT count("{field}") FROM "water_level" {where}', params)
+    return int(series[0]["values"][0][1]) if series else 0
+
+
+def test_readme_example_is_stored_once_even_when_sent_twice(
+    broker: Service, db: InfluxClient, ingest: IngestProcess, unique: str
+) -> None:
+    """The README's mosquitto_pub example lands in InfluxDB once; sending it again keeps one."""
+    topic = f"{unique}/v1/sensors/qh-02/reading"
+    mosquitto_pub(broker, topic, message=EXAMPLE)
+    wait_until(lambda: count(db) == 1, 20, "the example reading in InfluxDB")
+    mosquitto_pub(broker, topic, message=EXAMPLE)
+    wait_until(lambda: b"messages=2 " in ingest.log.read_bytes(), 20, "the second message")
+    [series] = db.query('SELECT * FROM "water_level"', epoch="ns")
+    row = dict(zip(series["columns"], series["values"][0], strict=True))
+    assert len(series["values"]) == 1
+    assert row == {
+        "time": 1_795_604_700_000_000_000, "sensor": "qh-02", "level_cm": 23.5,
+        "battery_v": 3.71, "rssi": -87, "seq": 1042,
+    }
+
+
+def test_bad_readings_are_dead_lettered_and_ingest_keeps_going(
+    broker: Service, db: InfluxClient, ingest: IngestProcess, unique: str,
+    listen: Callable[[str], list[Delivery]],
+) -> None:
+    """Malformed, unknown-sensor and out-of-range readings reach deadletter with reasons."""
+    dead = listen(f"{unique}/v1/deadletter")
+    bad = [
+        ("qh-02", "{not json", "not valid JSON"),
+        ("ghost-sensor", '{"level_cm": 5}', "unknown sensor 'ghost-sensor'"),
+        ("qh-02", '{"ts": 1795000000000, "level_cm": 999}', "outside the physical range"),
+        ("qh-02", '{"ts": "2026-11-25T18:05:00", "level_cm": 5}', "no UTC offset"),
+    ]
+    for sensor, payload, _ in bad:
+        mosquitto_pub(broker, f"{unique}/v1/sensors/{sensor}/reading", message=payload)
+    mosquitto_pub(broker, f"{unique}/v1/sensors/qh-02/reading", message=EXAMPLE)
+    wait_until(lambda: len(dead) >= len(bad), 20, "four dead letters")
+    wait_until(lambda: count(db) == 1, 20, "the good reading after the bad ones")
+    letters = [orjson.loads(d.payload) for d in dead]
+    for (sensor, payload, hint), letter in zip(bad, letters, strict=True):
+        assert letter["topic"] == f"{unique}/v1/sensors/{sensor}/reading"
+        assert letter["payload"] == payload
+        assert hint in letter["reason"]
+        assert letter["received_at"].endswith("+00:00")
+    stored = db.query('SELECT count("reason") FROM "deadletter" GROUP BY "code"')
+    by_code = {s["tags"]["code"]: s["values"][0][1] for s in stored}
+    assert by_code == {"bad_json": 1, "unknown_sensor": 1, "out_of_range": 1, "bad_ts": 1}
+    assert ingest.running()
+
+
+def test_lines_influx_refuses_are_dead_lettered_and_the_rest_stored(
+    broker: Service, db: InfluxClient, ingest: IngestProcess, unique: str,
+    listen: Callable[[str], list[Delivery]],
+) -> None:
+    """A batch in which InfluxDB refuses some lines is split: those go to deadletter only."""
+    # Field types are fixed per measurement and shard (a week): make rssi a float in the
+    # week of 2026-09-21, so an integer rssi conflicts there and only there.
+    db.write(["water_level,sensor=qh-03 level_cm=0.0,rssi=1.5 1790000000000000000"])
+    dead = listen(f"{unique}/v1/deadletter")
+    lines = b"\n".join(
+        orjson.dumps({"ts": 1795000000000 + k * 1000, "level_cm": 5, "rssi": -80})
+        for k in range(50)
+    )
+    mosquitto_pub(broker, f"{unique}/v1/sensors/qh-02/reading", lines=lines + b"\n")
+    mosquitto_pub(broker, f"{unique}/v1/sensors/qh-03/reading",
+                  message='{"ts": 1790000001000, "level_cm": 5, "rssi": -80}')
+    wait_until(lambda: len(dead) == 1, 20, "the refused reading on deadletter")
+    assert "field type conflict" in orjson.loads(dead[0].payload)["reason"]
+    assert orjson.loads(dead[0].payload)["code"] == "influx_refused"
+    wait_until(lambda: count(db, where="WHERE sensor = 'qh-02'") == 50, 20, "the 50 good ones")
+
+
+def test_sigkill_mid_burst_stores_every_reading_exactly_once(
+    broker: Service, db: InfluxClient, ingest: IngestProcess, unique: str
+) -> None:
+    """Killing ingest with SIGKILL during a burst and restarting it loses and doubles nothing."""
+    n = 30_000
+    lines = b"\n".join(
+        orjson.dumps({"ts": 1795000000000 + k * 1000, "level_cm": 5.5, "seq": k})
+        for k in range(n)
+    ) + b"\n"
+    publisher = threading.Thread(
+        target=mosquitto_pub, args=(broker, f"{unique}/v1/sensors/nvh-01/reading"),
+        kwargs={"lines": lines},
+    )
+    publisher.start()
+    wait_until(lambda: count(db) > 2_000, 30, "part of the burst stored")
+    ingest.stop(signal.SIGKILL)
+    killed_at = count(db)
+    publisher.join(60)
+    assert killed_at < n, "the burst finished before the kill; make it longer"
+    ingest.start()
+    wait_until(lambda: count(db) >= n, 60, "the whole burst stored after the restart")
+    assert count(db) == n
+    seqs = db.query('SELECT count(distinct("seq")) FROM "water_level"')
+    assert seqs[0]["values"][0][1] == n
+    assert b"session present: True" in ingest.log.read_bytes()
+
+
+def test_influx_down_means_retry_not_loss(
+    broker: Service, unique: str, tmp_path: Path, ingest_env: dict[str, str]
+) -> None:
+    """While InfluxDB is down nothing is acknowledged; when it returns, everything is stored."""
+    (tmp_path / "influx").mkdir()
+    own = influxd_service(tmp_path / "influx")
+    own.start()
+    wait_influx_ready(own.port)
+    env = dict(ingest_env, FLOODWATCH_INFLUX_URL=f"http://127.0.0.1:{own.port}")
+    proc = IngestProcess(env, tmp_path)
+    proc.start()
+    db = InfluxClient(parse_influx_url(f"http://127.0.0.1:{own.port}"), unique)
+    try:
+        own.stop()
+        lines = b"\n".join(
+            orjson.dumps({"ts": 1795000000000 + k * 1000, "level_cm": 1.5}) for k in range(500)
+        ) + b"\n"
+        mosquitto_pub(broker, f"{unique}/v1/sensors/qh-02/reading", lines=lines)
+        wait_until(lambda: b"InfluxDB unavailable" in proc.log.read_bytes(), 20,
+                   "ingest to notice InfluxDB is down")
+        own.start()
+        wait_influx_ready(own.port)
+        wait_until(lambda: count(db) == 500, 30, "the readings after InfluxDB returned")
+        assert proc.running()
+    finally:
+        proc.stop(signal.SIGKILL)
+        own.stop()
+        db.close()
+
+
+def test_sigterm_stops_cleanly(ingest: IngestProcess) -> None:
+    """SIGTERM ends ingest with exit code 0 and a final summary line."""
+    assert ingest.stop(signal.SIGTERM) == 0
+    assert b"stopped; messages=" in ingest.log.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("env", "hint"),
+    [
+        ({"FLOODWATCH_MQTT_URL": "http://x"}, "mqtt://"),
+        ({"FLOODWATCH_INFLUX_URL": "ftp://x"}, "http://"),
+        ({"FLOODWATCH_REGISTRY": "/nonexistent.geojson"}, "does not exist"),
+        ({"FLOODWATCH_TOPIC_ROOT": "a/#"}, "topic root"),
+        ({"FLOODWATCH_MAX_BATCH": "0"}, "--max-batch"),
+    ],
+)
+def test_bad_settings_fail_at_start_with_one_sentence(
+    ingest_env: dict[str, str], env: dict[str, str], hint: str
+) -> None:
+    """A wrong setting stops ingest at once with exit 2 and one line naming the fix."""
+    done = subprocess.run([sys.executable, "-m", "ingest"], env={**ingest_env, **env}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and hint in lines[0] and lines[0].startswith("ingest: ")

@@ -9,8 +9,14 @@ from collections.abc import Sequence
 import uvicorn
 
 from api.app import create_app
-from floodwatch.errors import FloodwatchError, SettingsError
-from floodwatch.settings import COMMON_OPTIONS, add_options, option, settings_from_args
+from floodwatch.errors import FloodwatchError
+from floodwatch.settings import (
+    COMMON_OPTIONS,
+    add_options,
+    option,
+    settings_from_args,
+    whole_number,
+)
 
 API_OPTIONS = (
     option("--host", "127.0.0.1", "address to listen on (0.0.0.0 for every interface)"),
@@ -36,24 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _port(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        port = 0
-    if not 1 <= port <= 65535:
-        raise SettingsError(
-            f"--port {value!r} must be a whole number from 1 to 65535; "
-            "fix --port or FLOODWATCH_PORT."
-        )
-    return port
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from_args(args)
-        port = _port(str(args.port))
+        port = whole_number(args.port, "--port", minimum=1, maximum=65535)
         app = create_app(settings)
     except FloodwatchError as exc:
         print(f"api: {exc}", file=sys.stderr)

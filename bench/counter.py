@@ -31,7 +31,8 @@ def main() -> int:
             done.set()
 
     conn = MqttConnection(
-        MqttEndpoint("127.0.0.1", port), subscriptions=[(topic_filter, 1)],
+        MqttEndpoint("127.0.0.1", port),
+        subscriptions=[(topic_filter, 1)],
         on_delivery=on_delivery,
     )
     conn.start()

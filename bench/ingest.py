@@ -72,8 +72,13 @@ def build_chunks(n: int, per_message: int, start_ms: int) -> list[tuple[str, byt
         lines: list[bytes] = []
         for first in range(0, count, per_message):
             items = [
-                {"ts": start_ms + (first + k) * 1000, "level_cm": round(((first + k) % 400) / 10, 1),
-                 "battery_v": 3.71, "rssi": -87, "seq": first + k}
+                {
+                    "ts": start_ms + (first + k) * 1000,
+                    "level_cm": round(((first + k) % 400) / 10, 1),
+                    "battery_v": 3.71,
+                    "rssi": -87,
+                    "seq": first + k,
+                }
                 for k in range(min(per_message, count - first))
             ]
             lines.append(orjson.dumps(items[0] if per_message == 1 else items))
@@ -86,16 +91,27 @@ def publish(port: int, root: str, chunks: list[tuple[str, bytes]], arrays: bool 
     if arrays:
         feed = b"".join(
             f"{root}/v1/sensors/{sid}/reading\t".encode() + line + b"\n"
-            for sid, body in chunks for line in body.splitlines()
+            for sid, body in chunks
+            for line in body.splitlines()
         )
-        subprocess.run([sys.executable, "-m", "bench.publisher", str(port)], cwd=ROOT,
-                       input=feed, check=True)
+        subprocess.run(
+            [sys.executable, "-m", "bench.publisher", str(port)], cwd=ROOT, input=feed, check=True
+        )
         return
     for sid, body in chunks:
         subprocess.run(
-            ["mosquitto_pub", "-p", str(port), "-q", "1", "-t",
-             f"{root}/v1/sensors/{sid}/reading", "-l"],
-            input=body, check=True,
+            [
+                "mosquitto_pub",
+                "-p",
+                str(port),
+                "-q",
+                "1",
+                "-t",
+                f"{root}/v1/sensors/{sid}/reading",
+                "-l",
+            ],
+            input=body,
+            check=True,
         )
 
 
@@ -109,8 +125,17 @@ def peak_rss_mb(pid: int) -> float:
 def run_bare(broker: Service, n: int, root: str) -> RunResult:
     chunks = build_chunks(n, 1, int(time.time() * 1000) - 86_400_000)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.counter", str(broker.port), f"{root}/v1/sensors/+/reading",
-         str(n)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "bench.counter",
+            str(broker.port),
+            f"{root}/v1/sensors/+/reading",
+            str(n),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
@@ -134,11 +159,16 @@ def run_ingest(
         "FLOODWATCH_TOPIC_ROOT": root,
         "FLOODWATCH_CLIENT_ID": f"bench-{root}",
         "FLOODWATCH_STATS_INTERVAL": "0",
-        "PATH": "/usr/bin:/bin:/usr/sbin:/sbin", **({"FW_SWITCH": __import__("os").environ["FW_SWITCH"]} if "FW_SWITCH" in __import__("os").environ else {}),
+        "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
     }
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "ingest"], cwd=ROOT, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ingest"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 30
         while b"ingesting" not in log_path.read_bytes():
@@ -188,18 +218,28 @@ def run_ingest(
         proc.terminate()
         proc.wait(30)
         influx.close()
-    print(f"    (published in {(published - started) / 1e9:.2f} s, stored in "
-          f"{(finished - started) / 1e9:.2f} s)", flush=True)
+    print(
+        f"    (published in {(published - started) / 1e9:.2f} s, stored in "
+        f"{(finished - started) / 1e9:.2f} s)",
+        flush=True,
+    )
     return RunResult(stored / ((finished - started) / 1e9), n - stored, cpu, rss)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.ingest",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--readings", type=int, default=200_000, help="readings per run")
     parser.add_argument("--runs", type=int, default=3, help="runs per consumer (median)")
-    parser.add_argument("--only", choices=["bare", "single", "array"], action="append",
-                        help="run only these consumers (repeatable)")
+    parser.add_argument(
+        "--only",
+        choices=["bare", "single", "array"],
+        action="append",
+        help="run only these consumers (repeatable)",
+    )
     args = parser.parse_args(argv)
     kinds = args.only or ["bare", "single", "array"]
     n = args.readings
@@ -216,36 +256,50 @@ def main(argv: list[str] | None = None) -> int:
                         per = 1 if kind == "single" else 100
                         r = run_ingest(broker, influxd, n, per, root, workdir)
                     results[kind].append(r)
-                    print(f"  run {run + 1} {kind:6s}: {r.rate:9,.0f} readings/s  lost {r.lost}"
-                          + (f"  cpu {r.cpu_s:.1f} s  peak RSS {r.peak_rss_mb:.0f} MB"
-                             if kind != "bare" else ""), flush=True)
+                    print(
+                        f"  run {run + 1} {kind:6s}: {r.rate:9,.0f} readings/s  lost {r.lost}"
+                        + (
+                            f"  cpu {r.cpu_s:.1f} s  peak RSS {r.peak_rss_mb:.0f} MB"
+                            if kind != "bare"
+                            else ""
+                        ),
+                        flush=True,
+                    )
 
     def med(kind: str, attr: str) -> float:
-        return statistics.median(getattr(r, attr) for r in results[kind])
+        return float(statistics.median(float(getattr(r, attr)) for r in results[kind]))
 
     print(f"\nbench/ingest: {n:,} readings of ~90 bytes, medians of {args.runs} runs")
-    labels = {"bare": "bare paho QoS 1 counter (ceiling)",
-              "single": "ingest, 1 reading/message, QoS 1",
-              "array": "ingest, 100-reading arrays, QoS 1"}
+    labels = {
+        "bare": "bare paho QoS 1 counter (ceiling)",
+        "single": "ingest, 1 reading/message, QoS 1",
+        "array": "ingest, 100-reading arrays, QoS 1",
+    }
     for kind in kinds:
         extra = ""
         if kind != "bare":
-            extra = (f"  cpu {med(kind, 'cpu_s'):5.1f} s  peak RSS {med(kind, 'peak_rss_mb'):4.0f} MB")
+            extra = (
+                f"  cpu {med(kind, 'cpu_s'):5.1f} s  peak RSS {med(kind, 'peak_rss_mb'):4.0f} MB"
+            )
         lost = sum(r.lost for r in results[kind])
         print(f"  {labels[kind]:36s} {med(kind, 'rate'):9,.0f} readings/s  lost {lost}{extra}")
     print("\nagainst the targets and reference figures:")
     if "bare" in results and "single" in results:
         ratio = med("single", "rate") / med("bare", "rate")
         verdict = "meets" if ratio >= RATIO_TARGET else "BELOW"
-        print(f"  single / bare counter in this run: {ratio:.2f}x  ({verdict} target {RATIO_TARGET}x)")
+        print(
+            f"  single / bare counter in this run: {ratio:.2f}x  ({verdict} target {RATIO_TARGET}x)"
+        )
     if "single" in results:
         for name, ref in REFERENCE.items():
             print(f"  single vs {name} ({ref:,}/s): {med('single', 'rate') / ref:.2f}x")
     if "array" in results:
         rate = med("array", "rate")
         verdict = "meets" if rate >= ARRAY_TARGET else "BELOW"
-        print(f"  arrays: {rate:,.0f} readings/s ({verdict} target {ARRAY_TARGET:,}/s, "
-              f"{rate / ARRAY_TARGET:.2f}x)")
+        print(
+            f"  arrays: {rate:,.0f} readings/s ({verdict} target {ARRAY_TARGET:,}/s, "
+            f"{rate / ARRAY_TARGET:.2f}x)"
+        )
     total_lost = sum(r.lost for rs in results.values() for r in rs)
     print(f"  readings lost over all runs: {total_lost} (target 0)")
     return 0 if total_lost == 0 else 1

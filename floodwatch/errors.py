@@ -1,12 +1,12 @@
 """Floodwatch's exceptions, one small flat tree, so callers can catch exactly what they can handle.
 
-    FloodwatchError
-    ├── SettingsError        a setting (flag or FLOODWATCH_* variable) is wrong; fix it and restart
-    ├── RegistryError        the sensor registry file is wrong; the message names the feature
-    ├── LineProtocolError    a value cannot be written as InfluxDB line protocol
-    ├── InfluxError          InfluxDB refused or could not be reached
-    │   └── InfluxUnavailable    transient: down, timing out or 5xx; retry later
-    └── BrokerError          the MQTT broker refused or could not be reached
+FloodwatchError
+├── SettingsError        a setting (flag or FLOODWATCH_* variable) is wrong; fix it and restart
+├── RegistryError        the sensor registry file is wrong; the message names the feature
+├── LineProtocolError    a value cannot be written as InfluxDB line protocol
+├── InfluxError          InfluxDB refused or could not be reached
+│   └── InfluxUnavailable    transient: down, timing out or 5xx; retry later
+└── BrokerError          the MQTT broker refused or could not be reached
 """
 
 

@@ -41,9 +41,7 @@ class InfluxClient:
         self.endpoint = endpoint
         self.database = database
         auth = (
-            (endpoint.username, endpoint.password or "")
-            if endpoint.username is not None
-            else None
+            (endpoint.username, endpoint.password or "") if endpoint.username is not None else None
         )
         self._http = httpx.Client(
             base_url=endpoint.base_url,

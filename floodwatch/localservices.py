@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -68,7 +69,10 @@ class Service:
             return
         out = self.log.open("ab")
         self.proc = subprocess.Popen(
-            self.argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir,
+            self.argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
             start_new_session=True,
         )
         out.close()
@@ -93,7 +97,9 @@ class Service:
 
 
 def _require(binary: str, package: str) -> str:
-    path = shutil.which(binary) or (f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists() else None)
+    path = shutil.which(binary) or (
+        f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists() else None
+    )
     if path is None:
         raise ServiceError(
             f"{binary} is not installed; run `apt-get install {package}` (the README's test "
@@ -102,14 +108,29 @@ def _require(binary: str, package: str) -> str:
     return path
 
 
+def _give_to_broker_user(path: Path) -> None:
+    """Started as root, mosquitto drops to the `mosquitto` user: let it write its database."""
+    if os.geteuid() != 0:
+        return
+    try:
+        entry = pwd.getpwnam("mosquitto")
+    except KeyError:
+        return
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
 def mosquitto_service(workdir: Path, port: int | None = None) -> Service:
     port = port or free_port()
     data = workdir / "mosquitto-data"
     data.mkdir(parents=True, exist_ok=True)
+    _give_to_broker_user(data)
     conf = workdir / "mosquitto.conf"
     conf.write_text(mosquitto_config(port, data))
     return Service(
-        "mosquitto", port, workdir, [_require("mosquitto", "mosquitto"), "-c", str(conf)],
+        "mosquitto",
+        port,
+        workdir,
+        [_require("mosquitto", "mosquitto"), "-c", str(conf)],
         workdir / "mosquitto.log",
     )
 
@@ -139,7 +160,10 @@ bind-address = "127.0.0.1:{rpc_port}"
 """
     )
     return Service(
-        "influxd", port, workdir, [_require("influxd", "influxdb"), "-config", str(conf)],
+        "influxd",
+        port,
+        workdir,
+        [_require("influxd", "influxdb"), "-config", str(conf)],
         workdir / "influxd.log",
     )
 

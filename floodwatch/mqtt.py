@@ -164,7 +164,11 @@ class MqttConnection:
         return info.mid
 
     def publish_and_wait(
-        self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False,
+        self,
+        topic: str,
+        payload: bytes | str,
+        qos: int = 1,
+        retain: bool = False,
         timeout_s: float = 10.0,
     ) -> bool:
         """Publish and wait until the broker acknowledged it (QoS 1) or it was written (QoS 0)."""
@@ -200,9 +204,7 @@ class MqttConnection:
             if mids:
                 packed = struct.pack(f"!{len(mids)}I", *[_PUBACK_WORD | mid for mid in mids])
                 self._client._packet_queue(_PUBACK, packed, mids[-1], 1)
-            return len(mids) + sum(
-                1 for d in deliveries if d.qos == 0 and d.connection == current
-            )
+            return len(mids) + sum(1 for d in deliveries if d.qos == 0 and d.connection == current)
 
     # -- paho callbacks (network thread) ----------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""One typed settings object per process, from flags or FLOODWATCH_* variables, checked once at start.
+"""One typed settings object per process, from flags or FLOODWATCH_* variables, checked at start.
 
 Every shared setting is declared here, once, with its variable, default and help text; each
 process (`python -m ingest|api|simulators`) adds its own options to the same parser.
@@ -7,6 +7,8 @@ process (`python -m ingest|api|simulators`) adds its own options to the same par
 from __future__ import annotations
 
 import argparse
+import logging
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -63,7 +65,7 @@ class _Option:
 
     @property
     def env(self) -> str:
-        return ENV_PREFIX + self.flag.removeprefix("--").replace("-", "_").upper()
+        return env_name(self.flag)
 
 
 def option(flag: str, default: str, help: str) -> _Option:
@@ -198,3 +200,43 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         topic_root=root,
         log_level=level,
     )
+
+
+def env_name(flag: str) -> str:
+    """The FLOODWATCH_* variable that stands for a flag: --max-batch -> FLOODWATCH_MAX_BATCH."""
+    return ENV_PREFIX + flag.removeprefix("--").replace("-", "_").upper()
+
+
+def whole_number(value: object, flag: str, minimum: int = 0, maximum: int | None = None) -> int:
+    """An integer option within bounds, or SettingsError naming the flag and its variable."""
+    try:
+        number = int(str(value))
+    except ValueError:
+        number = minimum - 1
+    if number < minimum or (maximum is not None and number > maximum):
+        bounds = f"from {minimum} to {maximum}" if maximum is not None else f"of {minimum} or more"
+        raise SettingsError(
+            f"{flag} {value!r} must be a whole number {bounds}; fix {flag} or {env_name(flag)}."
+        )
+    return number
+
+
+def real_number(value: object, flag: str, *, positive: bool) -> float:
+    """A finite number option (> 0 when `positive`, else >= 0), or SettingsError."""
+    try:
+        number = float(str(value))
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number < 0 or (positive and number == 0):
+        what = "greater than 0" if positive else "of 0 or more"
+        raise SettingsError(
+            f"{flag} {value!r} must be a finite number {what}; fix {flag} or {env_name(flag)}."
+        )
+    return number
+
+
+def configure_logging(level: str, process: str) -> None:
+    """One log format for every Floodwatch process; HTTP clients' per-request lines muted."""
+    logging.basicConfig(level=level, format=f"%(asctime)s {process} %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)

@@ -1,1 +1,1 @@
-"""Where a reading enters: MQTT in, decoded and validated, stored in InfluxDB, dead-lettered if bad."""
+"""Where a reading enters: MQTT in, judged, stored in InfluxDB, dead-lettered if bad."""

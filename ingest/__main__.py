@@ -14,7 +14,14 @@ from floodwatch.errors import FloodwatchError
 from floodwatch.influx import InfluxClient
 from floodwatch.mqtt import Delivery, MqttConnection
 from floodwatch.registry import load_registry
-from floodwatch.settings import COMMON_OPTIONS, add_options, option, settings_from_args
+from floodwatch.settings import (
+    COMMON_OPTIONS,
+    add_options,
+    configure_logging,
+    option,
+    settings_from_args,
+    whole_number,
+)
 from floodwatch.topics import Topics
 from ingest.pipeline import Ingest
 
@@ -28,8 +35,7 @@ INGEST_OPTIONS = (
     option(
         "--session-expiry",
         "604800",
-        "seconds the broker keeps the session and its queued readings after ingest "
-        "disconnects",
+        "seconds the broker keeps the session and its queued readings after ingest disconnects",
     ),
     option("--max-batch", "5000", "most messages written to InfluxDB in one request"),
     option("--stats-interval", "10", "seconds between progress lines in the log (0: none)"),
@@ -56,31 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(value: str, flag: str, minimum: int = 1) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = minimum - 1
-    if number < minimum:
-        env = "FLOODWATCH_" + flag.removeprefix("--").replace("-", "_").upper()
-        raise FloodwatchError(
-            f"{flag} {value!r} must be a whole number of at least {minimum}; fix {flag} or {env}."
-        )
-    return number
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    import os as _os
-    if _os.environ.get("FW_SWITCH"): sys.setswitchinterval(float(_os.environ["FW_SWITCH"]))
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from_args(args)
-        session_expiry = _positive_int(args.session_expiry, "--session-expiry")
-        max_batch = _positive_int(args.max_batch, "--max-batch")
-        stats_interval = _positive_int(args.stats_interval, "--stats-interval", minimum=0)
-        logging.basicConfig(
-            level=settings.log_level, format="%(asctime)s ingest %(levelname)s %(message)s"
-        )
+        session_expiry = whole_number(args.session_expiry, "--session-expiry", minimum=1)
+        max_batch = whole_number(args.max_batch, "--max-batch", minimum=1)
+        stats_interval = whole_number(args.stats_interval, "--stats-interval")
+        configure_logging(settings.log_level, "ingest")
         registry = load_registry(settings.registry_path)
     except FloodwatchError as exc:
         print(f"ingest: {exc}", file=sys.stderr)
@@ -136,7 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     log.info(
         "ingesting %d sensors from %s into %s/%s",
-        len(registry.sensors), settings.mqtt, settings.influx, settings.influx_db,
+        len(registry.sensors),
+        settings.mqtt,
+        settings.influx,
+        settings.influx_db,
     )
     while not stop.wait(stats_interval or None):
         log.info("%s backlog=%d", ingest.counters.summary(), ingest.backlog)

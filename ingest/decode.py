@@ -128,13 +128,21 @@ def decode_message(
     """Judge one MQTT message; never raises on any topic or payload."""
     parsed = topics.parse_sensor_topic(topic)
     if parsed is None:
-        return _reject(topic, payload, received_at_ns, "bad_topic",
-                       f"topic {topic!r} is not {topics.base}/sensors/{{id}}/reading or /status")
+        return _reject(
+            topic,
+            payload,
+            received_at_ns,
+            "bad_topic",
+            f"topic {topic!r} is not {topics.base}/sensors/{{id}}/reading or /status",
+        )
     sensor_id, channel = parsed
     sensor = registry.get(sensor_id)
     if sensor is None:
         return _reject(
-            topic, payload, received_at_ns, "unknown_sensor",
+            topic,
+            payload,
+            received_at_ns,
+            "unknown_sensor",
             f"unknown sensor {sensor_id[:80]!r}: add it to the registry or fix the topic",
         )
     if channel == "status":
@@ -146,7 +154,10 @@ def decode_readings(sensor: Sensor, topic: str, payload: bytes, received_at_ns: 
     """A reading object or an array of them (a backfill) for a known sensor."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         return _reject(
-            topic, payload, received_at_ns, "too_large",
+            topic,
+            payload,
+            received_at_ns,
+            "too_large",
             f"payload is {len(payload)} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit; "
             f"send backfills as arrays of at most {MAX_ITEMS} readings",
         )
@@ -162,11 +173,15 @@ def decode_readings(sensor: Sensor, topic: str, payload: bytes, received_at_ns: 
         return Decoded([reading], [], [])
     if isinstance(doc, list):
         if not doc:
-            return _reject(topic, payload, received_at_ns, "empty_array",
-                           "the array holds no readings")
+            return _reject(
+                topic, payload, received_at_ns, "empty_array", "the array holds no readings"
+            )
         if len(doc) > MAX_ITEMS:
             return _reject(
-                topic, payload, received_at_ns, "too_many_items",
+                topic,
+                payload,
+                received_at_ns,
+                "too_many_items",
                 f"the array holds {len(doc)} readings; send at most {MAX_ITEMS} per message",
             )
         readings: list[Reading] = []
@@ -178,12 +193,22 @@ def decode_readings(sensor: Sensor, topic: str, payload: bytes, received_at_ns: 
                 readings.append(_reading(item, sensor, received_at_ns))
             except _Invalid as bad:
                 rejections.append(
-                    Rejection(topic, orjson.dumps(item), bad.code,
-                              f"item {index} of {len(doc)}: {bad.reason}", received_at_ns)
+                    Rejection(
+                        topic,
+                        orjson.dumps(item),
+                        bad.code,
+                        f"item {index} of {len(doc)}: {bad.reason}",
+                        received_at_ns,
+                    )
                 )
         return Decoded(readings, [], rejections)
-    return _reject(topic, payload, received_at_ns, "bad_payload",
-                   f"payload must be a JSON object or array of objects, got {_kind(doc)}")
+    return _reject(
+        topic,
+        payload,
+        received_at_ns,
+        "bad_payload",
+        f"payload must be a JSON object or array of objects, got {_kind(doc)}",
+    )
 
 
 def _reading(doc: dict[str, Any], sensor: Sensor, received_at_ns: int) -> Reading:
@@ -193,13 +218,16 @@ def _reading(doc: dict[str, Any], sensor: Sensor, received_at_ns: int) -> Readin
     else:
         time_ns, from_receipt = _time_ns(ts), False
         if time_ns < EARLIEST_NS:
-            raise _Invalid("ts_out_of_range",
-                           f"ts {ts!r} is before 2000-01-01; epoch times are in milliseconds")
+            raise _Invalid(
+                "ts_out_of_range",
+                f"ts {ts!r} is before 2000-01-01; epoch times are in milliseconds",
+            )
         if time_ns > received_at_ns + MAX_FUTURE_NS:
             ahead = (time_ns - received_at_ns) / 1e9
-            raise _Invalid("ts_out_of_range",
-                           f"ts {ts!r} is {ahead:.0f} s ahead of the receive time; "
-                           "check the sensor's clock")
+            raise _Invalid(
+                "ts_out_of_range",
+                f"ts {ts!r} is {ahead:.0f} s ahead of the receive time; check the sensor's clock",
+            )
 
     level = doc.get("level_cm")
     distance = doc.get("distance_mm")
@@ -209,22 +237,26 @@ def _reading(doc: dict[str, Any], sensor: Sensor, received_at_ns: int) -> Readin
     if level is None:
         distance_mm = _number(distance, "distance_mm")
         if sensor.mount_height_mm is None:
-            raise _Invalid("bad_level",
-                           f"sensor {sensor.id!r} has no mount_height_mm in the registry, "
-                           "so distance_mm cannot become a depth; send level_cm or add it")
+            raise _Invalid(
+                "bad_level",
+                f"sensor {sensor.id!r} has no mount_height_mm in the registry, "
+                "so distance_mm cannot become a depth; send level_cm or add it",
+            )
         if not DISTANCE_MM[0] <= distance_mm <= DISTANCE_MM[1]:
-            raise _Invalid("out_of_range",
-                           f"distance_mm {distance_mm:g} is outside {DISTANCE_MM[0]:g} to "
-                           f"{DISTANCE_MM[1]:g}")
+            raise _Invalid(
+                "out_of_range",
+                f"distance_mm {distance_mm:g} is outside {DISTANCE_MM[0]:g} to {DISTANCE_MM[1]:g}",
+            )
         level_cm = (sensor.mount_height_mm - distance_mm) / 10.0
     else:
         level_cm = _number(level, "level_cm")
     low, high = TIDE_STAGE_CM if sensor.kind == "tide" else STREET_DEPTH_CM
     if not low <= level_cm <= high:
         what = "river stage" if sensor.kind == "tide" else "depth"
-        raise _Invalid("out_of_range",
-                       f"{what} {level_cm:g} cm is outside the physical range {low:g} to "
-                       f"{high:g} cm")
+        raise _Invalid(
+            "out_of_range",
+            f"{what} {level_cm:g} cm is outside the physical range {low:g} to {high:g} cm",
+        )
 
     battery_v = doc.get("battery_v")
     if battery_v is not None:
@@ -251,18 +283,18 @@ def _time_ns(ts: object) -> int:
         try:
             dt = datetime.fromisoformat(ts)
         except ValueError:
-            raise _Invalid("bad_ts",
-                           f"ts {ts[:60]!r} is not ISO 8601 (e.g. 2026-11-26T18:05:00+07:00)"
-                           ) from None
+            raise _Invalid(
+                "bad_ts", f"ts {ts[:60]!r} is not ISO 8601 (e.g. 2026-11-26T18:05:00+07:00)"
+            ) from None
         if dt.tzinfo is None:
-            raise _Invalid("bad_ts",
-                           f"ts {ts[:60]!r} has no UTC offset; add one, e.g. +07:00 or Z")
+            raise _Invalid("bad_ts", f"ts {ts[:60]!r} has no UTC offset; add one, e.g. +07:00 or Z")
         try:
             return ((dt - _EPOCH) // _ONE_US) * 1000
         except OverflowError:
             raise _Invalid("ts_out_of_range", f"ts {ts[:60]!r} is out of range") from None
-    raise _Invalid("bad_ts",
-                   f"ts must be an ISO 8601 string or integer epoch milliseconds, got {_kind(ts)}")
+    raise _Invalid(
+        "bad_ts", f"ts must be an ISO 8601 string or integer epoch milliseconds, got {_kind(ts)}"
+    )
 
 
 def _number(value: object, name: str) -> float:
@@ -318,10 +350,12 @@ def _decode_status(
 ) -> Decoded:
     text = payload.strip().lower()
     if text in (b"online", b"offline"):
-        return Decoded([], [StatusChange(sensor.id, text == b"online", received_at_ns, retained)],
-                       [])
-    return _reject(topic, payload, received_at_ns, "bad_status",
-                   "status payload must be 'online' or 'offline'")
+        return Decoded(
+            [], [StatusChange(sensor.id, text == b"online", received_at_ns, retained)], []
+        )
+    return _reject(
+        topic, payload, received_at_ns, "bad_status", "status payload must be 'online' or 'offline'"
+    )
 
 
 def _reject(topic: str, payload: bytes, received_at_ns: int, code: str, reason: str) -> Decoded:

@@ -81,8 +81,7 @@ def encode_field_value(value: FieldValue) -> str:
         for ch in _FORBIDDEN:
             if ch in value:
                 raise LineProtocolError(
-                    f"string field {value[:40]!r} contains {ch!r}, which line protocol "
-                    "cannot carry"
+                    f"string field {value[:40]!r} contains {ch!r}, which line protocol cannot carry"
                 )
         if len(value.encode("utf-8")) > MAX_STRING_BYTES:
             raise LineProtocolError("string field is longer than InfluxDB's 64 KiB limit")

@@ -22,7 +22,13 @@ from floodwatch.mqtt import Delivery
 from floodwatch.registry import Registry
 from floodwatch.topics import Topics
 from ingest.decode import Reading, Rejection, decode_message
-from ingest.store import deadletter_line, reading_line, status_line, write_keeping_good_lines
+from ingest.store import (
+    RefusedLine,
+    deadletter_line,
+    reading_line,
+    status_line,
+    write_keeping_good_lines,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +67,7 @@ class Batch:
     origins: list[tuple[str, bytes, int]]
 
 
-def judge(
-    topics: Topics, registry: Registry, deliveries: list[Delivery]
-) -> Batch:
+def judge(topics: Topics, registry: Registry, deliveries: list[Delivery]) -> Batch:
     """Decode a batch of deliveries into line protocol (pure)."""
     lines: list[str] = []
     origins: list[tuple[str, bytes, int]] = []
@@ -71,8 +75,7 @@ def judge(
     rejections: list[Rejection] = []
     statuses = 0
     for d in deliveries:
-        decoded = decode_message(topics, registry, d.topic, d.payload, d.received_at_ns,
-                                 d.retained)
+        decoded = decode_message(topics, registry, d.topic, d.payload, d.received_at_ns, d.retained)
         origin = (d.topic, d.payload, d.received_at_ns)
         for r in decoded.readings:
             lines.append(reading_line(r))
@@ -134,7 +137,10 @@ class Ingest:
             self._wake.set()
 
     def start(self) -> None:
-        for target, name in ((self._judge_loop, "ingest-judge"), (self._store_loop, "ingest-store")):
+        for target, name in (
+            (self._judge_loop, "ingest-judge"),
+            (self._store_loop, "ingest-store"),
+        ):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -156,7 +162,8 @@ class Ingest:
         return len(self._inbox) + self._judged.qsize()
 
     def _take(self) -> list[Delivery]:
-        inbox, batch, size = self._inbox, [], 0
+        inbox, size = self._inbox, 0
+        batch: list[Delivery] = []
         popleft = inbox.popleft
         while inbox and len(batch) < self.max_batch and size < self.max_batch_bytes:
             d = popleft()
@@ -218,8 +225,13 @@ class Ingest:
                 log.error("InfluxDB refused a dead letter: %s", bad.message)
                 continue
             topic, payload, received = judged.origins[bad.index]
-            rej = Rejection(topic, payload, "influx_refused",
-                            f"InfluxDB refused the point: {bad.message}", received)
+            rej = Rejection(
+                topic,
+                payload,
+                "influx_refused",
+                f"InfluxDB refused the point: {bad.message}",
+                received,
+            )
             rejections.append(rej)
             late.append(self._deadletter_line(rej))
             if lines[bad.index].startswith("water_level,"):
@@ -248,7 +260,7 @@ class Ingest:
                 self._deadletter_seq,
             )
 
-    def _write(self, lines: list[str]) -> list | None:  # type: ignore[type-arg]
+    def _write(self, lines: list[str]) -> list[RefusedLine] | None:
         """Write until InfluxDB takes it; None if asked to stop before it did."""
         backoff = 0.1
         while True:

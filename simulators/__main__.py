@@ -17,7 +17,17 @@ from types import FrameType
 from floodwatch.errors import FloodwatchError, SettingsError
 from floodwatch.mqtt import MqttConnection, Will
 from floodwatch.registry import Registry, Sensor, load_registry
-from floodwatch.settings import COMMON_OPTIONS, Settings, add_options, option, settings_from_args
+from floodwatch.settings import (
+    COMMON_OPTIONS,
+    Settings,
+    add_options,
+    configure_logging,
+    env_name,
+    option,
+    real_number,
+    settings_from_args,
+    whole_number,
+)
 from floodwatch.topics import Topics
 from simulators.street import SHOWER_PERIOD_S, build_fleet, initial_state, reading_payload, step
 
@@ -39,7 +49,6 @@ SIMULATOR_OPTIONS = (
     ),
     option("--sensors", "", "comma-separated sensor ids to simulate (empty: every sensor)"),
 )
-_ENV = {opt.flag: opt.env for opt in SIMULATOR_OPTIONS}
 
 # Real sensors are one device each, each with its own connection and will. Beyond this many
 # the simulator shares one connection instead, to spare the broker and the process.
@@ -89,41 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _number(value: object, flag: str, *, positive: bool) -> float:
-    try:
-        number = float(str(value))
-    except ValueError:
-        number = math.nan
-    if not math.isfinite(number) or number < 0 or (positive and number == 0):
-        what = "greater than 0" if positive else "of 0 or more"
-        raise SettingsError(
-            f"{flag} {value!r} must be a finite number {what}; fix {flag} or {_ENV[flag]}."
-        )
-    return number
-
-
-def _whole(value: object, flag: str) -> int:
-    try:
-        number = int(str(value))
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise SettingsError(
-            f"{flag} {value!r} must be a whole number of 0 or more; fix {flag} or {_ENV[flag]}."
-        )
-    return number
-
-
 def run_options(args: argparse.Namespace) -> RunOptions:
     """Check the simulator's own options; raise SettingsError naming the flag and variable."""
     ids = tuple(part.strip() for part in str(args.sensors).split(",") if part.strip())
     return RunOptions(
-        interval_s=_number(args.interval, "--interval", positive=True),
-        speed=_number(args.speed, "--speed", positive=True),
-        duration_s=_number(args.duration, "--duration", positive=False),
-        count=_whole(args.count, "--count"),
-        seed=_whole(args.seed, "--seed"),
-        shower_period_s=_number(args.shower_period, "--shower-period", positive=True),
+        interval_s=real_number(args.interval, "--interval", positive=True),
+        speed=real_number(args.speed, "--speed", positive=True),
+        duration_s=real_number(args.duration, "--duration", positive=False),
+        count=whole_number(args.count, "--count"),
+        seed=whole_number(args.seed, "--seed"),
+        shower_period_s=real_number(args.shower_period, "--shower-period", positive=True),
         sensor_ids=tuple(dict.fromkeys(ids)),
     )
 
@@ -136,7 +120,7 @@ def select_sensors(registry: Registry, ids: tuple[str, ...]) -> tuple[Sensor, ..
     if unknown:
         raise SettingsError(
             f"--sensors names {', '.join(map(repr, unknown))}, not in the registry "
-            f"{registry.source}; use ids from it in --sensors or {_ENV['--sensors']}."
+            f"{registry.source}; use ids from it in --sensors or {env_name('--sensors')}."
         )
     return tuple(registry.sensors[sensor_id] for sensor_id in ids)
 
@@ -146,9 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from_args(args)
         run = run_options(args)
-        logging.basicConfig(
-            level=settings.log_level, format="%(asctime)s simulators %(levelname)s %(message)s"
-        )
+        configure_logging(settings.log_level, "simulators")
         sensors = select_sensors(load_registry(settings.registry_path), run.sensor_ids)
     except FloodwatchError as exc:
         print(f"simulators: {exc}", file=sys.stderr)

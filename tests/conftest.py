@@ -74,8 +74,11 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     def start(module: str, *args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
         with (tmp_path / f"{module}-{len(procs)}.log").open("wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", module, *args], env=env, cwd=ROOT,
-                stdout=log, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", module, *args],
+                env=env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         procs.append(proc)
         return proc

@@ -43,10 +43,12 @@ def only_reading(decoded: Decoded) -> Reading:
 
 def test_contract_example_decodes_to_its_values() -> None:
     """The contract's example reading keeps every field, with the time in UTC nanoseconds."""
-    r = only_reading(decode(
-        '{"ts": "2026-11-26T18:05:00.000+07:00", "level_cm": 23.5, "battery_v": 3.71, '
-        '"rssi": -87, "seq": 1042}'
-    ))
+    r = only_reading(
+        decode(
+            '{"ts": "2026-11-26T18:05:00.000+07:00", "level_cm": 23.5, "battery_v": 3.71, '
+            '"rssi": -87, "seq": 1042}'
+        )
+    )
     assert r == Reading(STREET.id, 1_795_691_100 * 10**9, 23.5, None, 3.71, -87, 1042, False)
 
 
@@ -125,7 +127,9 @@ BAD_READINGS = [
 
 
 @pytest.mark.parametrize(("payload", "code", "hint"), BAD_READINGS)
-def test_bad_readings_are_rejected_with_a_reason(payload: str | bytes, code: str, hint: str) -> None:
+def test_bad_readings_are_rejected_with_a_reason(
+    payload: str | bytes, code: str, hint: str
+) -> None:
     """Each kind of bad reading is rejected with its code and a reason that names the fault."""
     decoded = decode(payload)
     assert decoded.readings == []
@@ -144,8 +148,9 @@ def test_distance_from_sensor_without_mount_height_is_rejected() -> None:
 
 def test_unknown_sensor_and_foreign_topics_are_rejected() -> None:
     """Readings for sensors not in the registry, and unrelated topics, are dead-lettered."""
-    unknown = decode_message(TOPICS, REGISTRY, "floodwatch/v1/sensors/ghost/reading",
-                             b'{"level_cm": 1}', NOW_NS)
+    unknown = decode_message(
+        TOPICS, REGISTRY, "floodwatch/v1/sensors/ghost/reading", b'{"level_cm": 1}', NOW_NS
+    )
     assert [r.code for r in unknown.rejections] == ["unknown_sensor"]
     assert "ghost" in unknown.rejections[0].reason
     foreign = decode_message(TOPICS, REGISTRY, "floodwatch/v1/other", b"x", NOW_NS)
@@ -200,15 +205,15 @@ def test_deadletter_json_follows_the_contract() -> None:
 int64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 json_values = st.recursive(
     st.none() | st.booleans() | int64 | st.floats(allow_nan=False) | st.text(),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children,
-                                                                      max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4)
+    ),
     max_leaves=12,
 )
 reading_like = st.fixed_dictionaries(
     {},
     optional={
-        "ts": st.one_of(int64, st.text(), st.datetimes().map(lambda d: d.isoformat()),
-                        st.floats()),
+        "ts": st.one_of(int64, st.text(), st.datetimes().map(lambda d: d.isoformat()), st.floats()),
         "level_cm": st.one_of(st.floats(), int64, st.text(), st.booleans()),
         "distance_mm": st.one_of(st.floats(), int64),
         "battery_v": st.one_of(st.floats(), int64, st.none()),
@@ -242,8 +247,10 @@ def test_no_topic_makes_the_decoder_raise(topic: str, payload: bytes) -> None:
 
 
 @settings(max_examples=500)
-@given(st.one_of(json_values, reading_like, st.lists(reading_like, min_size=1, max_size=5)),
-       st.sampled_from([STREET, DISTANCE, TIDE]))
+@given(
+    st.one_of(json_values, reading_like, st.lists(reading_like, min_size=1, max_size=5)),
+    st.sampled_from([STREET, DISTANCE, TIDE]),
+)
 def test_no_json_makes_the_decoder_raise(doc: object, sensor: Sensor) -> None:
     """Any JSON document, however odd, is decoded or rejected item by item, never raised."""
     payload = orjson.dumps(doc)

@@ -16,7 +16,8 @@ from ingest.store import write_keeping_good_lines
 T0 = 1_795_691_100_000_000_000
 text_no_breaks = st.text(
     alphabet=st.characters(blacklist_characters="\n\r\x00", blacklist_categories=("Cs",)),
-    min_size=1, max_size=40,
+    min_size=1,
+    max_size=40,
 )
 int64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 finite = st.floats(allow_nan=False, allow_infinity=False)
@@ -27,9 +28,17 @@ finite = st.floats(allow_nan=False, allow_infinity=False)
     deadline=None,
     suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture],
 )
-@given(tag=text_no_breaks, f=finite, i=int64, b=st.booleans(), s=st.text(
-    alphabet=st.characters(blacklist_characters="\n\r\x00", blacklist_categories=("Cs",)),
-    max_size=200), n=st.integers(min_value=0, max_value=10**6))
+@given(
+    tag=text_no_breaks,
+    f=finite,
+    i=int64,
+    b=st.booleans(),
+    s=st.text(
+        alphabet=st.characters(blacklist_characters="\n\r\x00", blacklist_categories=("Cs",)),
+        max_size=200,
+    ),
+    n=st.integers(min_value=0, max_value=10**6),
+)
 def test_what_is_written_reads_back_identical(
     influx: InfluxClient, tag: str, f: float, i: int, b: bool, s: str, n: int
 ) -> None:
@@ -42,7 +51,8 @@ def test_what_is_written_reads_back_identical(
     influx.write([line])
     series = influx.query(
         'SELECT "f", "i", "b", "s", "k" FROM "roundtrip" WHERE "k" = $k AND time = $t',
-        {"k": tag, "t": t}, epoch="ns",
+        {"k": tag, "t": t},
+        epoch="ns",
     )
     assert len(series) == 1
     columns, [row] = series[0]["columns"], series[0]["values"]
@@ -97,15 +107,14 @@ def test_query_errors_raise_even_inside_http_200(influx: InfluxClient, q: str) -
 def test_bound_parameters_cannot_inject(influx: InfluxClient) -> None:
     """A tag value full of InfluxQL is compared as a string, never run as a query."""
     influx.write([f"water_level,sensor=qh-01 level_cm=1.0 {T0}"])
-    evil = "qh-01' OR 1=1; DROP DATABASE \"x\" --"
+    evil = 'qh-01\' OR 1=1; DROP DATABASE "x" --'
     assert influx.query("SELECT * FROM water_level WHERE sensor = $s", {"s": evil}) == []
     assert len(influx.query("SELECT * FROM water_level WHERE sensor = $s", {"s": "qh-01"})) == 1
 
 
 def test_unreachable_influx_is_unavailable_not_fatal() -> None:
     """A closed port raises InfluxUnavailable, the error ingest retries on."""
-    client = InfluxClient(parse_influx_url(f"http://127.0.0.1:{free_port()}"), "db",
-                          timeout_s=1)
+    client = InfluxClient(parse_influx_url(f"http://127.0.0.1:{free_port()}"), "db", timeout_s=1)
     with pytest.raises(InfluxUnavailable):
         client.write(["m v=1 1"])
     assert not client.ping()

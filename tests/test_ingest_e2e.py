@@ -40,9 +40,13 @@ class IngestProcess:
     def start(self) -> None:
         self.starts += 1
         with self.log.open("wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "ingest", "--stats-interval", "1"],
-                                         env=self.env, cwd=ROOT, stdout=out,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ingest", "--stats-interval", "1"],
+                env=self.env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         wait_until(lambda: b"ingesting" in self.log.read_bytes(), 30, "ingest to subscribe")
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
@@ -91,8 +95,11 @@ def listen(broker: Service) -> Iterator[Callable[[str], list[Delivery]]]:
             with lock:
                 got.append(d)
 
-        conn = MqttConnection(MqttEndpoint("127.0.0.1", broker.port),
-                              subscriptions=[(topic_filter, 1)], on_delivery=on)
+        conn = MqttConnection(
+            MqttEndpoint("127.0.0.1", broker.port),
+            subscriptions=[(topic_filter, 1)],
+            on_delivery=on,
+        )
         conn.start()
         conns.append(conn)
         return got
@@ -102,8 +109,9 @@ def listen(broker: Service) -> Iterator[Callable[[str], list[Delivery]]]:
         conn.stop()
 
 
-def mosquitto_pub(broker: Service, topic: str, *, message: str | None = None,
-                  lines: bytes | None = None) -> None:
+def mosquitto_pub(
+    broker: Service, topic: str, *, message: str | None = None, lines: bytes | None = None
+) -> None:
     args = ["mosquitto_pub", "-p", str(broker.port), "-q", "1", "-t", topic]
     if message is not None:
         subprocess.run([*args, "-m", message], check=True, timeout=30)
@@ -111,8 +119,9 @@ def mosquitto_pub(broker: Service, topic: str, *, message: str | None = None,
         subprocess.run([*args, "-l"], input=lines, check=True, timeout=60)
 
 
-def count(db: InfluxClient, field: str = "level_cm", where: str = "",
-          params: dict[str, str] | None = None) -> int:
+def count(
+    db: InfluxClient, field: str = "level_cm", where: str = "", params: dict[str, str] | None = None
+) -> int:
     series = db.query(f'SELECT count("{field}") FROM "water_level" {where}', params)
     return int(series[0]["values"][0][1]) if series else 0
 
@@ -130,13 +139,20 @@ def test_readme_example_is_stored_once_even_when_sent_twice(
     row = dict(zip(series["columns"], series["values"][0], strict=True))
     assert len(series["values"]) == 1
     assert row == {
-        "time": 1_795_604_700_000_000_000, "sensor": "qh-02", "level_cm": 23.5,
-        "battery_v": 3.71, "rssi": -87, "seq": 1042,
+        "time": 1_795_604_700_000_000_000,
+        "sensor": "qh-02",
+        "level_cm": 23.5,
+        "battery_v": 3.71,
+        "rssi": -87,
+        "seq": 1042,
     }
 
 
 def test_bad_readings_are_dead_lettered_and_ingest_keeps_going(
-    broker: Service, db: InfluxClient, ingest: IngestProcess, unique: str,
+    broker: Service,
+    db: InfluxClient,
+    ingest: IngestProcess,
+    unique: str,
     listen: Callable[[str], list[Delivery]],
 ) -> None:
     """Malformed, unknown-sensor and out-of-range readings reach deadletter with reasons."""
@@ -165,7 +181,10 @@ def test_bad_readings_are_dead_lettered_and_ingest_keeps_going(
 
 
 def test_lines_influx_refuses_are_dead_lettered_and_the_rest_stored(
-    broker: Service, db: InfluxClient, ingest: IngestProcess, unique: str,
+    broker: Service,
+    db: InfluxClient,
+    ingest: IngestProcess,
+    unique: str,
     listen: Callable[[str], list[Delivery]],
 ) -> None:
     """A batch in which InfluxDB refuses some lines is split: those go to deadletter only."""
@@ -178,8 +197,11 @@ def test_lines_influx_refuses_are_dead_lettered_and_the_rest_stored(
         for k in range(50)
     )
     mosquitto_pub(broker, f"{unique}/v1/sensors/qh-02/reading", lines=lines + b"\n")
-    mosquitto_pub(broker, f"{unique}/v1/sensors/qh-03/reading",
-                  message='{"ts": 1790000001000, "level_cm": 5, "rssi": -80}')
+    mosquitto_pub(
+        broker,
+        f"{unique}/v1/sensors/qh-03/reading",
+        message='{"ts": 1790000001000, "level_cm": 5, "rssi": -80}',
+    )
     wait_until(lambda: len(dead) == 1, 20, "the refused reading on deadletter")
     assert "field type conflict" in orjson.loads(dead[0].payload)["reason"]
     assert orjson.loads(dead[0].payload)["code"] == "influx_refused"
@@ -191,12 +213,16 @@ def test_sigkill_mid_burst_stores_every_reading_exactly_once(
 ) -> None:
     """Killing ingest with SIGKILL during a burst and restarting it loses and doubles nothing."""
     n = 30_000
-    lines = b"\n".join(
-        orjson.dumps({"ts": 1795000000000 + k * 1000, "level_cm": 5.5, "seq": k})
-        for k in range(n)
-    ) + b"\n"
+    lines = (
+        b"\n".join(
+            orjson.dumps({"ts": 1795000000000 + k * 1000, "level_cm": 5.5, "seq": k})
+            for k in range(n)
+        )
+        + b"\n"
+    )
     publisher = threading.Thread(
-        target=mosquitto_pub, args=(broker, f"{unique}/v1/sensors/nvh-01/reading"),
+        target=mosquitto_pub,
+        args=(broker, f"{unique}/v1/sensors/nvh-01/reading"),
         kwargs={"lines": lines},
     )
     publisher.start()
@@ -227,12 +253,18 @@ def test_influx_down_means_retry_not_loss(
     db = InfluxClient(parse_influx_url(f"http://127.0.0.1:{own.port}"), unique)
     try:
         own.stop()
-        lines = b"\n".join(
-            orjson.dumps({"ts": 1795000000000 + k * 1000, "level_cm": 1.5}) for k in range(500)
-        ) + b"\n"
+        lines = (
+            b"\n".join(
+                orjson.dumps({"ts": 1795000000000 + k * 1000, "level_cm": 1.5}) for k in range(500)
+            )
+            + b"\n"
+        )
         mosquitto_pub(broker, f"{unique}/v1/sensors/qh-02/reading", lines=lines)
-        wait_until(lambda: b"InfluxDB unavailable" in proc.log.read_bytes(), 20,
-                   "ingest to notice InfluxDB is down")
+        wait_until(
+            lambda: b"InfluxDB unavailable" in proc.log.read_bytes(),
+            20,
+            "ingest to notice InfluxDB is down",
+        )
         own.start()
         wait_influx_ready(own.port)
         wait_until(lambda: count(db) == 500, 30, "the readings after InfluxDB returned")
@@ -263,8 +295,14 @@ def test_bad_settings_fail_at_start_with_one_sentence(
     ingest_env: dict[str, str], env: dict[str, str], hint: str
 ) -> None:
     """A wrong setting stops ingest at once with exit 2 and one line naming the fix."""
-    done = subprocess.run([sys.executable, "-m", "ingest"], env={**ingest_env, **env}, cwd=ROOT,
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-m", "ingest"],
+        env={**ingest_env, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and hint in lines[0] and lines[0].startswith("ingest: ")

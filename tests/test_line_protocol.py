@@ -17,16 +17,26 @@ T = 1_795_691_100_000_000_000
 @pytest.mark.parametrize(
     ("measurement", "tags", "fields", "expected"),
     [
-        ("water_level", {"sensor": "qh-01"}, {"level_cm": 23.5},
-         f"water_level,sensor=qh-01 level_cm=23.5 {T}"),
-        ("m m,x", {"a b": "c,d=e"}, {"f=g": 1},
-         f"m\\ m\\,x,a\\ b=c\\,d\\=e f\\=g=1i {T}"),
-        ("m", {"b": "2", "a": "1"}, {"s": 'say "hi" \\ bye'},
-         f'm,a=1,b=2 s="say \\"hi\\" \\\\ bye" {T}'),
-        ("m", {}, {"ok": True, "no": False, "big": 2**63 - 1, "neg": -1.5e-7},
-         f"m ok=true,no=false,big=9223372036854775807i,neg=-1.5e-07 {T}"),
-        ("m", {"t": "Nguyễn Văn Hưởng"}, {"v": 0.0},
-         f"m,t=Nguyễn\\ Văn\\ Hưởng v=0.0 {T}"),
+        (
+            "water_level",
+            {"sensor": "qh-01"},
+            {"level_cm": 23.5},
+            f"water_level,sensor=qh-01 level_cm=23.5 {T}",
+        ),
+        ("m m,x", {"a b": "c,d=e"}, {"f=g": 1}, f"m\\ m\\,x,a\\ b=c\\,d\\=e f\\=g=1i {T}"),
+        (
+            "m",
+            {"b": "2", "a": "1"},
+            {"s": 'say "hi" \\ bye'},
+            f'm,a=1,b=2 s="say \\"hi\\" \\\\ bye" {T}',
+        ),
+        (
+            "m",
+            {},
+            {"ok": True, "no": False, "big": 2**63 - 1, "neg": -1.5e-7},
+            f"m ok=true,no=false,big=9223372036854775807i,neg=-1.5e-07 {T}",
+        ),
+        ("m", {"t": "Nguyễn Văn Hưởng"}, {"v": 0.0}, f"m,t=Nguyễn\\ Văn\\ Hưởng v=0.0 {T}"),
     ],
 )
 def test_known_points_encode_exactly(
@@ -75,8 +85,14 @@ def test_reading_line_matches_the_generic_encoder() -> None:
     assert reading_line(r) == encode_point(
         "water_level",
         {"sensor": "nvh-02"},
-        {"level_cm": 23.5, "distance_mm": 1765.0, "battery_v": 3.71, "rssi": -87, "seq": 1042,
-         "ts_from_receipt": True},
+        {
+            "level_cm": 23.5,
+            "distance_mm": 1765.0,
+            "battery_v": 3.71,
+            "rssi": -87,
+            "seq": 1042,
+            "ts_from_receipt": True,
+        },
         T,
     )
     bare = Reading("nvh-02", T, 1.0)

@@ -1,0 +1,182 @@
+"""`python -m floodwatch.stack`: the whole pipeline on this machine, for demos and development.
+
+Starts Mosquitto (with config/mosquitto.conf) and InfluxDB, then ingest, the API and the
+street simulator, each as its own process with its log under the data directory. Ctrl-C (or
+SIGTERM) stops them in reverse order. `scripts/stack` installs what is missing and runs this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from floodwatch.errors import FloodwatchError
+from floodwatch.localservices import (
+    Service,
+    free_port,
+    influxd_service,
+    mosquitto_service,
+    wait_influx_ready,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _port_or_free(preferred: int) -> int:
+    """The usual port if nothing listens there (a system broker may), else a free one."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", preferred))
+        except OSError:
+            return free_port()
+    return preferred
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m floodwatch.stack",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=ROOT / ".stack",
+        help="directory for the broker's and database's data and all logs "
+        "(default: .stack in the project)",
+    )
+    parser.add_argument(
+        "--mqtt-port",
+        type=int,
+        default=1883,
+        help="broker port (default 1883; a free one if taken)",
+    )
+    parser.add_argument(
+        "--influx-port",
+        type=int,
+        default=8086,
+        help="InfluxDB port (default 8086; a free one if taken)",
+    )
+    parser.add_argument(
+        "--api-port", type=int, default=8000, help="API port (default 8000; a free one if taken)"
+    )
+    parser.add_argument(
+        "--speed",
+        default="60",
+        help="simulator time acceleration (default 60: a shower floods and "
+        "drains a street within a minute)",
+    )
+    parser.add_argument(
+        "--for",
+        dest="run_for",
+        type=float,
+        default=0,
+        help="stop after this many seconds (default 0: until Ctrl-C)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    data: Path = args.data.resolve()
+    logs = data / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    (data / "broker").mkdir(exist_ok=True)
+    (data / "influxdb").mkdir(exist_ok=True)
+    mqtt_port = _port_or_free(args.mqtt_port)
+    influx_port = _port_or_free(args.influx_port)
+    api_port = _port_or_free(args.api_port)
+
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    env = dict(
+        os.environ,
+        FLOODWATCH_MQTT_URL=f"mqtt://127.0.0.1:{mqtt_port}",
+        FLOODWATCH_INFLUX_URL=f"http://127.0.0.1:{influx_port}",
+        PYTHONUNBUFFERED="1",
+    )
+    services: list[Service] = []
+    apps: list[tuple[str, subprocess.Popen[bytes]]] = []
+    try:
+        broker = mosquitto_service(data / "broker", mqtt_port)
+        influxd = influxd_service(data / "influxdb", influx_port)
+        for svc in (broker, influxd):
+            svc.log = logs / f"{svc.name}.log"
+            svc.start()
+            services.append(svc)
+        wait_influx_ready(influx_port)
+        for name, extra in (
+            ("ingest", []),
+            ("api", ["--port", str(api_port)]),
+            ("simulators", ["--interval", "2", "--speed", str(args.speed)]),
+        ):
+            with (logs / f"{name}.log").open("ab") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", name, *extra],
+                    env=env,
+                    cwd=ROOT,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            apps.append((name, proc))
+        print(
+            f"""Floodwatch is running (Ctrl-C stops everything):
+  API          http://127.0.0.1:{api_port}/healthz   (OpenAPI: /docs)
+  MQTT broker  127.0.0.1:{mqtt_port}   watch: mosquitto_sub -p {mqtt_port} -t 'floodwatch/#' -v
+  InfluxDB     http://127.0.0.1:{influx_port}
+               influx -port {influx_port} -database floodwatch \\
+                 -execute 'SELECT * FROM water_level ORDER BY time DESC LIMIT 10'
+  logs         {logs}/""",
+            flush=True,
+        )
+        deadline = time.monotonic() + args.run_for if args.run_for else None
+        while not stop.wait(0.5):
+            for name, proc in apps:
+                if proc.poll() is not None:
+                    print(
+                        f"stack: {name} exited with {proc.returncode}; see "
+                        f"{logs / (name + '.log')}",
+                        file=sys.stderr,
+                    )
+                    return 1
+            if deadline is not None and time.monotonic() > deadline:
+                break
+        return 0
+    except FloodwatchError as exc:
+        print(f"stack: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        print("stopping…", flush=True)
+        # One at a time, street first: the simulator's last readings and `offline` statuses
+        # still reach a running ingest.
+        for _, proc in reversed(apps):
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for svc in reversed(services):
+            svc.stop()
+        print("stopped", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

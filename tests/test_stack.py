@@ -1,0 +1,84 @@
+"""The local stack command and the broker configuration that every environment shares."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from floodwatch.influx import InfluxClient
+from floodwatch.localservices import MOSQUITTO_CONF, free_port, mosquitto_config
+from floodwatch.settings import parse_influx_url
+from tests.conftest import ROOT, wait_until
+
+
+def test_stack_runs_the_whole_pipeline_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    """`python -m floodwatch.stack` brings up broker, database, ingest, API and simulator."""
+    mqtt, influx_port, api = free_port(), free_port(), free_port()
+    out = tmp_path / "stack.out"
+    with out.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "floodwatch.stack", "--data", str(tmp_path / "data"),
+             "--mqtt-port", str(mqtt), "--influx-port", str(influx_port),
+             "--api-port", str(api), "--speed", "600"],
+            cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: b"Floodwatch is running" in out.read_bytes(), 60, "the stack")
+        assert f"http://127.0.0.1:{api}/healthz".encode() in out.read_bytes()
+        db = InfluxClient(parse_influx_url(f"http://127.0.0.1:{influx_port}"), "floodwatch")
+
+        def readings() -> int:
+            try:
+                series = db.query('SELECT count("level_cm") FROM "water_level"')
+            except Exception:
+                return 0
+            return int(series[0]["values"][0][1]) if series else 0
+
+        wait_until(lambda: readings() >= 14, 60, "simulated readings from every sensor")
+        wait_until(lambda: _healthy(f"http://127.0.0.1:{api}/healthz"), 30, "the API")
+        db.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(60)
+    assert code == 0, out.read_text()
+    assert b"stopped" in out.read_bytes()
+    for name in ("mosquitto", "influxd", "ingest", "api", "simulators"):
+        assert (tmp_path / "data" / "logs" / f"{name}.log").stat().st_size > 0
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        time.sleep(0.1)
+        return False
+
+
+def test_tests_run_the_shipped_broker_config_with_only_port_and_data_changed(
+    tmp_path: Path,
+) -> None:
+    """The config the tests and the stack run is config/mosquitto.conf, but for two lines."""
+    shipped = MOSQUITTO_CONF.read_text().splitlines()
+    local = mosquitto_config(12345, tmp_path).splitlines()
+    changed = [(a, b) for a, b in zip(shipped, local, strict=True) if a != b]
+    assert changed == [
+        ("listener 1883", "listener 12345 127.0.0.1"),
+        ("persistence_location /mosquitto/data/", f"persistence_location {tmp_path}/"),
+    ]
+
+
+def test_shipped_broker_limits_hold_a_benchmark_burst() -> None:
+    """The queue and in-flight limits exceed what the ingest benchmark puts in flight."""
+    settings = dict(
+        line.split(None, 1) for line in MOSQUITTO_CONF.read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert int(settings["max_queued_messages"]) >= 1_000_000
+    assert int(settings["max_inflight_messages"]) >= 5_000  # ingest's largest batch
+    assert settings["persistence"] == "true"
+    assert int(settings["autosave_interval"]) <= 60

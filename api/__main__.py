@@ -11,8 +11,7 @@ import uvicorn
 from api.app import create_app
 from floodwatch.errors import FloodwatchError
 from floodwatch.settings import (
-    COMMON_OPTIONS,
-    add_options,
+    command_parser,
     option,
     settings_from_args,
     whole_number,
@@ -27,19 +26,11 @@ DESCRIPTION = """\
 Serve Floodwatch's HTTP API (OpenAPI at /docs): sensor readings and alerts from InfluxDB,
 plus /healthz (the process is alive) and /readyz (the MQTT broker and InfluxDB are
 reachable; 503 with the problems listed when not).
-
-Every option can also be set with the FLOODWATCH_* variable named in its help.
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m api",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_options(parser, COMMON_OPTIONS + API_OPTIONS)
-    return parser
+    return command_parser("python -m api", DESCRIPTION, API_OPTIONS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -109,6 +109,20 @@ def add_options(
         )
 
 
+def command_parser(
+    prog: str, description: str, own_options: tuple[_Option, ...]
+) -> argparse.ArgumentParser:
+    """A process's parser: its description, the common options, then its own options."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description.rstrip()
+        + "\n\nEvery option can also be set with the FLOODWATCH_* variable named in its help.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_options(parser, COMMON_OPTIONS + own_options)
+    return parser
+
+
 def parse_mqtt_url(url: str) -> MqttEndpoint:
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):

@@ -15,8 +15,7 @@ from floodwatch.influx import InfluxClient
 from floodwatch.mqtt import Delivery, MqttConnection
 from floodwatch.registry import load_registry
 from floodwatch.settings import (
-    COMMON_OPTIONS,
-    add_options,
+    command_parser,
     configure_logging,
     option,
     settings_from_args,
@@ -47,19 +46,11 @@ session), decode and validate each message against the sensor registry, and writ
 readings to InfluxDB. A message is acknowledged to the broker only after InfluxDB has stored
 it, so nothing is lost if ingest or InfluxDB stops. Invalid messages are published on
 {root}/v1/deadletter with a reason and kept in the `deadletter` measurement.
-
-Every option can also be set with the FLOODWATCH_* variable named in its help.
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m ingest",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_options(parser, COMMON_OPTIONS + INGEST_OPTIONS)
-    return parser
+    return command_parser("python -m ingest", DESCRIPTION, INGEST_OPTIONS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

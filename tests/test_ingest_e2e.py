@@ -306,3 +306,23 @@ def test_bad_settings_fail_at_start_with_one_sentence(
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and hint in lines[0] and lines[0].startswith("ingest: ")
+
+
+def test_backfill_arrays_and_live_statuses_are_stored(
+    broker: Service, db: InfluxClient, ingest: IngestProcess, unique: str
+) -> None:
+    """A 1000-reading backfill array is stored whole; a live status change is stored too."""
+    items = [
+        {"ts": 1795000000000 + k * 60_000, "distance_mm": 1500 + k % 7, "battery_v": 3.9}
+        for k in range(1000)
+    ]
+    mosquitto_pub(broker, f"{unique}/v1/sensors/qh-01/reading",
+                  message=orjson.dumps(items).decode())
+    mosquitto_pub(broker, f"{unique}/v1/sensors/qh-01/status", message="offline")
+    wait_until(lambda: count(db) == 1000, 20, "the backfill")
+    [series] = db.query('SELECT "online" FROM "sensor_status" WHERE "sensor" = $s',
+                        {"s": "qh-01"})
+    assert [row[1] for row in series["values"]] == [False]
+    [first] = db.query('SELECT first("distance_mm"), first("level_cm") FROM "water_level"')
+    # qh-01 hangs 2200 mm above the road: 1500 mm to the water is 70 cm deep.
+    assert first["values"][0][1:] == [1500, 70]

@@ -316,12 +316,12 @@ def test_backfill_arrays_and_live_statuses_are_stored(
         {"ts": 1795000000000 + k * 60_000, "distance_mm": 1500 + k % 7, "battery_v": 3.9}
         for k in range(1000)
     ]
-    mosquitto_pub(broker, f"{unique}/v1/sensors/qh-01/reading",
-                  message=orjson.dumps(items).decode())
+    mosquitto_pub(
+        broker, f"{unique}/v1/sensors/qh-01/reading", message=orjson.dumps(items).decode()
+    )
     mosquitto_pub(broker, f"{unique}/v1/sensors/qh-01/status", message="offline")
     wait_until(lambda: count(db) == 1000, 20, "the backfill")
-    [series] = db.query('SELECT "online" FROM "sensor_status" WHERE "sensor" = $s',
-                        {"s": "qh-01"})
+    [series] = db.query('SELECT "online" FROM "sensor_status" WHERE "sensor" = $s', {"s": "qh-01"})
     assert [row[1] for row in series["values"]] == [False]
     [first] = db.query('SELECT first("distance_mm"), first("level_cm") FROM "water_level"')
     # qh-01 hangs 2200 mm above the road: 1500 mm to the water is 70 cm deep.

@@ -22,10 +22,24 @@ def test_stack_runs_the_whole_pipeline_and_stops_on_ctrl_c(tmp_path: Path) -> No
     out = tmp_path / "stack.out"
     with out.open("wb") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "floodwatch.stack", "--data", str(tmp_path / "data"),
-             "--mqtt-port", str(mqtt), "--influx-port", str(influx_port),
-             "--api-port", str(api), "--speed", "600"],
-            cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "floodwatch.stack",
+                "--data",
+                str(tmp_path / "data"),
+                "--mqtt-port",
+                str(mqtt),
+                "--influx-port",
+                str(influx_port),
+                "--api-port",
+                str(api),
+                "--speed",
+                "600",
+            ],
+            cwd=ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
         )
     try:
         wait_until(lambda: b"Floodwatch is running" in out.read_bytes(), 60, "the stack")
@@ -75,7 +89,8 @@ def test_tests_run_the_shipped_broker_config_with_only_port_and_data_changed(
 def test_shipped_broker_limits_hold_a_benchmark_burst() -> None:
     """The queue and in-flight limits exceed what the ingest benchmark puts in flight."""
     settings = dict(
-        line.split(None, 1) for line in MOSQUITTO_CONF.read_text().splitlines()
+        line.split(None, 1)
+        for line in MOSQUITTO_CONF.read_text().splitlines()
         if line and not line.startswith("#")
     )
     assert int(settings["max_queued_messages"]) >= 1_000_000

@@ -25,6 +25,10 @@ class WriteRefused(InfluxError):
         self.partial = partial
 
 
+class DatabaseMissing(InfluxError):
+    """The database does not exist (yet): create it and write again."""
+
+
 class QueryError(InfluxError):
     """InfluxDB could not run a query (it answers these with HTTP 200 and an error inside)."""
 
@@ -97,7 +101,7 @@ class InfluxClient:
         if response.status_code == 400:
             raise WriteRefused(message, partial=message.startswith("partial write"))
         if response.status_code == 404:
-            raise InfluxError(
+            raise DatabaseMissing(
                 f"InfluxDB has no database {self.database!r} ({message}); "
                 "it is created at start, so check --influx-db and the user's rights"
             )

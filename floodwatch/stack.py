@@ -110,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ,
         FLOODWATCH_MQTT_URL=f"mqtt://127.0.0.1:{mqtt_port}",
         FLOODWATCH_INFLUX_URL=f"http://127.0.0.1:{influx_port}",
+        FLOODWATCH_OUTBOX=str(data / "ingest-outbox.sqlite"),
         PYTHONUNBUFFERED="1",
     )
     services: list[Service] = []

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
-from floodwatch.errors import FloodwatchError
+from floodwatch.errors import FloodwatchError, InfluxUnavailable
 from floodwatch.influx import InfluxClient
 from floodwatch.mqtt import Delivery, MqttConnection
 from floodwatch.registry import load_registry
@@ -18,10 +20,12 @@ from floodwatch.settings import (
     command_parser,
     configure_logging,
     option,
+    real_number,
     settings_from_args,
     whole_number,
 )
 from floodwatch.topics import Topics
+from ingest.outbox import Outbox
 from ingest.pipeline import Ingest
 
 INGEST_OPTIONS = (
@@ -37,6 +41,20 @@ INGEST_OPTIONS = (
         "seconds the broker keeps the session and its queued readings after ingest disconnects",
     ),
     option("--max-batch", "5000", "most messages written to InfluxDB in one request"),
+    option(
+        "--outbox",
+        "",
+        "SQLite file that holds readings on disk during long InfluxDB outages ('off' to "
+        "disable; empty: $XDG_STATE_HOME/floodwatch/outbox-CLIENT_ID.sqlite, else "
+        "~/.local/state/...)",
+    ),
+    option(
+        "--outbox-after",
+        "10",
+        "seconds InfluxDB may be unreachable before batches go to the outbox (and are "
+        "acknowledged to the broker once on disk)",
+    ),
+    option("--outbox-max-mb", "1024", "largest outbox size; beyond it ingest stops acknowledging"),
     option("--stats-interval", "10", "seconds between progress lines in the log (0: none)"),
 )
 
@@ -53,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     return command_parser("python -m ingest", DESCRIPTION, INGEST_OPTIONS)
 
 
+def outbox_path(setting: str, client_id: str) -> Path:
+    if setting:
+        return Path(setting)
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in client_id)
+    return Path(state) / "floodwatch" / f"outbox-{safe}.sqlite"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -60,6 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         session_expiry = whole_number(args.session_expiry, "--session-expiry", minimum=1)
         max_batch = whole_number(args.max_batch, "--max-batch", minimum=1)
         stats_interval = whole_number(args.stats_interval, "--stats-interval")
+        outbox_after = real_number(args.outbox_after, "--outbox-after", positive=False)
+        outbox_max = whole_number(args.outbox_max_mb, "--outbox-max-mb", minimum=1)
+        outbox = None
+        if args.outbox != "off":
+            outbox = Outbox(outbox_path(args.outbox, args.client_id), outbox_max * 2**20)
         configure_logging(settings.log_level, "ingest")
         registry = load_registry(settings.registry_path)
     except FloodwatchError as exc:
@@ -76,14 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
 
+    # InfluxDB may be starting (compose, the local stack) or down: ingest starts anyway, since
+    # the broker (and the outbox) hold readings until it answers; the database is created as
+    # soon as it does.
     try:
-        # InfluxDB may still be starting (compose, the local stack): wait for it, then make
-        # sure the database exists.
-        while not influx.ping():
-            log.warning("waiting for InfluxDB at %s", settings.influx)
-            if stop.wait(1.0):
-                return 0
         influx.create_database()
+    except InfluxUnavailable as exc:
+        log.warning("InfluxDB not reachable at start (%s); readings wait until it is", exc)
     except FloodwatchError as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         return 1
@@ -98,7 +128,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         assert mqtt is not None
         return mqtt.ack_many(deliveries)
 
-    ingest = Ingest(topics, registry, influx, ack, publish_deadletter, max_batch=max_batch)
+    ingest = Ingest(
+        topics,
+        registry,
+        influx,
+        ack,
+        publish_deadletter,
+        max_batch=max_batch,
+        outbox=outbox,
+        outbox_after_s=outbox_after,
+    )
+    if outbox is not None and not outbox.empty:
+        log.info(
+            "outbox %s holds %d readings from before; draining", outbox.path, outbox.status().lines
+        )
     mqtt = MqttConnection(
         settings.mqtt,
         args.client_id,
@@ -122,11 +165,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.influx_db,
     )
     while not stop.wait(stats_interval or None):
-        log.info("%s backlog=%d", ingest.counters.summary(), ingest.backlog)
+        state = f" backlog={ingest.backlog}"
+        if outbox is not None and not outbox.empty:
+            st = outbox.status()
+            state += f" outbox_lines={st.lines} outbox_oldest={st.oldest_age_s:.0f}s"
+        log.info("%s%s", ingest.counters.summary(), state)
     log.info("stopping: finishing the batch in hand")
     ingest.stop()
     mqtt.stop()
     influx.close()
+    if outbox is not None:
+        outbox.close()
     log.info("stopped; %s", ingest.counters.summary())
     return 0
 

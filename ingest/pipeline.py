@@ -17,11 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from floodwatch.errors import InfluxError, InfluxUnavailable, LineProtocolError
-from floodwatch.influx import InfluxClient
+from floodwatch.influx import DatabaseMissing, InfluxClient
 from floodwatch.mqtt import Delivery
 from floodwatch.registry import Registry
 from floodwatch.topics import Topics
 from ingest.decode import Reading, Rejection, decode_message
+from ingest.outbox import Outbox
 from ingest.store import (
     RefusedLine,
     deadletter_line,
@@ -44,13 +45,17 @@ class IngestCounters:
     batches: int = 0
     write_retries: int = 0
     write_seconds: float = 0.0
+    # Lines that went to the disk outbox during an outage, and lines drained from it since.
+    outbox_spilled: int = 0
+    outbox_drained: int = 0
 
     def summary(self) -> str:
         dead = sum(self.deadlettered.values())
         return (
             f"messages={self.messages} readings_stored={self.readings_stored} "
             f"statuses_stored={self.statuses_stored} deadlettered={dead} "
-            f"batches={self.batches} write_retries={self.write_retries}"
+            f"batches={self.batches} write_retries={self.write_retries} "
+            f"outbox_spilled={self.outbox_spilled} outbox_drained={self.outbox_drained}"
         )
 
 
@@ -91,6 +96,13 @@ def judge(topics: Topics, registry: Registry, deliveries: list[Delivery]) -> Bat
     return Batch(lines, readings, statuses, rejections, origins)
 
 
+class Spilled:
+    """The batch went to the disk outbox rather than to InfluxDB."""
+
+
+SPILLED = Spilled()
+
+
 class Ingest:
     """Two threads after the network thread: one judges batches, one stores them.
 
@@ -112,6 +124,8 @@ class Ingest:
         max_batch_bytes: int = 1_000_000,
         max_backoff_s: float = 5.0,
         linger_s: float = 0.02,
+        outbox: Outbox | None = None,
+        outbox_after_s: float = 10.0,
     ) -> None:
         self.topics = topics
         self.registry = registry
@@ -129,6 +143,10 @@ class Ingest:
         self._judged: queue.Queue[tuple[list[Delivery], Batch]] = queue.Queue(maxsize=2)
         self._threads: list[threading.Thread] = []
         self._deadletter_seq = 0
+        self.outbox = outbox
+        self.outbox_after_s = outbox_after_s
+        # When the current InfluxDB outage began (monotonic), or None while it answers.
+        self._down_since: float | None = None
 
     # Called on the MQTT network thread, once per message: append and return.
     def deliver(self, delivery: Delivery) -> None:
@@ -137,10 +155,10 @@ class Ingest:
             self._wake.set()
 
     def start(self) -> None:
-        for target, name in (
-            (self._judge_loop, "ingest-judge"),
-            (self._store_loop, "ingest-store"),
-        ):
+        loops = [(self._judge_loop, "ingest-judge"), (self._store_loop, "ingest-store")]
+        if self.outbox is not None:
+            loops.append((self._drain_loop, "ingest-outbox"))
+        for target, name in loops:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -214,11 +232,18 @@ class Ingest:
         dead_lines: list[str] = []
         for rej in rejections:
             dead_lines.append(self._deadletter_line(rej))
-        refused = self._write(lines + dead_lines)
-        if refused is None:
+        outcome = self._write(lines + dead_lines, spill=True)
+        if outcome is None:
             return  # stopping while InfluxDB is down: nothing acknowledged, all redelivered
         stored_readings = len(judged.readings)
         stored_statuses = judged.statuses
+        refused: list[RefusedLine] = []
+        if isinstance(outcome, Spilled):
+            # On disk, durably: the drainer stores it, and counts it, when InfluxDB returns.
+            self.counters.outbox_spilled += len(lines) + len(dead_lines)
+            stored_readings = stored_statuses = 0
+        else:
+            refused = outcome
         late: list[str] = []
         for bad in refused:
             if bad.index >= len(lines):
@@ -238,7 +263,7 @@ class Ingest:
                 stored_readings -= 1
             else:
                 stored_statuses -= 1
-        if late and self._write(late) is None:
+        if late and self._write(late, spill=False) is None:
             return
         for rej in rejections:
             self.counters.deadlettered[rej.code] += 1
@@ -260,21 +285,101 @@ class Ingest:
                 self._deadletter_seq,
             )
 
-    def _write(self, lines: list[str]) -> list[RefusedLine] | None:
-        """Write until InfluxDB takes it; None if asked to stop before it did."""
+    def _write(self, lines: list[str], spill: bool) -> list[RefusedLine] | Spilled | None:
+        """Write until InfluxDB takes it; None if asked to stop before it did.
+
+        With `spill`, the batch goes to the outbox instead (SPILLED) once InfluxDB has been
+        down for outbox_after_s, or at once while the outbox still holds older batches.
+        """
         backoff = 0.1
         while True:
+            if spill and self._spill(lines, waiting=False):
+                return SPILLED
             started = time.perf_counter()
             try:
                 refused = write_keeping_good_lines(self.influx, lines)
             except InfluxUnavailable as exc:
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
                 log.warning("InfluxDB unavailable, retrying in %.1f s: %s", backoff, exc)
+            except DatabaseMissing:
+                self._create_database()
+                continue
             except InfluxError as exc:
                 log.error("InfluxDB refused the batch, retrying in %.1f s: %s", backoff, exc)
             else:
+                self._down_since = None
                 self.counters.write_seconds += time.perf_counter() - started
                 return refused
+            if spill and self._spill(lines, waiting=True):
+                return SPILLED
             self.counters.write_retries += 1
             if self._stopping.wait(backoff):
                 return None
             backoff = min(backoff * 2, self.max_backoff_s)
+
+    def _create_database(self) -> None:
+        """InfluxDB came back without the database (it was down at start, or wiped)."""
+        try:
+            self.influx.create_database()
+            log.info("created InfluxDB database %r", self.influx.database)
+        except InfluxError as exc:
+            log.warning("cannot create InfluxDB database yet: %s", exc)
+            self._stopping.wait(1.0)
+
+    def _spill(self, lines: list[str], waiting: bool) -> bool:
+        """Append to the outbox if it is in use, or if the outage has lasted long enough."""
+        outbox = self.outbox
+        if outbox is None:
+            return False
+        if outbox.empty:
+            down = self._down_since
+            if not waiting or down is None or time.monotonic() - down < self.outbox_after_s:
+                return False
+        if outbox.append(lines):
+            return True
+        log.error("outbox %s is full; holding the batch unacknowledged", outbox.path)
+        return False
+
+    def _drain_loop(self) -> None:
+        """Write the outbox's batches to InfluxDB, oldest first, whenever it answers."""
+        outbox = self.outbox
+        assert outbox is not None
+        backoff = 0.1
+        while not self._stopping.is_set():
+            item = outbox.oldest()
+            if item is None:
+                self._stopping.wait(0.2)
+                continue
+            batch_id, lines = item
+            try:
+                refused = write_keeping_good_lines(self.influx, lines)
+                if refused:
+                    dead = [
+                        self._deadletter_line(
+                            Rejection(
+                                "(outbox)",
+                                lines[bad.index].encode(),
+                                "influx_refused",
+                                f"InfluxDB refused the point: {bad.message}",
+                                time.time_ns(),
+                            )
+                        )
+                        for bad in refused
+                    ]
+                    write_keeping_good_lines(self.influx, dead)
+                    for _ in refused:
+                        self.counters.deadlettered["influx_refused"] += 1
+            except DatabaseMissing:
+                self._create_database()
+                continue
+            except InfluxError as exc:
+                log.warning("outbox: InfluxDB still unavailable (%s); retrying", exc)
+                if self._stopping.wait(backoff):
+                    return
+                backoff = min(backoff * 2, self.max_backoff_s)
+                continue
+            backoff = 0.1
+            self._down_since = None
+            outbox.remove(batch_id)
+            self.counters.outbox_drained += len(lines)

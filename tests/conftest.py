@@ -4,8 +4,10 @@ ports with temporary data directories, and helpers to run Floodwatch's processes
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -61,6 +63,7 @@ def process_env(broker: Service, influxd: Service, db: str, root: str) -> dict[s
         FLOODWATCH_INFLUX_DB=db,
         FLOODWATCH_TOPIC_ROOT=root,
         FLOODWATCH_LOG_LEVEL="INFO",
+        FLOODWATCH_OUTBOX=str(Path(tempfile.gettempdir()) / f"floodwatch-outbox-{db}.sqlite"),
         PYTHONUNBUFFERED="1",
     )
     return env
@@ -102,3 +105,55 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 20.0, what: str
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what or predicate}")
+
+
+class IngestProcess:
+    """`python -m ingest` with its own log, startable again after a kill."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def log(self) -> Path:
+        return self.log_dir / f"ingest-{self.starts}.log"
+
+    def start(self) -> None:
+        self.starts += 1
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ingest", "--stats-interval", "1"],
+                env=self.env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        wait_until(lambda: b"ingesting" in self.log.read_bytes(), 30, "ingest to subscribe")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(30)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@pytest.fixture
+def ingest_env(broker: Service, influxd: Service, unique: str) -> dict[str, str]:
+    env = process_env(broker, influxd, unique, unique)
+    env["FLOODWATCH_CLIENT_ID"] = f"ingest-{unique}"
+    return env
+
+
+def mosquitto_pub(
+    broker: Service, topic: str, *, message: str | None = None, lines: bytes | None = None
+) -> None:
+    args = ["mosquitto_pub", "-p", str(broker.port), "-q", "1", "-t", topic]
+    if message is not None:
+        subprocess.run([*args, "-m", message], check=True, timeout=30)
+    else:
+        subprocess.run([*args, "-l"], input=lines, check=True, timeout=60)

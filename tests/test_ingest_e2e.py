@@ -16,54 +16,12 @@ from floodwatch.influx import InfluxClient
 from floodwatch.localservices import Service, influxd_service, wait_influx_ready
 from floodwatch.mqtt import Delivery, MqttConnection
 from floodwatch.settings import MqttEndpoint, parse_influx_url
-from tests.conftest import ROOT, process_env, wait_until
+from tests.conftest import ROOT, IngestProcess, mosquitto_pub, wait_until
 
 EXAMPLE = (
     '{"ts": "2026-11-25T18:05:00.000+07:00", "level_cm": 23.5, "battery_v": 3.71, '
     '"rssi": -87, "seq": 1042}'
 )
-
-
-class IngestProcess:
-    """`python -m ingest` with its own log, startable again after a kill."""
-
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.env = env
-        self.log_dir = log_dir
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    @property
-    def log(self) -> Path:
-        return self.log_dir / f"ingest-{self.starts}.log"
-
-    def start(self) -> None:
-        self.starts += 1
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ingest", "--stats-interval", "1"],
-                env=self.env,
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        wait_until(lambda: b"ingesting" in self.log.read_bytes(), 30, "ingest to subscribe")
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(30)
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-
-@pytest.fixture
-def ingest_env(broker: Service, influxd: Service, unique: str) -> dict[str, str]:
-    env = process_env(broker, influxd, unique, unique)
-    env["FLOODWATCH_CLIENT_ID"] = f"ingest-{unique}"
-    return env
 
 
 @pytest.fixture
@@ -107,16 +65,6 @@ def listen(broker: Service) -> Iterator[Callable[[str], list[Delivery]]]:
     yield subscribe
     for conn in conns:
         conn.stop()
-
-
-def mosquitto_pub(
-    broker: Service, topic: str, *, message: str | None = None, lines: bytes | None = None
-) -> None:
-    args = ["mosquitto_pub", "-p", str(broker.port), "-q", "1", "-t", topic]
-    if message is not None:
-        subprocess.run([*args, "-m", message], check=True, timeout=30)
-    else:
-        subprocess.run([*args, "-l"], input=lines, check=True, timeout=60)
 
 
 def count(

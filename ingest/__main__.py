@@ -55,6 +55,12 @@ INGEST_OPTIONS = (
         "acknowledged to the broker once on disk)",
     ),
     option("--outbox-max-mb", "1024", "largest outbox size; beyond it ingest stops acknowledging"),
+    option(
+        "--shutdown-timeout",
+        "10",
+        "seconds SIGTERM may spend storing and acknowledging what is already received; "
+        "the rest stays with the broker",
+    ),
     option("--stats-interval", "10", "seconds between progress lines in the log (0: none)"),
 )
 
@@ -86,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         session_expiry = whole_number(args.session_expiry, "--session-expiry", minimum=1)
         max_batch = whole_number(args.max_batch, "--max-batch", minimum=1)
         stats_interval = whole_number(args.stats_interval, "--stats-interval")
+        shutdown_timeout = real_number(args.shutdown_timeout, "--shutdown-timeout", positive=True)
         outbox_after = real_number(args.outbox_after, "--outbox-after", positive=False)
         outbox_max = whole_number(args.outbox_max_mb, "--outbox-max-mb", minimum=1)
         outbox = None
@@ -170,8 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             st = outbox.status()
             state += f" outbox_lines={st.lines} outbox_oldest={st.oldest_age_s:.0f}s"
         log.info("%s%s", ingest.counters.summary(), state)
-    log.info("stopping: finishing the batch in hand")
-    ingest.stop()
+    log.info("stopping: storing what is in hand (at most %g s)", shutdown_timeout)
+    ingest.stop(shutdown_timeout)
     mqtt.stop()
     influx.close()
     if outbox is not None:

@@ -139,7 +139,10 @@ class Ingest:
         self.counters = IngestCounters()
         self._inbox: deque[Delivery] = deque()
         self._wake = threading.Event()
+        # _closing: flush what is in hand, then stop; _stopping: stop now (the deadline).
+        self._closing = threading.Event()
         self._stopping = threading.Event()
+        self._judged_done = threading.Event()
         self._judged: queue.Queue[tuple[list[Delivery], Batch]] = queue.Queue(maxsize=2)
         self._threads: list[threading.Thread] = []
         self._deadletter_seq = 0
@@ -164,16 +167,21 @@ class Ingest:
             self._threads.append(thread)
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Finish the batch being stored (write and acknowledge it), then return.
+        """Flush what is in hand, within `timeout_s`, then stop.
 
-        Batches judged but not yet stored are dropped unacknowledged: the broker redelivers
-        them to the next ingest.
+        Deliveries already received are judged, stored and acknowledged while the deadline
+        allows (the MQTT connection must stay up meanwhile, for the acknowledgements). What
+        is left at the deadline, or arrives after, stays unacknowledged: the broker keeps it
+        for the next ingest.
         """
-        self._stopping.set()
-        self._wake.set()
         deadline = time.monotonic() + timeout_s
-        for thread in self._threads:
+        self._closing.set()
+        self._wake.set()
+        for thread in self._threads[:2]:  # the judge, then the store
             thread.join(max(0.0, deadline - time.monotonic()))
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(max(0.0, deadline + 1.0 - time.monotonic()))
 
     @property
     def backlog(self) -> int:
@@ -191,33 +199,40 @@ class Ingest:
 
     def _judge_loop(self) -> None:
         last_take = 0.0
-        while not self._stopping.is_set():
-            if not self._inbox:
-                self._wake.clear()
-                if not self._inbox:
-                    self._wake.wait(0.5)
-                continue
-            # Under load, gather for a few milliseconds rather than write tiny batches: each
-            # request costs InfluxDB and this process far more than each line in it.
-            if len(self._inbox) < self.max_batch:
-                pause = last_take + self.linger_s - time.monotonic()
-                if pause > 0 and self._stopping.wait(pause):
-                    return
-            last_take = time.monotonic()
-            deliveries = self._take()
-            batch = judge(self.topics, self.registry, deliveries)
+        try:
             while not self._stopping.is_set():
-                try:
-                    self._judged.put((deliveries, batch), timeout=0.5)
-                    break
-                except queue.Full:
+                if not self._inbox:
+                    if self._closing.is_set():
+                        return  # all received is judged: the flush is done
+                    self._wake.clear()
+                    if not self._inbox:
+                        self._wake.wait(0.5)
                     continue
+                # Under load, gather for a few milliseconds rather than write tiny batches:
+                # each request costs InfluxDB and this process far more than each line in it.
+                if len(self._inbox) < self.max_batch and not self._closing.is_set():
+                    pause = last_take + self.linger_s - time.monotonic()
+                    if pause > 0 and self._stopping.wait(pause):
+                        return
+                last_take = time.monotonic()
+                deliveries = self._take()
+                batch = judge(self.topics, self.registry, deliveries)
+                while not self._stopping.is_set():
+                    try:
+                        self._judged.put((deliveries, batch), timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+        finally:
+            self._judged_done.set()
 
     def _store_loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                deliveries, batch = self._judged.get(timeout=0.5)
+                deliveries, batch = self._judged.get(timeout=0.1)
             except queue.Empty:
+                if self._judged_done.is_set() and self._judged.empty():
+                    return  # flushed
                 continue
             self.store(deliveries, batch)
 

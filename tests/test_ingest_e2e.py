@@ -269,8 +269,13 @@ def test_backfill_arrays_and_live_statuses_are_stored(
     )
     mosquitto_pub(broker, f"{unique}/v1/sensors/qh-01/status", message="offline")
     wait_until(lambda: count(db) == 1000, 20, "the backfill")
-    [series] = db.query('SELECT "online" FROM "sensor_status" WHERE "sensor" = $s', {"s": "qh-01"})
-    assert [row[1] for row in series["values"]] == [False]
+
+    def statuses() -> list[object]:
+        got = db.query('SELECT "online" FROM "sensor_status" WHERE "sensor" = $s', {"s": "qh-01"})
+        return [row[1] for row in got[0]["values"]] if got else []
+
+    wait_until(lambda: bool(statuses()), 20, "the status change")
+    assert statuses() == [False]
     [first] = db.query('SELECT first("distance_mm"), first("level_cm") FROM "water_level"')
     # qh-01 hangs 2200 mm above the road: 1500 mm to the water is 70 cm deep.
     assert first["values"][0][1:] == [1500, 70]

@@ -87,3 +87,39 @@ def test_long_influx_outage_goes_to_disk_and_survives_an_ingest_kill(
             ingest.stop(signal.SIGKILL)
         own.stop()
         db.close()
+
+
+def test_sigterm_mid_burst_exits_in_bound_and_loses_nothing(
+    broker: Service, influxd: Service, unique: str, tmp_path: Path, ingest_env: dict[str, str]
+) -> None:
+    """SIGTERM during a burst: ingest flushes and exits within its bound; nothing is lost."""
+    env = dict(ingest_env, FLOODWATCH_SHUTDOWN_TIMEOUT="5")
+    ingest = IngestProcess(env, tmp_path)
+    ingest.start()
+    db = InfluxClient(parse_influx_url(f"http://127.0.0.1:{influxd.port}"), unique)
+    n = 30_000
+    lines = b"\n".join(
+        orjson.dumps({"ts": 1_795_000_000_000 + k * 1000, "level_cm": 7.5}) for k in range(n)
+    )
+    try:
+        publisher = threading.Thread(
+            target=mosquitto_pub,
+            args=(broker, f"{unique}/v1/sensors/nvh-02/reading"),
+            kwargs={"lines": lines + b"\n"},
+        )
+        publisher.start()
+        wait_until(lambda: len(stored_keys(db)) > 2_000, 30, "part of the burst stored")
+        asked = time.monotonic()
+        assert ingest.stop(signal.SIGTERM) == 0
+        took = time.monotonic() - asked
+        assert took < 5 + 3, f"SIGTERM took {took:.1f} s against a 5 s bound"
+        assert b"stopped; messages=" in ingest.log.read_bytes()
+        publisher.join(60)
+        ingest.start()
+        wait_until(lambda: len(stored_keys(db)) >= n, 60, "the rest after the restart")
+        keys = stored_keys(db)
+        assert len(keys) == len(set(keys)) == n
+    finally:
+        if ingest.running():
+            ingest.stop(signal.SIGKILL)
+        db.close()

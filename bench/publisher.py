@@ -15,7 +15,7 @@ from floodwatch.settings import MqttEndpoint
 
 
 def main() -> int:
-    conn = MqttConnection(MqttEndpoint("127.0.0.1", int(sys.argv[1])), max_inflight=0)
+    conn = MqttConnection(MqttEndpoint("127.0.0.1", int(sys.argv[1])))
     conn.start()
     lines = sys.stdin.buffer.read().splitlines()
     for line in lines:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -46,13 +45,16 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Pat
 def mosquitto_config(port: int, data_dir: Path, source: Path = MOSQUITTO_CONF) -> str:
     """The shipped configuration with only the listener port and data directory replaced."""
     lines = []
+    # Started as root, mosquitto would drop to the `mosquitto` user, which cannot reach a
+    # private temporary directory; the tests and the local stack keep it as the caller.
+    run_as = [] if os.geteuid() != 0 else ["user root"]
     for line in source.read_text().splitlines():
         if line.startswith("listener "):
             line = f"listener {port} 127.0.0.1"
         elif line.startswith("persistence_location "):
             line = f"persistence_location {data_dir}/"
         lines.append(line)
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + run_as) + "\n"
 
 
 @dataclass
@@ -108,22 +110,10 @@ def _require(binary: str, package: str) -> str:
     return path
 
 
-def _give_to_broker_user(path: Path) -> None:
-    """Started as root, mosquitto drops to the `mosquitto` user: let it write its database."""
-    if os.geteuid() != 0:
-        return
-    try:
-        entry = pwd.getpwnam("mosquitto")
-    except KeyError:
-        return
-    os.chown(path, entry.pw_uid, entry.pw_gid)
-
-
 def mosquitto_service(workdir: Path, port: int | None = None) -> Service:
     port = port or free_port()
     data = workdir / "mosquitto-data"
     data.mkdir(parents=True, exist_ok=True)
-    _give_to_broker_user(data)
     conf = workdir / "mosquitto.conf"
     conf.write_text(mosquitto_config(port, data))
     return Service(

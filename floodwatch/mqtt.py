@@ -25,7 +25,10 @@ from floodwatch.settings import MqttEndpoint
 
 log = logging.getLogger(__name__)
 
-MAX_PENDING = 30_000
+# Most QoS 1 messages this client keeps unacknowledged at once (lowered to the broker's Receive
+# Maximum when it announces one). Paho's own in-flight cap is left off: with it on, paho scans
+# its whole queue on every PUBACK, which stalls its network thread once thousands are queued.
+MAX_PENDING = 10_000
 _PUBACK = 0x40
 _PUBACK_WORD = (_PUBACK << 24) | (2 << 16)
 
@@ -74,7 +77,7 @@ class MqttConnection:
         session_expiry_s: int | None = None,
         manual_ack: bool = False,
         will: Will | None = None,
-        max_inflight: int = 1000,
+        max_inflight: int = 0,
     ) -> None:
         self.endpoint = endpoint
         self._subscriptions = list(subscriptions)
@@ -98,9 +101,10 @@ class MqttConnection:
             client.tls_set()
         if will is not None:
             client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
-        # Outgoing QoS 1 messages in flight at once; paho's default of 20 caps publishers at a
-        # few thousand messages per second on loopback.
+        # 0: no paho-side cap (see MAX_PENDING); paho's default of 20 caps publishers at a few
+        # thousand messages per second on loopback.
         client.max_inflight_messages_set(max_inflight)
+        self._pending_cap = MAX_PENDING
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._handle_connect
@@ -152,11 +156,13 @@ class MqttConnection:
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> int:
         """Queue a message; return its message id (paho sends it from its own thread).
 
-        Blocks while MAX_PENDING messages await the broker's acknowledgement: message ids
-        are 16-bit, so paho refuses a new one once 65535 are outstanding.
+        Blocks while too many messages await the broker's acknowledgement (MAX_PENDING, or
+        the broker's Receive Maximum): message ids are 16-bit, and a broker may disconnect a
+        client that exceeds what it announced.
         """
-        if qos and len(self._client._out_messages) >= MAX_PENDING:
-            while len(self._client._out_messages) >= MAX_PENDING // 2:
+        cap = self._pending_cap
+        if qos and len(self._client._out_messages) >= cap:
+            while len(self._client._out_messages) >= cap // 2:
                 time.sleep(0.001)
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
@@ -221,6 +227,9 @@ class MqttConnection:
             log.warning("MQTT connection to %s refused: %s", self.endpoint, reason)
             return
         self._connection += 1
+        receive_maximum = getattr(properties, "ReceiveMaximum", None)
+        if isinstance(receive_maximum, int) and receive_maximum > 1:
+            self._pending_cap = min(MAX_PENDING, receive_maximum)
         if self._subscriptions:
             client.subscribe(self._subscriptions)
         log.info(

@@ -190,7 +190,7 @@ def decode_readings(sensor: Sensor, topic: str, payload: bytes, received_at_ns: 
             try:
                 if not isinstance(item, dict):
                     raise _Invalid("bad_payload", f"must be a JSON object, got {_kind(item)}")
-                readings.append(_reading(item, sensor, received_at_ns))
+                readings.append(_reading(item, sensor, received_at_ns, index))
             except _Invalid as bad:
                 rejections.append(
                     Rejection(
@@ -211,10 +211,12 @@ def decode_readings(sensor: Sensor, topic: str, payload: bytes, received_at_ns: 
     )
 
 
-def _reading(doc: dict[str, Any], sensor: Sensor, received_at_ns: int) -> Reading:
+def _reading(doc: dict[str, Any], sensor: Sensor, received_at_ns: int, index: int = 0) -> Reading:
     ts = doc.get("ts")
     if ts is None:
-        time_ns, from_receipt = received_at_ns, True
+        # Items of one array without ts share a receive time; a nanosecond apart each, they
+        # stay separate points instead of overwriting one another.
+        time_ns, from_receipt = received_at_ns + index, True
     else:
         time_ns, from_receipt = _time_ns(ts), False
         if time_ns < EARLIEST_NS:

@@ -75,6 +75,13 @@ def test_missing_ts_uses_receive_time_and_says_so() -> None:
     assert (r.time_ns, r.time_from_receipt) == (NOW_NS, True)
 
 
+def test_array_items_without_ts_stay_separate_points() -> None:
+    """Items of one array without ts get the receive time a nanosecond apart, in order."""
+    decoded = decode(b'[{"level_cm": 1}, {"level_cm": 2}, {"level_cm": 3}]')
+    assert [r.time_ns - NOW_NS for r in decoded.readings] == [0, 1, 2]
+    assert all(r.time_from_receipt for r in decoded.readings)
+
+
 def test_distance_becomes_depth_from_mount_height() -> None:
     """distance_mm is turned into depth: mount height minus distance, in cm."""
     assert DISTANCE.mount_height_mm is not None

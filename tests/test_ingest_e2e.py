@@ -156,37 +156,6 @@ def test_lines_influx_refuses_are_dead_lettered_and_the_rest_stored(
     wait_until(lambda: count(db, where="WHERE sensor = 'qh-02'") == 50, 20, "the 50 good ones")
 
 
-def test_sigkill_mid_burst_stores_every_reading_exactly_once(
-    broker: Service, db: InfluxClient, ingest: IngestProcess, unique: str
-) -> None:
-    """Killing ingest with SIGKILL during a burst and restarting it loses and doubles nothing."""
-    n = 30_000
-    lines = (
-        b"\n".join(
-            orjson.dumps({"ts": 1795000000000 + k * 1000, "level_cm": 5.5, "seq": k})
-            for k in range(n)
-        )
-        + b"\n"
-    )
-    publisher = threading.Thread(
-        target=mosquitto_pub,
-        args=(broker, f"{unique}/v1/sensors/nvh-01/reading"),
-        kwargs={"lines": lines},
-    )
-    publisher.start()
-    wait_until(lambda: count(db) > 2_000, 30, "part of the burst stored")
-    ingest.stop(signal.SIGKILL)
-    killed_at = count(db)
-    publisher.join(60)
-    assert killed_at < n, "the burst finished before the kill; make it longer"
-    ingest.start()
-    wait_until(lambda: count(db) >= n, 60, "the whole burst stored after the restart")
-    assert count(db) == n
-    seqs = db.query('SELECT count(distinct("seq")) FROM "water_level"')
-    assert seqs[0]["values"][0][1] == n
-    assert b"session present: True" in ingest.log.read_bytes()
-
-
 def test_influx_down_means_retry_not_loss(
     broker: Service, unique: str, tmp_path: Path, ingest_env: dict[str, str]
 ) -> None:

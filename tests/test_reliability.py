@@ -1,125 +1,531 @@
-"""Fault injection against real processes: every case compares the stored (sensor, time) set
-with the published set, so nothing may be missing and nothing doubled."""
+"""Fault injection against real processes. Every case publishes a known set of readings and
+ends by comparing the stored (sensor, time) set with the published set: nothing missing,
+nothing twice. Each case adds a row to tests/artefacts/reliability.json, from which
+RELIABILITY.md's table is written (`python -m tests.reliability_table`)."""
 
 from __future__ import annotations
 
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import orjson
+import pytest
 
 from floodwatch.influx import InfluxClient
-from floodwatch.localservices import Service, influxd_service, wait_influx_ready
-from floodwatch.settings import parse_influx_url
-from tests.conftest import IngestProcess, mosquitto_pub, wait_until
+from floodwatch.localservices import (
+    Service,
+    influxd_service,
+    mosquitto_service,
+    wait_influx_ready,
+)
+from floodwatch.mqtt import MqttConnection
+from floodwatch.settings import MqttEndpoint, parse_influx_url
+from floodwatch.topics import Topics
+from tests.conftest import ROOT, IngestProcess, mosquitto_pub, wait_until
+
+ARTEFACT = ROOT / "tests" / "artefacts" / "reliability.json"
+T0_MS = 1_795_000_000_000
+Key = tuple[str, int]
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+@dataclass
+class Row:
+    fault: str
+    action: str
+    published: int
+    stored: int
+    lost: int
+    duplicated: int
+    recovery_s: float
+    peak_rss_mb: float
+
+
+_rows: list[Row] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def write_rows() -> Iterator[None]:
+    yield
+    if _rows:
+        ARTEFACT.parent.mkdir(exist_ok=True)
+        ARTEFACT.write_bytes(orjson.dumps([asdict(r) for r in _rows], option=orjson.OPT_INDENT_2))
+
+
+def record(row: Row) -> None:
+    _rows.append(row)
+    print(row)
+
+
+def peak_rss_mb(ingest: IngestProcess) -> float:
+    assert ingest.proc is not None
+    for line in Path(f"/proc/{ingest.proc.pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
 
-def stored_keys(db: InfluxClient) -> list[tuple[str, int]]:
+def stored_keys(db: InfluxClient) -> list[Key]:
     series = db.query('SELECT "level_cm", "sensor" FROM "water_level"', epoch="ns")
     return [(row[2], row[0]) for s in series for row in s["values"]]
 
 
+def readings(sensor: str, first: int, n: int) -> tuple[bytes, set[Key]]:
+    """`n` single-reading lines for mosquitto_pub -l, one second apart, and their keys."""
+    body = b"\n".join(
+        orjson.dumps({"ts": T0_MS + k * 1000, "level_cm": 5.5, "seq": k})
+        for k in range(first, first + n)
+    )
+    keys = {(sensor, (T0_MS + k * 1000) * 10**6) for k in range(first, first + n)}
+    return body + b"\n", keys
+
+
+def settle(db: InfluxClient, expected: set[Key], timeout_s: float = 60) -> list[Key]:
+    """Wait until the expected keys are stored (or nothing more arrives); return all stored."""
+    wait_until(
+        lambda: len(set(stored_keys(db)) & expected) == len(expected),
+        timeout_s,
+        f"{len(expected)} readings stored",
+    )
+    return stored_keys(db)
+
+
+def verdict(keys: list[Key], published: set[Key]) -> tuple[int, int, int]:
+    """(stored, lost, duplicated): InfluxDB cannot hold a key twice, so a duplicate would show
+    as a point that was never published (e.g. a receive-time copy)."""
+    stored = set(keys)
+    return len(stored), len(published - stored), len(keys) - len(stored) + len(stored - published)
+
+
+@pytest.fixture
+def db(influxd: Service, unique: str) -> Iterator[InfluxClient]:
+    client = InfluxClient(parse_influx_url(f"http://127.0.0.1:{influxd.port}"), unique)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[Service]:
+    """A broker of this test's own, to restart or kill."""
+    (tmp_path / "broker").mkdir()
+    svc = mosquitto_service(tmp_path / "broker")
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture
+def own_influxd(tmp_path: Path) -> Iterator[Service]:
+    """An influxd of this test's own, to stop, pause or restart."""
+    (tmp_path / "influx").mkdir()
+    svc = influxd_service(tmp_path / "influx")
+    svc.start()
+    wait_influx_ready(svc.port)
+    yield svc
+    if svc.proc is not None and svc.proc.poll() is None:
+        svc.proc.send_signal(signal.SIGCONT)
+    svc.stop()
+
+
+@pytest.fixture
+def start_ingest(
+    tmp_path: Path, ingest_env: dict[str, str]
+) -> Iterator[Callable[..., IngestProcess]]:
+    procs: list[IngestProcess] = []
+
+    def start(**env: str) -> IngestProcess:
+        proc = IngestProcess({**ingest_env, **env}, tmp_path)
+        proc.start()
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.running():
+            proc.stop(signal.SIGKILL)
+
+
+def in_background(fn: Callable[[], None]) -> threading.Thread:
+    thread = threading.Thread(target=fn)
+    thread.start()
+    return thread
+
+
+def test_ingest_sigkill_mid_batch(
+    broker: Service, db: InfluxClient, unique: str, start_ingest: Callable[..., IngestProcess]
+) -> None:
+    """Ingest killed with SIGKILL during a burst and restarted: every reading stored once."""
+    ingest = start_ingest()
+    body, published = readings("nvh-01", 0, 30_000)
+    pub = in_background(
+        lambda: mosquitto_pub(broker, f"{unique}/v1/sensors/nvh-01/reading", lines=body)
+    )
+    wait_until(lambda: len(stored_keys(db)) > 2_000, 30, "part of the burst stored")
+    killed = time.monotonic()
+    ingest.stop(signal.SIGKILL)
+    assert len(stored_keys(db)) < len(published), "the burst ended before the kill"
+    pub.join(60)
+    ingest.start()
+    keys = settle(db, published)
+    assert b"session present: True" in ingest.log.read_bytes()
+    stored, lost, dup = verdict(keys, published)
+    assert (lost, dup) == (0, 0)
+    record(
+        Row(
+            "ingest SIGKILL mid-batch",
+            "kill -9 during a 30,000-reading burst, restart",
+            len(published),
+            stored,
+            lost,
+            dup,
+            time.monotonic() - killed,
+            peak_rss_mb(ingest),
+        )
+    )
+
+
+def test_influxd_down_for_a_minute_under_load(
+    broker: Service,
+    own_influxd: Service,
+    unique: str,
+    start_ingest: Callable[..., IngestProcess],
+) -> None:
+    """influxd stopped for 60 s while readings keep coming (no outbox): all stored after."""
+    ingest = start_ingest(
+        FLOODWATCH_INFLUX_URL=f"http://127.0.0.1:{own_influxd.port}", FLOODWATCH_OUTBOX="off"
+    )
+    db = InfluxClient(parse_influx_url(f"http://127.0.0.1:{own_influxd.port}"), unique)
+    published: set[Key] = set()
+    stop = threading.Event()
+
+    def publish_steadily() -> None:
+        conn = MqttConnection(MqttEndpoint("127.0.0.1", broker.port))
+        conn.start()
+        k = 0
+        while not stop.is_set():
+            for sensor in ("qh-02", "qh-04"):
+                conn.publish(
+                    Topics(unique).reading(sensor),
+                    orjson.dumps({"ts": T0_MS + k * 1000, "level_cm": 12.5}),
+                )
+                published.add((sensor, (T0_MS + k * 1000) * 10**6))
+            k += 1
+            time.sleep(0.01)  # ~200 readings/s, a busy ward
+        wait_until(lambda: conn.pending_publishes() == 0, 30, "the publisher to finish")
+        conn.stop()
+
+    pub = in_background(publish_steadily)
+    time.sleep(2)
+    own_influxd.stop()
+    time.sleep(60)
+    own_influxd.start()
+    wait_influx_ready(own_influxd.port)
+    back = time.monotonic()
+    time.sleep(2)
+    stop.set()
+    pub.join(60)
+    keys = settle(db, published, 120)
+    recovery = time.monotonic() - back
+    stored, lost, dup = verdict(keys, published)
+    assert (lost, dup) == (0, 0)
+    record(
+        Row(
+            "influxd down 60 s under load",
+            "stop influxd for 60 s at ~200 readings/s, "
+            "start it (no outbox: the broker holds everything)",
+            len(published),
+            stored,
+            lost,
+            dup,
+            recovery,
+            peak_rss_mb(ingest),
+        )
+    )
+    db.close()
+
+
 def test_long_influx_outage_goes_to_disk_and_survives_an_ingest_kill(
-    broker: Service, unique: str, tmp_path: Path, ingest_env: dict[str, str]
+    broker: Service,
+    own_influxd: Service,
+    unique: str,
+    tmp_path: Path,
+    start_ingest: Callable[..., IngestProcess],
 ) -> None:
     """InfluxDB down, readings spill to the outbox and are acked; ingest is SIGKILLed; on
     restart and InfluxDB's return every published reading is stored exactly once."""
-    (tmp_path / "influx").mkdir()
-    own = influxd_service(tmp_path / "influx")
-    own.start()
-    wait_influx_ready(own.port)
-    env = dict(
-        ingest_env,
-        FLOODWATCH_INFLUX_URL=f"http://127.0.0.1:{own.port}",
+    ingest = start_ingest(
+        FLOODWATCH_INFLUX_URL=f"http://127.0.0.1:{own_influxd.port}",
         FLOODWATCH_OUTBOX=str(tmp_path / "outbox.sqlite"),
         FLOODWATCH_OUTBOX_AFTER="1",
     )
-    ingest = IngestProcess(env, tmp_path)
+    db = InfluxClient(parse_influx_url(f"http://127.0.0.1:{own_influxd.port}"), unique)
+    body, published = readings("nvh-03", 0, 20_000)
+    own_influxd.stop()
+    mosquitto_pub(broker, f"{unique}/v1/sensors/nvh-03/reading", lines=body)
+
+    def spilled() -> bool:
+        lines = ingest.log.read_bytes().splitlines()
+        return bool(lines) and b"outbox_spilled=20000 " in lines[-1]
+
+    wait_until(spilled, 60, "every reading spilled to the outbox")
+    rss = peak_rss_mb(ingest)
+    ingest.stop(signal.SIGKILL)  # acked to the broker, only on disk now
     ingest.start()
-    db = InfluxClient(parse_influx_url(f"http://127.0.0.1:{own.port}"), unique)
-    n = 20_000
-    published = {("nvh-03", 1_795_000_000_000_000_000 + k * 10**9) for k in range(n)}
-    lines = b"\n".join(
-        orjson.dumps({"ts": 1_795_000_000_000 + k * 1000, "level_cm": 3.5}) for k in range(n)
+    own_influxd.start()
+    wait_influx_ready(own_influxd.port)
+    back = time.monotonic()
+    keys = settle(db, published)
+    stored, lost, dup = verdict(keys, published)
+    assert (lost, dup) == (0, 0)
+    assert b"outbox" in ingest.log.read_bytes()
+    record(
+        Row(
+            "long influxd outage, outbox on disk, ingest SIGKILL",
+            "stop influxd; 20,000 "
+            "readings spill to the outbox and are acked; kill -9 ingest; restart both",
+            len(published),
+            stored,
+            lost,
+            dup,
+            time.monotonic() - back,
+            rss,
+        )
     )
-    try:
-        own.stop()
-        down_at = time.monotonic()
-        publisher = threading.Thread(
-            target=mosquitto_pub,
-            args=(broker, f"{unique}/v1/sensors/nvh-03/reading"),
-            kwargs={"lines": lines + b"\n"},
+    db.close()
+
+
+def test_influxd_answering_slowly(
+    broker: Service,
+    own_influxd: Service,
+    unique: str,
+    start_ingest: Callable[..., IngestProcess],
+) -> None:
+    """influxd paused (SIGSTOP) for 5 s twice during a burst: writes wait, nothing lost."""
+    ingest = start_ingest(FLOODWATCH_INFLUX_URL=f"http://127.0.0.1:{own_influxd.port}")
+    db = InfluxClient(
+        parse_influx_url(f"http://127.0.0.1:{own_influxd.port}"), unique, timeout_s=30
+    )
+    body, published = readings("d12-01", 0, 30_000)
+    assert own_influxd.proc is not None
+    pub = in_background(
+        lambda: mosquitto_pub(broker, f"{unique}/v1/sensors/d12-01/reading", lines=body)
+    )
+    for _ in range(2):
+        time.sleep(0.5)
+        own_influxd.proc.send_signal(signal.SIGSTOP)
+        time.sleep(5)
+        own_influxd.proc.send_signal(signal.SIGCONT)
+    resumed = time.monotonic()
+    pub.join(60)
+    keys = settle(db, published)
+    stored, lost, dup = verdict(keys, published)
+    assert (lost, dup) == (0, 0)
+    record(
+        Row(
+            "influxd answering slowly",
+            "SIGSTOP influxd for 5 s, twice, during a 30,000-reading burst",
+            len(published),
+            stored,
+            lost,
+            dup,
+            time.monotonic() - resumed,
+            peak_rss_mb(ingest),
         )
-        publisher.start()
-        wait_until(
-            lambda: (
-                b"outbox_spilled=" in ingest.log.read_bytes()
-                and b"outbox_spilled=0 " not in ingest.log.read_bytes().splitlines()[-1]
-            ),
-            30,
-            "readings spilled to the outbox",
+    )
+    db.close()
+
+
+def test_broker_restart_with_sigterm_keeps_queued_readings(
+    own_broker: Service,
+    db: InfluxClient,
+    unique: str,
+    start_ingest: Callable[..., IngestProcess],
+) -> None:
+    """Readings queued for a stopped ingest survive a broker SIGTERM restart (saved on exit)."""
+    env = {"FLOODWATCH_MQTT_URL": f"mqtt://127.0.0.1:{own_broker.port}"}
+    ingest = start_ingest(**env)
+    topic = f"{unique}/v1/sensors/qh-03/reading"
+    first, keys_a = readings("qh-03", 0, 5_000)
+    mosquitto_pub(own_broker, topic, lines=first)
+    settle(db, keys_a)
+    ingest.stop(signal.SIGTERM)
+    queued, keys_b = readings("qh-03", 5_000, 20_000)
+    mosquitto_pub(own_broker, topic, lines=queued)  # queued in ingest's session
+    own_broker.stop(signal.SIGTERM)
+    own_broker.start()
+    restarted = time.monotonic()
+    ingest.start()
+    after, keys_c = readings("qh-03", 25_000, 5_000)
+    mosquitto_pub(own_broker, topic, lines=after)
+    published = keys_a | keys_b | keys_c
+    keys = settle(db, published)
+    stored, lost, dup = verdict(keys, published)
+    assert (lost, dup) == (0, 0)
+    record(
+        Row(
+            "broker restart (SIGTERM)",
+            "20,000 readings queued for a stopped ingest; "
+            "SIGTERM and restart the broker; start ingest",
+            len(published),
+            stored,
+            lost,
+            dup,
+            time.monotonic() - restarted,
+            peak_rss_mb(ingest),
         )
-        publisher.join(60)
-        rss = peak_rss_mb(ingest.proc.pid) if ingest.proc else 0.0
-        ingest.stop(signal.SIGKILL)
-        ingest.start()
-        own.start()
-        wait_influx_ready(own.port)
-        wait_until(lambda: len(stored_keys(db)) >= n, 60, "every reading after recovery")
-        recovery_s = time.monotonic() - down_at
-        keys = stored_keys(db)
-        assert len(keys) == len(set(keys)) == n
-        assert set(keys) == published
-        log = b"".join(p.read_bytes() for p in tmp_path.glob("ingest-*.log"))
-        assert b"outbox" in log and rss < 300
-        print(f"outbox case: recovery {recovery_s:.1f} s, peak RSS {rss:.0f} MB")
-    finally:
-        if ingest.running():
-            ingest.stop(signal.SIGKILL)
-        own.stop()
-        db.close()
+    )
+
+
+def test_broker_sigkill_loses_at_most_what_came_after_the_last_autosave(
+    own_broker: Service,
+    db: InfluxClient,
+    unique: str,
+    start_ingest: Callable[..., IngestProcess],
+) -> None:
+    """The shipped config saves every 30 s: a broker SIGKILL keeps what was queued before the
+    last save and may lose what was queued after it, and nothing else."""
+    topic = f"{unique}/v1/sensors/qh-04/reading"
+    env = {"FLOODWATCH_MQTT_URL": f"mqtt://127.0.0.1:{own_broker.port}"}
+    ingest = start_ingest(**env)
+    ingest.stop(signal.SIGTERM)  # ingest's session now exists and queues for it
+    saved, keys_saved = readings("qh-04", 0, 10_000)
+    mosquitto_pub(own_broker, topic, lines=saved)
+    # The broker's log is block-buffered; its database file's time says when it saved.
+    db_file = own_broker.workdir / "mosquitto-data" / "mosquitto.db"
+    queued_at = time.time()
+    wait_until(
+        lambda: db_file.exists() and db_file.stat().st_mtime > queued_at,
+        45,
+        "the broker's 30 s autosave",
+    )
+    unsaved, keys_unsaved = readings("qh-04", 10_000, 10_000)
+    mosquitto_pub(own_broker, topic, lines=unsaved)
+    own_broker.kill()
+    own_broker.start()
+    restarted = time.monotonic()
+    ingest.start()
+    keys = settle(db, keys_saved)
+    time.sleep(2)  # anything of the unsaved set that survived has arrived by now
+    keys = stored_keys(db)
+    published = keys_saved | keys_unsaved
+    stored, lost, dup = verdict(keys, published)
+    assert keys_saved <= set(keys) and dup == 0
+    record(
+        Row(
+            "broker SIGKILL",
+            "10,000 readings queued and autosaved, 10,000 more queued, "
+            "kill -9 the broker (guarantee: the autosaved ones survive)",
+            len(published),
+            stored,
+            lost,
+            dup,
+            time.monotonic() - restarted,
+            peak_rss_mb(ingest),
+        )
+    )
+
+
+def test_duplicates_and_overlapping_backfill_store_each_reading_once(
+    broker: Service, db: InfluxClient, unique: str, start_ingest: Callable[..., IngestProcess]
+) -> None:
+    """The same readings twice, and a backfill overlapping live data: each reading once."""
+    ingest = start_ingest()
+    topic = f"{unique}/v1/sensors/nvh-04/reading"
+    live, keys_live = readings("nvh-04", 0, 2_000)
+    mosquitto_pub(broker, topic, lines=live)
+    mosquitto_pub(broker, topic, lines=live)
+    backfill = [
+        orjson.dumps(
+            [
+                {"ts": T0_MS + k * 1000, "distance_mm": 1500.0, "seq": k}
+                for k in range(first, first + 500)
+            ]
+        )
+        for first in range(1_000, 3_000, 500)
+    ]
+    mosquitto_pub(broker, topic, lines=b"\n".join(backfill) + b"\n")
+    keys_backfill = {("nvh-04", (T0_MS + k * 1000) * 10**6) for k in range(1_000, 3_000)}
+    published = keys_live | keys_backfill
+    started = time.monotonic()
+    keys = settle(db, published)
+    stored, lost, dup = verdict(keys, published)
+    assert (lost, dup) == (0, 0) and stored == 3_000
+    record(
+        Row(
+            "duplicates and overlapping backfill",
+            "2,000 readings published twice, then 4 backfill arrays overlapping half of them",
+            2 * 2_000 + 2_000,
+            stored,
+            lost,
+            dup,
+            time.monotonic() - started,
+            peak_rss_mb(ingest),
+        )
+    )
+
+
+def test_subscriber_flood_beyond_default_queue_limits(
+    broker: Service, db: InfluxClient, unique: str, start_ingest: Callable[..., IngestProcess]
+) -> None:
+    """200,000 readings queued for an absent ingest (Mosquitto's default keeps 1,000): all."""
+    ingest = start_ingest()
+    ingest.stop(signal.SIGTERM)
+    published: set[Key] = set()
+    for sensor in ("d12-01", "d12-03", "qh-02", "nvh-01", "nvh-02"):
+        body, keys = readings(sensor, 0, 40_000)
+        mosquitto_pub(broker, f"{unique}/v1/sensors/{sensor}/reading", lines=body)
+        published |= keys
+    started = time.monotonic()
+    ingest.start()
+    keys = settle(db, published, 120)
+    stored, lost, dup = verdict(keys, published)
+    assert (lost, dup) == (0, 0)
+    record(
+        Row(
+            "subscriber flood beyond default queue",
+            "200,000 readings queued for a stopped ingest, then start it",
+            len(published),
+            stored,
+            lost,
+            dup,
+            time.monotonic() - started,
+            peak_rss_mb(ingest),
+        )
+    )
 
 
 def test_sigterm_mid_burst_exits_in_bound_and_loses_nothing(
-    broker: Service, influxd: Service, unique: str, tmp_path: Path, ingest_env: dict[str, str]
+    broker: Service, db: InfluxClient, unique: str, start_ingest: Callable[..., IngestProcess]
 ) -> None:
     """SIGTERM during a burst: ingest flushes and exits within its bound; nothing is lost."""
-    env = dict(ingest_env, FLOODWATCH_SHUTDOWN_TIMEOUT="5")
-    ingest = IngestProcess(env, tmp_path)
-    ingest.start()
-    db = InfluxClient(parse_influx_url(f"http://127.0.0.1:{influxd.port}"), unique)
-    n = 30_000
-    lines = b"\n".join(
-        orjson.dumps({"ts": 1_795_000_000_000 + k * 1000, "level_cm": 7.5}) for k in range(n)
+    ingest = start_ingest(FLOODWATCH_SHUTDOWN_TIMEOUT="5")
+    body, published = readings("nvh-02", 0, 30_000)
+    pub = in_background(
+        lambda: mosquitto_pub(broker, f"{unique}/v1/sensors/nvh-02/reading", lines=body)
     )
-    try:
-        publisher = threading.Thread(
-            target=mosquitto_pub,
-            args=(broker, f"{unique}/v1/sensors/nvh-02/reading"),
-            kwargs={"lines": lines + b"\n"},
+    wait_until(lambda: len(stored_keys(db)) > 2_000, 30, "part of the burst stored")
+    asked = time.monotonic()
+    assert ingest.stop(signal.SIGTERM) == 0
+    took = time.monotonic() - asked
+    assert took < 5 + 3, f"SIGTERM took {took:.1f} s against a 5 s bound"
+    assert b"stopped; messages=" in ingest.log.read_bytes()
+    pub.join(60)
+    ingest.start()
+    keys = settle(db, published)
+    stored, lost, dup = verdict(keys, published)
+    assert (lost, dup) == (0, 0)
+    record(
+        Row(
+            "ingest SIGTERM mid-burst",
+            f"SIGTERM during a 30,000-reading burst (exited in {took:.1f} s, bound 5 s), restart",
+            len(published),
+            stored,
+            lost,
+            dup,
+            time.monotonic() - asked,
+            peak_rss_mb(ingest),
         )
-        publisher.start()
-        wait_until(lambda: len(stored_keys(db)) > 2_000, 30, "part of the burst stored")
-        asked = time.monotonic()
-        assert ingest.stop(signal.SIGTERM) == 0
-        took = time.monotonic() - asked
-        assert took < 5 + 3, f"SIGTERM took {took:.1f} s against a 5 s bound"
-        assert b"stopped; messages=" in ingest.log.read_bytes()
-        publisher.join(60)
-        ingest.start()
-        wait_until(lambda: len(stored_keys(db)) >= n, 60, "the rest after the restart")
-        keys = stored_keys(db)
-        assert len(keys) == len(set(keys)) == n
-    finally:
-        if ingest.running():
-            ingest.stop(signal.SIGKILL)
-        db.close()
+    )

@@ -159,6 +159,7 @@ def run_ingest(
         "FLOODWATCH_TOPIC_ROOT": root,
         "FLOODWATCH_CLIENT_ID": f"bench-{root}",
         "FLOODWATCH_STATS_INTERVAL": "0",
+        "FLOODWATCH_METRICS_PORT": "0",
         "FLOODWATCH_OUTBOX": str(workdir / f"outbox-{root}.sqlite"),
         "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
     }

@@ -14,6 +14,7 @@ from types import FrameType
 
 from floodwatch.errors import FloodwatchError, InfluxUnavailable
 from floodwatch.influx import InfluxClient
+from floodwatch.metrics import serve as serve_metrics
 from floodwatch.mqtt import Delivery, MqttConnection
 from floodwatch.registry import load_registry
 from floodwatch.settings import (
@@ -25,6 +26,7 @@ from floodwatch.settings import (
     whole_number,
 )
 from floodwatch.topics import Topics
+from ingest.metrics import ingest_metrics
 from ingest.outbox import Outbox
 from ingest.pipeline import Ingest
 
@@ -61,6 +63,12 @@ INGEST_OPTIONS = (
         "seconds SIGTERM may spend storing and acknowledging what is already received; "
         "the rest stays with the broker",
     ),
+    option(
+        "--metrics-port",
+        "9464",
+        "port of ingest's Prometheus endpoint, http://HOST:PORT/metrics (0: none)",
+    ),
+    option("--metrics-host", "127.0.0.1", "address of the metrics endpoint (0.0.0.0: all)"),
     option("--stats-interval", "10", "seconds between progress lines in the log (0: none)"),
 )
 
@@ -92,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         session_expiry = whole_number(args.session_expiry, "--session-expiry", minimum=1)
         max_batch = whole_number(args.max_batch, "--max-batch", minimum=1)
         stats_interval = whole_number(args.stats_interval, "--stats-interval")
+        metrics_port = whole_number(args.metrics_port, "--metrics-port", 0, 65535)
         shutdown_timeout = real_number(args.shutdown_timeout, "--shutdown-timeout", positive=True)
         outbox_after = real_number(args.outbox_after, "--outbox-after", positive=False)
         outbox_max = whole_number(args.outbox_max_mb, "--outbox-max-mb", minimum=1)
@@ -164,6 +173,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ingest: {exc}", file=sys.stderr)
         ingest.stop()
         return 1
+    metrics_server = None
+    if metrics_port:
+        try:
+            metrics_server = serve_metrics(
+                args.metrics_host,
+                metrics_port,
+                lambda: ingest_metrics(
+                    ingest.counters, ingest.backlog, outbox.status() if outbox else None
+                ),
+            )
+        except OSError as exc:
+            log.warning("no metrics endpoint on port %d: %s", metrics_port, exc)
     log.info(
         "ingesting %d sensors from %s into %s/%s",
         len(registry.sensors),
@@ -181,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ingest.stop(shutdown_timeout)
     mqtt.stop()
     influx.close()
+    if metrics_server is not None:
+        metrics_server.shutdown()
     if outbox is not None:
         outbox.close()
     log.info("stopped; %s", ingest.counters.summary())

@@ -8,6 +8,7 @@ crash redelivers) everything; a redelivered reading overwrites itself in InfluxD
 
 from __future__ import annotations
 
+import bisect
 import logging
 import queue
 import threading
@@ -34,6 +35,9 @@ from ingest.store import (
 log = logging.getLogger(__name__)
 
 
+WRITE_SECONDS_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
 @dataclass
 class IngestCounters:
     """What ingest has done since it started; read by the log line and the metrics."""
@@ -48,6 +52,13 @@ class IngestCounters:
     # Lines that went to the disk outbox during an outage, and lines drained from it since.
     outbox_spilled: int = 0
     outbox_drained: int = 0
+    received: int = 0  # messages delivered by the broker (counted on the network thread)
+    # InfluxDB write latency, per bucket of WRITE_SECONDS_BOUNDS (the last is +Inf).
+    write_buckets: list[int] = field(default_factory=lambda: [0] * (len(WRITE_SECONDS_BOUNDS) + 1))
+
+    def observe_write(self, seconds: float) -> None:
+        self.write_seconds += seconds
+        self.write_buckets[bisect.bisect_left(WRITE_SECONDS_BOUNDS, seconds)] += 1
 
     def summary(self) -> str:
         dead = sum(self.deadlettered.values())
@@ -154,6 +165,7 @@ class Ingest:
     # Called on the MQTT network thread, once per message: append and return.
     def deliver(self, delivery: Delivery) -> None:
         self._inbox.append(delivery)
+        self.counters.received += 1
         if not self._wake.is_set():
             self._wake.set()
 
@@ -324,7 +336,7 @@ class Ingest:
                 log.error("InfluxDB refused the batch, retrying in %.1f s: %s", backoff, exc)
             else:
                 self._down_since = None
-                self.counters.write_seconds += time.perf_counter() - started
+                self.counters.observe_write(time.perf_counter() - started)
                 return refused
             if spill and self._spill(lines, waiting=True):
                 return SPILLED

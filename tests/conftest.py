@@ -63,6 +63,7 @@ def process_env(broker: Service, influxd: Service, db: str, root: str) -> dict[s
         FLOODWATCH_INFLUX_DB=db,
         FLOODWATCH_TOPIC_ROOT=root,
         FLOODWATCH_LOG_LEVEL="INFO",
+        FLOODWATCH_METRICS_PORT="0",
         FLOODWATCH_OUTBOX=str(Path(tempfile.gettempdir()) / f"floodwatch-outbox-{db}.sqlite"),
         PYTHONUNBUFFERED="1",
     )

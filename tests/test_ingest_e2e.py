@@ -9,11 +9,12 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
 from floodwatch.influx import InfluxClient
-from floodwatch.localservices import Service, influxd_service, wait_influx_ready
+from floodwatch.localservices import Service, free_port, influxd_service, wait_influx_ready
 from floodwatch.mqtt import Delivery, MqttConnection
 from floodwatch.settings import MqttEndpoint, parse_influx_url
 from tests.conftest import ROOT, IngestProcess, mosquitto_pub, wait_until
@@ -248,3 +249,42 @@ def test_backfill_arrays_and_live_statuses_are_stored(
     [first] = db.query('SELECT first("distance_mm"), first("level_cm") FROM "water_level"')
     # qh-01 hangs 2200 mm above the road: 1500 mm to the water is 70 cm deep.
     assert first["values"][0][1:] == [1500, 70]
+
+
+def test_metrics_endpoint_counts_what_happened(
+    broker: Service, db: InfluxClient, ingest_env: dict[str, str], tmp_path: Path, unique: str
+) -> None:
+    """Ingest's /metrics shows received, stored and dead-lettered counts that add up."""
+    port = free_port()
+    proc = IngestProcess({**ingest_env, "FLOODWATCH_METRICS_PORT": str(port)}, tmp_path)
+    proc.start()
+    try:
+        topic = f"{unique}/v1/sensors/qh-02/reading"
+        mosquitto_pub(broker, topic, message=EXAMPLE)
+        mosquitto_pub(broker, topic, message="{broken")
+        mosquitto_pub(broker, f"{unique}/v1/sensors/ghost/reading", message=EXAMPLE)
+
+        def scrape() -> dict[str, float]:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            return {
+                line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line and not line.startswith("#")
+            }
+
+        wait_until(
+            lambda: scrape().get("floodwatch_ingest_messages_acknowledged_total") == 3,
+            20,
+            "three messages acknowledged",
+        )
+        m = scrape()
+        assert m["floodwatch_ingest_messages_received_total"] == 3
+        assert m["floodwatch_ingest_readings_stored_total"] == 1
+        assert m['floodwatch_ingest_deadlettered_total{reason="bad_json"}'] == 1
+        assert m['floodwatch_ingest_deadlettered_total{reason="unknown_sensor"}'] == 1
+        assert m['floodwatch_ingest_write_seconds_bucket{le="+Inf"}'] >= 1
+        assert m["floodwatch_ingest_backlog_messages"] == 0
+        response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+        assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    finally:
+        proc.stop(signal.SIGTERM)

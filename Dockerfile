@@ -7,7 +7,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 # The registry's built-in default is resolved next to the package's source directory, which a
 # regular install moves into site-packages; name the shipped file outright instead.
-ENV FLOODWATCH_REGISTRY=/app/sensors.geojson
+ENV FLOODWATCH_REGISTRY=/app/sensors.geojson \
+    FLOODWATCH_SCENARIOS=/app/scenarios
 
 WORKDIR /app
 COPY pyproject.toml constraints.txt README.md sensors.geojson ./
@@ -16,6 +17,7 @@ COPY ingest/ ingest/
 COPY api/ api/
 COPY simulators/ simulators/
 COPY config/ config/
+COPY scenarios/ scenarios/
 RUN pip install --no-cache-dir -c constraints.txt . \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin floodwatch
 

@@ -126,7 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, extra in (
             ("ingest", []),
             ("api", ["--port", str(api_port)]),
-            ("simulators", ["--interval", "2", "--speed", str(args.speed)]),
+            (
+                "simulators",
+                ["run", "demo", "--speed", str(args.speed), "--timestamps", "wall", "--loop"],
+            ),
         ):
             with (logs / f"{name}.log").open("ab") as out:
                 proc = subprocess.Popen(

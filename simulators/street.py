@@ -5,7 +5,8 @@ seconds. Each sensor's signal depends only on the seed, its own id and the time 
 from a counter-based hash, not a shared random stream), so simulating a subset of the registry
 gives each sensor exactly the readings it would have had in the full set.
 
-The model is deliberately simple; a realistic rain and tide model is a later issue.
+The model is deliberately simple and stays for `live` (the bare `python -m simulators`); the
+scenario engine (physics.py, sensors.py) models the real tide, rain and drains.
 
 - Street sensors: a dry road (depth 0 with about 1 cm of sensor noise) and a periodic shower
   that fills the street smoothly to a peak of 15-45 cm and drains it again; Quoc Huong and

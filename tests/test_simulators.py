@@ -271,11 +271,15 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 
 def test_help_names_the_environment_variables() -> None:
-    """--help exits 0 and names each option's FLOODWATCH_* variable."""
-    result = _cli("--help")
+    """`live --help` exits 0 and names each option's FLOODWATCH_* variable; the bare --help
+    says that no command means `live`."""
+    result = _cli("live", "--help")
     assert result.returncode == 0
     for variable in ("FLOODWATCH_MQTT_URL", "FLOODWATCH_INTERVAL", "FLOODWATCH_SPEED"):
         assert variable in result.stdout
+    overview = _cli("--help")
+    assert overview.returncode == 0
+    assert "runs `live`" in overview.stdout
 
 
 @pytest.mark.parametrize(

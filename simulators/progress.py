@@ -65,9 +65,10 @@ def render(label: str, fraction: float, note: str, elapsed_s: float) -> str:
     fraction = min(max(fraction, 0.0), 1.0)
     filled = round(WIDTH * fraction)
     bar = "#" * filled + "-" * (WIDTH - filled)
+    eta = ""
     if 0.0 < fraction < 1.0 and elapsed_s > 0.5:
         left = elapsed_s * (1.0 - fraction) / fraction
-        eta = f"  ETA {int(left // 60)}:{int(left % 60):02d}"
-    else:
-        eta = ""
+        # A fraction barely above zero promises no useful estimate (or an infinite one).
+        if left < 100 * 3600:
+            eta = f"  ETA {int(left // 60)}:{int(left % 60):02d}"
     return f"{label} [{bar}] {fraction * 100:3.0f}% {note}{eta}".rstrip()

@@ -15,6 +15,7 @@ COPY pyproject.toml constraints.txt README.md sensors.geojson ./
 COPY floodwatch/ floodwatch/
 COPY ingest/ ingest/
 COPY api/ api/
+COPY alerts/ alerts/
 COPY simulators/ simulators/
 COPY config/ config/
 COPY scenarios/ scenarios/

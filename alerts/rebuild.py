@@ -1,0 +1,197 @@
+"""Restart safety: the engine state rebuilt from what was stored, so that after a restart the open
+alerts are exactly those before it (nothing raised twice, nothing forgotten).
+
+Two sources, both already in InfluxDB:
+- the alert events the engine emitted: which alerts are open, in which lifecycle state, at which
+  level, acknowledged by whom, and the flood episode in progress;
+- the readings since `rebuild_window_start(events, now_ns)`: the short memory of the rules
+  (the debounce's previous reading, hysteresis and rate-of-rise windows, obstructions, unchanged
+  values) and the peaks of open floods since their last event. These readings are replayed
+  through the same vectorised pass as `step`, silently; the replay's own alert decisions are
+  then replaced by what the events say.
+
+What cannot come back: a sensor silent for longer than the window restarts its debounce (its
+first reading after the restart has no previous reading to pair with), and a backfill the
+running engine ignored as late (rule 1) is replayed as if judged, which can shift a rate-of-rise
+window for at most 15 minutes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+
+import numpy as np
+
+from alerts.engine import MINUTE_NS, TAIL_NS, _advance
+from alerts.events import AlertEvent, AlertKind, Event
+from alerts.state import (
+    NEVER,
+    Alert,
+    EngineState,
+    OpenEpisode,
+    ReadingArrays,
+    initial_arrays,
+    new_state,
+)
+from floodwatch.registry import Registry
+
+# Memory of the rules (30 min) plus a margin for sensors reporting every few minutes.
+REBUILD_LOOKBACK_NS = TAIL_NS + 10 * MINUTE_NS
+
+
+def rebuild_window_start(events: Iterable[Event], now_ns: int) -> int:
+    """From when to read stored readings back for `rebuild`: the lookback before `now_ns`, or
+    earlier if an open flood alert's latest change is older (its peak since then is needed)."""
+    start = now_ns - REBUILD_LOOKBACK_NS
+    for alert in _open_alerts(_alert_events(events)).values():
+        if alert.kind == "flood" and alert.active:
+            start = min(start, alert.reading_time_ns)
+    return start
+
+
+def rebuild(
+    registry: Registry,
+    events: Iterable[Event],
+    readings: ReadingArrays,
+    since_ns: int,
+    now_ns: int,
+) -> EngineState:
+    """The engine state after a restart at `now_ns`.
+
+    `events`: every alert event stored since at least the oldest open alert was raised (more is
+    harmless; FloodEpisode records are ignored). `readings`: every stored reading from
+    `since_ns` on, as arrays for this registry's sensor index, with `since_ns` at or before
+    `rebuild_window_start(events, now_ns)`. A sensor with no reading since `since_ns` has been
+    silent since then at least, so that is where its stale clock starts.
+    """
+    fresh = new_state(registry, since_ns)
+    cfg = fresh.config
+    alert_events = _alert_events(events)
+    alerts = _open_alerts(alert_events)
+    active = {(a.sensor_id, a.kind): a.alert_id for a in alerts.values() if a.active}
+
+    # Seed the one memory older than the window: an obstruction that has already become a fault
+    # (its fault carries the base water level), so the replay does not take the car for water.
+    seed = initial_arrays(cfg.n, cfg.max_levels)
+    for (sensor_id, kind), alert_id in active.items():
+        alert = alerts[alert_id]
+        if kind == "fault" and alert.detail == "obstructed" and alert.depth_cm is not None:
+            i = cfg.index[sensor_id]
+            seed.obst_on[i] = True
+            seed.obst_base[i] = alert.depth_cm
+            seed.obst_since[i] = alert.raised_ns
+    adv = _advance(cfg, seed, fresh.tail, readings)
+
+    # The replay's alert decisions give way to what the events say.
+    a = adv.arrays.copy()
+    for flag in (a.level, a.rise_on, a.batt_on, a.fault_on, a.stale_on, a.late_ignored):
+        flag[:] = 0
+    a.peak_cm[:] = np.nan
+    a.peak_ns[:] = NEVER
+    water = adv.water
+    for (sensor_id, kind), alert_id in active.items():
+        i = cfg.index[sensor_id]
+        alert = alerts[alert_id]
+        if kind == "flood":
+            a.level[i] = alert.level
+            a.peak_cm[i], a.peak_ns[i] = _peak_since(alert, water, i)
+        elif kind == "rising":
+            a.rise_on[i] = True
+        elif kind == "battery_low":
+            a.batt_on[i] = True
+        elif kind == "fault":
+            a.fault_on[i] = True
+        else:
+            a.stale_on[i] = True
+            # A sensor silent for the whole window keeps the staleness clock of its alert.
+            if a.last_ns[i] == NEVER:
+                a.last_ns[i] = alert.raised_ns
+    return replace(
+        fresh,
+        arrays=a,
+        tail=adv.tail,
+        alerts=alerts,
+        active=active,
+        episode=_open_episode(alert_events, alerts),
+    )
+
+
+def _alert_events(events: Iterable[Event]) -> list[AlertEvent]:
+    return [e for e in events if isinstance(e, AlertEvent)]
+
+
+def _open_alerts(events: list[AlertEvent]) -> dict[str, Alert]:
+    """Each alert as its latest event left it; alerts closed (cleared_ack) are dropped."""
+    latest: dict[str, AlertEvent] = {}
+    reading: dict[str, AlertEvent] = {}
+    for e in events:
+        if e.alert_id not in latest or e.seq > latest[e.alert_id].seq:
+            latest[e.alert_id] = e
+        if e.reading_time_ns is not None and (
+            e.alert_id not in reading or e.seq > reading[e.alert_id].seq
+        ):
+            reading[e.alert_id] = e
+    alerts: dict[str, Alert] = {}
+    for alert_id, e in latest.items():
+        if e.state == "cleared_ack":
+            continue
+        last_reading = reading.get(alert_id, e)
+        raised_ns = int(alert_id.rsplit(":", 1)[1])
+        kind: AlertKind = e.kind
+        alerts[alert_id] = Alert(
+            alert_id=alert_id,
+            sensor_id=e.sensor_id,
+            kind=kind,
+            state=e.state,
+            level=e.level if kind == "flood" else 0,
+            raised_ns=raised_ns,
+            reading_time_ns=(
+                raised_ns if last_reading.reading_time_ns is None else last_reading.reading_time_ns
+            ),
+            depth_cm=e.depth_cm,
+            seq=e.seq,
+            detail=e.detail,
+            peak_cm=e.peak_cm,
+            peak_ns=e.peak_ns,
+            episode_id=e.episode_id,
+            who=e.who,
+            note=e.note,
+            acked_ns=e.acked_ns,
+        )
+    return alerts
+
+
+def _peak_since(alert: Alert, water: ReadingArrays, i: int) -> tuple[float, int]:
+    """An open flood alert's peak: its last event's, or a deeper water reading since then."""
+    peak_cm = np.nan if alert.peak_cm is None else alert.peak_cm
+    peak_ns = NEVER if alert.peak_ns is None else alert.peak_ns
+    mine = np.flatnonzero((water.sensor == i) & (water.time_ns > alert.reading_time_ns))
+    if len(mine):
+        k = mine[int(np.argmax(water.level_cm[mine]))]
+        if np.isnan(peak_cm) or water.level_cm[k] > peak_cm:
+            peak_cm, peak_ns = float(water.level_cm[k]), int(water.time_ns[k])
+    return peak_cm, peak_ns
+
+
+def _open_episode(events: list[AlertEvent], alerts: dict[str, Alert]) -> OpenEpisode | None:
+    """The episode of the active street flood alerts, from every event that belongs to it."""
+    ids = {a.episode_id for a in alerts.values() if a.active and a.episode_id is not None}
+    if not ids:
+        return None
+    episode_id = min(ids)  # one at a time by construction; min() only makes it deterministic
+    mine = [e for e in events if e.episode_id == episode_id]
+    best = min(
+        (-e.peak_cm, e.peak_ns, e.sensor_id)
+        for e in mine
+        if e.peak_cm is not None and e.peak_ns is not None
+    )
+    return OpenEpisode(
+        episode_id=episode_id,
+        start_ns=int(episode_id.rsplit(":", 1)[1]),
+        peak_cm=-best[0],
+        peak_ns=best[1],
+        peak_sensor_id=best[2],
+        max_level=max(e.level for e in mine),
+        sensors=frozenset(e.sensor_id for e in mine),
+    )

@@ -1,0 +1,278 @@
+"""The alert engine's state as values: per-sensor numpy arrays for everything judged per reading,
+small mappings for the few open alerts, and the conversion of decoded readings into arrays.
+
+Nothing here changes in place: the engine copies what it updates and returns a new state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from alerts._vector import NO_TIME, Bools, Floats, Ints
+from alerts.errors import UnknownSensor
+from alerts.events import AlertKind, Lifecycle
+from floodwatch.registry import Registry
+from ingest.decode import STREET_DEPTH_CM, TIDE_STAGE_CM, Reading
+
+NEVER = np.iinfo(np.int64).min  # "no reading judged yet"
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingArrays:
+    """A batch of readings as columns: sensor index, time, depth, battery (NaN when not sent)."""
+
+    sensor: NDArray[np.int32]
+    time_ns: Ints
+    level_cm: Floats
+    battery_v: Floats
+
+    def __len__(self) -> int:
+        return len(self.sensor)
+
+    def take(self, idx: NDArray[np.intp] | Bools) -> ReadingArrays:
+        return ReadingArrays(
+            self.sensor[idx], self.time_ns[idx], self.level_cm[idx], self.battery_v[idx]
+        )
+
+    @classmethod
+    def empty(cls) -> ReadingArrays:
+        return cls(
+            np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0, np.float64), np.empty(0)
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence[ReadingArrays]) -> ReadingArrays:
+        if not parts:
+            return cls.empty()
+        return cls(
+            np.concatenate([p.sensor for p in parts]),
+            np.concatenate([p.time_ns for p in parts]),
+            np.concatenate([p.level_cm for p in parts]),
+            np.concatenate([p.battery_v for p in parts]),
+        )
+
+
+def readings_to_arrays(
+    readings: Sequence[Reading], sensor_index: Mapping[str, int]
+) -> ReadingArrays:
+    """Decoded readings as columns (one pass in Python; everything after it is vectorised)."""
+    if not readings:
+        return ReadingArrays.empty()
+    sensor_ids, times, levels, _, batteries, *_ = zip(*readings, strict=True)
+    try:
+        sensor = np.array([sensor_index[s] for s in sensor_ids], dtype=np.int32)
+    except KeyError as exc:
+        raise UnknownSensor(str(exc.args[0])) from exc
+    return ReadingArrays(
+        sensor,
+        np.array(times, dtype=np.int64),
+        np.array(levels, dtype=np.float64),
+        # None becomes NaN in a float64 array.
+        np.array(batteries, dtype=np.float64),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """What the registry says, as arrays indexed by sensor; fixed for the engine's life."""
+
+    sensor_ids: tuple[str, ...]
+    index: Mapping[str, int]
+    streets: tuple[str, ...]  # distinct street names, in registry order
+    street_of: NDArray[np.int32]
+    tide: Bools
+    thresholds: Floats  # (sensors, levels), each row increasing, padded with +inf
+    n_levels: NDArray[np.int8]
+    interval_ns: Ints
+    range_lo: Floats
+    range_hi: Floats
+
+    @property
+    def n(self) -> int:
+        return len(self.sensor_ids)
+
+    @property
+    def max_levels(self) -> int:
+        return int(self.thresholds.shape[1])
+
+
+def config_from_registry(registry: Registry) -> EngineConfig:
+    sensors = list(registry.sensors.values())
+    ids = tuple(s.id for s in sensors)
+    streets = tuple(dict.fromkeys(s.street for s in sensors))
+    street_number = {name: i for i, name in enumerate(streets)}
+    width = max(len(s.thresholds_cm) for s in sensors)
+    thresholds = np.full((len(sensors), width), np.inf)
+    for i, s in enumerate(sensors):
+        thresholds[i, : len(s.thresholds_cm)] = s.thresholds_cm
+    tide = np.array([s.kind == "tide" for s in sensors], dtype=np.bool_)
+    return EngineConfig(
+        sensor_ids=ids,
+        index={sid: i for i, sid in enumerate(ids)},
+        streets=streets,
+        street_of=np.array([street_number[s.street] for s in sensors], dtype=np.int32),
+        tide=tide,
+        thresholds=thresholds,
+        n_levels=np.array([len(s.thresholds_cm) for s in sensors], dtype=np.int8),
+        interval_ns=np.array([round(s.interval_s * 1e9) for s in sensors], dtype=np.int64),
+        range_lo=np.where(tide, TIDE_STAGE_CM[0], STREET_DEPTH_CM[0]),
+        range_hi=np.where(tide, TIDE_STAGE_CM[1], STREET_DEPTH_CM[1]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SensorArrays:
+    """Everything the engine remembers per sensor, one array element per sensor."""
+
+    # The last reading judged (any reading, even one not trusted as water).
+    last_ns: Ints
+    last_cm: Floats
+    # The reading before it, so one low outlier cannot fake a jump: NaN if unknown, -inf if
+    # it was obstructed (known, but not water).
+    before_last_cm: Floats
+    # The last reading trusted as water: the "last known depth" of a stale or blind sensor.
+    last_water_ns: Ints
+    last_water_cm: Floats
+    last_battery_v: Floats
+    # Plausibility: a vehicle or obstruction under a distance sensor.
+    obst_on: Bools
+    obst_base: Floats  # the water level the open obstruction started from
+    obst_since: Ints
+    prev_moving: Bools  # the last reading moved like water (rule 3)
+    flat_since: Ints  # first reading of the current run of one unchanging value
+    # Flood ladder.
+    prev_raw: NDArray[np.int8]  # ladder level of the last water reading, for the debounce
+    level: NDArray[np.int8]  # the confirmed level
+    below_since: Ints  # (sensors, levels): start of the run below threshold - hysteresis
+    peak_cm: Floats  # the open flood alert's deepest reading
+    peak_ns: Ints
+    # Rate of rise.
+    prev_rise: Bools
+    calm_since: Ints
+    rise_on: Bools
+    # Health.
+    prev_fault: Bools
+    fault_on: Bools
+    prev_batt_low: Bools
+    batt_on: Bools
+    stale_on: Bools
+    late_ignored: Ints  # readings not judged because they were older than last_ns
+
+    def copy(self) -> SensorArrays:
+        return SensorArrays(**{f.name: getattr(self, f.name).copy() for f in fields(self)})
+
+    def evolve(self, **changes: Any) -> SensorArrays:
+        return replace(self, **changes)
+
+
+def initial_arrays(n: int, levels: int) -> SensorArrays:
+    def times(value: int) -> Ints:
+        return np.full(n, value, dtype=np.int64)
+
+    def no() -> Bools:
+        return np.zeros(n, dtype=np.bool_)
+
+    return SensorArrays(
+        last_ns=times(NEVER),
+        last_cm=np.full(n, np.nan),
+        before_last_cm=np.full(n, np.nan),
+        last_water_ns=times(NEVER),
+        last_water_cm=np.full(n, np.nan),
+        last_battery_v=np.full(n, np.nan),
+        obst_on=no(),
+        obst_base=np.full(n, np.nan),
+        obst_since=times(NEVER),
+        prev_moving=no(),
+        flat_since=times(NEVER),
+        prev_raw=np.zeros(n, dtype=np.int8),
+        level=np.zeros(n, dtype=np.int8),
+        below_since=np.full((n, levels), NO_TIME, dtype=np.int64),
+        peak_cm=np.full(n, np.nan),
+        peak_ns=times(NEVER),
+        prev_rise=no(),
+        calm_since=times(NO_TIME),
+        rise_on=no(),
+        prev_fault=no(),
+        fault_on=no(),
+        prev_batt_low=no(),
+        batt_on=no(),
+        stale_on=no(),
+        late_ignored=times(0),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One open alert: active, or cleared but not yet acknowledged."""
+
+    alert_id: str
+    sensor_id: str
+    kind: AlertKind
+    state: Lifecycle
+    level: int  # flood: its current level (0 once cleared); other kinds: 0
+    raised_ns: int  # time of the reading that raised it
+    reading_time_ns: int  # time of the reading behind its latest change
+    depth_cm: float | None
+    seq: int  # events so far
+    detail: str = ""
+    peak_cm: float | None = None
+    peak_ns: int | None = None
+    episode_id: str | None = None
+    who: str | None = None
+    note: str | None = None
+    acked_ns: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("active_unack", "active_ack")
+
+
+@dataclass(frozen=True, slots=True)
+class OpenEpisode:
+    """The ward's flood episode in progress (closed into a FloodEpisode when the last street
+    sensor clears)."""
+
+    episode_id: str
+    start_ns: int
+    peak_cm: float
+    peak_ns: int
+    peak_sensor_id: str
+    max_level: int
+    sensors: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineState:
+    """The whole engine state: pass it to `step`, keep what it returns."""
+
+    config: EngineConfig
+    arrays: SensorArrays
+    # The last TAIL_NS of water readings per sensor, for windows that reach into past batches.
+    tail: ReadingArrays
+    alerts: Mapping[str, Alert]  # open alerts by id
+    active: Mapping[tuple[str, AlertKind], str]  # (sensor, kind) -> id of its active alert
+    episode: OpenEpisode | None
+    start_ns: int  # when this engine started: the stale clock of sensors never heard from
+
+    @property
+    def sensor_index(self) -> Mapping[str, int]:
+        return self.config.index
+
+
+def new_state(registry: Registry, now_ns: int) -> EngineState:
+    """A fresh engine for the registry's sensors, started at `now_ns`."""
+    config = config_from_registry(registry)
+    return EngineState(
+        config=config,
+        arrays=initial_arrays(config.n, config.max_levels),
+        tail=ReadingArrays.empty(),
+        alerts={},
+        active={},
+        episode=None,
+        start_ns=now_ns,
+    )

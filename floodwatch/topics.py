@@ -27,6 +27,24 @@ class Topics:
     def alert(self, sensor_id: str) -> str:
         return f"{self.base}/alerts/{sensor_id}"
 
+    def alert_events(self, sensor_id: str) -> str:
+        """Each alert event (raised, escalated, acknowledged, ...) as it happens; not retained."""
+        return f"{self.base}/events/{sensor_id}"
+
+    @property
+    def all_alert_events(self) -> str:
+        return f"{self.base}/events/+"
+
+    @property
+    def episodes(self) -> str:
+        """Each finished flood episode."""
+        return f"{self.base}/episodes"
+
+    @property
+    def ack_commands(self) -> str:
+        """Operators' acknowledgements, for the ingest process that owns the alert state."""
+        return f"{self.base}/commands/ack"
+
     @property
     def deadletter(self) -> str:
         return f"{self.base}/deadletter"

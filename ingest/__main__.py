@@ -5,14 +5,19 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import queue
 import signal
 import sys
 import threading
+import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from floodwatch.errors import FloodwatchError, InfluxUnavailable
+import orjson
+
+from floodwatch.errors import FloodwatchError, InfluxError, InfluxUnavailable, SettingsError
 from floodwatch.influx import InfluxClient
 from floodwatch.metrics import serve as serve_metrics
 from floodwatch.mqtt import Delivery, MqttConnection
@@ -26,6 +31,7 @@ from floodwatch.settings import (
     whole_number,
 )
 from floodwatch.topics import Topics
+from ingest.alerting import Alerting, ack_request
 from ingest.metrics import ingest_metrics
 from ingest.outbox import Outbox
 from ingest.pipeline import Ingest
@@ -78,11 +84,68 @@ session), decode and validate each message against the sensor registry, and writ
 readings to InfluxDB. A message is acknowledged to the broker only after InfluxDB has stored
 it, so nothing is lost if ingest or InfluxDB stops. Invalid messages are published on
 {root}/v1/deadletter with a reason and kept in the `deadletter` measurement.
+
+Stored readings go through the alert engine (CONTRACT section 3): each alert event is stored
+in the `alert_event` measurement and published on {root}/v1/events/{sensor}, the sensor's
+current alerts stay retained on {root}/v1/alerts/{sensor}, and finished flood episodes go to
+`flood_episode` and {root}/v1/episodes. At start the alert state is rebuilt from InfluxDB.
+
+`python -m ingest ack ALERT_ID --who NAME [--note TEXT]` acknowledges an alert.
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     return command_parser("python -m ingest", DESCRIPTION, INGEST_OPTIONS)
+
+
+STALE_CHECK_S = 1.0
+
+
+def try_restore(alerting: Alerting, log: logging.Logger) -> None:
+    try:
+        alerting.restore()
+    except InfluxError as exc:
+        log.warning("alerts wait for InfluxDB to restore their state: %s", exc)
+
+
+def answer_commands(
+    commands: queue.Queue[Delivery],
+    alerting: Alerting,
+    mqtt: MqttConnection,
+    stop: threading.Event,
+) -> None:
+    """Apply operators' acknowledgements one at a time and answer each on its reply topic."""
+    while not stop.is_set():
+        try:
+            delivery = commands.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        reply_to, answer = parse_and_apply_ack(delivery.payload, alerting)
+        if reply_to:
+            mqtt.publish(reply_to, orjson.dumps(answer), qos=1)
+        mqtt.ack_many([delivery])
+
+
+def parse_and_apply_ack(payload: bytes, alerting: Alerting) -> tuple[str, dict[str, object]]:
+    """(reply topic, answer) for one acknowledgement request; never raises."""
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return "", {"ok": False, "error": "the request is not JSON"}
+    if not isinstance(doc, dict):
+        return "", {"ok": False, "error": "the request must be a JSON object"}
+    reply_to = doc.get("reply_to")
+    reply = reply_to if isinstance(reply_to, str) and "#" not in reply_to else ""
+    alert_id, who, note = doc.get("alert_id"), doc.get("who"), doc.get("note", "")
+    if not isinstance(alert_id, str) or not isinstance(who, str) or not who.strip():
+        return reply, {"ok": False, "error": "alert_id and who (the operator) are required"}
+    if not isinstance(note, str) or len(note) > 2000 or len(who) > 200:
+        return reply, {"ok": False, "error": "note must be text of at most 2000 characters"}
+    try:
+        events = alerting.acknowledge(alert_id, who.strip(), note)
+    except FloodwatchError as exc:
+        return reply, {"ok": False, "error": str(exc)}
+    return reply, {"ok": True, "events": [orjson.loads(e.to_json()) for e in events]}
 
 
 def outbox_path(setting: str, client_id: str) -> Path:
@@ -93,7 +156,73 @@ def outbox_path(setting: str, client_id: str) -> Path:
     return Path(state) / "floodwatch" / f"outbox-{safe}.sqlite"
 
 
+ACK_DESCRIPTION = """\
+Acknowledge an alert as an operator: the running ingest, which owns the alert state, records
+who acknowledged it, when and why, stores the event in InfluxDB and republishes the sensor's
+state on {root}/v1/alerts/{sensor}. Alert ids look like qh-02:flood:1795691100000000000
+(see the retained alerts/{sensor} messages or the API). Exit code 0 when acknowledged, 1 when
+ingest refused (for example an unknown id), 3 when ingest did not answer in time."""
+
+ACK_OPTIONS = (
+    option("--who", "", "the operator acknowledging (required)"),
+    option("--note", "", "why, or what is being done about it"),
+    option("--timeout", "10", "seconds to wait for ingest's answer"),
+)
+
+
+def ack_main(argv: Sequence[str]) -> int:
+    parser = command_parser("python -m ingest ack", ACK_DESCRIPTION, ACK_OPTIONS)
+    parser.add_argument("alert_id", help="the alert to acknowledge")
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+        timeout = real_number(args.timeout, "--timeout", positive=True)
+        if not str(args.who).strip():
+            raise SettingsError("say who acknowledges with --who NAME (or FLOODWATCH_WHO).")
+    except FloodwatchError as exc:
+        print(f"ingest ack: {exc}", file=sys.stderr)
+        return 2
+    topics = Topics(settings.topic_root)
+    reply_to = f"{topics.ack_commands}/reply/{uuid.uuid4().hex}"
+    answers: queue.Queue[bytes] = queue.Queue()
+    conn = MqttConnection(
+        settings.mqtt,
+        subscriptions=[(reply_to, 1)],
+        on_delivery=lambda d: answers.put(d.payload),
+    )
+    try:
+        conn.start()
+        time.sleep(0.2)  # let the subscription settle before asking
+        conn.publish(
+            topics.ack_commands, ack_request(args.alert_id, args.who, args.note, reply_to), qos=1
+        )
+        try:
+            answer = orjson.loads(answers.get(timeout=timeout))
+        except queue.Empty:
+            print(
+                f"ingest ack: no answer from ingest within {timeout:g} s; is it running?",
+                file=sys.stderr,
+            )
+            return 3
+    except FloodwatchError as exc:
+        print(f"ingest ack: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        conn.stop()
+    if not answer.get("ok"):
+        print(f"ingest ack: {answer.get('error')}", file=sys.stderr)
+        return 1
+    for event in answer.get("events", []):
+        print(f"{event['event_id']}: {event['state']} by {event.get('who')}")
+    if not answer.get("events"):
+        print(f"{args.alert_id}: already acknowledged")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["ack"]:
+        return ack_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from_args(args)
@@ -158,14 +287,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info(
             "outbox %s holds %d readings from before; draining", outbox.path, outbox.status().lines
         )
+
+    def publish(topic: str, payload: bytes, retain: bool) -> None:
+        assert mqtt is not None
+        mqtt.publish(topic, payload, qos=1, retain=retain)
+
+    alerting = Alerting(registry, topics, influx, publish, ingest.store_lines)
+    ingest.on_stored = alerting.judge
+    commands: queue.Queue[Delivery] = queue.Queue()
+
+    def route(delivery: Delivery) -> None:
+        # Operators' acknowledgements go to their own thread; readings to the pipeline.
+        if delivery.topic == topics.ack_commands:
+            commands.put(delivery)
+        else:
+            ingest.deliver(delivery)
+
     mqtt = MqttConnection(
         settings.mqtt,
         args.client_id,
-        subscriptions=[(topics.all_readings, 1), (topics.all_statuses, 1)],
-        on_delivery=ingest.deliver,
+        subscriptions=[
+            (topics.all_readings, 1),
+            (topics.all_statuses, 1),
+            (topics.ack_commands, 1),
+        ],
+        on_delivery=route,
         session_expiry_s=session_expiry,
         manual_ack=True,
     )
+    # Alerts must be restored before the first reading is judged; the broker connection is
+    # made after, so no delivery can overtake the restore.
+    try_restore(alerting, log)
+    threading.Thread(
+        target=answer_commands,
+        args=(commands, alerting, mqtt, stop),
+        daemon=True,
+        name="ingest-commands",
+    ).start()
     ingest.start()
     try:
         mqtt.start(timeout_s=30)
@@ -192,12 +350,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.influx,
         settings.influx_db,
     )
-    while not stop.wait(stats_interval or None):
-        state = f" backlog={ingest.backlog}"
-        if outbox is not None and not outbox.empty:
-            st = outbox.status()
-            state += f" outbox_lines={st.lines} outbox_oldest={st.oldest_age_s:.0f}s"
-        log.info("%s%s", ingest.counters.summary(), state)
+    next_stats = time.monotonic() + stats_interval
+    while not stop.wait(STALE_CHECK_S):
+        if not alerting.ready:
+            try_restore(alerting, log)
+        alerting.check_stale()
+        if stats_interval and time.monotonic() >= next_stats:
+            next_stats += stats_interval
+            state = f" backlog={ingest.backlog}"
+            if outbox is not None and not outbox.empty:
+                st = outbox.status()
+                state += f" outbox_lines={st.lines} outbox_oldest={st.oldest_age_s:.0f}s"
+            log.info("%s%s", ingest.counters.summary(), state)
     log.info("stopping: storing what is in hand (at most %g s)", shutdown_timeout)
     ingest.stop(shutdown_timeout)
     mqtt.stop()

@@ -137,6 +137,7 @@ class Ingest:
         linger_s: float = 0.02,
         outbox: Outbox | None = None,
         outbox_after_s: float = 10.0,
+        on_stored: Callable[[list[Reading]], object] | None = None,
     ) -> None:
         self.topics = topics
         self.registry = registry
@@ -159,6 +160,9 @@ class Ingest:
         self._deadletter_seq = 0
         self.outbox = outbox
         self.outbox_after_s = outbox_after_s
+        # Called with each batch's readings once they are stored (or safe in the outbox):
+        # the alert engine judges them there.
+        self.on_stored = on_stored
         # When the current InfluxDB outage began (monotonic), or None while it answers.
         self._down_since: float | None = None
 
@@ -296,6 +300,11 @@ class Ingest:
             self.counters.deadlettered[rej.code] += 1
             self._publish_deadletter(rej.to_json())
         self._ack(deliveries)
+        if self.on_stored is not None and judged.readings:
+            try:
+                self.on_stored(judged.readings)
+            except Exception:  # a fault in judging must never stop storing
+                log.exception("judging a stored batch failed")
         c = self.counters
         c.messages += len(deliveries)
         c.readings_stored += stored_readings
@@ -344,6 +353,14 @@ class Ingest:
             if self._stopping.wait(backoff):
                 return None
             backoff = min(backoff * 2, self.max_backoff_s)
+
+    def store_lines(self, lines: list[str]) -> None:
+        """Write lines that must be kept (alert events) the way readings are: retried while
+        InfluxDB is down, to the outbox after a long outage."""
+        outcome = self._write(lines, spill=True)
+        if isinstance(outcome, list):
+            for bad in outcome:
+                log.error("InfluxDB refused %r: %s", lines[bad.index][:200], bad.message)
 
     def _create_database(self) -> None:
         """InfluxDB came back without the database (it was down at start, or wiped)."""

@@ -6,7 +6,9 @@ threads. Every client speaks MQTT v5.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import struct
 import threading
 import time
@@ -227,6 +229,12 @@ class MqttConnection:
             log.warning("MQTT connection to %s refused: %s", self.endpoint, reason)
             return
         self._connection += 1
+        # Paho leaves Nagle's algorithm on: a small packet (a PUBACK, an alert) written while
+        # another is unacknowledged then waits for the peer's delayed ACK, tens of ms.
+        sock = client.socket()
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         receive_maximum = getattr(properties, "ReceiveMaximum", None)
         if isinstance(receive_maximum, int) and receive_maximum > 1:
             self._pending_cap = min(MAX_PENDING, receive_maximum)

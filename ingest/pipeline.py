@@ -35,6 +35,8 @@ from ingest.store import (
 log = logging.getLogger(__name__)
 
 
+# Batches of at least this many messages mean load: the next batch lingers to grow.
+LINGER_AFTER_BATCH = 32
 WRITE_SECONDS_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -215,6 +217,7 @@ class Ingest:
 
     def _judge_loop(self) -> None:
         last_take = 0.0
+        last_size = 0
         try:
             while not self._stopping.is_set():
                 if not self._inbox:
@@ -224,14 +227,21 @@ class Ingest:
                     if not self._inbox:
                         self._wake.wait(0.5)
                     continue
-                # Under load, gather for a few milliseconds rather than write tiny batches:
-                # each request costs InfluxDB and this process far more than each line in it.
-                if len(self._inbox) < self.max_batch and not self._closing.is_set():
+                # Under load (the last batch was large), gather for a few milliseconds rather
+                # than write tiny batches: each request costs InfluxDB and this process far
+                # more than each line in it. At everyday rates batches are small and nothing
+                # waits, so an alert is not held back.
+                if (
+                    last_size >= LINGER_AFTER_BATCH
+                    and len(self._inbox) < self.max_batch
+                    and not self._closing.is_set()
+                ):
                     pause = last_take + self.linger_s - time.monotonic()
                     if pause > 0 and self._stopping.wait(pause):
                         return
                 last_take = time.monotonic()
                 deliveries = self._take()
+                last_size = len(deliveries)
                 batch = judge(self.topics, self.registry, deliveries)
                 while not self._stopping.is_set():
                     try:

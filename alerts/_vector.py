@@ -56,7 +56,11 @@ class Segments:
         return self.last_idx - self.first_idx + 1
 
     def shift(self, values: NDArray[S], carried: NDArray[S]) -> NDArray[S]:
-        """Each reading's previous value; a segment's first reading gets the carried value."""
+        """Each reading's previous value; a segment's first reading gets the carried value.
+
+        `values` has one element per reading, `carried` one per sensor of the registry (it is
+        indexed by sensor number, like SensorArrays): a per-reading array there fails as soon
+        as a sensor's number exceeds the batch's length (the calm-day crash)."""
         out = np.empty_like(values)
         out[1:] = values[:-1]
         out[self.first_idx] = carried[self.seg_sensor]

@@ -9,10 +9,11 @@ one sensor in time order; "water readings" are the readings rule 2 trusts.
 
  1. Late data. A reading not newer than the last reading judged for its sensor is ignored by
     every rule below and counted in `late_ignored`: ingest stores it, but an old backfill never
-    raises, escalates, clears or refreshes anything, and a redelivered reading is never judged
-    twice. Within one batch each sensor's readings are judged in time order, so a backfill that
-    arrives with (or before) newer readings is judged in full; a repeated (sensor, time) keeps
-    the copy that arrived last.
+    raises, escalates, clears or refreshes anything (its arrival only shows that the sensor is
+    alive, rule 7), and a redelivered reading is never judged twice. Within one batch each
+    sensor's readings are judged in time order, so a backfill that arrives with (or before)
+    newer readings is judged in full; a repeated (sensor, time) keeps the copy that arrived
+    last.
  2. Trust. A reading outside the physical range (ingest.decode's ranges), or taken while its
     sensor is obstructed (rule 3), is not water: the ladder, the rate of rise and the "last
     known depth" skip it as if it had not arrived. Rules 8 and 9 still see it.
@@ -39,11 +40,15 @@ one sensor in time order; "water readings" are the readings rule 2 trusts.
     water readings in that window were at or above it (one low spike is no baseline).
     `rising` is raised when two consecutive water readings rise, and cleared when the rise has
     stayed under 7 cm for 10 minutes (the same 3 cm and 10 minutes as the ladder).
- 7. Stale. A sensor is stale when `now` is more than 3 intervals after its last judged reading
-    (after the engine's start if it was never heard). `check_stale` raises it; `step` clears it
-    when a batch brings the sensor's newest reading within 3 intervals of `now`. Silence
-    changes nothing else: only readings release a level (rule 5), so a silent sensor keeps its
-    flood alert, which shows its last known depth and time.
+ 7. Stale. A sensor is stale when `now` is more than 3 intervals after the engine last heard
+    it: the `now` of the last `step` that brought any reading of it, late ones included (the
+    engine's start if it was never heard). Silence is about arrivals, not the readings' own
+    clocks: a sensor whose clock runs minutes behind, or jumps back, or a replay of last
+    month's readings, is not silent while its readings keep arriving. `check_stale` raises it,
+    with the sensor's last reading time; `step` clears it when a batch brings a reading to
+    judge (a late one keeps a live sensor from going stale, but is no fresh data to end a
+    silence with). Silence changes nothing else: only readings release a level (rule 5), so a
+    silent sensor keeps its flood alert, which shows its last known depth and time.
  8. Battery. `battery_low` is raised when two consecutive readings carrying a voltage are
     under 3.3 V, and cleared by a reading at 3.4 V or more.
  9. Fault. A reading is faulty when it is outside the physical range, or when its sensor has
@@ -159,12 +164,15 @@ def step(
     for change in sorted(adv.changes):
         book.apply(change, now_ns, events)
     arrays = adv.arrays
-    # Rule 7: a batch that brings a stale sensor's newest reading close to `now` ends it.
+    # Rule 7: every sensor of the batch was heard now; those with a reading judged are no
+    # longer stale.
+    if len(readings):
+        heard = np.unique(readings.sensor)
+        heard_ns = arrays.heard_ns.copy()
+        heard_ns[heard] = np.maximum(heard_ns[heard], now_ns)
+        arrays = arrays.evolve(heard_ns=heard_ns)
     judged = adv.judged
-    fresh = judged[
-        arrays.stale_on[judged]
-        & (now_ns - arrays.last_ns[judged] <= STALE_INTERVALS * cfg.interval_ns[judged])
-    ]
+    fresh = judged[arrays.stale_on[judged]]
     if len(fresh):
         stale_on = arrays.stale_on.copy()
         stale_on[fresh] = False
@@ -179,23 +187,24 @@ def step(
 
 
 def check_stale(state: EngineState, now_ns: int) -> tuple[EngineState, list[Event]]:
-    """Raise `stale` for sensors silent for more than 3 intervals before `now_ns` (rule 7).
+    """Raise `stale` for sensors not heard for more than 3 intervals before `now_ns` (rule 7).
 
-    Call it periodically (every few seconds is plenty). It never clears anything and never
-    touches a flood alert: a silent sensor keeps its level and last known depth. The event's
-    reading time is the sensor's last reading (the engine's start if it was never heard).
+    Call it periodically (every few seconds is plenty), with the same clock as `step`. It
+    never clears anything and never touches a flood alert: a silent sensor keeps its level and
+    last known depth. The event's reading time is the sensor's last reading (the engine's start
+    if it was never heard).
     """
     cfg, a = state.config, state.arrays
-    heard = a.last_ns != NEVER
-    basis = np.where(heard, a.last_ns, state.start_ns)
-    new = ~a.stale_on & (now_ns - basis > STALE_INTERVALS * cfg.interval_ns)
+    heard_at = np.where(a.heard_ns != NEVER, a.heard_ns, state.start_ns)
+    new = ~a.stale_on & (now_ns - heard_at > STALE_INTERVALS * cfg.interval_ns)
     if not new.any():
         return state, []
     stale_on = a.stale_on | new
+    last = np.where(a.last_ns != NEVER, a.last_ns, state.start_ns)
     book = _Book.of(state)
     events: list[Event] = []
     changes = [
-        _Change(int(basis[i]), i, _RANK["stale"], "stale", 1, _known(a, i), None, "", None, None)
+        _Change(int(last[i]), i, _RANK["stale"], "stale", 1, _known(a, i), None, "", None, None)
         for i in np.flatnonzero(new).tolist()
     ]
     for change in sorted(changes):

@@ -11,9 +11,12 @@ Two sources, both already in InfluxDB:
   then replaced by what the events say.
 
 What cannot come back: a sensor silent for longer than the window restarts its debounce (its
-first reading after the restart has no previous reading to pair with), and a backfill the
+first reading after the restart has no previous reading to pair with); a backfill the
 running engine ignored as late (rule 1) is replayed as if judged, which can shift a rate-of-rise
-window for at most 15 minutes.
+window for at most 15 minutes; and when each sensor was last heard (rule 7 times silence by
+arrival, which is not stored), so it is taken as its last stored reading's own time: a sensor
+whose clock runs more than 3 intervals behind can show stale from the restart until its next
+reading arrives.
 """
 
 from __future__ import annotations
@@ -89,6 +92,8 @@ def rebuild(
         flag[:] = 0
     a.peak_cm[:] = np.nan
     a.peak_ns[:] = NEVER
+    # Arrival times are not stored: a sensor was heard when its last stored reading was taken.
+    a.heard_ns[:] = np.where(a.last_ns != NEVER, np.minimum(a.last_ns, now_ns), NEVER)
     water = adv.water
     for (sensor_id, kind), alert_id in active.items():
         i = cfg.index[sensor_id]

@@ -131,6 +131,9 @@ class SensorArrays:
 
     # The last reading judged (any reading, even one not trusted as water).
     last_ns: Ints
+    # When the engine last heard the sensor: the `now` of the last step that brought one of its
+    # readings (rule 7 times silence by arrival, not by the sensor's own clock).
+    heard_ns: Ints
     last_cm: Floats
     # The reading before it, so one low outlier cannot fake a jump: NaN if unknown, -inf if
     # it was obstructed (known, but not water).
@@ -179,6 +182,7 @@ def initial_arrays(n: int, levels: int) -> SensorArrays:
 
     return SensorArrays(
         last_ns=times(NEVER),
+        heard_ns=times(NEVER),
         last_cm=np.full(n, np.nan),
         before_last_cm=np.full(n, np.nan),
         last_water_ns=times(NEVER),

@@ -371,19 +371,65 @@ def test_battery_skips_readings_without_a_voltage() -> None:
 
 def test_stale_after_three_missed_intervals_and_cleared_by_a_fresh_reading() -> None:
     """Rule 7: stale strictly after 3 intervals of silence; a fresh reading clears it."""
-    state, _ = run(series("s1", [0.0, 0.0]))  # last reading at minute 1
-    last = T0 + 1 * M
-    state, events = check_stale(state, last + 3 * M)
+    last = T0 + 1 * M  # the last reading, which arrives 5 s after it was taken
+    heard = last + 5 * 10**9
+    state, _ = step(new_state(REGISTRY, T0), series("s1", [0.0, 0.0]), heard)
+    state, events = check_stale(state, heard + 3 * M)
     assert [e for e in events if e.sensor_id == "s1"] == []  # type: ignore[union-attr]
-    state, events = check_stale(state, last + 3 * M + 1)
+    state, events = check_stale(state, heard + 3 * M + 1)
     mine = [e for e in alert_events(events) if e.sensor_id == "s1"]
     assert [(e.kind, e.change, e.reading_time_ns, e.at_ns) for e in mine] == [
-        ("stale", "raised", last, last + 3 * M + 1)
+        ("stale", "raised", last, heard + 3 * M + 1)
     ]
     state, again = check_stale(state, last + 30 * M)
     assert [e for e in alert_events(again) if e.sensor_id == "s1"] == []  # raised once only
     state, events = step(state, series("s1", [0.0], start_min=31), T0 + 31 * M)
     assert brief(events) == [(31, "s1", "stale", "cleared", 0)]
+
+
+def test_silence_is_timed_by_arrival_not_by_the_sensors_clock() -> None:
+    """Rule 7: a sensor whose clock runs 7 minutes behind, or a replay of old readings, is not
+    silent while its readings keep arriving; when they stop, it is stale 3 intervals later."""
+    skew = 7 * M
+    state = new_state(REGISTRY, T0)
+    for minute in range(1, 30):
+        arrived = T0 + minute * M
+        state, events = step(state, _stamped("s1", arrived - skew), arrived)
+        state, stale = check_stale(state, arrived + 30 * 10**9)
+        assert [e for e in alert_events([*events, *stale]) if e.sensor_id == "s1"] == []
+    last_arrival = T0 + 29 * M
+    state, events = check_stale(state, last_arrival + 3 * M + 1)
+    mine = [e for e in alert_events(events) if e.sensor_id == "s1"]
+    assert [(e.change, e.reading_time_ns) for e in mine] == [("raised", last_arrival - skew)]
+    state, events = step(state, _stamped("s1", last_arrival + 5 * M - skew), last_arrival + 5 * M)
+    assert brief(events) == [(27, "s1", "stale", "cleared", 0)]
+
+
+def _stamped(sid: str, time_ns: int, depth: float = 1.0) -> ReadingArrays:
+    return ReadingArrays(
+        np.array([INDEX[sid]], dtype=np.int32),
+        np.array([time_ns], dtype=np.int64),
+        np.array([depth]),
+        np.array([np.nan]),
+    )
+
+
+def test_late_readings_keep_a_sensor_heard_but_do_not_end_a_silence() -> None:
+    """Rules 1 and 7: readings stamped before the last judged one (a clock that jumped back)
+    show the sensor is alive, so it does not go stale; once stale, only a reading the engine
+    can judge ends the silence."""
+    state, _ = step(new_state(REGISTRY, T0), series("s1", [0.0, 0.0], start_min=10), T0 + 11 * M)
+    for minute in range(12, 18):  # its clock jumped back 10 minutes: all late, all heard
+        state, events = step(state, series("s1", [0.0], start_min=minute - 10), T0 + minute * M)
+        state, stale = check_stale(state, T0 + minute * M + 1)
+        assert [e for e in alert_events([*events, *stale]) if e.sensor_id == "s1"] == []
+    state, events = check_stale(state, T0 + 21 * M)
+    assert [e.change for e in alert_events(events) if e.sensor_id == "s1"] == ["raised"]
+    state, events = step(state, series("s1", [0.0], start_min=8), T0 + 22 * M)
+    assert events == []
+    assert bool(state.arrays.stale_on[INDEX["s1"]])
+    state, events = step(state, series("s1", [0.0], start_min=22), T0 + 22 * M)
+    assert brief(events) == [(22, "s1", "stale", "cleared", 0)]
 
 
 def test_sensors_never_heard_go_stale_from_the_engine_start() -> None:

@@ -8,6 +8,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # The registry's built-in default is resolved next to the package's source directory, which a
 # regular install moves into site-packages; name the shipped file outright instead.
 ENV FLOODWATCH_REGISTRY=/app/sensors.geojson \
+    FLOODWATCH_OUTBOX=/var/lib/floodwatch/ingest-outbox.sqlite \
     FLOODWATCH_SCENARIOS=/app/scenarios
 
 WORKDIR /app
@@ -20,7 +21,8 @@ COPY simulators/ simulators/
 COPY config/ config/
 COPY scenarios/ scenarios/
 RUN pip install --no-cache-dir -c constraints.txt . \
-    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin floodwatch
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin floodwatch \
+    && mkdir -p /var/lib/floodwatch && chown floodwatch /var/lib/floodwatch
 
 USER floodwatch
 EXPOSE 8000

@@ -1,82 +1,84 @@
-"""The API's shell: `create_app(settings)` builds the FastAPI app, its clients and its routes.
+"""The API's shell: `create_app(settings, options)` builds the FastAPI app, its clients and its
+routes (CONTRACT section 4). Nothing is read at import time.
 
-Nothing is read at import time; the InfluxDB client lives for the app's lifespan. Only the
-health endpoints exist so far (CONTRACT section 4): `/healthz` says the process is alive and
-`/readyz` says whether the broker and the database can be reached.
+At start (lifespan) the API subscribes to the pipeline's MQTT topics and loads each sensor's
+last stored reading from InfluxDB, so current state (`/v1/sensors`, `/v1/streets`,
+`/v1/stream`) is served from memory; only time series and alert history query InfluxDB.
+Neither the broker nor the database has to be up for the API to start: it retries both in
+the background and says so in /readyz.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import socket
+import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, Literal
 
-import anyio
 import anyio.to_thread
-from fastapi import Depends, FastAPI, Request, Response, status
-from pydantic import BaseModel, Field
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 
+from api import history
+from api.alerts import AlertSource, EngineAlerts, RetainedAlerts
+from api.auth import KeyStore
+from api.cap import CapLedger
+from api.config import ApiOptions
+from api.deps import Probes, Services
+from api.errors import AlertConflict, AlertNotFound, BadParameter, BrokerUnavailable
+from api.eventlog import EventLog
+from api.feed import FeedHandler, LiveFeed
+from api.geo import BodyCache, SensorsBody, streets_collection
+from api.live import Alert, LiveState
+from api.metrics import Metrics, MetricsMiddleware
+from api.routes import alerts, events, health, metrics, page, sensors, stream, streets
+from floodwatch.errors import InfluxError, InfluxUnavailable
 from floodwatch.influx import InfluxClient
-from floodwatch.registry import load_registry
+from floodwatch.registry import Registry, load_registry
 from floodwatch.settings import MqttEndpoint, Settings
+from floodwatch.topics import Topics
 
-# A readiness probe must answer well inside an orchestrator's probe timeout (compose: 5 s).
+log = logging.getLogger(__name__)
+
 PROBE_TIMEOUT_S = 2.0
-
-ProbeFn = Callable[[], str | None]
-
-
-class Health(BaseModel):
-    """The process is alive and serving requests."""
-
-    status: Literal["ok"] = Field(description="Always `ok`; any answer at all means alive.")
-
-
-class Readiness(BaseModel):
-    """Whether the API can reach what it serves from: the MQTT broker and InfluxDB."""
-
-    status: Literal["ready", "not ready"] = Field(
-        description="`ready` when both the broker and the database answered, else `not ready`."
-    )
-    broker: bool = Field(description="The MQTT broker accepted a TCP connection.")
-    database: bool = Field(description="InfluxDB answered its /ping endpoint.")
-    problems: list[str] = Field(
-        default_factory=list,
-        description="One sentence per unreachable dependency; empty when ready.",
-    )
+QUERY_TIMEOUT_S = 10.0
+# How long start-up waits for the broker before serving anyway (it keeps retrying).
+FIRST_CONNECT_WAIT_S = 1.0
+SNAPSHOT_RETRY_S = 5.0
+CAP_SENDER = "floodwatch.an-khanh"
 
 
 @dataclass(frozen=True, slots=True)
-class Probes:
-    """The blocking reachability checks behind /readyz; run them in a worker thread."""
+class AlertContext:
+    """What an AlertSource may build on: the live state, InfluxDB, and a way to republish
+    a sensor's retained alert payload (MQTT, and applied locally at once)."""
 
-    mqtt: MqttEndpoint
+    registry: Registry
+    topics: Topics
+    state: LiveState
     influx: InfluxClient
-
-    def broker(self) -> str | None:
-        """None if the broker accepts a TCP connection, else a sentence saying why not."""
-        try:
-            with socket.create_connection((self.mqtt.host, self.mqtt.port), PROBE_TIMEOUT_S):
-                return None
-        except OSError as exc:
-            return f"The MQTT broker at {self.mqtt} does not accept connections ({exc})."
-
-    def database(self) -> str | None:
-        """None if InfluxDB answers /ping, else a sentence saying why not."""
-        if self.influx.ping():
-            return None
-        return f"InfluxDB at {self.influx.endpoint} does not answer /ping."
+    republish: Callable[[str, tuple[Alert, ...]], None]
+    mqtt: MqttEndpoint
 
 
-def _probes(request: Request) -> Probes:
-    probes: Probes = request.app.state.probes
-    return probes
+AlertSourceFactory = Callable[[AlertContext], AlertSource]
 
 
-ProbesDep = Annotated[Probes, Depends(_probes)]
+def engine_alerts(context: AlertContext) -> AlertSource:
+    """Reads from the retained state and InfluxDB; acknowledgements through the engine."""
+    return EngineAlerts(
+        context.state, context.influx, context.republish, context.mqtt, context.topics
+    )
+
+
+def retained_alerts(context: AlertContext) -> AlertSource:
+    """The interim AlertSource until the alert engine provides its own."""
+    return RetainedAlerts(context.state, context.influx, context.republish)
 
 
 def _version() -> str:
@@ -86,55 +88,196 @@ def _version() -> str:
         return "0.1.0"
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """Build the API for these settings; raises RegistryError if the sensor registry is wrong."""
+def _problem(status_code: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def bad_parameter(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, BadParameter)
+        # Same shape as FastAPI's own 422s, so clients handle one format.
+        return JSONResponse(
+            {
+                "detail": [
+                    {"loc": ["query", exc.parameter], "msg": exc.message, "type": "value_error"}
+                ]
+            },
+            422,
+        )
+
+    async def not_found(request: Request, exc: Exception) -> JSONResponse:
+        return _problem(404, str(exc))
+
+    async def conflict(request: Request, exc: Exception) -> JSONResponse:
+        return _problem(409, str(exc))
+
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return _problem(503, f"{exc}; retry later.")
+
+    async def refused(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s: InfluxDB refused: %s", request.method, request.url.path, exc)
+        return _problem(502, "InfluxDB refused the query; the API's log has the details.")
+
+    app.add_exception_handler(BadParameter, bad_parameter)
+    app.add_exception_handler(AlertNotFound, not_found)
+    app.add_exception_handler(AlertConflict, conflict)
+    app.add_exception_handler(BrokerUnavailable, unavailable)
+    app.add_exception_handler(InfluxUnavailable, unavailable)
+    app.add_exception_handler(InfluxError, refused)
+
+
+async def _load_snapshot(
+    influx: InfluxClient, registry: Registry, state: LiveState, tried: asyncio.Event
+) -> None:
+    """Each sensor's last stored reading, retried until InfluxDB answers; live ones win."""
+    while True:
+        try:
+            readings = await anyio.to_thread.run_sync(history.latest_readings, influx, registry)
+        except InfluxError as exc:
+            log.warning("start-up snapshot from InfluxDB failed (%s); retrying", exc)
+            tried.set()
+            await asyncio.sleep(SNAPSHOT_RETRY_S)
+            continue
+        applied = sum(state.apply_reading(r) for r in readings)
+        log.info("start-up snapshot: %d sensors' last readings from InfluxDB", applied)
+        tried.set()
+        return
+
+
+def _register_gauges(app: FastAPI, metrics_: Metrics) -> None:
+    """Gauges read the running app's services when scraped (0 before start-up)."""
+
+    def read(get: Callable[[Services], float]) -> Callable[[], float]:
+        def value() -> float:
+            services: Services | None = getattr(app.state, "services", None)
+            return get(services) if services is not None else 0.0
+
+        return value
+
+    metrics_.gauge(
+        "floodwatch_api_cache_sensors",
+        "Sensors whose latest reading is held in memory.",
+        read(lambda s: float(s.state.with_readings())),
+    )
+    metrics_.gauge(
+        "floodwatch_api_stream_buffer_events",
+        "Events held for /v1/stream clients that resume.",
+        read(lambda s: float(len(s.events))),
+    )
+    metrics_.gauge(
+        "floodwatch_api_live_feed_connected",
+        "1 when the API is subscribed to the MQTT broker.",
+        read(lambda s: float(s.feed.connected)),
+    )
+
+
+def create_app(
+    settings: Settings,
+    options: ApiOptions | None = None,
+    *,
+    alert_source: AlertSourceFactory = engine_alerts,
+    clock: Callable[[], int] = time.time_ns,
+) -> FastAPI:
+    """Build the API; raises RegistryError or KeyFileError if its files are wrong.
+
+    `alert_source` is the seam for the alert engine: a factory given an AlertContext.
+    """
+    options = options or ApiOptions()
     registry = load_registry(settings.registry_path)
+    keys = KeyStore(options.api_keys)
+    topics = Topics(settings.topic_root)
+    metrics_ = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        influx = InfluxClient(settings.influx, settings.influx_db, timeout_s=PROBE_TIMEOUT_S)
-        app.state.probes = Probes(settings.mqtt, influx)
+        probe_client = InfluxClient(settings.influx, settings.influx_db, timeout_s=PROBE_TIMEOUT_S)
+        influx = InfluxClient(settings.influx, settings.influx_db, timeout_s=QUERY_TIMEOUT_S)
+        state = LiveState(registry)
+        event_log = EventLog(options.stream_buffer)
+        handler = FeedHandler(topics, registry, state, event_log, metrics_, clock)
+        feed = LiveFeed(settings.mqtt, topics, handler, asyncio.get_running_loop())
+
+        def republish(sensor_id: str, alerts_: tuple[Alert, ...]) -> None:
+            # In the shape the payload came in: the engine's envelope, one object, or a list.
+            held = state.get(sensor_id)
+            envelope = held.alerts_envelope if held is not None else None
+            payload: object = list(alerts_) if len(alerts_) != 1 else alerts_[0]
+            if envelope is not None:
+                payload = {**envelope, "alerts": list(alerts_)}
+            body = b"" if not alerts_ else orjson.dumps(payload)
+            feed.publish_retained(topics.alert(sensor_id), body)
+            # Apply at once; the broker's echo then changes nothing and sends no second event.
+            handler.alerts(sensor_id, body, clock())
+
+        context = AlertContext(registry, topics, state, influx, republish, settings.mqtt)
+        services = Services(
+            settings=settings,
+            options=options,
+            registry=registry,
+            state=state,
+            events=event_log,
+            metrics=metrics_,
+            influx=influx,
+            probes=Probes(settings.mqtt, probe_client),
+            feed=feed,
+            alerts=alert_source(context),
+            cap=CapLedger(CAP_SENDER),
+            sensors_body=SensorsBody(),
+            streets_body=BodyCache(streets_collection),
+            clock=clock,
+        )
+        app.state.services = services
+        feed.start()
+        if not await anyio.to_thread.run_sync(feed.wait_first_attempt, FIRST_CONNECT_WAIT_S):
+            log.warning(
+                "live feed: the MQTT broker at %s is not reachable yet; retrying in the "
+                "background (current state stays as loaded from InfluxDB)",
+                settings.mqtt,
+            )
+        # Serve once the snapshot is loaded or its first attempt failed (it retries then).
+        tried = asyncio.Event()
+        snapshot = asyncio.create_task(_load_snapshot(influx, registry, state, tried))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(tried.wait(), QUERY_TIMEOUT_S)
         try:
             yield
         finally:
+            snapshot.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await snapshot
+            await anyio.to_thread.run_sync(feed.stop)
+            if isinstance(services.alerts, EngineAlerts):
+                await anyio.to_thread.run_sync(services.alerts.close)
             influx.close()
+            probe_client.close()
 
     app = FastAPI(
         title="Floodwatch API",
         version=_version(),
-        description="Flood-sensor readings and alerts for An Khanh ward, Ho Chi Minh City.",
+        description=(
+            "Flood-sensor readings and alerts for An Khanh ward, Ho Chi Minh City "
+            "(CONTRACT section 4). Send `Authorization: Bearer <API key>`; /healthz, "
+            "/readyz, /metrics and the IOC page at / are open. Times are ISO 8601 with an "
+            "offset; depths in cm."
+        ),
         lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.registry = registry
-
-    @app.get("/healthz", tags=["health"], summary="The process is alive")
-    async def healthz() -> Health:
-        return Health(status="ok")
-
-    @app.get(
-        "/readyz",
-        tags=["health"],
-        summary="The broker and the database are reachable",
-        responses={status.HTTP_503_SERVICE_UNAVAILABLE: {"model": Readiness}},
+    app.state.keys = keys
+    app.state.options = options
+    app.state.page_html = page.render_page(
+        {
+            "anonymousRead": options.anonymous_read,
+            "tileUrl": options.tile_url,
+            "tileAttribution": options.tile_attribution,
+        }
     )
-    async def readyz(probes: ProbesDep, response: Response) -> Readiness:
-        found: dict[str, str | None] = {}
-
-        async def check(name: str, probe: ProbeFn) -> None:
-            found[name] = await anyio.to_thread.run_sync(probe)
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(check, "broker", probes.broker)
-            tg.start_soon(check, "database", probes.database)
-        problems = [p for p in (found["broker"], found["database"]) if p is not None]
-        if problems:
-            response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-        return Readiness(
-            status="not ready" if problems else "ready",
-            broker=found["broker"] is None,
-            database=found["database"] is None,
-            problems=problems,
-        )
-
+    _install_error_handlers(app)
+    for module in (health, metrics, sensors, streets, alerts, events, stream, page):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=page.STATIC), name="static")
+    app.add_middleware(MetricsMiddleware, metrics=metrics_)
+    _register_gauges(app, metrics_)
     return app

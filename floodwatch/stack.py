@@ -43,6 +43,37 @@ def _port_or_free(preferred: int) -> int:
     return preferred
 
 
+def _operator_key(data: Path, env: dict[str, str]) -> str:
+    """The local stack's operator key: made once with `python -m api keys add`, then reused."""
+    keep = data / "operator-key"
+    if keep.exists():
+        return keep.read_text().strip()
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "api",
+            "keys",
+            "add",
+            "--role",
+            "operator",
+            "--name",
+            "local-operator",
+            "--api-keys",
+            str(data / "api-keys"),
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    key = made.stdout.strip().splitlines()[-1].strip()
+    keep.write_text(key + "\n")
+    keep.chmod(0o600)
+    return key
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m floodwatch.stack",
@@ -123,9 +154,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             svc.start()
             services.append(svc)
         wait_influx_ready(influx_port)
+        operator_key = _operator_key(data, env)
         for name, extra in (
             ("ingest", []),
-            ("api", ["--port", str(api_port)]),
+            (
+                "api",
+                [
+                    "--port",
+                    str(api_port),
+                    "--api-keys",
+                    str(data / "api-keys"),
+                    "--anonymous-read",
+                ],
+            ),
             (
                 "simulators",
                 ["run", "demo", "--speed", str(args.speed), "--timestamps", "wall", "--loop"],
@@ -142,7 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             apps.append((name, proc))
         print(
             f"""Floodwatch is running (Ctrl-C stops everything):
-  API          http://127.0.0.1:{api_port}/healthz   (OpenAPI: /docs)
+  IOC page     http://127.0.0.1:{api_port}/   (reads are open; to acknowledge alerts,
+               enter the operator key {operator_key}, kept in {data / "operator-key"})
+  API          http://127.0.0.1:{api_port}/v1/sensors   (OpenAPI: /docs, health: /healthz)
   MQTT broker  127.0.0.1:{mqtt_port}   watch: mosquitto_sub -p {mqtt_port} -t 'floodwatch/#' -v
   InfluxDB     http://127.0.0.1:{influx_port}
                influx -port {influx_port} -database floodwatch \\

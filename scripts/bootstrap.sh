@@ -20,6 +20,10 @@ have python3 || missing+=(python3)
 if have python3 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     missing+=(python3-venv)
 fi
+# The IOC page is tested in Debian's Chromium (scripts/test asks for it).
+if [ "${FLOODWATCH_NEED_BROWSER:-0}" = 1 ] && ! have chromium; then
+    missing+=(chromium)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "floodwatch: installing ${missing[*]} from Debian's packages" >&2
     as_root apt-get update -qq

@@ -44,7 +44,7 @@ def test_stack_runs_the_whole_pipeline_and_stops_on_ctrl_c(tmp_path: Path) -> No
         )
     try:
         wait_until(lambda: b"Floodwatch is running" in out.read_bytes(), 60, "the stack")
-        assert f"http://127.0.0.1:{api}/healthz".encode() in out.read_bytes()
+        assert f"http://127.0.0.1:{api}/".encode() in out.read_bytes()
         db = InfluxClient(parse_influx_url(f"http://127.0.0.1:{influx_port}"), "floodwatch")
 
         def readings() -> int:
@@ -57,6 +57,18 @@ def test_stack_runs_the_whole_pipeline_and_stops_on_ctrl_c(tmp_path: Path) -> No
         wait_until(lambda: readings() >= 14, 60, "simulated readings from every sensor")
         wait_until(lambda: _healthy(f"http://127.0.0.1:{api}/healthz"), 30, "the API")
         db.close()
+        # Reads are open in the local stack; the printed operator key may acknowledge.
+        sensors = httpx.get(f"http://127.0.0.1:{api}/v1/sensors", timeout=5)
+        assert sensors.status_code == 200 and len(sensors.json()["features"]) == 14
+        key = (tmp_path / "data" / "operator-key").read_text().strip()
+        assert key.encode() in out.read_bytes()
+        ack = httpx.post(
+            f"http://127.0.0.1:{api}/v1/alerts/none/ack",
+            json={"note": ""},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=5,
+        )
+        assert ack.status_code == 404
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(60)

@@ -1,0 +1,119 @@
+"""The API's own settings (on top of floodwatch.settings.Settings), declared once with defaults.
+
+| flag | variable | default | meaning |
+|---|---|---|---|
+| --host | FLOODWATCH_HOST | 127.0.0.1 | address to listen on |
+| --port | FLOODWATCH_PORT | 8000 | TCP port |
+| --api-keys | FLOODWATCH_API_KEYS | (none) | API keys file, lines `role:sha256hex:name` |
+| --anonymous-read | FLOODWATCH_ANONYMOUS_READ | false | reads without a key |
+| --tile-url | FLOODWATCH_TILE_URL | (none) | map tiles for the IOC page |
+| --tile-attribution | FLOODWATCH_TILE_ATTRIBUTION | (none) | credit shown under the tiles |
+| --stream-buffer | FLOODWATCH_STREAM_BUFFER | 10000 | SSE events kept for resuming |
+| --heartbeat | FLOODWATCH_HEARTBEAT | 15 | seconds between SSE heartbeats |
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from floodwatch.errors import SettingsError
+from floodwatch.settings import env_name, option, real_number, whole_number
+
+# At the shipped 14 sensors reporting once a minute, 10,000 events span about 12 hours; at
+# 1,000 sensors, about 10 minutes: either way far more than a client's 30 s drop.
+DEFAULT_STREAM_BUFFER = 10_000
+
+API_OPTIONS = (
+    option("--host", "127.0.0.1", "address to listen on (0.0.0.0 for every interface)"),
+    option("--port", "8000", "TCP port to listen on, 1 to 65535"),
+    option(
+        "--api-keys",
+        "",
+        "API keys file, one key per line as role:sha256hex:name (role viewer or operator); "
+        "create keys with `python -m api keys add`; empty: no keys, so only anonymous reads",
+    ),
+    option(
+        "--tile-url",
+        "",
+        "map tile URL template for the IOC page, e.g. https://tile.example.org/{z}/{x}/{y}.png; "
+        "empty: no tiles (the page draws streets and sensors on a plain background, offline)",
+    ),
+    option("--tile-attribution", "", "credit shown under the map tiles (their licence asks)"),
+    option(
+        "--stream-buffer",
+        str(DEFAULT_STREAM_BUFFER),
+        "events /v1/stream keeps for clients that reconnect with Last-Event-ID",
+    ),
+    option("--heartbeat", "15", "seconds between /v1/stream heartbeat comments"),
+)
+
+ANONYMOUS_READ_FLAG = "--anonymous-read"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiOptions:
+    """What the API adds to the shared settings; the defaults suit tests and development."""
+
+    api_keys: Path | None = None
+    anonymous_read: bool = False
+    tile_url: str = ""
+    tile_attribution: str = ""
+    stream_buffer: int = DEFAULT_STREAM_BUFFER
+    heartbeat_s: float = 15.0
+
+
+def add_anonymous_read(parser: argparse.ArgumentParser) -> None:
+    """`--anonymous-read` alone means true; FLOODWATCH_ANONYMOUS_READ takes true or false."""
+    variable = env_name(ANONYMOUS_READ_FLAG)
+    parser.add_argument(
+        ANONYMOUS_READ_FLAG,
+        nargs="?",
+        const="true",
+        default=os.environ.get(variable, "false"),
+        metavar="true|false",
+        help="let requests without a key read (viewer role); writes still need an operator "
+        f"key [env {variable}; default false]",
+    )
+
+
+def _boolean(value: object, flag: str) -> bool:
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise SettingsError(f"{flag} {value!r} must be true or false; fix {flag} or {env_name(flag)}.")
+
+
+def options_from_args(args: argparse.Namespace) -> ApiOptions:
+    """Check the API's own options once; raise SettingsError with the fix in one sentence."""
+    keys = str(args.api_keys).strip()
+    key_path = Path(keys) if keys else None
+    if key_path is not None and not key_path.is_file():
+        raise SettingsError(
+            f"API keys file {keys!r} does not exist; create it with "
+            "`python -m api keys add --role operator --name NAME --api-keys FILE` "
+            "or fix --api-keys or FLOODWATCH_API_KEYS."
+        )
+    tile_url = str(args.tile_url).strip()
+    if tile_url and (
+        not tile_url.startswith(("http://", "https://"))
+        or not all(part in tile_url for part in ("{z}", "{x}", "{y}"))
+    ):
+        raise SettingsError(
+            f"tile URL {tile_url!r} must be an http(s) URL with {{z}}, {{x}} and {{y}}; "
+            "fix --tile-url or FLOODWATCH_TILE_URL (or leave it empty for no tiles)."
+        )
+    return ApiOptions(
+        api_keys=key_path,
+        anonymous_read=_boolean(args.anonymous_read, ANONYMOUS_READ_FLAG),
+        tile_url=tile_url,
+        tile_attribution=str(args.tile_attribution).strip(),
+        stream_buffer=whole_number(
+            args.stream_buffer, "--stream-buffer", minimum=100, maximum=10_000_000
+        ),
+        heartbeat_s=real_number(args.heartbeat, "--heartbeat", positive=True),
+    )

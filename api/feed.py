@@ -1,0 +1,225 @@
+"""The live feed: the pipeline's MQTT topics kept in api.live and replayed to /v1/stream.
+
+`FeedHandler` is the logic, without I/O: one message in, state updated and events logged.
+Readings are decoded by ingest's own decoder (`ingest.decode.decode_message`), so the API
+accepts exactly what ingest stores. `LiveFeed` is the shell: an MqttConnection whose network
+thread only queues messages and wakes the event loop, which applies them in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+import orjson
+
+from api.alerts import alert_json, record_from_payload
+from api.errors import BrokerUnavailable
+from api.eventlog import EventLog
+from api.geo import sensor_properties
+from api.live import LiveState, parse_alert_payload, summarise_alerts
+from api.metrics import Metrics
+from floodwatch.errors import BrokerError
+from floodwatch.mqtt import Delivery, MqttConnection
+from floodwatch.registry import Registry
+from floodwatch.settings import MqttEndpoint
+from floodwatch.topics import Topics
+from ingest.decode import decode_message
+
+log = logging.getLogger(__name__)
+
+# How long an MQTT attempt waits for the broker's answer, and the cap on the wait between them.
+ATTEMPT_TIMEOUT_S = 5.0
+MAX_RETRY_DELAY_S = 10.0
+
+
+class FeedHandler:
+    """Applies one MQTT message to the live state and logs the resulting stream events."""
+
+    def __init__(
+        self,
+        topics: Topics,
+        registry: Registry,
+        state: LiveState,
+        events: EventLog,
+        metrics: Metrics,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.topics = topics
+        self.registry = registry
+        self.state = state
+        self.events = events
+        self.metrics = metrics
+        self._clock = clock
+        self._alerts_prefix = f"{topics.base}/alerts/"
+
+    def handle(self, topic: str, payload: bytes, retained: bool, received_at_ns: int) -> None:
+        if topic.startswith(self._alerts_prefix):
+            self.alerts(topic[len(self._alerts_prefix) :], payload, received_at_ns)
+            return
+        decoded = decode_message(
+            self.topics, self.registry, topic, payload, received_at_ns, retained
+        )
+        # A backfill array can hold many readings: only a sensor's new newest one is live news.
+        newest: set[str] = set()
+        for reading in decoded.readings:
+            if self.state.apply_reading(reading):
+                newest.add(reading.sensor_id)
+        for status in decoded.statuses:
+            self.state.apply_status(status)
+        self.metrics.mqtt_messages.inc(("reading" if decoded.readings else "status",))
+        if decoded.rejections:
+            # Ingest dead-letters these with reasons; the API only counts them.
+            self.metrics.mqtt_messages.inc(("rejected",))
+        now_ns = self._clock()
+        for sensor_id in sorted(newest):
+            now = self.state.get(sensor_id)
+            assert now is not None
+            data = orjson.dumps(sensor_properties(now, now_ns)).decode()
+            self.events.publish("reading", data)
+
+    def alerts(self, sensor_id: str, payload: bytes, received_at_ns: int) -> None:
+        """A retained `alerts/{id}` payload replaces that sensor's alerts."""
+        now = self.state.get(sensor_id)
+        if now is None:
+            self.metrics.mqtt_messages.inc(("bad_alert",))
+            log.warning("alert for unknown sensor %r ignored", sensor_id[:80])
+            return
+        try:
+            parsed = parse_alert_payload(payload, sensor_id)
+        except ValueError as exc:
+            self.metrics.mqtt_messages.inc(("bad_alert",))
+            log.warning("alert payload ignored: %s", exc)
+            return
+        self.metrics.mqtt_messages.inc(("alert",))
+        alerts = parsed.alerts
+        if not self.state.apply_alerts(sensor_id, alerts, received_at_ns, parsed.envelope):
+            return
+        level, state = summarise_alerts(alerts)
+        data = {
+            "sensor": sensor_id,
+            "alert_level": level,
+            "alert_state": state,
+            "alerts": [
+                alert_json(record_from_payload(sensor_id, a, received_at_ns), now.sensor)
+                for a in alerts
+            ],
+        }
+        self.events.publish("alert", orjson.dumps(data).decode())
+
+
+class LiveFeed:
+    """Subscribes to readings, statuses and alerts; reconnects by itself; publishes for acks.
+
+    Until the first connection, a background thread checks that the broker accepts TCP
+    connections before each MQTT attempt, with capped backoff; once connected, paho
+    reconnects by itself.
+    """
+
+    def __init__(
+        self,
+        endpoint: MqttEndpoint,
+        topics: Topics,
+        handler: FeedHandler,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.endpoint = endpoint
+        self._subscriptions = [
+            (topics.all_readings, 1),
+            (topics.all_statuses, 1),
+            (f"{topics.base}/alerts/+", 1),
+        ]
+        self._handler = handler
+        self._loop = loop
+        self._inbox: deque[Delivery] = deque()
+        self._drain_scheduled = False
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._tried = threading.Event()
+        self._conn: MqttConnection | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and self._conn.connected
+
+    def start(self) -> None:
+        """Connect in a background thread, retrying with capped backoff until stopped."""
+        self._thread = threading.Thread(target=self._connect, name="api-mqtt-feed", daemon=True)
+        self._thread.start()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        return self._ready.wait(timeout_s)
+
+    def wait_first_attempt(self, timeout_s: float) -> bool:
+        """Wait until the first connection attempt succeeded or failed; True if connected."""
+        self._tried.wait(timeout_s)
+        return self._ready.is_set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(ATTEMPT_TIMEOUT_S + 1)
+        if self._conn is not None:
+            self._conn.stop()
+
+    def publish_retained(self, topic: str, payload: bytes) -> None:
+        if self._conn is None or not self._conn.connected:
+            raise BrokerUnavailable(
+                "the API is not connected to the MQTT broker, so the change cannot be "
+                "published; try again when /readyz says ready"
+            )
+        self._conn.publish(topic, payload, qos=1, retain=True)
+
+    def _broker_accepts(self) -> bool:
+        try:
+            with socket.create_connection((self.endpoint.host, self.endpoint.port), 1.0):
+                return True
+        except OSError:
+            return False
+
+    def _connect(self) -> None:
+        delay = 0.25
+        while not self._stop.is_set():
+            if self._broker_accepts():
+                # A fresh client per attempt: a failed paho client is dropped whole.
+                conn = MqttConnection(
+                    self.endpoint, subscriptions=self._subscriptions, on_delivery=self._deliver
+                )
+                try:
+                    conn.start(timeout_s=ATTEMPT_TIMEOUT_S)
+                except BrokerError as exc:
+                    log.warning("live feed: %s", exc)
+                else:
+                    self._conn = conn
+                    self._ready.set()
+                    self._tried.set()
+                    log.info("live feed subscribed on %s", self.endpoint)
+                    return
+            self._tried.set()
+            self._stop.wait(delay)
+            delay = min(delay * 2, MAX_RETRY_DELAY_S)
+
+    def _deliver(self, delivery: Delivery) -> None:
+        # paho's network thread: queue, and wake the event loop unless a wake-up is pending.
+        self._inbox.append(delivery)
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
+                self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        inbox = self._inbox
+        while inbox:
+            d = inbox.popleft()
+            try:
+                self._handler.handle(d.topic, d.payload, d.retained, d.received_at_ns)
+            except Exception:  # one bad message must never stop the feed
+                log.exception("live feed: message on %r could not be applied", d.topic[:120])

@@ -1,0 +1,173 @@
+"""GeoJSON of the current state (sensors and streets), built from api.live without I/O.
+
+`/v1/sensors` is the IOC's hottest request, so its body is built once per state version and
+second (the stale flags move with the clock) and served as bytes until then; each sensor's
+Feature is serialised once per change of that sensor (or of its stale flag) and the body is
+joined from those pieces, so a reading costs one Feature, not a thousand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from api.live import LiveState, SensorNow, depth_level, level_name, summarise_alerts
+from api.times import iso
+from floodwatch.registry import STREET_THRESHOLDS_CM, Street
+
+
+def sensor_properties(now: SensorNow, now_ns: int) -> dict[str, Any]:
+    """A sensor's map properties: registry facts plus its latest reading and alert state."""
+    sensor = now.sensor
+    reading = now.reading
+    level = depth_level(sensor, reading.level_cm) if reading is not None else None
+    alert_level, alert_state = summarise_alerts(now.alerts)
+    return {
+        "id": sensor.id,
+        "name": sensor.name,
+        "street": sensor.street,
+        "ward": sensor.ward,
+        "kind": sensor.kind,
+        "level_cm": reading.level_cm if reading is not None else None,
+        "time": iso(reading.time_ns) if reading is not None else None,
+        "level": level,
+        "level_name": level_name(sensor, level) if level is not None else None,
+        "alert_level": alert_level,
+        "alert_state": alert_state,
+        "battery_v": reading.battery_v if reading is not None else None,
+        "rssi": reading.rssi if reading is not None else None,
+        "online": now.online,
+        "stale": now.stale(now_ns),
+        "interval_s": sensor.interval_s,
+        "thresholds_cm": list(sensor.thresholds_cm),
+    }
+
+
+def sensor_feature(now: SensorNow, now_ns: int) -> dict[str, Any]:
+    sensor = now.sensor
+    return {
+        "type": "Feature",
+        "id": sensor.id,
+        "geometry": {"type": "Point", "coordinates": [sensor.lon, sensor.lat]},
+        "properties": sensor_properties(now, now_ns),
+    }
+
+
+def sensors_collection(state: LiveState, now_ns: int) -> dict[str, Any]:
+    features = [sensor_feature(now, now_ns) for now in state]
+    return {
+        "type": "FeatureCollection",
+        "generated_at": iso(now_ns),
+        "numberMatched": len(features),
+        "numberReturned": len(features),
+        "features": features,
+    }
+
+
+def street_feature(street: Street, members: list[SensorNow], now_ns: int) -> dict[str, Any]:
+    """A street with the worst current depth among its sensors (stale ones keep their last)."""
+    worst: SensorNow | None = None
+    for now in members:
+        if now.reading is not None and (
+            worst is None or worst.reading is None or now.reading.level_cm > worst.reading.level_cm
+        ):
+            worst = now
+    reading = worst.reading if worst is not None else None
+    level = None
+    if worst is not None and reading is not None:
+        level = depth_level(worst.sensor, reading.level_cm)
+    return {
+        "type": "Feature",
+        "id": street.name,
+        "geometry": {"type": "LineString", "coordinates": [list(p) for p in street.coordinates]},
+        "properties": {
+            "name": street.name,
+            "ward": street.ward,
+            "sensors": [now.sensor.id for now in members],
+            "level_cm": reading.level_cm if reading is not None else None,
+            "level": level,
+            "level_name": (
+                level_name(worst.sensor, level) if worst is not None and level is not None else None
+            ),
+            "worst_sensor": worst.sensor.id if worst is not None else None,
+            "time": iso(reading.time_ns) if reading is not None else None,
+            "stale": worst.stale(now_ns) if worst is not None else True,
+            "alert_level": max((summarise_alerts(n.alerts)[0] for n in members), default=0),
+            "thresholds_cm": list(
+                worst.sensor.thresholds_cm if worst is not None else STREET_THRESHOLDS_CM
+            ),
+        },
+    }
+
+
+def streets_collection(state: LiveState, now_ns: int) -> dict[str, Any]:
+    by_street: dict[str, list[SensorNow]] = {}
+    for now in state:
+        by_street.setdefault(now.sensor.street, []).append(now)
+    features = [
+        street_feature(street, by_street.get(street.name, []), now_ns)
+        for street in state.registry.streets
+    ]
+    return {
+        "type": "FeatureCollection",
+        "generated_at": iso(now_ns),
+        "numberMatched": len(features),
+        "numberReturned": len(features),
+        "features": features,
+    }
+
+
+class SensorsBody:
+    """The /v1/sensors body, rebuilt from per-sensor serialised Features as they change."""
+
+    def __init__(self) -> None:
+        self._pieces: dict[str, tuple[tuple[int, bool], bytes]] = {}
+        self._key: tuple[int, int] | None = None
+        self._body = b""
+
+    def get(self, state: LiveState, now_ns: int) -> bytes:
+        key = (state.version, now_ns // 1_000_000_000)
+        if key == self._key:
+            return self._body
+        pieces: list[bytes] = []
+        for now in state:
+            version = (now.version, now.stale(now_ns))
+            held = self._pieces.get(now.sensor.id)
+            if held is None or held[0] != version:
+                held = (version, orjson.dumps(sensor_feature(now, now_ns)))
+                self._pieces[now.sensor.id] = held
+            pieces.append(held[1])
+        count = str(len(pieces)).encode()
+        self._body = b"".join(
+            (
+                b'{"type":"FeatureCollection","generated_at":',
+                orjson.dumps(iso(now_ns)),
+                b',"numberMatched":',
+                count,
+                b',"numberReturned":',
+                count,
+                b',"features":[',
+                b",".join(pieces),
+                b"]}",
+            )
+        )
+        self._key = key
+        return self._body
+
+
+class BodyCache:
+    """One serialised body per (state version, second): rebuilt only when either moves."""
+
+    def __init__(self, build: Callable[[LiveState, int], dict[str, Any]]) -> None:
+        self._build = build
+        self._key: tuple[int, int] | None = None
+        self._body = b""
+
+    def get(self, state: LiveState, now_ns: int) -> bytes:
+        key = (state.version, now_ns // 1_000_000_000)
+        if key != self._key:
+            self._body = orjson.dumps(self._build(state, now_ns))
+            self._key = key
+        return self._body

@@ -1,0 +1,193 @@
+"""What each sensor looks like now (latest reading, status, alert state), held in memory.
+
+Pure: api.feed applies MQTT messages and api.history the start-up snapshot from InfluxDB;
+time is passed in. Everything here runs on the event loop's thread, so nothing is locked.
+Alert payloads are the alert engine's (`{root}/v1/alerts/{id}`): kept as opaque dicts, of
+which only `level`, `level_name`, `state`, `alert_id` and `kind` are read.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from floodwatch.registry import Registry, Sensor
+from ingest.decode import Reading, StatusChange
+
+# CONTRACT section 3: the street ladder's names, and the Phu An gauge's alarms I, II, III.
+STREET_LEVELS = ("normal", "flooded", "hazard", "impassable", "closed")
+TIDE_LEVELS = ("normal", "alarm_1", "alarm_2", "alarm_3")
+ALERT_STATES = ("active_unack", "active_ack", "cleared_unack", "cleared_ack")
+ACTIVE_STATES = frozenset({"active_unack", "active_ack"})
+# A sensor is stale after this many missed reporting intervals (CONTRACT section 3).
+STALE_INTERVALS = 3
+
+Alert = Mapping[str, Any]
+
+
+def depth_level(sensor: Sensor, level_cm: float) -> int:
+    """The ladder rung the depth reaches (0: below the first threshold); no debounce."""
+    return bisect.bisect_right(sensor.thresholds_cm, level_cm)
+
+
+def level_name(sensor: Sensor, level: int) -> str:
+    names = TIDE_LEVELS if sensor.kind == "tide" else STREET_LEVELS
+    return names[level] if 0 <= level < len(names) else f"level_{level}"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertPayload:
+    """A retained `alerts/{id}` payload: its alerts, and the object around them if any."""
+
+    alerts: tuple[Alert, ...]
+    envelope: Mapping[str, Any] | None = None  # the top-level object minus `alerts`
+
+
+def parse_alert_payload(payload: bytes, sensor_id: str) -> AlertPayload:
+    """The alerts in a retained `alerts/{id}` payload; empty payload: none. ValueError if bad.
+
+    Accepts one alert object, a list of them, or an object with an `alerts` list (the alert
+    engine's shape: the sensor's level, depth and stale flag around its active alerts).
+    """
+    if not payload.strip():
+        return AlertPayload(())
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"alert payload for {sensor_id!r} is not JSON: {exc}") from exc
+    envelope = None
+    if isinstance(doc, dict) and isinstance(doc.get("alerts"), list):
+        envelope = {k: v for k, v in doc.items() if k != "alerts"}
+        doc = doc["alerts"]
+    items = doc if isinstance(doc, list) else [doc]
+    alerts: list[Alert] = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise ValueError(f"alert payload for {sensor_id!r} holds a non-object item")
+        alert = dict(item)
+        alert["sensor"] = sensor_id
+        if not isinstance(alert.get("alert_id"), str) or not alert["alert_id"]:
+            alert["alert_id"] = f"{sensor_id}:{alert.get('kind') or 'alert'}"
+        alerts.append(alert)
+    return AlertPayload(tuple(alerts), envelope)
+
+
+def alert_level(alert: Alert) -> int | None:
+    level = alert.get("level")
+    return level if type(level) is int and 0 <= level <= 9 else None
+
+
+def alert_state(alert: Alert) -> str | None:
+    state = alert.get("state")
+    return state if state in ALERT_STATES else None
+
+
+def summarise_alerts(alerts: Sequence[Alert]) -> tuple[int, str | None]:
+    """(highest level among active alerts or 0, the state of the alert that matters most).
+
+    Most important: the highest active level, unacknowledged before acknowledged; with
+    nothing active, a cleared alert still awaiting acknowledgement.
+    """
+    best: tuple[int, int, int] | None = None
+    best_state: str | None = None
+    for alert in alerts:
+        state = alert_state(alert)
+        if state is None:
+            continue
+        active = state in ACTIVE_STATES
+        level = alert_level(alert) or 0
+        rank = (int(active), level if active else 0, int(state.endswith("_unack")))
+        if state == "cleared_ack":
+            continue
+        if best is None or rank > best:
+            best, best_state = rank, state
+    level = best[1] if best is not None and best[0] else 0
+    return level, best_state
+
+
+@dataclass(slots=True)
+class SensorNow:
+    """One sensor's current state; replaced field by field as messages arrive."""
+
+    sensor: Sensor
+    reading: Reading | None = None
+    online: bool | None = None
+    alerts: tuple[Alert, ...] = ()
+    alerts_envelope: Mapping[str, Any] | None = None
+    alerts_at_ns: int = 0
+    version: int = 0  # bumped on every change, so a cached rendering knows it is out of date
+
+    def stale(self, now_ns: int) -> bool:
+        if self.reading is None:
+            return True
+        return now_ns - self.reading.time_ns > STALE_INTERVALS * self.sensor.interval_s * 1e9
+
+
+class LiveState:
+    """Every registered sensor's current state, with a version that changes on every update."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._sensors = {sid: SensorNow(sensor) for sid, sensor in registry.sensors.items()}
+        self.version = 0
+
+    def __iter__(self) -> Iterator[SensorNow]:
+        return iter(self._sensors.values())
+
+    def __len__(self) -> int:
+        return len(self._sensors)
+
+    def get(self, sensor_id: str) -> SensorNow | None:
+        return self._sensors.get(sensor_id)
+
+    def with_readings(self) -> int:
+        return sum(1 for s in self._sensors.values() if s.reading is not None)
+
+    def apply_reading(self, reading: Reading) -> bool:
+        """Keep the reading if it is the sensor's newest (a replay of the newest overwrites)."""
+        now = self._sensors.get(reading.sensor_id)
+        if now is None:
+            return False
+        held = now.reading
+        if held is not None and (reading.time_ns < held.time_ns or reading == held):
+            return False
+        now.reading = reading
+        now.version += 1
+        self.version += 1
+        return True
+
+    def apply_status(self, status: StatusChange) -> bool:
+        now = self._sensors.get(status.sensor_id)
+        if now is None or now.online == status.online:
+            return False
+        now.online = status.online
+        now.version += 1
+        self.version += 1
+        return True
+
+    def apply_alerts(
+        self,
+        sensor_id: str,
+        alerts: tuple[Alert, ...],
+        at_ns: int,
+        envelope: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Replace the sensor's alerts with a retained payload's; False if nothing changed."""
+        now = self._sensors.get(sensor_id)
+        if now is None or (now.alerts == alerts and now.alerts_envelope == envelope):
+            return False
+        now.alerts = alerts
+        now.alerts_envelope = envelope
+        now.alerts_at_ns = at_ns
+        now.version += 1
+        self.version += 1
+        return True
+
+    def alerts(self) -> Iterator[tuple[SensorNow, Alert]]:
+        for now in self._sensors.values():
+            for alert in now.alerts:
+                yield now, alert

@@ -1,0 +1,85 @@
+"""`/v1/stream`: Server-Sent Events of live readings and alerts, resumable by Last-Event-ID."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Header
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from api.deps import ServicesDep, ViewerDep
+from api.schemas import error_responses
+
+router = APIRouter(tags=["stream"])
+
+# Browsers wait this long before reconnecting after a drop (the SSE `retry` field).
+RETRY_MS = 2000
+# A client that cannot take an event for this long is dropped (it resumes by Last-Event-ID).
+SEND_TIMEOUT_S = 30.0
+
+DESCRIPTION = """\
+Server-Sent Events (`text/event-stream`), each with an `id`:
+
+- `reading`: a sensor has a new latest reading; `data` is the sensor's properties as in
+  /v1/sensors (depth, time, level, battery, stale, ...). Older backfilled readings are not
+  sent (they are in /v1/sensors/{id}/readings).
+- `alert`: a sensor's alerts changed (retained `alerts/{id}` message); `data` has `sensor`,
+  `alert_level`, `alert_state` and `alerts` (as in /v1/alerts).
+- `gap`: sent first when `Last-Event-ID` asks for events the server no longer holds (it keeps
+  the last `--stream-buffer` events, 10,000 by default, and forgets them on restart), or when
+  a slow client falls behind that buffer; `data` says why and how many were missed (when
+  known). Refetch /v1/sensors and /v1/alerts after it.
+
+Reconnect with the last `id` seen in `Last-Event-ID`, and every event still held after it
+is sent first. Heartbeat comments (`: ping`) keep idle connections open.
+"""
+
+
+@router.get(
+    "/v1/stream",
+    summary="Live readings and alerts as Server-Sent Events",
+    description=DESCRIPTION,
+    response_class=EventSourceResponse,
+    responses={
+        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        **error_responses(401, 403),
+    },
+)
+async def stream(
+    services: ServicesDep,
+    _: ViewerDep,
+    last_event_id: Annotated[
+        str | None,
+        Header(max_length=64, description="The last event id received, to resume after it."),
+    ] = None,
+) -> EventSourceResponse:
+    log = services.events
+    metrics = services.metrics
+    heartbeat = services.options.heartbeat_s
+
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        metrics.sse_clients += 1
+        try:
+            cursor, gap = log.resume(last_event_id)
+            yield ServerSentEvent(comment="floodwatch live stream", retry=RETRY_MS)
+            while True:
+                if gap is not None:
+                    yield ServerSentEvent(
+                        data=orjson.dumps(gap.as_json()).decode(),
+                        event="gap",
+                        id=log.event_id(cursor),
+                    )
+                held, gap = log.after(cursor)
+                if gap is not None:
+                    cursor = log.oldest_seq - 1
+                    continue
+                for item in held:
+                    yield ServerSentEvent(data=item.data, event=item.event, id=item.id)
+                    cursor = item.seq
+                await log.wait(cursor, heartbeat)
+        finally:
+            metrics.sse_clients -= 1
+
+    return EventSourceResponse(events(), ping=heartbeat, send_timeout=SEND_TIMEOUT_S)

@@ -1,0 +1,339 @@
+"""Unit tests of the API's pure parts: live state, event log, CAP ledger, query building, keys,
+times. No servers."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import orjson
+import pytest
+
+from api.alerts import AlertRecord, record_from_payload
+from api.auth import KeyStore, add_key, hash_key, new_key, parse_keys, read_keys
+from api.cap import CAP_NS, CapLedger, atom_feed, cap_time, severity
+from api.errors import BadParameter, KeyFileError
+from api.eventlog import EventLog
+from api.geo import BodyCache, SensorsBody, sensors_collection, streets_collection
+from api.history import MAX_BUCKETS, SeriesQuery, parse_every, series_influxql
+from api.live import LiveState, depth_level, level_name, parse_alert_payload, summarise_alerts
+from api.schemas import SensorCollection, StreetCollection
+from api.times import iso, zone
+from floodwatch.registry import SHIPPED_REGISTRY, load_registry
+from ingest.decode import Reading, StatusChange
+
+REGISTRY = load_registry(SHIPPED_REGISTRY)
+NOW = 1_795_000_000 * 10**9
+
+
+@pytest.mark.parametrize(
+    ("sensor_id", "depth", "level", "name"),
+    [
+        ("qh-02", 0.0, 0, "normal"),
+        ("qh-02", 9.99, 0, "normal"),
+        ("qh-02", 10.0, 1, "flooded"),
+        ("qh-02", 20.0, 2, "hazard"),
+        ("qh-02", 35.0, 3, "impassable"),
+        ("qh-02", 50.0, 4, "closed"),
+        ("phu-an", 139.0, 0, "normal"),
+        ("phu-an", 150.0, 2, "alarm_2"),
+        ("phu-an", 170.0, 3, "alarm_3"),
+    ],
+)
+def test_depth_level_follows_the_contract_ladders(
+    sensor_id: str, depth: float, level: int, name: str
+) -> None:
+    """The ladder rung of a depth is the number of thresholds it reaches, named per kind."""
+    sensor = REGISTRY.sensors[sensor_id]
+    assert depth_level(sensor, depth) == level
+    assert level_name(sensor, level) == name
+
+
+def test_live_state_keeps_only_the_newest_reading() -> None:
+    """An older reading (a backfill) never replaces a newer one; a new one bumps the version."""
+    state = LiveState(REGISTRY)
+    assert state.apply_reading(Reading("qh-02", NOW, 12.0))
+    version = state.version
+    assert not state.apply_reading(Reading("qh-02", NOW - 10**9, 40.0))
+    assert not state.apply_reading(Reading("qh-02", NOW, 12.0))  # an exact replay
+    assert state.version == version
+    assert state.apply_reading(Reading("qh-02", NOW + 10**9, 13.0))
+    assert not state.apply_reading(Reading("not-registered", NOW, 1.0))
+    now = state.get("qh-02")
+    assert now is not None and now.reading is not None and now.reading.level_cm == 13.0
+
+
+def test_stale_after_three_missed_intervals() -> None:
+    """A sensor is stale with no reading at all, or when its reading is over 3 intervals old."""
+    state = LiveState(REGISTRY)
+    now = state.get("qh-02")
+    assert now is not None and now.stale(NOW)
+    state.apply_reading(Reading("qh-02", NOW, 5.0))
+    assert not now.stale(NOW + 180 * 10**9)
+    assert now.stale(NOW + 181 * 10**9)
+    state.apply_status(StatusChange("qh-02", False, NOW, True))
+    assert now.online is False
+
+
+@pytest.mark.parametrize(
+    ("payload", "count"),
+    [
+        (b"", 0),
+        (b"  ", 0),
+        (b'{"alert_id": "a", "level": 2, "state": "active_unack"}', 1),
+        (b'[{"alert_id": "a"}, {"kind": "rising"}]', 2),
+        (b'{"alerts": [{"alert_id": "a"}], "sensor": "qh-02"}', 1),
+    ],
+)
+def test_alert_payload_shapes(payload: bytes, count: int) -> None:
+    """Empty means no alerts; an object, a list, or an `alerts` list are all accepted."""
+    alerts = parse_alert_payload(payload, "qh-02").alerts
+    assert len(alerts) == count
+    assert all(a["sensor"] == "qh-02" and isinstance(a["alert_id"], str) for a in alerts)
+
+
+@pytest.mark.parametrize("payload", [b"{", b"[1, 2]", b'"text"'])
+def test_bad_alert_payload_is_refused(payload: bytes) -> None:
+    """Not JSON, or items that are not objects, raise ValueError (the feed logs and ignores)."""
+    with pytest.raises(ValueError, match="qh-02"):
+        parse_alert_payload(payload, "qh-02")
+
+
+def test_alert_summary_picks_the_most_important_alert() -> None:
+    """Highest active level wins, unacknowledged first; cleared ones only when nothing is active."""
+    alerts = [
+        {"level": 1, "state": "active_ack"},
+        {"level": 3, "state": "active_ack"},
+        {"level": 3, "state": "active_unack"},
+        {"level": 4, "state": "cleared_unack"},
+    ]
+    assert summarise_alerts(alerts) == (3, "active_unack")
+    assert summarise_alerts([{"level": 2, "state": "cleared_unack"}]) == (0, "cleared_unack")
+    assert summarise_alerts([{"level": 2, "state": "cleared_ack"}]) == (0, None)
+    assert summarise_alerts([{"level": True, "state": "bogus"}]) == (0, None)
+
+
+def test_geojson_validates_against_the_documented_schemas() -> None:
+    """The bytes served for /v1/sensors and /v1/streets match their OpenAPI models."""
+    state = LiveState(REGISTRY)
+    state.apply_reading(Reading("qh-02", NOW, 24.0, battery_v=3.6, rssi=-80))
+    state.apply_reading(Reading("qh-03", NOW - 3600 * 10**9, 31.0))
+    state.apply_alerts("qh-02", ({"alert_id": "a", "level": 2, "state": "active_unack"},), NOW)
+    body = SensorsBody()
+    served = orjson.loads(body.get(state, NOW))
+    sensors = SensorCollection.model_validate(served)
+    assert served == sensors_collection(state, NOW)
+    state.apply_reading(Reading("d12-04", NOW, 51.0))
+    assert orjson.loads(body.get(state, NOW)) == sensors_collection(state, NOW)
+    assert sensors.numberReturned == len(REGISTRY.sensors) == len(sensors.features)
+    streets = StreetCollection.model_validate(streets_collection(state, NOW))
+    quoc_huong = next(f for f in streets.features if f.id == "Quoc Huong")
+    # The stale qh-03 still counts with its last known depth (CONTRACT section 3).
+    assert quoc_huong.properties.worst_sensor == "qh-03"
+    assert quoc_huong.properties.level == 3 and quoc_huong.properties.stale
+    assert quoc_huong.properties.alert_level == 2
+
+
+def test_body_cache_rebuilds_on_a_new_version_or_second() -> None:
+    """The cached body is reused within a second and rebuilt when the state changes."""
+    builds: list[int] = []
+
+    def build(state: LiveState, now_ns: int) -> dict[str, object]:
+        builds.append(now_ns)
+        return {"n": len(builds)}
+
+    cache, state = BodyCache(build), LiveState(REGISTRY)
+    first = cache.get(state, NOW)
+    assert cache.get(state, NOW + 999_000_000) is first
+    state.apply_reading(Reading("qh-02", NOW, 1.0))
+    cache.get(state, NOW + 999_000_000)
+    cache.get(state, NOW + 10**9)
+    assert len(builds) == 3
+
+
+def _run(coro: object) -> None:
+    asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_event_log_resumes_after_the_last_event_id() -> None:
+    """A client resuming with an id gets exactly the events after it."""
+    log = EventLog(10, boot="0000abcd")
+    sent = [log.publish("reading", f'{{"n": {n}}}') for n in range(5)]
+    cursor, gap = log.resume(sent[1].id)
+    assert gap is None
+    events, gap = log.after(cursor)
+    assert [e.id for e in events] == [e.id for e in sent[2:]]
+    assert gap is None
+    assert log.resume(None) == (5, None)
+
+
+def test_event_log_reports_a_gap_when_events_were_dropped() -> None:
+    """Asking for more than the buffer holds yields a Gap with the count, then what is held."""
+    log = EventLog(3, boot="0000abcd")
+    sent = [log.publish("reading", "{}") for _ in range(8)]
+    cursor, gap = log.resume(sent[0].id)
+    assert gap is not None and gap.missed == 4 and gap.oldest_event_id == sent[5].id
+    events, _ = log.after(cursor)
+    assert [e.id for e in events] == [e.id for e in sent[5:]]
+    # A slow reader that fell behind the buffer is told too.
+    events, gap = log.after(1)
+    assert gap is not None and gap.missed == 4
+
+
+@pytest.mark.parametrize("last_id", ["ffffffff-3", "garbage", "0000abcd-99"])
+def test_event_log_gap_for_ids_it_cannot_place(last_id: str) -> None:
+    """Another process's id, a malformed id or one from the future all produce a Gap."""
+    log = EventLog(10, boot="0000abcd")
+    log.publish("alert", "{}")
+    _, gap = log.resume(last_id)
+    assert gap is not None and gap.reason
+
+
+def test_event_log_wakes_waiting_clients() -> None:
+    """wait() returns as soon as an event is published, well before its timeout."""
+
+    async def scenario() -> None:
+        log = EventLog(10)
+        waiter = asyncio.create_task(log.wait(0, timeout_s=30))
+        await asyncio.sleep(0.01)
+        log.publish("reading", "{}")
+        await asyncio.wait_for(waiter, 1)
+
+    _run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("text", "ns"),
+    [("1s", 10**9), ("5m", 300 * 10**9), ("1h", 3600 * 10**9), ("2d", 172800 * 10**9)],
+)
+def test_every_durations(text: str, ns: int) -> None:
+    """Valid durations parse to nanoseconds."""
+    assert parse_every(text) == ns
+
+
+@pytest.mark.parametrize(
+    "text", ["0m", "5", "m", "1.5h", "5m)", "5m; DROP DATABASE x", "1y", "-1h", "1ms", "1234567m"]
+)
+def test_every_refuses_anything_but_the_strict_pattern(text: str) -> None:
+    """Anything but digits and one unit letter is refused before it can reach InfluxQL."""
+    with pytest.raises(BadParameter):
+        parse_every(text)
+
+
+def test_series_query_binds_every_request_value() -> None:
+    """Sensor, range and limit are bound parameters; only the checked `every` is in the text."""
+    text, params = series_influxql(SeriesQuery("qh-02", 1, 2 * 10**12, 10, "5m", "max"))
+    assert params == {"sensor": "qh-02", "start": 1, "end": 2 * 10**12, "limit": 11}
+    assert "qh-02" not in text and "$sensor" in text and "$limit" in text
+    assert 'max("level_cm")' in text and "GROUP BY time(5m)" in text
+    raw, _ = series_influxql(SeriesQuery("qh-02", 1, 2, 10))
+    assert "GROUP BY" not in raw and "ORDER BY time ASC" in raw
+    with pytest.raises(BadParameter, match="buckets"):
+        series_influxql(SeriesQuery("qh-02", 0, (MAX_BUCKETS + 2) * 10**9, 10, "1s", "mean"))
+
+
+def test_keys_file_round_trip(tmp_path: Path) -> None:
+    """add_key stores only the hash, and the store finds the key by it (file mode 0600)."""
+    path = tmp_path / "keys"
+    key = add_key(path, "operator", "alice")
+    assert key not in path.read_text() and hash_key(key) in path.read_text()
+    assert path.stat().st_mode & 0o777 == 0o600
+    [entry] = read_keys(path)
+    assert (entry.role, entry.name) == ("operator", "alice")
+    store = KeyStore(path)
+    found = store.lookup(key)
+    assert found is not None and found.name == "alice"
+    assert store.lookup(new_key()) is None
+    assert store.lookup("not a token!") is None
+    with pytest.raises(KeyFileError, match="already has a key named"):
+        add_key(path, "viewer", "alice")
+
+
+def test_key_store_picks_up_new_keys_without_a_restart(tmp_path: Path) -> None:
+    """A key added while the API runs works after the next reload check."""
+    path = tmp_path / "keys"
+    add_key(path, "viewer", "first")
+    clock = [0.0]
+    store = KeyStore(path, clock=lambda: clock[0])
+    key = add_key(path, "operator", "second")
+    clock[0] += 2.0
+    found = store.lookup(key)
+    assert found is not None and found.role == "operator"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("admin:" + "a" * 64 + ":x", "not viewer or operator"),
+        ("viewer:abc:x", "64 lowercase hex"),
+        ("viewer:" + "a" * 64, "role:sha256hex:name"),
+        ("viewer:" + "a" * 64 + ":bad name", "name"),
+    ],
+)
+def test_malformed_key_lines_are_named(line: str, message: str) -> None:
+    """A bad keys file line raises KeyFileError naming the line and what is wrong."""
+    with pytest.raises(KeyFileError, match=message) as info:
+        parse_keys(f"# comment\n\n{line}\n", "keys.txt")
+    assert "keys.txt line 3" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["Mars/Olympus", "../../etc/passwd", "/etc/localtime", "x" * 70])
+def test_unknown_zones_are_refused(name: str) -> None:
+    """tz must be an IANA zone name; paths and unknown names are refused."""
+    with pytest.raises(BadParameter):
+        zone(name)
+
+
+def test_times_carry_the_ward_offset() -> None:
+    """Times are ISO 8601 with offset: +00:00 by default, +07:00 in the ward's zone."""
+    assert iso(0) == "1970-01-01T00:00:00.000+00:00"
+    # 2026-11-18T11:06:40Z, which is 18:06:40 in the ward.
+    assert iso(NOW, zone("Asia/Ho_Chi_Minh")) == "2026-11-18T18:06:40.000+07:00"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+07:00", cap_time(NOW + 123_456_789))
+
+
+def _record(alert_id: str, level: int, state: str, at: int, kind: str = "flood") -> AlertRecord:
+    payload = {"alert_id": alert_id, "level": level, "state": state, "kind": kind}
+    return record_from_payload("qh-02", payload, at)
+
+
+def test_cap_ledger_chains_alert_update_cancel() -> None:
+    """Active: Alert; level change: Update; cleared: Cancel; each later one references the rest."""
+    ledger = CapLedger("floodwatch.test")
+    ledger.observe([_record("a", 1, "active_unack", NOW)], NOW)
+    ledger.observe([_record("a", 1, "active_ack", NOW + 10**9)], NOW + 10**9)  # no new message
+    [alert] = ledger.current()
+    assert alert.msg_type == "Alert" and alert.references == ()
+    ledger.observe([_record("a", 3, "active_ack", NOW + 5 * 10**9)], NOW + 5 * 10**9)
+    [update] = ledger.current()
+    assert update.msg_type == "Update" and alert.identifier in update.references[0]
+    ledger.observe([], NOW + 9 * 10**9)  # the retained payload went empty
+    [cancel] = ledger.current()
+    assert cancel.msg_type == "Cancel" and len(cancel.references) == 2
+    ledger.observe([_record("h", 0, "active_unack", NOW, kind="battery_low")], NOW)
+    assert len(ledger.current()) == 1  # sensor-health alerts are not public warnings
+
+
+def test_cap_severity_maps_the_ladder() -> None:
+    """Levels 1-4 map to Minor, Moderate, Severe, Extreme; rising is Moderate."""
+    sensor = REGISTRY.sensors["qh-02"]
+    assert [severity(_record("a", n, "active_unack", NOW), sensor) for n in range(5)] == [
+        "Unknown",
+        "Minor",
+        "Moderate",
+        "Severe",
+        "Extreme",
+    ]
+    assert severity(_record("r", 0, "active_unack", NOW, kind="rising"), sensor) == "Moderate"
+
+
+def test_atom_feed_holds_one_cap_alert_per_chain() -> None:
+    """The feed is well-formed Atom with a CAP <alert> inside each entry's content."""
+    ledger = CapLedger("floodwatch.test")
+    ledger.observe(
+        [_record("a", 2, "active_unack", NOW), _record("b", 1, "active_unack", NOW)], NOW
+    )
+    root = ET.fromstring(atom_feed(ledger.current(), ledger.sender, REGISTRY, NOW))
+    assert len(root.findall(f".//{{{CAP_NS}}}alert")) == 2

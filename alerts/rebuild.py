@@ -13,7 +13,10 @@ Two sources, both already in InfluxDB:
 What cannot come back: a sensor silent for longer than the window restarts its debounce (its
 first reading after the restart has no previous reading to pair with); a backfill the
 running engine ignored as late (rule 1) is replayed as if judged, which can shift a rate-of-rise
-window for at most 15 minutes; and when each sensor was last heard (rule 7 times silence by
+window for at most 15 minutes; an obstruction open when the window starts is known only
+from its fault's events (a shorter one has closed before the rules' memory reaches back, see
+REBUILD_LOOKBACK_NS), so one whose fault closed before the earliest event passed in is replayed
+as water; and when each sensor was last heard (rule 7 times silence by
 arrival, which is not stored), so it is taken as its last stored reading's own time: a sensor
 whose clock runs more than 3 intervals behind can show stale from the restart until its next
 reading arrives.
@@ -21,12 +24,12 @@ reading arrives.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
 import numpy as np
 
-from alerts.engine import MINUTE_NS, TAIL_NS, _advance
+from alerts.engine import MINUTE_NS, OBSTRUCTION_FAULT_NS, TAIL_NS, _advance
 from alerts.events import AlertEvent, AlertKind, Event
 from alerts.state import (
     NEVER,
@@ -39,8 +42,15 @@ from alerts.state import (
 )
 from floodwatch.registry import Registry
 
-# Memory of the rules (30 min) plus a margin for sensors reporting every few minutes.
-REBUILD_LOOKBACK_NS = TAIL_NS + 10 * MINUTE_NS
+# Memory of the rules (30 min), plus the longest an obstruction can stay open without becoming a
+# fault (15 min), plus a margin for sensors reporting every few minutes. The replay cannot see an
+# obstruction that was already open when its window starts (rule 3 measures a jump from two
+# earlier readings): the readings under it would be replayed as water, and kept in the tail that
+# rules 6 and 9 look back on (a parked car's roof would read as a neighbour that moved, and make
+# a stuck fault of a quiet sensor). An obstruction that lasts 15 minutes becomes a fault, and is
+# seeded from its events; one that does not has closed 15 minutes into the window, before any
+# reading the rules' 30-minute memory still reaches.
+REBUILD_LOOKBACK_NS = TAIL_NS + OBSTRUCTION_FAULT_NS + 10 * MINUTE_NS
 
 
 def rebuild_window_start(events: Iterable[Event], now_ns: int) -> int:
@@ -77,13 +87,13 @@ def rebuild(
     # Seed the one memory older than the window: an obstruction that has already become a fault
     # (its fault carries the base water level), so the replay does not take the car for water.
     seed = initial_arrays(cfg.n, cfg.max_levels)
-    for (sensor_id, kind), alert_id in active.items():
-        alert = alerts[alert_id]
-        if kind == "fault" and alert.detail == "obstructed" and alert.depth_cm is not None:
-            i = cfg.index[sensor_id]
-            seed.obst_on[i] = True
-            seed.obst_base[i] = alert.depth_cm
-            seed.obst_since[i] = alert.raised_ns
+    for i, (base_cm, raised_ns) in _obstructions_open_at(alert_events, cfg.index, since_ns).items():
+        seed.obst_on[i] = True
+        seed.obst_base[i] = base_cm
+        # The fault came with the second reading obstructed for 15 minutes: the obstruction
+        # opened 15 minutes before it at the latest, so every reading from the raise on is
+        # faulty (rule 9), as it was for the running engine.
+        seed.obst_since[i] = raised_ns - OBSTRUCTION_FAULT_NS
     adv = _advance(cfg, seed, fresh.tail, readings)
 
     # The replay's alert decisions give way to what the events say.
@@ -124,6 +134,34 @@ def rebuild(
 
 def _alert_events(events: Iterable[Event]) -> list[AlertEvent]:
     return [e for e in events if isinstance(e, AlertEvent)]
+
+
+def _obstructions_open_at(
+    events: list[AlertEvent], index: Mapping[str, int], since_ns: int
+) -> dict[int, tuple[float, int]]:
+    """Per sensor index, the obstruction faults that may still have been open at `since_ns`:
+    raised (with the base water level and the raise's reading time) and not cleared by a
+    reading at or before `since_ns`. An active fault always counts; a cleared one (acknowledged
+    or not) counts when its clearing reading lies inside the window, since the obstruction
+    behind it may have closed there. The latest raise wins per sensor."""
+    raised: dict[str, AlertEvent] = {}
+    cleared_ns: dict[str, int] = {}
+    for e in events:
+        if e.kind != "fault" or e.detail != "obstructed":
+            continue
+        if e.change == "raised" and e.depth_cm is not None:
+            raised[e.alert_id] = e
+        elif e.change == "cleared" and e.reading_time_ns is not None:
+            cleared_ns[e.alert_id] = e.reading_time_ns
+    seeds: dict[int, tuple[float, int]] = {}
+    for alert_id, e in raised.items():
+        if cleared_ns.get(alert_id, since_ns + 1) <= since_ns or e.depth_cm is None:
+            continue
+        i = index[e.sensor_id]
+        raised_ns = int(alert_id.rsplit(":", 1)[1])
+        if i not in seeds or raised_ns > seeds[i][1]:
+            seeds[i] = (e.depth_cm, raised_ns)
+    return seeds
 
 
 def _open_alerts(events: list[AlertEvent]) -> dict[str, Alert]:

@@ -728,7 +728,7 @@ def test_a_restart_during_a_long_obstruction_does_not_take_the_car_for_water() -
     ]
     restart = T0 + 101 * M
     since = rebuild_window_start(stored, restart)
-    assert since == restart - 40 * M  # only 40 minutes of readings come back: all car
+    assert since == restart - 55 * M  # only 55 minutes of readings come back: all car
     window = before.take(before.time_ns >= since)
     rebuilt = rebuild(REGISTRY, stored, window, since, restart)
     _, resumed = run(after, state=rebuilt)
@@ -940,6 +940,30 @@ def test_a_restart_rebuilt_from_events_continues_like_an_uninterrupted_run(
 ) -> None:
     """Stop after any batch, rebuild from the stored events and readings, go on: the events
     after the restart and the open alerts are exactly those of a run that never stopped."""
+    _restart_continues_like_an_uninterrupted_run(fleet, restart_at, ack_every)
+
+
+def test_a_car_parked_as_the_rebuild_window_opens_is_not_a_moving_neighbour() -> None:
+    """A short obstruction (no fault) near the start of the replayed readings: the replay must
+    not take the car for water, or its roof reads as a neighbour that moved 100 cm and makes a
+    stuck fault of the quiet sensor next to it (found by the restart property)."""
+    s2 = [100.0] + [0.0] * 22 + [100.0] * 11 + [0.0] * 29  # a car from minute 23 to 33
+    fleet = ({"s1": [0.0] * 63, "s2": s2, "s3": [0.0] * 63}, [59], [3.5] * 63)
+    _restart_continues_like_an_uninterrupted_run(fleet, 0, 0)
+
+
+@pytest.mark.parametrize("ack_every", [0, 1])
+def test_a_long_obstruction_cleared_inside_the_rebuild_window_is_resumed(ack_every: int) -> None:
+    """A car parked from before the replayed readings, whose fault cleared (and, acknowledged,
+    closed) inside them: the replay resumes it from its fault events, not as water."""
+    s2 = [0.0] * 3 + [120.0] * 30 + [0.0] * 37  # parked from minute 3 to 32
+    fleet = ({"s1": [0.0] * 70, "s2": s2, "s3": [0.0] * 70}, [60, 61], [3.5] * 70)
+    _restart_continues_like_an_uninterrupted_run(fleet, 0, ack_every)
+
+
+def _restart_continues_like_an_uninterrupted_run(
+    fleet: tuple[dict[str, list[float]], list[int], list[float]], restart_at: int, ack_every: int
+) -> None:
     batches = _fleet_batches(*fleet)
     k = 1 + restart_at % len(batches)
     whole, whole_events = _drive(new_state(REGISTRY, T0), batches, ack_every)

@@ -27,9 +27,8 @@ from tests.test_api_support import (
     Keys,
     api_settings,
     bearer,
+    engine_alert,
     live_server,
-    publish,
-    publisher,
     wait_for,
     write_keys,
 )
@@ -56,7 +55,6 @@ ACCESS: dict[tuple[str, str], str] = {
     ("GET", "/v1/events"): "viewer",
     ("GET", "/v1/stream"): "viewer",
 }
-ALERT_ID = "qh-02-flood-auth"
 
 
 def _routes() -> list[tuple[str, str]]:
@@ -86,6 +84,7 @@ def test_every_route_has_a_declared_access_level() -> None:
 class Server:
     url: str
     keys: Keys
+    alert_id: str
 
 
 @pytest.fixture(scope="module")
@@ -96,21 +95,24 @@ def server(
     root = "authmatrix"
     keys = write_keys(tmp_path_factory.mktemp("auth") / "keys")
     app = create_app(api_settings(broker, influxd, root), ApiOptions(api_keys=keys.path))
-    with live_server(app) as url, publisher(broker) as pub:
-        alert = {"alert_id": ALERT_ID, "kind": "flood", "level": 2, "state": "active_unack"}
-        publish(pub, f"{root}/v1/alerts/{DEPTH_SENSOR}", alert, retain=True)
+    with (
+        live_server(app) as url,
+        engine_alert(broker, influxd, root, tmp_path_factory.mktemp("ingest")) as alert_id,
+    ):
         wait_for(
             lambda: (
-                httpx.get(f"{url}/v1/alerts/{ALERT_ID}", headers=bearer(keys.viewer)).status_code
+                httpx.get(f"{url}/v1/alerts/{alert_id}", headers=bearer(keys.viewer)).status_code
                 == 200
             ),
             what="the alert",
         )
-        yield Server(url, keys)
+        yield Server(url, keys, alert_id)
 
 
 def _call(server: Server, method: str, path: str, headers: dict[str, str]) -> httpx.Response:
-    url = server.url + path.replace("{sensor_id}", DEPTH_SENSOR).replace("{alert_id}", ALERT_ID)
+    url = server.url + path.replace("{sensor_id}", DEPTH_SENSOR).replace(
+        "{alert_id}", server.alert_id
+    )
     if path == "/static":
         url += "/app.js"
     with (

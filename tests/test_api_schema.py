@@ -32,8 +32,7 @@ from tests.test_api_support import (
     DEPTH_SENSOR,
     api_settings,
     bearer,
-    publish,
-    publisher,
+    engine_alert,
     write_keys,
     write_readings,
 )
@@ -64,7 +63,7 @@ OPERATIONS = _operations()
 @pytest.fixture(scope="module")
 def api(
     broker: Service, influxd: Service, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[schemathesis.schemas.BaseSchema, str]]:
+) -> Iterator[tuple[schemathesis.schemas.BaseSchema, str, str]]:
     """The app's schema (its lifespan running), readings in InfluxDB, a retained alert."""
     unique = "s" + uuid.uuid4().hex[:10]
     with InfluxClient(parse_influx_url(f"http://127.0.0.1:{influxd.port}"), unique) as influx:
@@ -73,11 +72,9 @@ def api(
         write_readings(influx, DEPTH_SENSOR, [(now - n * 60 * 10**9, 10.0 + n) for n in range(120)])
     keys = write_keys(tmp_path_factory.mktemp("schema") / "keys")
     app = create_app(api_settings(broker, influxd, unique), ApiOptions(api_keys=keys.path))
-    with publisher(broker) as pub:
-        alert = {"alert_id": "s-1", "kind": "flood", "level": 2, "state": "active_unack"}
-        publish(pub, f"{unique}/v1/alerts/{DEPTH_SENSOR}", alert, retain=True)
-    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
-    yield schema, keys.operator
+    with engine_alert(broker, influxd, unique, tmp_path_factory.mktemp("ingest")) as alert_id:
+        schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+        yield schema, keys.operator, alert_id
     # Schemathesis keeps an app's lifespan running until exit; end it with these tests.
     shutdown_lifespans()
 
@@ -91,10 +88,10 @@ def test_every_operation_is_fuzzed() -> None:
 @pytest.mark.services
 @pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
 def test_openapi_conformance(
-    api: tuple[schemathesis.schemas.BaseSchema, str], method: str, path: str
+    api: tuple[schemathesis.schemas.BaseSchema, str, str], method: str, path: str
 ) -> None:
     """Generated requests never cause a server error, and answers match the OpenAPI document."""
-    schema, key = api
+    schema, key, alert_id = api
 
     @given(case=schema[path][method].as_strategy(), known=st.booleans())
     @settings(
@@ -108,7 +105,7 @@ def test_openapi_conformance(
         if known and case.path_parameters:
             # Random ids only ever meet 404s; half the cases use ones that exist.
             case.path_parameters = {
-                name: {"sensor_id": DEPTH_SENSOR, "alert_id": "s-1"}.get(name, value)
+                name: {"sensor_id": DEPTH_SENSOR, "alert_id": alert_id}.get(name, value)
                 for name, value in case.path_parameters.items()
             }
         case.call_and_validate(headers=bearer(key), checks=CHECKS)

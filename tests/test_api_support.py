@@ -138,3 +138,38 @@ def get_json(client: TestClient | httpx.Client, url: str, key: str) -> object:
     response = client.get(url, headers=bearer(key))
     assert response.status_code == 200, response.text
     return response.json()
+
+
+@contextlib.contextmanager
+def engine_alert(broker: Service, influxd: Service, root: str, workdir: Path) -> Iterator[str]:
+    """A running `python -m ingest` (which owns the alert engine) and a real `hazard` flood
+    alert it raised on DEPTH_SENSOR from two readings; yields the alert's id."""
+    from tests.conftest import IngestProcess, mosquitto_pub, process_env
+
+    env = process_env(broker, influxd, root, root)
+    env["FLOODWATCH_CLIENT_ID"] = f"ingest-{root}"
+    ingest = IngestProcess(env, workdir)
+    ingest.start()
+    retained: list[bytes] = []
+    watcher = MqttConnection(
+        MqttEndpoint("127.0.0.1", broker.port),
+        subscriptions=[(f"{root}/v1/alerts/{DEPTH_SENSOR}", 1)],
+        on_delivery=lambda d: retained.append(d.payload),
+    )
+    watcher.start()
+    try:
+        # A minute or two ahead of now (ingest accepts up to 5): newer than anything a test
+        # stored, so the engine judges them rather than ignoring them as late data.
+        now_ms = int(time.time() * 1000)
+        readings = [{"ts": now_ms + (1 + k) * 60_000, "level_cm": 22.0 + k} for k in range(2)]
+        mosquitto_pub(
+            broker,
+            f"{root}/v1/sensors/{DEPTH_SENSOR}/reading",
+            message=orjson.dumps(readings).decode(),
+        )
+        wait_for(lambda: any(retained), what="the engine's alert")
+        alert_id = str(orjson.loads(next(p for p in retained if p))["alerts"][0]["alert_id"])
+        yield alert_id
+    finally:
+        watcher.stop()
+        ingest.stop()

@@ -338,7 +338,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.metrics_host,
                 metrics_port,
                 lambda: ingest_metrics(
-                    ingest.counters, ingest.backlog, outbox.status() if outbox else None
+                    ingest.counters,
+                    ingest.backlog,
+                    outbox.status() if outbox else None,
+                    dict(alerting.events_by_kind),
                 ),
             )
         except OSError as exc:

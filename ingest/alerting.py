@@ -64,7 +64,8 @@ class Alerting:
         self._clock = clock
         self._lock = threading.Lock()
         self._state: EngineState | None = None
-        self.events_by_kind: dict[tuple[str, str], int] = {}
+        # (kind, change, level name) -> events emitted, for the metrics.
+        self.events_by_kind: dict[tuple[str, str, str], int] = {}
 
     @property
     def ready(self) -> bool:
@@ -180,7 +181,7 @@ class Alerting:
         touched: list[str] = []
         for e in events:
             if isinstance(e, AlertEvent):
-                key = (e.kind, e.change)
+                key = (e.kind, e.change, e.level_name)
                 self.events_by_kind[key] = self.events_by_kind.get(key, 0) + 1
                 self._publish(self.topics.alert_events(e.sensor_id), e.to_json(), False)
                 if e.sensor_id not in touched:

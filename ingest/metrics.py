@@ -3,13 +3,18 @@ how long InfluxDB writes take, and the disk outbox's state."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from floodwatch.metrics import Metric, histogram
 from ingest.outbox import OutboxStatus
 from ingest.pipeline import WRITE_SECONDS_BOUNDS, IngestCounters
 
 
 def ingest_metrics(
-    counters: IngestCounters, backlog: int, outbox: OutboxStatus | None
+    counters: IngestCounters,
+    backlog: int,
+    outbox: OutboxStatus | None,
+    alert_events: Mapping[tuple[str, str, str], int] | None = None,
 ) -> list[Metric]:
     c = counters
     metrics = [
@@ -75,6 +80,18 @@ def ingest_metrics(
             [({}, c.outbox_drained)],
         ),
     ]
+    if alert_events is not None:
+        metrics.append(
+            Metric(
+                "floodwatch_ingest_alert_events_total",
+                "Alert events emitted, by kind, change and the sensor's level at the time.",
+                "counter",
+                [
+                    ({"kind": kind, "change": change, "level": level}, n)
+                    for (kind, change, level), n in sorted(alert_events.items())
+                ],
+            )
+        )
     if outbox is not None:
         metrics += [
             Metric(

@@ -26,3 +26,15 @@ def test_histogram_buckets_are_cumulative() -> None:
     assert 'w_seconds_bucket{le="1.0"} 5' in text
     assert 'w_seconds_bucket{le="+Inf"} 6' in text
     assert "w_seconds_sum 4.5" in text and "w_seconds_count 6" in text
+
+
+def test_ingest_metrics_count_alert_events_by_kind_change_and_level() -> None:
+    """Alerts by level reach /metrics as one labelled counter."""
+    from ingest.metrics import ingest_metrics
+    from ingest.pipeline import IngestCounters
+
+    text = render(ingest_metrics(IngestCounters(), 0, None, {("flood", "raised", "hazard"): 2}))
+    assert (
+        'floodwatch_ingest_alert_events_total{kind="flood",change="raised",level="hazard"} 2'
+        in text
+    )

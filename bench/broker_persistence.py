@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -55,21 +54,15 @@ def main() -> int:
             session.start()
             time.sleep(0.5)
             session.stop()
-            endpoint = broker.endpoint("admin")
-            lines = b"".join(
-                orjson.dumps({"ts": 1795000000000 + k, "level_cm": 12.5, "seq": k}) + b"\n"
-                for k in range(args.queued)
-            )
+            publisher = MqttConnection(broker.endpoint("admin"))
+            publisher.start()
             started = time.monotonic()
-            subprocess.run(
-                [
-                    *("mosquitto_pub", "-p", str(broker.port), "-u", "admin"),
-                    *("-P", str(endpoint.password), "-q", "1", "-t", topic, "-l"),
-                ],
-                input=lines,
-                check=True,
-                timeout=600,
-            )
+            for k in range(args.queued):
+                payload = orjson.dumps({"ts": 1795000000000 + k, "level_cm": 12.5, "seq": k})
+                publisher.publish(topic, payload, qos=1)
+            while publisher.pending_publishes():
+                time.sleep(0.01)
+            publisher.stop()
             publish_s = time.monotonic() - started
             db = broker.workdir / "mosquitto-data" / "mosquitto.db"
             old = db.stat().st_ino if db.exists() else -1

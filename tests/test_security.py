@@ -73,13 +73,20 @@ def test_a_sensor_cannot_publish_another_sensors_reading(
         ingest.stop()
 
 
-def test_ingest_cannot_publish_sensor_readings(broker: Service, unique: str) -> None:
-    """Ingest's user may publish alerts and dead letters, never a sensor's reading."""
+def test_ingest_cannot_publish_sensor_readings(
+    broker: Service, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ingest's user may publish alerts and dead letters, never a sensor's reading; the denied
+    publish is also logged, for the publishers that do not wait for their PUBACK."""
     conn = MqttConnection(broker.endpoint("ingest"))
     conn.start()
     try:
-        with pytest.raises(PublishDenied, match="0x87"):
+        with (
+            caplog.at_level("WARNING", logger="floodwatch.mqtt"),
+            pytest.raises(PublishDenied, match="0x87"),
+        ):
             conn.publish_and_wait(f"{unique}/v1/sensors/qh-02/reading", READING)
+        assert any("refused publish" in r.getMessage() for r in caplog.records)
         assert conn.publish_and_wait(f"{unique}/v1/deadletter", b"{}")
     finally:
         conn.stop()

@@ -25,7 +25,7 @@ import orjson
 
 from floodwatch.localservices import influxd_service, mosquitto_service, running
 from floodwatch.mqtt import Delivery, MqttConnection
-from floodwatch.settings import MqttEndpoint
+from floodwatch.settings import parse_mqtt_url
 from floodwatch.topics import Topics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,11 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--probes", type=int, default=100, help="alerts to time (<= 500)")
     parser.add_argument(
-        "--background", nargs=2, type=int, metavar=("PORT", "FIRST"), help=argparse.SUPPRESS
+        "--background", nargs=2, metavar=("MQTT_URL", "FIRST"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
     if args.background:
-        background(*args.background)
+        background(args.background[0], int(args.background[1]))
         return 0
     probes = min(args.probes, SENSORS // 2)
     with tempfile.TemporaryDirectory(prefix="fw-latency-") as tmp:
@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         with running(mosquitto_service(work), influxd_service(work)) as (broker, influxd):
             env = {
                 "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
-                "FLOODWATCH_MQTT_URL": f"mqtt://127.0.0.1:{broker.port}",
-                "FLOODWATCH_INFLUX_URL": f"http://127.0.0.1:{influxd.port}",
+                "FLOODWATCH_MQTT_URL": broker.url("ingest"),
+                "FLOODWATCH_INFLUX_URL": influxd.url("admin"),
                 "FLOODWATCH_REGISTRY": str(registry),
                 "FLOODWATCH_OUTBOX": "off",
                 "FLOODWATCH_METRICS_PORT": "0",
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                         print(log.read_text(), file=sys.stderr)
                         return 1
                     time.sleep(0.05)
-                latencies = measure(broker.port, probes)
+                latencies = measure(broker.url("admin"), probes)
             finally:
                 ingest.terminate()
                 ingest.wait(30)
@@ -125,12 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def background(port: int, first: int) -> None:
+def background(url: str, first: int) -> None:
     """1,000 readings/s of dry road from sensors `first`.. on, until killed (its own process,
     so the probes' publisher and the listener below share their process with nothing busy)."""
     topics = Topics("floodwatch")
     ids = [f"s{i:04d}" for i in range(first, SENSORS)]
-    conn = MqttConnection(MqttEndpoint("127.0.0.1", port))
+    conn = MqttConnection(parse_mqtt_url(url))
     conn.start()
     started = time.perf_counter()
     tick = 0
@@ -144,7 +144,7 @@ def background(port: int, first: int) -> None:
         time.sleep(max(0.0, started + tick * 0.02 - time.perf_counter()))
 
 
-def measure(port: int, probes: int) -> list[float]:
+def measure(url: str, probes: int) -> list[float]:
     topics = Topics("floodwatch")
     sent: dict[str, float] = {}
     got: dict[str, float] = {}
@@ -162,15 +162,15 @@ def measure(port: int, probes: int) -> list[float]:
                     done.set()
 
     listener = MqttConnection(
-        MqttEndpoint("127.0.0.1", port),
+        parse_mqtt_url(url),
         subscriptions=[(f"{topics.base}/alerts/+", 1)],
         on_delivery=on_alert,
     )
     listener.start()
-    publisher = MqttConnection(MqttEndpoint("127.0.0.1", port))
+    publisher = MqttConnection(parse_mqtt_url(url))
     publisher.start()
     load = subprocess.Popen(
-        [sys.executable, "-m", "bench.alerts_latency", "--background", str(port), str(probes)],
+        [sys.executable, "-m", "bench.alerts_latency", "--background", url, str(probes)],
         cwd=ROOT,
     )
     try:

@@ -44,6 +44,7 @@ import orjson
 
 from api.auth import hash_key, new_key
 from api.times import iso
+from floodwatch.credentials import grant_database
 from floodwatch.influx import InfluxClient
 from floodwatch.localservices import free_port, influxd_service, mosquitto_service, running
 from floodwatch.mqtt import MqttConnection
@@ -136,10 +137,10 @@ def load_data(influx: InfluxClient, count: int, now_ns: int) -> None:
 
 
 def live_readings(
-    port: int, root: str, count: int, stop: threading.Event, per_second: float
+    endpoint: MqttEndpoint, root: str, count: int, stop: threading.Event, per_second: float
 ) -> None:
     """Publish readings for random sensors, as 1,000 sensors reporting once a minute would."""
-    conn = MqttConnection(MqttEndpoint("127.0.0.1", port))
+    conn = MqttConnection(endpoint)
     conn.start()
     try:
         interval = 1.0 / per_second
@@ -348,13 +349,14 @@ def main(argv: list[str] | None = None) -> int:
         keys.write_text(f"viewer:{hash_key(key)}:bench\n")
         with running(mosquitto_service(workdir), influxd_service(workdir)) as (broker, influxd):
             now = time.time_ns()
-            with InfluxClient(parse_influx_url(f"http://127.0.0.1:{influxd.port}"), "bench") as db:
+            with InfluxClient(parse_influx_url(influxd.url("admin")), "bench") as db:
                 load_data(db, args.sensors, now)
+            grant_database(f"http://127.0.0.1:{influxd.port}", influxd.credentials.influx, "bench")
             port = free_port()
             env = {k: v for k, v in os.environ.items() if not k.startswith("FLOODWATCH_")}
             env.update(
-                FLOODWATCH_MQTT_URL=f"mqtt://127.0.0.1:{broker.port}",
-                FLOODWATCH_INFLUX_URL=f"http://127.0.0.1:{influxd.port}",
+                FLOODWATCH_MQTT_URL=broker.url("api"),
+                FLOODWATCH_INFLUX_URL=influxd.url("reader"),
                 FLOODWATCH_INFLUX_DB="bench",
                 FLOODWATCH_TOPIC_ROOT=root,
                 FLOODWATCH_REGISTRY=str(registry),
@@ -364,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             stop = threading.Event()
             publisher = threading.Thread(
                 target=live_readings,
-                args=(broker.port, root, args.sensors, stop, args.sensors / 60),
+                args=(broker.endpoint("admin"), root, args.sensors, stop, args.sensors / 60),
                 daemon=True,
             )
             with api_process(env, port, workdir / "api.log"):

@@ -1,6 +1,6 @@
 """The ceiling for ingest: a bare paho-mqtt QoS 1 subscriber that only counts messages.
 
-Usage: python -m bench.counter PORT TOPIC_FILTER EXPECTED
+Usage: python -m bench.counter MQTT_URL TOPIC_FILTER EXPECTED
 Prints "ready" once subscribed, then one JSON line when EXPECTED messages arrived (or after
 60 s without one): {"count": n, "last_ns": t}.
 """
@@ -14,11 +14,11 @@ import time
 import orjson
 
 from floodwatch.mqtt import Delivery, MqttConnection
-from floodwatch.settings import MqttEndpoint
+from floodwatch.settings import parse_mqtt_url
 
 
 def main() -> int:
-    port, topic_filter, expected = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    url, topic_filter, expected = sys.argv[1], sys.argv[2], int(sys.argv[3])
     count = 0
     last_ns = 0
     done = threading.Event()
@@ -31,7 +31,7 @@ def main() -> int:
             done.set()
 
     conn = MqttConnection(
-        MqttEndpoint("127.0.0.1", port),
+        parse_mqtt_url(url),
         subscriptions=[(topic_filter, 1)],
         on_delivery=on_delivery,
     )

@@ -87,7 +87,9 @@ def build_chunks(n: int, per_message: int, start_ms: int) -> list[tuple[str, byt
     return chunks
 
 
-def publish(port: int, root: str, chunks: list[tuple[str, bytes]], arrays: bool = False) -> None:
+def publish(
+    broker: Service, root: str, chunks: list[tuple[str, bytes]], arrays: bool = False
+) -> None:
     if arrays:
         feed = b"".join(
             f"{root}/v1/sensors/{sid}/reading\t".encode() + line + b"\n"
@@ -95,7 +97,10 @@ def publish(port: int, root: str, chunks: list[tuple[str, bytes]], arrays: bool 
             for line in body.splitlines()
         )
         subprocess.run(
-            [sys.executable, "-m", "bench.publisher", str(port)], cwd=ROOT, input=feed, check=True
+            [sys.executable, "-m", "bench.publisher", broker.url("admin")],
+            cwd=ROOT,
+            input=feed,
+            check=True,
         )
         return
     for sid, body in chunks:
@@ -103,7 +108,11 @@ def publish(port: int, root: str, chunks: list[tuple[str, bytes]], arrays: bool 
             [
                 "mosquitto_pub",
                 "-p",
-                str(port),
+                str(broker.port),
+                "-u",
+                "admin",
+                "-P",
+                broker.credentials.mqtt["admin"],
                 "-q",
                 "1",
                 "-t",
@@ -129,7 +138,7 @@ def run_bare(broker: Service, n: int, root: str) -> RunResult:
             sys.executable,
             "-m",
             "bench.counter",
-            str(broker.port),
+            broker.url("admin"),
             f"{root}/v1/sensors/+/reading",
             str(n),
         ],
@@ -140,7 +149,7 @@ def run_bare(broker: Service, n: int, root: str) -> RunResult:
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
     started = time.time_ns()
-    publish(broker.port, root, chunks)
+    publish(broker, root, chunks)
     result = orjson.loads(proc.stdout.readline())
     proc.wait(30)
     return RunResult(n / ((result["last_ns"] - started) / 1e9), n - result["count"])
@@ -150,11 +159,11 @@ def run_ingest(
     broker: Service, influxd: Service, n: int, per_message: int, root: str, workdir: Path
 ) -> RunResult:
     chunks = build_chunks(n, per_message, int(time.time() * 1000) - 86_400_000)
-    influx = InfluxClient(parse_influx_url(f"http://127.0.0.1:{influxd.port}"), root)
+    influx = InfluxClient(parse_influx_url(influxd.url("admin")), root)
     log_path = workdir / f"ingest-{root}.log"
     env = {
-        "FLOODWATCH_MQTT_URL": f"mqtt://127.0.0.1:{broker.port}",
-        "FLOODWATCH_INFLUX_URL": f"http://127.0.0.1:{influxd.port}",
+        "FLOODWATCH_MQTT_URL": broker.url("ingest"),
+        "FLOODWATCH_INFLUX_URL": influxd.url("admin"),
         "FLOODWATCH_INFLUX_DB": root,
         "FLOODWATCH_TOPIC_ROOT": root,
         "FLOODWATCH_CLIENT_ID": f"bench-{root}",
@@ -180,7 +189,7 @@ def run_ingest(
         ps = psutil.Process(proc.pid)
         cpu_before = sum(ps.cpu_times()[:2])
         started = time.time_ns()
-        publish(broker.port, root, chunks, arrays=per_message > 1)
+        publish(broker, root, chunks, arrays=per_message > 1)
         published = time.time_ns()
         # Cheap completion check first (is the very last reading stored? InfluxDB answers
         # that from one series and a time range), then one full count for the loss figure:

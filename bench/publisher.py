@@ -2,7 +2,7 @@
 publishes each as a QoS 1 message at full speed, then waits for every PUBACK.
 
 Used for array messages, where `mosquitto_pub -l` manages only ~1,400 messages/s of 7 KB
-lines. Usage: python -m bench.publisher PORT < lines
+lines. Usage: python -m bench.publisher MQTT_URL < lines
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import sys
 import time
 
 from floodwatch.mqtt import MqttConnection
-from floodwatch.settings import MqttEndpoint
+from floodwatch.settings import parse_mqtt_url
 
 
 def main() -> int:
-    conn = MqttConnection(MqttEndpoint("127.0.0.1", int(sys.argv[1])))
+    conn = MqttConnection(parse_mqtt_url(sys.argv[1]))
     conn.start()
     lines = sys.stdin.buffer.read().splitlines()
     for line in lines:

@@ -46,8 +46,8 @@ CASES = (
 )
 
 
-def run_case(case: Case, port: int, duration: float, sensors: int) -> dict[str, object]:
-    env = dict(os.environ, FLOODWATCH_MQTT_URL=f"mqtt://127.0.0.1:{port}")
+def run_case(case: Case, url: str, duration: float, sensors: int) -> dict[str, object]:
+    env = dict(os.environ, FLOODWATCH_MQTT_URL=url)
     env["FLOODWATCH_TOPIC_ROOT"] = "bench"
     result = subprocess.run(
         [
@@ -95,7 +95,8 @@ def main() -> int:
     ):
         for case in CASES:
             runs = [
-                run_case(case, broker.port, args.duration, args.sensors) for _ in range(args.runs)
+                run_case(case, broker.url("admin"), args.duration, args.sensors)
+                for _ in range(args.runs)
             ]
             readings = statistics.median(float(str(r["readings_per_s"])) for r in runs)
             messages = statistics.median(float(str(r["messages_per_s"])) for r in runs)

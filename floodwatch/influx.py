@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import orjson
 
-from floodwatch.errors import InfluxError, InfluxUnavailable
+from floodwatch.errors import InfluxAccessDenied, InfluxError, InfluxUnavailable
 from floodwatch.settings import InfluxEndpoint
 
 JsonScalar = str | int | float | bool | None
@@ -77,11 +77,19 @@ class InfluxClient:
                 f"InfluxDB at {self.endpoint} answered {response.status_code}: "
                 f"{_error_text(response)}"
             )
-        if response.status_code in (401, 403):
-            raise InfluxError(
-                f"InfluxDB at {self.endpoint} refused the credentials "
-                f"({response.status_code}: {_error_text(response)}); check the user and "
-                "password in --influx-url"
+        if response.status_code == 401:
+            who = f"user {self.endpoint.username!r}" if self.endpoint.username else "no user"
+            raise InfluxAccessDenied(
+                f"InfluxDB at {self.endpoint} refused the login ({who}: "
+                f"{_error_text(response)}); check the user and password in the InfluxDB URL "
+                "(--influx-url, FLOODWATCH_INFLUX_URL)",
+                401,
+            )
+        if response.status_code == 403:
+            raise InfluxAccessDenied(
+                f"InfluxDB at {self.endpoint} denied user {self.endpoint.username!r} "
+                f"({_error_text(response)}); grant it the right or use another user",
+                403,
             )
         return response
 

@@ -10,13 +10,16 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
+from floodwatch.credentials import MOSQUITTO_ACL, Credentials, setup_influx_users
 from floodwatch.errors import FloodwatchError
+from floodwatch.registry import SHIPPED_REGISTRY, load_registry
+from floodwatch.settings import MqttEndpoint
 
 MOSQUITTO_CONF = Path(__file__).resolve().parent.parent / "config" / "mosquitto.conf"
 
@@ -42,8 +45,15 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Pat
     raise ServiceError(f"{what} did not open port {port} within 30 s; see {log}")
 
 
-def mosquitto_config(port: int, data_dir: Path, source: Path = MOSQUITTO_CONF) -> str:
-    """The shipped configuration with only the listener port and data directory replaced."""
+def mosquitto_config(
+    port: int,
+    data_dir: Path,
+    password_file: Path,
+    acl_file: Path = MOSQUITTO_ACL,
+    source: Path = MOSQUITTO_CONF,
+) -> str:
+    """The shipped configuration with the listener port, data directory and the paths of the
+    password file and ACL replaced."""
     lines = []
     # Started as root, mosquitto would drop to the `mosquitto` user, which cannot reach a
     # private temporary directory; the tests and the local stack keep it as the caller.
@@ -53,6 +63,10 @@ def mosquitto_config(port: int, data_dir: Path, source: Path = MOSQUITTO_CONF) -
             line = f"listener {port} 127.0.0.1"
         elif line.startswith("persistence_location "):
             line = f"persistence_location {data_dir}/"
+        elif line.startswith("password_file "):
+            line = f"password_file {password_file}"
+        elif line.startswith("acl_file "):
+            line = f"acl_file {acl_file}"
         lines.append(line)
     return "\n".join(lines + run_as) + "\n"
 
@@ -64,7 +78,21 @@ class Service:
     workdir: Path
     argv: list[str]
     log: Path
+    credentials: Credentials
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    # Run after every start, once the port is open (influxd: set up its users).
+    after_start: Callable[[], None] | None = field(default=None, repr=False)
+
+    def url(self, user: str = "admin") -> str:
+        """This service's URL as `user` (broker users, or InfluxDB admin/writer/reader)."""
+        if self.name == "mosquitto":
+            return self.credentials.mqtt_url(user, "127.0.0.1", self.port)
+        return self.credentials.influx_url(user, "127.0.0.1", self.port)
+
+    def endpoint(self, user: str = "admin") -> MqttEndpoint:
+        """The broker as `user`; a sensor id logs in with its own password."""
+        password = self.credentials.mqtt.get(user) or self.credentials.sensors[user]
+        return MqttEndpoint("127.0.0.1", self.port, user, password)
 
     def start(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -79,6 +107,8 @@ class Service:
         )
         out.close()
         _wait_for_port(self.port, self.proc, self.name, self.log)
+        if self.after_start is not None:
+            self.after_start()
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -110,23 +140,41 @@ def _require(binary: str, package: str) -> str:
     return path
 
 
-def mosquitto_service(workdir: Path, port: int | None = None) -> Service:
+def local_credentials(workdir: Path) -> Credentials:
+    """Credentials kept in `workdir/credentials`, made once, with every shipped sensor's login."""
+    ids = list(load_registry(SHIPPED_REGISTRY).sensors)
+    return Credentials.load_or_generate(workdir / "credentials", ids)
+
+
+def mosquitto_service(
+    workdir: Path, port: int | None = None, credentials: Credentials | None = None
+) -> Service:
+    """Mosquitto with the shipped configuration and ACL, and a password file for `credentials`
+    (by default ones made once in `workdir/credentials`)."""
     port = port or free_port()
+    creds = credentials or local_credentials(workdir)
     data = workdir / "mosquitto-data"
     data.mkdir(parents=True, exist_ok=True)
+    passwords = workdir / "mosquitto.passwd"
+    creds.write_password_file(passwords)
     conf = workdir / "mosquitto.conf"
-    conf.write_text(mosquitto_config(port, data))
+    conf.write_text(mosquitto_config(port, data, passwords))
     return Service(
         "mosquitto",
         port,
         workdir,
         [_require("mosquitto", "mosquitto"), "-c", str(conf)],
         workdir / "mosquitto.log",
+        creds,
     )
 
 
-def influxd_service(workdir: Path, port: int | None = None) -> Service:
+def influxd_service(
+    workdir: Path, port: int | None = None, credentials: Credentials | None = None
+) -> Service:
+    """influxd with authentication on; its admin, writer and reader are set up at each start."""
     port = port or free_port()
+    creds = credentials or local_credentials(workdir)
     rpc_port = free_port()
     data = workdir / "influxdb"
     conf = workdir / "influxdb.conf"
@@ -143,19 +191,28 @@ bind-address = "127.0.0.1:{rpc_port}"
   store-enabled = false
 [http]
   bind-address = "127.0.0.1:{port}"
+  auth-enabled = true
   log-enabled = false
   max-body-size = 0
 [continuous_queries]
   enabled = false
 """
     )
-    return Service(
+    svc = Service(
         "influxd",
         port,
         workdir,
         [_require("influxd", "influxdb"), "-config", str(conf)],
         workdir / "influxd.log",
+        creds,
     )
+
+    def set_up_users() -> None:
+        wait_influx_ready(port)
+        setup_influx_users(f"http://127.0.0.1:{port}", creds.influx)
+
+    svc.after_start = set_up_users
+    return svc
 
 
 def wait_influx_ready(port: int, timeout_s: float = 30.0) -> None:

@@ -22,7 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from floodwatch.errors import BrokerError
+from floodwatch.errors import BrokerError, PublishDenied
 from floodwatch.settings import MqttEndpoint
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 MAX_PENDING = 10_000
 _PUBACK = 0x40
 _PUBACK_WORD = (_PUBACK << 24) | (2 << 16)
+# Denied message ids remembered for publish_and_wait; older ones are forgotten past this.
+_DENIED_KEPT = 1000
 
 
 class Delivery(NamedTuple):
@@ -91,6 +93,9 @@ class MqttConnection:
         self._ack_lock = threading.Lock()
         self._connection = 0
         self._last_error = "no answer yet"
+        # Message id -> the broker's reason for refusing it (a PUBACK reason code >= 0x80,
+        # e.g. 0x87 Not authorized when the ACL denies the topic).
+        self._denied: dict[int, ReasonCode] = {}
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -111,6 +116,7 @@ class MqttConnection:
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
+        client.on_publish = self._handle_publish
         if on_delivery is not None:
             client.on_message = self._handle_message
         self._client = client
@@ -179,13 +185,24 @@ class MqttConnection:
         retain: bool = False,
         timeout_s: float = 10.0,
     ) -> bool:
-        """Publish and wait until the broker acknowledged it (QoS 1) or it was written (QoS 0)."""
+        """Publish and wait until the broker acknowledged it (QoS 1) or it was written (QoS 0).
+
+        False on timeout; raises PublishDenied (with the broker's reason code, 0x87 when the
+        ACL denies the topic) if the broker answered a QoS 1 publish with a failure.
+        """
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         deadline = time.monotonic() + timeout_s
         while not info.is_published():
             if time.monotonic() > deadline:
                 return False
             info.wait_for_publish(0.1)
+        reason = self._denied.pop(info.mid, None)
+        if reason is not None:
+            raise PublishDenied(
+                f"broker refused the publish to {topic!r} as {self.endpoint}: "
+                f"{reason} (0x{reason.value:02x})",
+                reason.value,
+            )
         return True
 
     def pending_publishes(self) -> int:
@@ -260,6 +277,23 @@ class MqttConnection:
         self._last_error = f"disconnected: {reason}"
         if reason.value != 0:
             log.warning("MQTT connection to %s lost (%s); reconnecting", self.endpoint, reason)
+
+    def _handle_publish(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if not reason.is_failure:
+            if self._denied:
+                self._denied.pop(mid, None)  # an id reused after an old refusal
+            return
+        log.warning("broker refused publish (message id %d) as %s: %s", mid, self.endpoint, reason)
+        if len(self._denied) >= _DENIED_KEPT:
+            self._denied.pop(next(iter(self._denied)))
+        self._denied[mid] = reason
 
     def _handle_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         # Runs once per message on paho's thread: keep it to building one value.

@@ -12,10 +12,11 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from floodwatch.credentials import load_sensor_credentials
 from floodwatch.errors import SettingsError
 from floodwatch.registry import SHIPPED_REGISTRY
 
@@ -55,6 +56,16 @@ class Settings:
     registry_path: Path
     topic_root: str
     log_level: str
+    # Sensor id -> broker password (--sensor-credentials, simulators only): each simulated
+    # sensor then logs in as itself, as the broker's ACL requires.
+    sensor_logins: Mapping[str, str] = field(default_factory=dict)
+
+    def sensor_endpoint(self, sensor_id: str) -> MqttEndpoint:
+        """The broker as this sensor (its own login if known, else --mqtt-url's)."""
+        password = self.sensor_logins.get(sensor_id)
+        if password is None:
+            return self.mqtt
+        return replace(self.mqtt, username=sensor_id, password=password)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +102,14 @@ COMMON_OPTIONS: tuple[_Option, ...] = (
     ),
     option("--topic-root", "floodwatch", "MQTT topic root; topics live under ROOT/v1/"),
     option("--log-level", "INFO", "logging level: DEBUG, INFO, WARNING or ERROR"),
+)
+
+
+SENSOR_CREDENTIALS = option(
+    "--sensor-credentials",
+    "",
+    "JSON file mapping each sensor id to its broker password; each simulated sensor logs in "
+    "with its id as user name (empty: every sensor uses --mqtt-url's login)",
 )
 
 
@@ -152,24 +171,24 @@ def parse_mqtt_url(url: str) -> MqttEndpoint:
     )
 
 
-def parse_influx_url(url: str) -> InfluxEndpoint:
+def parse_influx_url(url: str, flag: str = "--influx-url") -> InfluxEndpoint:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise SettingsError(
             f"InfluxDB URL {url!r} must start with http:// or https://, "
-            "for example http://127.0.0.1:8086; fix --influx-url or FLOODWATCH_INFLUX_URL."
+            f"for example http://127.0.0.1:8086; fix {flag} or {env_name(flag)}."
         )
     try:
         port = parts.port
     except ValueError:
         raise SettingsError(
             f"InfluxDB URL {url!r} has an invalid port; use a number from 1 to 65535 "
-            "in --influx-url or FLOODWATCH_INFLUX_URL."
+            f"in {flag} or {env_name(flag)}."
         ) from None
     if not parts.hostname:
         raise SettingsError(
             f"InfluxDB URL {url!r} names no host; write http://HOST:PORT "
-            "in --influx-url or FLOODWATCH_INFLUX_URL."
+            f"in {flag} or {env_name(flag)}."
         )
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     netloc = f"{host}:{port}" if port else host
@@ -213,6 +232,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         registry_path=registry,
         topic_root=root,
         log_level=level,
+        sensor_logins=(
+            load_sensor_credentials(Path(logins))
+            if (logins := str(getattr(args, "sensor_credentials", "") or ""))
+            else {}
+        ),
     )
 
 

@@ -1,8 +1,10 @@
 """`python -m floodwatch.stack`: the whole pipeline on this machine, for demos and development.
 
-Starts Mosquitto (with config/mosquitto.conf) and InfluxDB, then ingest, the API and the
-street simulator, each as its own process with its log under the data directory. Ctrl-C (or
-SIGTERM) stops them in reverse order. `scripts/stack` installs what is missing and runs this.
+Starts Mosquitto (with config/mosquitto.conf and config/mosquitto.acl) and InfluxDB (with
+authentication), then ingest, the API and the street simulator, each as its own process with
+its log under the data directory and its own least-privileged logins (passwords generated once
+into DATA/credentials/). Ctrl-C (or SIGTERM) stops them in reverse order. `scripts/stack`
+installs what is missing and runs this.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from floodwatch.credentials import Credentials, grant_database
 from floodwatch.errors import FloodwatchError
 from floodwatch.localservices import (
     Service,
@@ -28,6 +31,7 @@ from floodwatch.localservices import (
     mosquitto_service,
     wait_influx_ready,
 )
+from floodwatch.registry import SHIPPED_REGISTRY, load_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -139,22 +143,41 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     env = dict(
         os.environ,
-        FLOODWATCH_MQTT_URL=f"mqtt://127.0.0.1:{mqtt_port}",
-        FLOODWATCH_INFLUX_URL=f"http://127.0.0.1:{influx_port}",
         FLOODWATCH_OUTBOX=str(data / "ingest-outbox.sqlite"),
         PYTHONUNBUFFERED="1",
     )
     services: list[Service] = []
     apps: list[tuple[str, subprocess.Popen[bytes]]] = []
     try:
-        broker = mosquitto_service(data / "broker", mqtt_port)
-        influxd = influxd_service(data / "influxdb", influx_port)
+        creds_dir = data / "credentials"
+        creds = Credentials.load_or_generate(creds_dir, load_registry(SHIPPED_REGISTRY).sensors)
+        broker = mosquitto_service(data / "broker", mqtt_port, creds)
+        influxd = influxd_service(data / "influxdb", influx_port, creds)
         for svc in (broker, influxd):
             svc.log = logs / f"{svc.name}.log"
             svc.start()
             services.append(svc)
         wait_influx_ready(influx_port)
+        grant_database(f"http://127.0.0.1:{influx_port}", creds.influx, "floodwatch")
         operator_key = _operator_key(data, env)
+        # Each process logs in with only the rights it needs (floodwatch/credentials.py).
+        logins = {
+            "ingest": dict(
+                FLOODWATCH_MQTT_URL=creds.mqtt_url("ingest", "127.0.0.1", mqtt_port),
+                FLOODWATCH_INFLUX_URL=creds.influx_url("writer", "127.0.0.1", influx_port),
+                FLOODWATCH_INFLUX_READ_URL=creds.influx_url("reader", "127.0.0.1", influx_port),
+            ),
+            "api": dict(
+                FLOODWATCH_MQTT_URL=creds.mqtt_url("api", "127.0.0.1", mqtt_port),
+                FLOODWATCH_INFLUX_URL=creds.influx_url("reader", "127.0.0.1", influx_port),
+            ),
+            "simulators": dict(
+                FLOODWATCH_MQTT_URL=f"mqtt://127.0.0.1:{mqtt_port}",
+                FLOODWATCH_SENSOR_CREDENTIALS=str(Credentials.sensor_file(creds_dir)),
+            ),
+        }
+        admin_mqtt = f"-u admin -P {creds.mqtt['admin']}"
+        admin_influx = f"-username admin -password {creds.influx['admin']}"
         for name, extra in (
             ("ingest", []),
             (
@@ -175,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with (logs / f"{name}.log").open("ab") as out:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", name, *extra],
-                    env=env,
+                    env={**env, **logins[name]},
                     cwd=ROOT,
                     stdout=out,
                     stderr=subprocess.STDOUT,
@@ -186,9 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   IOC page     http://127.0.0.1:{api_port}/   (reads are open; to acknowledge alerts,
                enter the operator key {operator_key}, kept in {data / "operator-key"})
   API          http://127.0.0.1:{api_port}/v1/sensors   (OpenAPI: /docs, health: /healthz)
-  MQTT broker  127.0.0.1:{mqtt_port}   watch: mosquitto_sub -p {mqtt_port} -t 'floodwatch/#' -v
+  MQTT broker  127.0.0.1:{mqtt_port}   (logins and passwords in {creds_dir}/)
+               mosquitto_sub -p {mqtt_port} {admin_mqtt} -t 'floodwatch/#' -v
   InfluxDB     http://127.0.0.1:{influx_port}
-               influx -port {influx_port} -database floodwatch \\
+               influx -port {influx_port} {admin_influx} -database floodwatch \\
                  -execute 'SELECT * FROM water_level ORDER BY time DESC LIMIT 10'
   logs         {logs}/""",
             flush=True,

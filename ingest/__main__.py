@@ -17,7 +17,13 @@ from types import FrameType
 
 import orjson
 
-from floodwatch.errors import FloodwatchError, InfluxError, InfluxUnavailable, SettingsError
+from floodwatch.errors import (
+    FloodwatchError,
+    InfluxAccessDenied,
+    InfluxError,
+    InfluxUnavailable,
+    SettingsError,
+)
 from floodwatch.influx import InfluxClient
 from floodwatch.metrics import serve as serve_metrics
 from floodwatch.mqtt import Delivery, MqttConnection
@@ -26,6 +32,7 @@ from floodwatch.settings import (
     command_parser,
     configure_logging,
     option,
+    parse_influx_url,
     real_number,
     settings_from_args,
     whole_number,
@@ -37,6 +44,12 @@ from ingest.outbox import Outbox
 from ingest.pipeline import Ingest
 
 INGEST_OPTIONS = (
+    option(
+        "--influx-read-url",
+        "",
+        "InfluxDB URL (with a read-only user) for the alert restore's queries at start, so "
+        "the --influx-url user needs only WRITE (empty: the same as --influx-url)",
+    ),
     option(
         "--client-id",
         "floodwatch-ingest",
@@ -233,6 +246,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutdown_timeout = real_number(args.shutdown_timeout, "--shutdown-timeout", positive=True)
         outbox_after = real_number(args.outbox_after, "--outbox-after", positive=False)
         outbox_max = whole_number(args.outbox_max_mb, "--outbox-max-mb", minimum=1)
+        read_endpoint = (
+            parse_influx_url(str(args.influx_read_url), "--influx-read-url")
+            if args.influx_read_url
+            else settings.influx
+        )
         outbox = None
         if args.outbox != "off":
             outbox = Outbox(outbox_path(args.outbox, args.client_id), outbox_max * 2**20)
@@ -244,6 +262,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = logging.getLogger("ingest")
     topics = Topics(settings.topic_root)
     influx = InfluxClient(settings.influx, settings.influx_db)
+    influx_read = (
+        influx
+        if read_endpoint == settings.influx
+        else InfluxClient(read_endpoint, settings.influx_db)
+    )
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -259,6 +282,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         influx.create_database()
     except InfluxUnavailable as exc:
         log.warning("InfluxDB not reachable at start (%s); readings wait until it is", exc)
+    except InfluxAccessDenied as exc:
+        if exc.status != 403:
+            print(f"ingest: {exc}", file=sys.stderr)
+            return 1
+        # A write-only user may not create databases: an administrator made it (the stack,
+        # docker-compose's INFLUXDB_DB); writes say so if it is missing.
+        log.info("not creating database %s (user has no admin rights): %s", settings.influx_db, exc)
     except FloodwatchError as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         return 1
@@ -292,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         assert mqtt is not None
         mqtt.publish(topic, payload, qos=1, retain=retain)
 
-    alerting = Alerting(registry, topics, influx, publish, ingest.store_lines)
+    alerting = Alerting(registry, topics, influx_read, publish, ingest.store_lines)
     ingest.on_stored = alerting.judge
     commands: queue.Queue[Delivery] = queue.Queue()
 
@@ -369,6 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ingest.stop(shutdown_timeout)
     mqtt.stop()
     influx.close()
+    influx_read.close()
     if metrics_server is not None:
         metrics_server.shutdown()
     if outbox is not None:

@@ -20,6 +20,7 @@ from floodwatch.errors import FloodwatchError, SettingsError
 from floodwatch.registry import Sensor, load_registry
 from floodwatch.settings import (
     COMMON_OPTIONS,
+    SENSOR_CREDENTIALS,
     add_options,
     configure_logging,
     env_name,
@@ -189,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = command("run", "publish a scenario", RUN_DESCRIPTION, _run)
     run.add_argument("scenario", metavar="SCENARIO", help="a shipped scenario's name or a .toml")
-    add_options(run, (*COMMON_OPTIONS, SPEED_RUN, TIMESTAMPS, SEED, SENSORS))
+    add_options(run, (*COMMON_OPTIONS, SENSOR_CREDENTIALS, SPEED_RUN, TIMESTAMPS, SEED, SENSORS))
     add_options(run, (option("--truth", "", "also write this run's ground truth to this file"),))
     run.add_argument("--loop", action="store_true", help="repeat until stopped (needs wall)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -209,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = command("replay", "publish readings from a CSV file", REPLAY_DESCRIPTION, _replay)
     replay.add_argument("file", metavar="FILE.csv", help="the recording")
-    add_options(replay, (*COMMON_OPTIONS, SPEED_REPLAY, TIMESTAMPS))
+    add_options(replay, (*COMMON_OPTIONS, SENSOR_CREDENTIALS, SPEED_REPLAY, TIMESTAMPS))
     add_options(replay, (option("--batch", "1", f"readings per message, 1 to {MAX_ARRAY}"),))
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -230,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--json", action="store_true", help="print the result as one JSON line")
 
     live = command("live", "the periodic-shower simulator", LIVE_DESCRIPTION, run_live)
-    add_options(live, COMMON_OPTIONS + SIMULATOR_OPTIONS)
+    add_options(live, (*COMMON_OPTIONS, SENSOR_CREDENTIALS, *SIMULATOR_OPTIONS))
     # The bare command runs `live`, so its options belong in the top-level help too.
     live_options = live.format_help().partition("\noptions:\n")[2]
     parser.epilog = "options with no command (those of `live`):\n" + live_options

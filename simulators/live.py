@@ -227,7 +227,7 @@ def _connections(
         return [shared], [shared] * len(sensors)
     links = [
         MqttConnection(
-            settings.mqtt,
+            settings.sensor_endpoint(sensor.id),
             f"floodwatch-sim-{sensor.id}-{pid}",
             will=Will(topics.status(sensor.id), OFFLINE, qos=1, retain=True),
         )

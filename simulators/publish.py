@@ -49,7 +49,7 @@ class Devices:
         else:
             self.links = [
                 MqttConnection(
-                    settings.mqtt,
+                    settings.sensor_endpoint(sensor.id),
                     f"floodwatch-{label}-{sensor.id}-{pid}",
                     will=Will(self.topics.status(sensor.id), OFFLINE, qos=1, retain=True),
                 )

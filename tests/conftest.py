@@ -15,18 +15,29 @@ from pathlib import Path
 
 import pytest
 
+from floodwatch.credentials import grant_database
 from floodwatch.influx import InfluxClient
-from floodwatch.localservices import Service, influxd_service, mosquitto_service, running
-from floodwatch.settings import parse_influx_url
+from floodwatch.localservices import (
+    Service,
+    influxd_service,
+    local_credentials,
+    mosquitto_service,
+    running,
+)
+from floodwatch.settings import MqttEndpoint, parse_influx_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, Service]]:
-    """One broker and one database for the whole session; tests isolate by topic root and db."""
+    """One broker and one database for the whole session, both with authentication (the
+    shipped ACL, InfluxDB users); tests isolate by topic root and db."""
     workdir = tmp_path_factory.mktemp("services")
-    with running(mosquitto_service(workdir), influxd_service(workdir)) as (broker, influxd):
+    creds = local_credentials(workdir)
+    with running(
+        mosquitto_service(workdir, credentials=creds), influxd_service(workdir, credentials=creds)
+    ) as (broker, influxd):
         yield broker, influxd
 
 
@@ -46,20 +57,48 @@ def unique() -> str:
     return "t" + uuid.uuid4().hex[:10]
 
 
+def admin_endpoint(broker: Service) -> MqttEndpoint:
+    """The broker as the `admin` user, who may publish and read anything (tests, tools)."""
+    return broker.endpoint("admin")
+
+
+def admin_influx(influxd: Service, db: str) -> InfluxClient:
+    """InfluxDB as its administrator, on `db`."""
+    return InfluxClient(parse_influx_url(influxd.url("admin")), db)
+
+
+def sensor_credentials_file(service: Service) -> Path:
+    """The JSON file of every shipped sensor's broker password (--sensor-credentials)."""
+    return service.workdir / "credentials" / "sensors.json"
+
+
+def grant(influxd: Service, db: str) -> None:
+    """Create `db` and give InfluxDB's writer and reader their rights on it."""
+    grant_database(f"http://127.0.0.1:{influxd.port}", influxd.credentials.influx, db)
+
+
 @pytest.fixture
 def influx(influxd: Service, unique: str) -> Iterator[InfluxClient]:
-    """A client on a fresh database of its own."""
-    client = InfluxClient(parse_influx_url(f"http://127.0.0.1:{influxd.port}"), unique)
-    client.create_database()
+    """An admin client on a fresh database of its own (writer and reader granted on it)."""
+    grant(influxd, unique)
+    client = admin_influx(influxd, unique)
     yield client
     client.close()
 
 
-def process_env(broker: Service, influxd: Service, db: str, root: str) -> dict[str, str]:
+def process_env(
+    broker: Service, influxd: Service, db: str, root: str, role: str = "ingest"
+) -> dict[str, str]:
+    """The environment of a Floodwatch process with the least rights of `role` (ingest, api,
+    or admin for operators' tools); the database is created and granted first."""
+    grant(influxd, db)
     env = dict(os.environ)
+    influx_user = {"ingest": "writer", "api": "reader"}.get(role, "admin")
     env.update(
-        FLOODWATCH_MQTT_URL=f"mqtt://127.0.0.1:{broker.port}",
-        FLOODWATCH_INFLUX_URL=f"http://127.0.0.1:{influxd.port}",
+        FLOODWATCH_MQTT_URL=broker.url(role),
+        FLOODWATCH_INFLUX_URL=influxd.url(influx_user),
+        FLOODWATCH_INFLUX_READ_URL=influxd.url("reader"),
+        FLOODWATCH_SENSOR_CREDENTIALS=str(sensor_credentials_file(broker)),
         FLOODWATCH_INFLUX_DB=db,
         FLOODWATCH_TOPIC_ROOT=root,
         FLOODWATCH_LOG_LEVEL="INFO",
@@ -153,8 +192,15 @@ def ingest_env(broker: Service, influxd: Service, unique: str) -> dict[str, str]
 def mosquitto_pub(
     broker: Service, topic: str, *, message: str | None = None, lines: bytes | None = None
 ) -> None:
-    args = ["mosquitto_pub", "-p", str(broker.port), "-q", "1", "-t", topic]
+    args = ["mosquitto_pub", *mosquitto_login(broker), "-q", "1", "-t", topic]
     if message is not None:
         subprocess.run([*args, "-m", message], check=True, timeout=30)
     else:
         subprocess.run([*args, "-l"], input=lines, check=True, timeout=60)
+
+
+def mosquitto_login(broker: Service, user: str = "admin") -> list[str]:
+    """mosquitto_pub/sub arguments for the broker's port, logged in as `user`."""
+    endpoint = broker.endpoint(user)
+    assert endpoint.password is not None
+    return ["-p", str(broker.port), "-u", user, "-P", endpoint.password, "-V", "mqttv5"]

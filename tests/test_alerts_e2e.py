@@ -17,14 +17,14 @@ import pytest
 from floodwatch.influx import InfluxClient
 from floodwatch.localservices import Service
 from floodwatch.mqtt import Delivery, MqttConnection
-from floodwatch.settings import MqttEndpoint, parse_influx_url
+from floodwatch.settings import parse_influx_url
 from floodwatch.topics import Topics
-from tests.conftest import ROOT, IngestProcess, mosquitto_pub, wait_until
+from tests.conftest import ROOT, IngestProcess, admin_endpoint, mosquitto_pub, wait_until
 
 
 @pytest.fixture
 def db(influxd: Service, unique: str) -> Iterator[InfluxClient]:
-    client = InfluxClient(parse_influx_url(f"http://127.0.0.1:{influxd.port}"), unique)
+    client = InfluxClient(parse_influx_url(influxd.url("admin")), unique)
     yield client
     client.close()
 
@@ -37,7 +37,7 @@ class Watch:
         self.messages: list[Delivery] = []
         self._lock = threading.Lock()
         self.conn = MqttConnection(
-            MqttEndpoint("127.0.0.1", broker.port),
+            admin_endpoint(broker),
             subscriptions=[(topic_filter, 1)],
             on_delivery=self._on,
         )
@@ -72,10 +72,17 @@ def flood(broker: Service, unique: str, sensor: str, depths: list[float]) -> Non
     mosquitto_pub(broker, Topics(unique).reading(sensor), message=orjson.dumps(items).decode())
 
 
-def ack(env: dict[str, str], alert_id: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def ack(
+    env: dict[str, str], alert_id: str, *extra: str, broker: Service | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m ingest ack` as an operator would run it: logged in as the API's user, who may
+    send acknowledgement requests and read their replies (ingest's own user may not)."""
+    operator = dict(env)
+    if broker is not None:
+        operator["FLOODWATCH_MQTT_URL"] = broker.url("api")
     return subprocess.run(
         [sys.executable, "-m", "ingest", "ack", alert_id, *extra],
-        env=env,
+        env=operator,
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -124,7 +131,9 @@ def test_flood_is_raised_acknowledged_and_survives_a_restart(
         raised = [orjson.loads(d.payload) for d in events.messages]
         assert [(e["kind"], e["change"]) for e in raised] == [("flood", "raised")]
 
-        done = ack(ingest_env, alert_id, "--who", "Lan (IOC)", "--note", "crew on the way")
+        done = ack(
+            ingest_env, alert_id, "--who", "Lan (IOC)", "--note", "crew on the way", broker=broker
+        )
         assert done.returncode == 0, done.stderr
         assert "active_ack" in done.stdout
         wait_until(
@@ -139,7 +148,7 @@ def test_flood_is_raised_acknowledged_and_survives_a_restart(
             "crew on the way",
         )
 
-        unknown = ack(ingest_env, "qh-02:flood:1", "--who", "Lan")
+        unknown = ack(ingest_env, "qh-02:flood:1", "--who", "Lan", broker=broker)
         assert unknown.returncode == 1 and "no open alert" in unknown.stderr
 
         assert ingest.stop(signal.SIGTERM) == 0

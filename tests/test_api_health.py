@@ -17,9 +17,9 @@ from starlette.exceptions import StarletteDeprecationWarning
 
 from api.app import create_app
 from floodwatch.localservices import Service, free_port
-from floodwatch.registry import SHIPPED_REGISTRY
-from floodwatch.settings import MqttEndpoint, Settings, parse_influx_url
+from floodwatch.settings import Settings
 from tests.conftest import ROOT, process_env, wait_until
+from tests.test_api_support import api_settings
 
 with warnings.catch_warnings():
     # Starlette 1.x would rather its test client ran on httpx2 and warns, once at import, when
@@ -32,15 +32,8 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 
-def _settings(mqtt_port: int, influx_port: int, db: str) -> Settings:
-    return Settings(
-        mqtt=MqttEndpoint("127.0.0.1", mqtt_port),
-        influx=parse_influx_url(f"http://127.0.0.1:{influx_port}"),
-        influx_db=db,
-        registry_path=SHIPPED_REGISTRY,
-        topic_root=db,
-        log_level="INFO",
-    )
+def _settings(broker: Service | int, influxd: Service | int, db: str) -> Settings:
+    return api_settings(broker, influxd, db)
 
 
 @contextlib.contextmanager
@@ -78,7 +71,7 @@ def test_readyz_is_ready_on_the_real_broker_and_database(
     broker: Service, influxd: Service, unique: str
 ) -> None:
     """/readyz answers 200 and ready when Mosquitto accepts connections and influxd answers."""
-    with _client(_settings(broker.port, influxd.port, unique)) as client:
+    with _client(_settings(broker, influxd, unique)) as client:
         response = client.get("/readyz")
     assert response.status_code == 200
     body = response.json()
@@ -92,7 +85,7 @@ def test_readyz_is_ready_on_the_real_broker_and_database(
 def test_readyz_names_the_database_when_influx_is_unreachable(broker: Service, unique: str) -> None:
     """/readyz answers 503 with a sentence naming InfluxDB when nothing listens on its port."""
     port = free_port()
-    with _client(_settings(broker.port, port, unique)) as client:
+    with _client(_settings(broker, port, unique)) as client:
         response = client.get("/readyz")
     assert response.status_code == 503
     body = response.json()
@@ -108,7 +101,7 @@ def test_readyz_names_the_database_when_influx_is_unreachable(broker: Service, u
 def test_readyz_names_the_broker_when_mqtt_is_unreachable(influxd: Service, unique: str) -> None:
     """/readyz answers 503 with a sentence naming the MQTT broker when nothing listens there."""
     port = free_port()
-    with _client(_settings(port, influxd.port, unique)) as client:
+    with _client(_settings(port, influxd, unique)) as client:
         response = client.get("/readyz")
     assert response.status_code == 503
     body = response.json()
@@ -176,7 +169,7 @@ def test_process_serves_healthz_and_stops_on_sigterm(
     """`python -m api --port N` serves /healthz on that port and stops cleanly on SIGTERM."""
     port = free_port()
     log = tmp_path / "api.log"
-    env = process_env(broker, influxd, unique, unique)
+    env = process_env(broker, influxd, unique, unique, role="api")
     with _api_process(log, "--port", str(port), env=env) as proc:
 
         def healthy() -> bool:

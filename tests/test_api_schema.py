@@ -66,7 +66,7 @@ def api(
 ) -> Iterator[tuple[schemathesis.schemas.BaseSchema, str, str]]:
     """The app's schema (its lifespan running), readings in InfluxDB, a retained alert."""
     unique = "s" + uuid.uuid4().hex[:10]
-    with InfluxClient(parse_influx_url(f"http://127.0.0.1:{influxd.port}"), unique) as influx:
+    with InfluxClient(parse_influx_url(influxd.url("admin")), unique) as influx:
         influx.create_database()
         now = time.time_ns()
         write_readings(influx, DEPTH_SENSOR, [(now - n * 60 * 10**9, 10.0 + n) for n in range(120)])

@@ -45,12 +45,19 @@ TIDE_SENSOR = "phu-an"
 def api_settings(
     broker: Service | int, influxd: Service | int, unique: str, registry: Path = SHIPPED_REGISTRY
 ) -> Settings:
-    """Settings for a test: its own database and topic root, both named `unique`."""
-    mqtt_port = broker if isinstance(broker, int) else broker.port
-    influx_port = influxd if isinstance(influxd, int) else influxd.port
+    """Settings for a test: its own database and topic root, both named `unique`, with the
+    API's own users (broker `api`, InfluxDB `reader`) where a service runs."""
+    from tests.conftest import grant
+
+    mqtt = MqttEndpoint("127.0.0.1", broker) if isinstance(broker, int) else broker.endpoint("api")
+    if isinstance(influxd, int):
+        influx = parse_influx_url(f"http://127.0.0.1:{influxd}")
+    else:
+        grant(influxd, unique)
+        influx = parse_influx_url(influxd.url("reader"))
     return Settings(
-        mqtt=MqttEndpoint("127.0.0.1", mqtt_port),
-        influx=parse_influx_url(f"http://127.0.0.1:{influx_port}"),
+        mqtt=mqtt,
+        influx=influx,
         influx_db=unique,
         registry_path=registry,
         topic_root=unique,
@@ -102,7 +109,9 @@ def live_server(app: FastAPI) -> Iterator[str]:
 
 @contextlib.contextmanager
 def publisher(broker: Service) -> Iterator[MqttConnection]:
-    conn = MqttConnection(MqttEndpoint("127.0.0.1", broker.port))
+    from tests.conftest import admin_endpoint
+
+    conn = MqttConnection(admin_endpoint(broker))
     conn.start()
     try:
         yield conn
@@ -144,7 +153,7 @@ def get_json(client: TestClient | httpx.Client, url: str, key: str) -> object:
 def engine_alert(broker: Service, influxd: Service, root: str, workdir: Path) -> Iterator[str]:
     """A running `python -m ingest` (which owns the alert engine) and a real `hazard` flood
     alert it raised on DEPTH_SENSOR from two readings; yields the alert's id."""
-    from tests.conftest import IngestProcess, mosquitto_pub, process_env
+    from tests.conftest import IngestProcess, admin_endpoint, mosquitto_pub, process_env
 
     env = process_env(broker, influxd, root, root)
     env["FLOODWATCH_CLIENT_ID"] = f"ingest-{root}"
@@ -152,7 +161,7 @@ def engine_alert(broker: Service, influxd: Service, root: str, workdir: Path) ->
     ingest.start()
     retained: list[bytes] = []
     watcher = MqttConnection(
-        MqttEndpoint("127.0.0.1", broker.port),
+        admin_endpoint(broker),
         subscriptions=[(f"{root}/v1/alerts/{DEPTH_SENSOR}", 1)],
         on_delivery=lambda d: retained.append(d.payload),
     )

@@ -254,3 +254,35 @@ def test_dockerfile_pins_the_base_names_the_registry_and_drops_root() -> None:
     assert any(k == "COPY" and "sensors.geojson" in a.split() for k, a in instructions)
     users = [args for keyword, args in instructions if keyword == "USER"]
     assert users and users[-1] not in ("root", "0"), "the image should not run as root"
+
+
+def test_broker_runs_the_shipped_acl_with_a_generated_password_file(compose: Doc) -> None:
+    """Mosquitto mounts config/mosquitto.acl and the password file the `credentials` one-shot
+    writes, and starts only after that service completed."""
+    services = _services(compose)
+    mosquitto = services["mosquitto"]
+    mounts = _volume_mounts(mosquitto)
+    assert ("./config/mosquitto.acl", "/mosquitto/config/mosquitto.acl", "ro") in mounts
+    assert ("credentials", "/mosquitto/credentials", "ro") in mounts
+    assert "password_file /mosquitto/credentials/mosquitto.passwd" in " ".join(mosquitto["command"])
+    assert _depends_on(mosquitto)["credentials"] == "service_completed_successfully"
+    assert "allow_anonymous false" in MOSQUITTO_CONF.read_text().splitlines()
+
+
+def test_each_process_logs_in_as_its_own_user_with_passwords_from_env(compose: Doc) -> None:
+    """ingest writes as `writer` and restores as `reader`, the API reads as `reader`; every
+    password is a ${VARIABLE} from .env, and .env.example names each of them."""
+    services = _services(compose)
+    ingest = services["ingest"]["environment"]
+    api = services["api"]["environment"]
+    assert ingest["FLOODWATCH_MQTT_URL"].startswith("mqtt://ingest:${MQTT_INGEST_PASSWORD}@")
+    assert ingest["FLOODWATCH_INFLUX_URL"].startswith("http://writer:${INFLUXDB_WRITE_PASSWORD}@")
+    assert ingest["FLOODWATCH_INFLUX_READ_URL"].startswith("http://reader:")
+    assert api["FLOODWATCH_MQTT_URL"].startswith("mqtt://api:${MQTT_API_PASSWORD}@")
+    assert api["FLOODWATCH_INFLUX_URL"].startswith("http://reader:${INFLUXDB_READ_PASSWORD}@")
+    assert services["influxdb"]["environment"]["INFLUXDB_HTTP_AUTH_ENABLED"] == "true"
+    text = COMPOSE_FILE.read_text()
+    used = set(re.findall(r"\$\{([A-Z_]+)", text))
+    example = (ROOT / ".env.example").read_text()
+    declared = set(re.findall(r"^([A-Z_]+)=", example, re.MULTILINE))
+    assert used and used <= declared, f"not in .env.example: {used - declared}"

@@ -16,10 +16,10 @@ import orjson
 from floodwatch.influx import InfluxClient
 from floodwatch.localservices import Service
 from floodwatch.mqtt import Delivery, MqttConnection
-from floodwatch.settings import MqttEndpoint, parse_influx_url
+from floodwatch.settings import parse_influx_url
 from floodwatch.topics import Topics
 from ingest.decode import decode_message
-from tests.conftest import IngestProcess, wait_until
+from tests.conftest import IngestProcess, admin_endpoint, wait_until
 from tests.fuzzing import REGISTRY, message
 
 FUZZ_MESSAGES = 100_000
@@ -70,12 +70,12 @@ def test_live_ingest_survives_a_hundred_thousand_mutated_messages(
             dead.append(d)
 
     listener = MqttConnection(
-        MqttEndpoint("127.0.0.1", broker.port),
+        admin_endpoint(broker),
         subscriptions=[(Topics(unique).deadletter, 1)],
         on_delivery=on_dead,
     )
     listener.start()
-    publisher = MqttConnection(MqttEndpoint("127.0.0.1", broker.port), max_inflight=0)
+    publisher = MqttConnection(admin_endpoint(broker), max_inflight=0)
     publisher.start()
     sent_at = time.time_ns()
     for topic, payload in messages:
@@ -108,7 +108,7 @@ def test_live_ingest_survives_a_hundred_thousand_mutated_messages(
     assert deadlettered == len(dead) == expected_rejections
     letters = [orjson.loads(d.payload) for d in dead]
     assert all(letter["reason"] and letter["code"] for letter in letters)
-    db = InfluxClient(parse_influx_url(f"http://127.0.0.1:{influxd.port}"), unique)
+    db = InfluxClient(parse_influx_url(influxd.url("admin")), unique)
     [stored] = db.query('SELECT count("reason") FROM "deadletter"')
     assert stored["values"][0][1] == expected_rejections
     [points] = db.query('SELECT count("level_cm") FROM "water_level"')

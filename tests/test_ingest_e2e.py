@@ -16,8 +16,8 @@ import pytest
 from floodwatch.influx import InfluxClient
 from floodwatch.localservices import Service, free_port, influxd_service, wait_influx_ready
 from floodwatch.mqtt import Delivery, MqttConnection
-from floodwatch.settings import MqttEndpoint, parse_influx_url
-from tests.conftest import ROOT, IngestProcess, mosquitto_pub, wait_until
+from floodwatch.settings import parse_influx_url
+from tests.conftest import ROOT, IngestProcess, admin_endpoint, grant, mosquitto_pub, wait_until
 
 EXAMPLE = (
     '{"ts": "2026-11-25T18:05:00.000+07:00", "level_cm": 23.5, "battery_v": 3.71, '
@@ -36,7 +36,7 @@ def ingest(ingest_env: dict[str, str], tmp_path: Path) -> Iterator[IngestProcess
 
 @pytest.fixture
 def db(influxd: Service, unique: str) -> Iterator[InfluxClient]:
-    client = InfluxClient(parse_influx_url(f"http://127.0.0.1:{influxd.port}"), unique)
+    client = InfluxClient(parse_influx_url(influxd.url("admin")), unique)
     yield client
     client.close()
 
@@ -55,7 +55,7 @@ def listen(broker: Service) -> Iterator[Callable[[str], list[Delivery]]]:
                 got.append(d)
 
         conn = MqttConnection(
-            MqttEndpoint("127.0.0.1", broker.port),
+            admin_endpoint(broker),
             subscriptions=[(topic_filter, 1)],
             on_delivery=on,
         )
@@ -162,13 +162,18 @@ def test_influx_down_means_retry_not_loss(
 ) -> None:
     """While InfluxDB is down nothing is acknowledged; when it returns, everything is stored."""
     (tmp_path / "influx").mkdir()
-    own = influxd_service(tmp_path / "influx")
+    own = influxd_service(tmp_path / "influx", credentials=broker.credentials)
     own.start()
     wait_influx_ready(own.port)
-    env = dict(ingest_env, FLOODWATCH_INFLUX_URL=f"http://127.0.0.1:{own.port}")
+    grant(own, unique)
+    env = dict(
+        ingest_env,
+        FLOODWATCH_INFLUX_URL=own.url("writer"),
+        FLOODWATCH_INFLUX_READ_URL=own.url("reader"),
+    )
     proc = IngestProcess(env, tmp_path)
     proc.start()
-    db = InfluxClient(parse_influx_url(f"http://127.0.0.1:{own.port}"), unique)
+    db = InfluxClient(parse_influx_url(own.url("admin")), unique)
     try:
         own.stop()
         lines = (

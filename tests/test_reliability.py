@@ -23,9 +23,9 @@ from floodwatch.localservices import (
     wait_influx_ready,
 )
 from floodwatch.mqtt import MqttConnection
-from floodwatch.settings import MqttEndpoint, parse_influx_url
+from floodwatch.settings import parse_influx_url
 from floodwatch.topics import Topics
-from tests.conftest import ROOT, IngestProcess, mosquitto_pub, wait_until
+from tests.conftest import ROOT, IngestProcess, admin_endpoint, grant, mosquitto_pub, wait_until
 
 ARTEFACT = ROOT / "tests" / "artefacts" / "reliability.json"
 T0_MS = 1_795_000_000_000
@@ -107,28 +107,30 @@ def verdict(keys: list[Key], published: set[Key]) -> tuple[int, int, int]:
 
 @pytest.fixture
 def db(influxd: Service, unique: str) -> Iterator[InfluxClient]:
-    client = InfluxClient(parse_influx_url(f"http://127.0.0.1:{influxd.port}"), unique)
+    client = InfluxClient(parse_influx_url(influxd.url("admin")), unique)
     yield client
     client.close()
 
 
 @pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[Service]:
-    """A broker of this test's own, to restart or kill."""
+def own_broker(tmp_path: Path, broker: Service) -> Iterator[Service]:
+    """A broker of this test's own (the session's logins), to restart or kill."""
     (tmp_path / "broker").mkdir()
-    svc = mosquitto_service(tmp_path / "broker")
+    svc = mosquitto_service(tmp_path / "broker", credentials=broker.credentials)
     svc.start()
     yield svc
     svc.stop()
 
 
 @pytest.fixture
-def own_influxd(tmp_path: Path) -> Iterator[Service]:
-    """An influxd of this test's own, to stop, pause or restart."""
+def own_influxd(tmp_path: Path, influxd: Service, unique: str) -> Iterator[Service]:
+    """An influxd of this test's own (the session's users, the test's database granted), to
+    stop, pause or restart."""
     (tmp_path / "influx").mkdir()
-    svc = influxd_service(tmp_path / "influx")
+    svc = influxd_service(tmp_path / "influx", credentials=influxd.credentials)
     svc.start()
     wait_influx_ready(svc.port)
+    grant(svc, unique)
     yield svc
     if svc.proc is not None and svc.proc.poll() is None:
         svc.proc.send_signal(signal.SIGCONT)
@@ -200,14 +202,16 @@ def test_influxd_down_for_a_minute_under_load(
 ) -> None:
     """influxd stopped for 60 s while readings keep coming (no outbox): all stored after."""
     ingest = start_ingest(
-        FLOODWATCH_INFLUX_URL=f"http://127.0.0.1:{own_influxd.port}", FLOODWATCH_OUTBOX="off"
+        FLOODWATCH_INFLUX_URL=own_influxd.url("writer"),
+        FLOODWATCH_INFLUX_READ_URL=own_influxd.url("reader"),
+        FLOODWATCH_OUTBOX="off",
     )
-    db = InfluxClient(parse_influx_url(f"http://127.0.0.1:{own_influxd.port}"), unique)
+    db = InfluxClient(parse_influx_url(own_influxd.url("admin")), unique)
     published: set[Key] = set()
     stop = threading.Event()
 
     def publish_steadily() -> None:
-        conn = MqttConnection(MqttEndpoint("127.0.0.1", broker.port))
+        conn = MqttConnection(admin_endpoint(broker))
         conn.start()
         k = 0
         while not stop.is_set():
@@ -262,11 +266,12 @@ def test_long_influx_outage_goes_to_disk_and_survives_an_ingest_kill(
     """InfluxDB down, readings spill to the outbox and are acked; ingest is SIGKILLed; on
     restart and InfluxDB's return every published reading is stored exactly once."""
     ingest = start_ingest(
-        FLOODWATCH_INFLUX_URL=f"http://127.0.0.1:{own_influxd.port}",
+        FLOODWATCH_INFLUX_URL=own_influxd.url("writer"),
+        FLOODWATCH_INFLUX_READ_URL=own_influxd.url("reader"),
         FLOODWATCH_OUTBOX=str(tmp_path / "outbox.sqlite"),
         FLOODWATCH_OUTBOX_AFTER="1",
     )
-    db = InfluxClient(parse_influx_url(f"http://127.0.0.1:{own_influxd.port}"), unique)
+    db = InfluxClient(parse_influx_url(own_influxd.url("admin")), unique)
     body, published = readings("nvh-03", 0, 20_000)
     own_influxd.stop()
     mosquitto_pub(broker, f"{unique}/v1/sensors/nvh-03/reading", lines=body)
@@ -309,10 +314,11 @@ def test_influxd_answering_slowly(
     start_ingest: Callable[..., IngestProcess],
 ) -> None:
     """influxd paused (SIGSTOP) for 5 s twice during a burst: writes wait, nothing lost."""
-    ingest = start_ingest(FLOODWATCH_INFLUX_URL=f"http://127.0.0.1:{own_influxd.port}")
-    db = InfluxClient(
-        parse_influx_url(f"http://127.0.0.1:{own_influxd.port}"), unique, timeout_s=30
+    ingest = start_ingest(
+        FLOODWATCH_INFLUX_URL=own_influxd.url("writer"),
+        FLOODWATCH_INFLUX_READ_URL=own_influxd.url("reader"),
     )
+    db = InfluxClient(parse_influx_url(own_influxd.url("admin")), unique, timeout_s=30)
     body, published = readings("d12-01", 0, 30_000)
     assert own_influxd.proc is not None
     pub = in_background(
@@ -350,7 +356,7 @@ def test_broker_restart_with_sigterm_keeps_queued_readings(
     start_ingest: Callable[..., IngestProcess],
 ) -> None:
     """Readings queued for a stopped ingest survive a broker SIGTERM restart (saved on exit)."""
-    env = {"FLOODWATCH_MQTT_URL": f"mqtt://127.0.0.1:{own_broker.port}"}
+    env = {"FLOODWATCH_MQTT_URL": own_broker.url("ingest")}
     ingest = start_ingest(**env)
     topic = f"{unique}/v1/sensors/qh-03/reading"
     first, keys_a = readings("qh-03", 0, 5_000)
@@ -393,7 +399,7 @@ def test_broker_sigkill_loses_at_most_what_came_after_the_last_autosave(
     """The shipped config saves every 30 s: a broker SIGKILL keeps what was queued before the
     last save and may lose what was queued after it, and nothing else."""
     topic = f"{unique}/v1/sensors/qh-04/reading"
-    env = {"FLOODWATCH_MQTT_URL": f"mqtt://127.0.0.1:{own_broker.port}"}
+    env = {"FLOODWATCH_MQTT_URL": own_broker.url("ingest")}
     ingest = start_ingest(**env)
     ingest.stop(signal.SIGTERM)  # ingest's session now exists and queues for it
     saved, keys_saved = readings("qh-04", 0, 10_000)

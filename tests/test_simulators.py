@@ -330,7 +330,7 @@ def test_publishes_readings_and_statuses(
             return list(deliveries)
 
     listener = MqttConnection(
-        parse_mqtt_url(f"mqtt://127.0.0.1:{broker.port}"),
+        parse_mqtt_url(broker.url("admin")),
         f"{unique}-listener",
         subscriptions=[(topics.all_readings, 1), (topics.all_statuses, 1)],
         on_delivery=collect,

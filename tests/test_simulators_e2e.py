@@ -132,7 +132,7 @@ def env(broker: Service, influxd: Service, unique: str) -> dict[str, str]:
 
 @pytest.fixture
 def db(influxd: Service, unique: str) -> Iterator[InfluxClient]:
-    client = InfluxClient(parse_influx_url(f"http://127.0.0.1:{influxd.port}"), unique)
+    client = InfluxClient(parse_influx_url(influxd.url("admin")), unique)
     yield client
     client.close()
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from floodwatch.credentials import MOSQUITTO_ACL, Credentials
 from floodwatch.influx import InfluxClient
 from floodwatch.localservices import MOSQUITTO_CONF, free_port, mosquitto_config
 from floodwatch.settings import parse_influx_url
@@ -45,7 +46,9 @@ def test_stack_runs_the_whole_pipeline_and_stops_on_ctrl_c(tmp_path: Path) -> No
     try:
         wait_until(lambda: b"Floodwatch is running" in out.read_bytes(), 60, "the stack")
         assert f"http://127.0.0.1:{api}/".encode() in out.read_bytes()
-        db = InfluxClient(parse_influx_url(f"http://127.0.0.1:{influx_port}"), "floodwatch")
+        creds = Credentials.load(tmp_path / "data" / "credentials")
+        admin_url = creds.influx_url("admin", "127.0.0.1", influx_port)
+        db = InfluxClient(parse_influx_url(admin_url), "floodwatch")
 
         def readings() -> int:
             try:
@@ -86,19 +89,23 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def test_tests_run_the_shipped_broker_config_with_only_port_and_data_changed(
+def test_tests_run_the_shipped_broker_config_with_only_port_and_paths_changed(
     tmp_path: Path,
 ) -> None:
-    """The config the tests and the stack run is config/mosquitto.conf, but for two lines."""
+    """The config the tests and the stack run is config/mosquitto.conf, but for four lines:
+    port, data directory, and where the password file and the shipped ACL are."""
     shipped = MOSQUITTO_CONF.read_text().splitlines()
-    local = mosquitto_config(12345, tmp_path).splitlines()
+    local = mosquitto_config(12345, tmp_path, tmp_path / "pw").splitlines()
     if os.geteuid() == 0:  # the one line added: stay root rather than drop to `mosquitto`
         assert local.pop() == "user root"
     changed = [(a, b) for a, b in zip(shipped, local, strict=True) if a != b]
     assert changed == [
         ("listener 1883", "listener 12345 127.0.0.1"),
+        ("password_file /mosquitto/config/mosquitto.passwd", f"password_file {tmp_path}/pw"),
+        ("acl_file /mosquitto/config/mosquitto.acl", f"acl_file {MOSQUITTO_ACL}"),
         ("persistence_location /mosquitto/data/", f"persistence_location {tmp_path}/"),
     ]
+    assert "allow_anonymous false" in shipped
 
 
 def test_shipped_broker_limits_hold_a_benchmark_burst() -> None:

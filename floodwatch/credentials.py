@@ -31,7 +31,7 @@ import httpx
 
 from floodwatch.errors import FloodwatchError, SettingsError
 
-MQTT_USERS = ("admin", "ingest", "api")
+MQTT_USERS = ("admin", "ingest", "api")  # registry.RESERVED_IDS keeps sensors off these
 INFLUX_ADMIN = "admin"
 INFLUX_WRITER = "writer"
 INFLUX_READER = "reader"

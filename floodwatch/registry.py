@@ -23,6 +23,9 @@ STREET_THRESHOLDS_CM: tuple[float, ...] = (10.0, 20.0, 30.0, 50.0)
 # Phu An gauge alarm levels I, II, III (river stage, cm).
 TIDE_THRESHOLDS_CM: tuple[float, ...] = (140.0, 150.0, 160.0)
 
+# Broker logins of Floodwatch's own services (floodwatch.credentials): never a sensor's id.
+RESERVED_IDS = frozenset({"admin", "ingest", "api"})
+
 SHIPPED_REGISTRY = Path(__file__).resolve().parent.parent / "sensors.geojson"
 
 
@@ -144,6 +147,11 @@ def _sensor(where: str, props: dict[str, object], coordinates: object) -> Sensor
         raise RegistryError(
             f"{where}: sensor id {_show(sensor_id)} is invalid; use 1-64 characters of "
             "lowercase letters, digits, '_' or '-', starting with a letter or digit."
+        )
+    if sensor_id in RESERVED_IDS:
+        raise RegistryError(
+            f"{where}: sensor id {sensor_id!r} is the broker login of a Floodwatch service "
+            "(a sensor logs in with its id, so it would get that service's rights); rename it."
         )
     where = f"{where} (id {sensor_id!r})"
     name = _text(where, props, "name")

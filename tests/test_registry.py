@@ -361,3 +361,14 @@ def test_any_property_value_is_loaded_or_rejected(
         _props(doc, index)[key] = value
     with contextlib.suppress(RegistryError):
         load_registry(_write(tmp_path, doc))
+
+
+def test_a_sensor_cannot_take_a_service_login(tmp_path: Path) -> None:
+    """A sensor id equal to a service's broker login (admin, ingest, api) is refused."""
+    doc = json.loads(SHIPPED_REGISTRY.read_bytes())
+    first = next(f for f in doc["features"] if f["geometry"]["type"] == "Point")
+    first["properties"]["id"] = "admin"
+    path = tmp_path / "r.geojson"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(RegistryError, match="broker login"):
+        load_registry(path)

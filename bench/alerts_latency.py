@@ -23,6 +23,7 @@ from pathlib import Path
 
 import orjson
 
+from bench.pipeline import start_ingest
 from floodwatch.localservices import influxd_service, mosquitto_service, running
 from floodwatch.mqtt import Delivery, MqttConnection
 from floodwatch.settings import parse_mqtt_url
@@ -78,7 +79,6 @@ def main(argv: list[str] | None = None) -> int:
         registry_file(registry, SENSORS)
         with running(mosquitto_service(work), influxd_service(work)) as (broker, influxd):
             env = {
-                "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
                 "FLOODWATCH_MQTT_URL": broker.url("ingest"),
                 "FLOODWATCH_INFLUX_URL": influxd.url("admin"),
                 "FLOODWATCH_REGISTRY": str(registry),
@@ -86,22 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                 "FLOODWATCH_METRICS_PORT": "0",
                 "FLOODWATCH_STATS_INTERVAL": "0",
             }
-            log = work / "ingest.log"
-            with log.open("wb") as out:
-                ingest = subprocess.Popen(
-                    [sys.executable, "-m", "ingest"],
-                    cwd=ROOT,
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
+            ingest = start_ingest(env, work / "ingest.log")
             try:
-                deadline = time.monotonic() + 30
-                while b"ingesting" not in log.read_bytes():
-                    if time.monotonic() > deadline or ingest.poll() is not None:
-                        print(log.read_text(), file=sys.stderr)
-                        return 1
-                    time.sleep(0.05)
                 latencies = measure(broker.url("admin"), probes)
             finally:
                 ingest.terminate()

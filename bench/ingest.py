@@ -28,6 +28,7 @@ from pathlib import Path
 import orjson
 import psutil
 
+from bench.pipeline import start_ingest
 from floodwatch.influx import InfluxClient
 from floodwatch.localservices import Service, influxd_service, mosquitto_service, running
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry
@@ -170,22 +171,9 @@ def run_ingest(
         "FLOODWATCH_STATS_INTERVAL": "0",
         "FLOODWATCH_METRICS_PORT": "0",
         "FLOODWATCH_OUTBOX": str(workdir / f"outbox-{root}.sqlite"),
-        "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
     }
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ingest"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    proc = start_ingest(env, log_path)
     try:
-        deadline = time.monotonic() + 30
-        while b"ingesting" not in log_path.read_bytes():
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"ingest did not start; see {log_path}")
-            time.sleep(0.05)
         ps = psutil.Process(proc.pid)
         cpu_before = sum(ps.cpu_times()[:2])
         started = time.time_ns()

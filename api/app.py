@@ -14,13 +14,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 import anyio.to_thread
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -51,6 +51,8 @@ QUERY_TIMEOUT_S = 10.0
 FIRST_CONNECT_WAIT_S = 1.0
 SNAPSHOT_RETRY_S = 5.0
 CAP_SENDER = "floodwatch.an-khanh"
+# The only body the API takes is an acknowledgement: a note of at most 1,000 characters.
+MAX_BODY_BYTES = 16_384
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,5 +281,26 @@ def create_app(
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=page.STATIC), name="static")
     app.add_middleware(MetricsMiddleware, metrics=metrics_)
+
+    @app.middleware("http")
+    async def refuse_oversized_bodies(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        # The only body the API takes is an acknowledgement's note; refuse anything larger
+        # than it could ever be before reading it. A body without a length (chunked) is
+        # refused too: nobody needs to stream a note.
+        if request.method in ("POST", "PUT", "PATCH"):
+            length = request.headers.get("content-length")
+            if length is None and request.headers.get("transfer-encoding"):
+                return JSONResponse(
+                    {"detail": "send the body with a Content-Length"}, status_code=411
+                )
+            if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+                return JSONResponse(
+                    {"detail": f"request bodies are limited to {MAX_BODY_BYTES} bytes"},
+                    status_code=413,
+                )
+        return await call_next(request)
+
     _register_gauges(app, metrics_)
     return app

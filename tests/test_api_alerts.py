@@ -249,3 +249,26 @@ def test_cap_feed_is_valid_cap_1_2_through_alert_update_cancel(
     assert _text(cancel, "msgType") == "Cancel"
     references = _text(cancel, "references").split()
     assert len(references) == 2 and all(r.startswith("floodwatch.an-khanh,") for r in references)
+
+
+def test_oversized_and_malformed_bodies_are_refused(api: Api) -> None:
+    """An acknowledgement body over 16 KiB is 413, malformed JSON or a long note 422; the
+    API keeps answering."""
+    headers = bearer(api.keys.operator)
+    huge = api.client.post(
+        "/v1/alerts/x/ack",
+        content=b'{"note": "' + b"x" * 200_000 + b'"}',
+        headers={**headers, "Content-Type": "application/json"},
+    )
+    assert huge.status_code == 413 and "16384" in huge.json()["detail"]
+    broken = api.client.post(
+        "/v1/alerts/x/ack",
+        content=b'{"note": ',
+        headers={**headers, "Content-Type": "application/json"},
+    )
+    assert broken.status_code == 422
+    long_note = api.client.post("/v1/alerts/x/ack", json={"note": "y" * 1001}, headers=headers)
+    assert long_note.status_code == 422
+    extra = api.client.post("/v1/alerts/x/ack", json={"note": "", "who": "me"}, headers=headers)
+    assert extra.status_code == 422
+    assert api.client.get("/healthz").status_code == 200

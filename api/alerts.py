@@ -1,14 +1,13 @@
-"""The seam between the API and the alert engine: the `AlertSource` protocol, and a thin
-interim implementation from what the engine publishes.
+"""The seam between the API and the alert engine: the `AlertSource` protocol and
+`EngineAlerts`, which implements it from what the engine (in the ingest process) publishes.
 
-The alert routes (`/v1/alerts*`, `/v1/events`) see only `AlertSource`. Until the engine
-(`alerts/`) provides its own, `RetainedAlerts` serves:
+The alert routes (`/v1/alerts*`, `/v1/events`) see only `AlertSource`. `RetainedAlerts`, the
+read side, serves:
 - current alerts from the retained `{root}/v1/alerts/{sensor}` payloads held by api.live;
 - past alerts from InfluxDB measurement `alert_event` and flood episodes from
-  `flood_episode`, as the engine writes them (README, InfluxDB schema);
-- acknowledgements by republishing the sensor's retained payload with the alert's state moved
-  to `active_ack`/`cleared_ack` and `acked_by`, `acked_at`, `note` added. The engine replaces
-  this with its own acknowledge function (which also records the event).
+  `flood_episode`, as the engine writes them (README, InfluxDB schema).
+`EngineAlerts` adds acknowledgements, sent to the engine on `{root}/v1/commands/ack`: the
+engine alone changes alert state, so the API never publishes an alert itself.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import contextlib
 import queue
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -39,7 +38,6 @@ StateFilter = Literal["active", "all"]
 # Payload keys tried, in order, for the time an alert last changed (the engine's retained
 # payload has acked_at and raised_at; alert_event rows have at_ns).
 _CHANGED_KEYS = ("changed_at", "acked_at", "at_ns", "updated_at", "time", "raised_at")
-ACK_STATES = {"active_unack": "active_ack", "cleared_unack": "cleared_ack"}
 # How long an acknowledgement waits for the alert engine's answer.
 ACK_TIMEOUT_S = 10.0
 
@@ -172,17 +170,12 @@ def _newest_first(records: Sequence[AlertRecord]) -> list[AlertRecord]:
 
 
 class RetainedAlerts:
-    """The interim AlertSource: retained MQTT payloads in memory, history from InfluxDB."""
+    """The read side of an AlertSource: retained MQTT payloads in memory, history from
+    InfluxDB. EngineAlerts adds acknowledgements."""
 
-    def __init__(
-        self,
-        state: LiveState,
-        influx: InfluxClient | None,
-        republish: Callable[[str, tuple[Alert, ...]], None],
-    ) -> None:
+    def __init__(self, state: LiveState, influx: InfluxClient | None) -> None:
         self._state = state
         self._influx = influx
-        self._republish = republish
 
     def _current(self) -> list[AlertRecord]:
         return [
@@ -222,36 +215,6 @@ class RetainedAlerts:
                 return record
         past = await self._past(None, alert_id)
         return past[-1] if past else None
-
-    async def acknowledge(self, alert_id: str, ack: Acknowledgement) -> AlertRecord:
-        for now, alert in self._state.alerts():
-            if alert.get("alert_id") != alert_id:
-                continue
-            current = alert_state(alert)
-            if current not in ACK_STATES:
-                by = alert.get("who", alert.get("acked_by"))
-                raise AlertConflict(
-                    f"alert {alert_id!r} is {current or 'in an unknown state'}"
-                    + (f", acknowledged by {by}" if isinstance(by, str) else "")
-                    + "; only active_unack and cleared_unack alerts can be acknowledged"
-                )
-            updated = {
-                **alert,
-                "state": ACK_STATES[current],
-                "who": ack.by,
-                "acked_at": iso(ack.at_ns),
-                "note": ack.note,
-                "changed_at": iso(ack.at_ns),
-            }
-            alerts = tuple(updated if a is alert else a for a in now.alerts)
-            self._republish(now.sensor.id, alerts)
-            return record_from_payload(now.sensor.id, updated, ack.at_ns)
-        if await self._past(None, alert_id):
-            raise AlertConflict(
-                f"alert {alert_id!r} is no longer current (it is only in the history), "
-                "so it cannot be acknowledged"
-            )
-        raise AlertNotFound(f"no alert {alert_id!r}; list current ones with GET /v1/alerts")
 
     async def episodes(
         self, *, since_ns: int | None, until_ns: int | None, sensor_id: str | None
@@ -312,12 +275,11 @@ class EngineAlerts(RetainedAlerts):
         self,
         state: LiveState,
         influx: InfluxClient | None,
-        republish: Callable[[str, tuple[Alert, ...]], None],
         mqtt: MqttEndpoint,
         topics: Topics,
         timeout_s: float = ACK_TIMEOUT_S,
     ) -> None:
-        super().__init__(state, influx, republish)
+        super().__init__(state, influx)
         self._topics = topics
         self._timeout_s = timeout_s
         self._replies: dict[str, queue.Queue[bytes]] = {}

@@ -19,13 +19,12 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 import anyio.to_thread
-import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from api import history
-from api.alerts import AlertSource, EngineAlerts, RetainedAlerts
+from api.alerts import AlertSource, EngineAlerts
 from api.auth import KeyStore
 from api.cap import CapLedger
 from api.config import ApiOptions
@@ -34,7 +33,7 @@ from api.errors import AlertConflict, AlertNotFound, BadParameter, BrokerUnavail
 from api.eventlog import EventLog
 from api.feed import FeedHandler, LiveFeed
 from api.geo import BodyCache, SensorsBody, streets_collection
-from api.live import Alert, LiveState
+from api.live import LiveState
 from api.metrics import Metrics, MetricsMiddleware
 from api.routes import alerts, events, health, metrics, page, sensors, stream, streets
 from floodwatch.errors import InfluxError, InfluxUnavailable
@@ -57,14 +56,13 @@ MAX_BODY_BYTES = 16_384
 
 @dataclass(frozen=True, slots=True)
 class AlertContext:
-    """What an AlertSource may build on: the live state, InfluxDB, and a way to republish
-    a sensor's retained alert payload (MQTT, and applied locally at once)."""
+    """What an AlertSource may build on: the registry, topics, live state, InfluxDB and the
+    broker (to reach the alert engine)."""
 
     registry: Registry
     topics: Topics
     state: LiveState
     influx: InfluxClient
-    republish: Callable[[str, tuple[Alert, ...]], None]
     mqtt: MqttEndpoint
 
 
@@ -73,14 +71,7 @@ AlertSourceFactory = Callable[[AlertContext], AlertSource]
 
 def engine_alerts(context: AlertContext) -> AlertSource:
     """Reads from the retained state and InfluxDB; acknowledgements through the engine."""
-    return EngineAlerts(
-        context.state, context.influx, context.republish, context.mqtt, context.topics
-    )
-
-
-def retained_alerts(context: AlertContext) -> AlertSource:
-    """The interim AlertSource until the alert engine provides its own."""
-    return RetainedAlerts(context.state, context.influx, context.republish)
+    return EngineAlerts(context.state, context.influx, context.mqtt, context.topics)
 
 
 def _version() -> str:
@@ -200,19 +191,7 @@ def create_app(
         handler = FeedHandler(topics, registry, state, event_log, metrics_, clock)
         feed = LiveFeed(settings.mqtt, topics, handler, asyncio.get_running_loop())
 
-        def republish(sensor_id: str, alerts_: tuple[Alert, ...]) -> None:
-            # In the shape the payload came in: the engine's envelope, one object, or a list.
-            held = state.get(sensor_id)
-            envelope = held.alerts_envelope if held is not None else None
-            payload: object = list(alerts_) if len(alerts_) != 1 else alerts_[0]
-            if envelope is not None:
-                payload = {**envelope, "alerts": list(alerts_)}
-            body = b"" if not alerts_ else orjson.dumps(payload)
-            feed.publish_retained(topics.alert(sensor_id), body)
-            # Apply at once; the broker's echo then changes nothing and sends no second event.
-            handler.alerts(sensor_id, body, clock())
-
-        context = AlertContext(registry, topics, state, influx, republish, settings.mqtt)
+        context = AlertContext(registry, topics, state, influx, settings.mqtt)
         services = Services(
             settings=settings,
             options=options,

@@ -20,7 +20,6 @@ from collections.abc import Callable
 import orjson
 
 from api.alerts import alert_json, record_from_payload
-from api.errors import BrokerUnavailable
 from api.eventlog import EventLog
 from api.geo import sensor_properties
 from api.live import LiveState, parse_alert_payload, summarise_alerts
@@ -115,7 +114,7 @@ class FeedHandler:
 
 
 class LiveFeed:
-    """Subscribes to readings, statuses and alerts; reconnects by itself; publishes for acks.
+    """Subscribes to readings, statuses and alerts; reconnects by itself; reads only.
 
     Until the first connection, a background thread checks that the broker accepts TCP
     connections before each MQTT attempt, with capped backoff; once connected, paho
@@ -168,14 +167,6 @@ class LiveFeed:
             self._thread.join(ATTEMPT_TIMEOUT_S + 1)
         if self._conn is not None:
             self._conn.stop()
-
-    def publish_retained(self, topic: str, payload: bytes) -> None:
-        if self._conn is None or not self._conn.connected:
-            raise BrokerUnavailable(
-                "the API is not connected to the MQTT broker, so the change cannot be "
-                "published; try again when /readyz says ready"
-            )
-        self._conn.publish(topic, payload, qos=1, retain=True)
 
     def _broker_accepts(self) -> bool:
         try:

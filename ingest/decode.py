@@ -212,13 +212,17 @@ def decode_readings(sensor: Sensor, topic: str, payload: bytes, received_at_ns: 
 
 
 def _reading(doc: dict[str, Any], sensor: Sensor, received_at_ns: int, index: int = 0) -> Reading:
+    # The hot path of ingest: the usual types (int ts, float values, int rssi and seq) are
+    # checked inline, and the helpers are called only for the rest, which they convert or
+    # refuse. orjson never yields NaN or infinity, but the range checks refuse them anyway.
     ts = doc.get("ts")
     if ts is None:
         # Items of one array without ts share a receive time; a nanosecond apart each, they
         # stay separate points instead of overwriting one another.
         time_ns, from_receipt = received_at_ns + index, True
     else:
-        time_ns, from_receipt = _time_ns(ts), False
+        time_ns = ts * 1_000_000 if type(ts) is int else _time_ns(ts)
+        from_receipt = False
         if time_ns < EARLIEST_NS:
             raise _Invalid(
                 "ts_out_of_range",
@@ -237,7 +241,7 @@ def _reading(doc: dict[str, Any], sensor: Sensor, received_at_ns: int, index: in
         raise _Invalid("bad_level", "send exactly one of level_cm or distance_mm")
     distance_mm: float | None = None
     if level is None:
-        distance_mm = _number(distance, "distance_mm")
+        distance_mm = distance if type(distance) is float else _number(distance, "distance_mm")
         if sensor.mount_height_mm is None:
             raise _Invalid(
                 "bad_level",
@@ -245,15 +249,17 @@ def _reading(doc: dict[str, Any], sensor: Sensor, received_at_ns: int, index: in
                 "so distance_mm cannot become a depth; send level_cm or add it",
             )
         if not DISTANCE_MM[0] <= distance_mm <= DISTANCE_MM[1]:
+            _finite(distance_mm, "distance_mm")
             raise _Invalid(
                 "out_of_range",
                 f"distance_mm {distance_mm:g} is outside {DISTANCE_MM[0]:g} to {DISTANCE_MM[1]:g}",
             )
         level_cm = (sensor.mount_height_mm - distance_mm) / 10.0
     else:
-        level_cm = _number(level, "level_cm")
+        level_cm = level if type(level) is float else _number(level, "level_cm")
     low, high = TIDE_STAGE_CM if sensor.kind == "tide" else STREET_DEPTH_CM
     if not low <= level_cm <= high:
+        _finite(level_cm, "level_cm")
         what = "river stage" if sensor.kind == "tide" else "depth"
         raise _Invalid(
             "out_of_range",
@@ -262,25 +268,28 @@ def _reading(doc: dict[str, Any], sensor: Sensor, received_at_ns: int, index: in
 
     battery_v = doc.get("battery_v")
     if battery_v is not None:
-        battery_v = _number(battery_v, "battery_v")
+        if type(battery_v) is not float:
+            battery_v = _number(battery_v, "battery_v")
         if not BATTERY_V[0] <= battery_v <= BATTERY_V[1]:
+            _finite(battery_v, "battery_v")
             raise _Invalid("out_of_range", f"battery_v {battery_v:g} is outside 0 to 15 V")
     rssi = doc.get("rssi")
     if rssi is not None:
-        rssi = _integer(rssi, "rssi")
+        if type(rssi) is not int:
+            raise _not_integer(rssi, "rssi")
         if not RSSI_DBM[0] <= rssi <= RSSI_DBM[1]:
             raise _Invalid("out_of_range", f"rssi {rssi} is outside -200 to 0 dBm")
     seq = doc.get("seq")
     if seq is not None:
-        seq = _integer(seq, "seq")
+        if type(seq) is not int:
+            raise _not_integer(seq, "seq")
         if not 0 <= seq <= SEQ_MAX:
             raise _Invalid("out_of_range", f"seq {seq} is outside 0 to 2^63-1")
     return Reading(sensor.id, time_ns, level_cm, distance_mm, battery_v, rssi, seq, from_receipt)
 
 
 def _time_ns(ts: object) -> int:
-    if type(ts) is int:
-        return ts * 1_000_000
+    """A `ts` that is not epoch milliseconds (those are converted inline): ISO 8601, or bad."""
     if type(ts) is str:
         try:
             dt = datetime.fromisoformat(ts)
@@ -300,19 +309,20 @@ def _time_ns(ts: object) -> int:
 
 
 def _number(value: object, name: str) -> float:
-    if type(value) is float:
-        if math.isfinite(value):
-            return value
-        raise _Invalid("not_finite", f"{name} is {value}, not a finite number")
+    """A number field that is not a float (floats are taken inline): an int, or bad."""
     if type(value) is int:
         return float(value)
     raise _Invalid("bad_field", f"{name} must be a number, got {_kind(value)}")
 
 
-def _integer(value: object, name: str) -> int:
-    if type(value) is int:
-        return value
-    raise _Invalid("bad_field", f"{name} must be an integer, got {_kind(value)}")
+def _finite(value: float, name: str) -> None:
+    """Called when a range check fails: say NaN or infinity for what it is."""
+    if not math.isfinite(value):
+        raise _Invalid("not_finite", f"{name} is {value}, not a finite number")
+
+
+def _not_integer(value: object, name: str) -> _Invalid:
+    return _Invalid("bad_field", f"{name} must be an integer, got {_kind(value)}")
 
 
 def _kind(value: object) -> str:

@@ -79,21 +79,47 @@ def test_unsupported_field_type_is_refused() -> None:
         encode_field_value([1])  # type: ignore[arg-type]
 
 
-def test_reading_line_matches_the_generic_encoder() -> None:
-    """The hot-path reading encoder writes what the generic one would."""
-    r = Reading("nvh-02", T, 23.5, 1765.0, 3.71, -87, 1042, True)
-    assert reading_line(r) == encode_point(
-        "water_level",
-        {"sensor": "nvh-02"},
-        {
-            "level_cm": 23.5,
-            "distance_mm": 1765.0,
-            "battery_v": 3.71,
-            "rssi": -87,
-            "seq": 1042,
-            "ts_from_receipt": True,
-        },
-        T,
+_finite = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@given(
+    sensor_id=st.sampled_from(["nvh-02", "d12-01", "phu-an"]),
+    time_ns=st.integers(0, 2**62),
+    level_cm=_finite,
+    distance_mm=st.none() | _finite,
+    battery_v=st.none() | _finite,
+    rssi=st.none() | st.integers(-200, 0),
+    seq=st.none() | st.integers(0, 2**63 - 1),
+    from_receipt=st.booleans(),
+)
+def test_reading_line_matches_the_generic_encoder(
+    sensor_id: str,
+    time_ns: int,
+    level_cm: float,
+    distance_mm: float | None,
+    battery_v: float | None,
+    rssi: int | None,
+    seq: int | None,
+    from_receipt: bool,
+) -> None:
+    """The hot-path reading encoder (its usual-shape shortcut and its field-by-field path)
+    writes exactly what the generic one would, for every combination of optional fields."""
+    r = Reading(sensor_id, time_ns, level_cm, distance_mm, battery_v, rssi, seq, from_receipt)
+    optional = {
+        "distance_mm": distance_mm,
+        "battery_v": battery_v,
+        "rssi": rssi,
+        "seq": seq,
+        "ts_from_receipt": True if from_receipt else None,
+    }
+    fields = {"level_cm": level_cm, **{k: v for k, v in optional.items() if v is not None}}
+    assert reading_line(r) == encode_point("water_level", {"sensor": sensor_id}, fields, time_ns)
+
+
+def test_reading_line_examples() -> None:
+    usual = Reading("nvh-02", T, 23.5, None, 3.71, -87, 1042)
+    assert reading_line(usual) == (
+        f"water_level,sensor=nvh-02 level_cm=23.5,battery_v=3.71,rssi=-87i,seq=1042i {T}"
     )
     bare = Reading("nvh-02", T, 1.0)
     assert reading_line(bare) == f"water_level,sensor=nvh-02 level_cm=1.0 {T}"

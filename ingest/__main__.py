@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import queue
@@ -232,6 +233,20 @@ def ack_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def settle_garbage_collector() -> None:
+    """Tune the cycle collector for a stream of short-lived objects, once started.
+
+    Every reading makes a few objects that live for one batch (thousands at a time). With
+    CPython's defaults the collector walks the young objects every 700 of them, and the
+    whole heap, modules and all, every so often. Freezing what start-up made takes it out of
+    every later walk, and a larger young generation lets most of a batch come and go between
+    walks. Measured with bench.ingest: about a tenth more readings per second.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["ack"]:
@@ -376,6 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         except OSError as exc:
             log.warning("no metrics endpoint on port %d: %s", metrics_port, exc)
+    settle_garbage_collector()
     log.info(
         "ingesting %d sensors from %s into %s/%s",
         len(registry.sensors),

@@ -16,6 +16,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from floodwatch.errors import InfluxError, InfluxUnavailable, LineProtocolError
 from floodwatch.influx import DatabaseMissing, InfluxClient
@@ -33,6 +34,7 @@ from ingest.store import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 # Batches of at least this many messages mean load: the next batch lingers to grow.
@@ -109,6 +111,17 @@ def judge(topics: Topics, registry: Registry, deliveries: list[Delivery]) -> Bat
     return Batch(lines, readings, statuses, rejections, origins)
 
 
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """One batch safe in InfluxDB (or the outbox), waiting to be acknowledged and judged."""
+
+    deliveries: list[Delivery]
+    readings: list[Reading]
+    rejections: list[Rejection]
+    readings_stored: int
+    statuses_stored: int
+
+
 class Spilled:
     """The batch went to the disk outbox rather than to InfluxDB."""
 
@@ -117,10 +130,12 @@ SPILLED = Spilled()
 
 
 class Ingest:
-    """Two threads after the network thread: one judges batches, one stores them.
+    """Three threads after the network thread: one judges batches, one stores them, and one
+    finishes them (dead letters published, acknowledgement, alert engine, counters).
 
-    Judging (CPU) overlaps with storing (waiting on InfluxDB), and a small queue between them
-    pushes back: while InfluxDB is slow, deliveries pile up in the inbox and the next batch
+    Judging and finishing (CPU) overlap with storing (waiting on InfluxDB), so under load the
+    next write is on its way while the last one is finished. Small queues between them
+    push back: while InfluxDB is slow, deliveries pile up in the inbox and the next batch
     is larger, so the write rate adapts without tuning. The inbox itself is bounded by the
     broker's in-flight window: the broker sends no more until ingest acknowledges.
     """
@@ -158,6 +173,8 @@ class Ingest:
         self._stopping = threading.Event()
         self._judged_done = threading.Event()
         self._judged: queue.Queue[tuple[list[Delivery], Batch]] = queue.Queue(maxsize=2)
+        self._stored_done = threading.Event()
+        self._stored: queue.Queue[Stored] = queue.Queue(maxsize=2)
         self._threads: list[threading.Thread] = []
         self._deadletter_seq = 0
         self.outbox = outbox
@@ -176,7 +193,11 @@ class Ingest:
             self._wake.set()
 
     def start(self) -> None:
-        loops = [(self._judge_loop, "ingest-judge"), (self._store_loop, "ingest-store")]
+        loops = [
+            (self._judge_loop, "ingest-judge"),
+            (self._store_loop, "ingest-store"),
+            (self._finish_loop, "ingest-finish"),
+        ]
         if self.outbox is not None:
             loops.append((self._drain_loop, "ingest-outbox"))
         for target, name in loops:
@@ -195,7 +216,7 @@ class Ingest:
         deadline = time.monotonic() + timeout_s
         self._closing.set()
         self._wake.set()
-        for thread in self._threads[:2]:  # the judge, then the store
+        for thread in self._threads[:3]:  # the judge, the store, then the finish
             thread.join(max(0.0, deadline - time.monotonic()))
         self._stopping.set()
         for thread in self._threads:
@@ -203,7 +224,7 @@ class Ingest:
 
     @property
     def backlog(self) -> int:
-        return len(self._inbox) + self._judged.qsize()
+        return len(self._inbox) + self._judged.qsize() + self._stored.qsize()
 
     def _take(self) -> list[Delivery]:
         inbox, size = self._inbox, 0
@@ -243,24 +264,43 @@ class Ingest:
                 deliveries = self._take()
                 last_size = len(deliveries)
                 batch = judge(self.topics, self.registry, deliveries)
-                while not self._stopping.is_set():
-                    try:
-                        self._judged.put((deliveries, batch), timeout=0.5)
-                        break
-                    except queue.Full:
-                        continue
+                self._hand_on(self._judged, (deliveries, batch))
         finally:
             self._judged_done.set()
 
     def _store_loop(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                try:
+                    deliveries, batch = self._judged.get(timeout=0.1)
+                except queue.Empty:
+                    if self._judged_done.is_set() and self._judged.empty():
+                        return  # flushed
+                    continue
+                stored = self._persist(deliveries, batch)
+                if stored is not None:
+                    self._hand_on(self._stored, stored)
+        finally:
+            self._stored_done.set()
+
+    def _finish_loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                deliveries, batch = self._judged.get(timeout=0.1)
+                stored = self._stored.get(timeout=0.1)
             except queue.Empty:
-                if self._judged_done.is_set() and self._judged.empty():
+                if self._stored_done.is_set() and self._stored.empty():
                     return  # flushed
                 continue
-            self.store(deliveries, batch)
+            self._finish(stored)
+
+    def _hand_on(self, q: queue.Queue[T], item: T) -> None:
+        """Put on a bounded queue (waiting while it is full), unless ingest is stopping."""
+        while not self._stopping.is_set():
+            try:
+                q.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
 
     def process(self, deliveries: list[Delivery]) -> None:
         """Judge, store, dead-letter and acknowledge one batch, on the caller's thread."""
@@ -268,14 +308,19 @@ class Ingest:
 
     def store(self, deliveries: list[Delivery], judged: Batch) -> None:
         """Store a judged batch, dead-letter what was refused, then acknowledge it all."""
+        stored = self._persist(deliveries, judged)
+        if stored is not None:
+            self._finish(stored)
+
+    def _persist(self, deliveries: list[Delivery], judged: Batch) -> Stored | None:
+        """Write a judged batch and its dead letters; None if asked to stop before InfluxDB
+        (or the outbox) took it, in which case nothing may be acknowledged."""
         rejections = list(judged.rejections)
         lines = judged.lines
-        dead_lines: list[str] = []
-        for rej in rejections:
-            dead_lines.append(self._deadletter_line(rej))
+        dead_lines = [self._deadletter_line(rej) for rej in rejections]
         outcome = self._write(lines + dead_lines, spill=True)
         if outcome is None:
-            return  # stopping while InfluxDB is down: nothing acknowledged, all redelivered
+            return None
         stored_readings = len(judged.readings)
         stored_statuses = judged.statuses
         refused: list[RefusedLine] = []
@@ -305,20 +350,24 @@ class Ingest:
             else:
                 stored_statuses -= 1
         if late and self._write(late, spill=False) is None:
-            return
-        for rej in rejections:
+            return None
+        return Stored(deliveries, judged.readings, rejections, stored_readings, stored_statuses)
+
+    def _finish(self, stored: Stored) -> None:
+        """After the write: publish dead letters, acknowledge, judge alerts, count."""
+        for rej in stored.rejections:
             self.counters.deadlettered[rej.code] += 1
             self._publish_deadletter(rej.to_json())
-        self._ack(deliveries)
-        if self.on_stored is not None and judged.readings:
+        self._ack(stored.deliveries)
+        if self.on_stored is not None and stored.readings:
             try:
-                self.on_stored(judged.readings)
+                self.on_stored(stored.readings)
             except Exception:  # a fault in judging must never stop storing
                 log.exception("judging a stored batch failed")
         c = self.counters
-        c.messages += len(deliveries)
-        c.readings_stored += stored_readings
-        c.statuses_stored += stored_statuses
+        c.messages += len(stored.deliveries)
+        c.readings_stored += stored.readings_stored
+        c.statuses_stored += stored.statuses_stored
         c.batches += 1
 
     def _deadletter_line(self, rej: Rejection) -> str:

@@ -123,6 +123,9 @@ def test_reading_line_examples() -> None:
     )
     bare = Reading("nvh-02", T, 1.0)
     assert reading_line(bare) == f"water_level,sensor=nvh-02 level_cm=1.0 {T}"
+    # Remembered float texts must not confuse 0.0 with -0.0 (equal, but written differently).
+    for level in (0.0, -0.0, 0.0, -0.0):
+        assert reading_line(Reading("nvh-02", T, level)).endswith(f"level_cm={level!r} {T}")
 
 
 @given(st.binary(max_size=200), st.text(max_size=80), st.text(min_size=1, max_size=80))

@@ -16,7 +16,8 @@ running engine ignored as late (rule 1) is replayed as if judged, which can shif
 window for at most 15 minutes; an obstruction open when the window starts is known only
 from its fault's events (a shorter one has closed before the rules' memory reaches back, see
 REBUILD_LOOKBACK_NS), so one whose fault closed before the earliest event passed in is replayed
-as water; and when each sensor was last heard (rule 7 times silence by
+as water (a faulted one that opened inside the window is replayed as the running engine saw
+it); and when each sensor was last heard (rule 7 times silence by
 arrival, which is not stored), so it is taken as its last stored reading's own time: a sensor
 whose clock runs more than 3 intervals behind can show stale from the restart until its next
 reading arrives.
@@ -34,6 +35,7 @@ from alerts.events import AlertEvent, AlertKind, Event
 from alerts.state import (
     NEVER,
     Alert,
+    EngineConfig,
     EngineState,
     OpenEpisode,
     ReadingArrays,
@@ -86,8 +88,13 @@ def rebuild(
 
     # Seed the one memory older than the window: an obstruction that has already become a fault
     # (its fault carries the base water level), so the replay does not take the car for water.
+    # Not one that opened inside the window: the replay sees that one open, and a seed would
+    # misjudge the water readings before it.
     seed = initial_arrays(cfg.n, cfg.max_levels)
-    for i, (base_cm, raised_ns) in _obstructions_open_at(alert_events, cfg.index, since_ns).items():
+    seeds = _obstructions_open_at(alert_events, cfg.index, since_ns)
+    for i in _opened_in_window(cfg, seeds, readings):
+        del seeds[i]
+    for i, (base_cm, raised_ns) in seeds.items():
         seed.obst_on[i] = True
         seed.obst_base[i] = base_cm
         # The fault came with the second reading obstructed for 15 minutes: the obstruction
@@ -162,6 +169,34 @@ def _obstructions_open_at(
         if i not in seeds or raised_ns > seeds[i][1]:
             seeds[i] = (e.depth_cm, raised_ns)
     return seeds
+
+
+def _opened_in_window(
+    cfg: EngineConfig, seeds: Mapping[int, tuple[float, int]], readings: ReadingArrays
+) -> list[int]:
+    """The seeded sensors whose obstruction the replay opens by itself: by the fault's raise,
+    unseeded, it is open from the same water level and has been for 15 minutes.
+
+    Such a car arrived inside the window, after readings of the water it stands in, and a seed
+    would take those readings for the end of an older obstruction: the reading before the
+    window counts as obstructed (known, not water), so a rise between the window's first two
+    readings fakes a jump with the wrong base, and the car keeps that base when it takes the
+    jump's place. A car parked before the window cannot be found this way, since no reading
+    under it is within a step of its base."""
+    if not seeds:
+        return []
+    raised = np.full(cfg.n, NEVER, dtype=np.int64)
+    for i, (_, raised_ns) in seeds.items():
+        raised[i] = raised_ns
+    upto = readings.take(readings.time_ns <= raised[readings.sensor])
+    a = _advance(cfg, initial_arrays(cfg.n, cfg.max_levels), ReadingArrays.empty(), upto).arrays
+    return [
+        i
+        for i, (base_cm, raised_ns) in seeds.items()
+        if a.obst_on[i]
+        and a.obst_base[i] == base_cm
+        and a.obst_since[i] <= raised_ns - OBSTRUCTION_FAULT_NS
+    ]
 
 
 def _open_alerts(events: list[AlertEvent]) -> dict[str, Alert]:

@@ -961,6 +961,20 @@ def test_a_long_obstruction_cleared_inside_the_rebuild_window_is_resumed(ack_eve
     _restart_continues_like_an_uninterrupted_run(fleet, 0, ack_every)
 
 
+@pytest.mark.parametrize("ack_every", [0, 1])
+def test_a_car_parked_inside_the_rebuild_window_is_not_seeded_from_before_it(
+    ack_every: int,
+) -> None:
+    """A car that arrives inside the replayed readings and becomes a fault before the restart:
+    the replay sees it arrive, and must not also be seeded with it as parked from before the
+    window, or the window's second reading (20 cm over the first) reads as a jump over 0 cm,
+    the car keeps that base, and its leaving (back to 20 cm) never clears the fault (found by
+    the restart property)."""
+    s2 = [0.0, 20.0] + [100.0] * 17 + [20.0] * 2  # a car from minute 2 to 18, fault at 18
+    fleet = ({"s2": s2}, [19], [3.5] * 21)
+    _restart_continues_like_an_uninterrupted_run(fleet, 0, ack_every)
+
+
 def _restart_continues_like_an_uninterrupted_run(
     fleet: tuple[dict[str, list[float]], list[int], list[float]], restart_at: int, ack_every: int
 ) -> None:

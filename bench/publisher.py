@@ -1,5 +1,7 @@
 """A publisher process for the benchmarks: reads `topic<TAB>payload` lines on stdin and
-publishes each as a QoS 1 message at full speed, then waits for every PUBACK.
+publishes each as a QoS 1 message at full speed, then waits for every PUBACK. Prints the
+time of its first publish (epoch ns) on stdout, so a benchmark's clock starts there rather
+than at this interpreter's start-up, connection and reading of stdin.
 
 Used for array messages, where `mosquitto_pub -l` manages only ~1,400 messages/s of 7 KB
 lines. Usage: python -m bench.publisher MQTT_URL < lines
@@ -18,6 +20,7 @@ def main() -> int:
     conn = MqttConnection(parse_mqtt_url(sys.argv[1]))
     conn.start()
     lines = sys.stdin.buffer.read().splitlines()
+    print(time.time_ns(), flush=True)
     for line in lines:
         topic, _, payload = line.partition(b"\t")
         conn.publish(topic.decode(), payload, qos=1)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from floodwatch.errors import InfluxError, InfluxUnavailable, LineProtocolError
+from floodwatch.errors import BrokerError, InfluxError, InfluxUnavailable, LineProtocolError
 from floodwatch.influx import DatabaseMissing, InfluxClient
 from floodwatch.mqtt import Delivery
 from floodwatch.registry import Registry
@@ -357,7 +357,10 @@ class Ingest:
         """After the write: publish dead letters, acknowledge, judge alerts, count."""
         for rej in stored.rejections:
             self.counters.deadlettered[rej.code] += 1
-            self._publish_deadletter(rej.to_json())
+            try:
+                self._publish_deadletter(rej.to_json())
+            except BrokerError as exc:  # it is stored in InfluxDB all the same; go on
+                log.warning("could not publish a dead letter on MQTT: %s", exc)
         self._ack(stored.deliveries)
         if self.on_stored is not None and stored.readings:
             try:

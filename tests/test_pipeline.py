@@ -6,7 +6,7 @@ import threading
 
 import orjson
 
-from floodwatch.errors import InfluxUnavailable
+from floodwatch.errors import BrokerError, InfluxUnavailable
 from floodwatch.influx import WriteRefused
 from floodwatch.mqtt import Delivery
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry
@@ -137,3 +137,44 @@ def test_bad_messages_are_stored_as_dead_letters_before_acknowledgement() -> Non
     assert acked == [7]
     assert [orjson.loads(d)["code"] for d in dead] == ["unknown_sensor"]
     assert twin.lines and twin.lines[0].startswith("deadletter,code=unknown_sensor ")
+
+
+def test_a_dead_letter_the_broker_will_not_take_does_not_stop_acknowledging() -> None:
+    """Publishing a dead letter can fail (broker gone, queue full); it is stored in InfluxDB
+    all the same, and the batch is still acknowledged and counted."""
+    twin = InfluxTwin()
+    acked: list[int] = []
+
+    def refuse(payload: bytes) -> None:
+        raise BrokerError("publish to 'floodwatch/v1/deadletter' failed: the queue is full")
+
+    def ack(ds: list[Delivery]) -> int:
+        acked.extend(d.mid for d in ds)
+        return len(ds)
+
+    ingest = Ingest(TOPICS, REGISTRY, twin, ack, refuse)  # type: ignore[arg-type]
+    ingest.process([delivery("ghost", {"level_cm": 1.0}, 4), delivery("qh-02", {"x": 1}, 5)])
+    assert acked == [4, 5]
+    assert sum(line.startswith("deadletter,") for line in twin.lines) == 2
+    assert ingest.counters.deadlettered == {"unknown_sensor": 1, "bad_level": 1}
+
+
+def test_the_threads_acknowledge_and_judge_every_batch_in_delivery_order() -> None:
+    """With the judging, storing and finishing threads running, every delivery is stored,
+    acknowledged once and in order, and every stored reading reaches the alert engine's hook
+    in order; stop() flushes what was received."""
+    twin = InfluxTwin()
+    ingest, acked, dead = make(twin)
+    judged: list[int] = []
+    ingest.on_stored = lambda readings: judged.extend(r.seq or 0 for r in readings)
+    ingest.max_batch = 7  # many small batches, so the three threads overlap
+    ingest.start()
+    n = 500
+    for i in range(n):
+        ingest.deliver(delivery("qh-02", {"ts": 1795000000000 + i, "level_cm": 1.0, "seq": i}, i))
+    ingest.stop(timeout_s=10)
+    assert acked == list(range(n))
+    assert judged == list(range(n))
+    assert ingest.counters.readings_stored == n and ingest.counters.messages == n
+    assert ingest.counters.batches >= n // 7
+    assert ingest.backlog == 0 and not dead

@@ -68,7 +68,7 @@ class FeedHandler:
         # A backfill array can hold many readings: only a sensor's new newest one is live news.
         newest: set[str] = set()
         for reading in decoded.readings:
-            if self.state.apply_reading(reading):
+            if self.state.apply_reading(reading, received_at_ns):
                 newest.add(reading.sensor_id)
         for status in decoded.statuses:
             self.state.apply_status(status)

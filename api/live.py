@@ -120,11 +120,19 @@ class SensorNow:
     alerts_envelope: Mapping[str, Any] | None = None
     alerts_at_ns: int = 0
     version: int = 0  # bumped on every change, so a cached rendering knows it is out of date
+    # When a reading of this sensor last arrived (any reading, even an old one from a backfill).
+    heard_ns: int | None = None
 
     def stale(self, now_ns: int) -> bool:
-        if self.reading is None:
+        """Stale when the alert engine says so, or when silent for more than 3 reporting
+        intervals by arrival, the engine's own measure (CONTRACT section 3, rule 7): a replay
+        of old readings is live, and a sensor that stops arriving goes stale here even while
+        ingest, and so the engine, is down."""
+        if self.alerts_envelope is not None and self.alerts_envelope.get("stale") is True:
+            return True  # e.g. silent, then only an old backfill arrived: not fresh data yet
+        if self.reading is None or self.heard_ns is None:
             return True
-        return now_ns - self.reading.time_ns > STALE_INTERVALS * self.sensor.interval_s * 1e9
+        return now_ns - self.heard_ns > STALE_INTERVALS * self.sensor.interval_s * 1e9
 
 
 class LiveState:
@@ -147,11 +155,18 @@ class LiveState:
     def with_readings(self) -> int:
         return sum(1 for s in self._sensors.values() if s.reading is not None)
 
-    def apply_reading(self, reading: Reading) -> bool:
-        """Keep the reading if it is the sensor's newest (a replay of the newest overwrites)."""
+    def apply_reading(self, reading: Reading, heard_ns: int | None = None) -> bool:
+        """Keep the reading if it is the sensor's newest (a replay of the newest overwrites).
+
+        `heard_ns` is when it arrived; without it (the start-up snapshot from InfluxDB) the
+        reading's own time stands in, as in the alert engine's rebuild.
+        """
         now = self._sensors.get(reading.sensor_id)
         if now is None:
             return False
+        heard = reading.time_ns if heard_ns is None else heard_ns
+        if now.heard_ns is None or heard > now.heard_ns:
+            now.heard_ns = heard
         held = now.reading
         if held is not None and (reading.time_ns < held.time_ns or reading == held):
             return False

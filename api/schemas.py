@@ -95,8 +95,9 @@ class SensorProperties(BaseModel):
         description="Last `online`/`offline` status the sensor published; null if none seen."
     )
     stale: bool = Field(
-        description="No reading for 3 reporting intervals (or never): the depth shown is the "
-        "last known one."
+        description="No reading has arrived for 3 reporting intervals (or none ever), or the "
+        "alert engine says the sensor is stale: the depth shown is the last known one. Judged "
+        "by arrival, so a replay of old readings is live."
     )
     interval_s: float = Field(description="Expected reporting interval, seconds.")
     thresholds_cm: list[float] = Field(description="The sensor's alert ladder, cm, ascending.")

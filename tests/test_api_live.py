@@ -188,17 +188,26 @@ def test_status_and_retained_alert_show_on_the_sensor(live: Live) -> None:
     wait_for(lambda: live.sensor(DEPTH_SENSOR)["alert_state"] is None, what="the alert to clear")
 
 
-def test_old_reading_marks_the_sensor_stale_and_streets_keep_its_depth(live: Live) -> None:
-    """A reading older than 3 intervals is stale; its street still shows that depth."""
+def test_a_replayed_old_reading_is_live_until_the_engine_says_stale(live: Live) -> None:
+    """Staleness is by arrival (CONTRACT rule 7): a reading timed 10 minutes ago that arrives
+    now is live; the engine's retained verdict makes it stale; its street keeps the depth."""
     old_ms = int(time.time() * 1000) - 10 * 60_000
     live.reading("nvh-03", {"ts": old_ms, "level_cm": 41.0})
     wait_for(lambda: live.sensor("nvh-03")["level_cm"] == 41.0, what="the old reading")
-    assert live.sensor("nvh-03")["stale"] is True
+    assert live.sensor("nvh-03")["stale"] is False
+    verdict = {
+        "sensor": "nvh-03",
+        "stale": True,
+        "alerts": [{"alert_id": "nvh-03:stale:1", "kind": "stale", "state": "active_unack"}],
+    }
+    publish(live.pub, f"{live.root}/v1/alerts/nvh-03", verdict, retain=True)
+    wait_for(lambda: live.sensor("nvh-03")["stale"] is True, what="the engine's stale verdict")
     streets = live.http.get(f"{live.url}/v1/streets", headers=bearer(live.keys.viewer)).json()
     street = next(f for f in streets["features"] if f["id"] == "Nguyen Van Huong")
     assert street["geometry"]["type"] == "LineString"
     assert street["properties"]["worst_sensor"] == "nvh-03"
     assert street["properties"]["level"] == 3 and street["properties"]["stale"] is True
+    publish(live.pub, f"{live.root}/v1/alerts/nvh-03", b"", retain=True)
 
 
 def test_start_up_snapshot_comes_from_influxdb(

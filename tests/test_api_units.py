@@ -77,6 +77,33 @@ def test_stale_after_three_missed_intervals() -> None:
     assert now.online is False
 
 
+def test_stale_is_judged_by_arrival_like_the_alert_engine() -> None:
+    """A replay of old readings arriving now is live, not stale; any arriving reading, even an
+    old one from a backfill that does not replace the newest, shows the sensor is heard."""
+    state = LiveState(REGISTRY)
+    now = state.get("qh-02")
+    assert now is not None
+    october = NOW - 40 * 24 * 3600 * 10**9
+    assert state.apply_reading(Reading("qh-02", october, 5.0), heard_ns=NOW)
+    assert not now.stale(NOW + 180 * 10**9)
+    assert now.stale(NOW + 181 * 10**9)
+    # An older reading arriving later: not the newest, but the sensor was heard.
+    assert not state.apply_reading(Reading("qh-02", october - 10**9, 4.0), heard_ns=NOW + 10**11)
+    assert now.reading is not None and now.reading.level_cm == 5.0
+    assert not now.stale(NOW + 181 * 10**9)
+    # The start-up snapshot (no arrival time) cannot make a sensor heard later than it was.
+    state.apply_reading(Reading("qh-02", october + 10**9, 6.0))
+    assert now.heard_ns == NOW + 10**11
+    # The engine's verdict stands: stale until a fresh reading is judged, however recently
+    # an old one arrived.
+    doc = {"sensor": "qh-02", "stale": True, "alerts": [{"kind": "stale", "state": "active_unack"}]}
+    parsed = parse_alert_payload(orjson.dumps(doc), "qh-02")
+    state.apply_alerts("qh-02", parsed.alerts, NOW, parsed.envelope)
+    assert now.stale(NOW + 10**11)
+    state.apply_alerts("qh-02", (), NOW)  # the engine cleared it: the arrival rule again
+    assert not now.stale(NOW + 10**11)
+
+
 @pytest.mark.parametrize(
     ("payload", "count"),
     [

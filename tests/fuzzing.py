@@ -109,9 +109,10 @@ def message(rng: random.Random, k: int, root: str) -> tuple[str, bytes]:
     if kind < 0.35:
         payload = orjson.dumps(valid_reading(rng, k))
     elif kind < 0.45:
-        items = [valid_reading(rng, k * 1000 + i) for i in range(rng.randint(1, 20))]
+        readings = [valid_reading(rng, k * 1000 + i) for i in range(rng.randint(1, 20))]
+        items: list[object] = list(readings)
         if rng.random() < 0.5:
-            items[rng.randrange(len(items))] = mutate_doc(rng, items[0])  # type: ignore[assignment]
+            items[rng.randrange(len(items))] = mutate_doc(rng, readings[0])
         payload = dumps(items)
     elif kind < 0.75:
         payload = dumps(mutate_doc(rng, valid_reading(rng, k)))

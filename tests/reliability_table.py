@@ -10,7 +10,8 @@ import sys
 
 import orjson
 
-from tests.test_reliability import ARTEFACT, ROOT
+from tests.conftest import ROOT
+from tests.test_reliability import ARTEFACT
 
 DOC = ROOT / "RELIABILITY.md"
 BEGIN, END = "<!-- table: begin -->", "<!-- table: end -->"

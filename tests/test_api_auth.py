@@ -165,7 +165,7 @@ def test_auth_matrix(server: Server, method: str, path: str, who: str) -> None:
 def test_authorization_header_forms(server: Server, header: str, status: int) -> None:
     """Only the Bearer scheme is accepted (case-insensitive); anything else is 401."""
     value = header.format(viewer=server.keys.viewer).encode("latin-1")
-    response = httpx.get(f"{server.url}/v1/sensors", headers={"Authorization": value})
+    response = httpx.get(f"{server.url}/v1/sensors", headers={b"Authorization": value})
     assert response.status_code == status
 
 

@@ -166,7 +166,9 @@ def test_unknown_sensor_and_foreign_topics_are_rejected() -> None:
 
 def test_backfill_array_keeps_good_items_and_rejects_bad_ones() -> None:
     """An array with one bad item stores the others and dead-letters that item alone."""
-    items = [{"ts": 1795691100000 + i * 60000, "level_cm": 10 + i} for i in range(5)]
+    items: list[dict[str, object]] = [
+        {"ts": 1795691100000 + i * 60000, "level_cm": 10 + i} for i in range(5)
+    ]
     items[2]["level_cm"] = "deep"
     decoded = decode(orjson.dumps(items))
     assert [r.level_cm for r in decoded.readings] == [10.0, 11.0, 13.0, 14.0]

@@ -486,9 +486,9 @@ def test_subscriber_flood_beyond_default_queue_limits(
     ingest.stop(signal.SIGTERM)
     published: set[Key] = set()
     for sensor in ("d12-01", "d12-03", "qh-02", "nvh-01", "nvh-02"):
-        body, keys = readings(sensor, 0, 40_000)
+        body, sent = readings(sensor, 0, 40_000)
         mosquitto_pub(broker, f"{unique}/v1/sensors/{sensor}/reading", lines=body)
-        published |= keys
+        published |= sent
     started = time.monotonic()
     ingest.start()
     keys = settle(db, published, 120)

@@ -24,6 +24,7 @@ from simulators.scenario import (
     DEFAULT_CONSTITUENTS,
     Constituent,
     Storm,
+    StormShape,
     StreetModel,
     Tide,
     find_scenario,
@@ -105,7 +106,7 @@ def test_tide_is_mixed_mainly_semidiurnal_with_a_range_of_metres() -> None:
     form = (amplitude["K1"] + amplitude["O1"]) / (amplitude["M2"] + amplitude["S2"])
     assert 0.25 < form < 1.5
     tide = Tide(mean_cm=0.0, constituents=DEFAULT_CONSTITUENTS)
-    times = OCT_1 + 600.0 * np.arange(int(60 * DAY / 600.0))
+    times = OCT_1 + 600.0 * np.arange(int(60 * DAY / 600.0), dtype=np.float64)
     stage = tide_stage_cm(tide, times).reshape(60, -1)
     daily_range = stage.max(axis=1) - stage.min(axis=1)
     assert daily_range.min() > 150.0
@@ -115,9 +116,9 @@ def test_tide_is_mixed_mainly_semidiurnal_with_a_range_of_metres() -> None:
 def test_spring_tides_follow_new_and_full_moon() -> None:
     """Daily high water is higher 1-3 days after new or full moon than near the quarters."""
     tide = Tide(mean_cm=0.0, constituents=DEFAULT_CONSTITUENTS)
-    times = OCT_1 + 600.0 * np.arange(int(120 * DAY / 600.0))
+    times = OCT_1 + 600.0 * np.arange(int(120 * DAY / 600.0), dtype=np.float64)
     stage = tide_stage_cm(tide, times).reshape(120, -1)
-    noon = OCT_1 + DAY * np.arange(120) + 12 * HOUR
+    noon = OCT_1 + DAY * np.arange(120, dtype=np.float64) + 12 * HOUR
     phase = moon_phase_deg(noon)
     # Days since the last new or full moon, from the elongation (12.19 degrees a day).
     age = np.mod(phase, 180.0) / 12.19
@@ -139,7 +140,7 @@ def test_moon_phase_matches_known_new_and_full_moons() -> None:
 def test_flood_season_highs_come_early_morning_and_early_evening() -> None:
     """In October-November 2026 most highs reaching alarm I (1.40 m) fall at 04-09 or 15-20."""
     tide = Tide(mean_cm=15.0, constituents=DEFAULT_CONSTITUENTS)
-    times = OCT_1 + 300.0 * np.arange(int(61 * DAY / 300.0))
+    times = OCT_1 + 300.0 * np.arange(int(61 * DAY / 300.0), dtype=np.float64)
     stage = tide_stage_cm(tide, times)
     highs = [k for k in _highs(times, stage) if stage[k] >= 140.0]
     hours = np.array([_hours_local(times[k]) for k in highs])
@@ -173,7 +174,7 @@ def test_tide_never_exceeds_the_sum_of_its_amplitudes(
             for name, a, p in zip(ARGUMENTS, amplitudes, phases, strict=True)
         ),
     )
-    stage = tide_stage_cm(tide, OCT_1 + 900.0 * np.arange(2000))
+    stage = tide_stage_cm(tide, OCT_1 + 900.0 * np.arange(2000, dtype=np.float64))
     assert np.all(np.abs(stage - 10.0) <= sum(amplitudes) + 1e-6)
 
 
@@ -183,10 +184,10 @@ def test_tide_never_exceeds_the_sum_of_its_amplitudes(
 @pytest.mark.parametrize(
     ("shape", "mean_fraction"), [("block", 1.0), ("bell", 0.5), ("burst", 0.5)]
 )
-def test_storm_shapes_peak_at_the_stated_intensity(shape: str, mean_fraction: float) -> None:
+def test_storm_shapes_peak_at_the_stated_intensity(shape: StormShape, mean_fraction: float) -> None:
     """A storm is zero outside its span, reaches its peak, and averages the shape's fraction."""
-    storm = Storm(OCT_1 + HOUR, 3600.0, 90.0, shape)  # type: ignore[arg-type]
-    times = OCT_1 + 10.0 * np.arange(int(3 * HOUR / 10.0))
+    storm = Storm(OCT_1 + HOUR, 3600.0, 90.0, shape)
+    times = OCT_1 + 10.0 * np.arange(int(3 * HOUR / 10.0), dtype=np.float64)
     rain = storm_mm_h(storm, times)
     inside = (times >= storm.start_s) & (times < storm.start_s + storm.duration_s)
     assert np.all(rain[~inside] == 0.0)

@@ -29,6 +29,9 @@ STREET_LEVEL_NAMES = ("normal", "flooded", "hazard", "impassable", "closed")
 TIDE_LEVEL_NAMES = ("normal", "alarm_1", "alarm_2", "alarm_3")
 
 ALERT_MEASUREMENT = "alert_event"
+# How far back stored events are read (the engine's restore, the API's CAP chains): an alert
+# left open, or cleared but never acknowledged, for longer than this is forgotten.
+EVENT_MEMORY_NS = 30 * 24 * 3600 * 10**9
 EPISODE_MEASUREMENT = "flood_episode"
 
 

@@ -108,6 +108,11 @@ class AlertSource(Protocol):
         those the sensor took part in."""
         ...
 
+    async def changes(self, *, since_ns: int, kinds: Sequence[str]) -> Sequence[AlertRecord]:
+        """Every stored change of alerts of these kinds since `since_ns`, oldest first: each
+        the alert as the change left it, the engine's event (with its `seq`) as payload."""
+        ...
+
 
 def _time_ns(value: object) -> int | None:
     if isinstance(value, str):
@@ -215,6 +220,18 @@ class RetainedAlerts:
                 return record
         past = await self._past(None, alert_id)
         return past[-1] if past else None
+
+    async def changes(self, *, since_ns: int, kinds: Sequence[str]) -> Sequence[AlertRecord]:
+        if self._influx is None:
+            return []
+        rows = await anyio.to_thread.run_sync(
+            history.alert_events, self._influx, since_ns, None, kinds
+        )
+        return [
+            record_from_payload(str(row.get("sensor", "")), row, int(row["time"]))
+            for row in rows
+            if isinstance(row.get("alert_id"), str)
+        ]
 
     async def episodes(
         self, *, since_ns: int | None, until_ns: int | None, sensor_id: str | None

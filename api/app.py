@@ -26,7 +26,6 @@ from fastapi.staticfiles import StaticFiles
 from api import history
 from api.alerts import AlertSource, EngineAlerts
 from api.auth import KeyStore
-from api.cap import CapLedger
 from api.config import ApiOptions
 from api.deps import Probes, Services
 from api.errors import AlertConflict, AlertNotFound, BadParameter, BrokerUnavailable
@@ -49,7 +48,6 @@ QUERY_TIMEOUT_S = 10.0
 # How long start-up waits for the broker before serving anyway (it keeps retrying).
 FIRST_CONNECT_WAIT_S = 1.0
 SNAPSHOT_RETRY_S = 5.0
-CAP_SENDER = "floodwatch.an-khanh"
 # The only body the API takes is an acknowledgement: a note of at most 1,000 characters.
 MAX_BODY_BYTES = 16_384
 
@@ -203,7 +201,6 @@ def create_app(
             probes=Probes(settings.mqtt, probe_client),
             feed=feed,
             alerts=alert_source(context),
-            cap=CapLedger(CAP_SENDER),
             sensors_body=SensorsBody(),
             streets_body=BodyCache(streets_collection),
             clock=clock,

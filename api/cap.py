@@ -1,11 +1,12 @@
 """Alerts as CAP 1.2 (OASIS Common Alerting Protocol) messages, in an Atom feed.
 
 A CAP message describes one alert at one moment, so each alert becomes a chain of messages:
-`Alert` when it first becomes active, `Update` when its level changes (referencing the
-earlier messages), `Cancel` when it clears or disappears (referencing them too). `CapLedger`
-builds the chains from successive snapshots of an AlertSource; it lives in memory, so after a
-restart an alert that is still active starts a fresh chain with `Alert`. Sensor-health
-alerts (stale, battery_low, fault) are for operators, not the public, and are left out.
+`Alert` when it is raised, `Update` when its level changes (referencing the earlier
+messages), `Cancel` when it clears (referencing them too). `cap_messages` derives the chains
+from the alert engine's stored events alone, so every API process, before and after a
+restart, issues the same identifiers, times and references: an importer never sees an alert
+announced twice or an identifier reused. Sensor-health alerts (stale, battery_low, fault)
+are for operators, not the public, and are left out.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from api.alerts import AlertRecord
@@ -27,8 +28,10 @@ ATOM_MEDIA_TYPE = "application/atom+xml"
 ET.register_namespace("cap", CAP_NS)
 ET.register_namespace("", ATOM_NS)
 
+CAP_SENDER = "floodwatch.an-khanh"
 MsgType = Literal["Alert", "Update", "Cancel"]
 TECHNICAL_KINDS = frozenset({"stale", "battery_low", "fault"})
+PUBLIC_KINDS = ("flood", "rising")
 # Cancelled chains stay in the feed this long, so importers polling it see the Cancel.
 KEEP_CANCELLED_NS = 24 * 3600 * 10**9
 # CAP severity by ladder rung: street 1 flooded .. 4 closed; tide alarm I .. III.
@@ -61,66 +64,52 @@ class CapMessage:
     record: AlertRecord
 
 
-@dataclass(slots=True)
-class _Chain:
-    messages: list[CapMessage] = field(default_factory=list)
+def cap_messages(changes: Sequence[AlertRecord], now_ns: int, sender: str) -> list[CapMessage]:
+    """The latest CAP message of every public alert's chain, newest first.
 
-    @property
-    def last(self) -> CapMessage:
-        return self.messages[-1]
-
-
-class CapLedger:
-    """Successive alert snapshots in, the current CAP message of every alert chain out."""
-
-    def __init__(self, sender: str) -> None:
-        self.sender = sender
-        self._chains: dict[str, _Chain] = {}
-        self._serial = 0
-
-    def _ref(self, message: CapMessage) -> str:
-        return f"{self.sender},{message.identifier},{cap_time(message.sent_ns)}"
-
-    def _add(self, chain: _Chain, msg_type: MsgType, record: AlertRecord, now_ns: int) -> None:
-        self._serial += 1
-        previous = chain.messages[-1] if chain.messages else None
-        sent = record.changed_at_ns or now_ns
-        if previous is not None:
-            sent = max(sent, previous.sent_ns + 10**9)  # CAP times have whole seconds
-        refs = tuple(self._ref(m) for m in chain.messages) if msg_type != "Alert" else ()
-        identifier = f"floodwatch.{_UNSAFE.sub('_', record.alert_id)}.{self._serial}"
-        chain.messages.append(CapMessage(identifier, msg_type, sent, refs, record))
-
-    def observe(self, records: Sequence[AlertRecord], now_ns: int) -> None:
-        """Compare a snapshot with the chains: start, update or cancel them."""
-        seen: set[str] = set()
+    `changes` are the engine's stored events (AlertSource.changes), each the alert's state
+    after the change, with the engine's `seq` in its payload. Acknowledgements change no
+    level and add no message; a chain whose Cancel is older than KEEP_CANCELLED_NS is
+    dropped. An alert raised before the events reach back starts at its first one.
+    """
+    by_alert: dict[str, list[AlertRecord]] = {}
+    for record in changes:
+        if record.kind not in TECHNICAL_KINDS:
+            by_alert.setdefault(record.alert_id, []).append(record)
+    latest: list[CapMessage] = []
+    for alert_id, records in by_alert.items():
+        records.sort(key=lambda r: (_seq(r), r.changed_at_ns or 0))
+        chain: list[CapMessage] = []
         for record in records:
-            if record.kind in TECHNICAL_KINDS:
+            last = chain[-1] if chain else None
+            msg_type: MsgType
+            if last is None or last.msg_type == "Cancel":
+                if not record.active:
+                    continue
+                msg_type, chain = "Alert", []
+            elif record.active and record.level != last.record.level:
+                msg_type = "Update"
+            elif not record.active:
+                msg_type = "Cancel"
+            else:
                 continue
-            seen.add(record.alert_id)
-            chain = self._chains.get(record.alert_id)
-            if record.active:
-                if chain is None or chain.last.msg_type == "Cancel":
-                    chain = self._chains[record.alert_id] = _Chain()
-                    self._add(chain, "Alert", record, now_ns)
-                elif chain.last.record.level != record.level:
-                    self._add(chain, "Update", record, now_ns)
-            elif chain is not None and chain.last.msg_type != "Cancel":
-                self._add(chain, "Cancel", record, now_ns)
-        for alert_id, chain in self._chains.items():
-            if alert_id not in seen and chain.last.msg_type != "Cancel":
-                self._add(chain, "Cancel", chain.last.record, now_ns)
-        # Forget chains cancelled long ago, so the ledger stays small.
-        for alert_id in [
-            a
-            for a, c in self._chains.items()
-            if c.last.msg_type == "Cancel" and now_ns - c.last.sent_ns > KEEP_CANCELLED_NS
-        ]:
-            del self._chains[alert_id]
+            sent = record.changed_at_ns or now_ns
+            if last is not None and msg_type != "Alert":
+                sent = max(sent, last.sent_ns + 10**9)  # CAP times have whole seconds
+            refs = tuple(f"{sender},{m.identifier},{cap_time(m.sent_ns)}" for m in chain)
+            number = _seq(record) or len(chain) + 1
+            identifier = f"floodwatch.{_UNSAFE.sub('_', alert_id)}.{number}"
+            chain.append(CapMessage(identifier, msg_type, sent, refs, record))
+        if chain and not (
+            chain[-1].msg_type == "Cancel" and now_ns - chain[-1].sent_ns > KEEP_CANCELLED_NS
+        ):
+            latest.append(chain[-1])
+    return sorted(latest, key=lambda m: -m.sent_ns)
 
-    def current(self) -> list[CapMessage]:
-        """The latest message of every chain, newest first."""
-        return sorted((c.last for c in self._chains.values()), key=lambda m: -m.sent_ns)
+
+def _seq(record: AlertRecord) -> int:
+    seq = record.payload.get("seq")
+    return seq if type(seq) is int else 0
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None) -> ET.Element:

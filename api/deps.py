@@ -17,7 +17,6 @@ from fastapi.security import HTTPBearer
 
 from api.alerts import AlertSource
 from api.auth import ANONYMOUS, RANK, KeyStore, Principal, Role
-from api.cap import CapLedger
 from api.config import ApiOptions
 from api.eventlog import EventLog
 from api.feed import LiveFeed
@@ -73,7 +72,6 @@ class Services:
     probes: Probes
     feed: LiveFeed
     alerts: AlertSource
-    cap: CapLedger
     sensors_body: SensorsBody
     streets_body: BodyCache
     clock: Callable[[], int]

@@ -109,6 +109,9 @@ class FeedHandler:
                 alert_json(record_from_payload(sensor_id, a, received_at_ns), now.sensor)
                 for a in alerts
             ],
+            # The sensor as /v1/sensors shows it now: the engine's verdict can change its
+            # stale flag as well as its alert level.
+            "properties": sensor_properties(now, self._clock()),
         }
         self.events.publish("alert", orjson.dumps(data).decode())
 

@@ -120,17 +120,24 @@ class SensorNow:
     alerts_envelope: Mapping[str, Any] | None = None
     alerts_at_ns: int = 0
     version: int = 0  # bumped on every change, so a cached rendering knows it is out of date
-    # When a reading of this sensor last arrived (any reading, even an old one from a backfill).
+    # When a reading of this sensor last arrived (any reading, even an old one from a backfill),
+    # and when the one now shown (its newest) arrived.
     heard_ns: int | None = None
+    fresh_ns: int | None = None
 
     def stale(self, now_ns: int) -> bool:
         """Stale when the alert engine says so, or when silent for more than 3 reporting
         intervals by arrival, the engine's own measure (CONTRACT section 3, rule 7): a replay
         of old readings is live, and a sensor that stops arriving goes stale here even while
         ingest, and so the engine, is down."""
-        if self.alerts_envelope is not None and self.alerts_envelope.get("stale") is True:
-            return True  # e.g. silent, then only an old backfill arrived: not fresh data yet
         if self.reading is None or self.heard_ns is None:
+            return True
+        # The engine's verdict: it ends a silence only with a new newest reading, so one that
+        # arrived after the verdict ends it here too (the engine's update follows); an old
+        # backfill does not.
+        envelope = self.alerts_envelope
+        engine_says_stale = envelope is not None and envelope.get("stale") is True
+        if engine_says_stale and (self.fresh_ns is None or self.fresh_ns <= self.alerts_at_ns):
             return True
         return now_ns - self.heard_ns > STALE_INTERVALS * self.sensor.interval_s * 1e9
 
@@ -171,6 +178,7 @@ class LiveState:
         if held is not None and (reading.time_ns < held.time_ns or reading == held):
             return False
         now.reading = reading
+        now.fresh_ns = heard
         now.version += 1
         self.version += 1
         return True

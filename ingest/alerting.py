@@ -29,7 +29,7 @@ from alerts import (
     sensor_payload,
     step,
 )
-from alerts.events import ALERT_MEASUREMENT
+from alerts.events import ALERT_MEASUREMENT, EVENT_MEMORY_NS
 from floodwatch.errors import InfluxError
 from floodwatch.influx import InfluxClient
 from floodwatch.registry import Registry
@@ -38,9 +38,6 @@ from ingest.line_protocol import encode_point
 
 log = logging.getLogger(__name__)
 
-# How far back stored alert events are read at start: an alert left open (or cleared but
-# never acknowledged) for longer than this is not restored.
-EVENT_MEMORY_NS = 30 * 24 * 3600 * 10**9
 
 Publish = Callable[[str, bytes, bool], None]  # topic, payload, retain
 StoreLines = Callable[[list[str]], None]

@@ -217,38 +217,76 @@ def _text(alert: ET.Element, path: str) -> str:
     return found.text
 
 
+def _flood_cap(api: Api, schema: xmlschema.XMLSchema) -> list[ET.Element]:
+    """The feed's flood messages (the engine also raises `rising` for the same water)."""
+    return [a for a in _cap_messages(api, schema) if ":flood:" in _text(a, "identifier")]
+
+
 def test_cap_feed_is_valid_cap_1_2_through_alert_update_cancel(
-    api: Api, cap_schema: xmlschema.XMLSchema
+    api: Api,
+    broker: Service,
+    influxd: Service,
+    unique: str,
+    ingest_env: dict[str, str],
+    cap_schema: xmlschema.XMLSchema,
+    tmp_path: Path,
 ) -> None:
-    """Each feed entry validates against the CAP 1.2 XSD; the chain goes Alert, Update (level
-    changed) and Cancel (cleared), with references; severity follows the level."""
-    api.alert(DEPTH_SENSOR, _flood("qh-02-flood-9", 1, "active_unack"))
-    api.alert(
-        "qh-03", {"alert_id": "qh-03-battery", "kind": "battery_low", "state": "active_unack"}
-    )
-    wait_for(lambda: len(api.ids("/v1/alerts")) == 2, what="both alerts")
-    [first] = _cap_messages(api, cap_schema)  # the battery alert is not a public warning
-    assert _text(first, "msgType") == "Alert"
-    assert _text(first, "info/category") == "Met"
-    assert _text(first, "info/certainty") == "Observed"
-    assert _text(first, "info/severity") == "Minor"
-    assert _text(first, "info/area/areaDesc").startswith("Quoc Huong, An Khanh ward")
-    assert _text(first, "sent").endswith("+07:00")
-    identifier = _text(first, "identifier")
+    """Water rising, rising more, then draining, judged by ingest's engine: each feed entry
+    validates against the CAP 1.2 XSD; the flood chain goes Alert, Update (level changed) and
+    Cancel (cleared), with references; severity follows the level. A restarted API, reading
+    the same stored events, serves the same messages."""
+    ingest = IngestProcess(ingest_env, tmp_path)
+    ingest.start()
+    try:
+        depths = [0.0, 6.0, 12.0, 18.0, 24.0, 36.0, 36.0, 36.0, 36.0] + [0.0] * 12
+        now_ms = int(time.time() * 1000)
+        ts = [now_ms - (len(depths) - k) * 60_000 for k in range(len(depths))]
+        topic = f"{api.root}/v1/sensors/{DEPTH_SENSOR}/reading"
 
-    api.alert(DEPTH_SENSOR, _flood("qh-02-flood-9", 3, "active_unack"))
-    wait_for(lambda: api.ids("/v1/alerts") and api.get("/v1/alerts")["alerts"][0]["level"] == 3)
-    [update] = _cap_messages(api, cap_schema)
-    assert _text(update, "msgType") == "Update"
-    assert _text(update, "info/severity") == "Severe"
-    assert identifier in _text(update, "references")
+        def send(first: int, last: int) -> None:
+            items = [{"ts": t, "level_cm": d} for t, d in zip(ts, depths, strict=True)]
+            publish(api.pub, topic, items[first:last])
 
-    api.alert(DEPTH_SENSOR, b"")
-    wait_for(lambda: api.ids("/v1/alerts") == ["qh-03-battery"], what="the flood alert to clear")
-    [cancel] = _cap_messages(api, cap_schema)
-    assert _text(cancel, "msgType") == "Cancel"
-    references = _text(cancel, "references").split()
-    assert len(references) == 2 and all(r.startswith("floodwatch.an-khanh,") for r in references)
+        send(0, 5)  # up to 24 cm: flooded, then hazard needs two readings
+        wait_for(lambda: _flood_cap(api, cap_schema), what="the flood alert's CAP message")
+        [first] = _flood_cap(api, cap_schema)
+        assert _text(first, "msgType") == "Alert"
+        assert _text(first, "info/category") == "Met"
+        assert _text(first, "info/certainty") == "Observed"
+        assert _text(first, "info/severity") == "Minor"
+        assert _text(first, "info/area/areaDesc").startswith("Quoc Huong, An Khanh ward")
+        assert _text(first, "sent").endswith("+07:00")
+        identifier = _text(first, "identifier")
+
+        send(5, 9)  # 36 cm: impassable
+        wait_for(
+            lambda: _text(_flood_cap(api, cap_schema)[0], "info/severity") == "Severe",
+            what="the escalation's CAP update",
+        )
+        [update] = _flood_cap(api, cap_schema)
+        assert _text(update, "msgType") == "Update"
+        assert identifier in _text(update, "references")
+
+        send(9, len(depths))  # drained for 12 minutes: cleared
+        wait_for(
+            lambda: _text(_flood_cap(api, cap_schema)[0], "msgType") == "Cancel",
+            what="the flood alert to clear",
+        )
+        [cancel] = _flood_cap(api, cap_schema)
+        references = _text(cancel, "references").split()
+        assert len(references) >= 2 and all(
+            r.startswith("floodwatch.an-khanh,") for r in references
+        )
+        assert references[0].split(",")[1] == identifier
+    finally:
+        ingest.stop()
+
+    keys = write_keys(tmp_path / "keys-restarted")
+    app = create_app(api_settings(broker, influxd, unique), ApiOptions(api_keys=keys.path))
+    with TestClient(app) as client:
+        restarted = Api(client, keys, api.pub, unique)
+        [again] = _flood_cap(restarted, cap_schema)
+    assert ET.tostring(again) == ET.tostring(cancel)
 
 
 def test_oversized_and_malformed_bodies_are_refused(api: Api) -> None:

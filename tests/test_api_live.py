@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import httpx
 import orjson
@@ -57,14 +58,21 @@ class Live:
         publish(self.pub, f"{self.root}/v1/sensors/{sensor_id}/reading", payload)
 
 
+class _Options(TypedDict, total=False):
+    """The ApiOptions fields these tests vary."""
+
+    heartbeat_s: float
+    stream_buffer: int
+
+
 @contextlib.contextmanager
 def _live(
-    broker: Service, influxd: Service, unique: str, tmp_path: Path, **options: object
+    broker: Service, influxd: Service, unique: str, tmp_path: Path, **options: Unpack[_Options]
 ) -> Iterator[Live]:
     keys = write_keys(tmp_path / "keys")
     app = create_app(
         api_settings(broker, influxd, unique),
-        ApiOptions(api_keys=keys.path, **options),  # type: ignore[arg-type]
+        ApiOptions(api_keys=keys.path, **options),
     )
     with (
         live_server(app) as url,
@@ -97,7 +105,9 @@ class SseReader:
     def next(self, timeout_s: float = 10.0) -> SseEvent:
         """The next event; fails after `timeout_s` (heartbeats keep lines coming meanwhile)."""
         deadline = time.monotonic() + timeout_s
-        event, event_id, data = "message", None, []
+        event = "message"
+        event_id: str | None = None
+        data: list[str] = []
         for line in self.lines:
             if time.monotonic() > deadline:
                 raise AssertionError(f"no event within {timeout_s:g} s")
@@ -241,6 +251,9 @@ def test_stream_sends_reading_and_alert_events_with_ids(live: Live) -> None:
         assert event.data["sensor"] == DEPTH_SENSOR and event.data["alert_level"] == 1
         alerts = event.data["alerts"]
         assert isinstance(alerts, list) and alerts[0]["alert_id"] == "x-1"
+        properties = event.data["properties"]
+        assert isinstance(properties, dict) and properties["id"] == DEPTH_SENSOR
+        assert properties["alert_level"] == 1 and properties["stale"] is False
         time.sleep(0.7)  # idle for two heartbeat periods
         live.reading(DEPTH_SENSOR, {"level_cm": 13.0})
         events.next()

@@ -13,7 +13,7 @@ import pytest
 
 from api.alerts import AlertRecord, record_from_payload
 from api.auth import KeyStore, add_key, hash_key, new_key, parse_keys, read_keys
-from api.cap import CAP_NS, CapLedger, atom_feed, cap_time, severity
+from api.cap import CAP_NS, KEEP_CANCELLED_NS, atom_feed, cap_messages, cap_time, severity
 from api.errors import BadParameter, KeyFileError
 from api.eventlog import EventLog
 from api.geo import BodyCache, SensorsBody, sensors_collection, streets_collection
@@ -98,10 +98,16 @@ def test_stale_is_judged_by_arrival_like_the_alert_engine() -> None:
     # an old one arrived.
     doc = {"sensor": "qh-02", "stale": True, "alerts": [{"kind": "stale", "state": "active_unack"}]}
     parsed = parse_alert_payload(orjson.dumps(doc), "qh-02")
-    state.apply_alerts("qh-02", parsed.alerts, NOW, parsed.envelope)
+    state.apply_alerts("qh-02", parsed.alerts, NOW + 10**11, parsed.envelope)
     assert now.stale(NOW + 10**11)
-    state.apply_alerts("qh-02", (), NOW)  # the engine cleared it: the arrival rule again
-    assert not now.stale(NOW + 10**11)
+    state.apply_reading(Reading("qh-02", october - 5 * 10**9, 3.0), heard_ns=NOW + 10**11 + 1)
+    assert now.stale(NOW + 10**11 + 2)  # an old backfill ends no silence
+    # A new newest reading arriving after the verdict ends it at once (the engine's update
+    # clearing it follows), and so does the engine's update itself.
+    state.apply_reading(Reading("qh-02", NOW, 7.0), heard_ns=NOW + 10**11 + 3)
+    assert not now.stale(NOW + 10**11 + 4)
+    state.apply_alerts("qh-02", (), NOW + 10**11 + 5)
+    assert not now.stale(NOW + 10**11 + 6)
 
 
 @pytest.mark.parametrize(
@@ -326,21 +332,67 @@ def _record(alert_id: str, level: int, state: str, at: int, kind: str = "flood")
     return record_from_payload("qh-02", payload, at)
 
 
-def test_cap_ledger_chains_alert_update_cancel() -> None:
-    """Active: Alert; level change: Update; cleared: Cancel; each later one references the rest."""
-    ledger = CapLedger("floodwatch.test")
-    ledger.observe([_record("a", 1, "active_unack", NOW)], NOW)
-    ledger.observe([_record("a", 1, "active_ack", NOW + 10**9)], NOW + 10**9)  # no new message
-    [alert] = ledger.current()
+def _event(
+    alert_id: str, seq: int, level: int, state: str, at: int, kind: str = "flood"
+) -> AlertRecord:
+    """One stored alert_event row as the API reads it back (AlertSource.changes)."""
+    payload = {
+        "alert_id": alert_id,
+        "seq": seq,
+        "level": level,
+        "state": state,
+        "kind": kind,
+        "at_ns": at,
+    }
+    return record_from_payload("qh-02", payload, at)
+
+
+S = 10**9
+CHANGES = [
+    _event("a", 1, 1, "active_unack", NOW),  # raised
+    _event("a", 2, 1, "active_ack", NOW + 60 * S),  # acknowledged: no level change
+    _event("a", 3, 3, "active_ack", NOW + 120 * S),  # escalated
+    _event("a", 4, 0, "cleared_unack", NOW + 600 * S),  # cleared
+    _event("h", 1, 0, "active_unack", NOW, kind="battery_low"),  # not a public warning
+]
+
+
+def test_cap_chains_alert_update_cancel_from_the_engine_events() -> None:
+    """Raised: Alert; level change: Update; cleared: Cancel; each later one references all
+    earlier ones; acknowledgements and sensor-health alerts add nothing."""
+    sender = "floodwatch.test"
+    [alert] = cap_messages(CHANGES[:1], NOW, sender)
     assert alert.msg_type == "Alert" and alert.references == ()
-    ledger.observe([_record("a", 3, "active_ack", NOW + 5 * 10**9)], NOW + 5 * 10**9)
-    [update] = ledger.current()
-    assert update.msg_type == "Update" and alert.identifier in update.references[0]
-    ledger.observe([], NOW + 9 * 10**9)  # the retained payload went empty
-    [cancel] = ledger.current()
-    assert cancel.msg_type == "Cancel" and len(cancel.references) == 2
-    ledger.observe([_record("h", 0, "active_unack", NOW, kind="battery_low")], NOW)
-    assert len(ledger.current()) == 1  # sensor-health alerts are not public warnings
+    assert alert.identifier == "floodwatch.a.1" and alert.sent_ns == NOW
+    assert cap_messages(CHANGES[:2], NOW, sender) == [alert]
+    [update] = cap_messages(CHANGES[:3], NOW, sender)
+    assert update.msg_type == "Update" and update.identifier == "floodwatch.a.3"
+    assert update.references == (f"{sender},floodwatch.a.1,{cap_time(NOW)}",)
+    [cancel] = cap_messages(CHANGES, NOW + 700 * S, sender)
+    assert cancel.msg_type == "Cancel" and cancel.identifier == "floodwatch.a.4"
+    assert len(cancel.references) == 2 and cancel.references[1].startswith(
+        f"{sender},floodwatch.a.3,"
+    )
+
+
+def test_cap_chains_are_the_same_from_any_process_and_order() -> None:
+    """Chains come from stored events alone: an API restarted mid-chain, reading the same
+    events in another order, issues the same identifiers, times and references."""
+    first = cap_messages(CHANGES[:3], NOW + 130 * S, "s")
+    again = cap_messages(list(reversed(CHANGES[:3])), NOW + 900 * S, "s")
+    assert first == again and first[0].msg_type == "Update"
+
+
+def test_cap_chains_forget_old_cancels_and_start_where_the_events_do() -> None:
+    """A Cancel stays in the feed for 24 h; an alert raised before the events reach back
+    starts its chain with Alert at its first known change."""
+    assert cap_messages(CHANGES, NOW + 600 * S + KEEP_CANCELLED_NS + 1, "s") == []
+    [alert] = cap_messages(CHANGES[2:3], NOW, "s")
+    assert alert.msg_type == "Alert" and alert.identifier == "floodwatch.a.3"
+    # Two changes in one second still get increasing CAP times (whole seconds).
+    quick = [_event("q", 1, 1, "active_unack", NOW), _event("q", 2, 2, "active_unack", NOW)]
+    [update] = cap_messages(quick, NOW, "s")
+    assert update.sent_ns == NOW + S
 
 
 def test_cap_severity_maps_the_ladder() -> None:
@@ -358,9 +410,6 @@ def test_cap_severity_maps_the_ladder() -> None:
 
 def test_atom_feed_holds_one_cap_alert_per_chain() -> None:
     """The feed is well-formed Atom with a CAP <alert> inside each entry's content."""
-    ledger = CapLedger("floodwatch.test")
-    ledger.observe(
-        [_record("a", 2, "active_unack", NOW), _record("b", 1, "active_unack", NOW)], NOW
-    )
-    root = ET.fromstring(atom_feed(ledger.current(), ledger.sender, REGISTRY, NOW))
+    changes = [_event("a", 1, 2, "active_unack", NOW), _event("b", 1, 1, "active_unack", NOW)]
+    root = ET.fromstring(atom_feed(cap_messages(changes, NOW, "s"), "s", REGISTRY, NOW))
     assert len(root.findall(f".//{{{CAP_NS}}}alert")) == 2

@@ -15,8 +15,15 @@ import orjson
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import AwareDatetime
 
+from alerts.events import EVENT_MEMORY_NS
 from api.alerts import Acknowledgement, AlertRecord, alert_json
-from api.cap import ATOM_MEDIA_TYPE, atom_feed
+from api.cap import (
+    ATOM_MEDIA_TYPE,
+    CAP_SENDER,
+    PUBLIC_KINDS,
+    atom_feed,
+    cap_messages,
+)
 from api.deps import AlertsDep, OperatorDep, ServicesDep, ViewerDep
 from api.errors import AlertNotFound, BadParameter
 from api.schemas import AckIn, AlertOut, AlertPage, error_responses
@@ -119,7 +126,8 @@ async def list_alerts(
         "cleared (kept for 24 h), each Update and Cancel with `references` to the earlier "
         "messages. category Met, certainty Observed, severity from the level (1 Minor, "
         "2 Moderate, 3 Severe, 4 Extreme), area: the sensor's street with a 100 m circle. "
-        "Sensor-health alerts (stale, battery_low, fault) are not included."
+        "Sensor-health alerts (stale, battery_low, fault) are not included. Built from the "
+        "alert engine's stored events, so every API process serves the same identifiers."
     ),
     response_class=Response,
     responses={
@@ -129,8 +137,9 @@ async def list_alerts(
 )
 async def alerts_cap(services: ServicesDep, source: AlertsDep, _: ViewerDep) -> Response:
     now_ns = services.clock()
-    services.cap.observe(await source.list(state="all", since_ns=None), now_ns)
-    body = atom_feed(services.cap.current(), services.cap.sender, services.registry, now_ns)
+    changes = await source.changes(since_ns=now_ns - EVENT_MEMORY_NS, kinds=PUBLIC_KINDS)
+    messages = cap_messages(changes, now_ns, CAP_SENDER)
+    body = atom_feed(messages, CAP_SENDER, services.registry, now_ns)
     return Response(body, media_type=ATOM_MEDIA_TYPE)
 
 

@@ -26,7 +26,8 @@ Server-Sent Events (`text/event-stream`), each with an `id`:
   /v1/sensors (depth, time, level, battery, stale, ...). Older backfilled readings are not
   sent (they are in /v1/sensors/{id}/readings).
 - `alert`: a sensor's alerts changed (retained `alerts/{id}` message); `data` has `sensor`,
-  `alert_level`, `alert_state` and `alerts` (as in /v1/alerts).
+  `alert_level`, `alert_state`, `alerts` (as in /v1/alerts) and `properties` (the sensor as
+  in /v1/sensors, whose stale flag the engine's verdict can change).
 - `gap`: sent first when `Last-Event-ID` asks for events the server no longer holds (it keeps
   the last `--stream-buffer` events, 10,000 by default, and forgets them on restart), or when
   a slow client falls behind that buffer; `data` says why and how many were missed (when

@@ -323,7 +323,10 @@
     } else if (type === "alert") {
       replaceSensorAlerts(data.sensor, data.alerts);
       const entry = sensors.get(data.sensor);
-      if (entry) {
+      if (entry && data.properties) {
+        upsertSensor({ properties: data.properties });
+        recolourStreets();
+      } else if (entry) {
         entry.props = Object.assign({}, entry.props, {
           alert_level: data.alert_level, alert_state: data.alert_state,
         });

@@ -60,9 +60,22 @@ class IngestCounters:
     # InfluxDB write latency, per bucket of WRITE_SECONDS_BOUNDS (the last is +Inf).
     write_buckets: list[int] = field(default_factory=lambda: [0] * (len(WRITE_SECONDS_BOUNDS) + 1))
 
+    # Dead letters, writes and retries are counted from more than one thread (finishing,
+    # storing, draining the outbox); the rest each from one.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
     def observe_write(self, seconds: float) -> None:
-        self.write_seconds += seconds
-        self.write_buckets[bisect.bisect_left(WRITE_SECONDS_BOUNDS, seconds)] += 1
+        with self._lock:
+            self.write_seconds += seconds
+            self.write_buckets[bisect.bisect_left(WRITE_SECONDS_BOUNDS, seconds)] += 1
+
+    def count_retry(self) -> None:
+        with self._lock:
+            self.write_retries += 1
+
+    def count_deadletter(self, code: str) -> None:
+        with self._lock:
+            self.deadlettered[code] += 1
 
     def summary(self) -> str:
         dead = sum(self.deadlettered.values())
@@ -356,7 +369,7 @@ class Ingest:
     def _finish(self, stored: Stored) -> None:
         """After the write: publish dead letters, acknowledge, judge alerts, count."""
         for rej in stored.rejections:
-            self.counters.deadlettered[rej.code] += 1
+            self.counters.count_deadletter(rej.code)
             try:
                 self._publish_deadletter(rej.to_json())
             except BrokerError as exc:  # it is stored in InfluxDB all the same; go on
@@ -411,7 +424,7 @@ class Ingest:
                 return refused
             if spill and self._spill(lines, waiting=True):
                 return SPILLED
-            self.counters.write_retries += 1
+            self.counters.count_retry()
             if self._stopping.wait(backoff):
                 return None
             backoff = min(backoff * 2, self.max_backoff_s)
@@ -475,7 +488,7 @@ class Ingest:
                     ]
                     write_keeping_good_lines(self.influx, dead)
                     for _ in refused:
-                        self.counters.deadlettered["influx_refused"] += 1
+                        self.counters.count_deadletter("influx_refused")
             except DatabaseMissing:
                 self._create_database()
                 continue

@@ -1,26 +1,38 @@
 #!/bin/sh
 # docker-compose's one-shot `credentials` service: writes the broker's password file (hashed by
-# mosquitto_passwd) and the simulator's sensor logins into the `credentials` volume, from the
-# passwords in .env. Every sensor of the registry logs in with its id; in this demo set-up all
-# simulated sensors share MQTT_SENSOR_PASSWORD (real sensors each get their own).
+# mosquitto_passwd) and the simulator's sensor logins into the `credentials` volume. The
+# service logins' passwords come from .env; every sensor of the registry logs in with its id
+# and a random password of its own, made afresh at each start (the simulator reads them from
+# the same volume; real sensors are given theirs by whoever installs them).
+# CREDENTIALS_DIR and REGISTRY let the tests run it outside the container.
 set -eu
-out=/credentials
+out=${CREDENTIALS_DIR:-/credentials}
+registry=${REGISTRY:-/floodwatch/sensors.geojson}
 umask 077
-ids=$(sed -n 's/.*"id": *"\([a-z0-9][a-z0-9_-]*\)".*/\1/p' /floodwatch/sensors.geojson)
+ids=$(sed -n 's/.*"id": *"\([a-z0-9][a-z0-9_-]*\)".*/\1/p' "$registry")
+logins=""
+for id in $ids; do
+  # 24 characters from 18 random bytes, kept to letters and digits.
+  secret=$(head -c 18 /dev/urandom | base64 | tr -d '/+=\n')
+  logins="$logins $id:$secret"
+done
 {
   echo "admin:${MQTT_ADMIN_PASSWORD}"
   echo "ingest:${MQTT_INGEST_PASSWORD}"
   echo "api:${MQTT_API_PASSWORD}"
-  for id in $ids; do echo "${id}:${MQTT_SENSOR_PASSWORD}"; done
+  for login in $logins; do echo "$login"; done
 } > "$out/mosquitto.passwd"
 mosquitto_passwd -U "$out/mosquitto.passwd"
-# The broker runs as the image's `mosquitto` user (uid 1883).
-chown 1883:1883 "$out/mosquitto.passwd"
 {
   printf '{'
   sep=''
-  for id in $ids; do printf '%s"%s": "%s"' "$sep" "$id" "$MQTT_SENSOR_PASSWORD"; sep=', '; done
+  for login in $logins; do
+    printf '%s"%s": "%s"' "$sep" "${login%%:*}" "${login#*:}"
+    sep=', '
+  done
   printf '}\n'
 } > "$out/sensors.json"
-# The simulator runs as uid 10001 (see the Dockerfile).
+# The broker runs as the image's `mosquitto` user (uid 1883), the simulator as uid 10001 (see
+# the Dockerfile).
+chown 1883:1883 "$out/mosquitto.passwd"
 chown 10001 "$out/sensors.json"

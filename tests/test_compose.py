@@ -8,9 +8,11 @@ ordering and the FLOODWATCH_* variables the processes really accept.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
+import socket
 import subprocess
 import sys
 import tomllib
@@ -23,7 +25,12 @@ import yaml
 from jsonschema import Draft7Validator, Draft201909Validator, Draft202012Validator
 from jsonschema.protocols import Validator
 
-from tests.conftest import ROOT
+from floodwatch.errors import BrokerError
+from floodwatch.localservices import free_port, mosquitto_config
+from floodwatch.mqtt import MqttConnection
+from floodwatch.registry import SHIPPED_REGISTRY, load_registry
+from floodwatch.settings import MqttEndpoint
+from tests.conftest import ROOT, wait_until
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -286,3 +293,61 @@ def test_each_process_logs_in_as_its_own_user_with_passwords_from_env(compose: D
     example = (ROOT / ".env.example").read_text()
     declared = set(re.findall(r"^([A-Z_]+)=", example, re.MULTILINE))
     assert used and used <= declared, f"not in .env.example: {used - declared}"
+
+
+@pytest.mark.services
+def test_the_credentials_script_gives_each_sensor_its_own_working_login(tmp_path: Path) -> None:
+    """compose's `credentials` service, run here: a real mosquitto with its password file and
+    the shipped ACL accepts each sensor with its own password from sensors.json, refuses it
+    with another sensor's, and the service logins come from the environment."""
+    out = tmp_path / "credentials"
+    out.mkdir()
+    env = {
+        "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
+        "CREDENTIALS_DIR": str(out),
+        "REGISTRY": str(ROOT / "sensors.geojson"),
+        "MQTT_ADMIN_PASSWORD": "admin-pw",
+        "MQTT_INGEST_PASSWORD": "ingest-pw",
+        "MQTT_API_PASSWORD": "api-pw",
+    }
+    script = ROOT / "config" / "mosquitto-credentials.sh"
+    subprocess.run(["sh", str(script)], env=env, check=True, timeout=60)
+    logins: dict[str, str] = json.loads((out / "sensors.json").read_text())
+    registry = load_registry(SHIPPED_REGISTRY)
+    assert set(logins) == set(registry.sensors)
+    assert len(set(logins.values())) == len(logins)  # no two sensors share a password
+    assert all(len(p) >= 20 and p.isalnum() for p in logins.values())
+
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    data = tmp_path / "data"
+    data.mkdir()
+    conf.write_text(mosquitto_config(port, data, out / "mosquitto.passwd"))
+    broker = subprocess.Popen(
+        ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_until(lambda: _port_open(port), 10, "mosquitto to listen")
+        first, second = sorted(logins)[:2]
+        own = MqttConnection(MqttEndpoint("127.0.0.1", port, first, logins[first]))
+        own.start(timeout_s=5)
+        try:
+            assert own.publish_and_wait(f"floodwatch/v1/sensors/{first}/reading", b"{}")
+        finally:
+            own.stop()
+        borrowed = MqttConnection(MqttEndpoint("127.0.0.1", port, first, logins[second]))
+        with pytest.raises(BrokerError, match="did not accept"):
+            borrowed.start(timeout_s=3)
+        borrowed.stop()
+        admin = MqttConnection(MqttEndpoint("127.0.0.1", port, "admin", "admin-pw"))
+        admin.start(timeout_s=5)
+        admin.stop()
+    finally:
+        broker.terminate()
+        broker.wait(10)
+
+
+def _port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        return True
+    return False

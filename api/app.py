@@ -22,6 +22,7 @@ import anyio.to_thread
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from api import history
 from api.alerts import AlertSource, EngineAlerts
@@ -230,7 +231,9 @@ def create_app(
             influx.close()
             probe_client.close()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc served from the package's own copies, not a CDN: an operations
+    # centre's network may not reach the internet.
+    app = FastAPIOffline(
         title="Floodwatch API",
         version=_version(),
         description=(

@@ -40,6 +40,7 @@ ACCESS: dict[tuple[str, str], str] = {
     ("GET", "/metrics"): "open",
     ("GET", "/"): "open",
     ("GET", "/static"): "open",
+    ("GET", "/static-offline-docs"): "open",
     ("GET", "/openapi.json"): "open",
     ("GET", "/docs"): "open",
     ("GET", "/docs/oauth2-redirect"): "open",
@@ -115,6 +116,8 @@ def _call(server: Server, method: str, path: str, headers: dict[str, str]) -> ht
     )
     if path == "/static":
         url += "/app.js"
+    elif path == "/static-offline-docs":
+        url += "/swagger-ui-bundle.js"
     with (
         httpx.Client(timeout=10) as client,
         client.stream(

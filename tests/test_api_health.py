@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from api.app import create_app
 from floodwatch.localservices import Service, free_port
 from floodwatch.settings import Settings
 from tests.conftest import ROOT, process_env, wait_until
-from tests.test_api_support import api_settings
+from tests.test_api_support import TestClient, api_settings
 
 with warnings.catch_warnings():
     # Starlette 1.x would rather its test client ran on httpx2 and warns, once at import, when
@@ -186,3 +187,19 @@ def test_process_serves_healthz_and_stops_on_sigterm(
         # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit reflects the signal.
         assert proc.wait(15) in (0, -signal.SIGTERM), log.read_text()
     assert "Application shutdown complete" in log.read_text()
+
+
+def test_the_api_docs_need_no_internet() -> None:
+    """/docs and /redoc load Swagger UI and ReDoc from the API itself (an operations centre's
+    network may not reach a CDN), and those files are served."""
+    port = free_port()
+    app = create_app(api_settings(port, port, "docs"))
+    with TestClient(app) as client:
+        for page in ("/docs", "/redoc"):
+            html = client.get(page).text
+            scripts = re.findall(r'<script src="([^"]+)"', html)
+            assert scripts and all(src.startswith("/") for src in scripts), (page, scripts)
+            assert "cdn" not in html.lower(), page
+            for src in scripts:
+                response = client.get(src)
+                assert response.status_code == 200 and len(response.content) > 100_000, src

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -28,7 +29,36 @@ class ServiceError(FloodwatchError):
     """A local broker or database could not be started."""
 
 
+# Ports handed out for services lie below the kernel's ephemeral range: a port from that range
+# (what binding port 0 gives) can be taken by any outgoing connection between the moment it is
+# picked and the moment the service binds it, and then the service fails to start.
+_SERVICE_PORTS_FROM = 10_000
+_handed_out: set[int] = set()  # never the same port twice from one process
+
+
+def _ephemeral_start() -> int:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default
+
+
 def free_port() -> int:
+    """A loopback TCP port nothing listens on, outside the ephemeral range where it can."""
+    below = _ephemeral_start()
+    rng = random.SystemRandom()
+    for _ in range(50 if below - _SERVICE_PORTS_FROM >= 1000 else 0):
+        port = rng.randrange(_SERVICE_PORTS_FROM, below)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -119,3 +120,15 @@ def test_shipped_broker_limits_hold_a_benchmark_burst() -> None:
     assert int(settings["max_inflight_messages"]) >= 5_000  # ingest's largest batch
     assert settings["persistence"] == "true"
     assert int(settings["autosave_interval"]) <= 60
+
+
+def test_free_ports_stay_out_of_the_ephemeral_range_and_never_repeat() -> None:
+    """A service port is bindable, below the range outgoing connections draw from (so none
+    can take it before the service binds it; the stack once lost its API port that way), and
+    one process is never handed the same port twice."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+    assert all(1024 < p < low for p in ports)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", ports[-1]))

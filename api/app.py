@@ -131,7 +131,10 @@ async def _load_snapshot(
             tried.set()
             await asyncio.sleep(SNAPSHOT_RETRY_S)
             continue
-        applied = sum(state.apply_reading(r) for r in readings)
+        # Arrival times are not stored: a reading's own time stands in, never later than now
+        # (a sensor clock running ahead must not keep it from going stale).
+        now = time.time_ns()
+        applied = sum(state.apply_reading(r, min(r.time_ns, now)) for r in readings)
         log.info("start-up snapshot: %d sensors' last readings from InfluxDB", applied)
         tried.set()
         return

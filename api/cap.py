@@ -68,9 +68,10 @@ def cap_messages(changes: Sequence[AlertRecord], now_ns: int, sender: str) -> li
     """The latest CAP message of every public alert's chain, newest first.
 
     `changes` are the engine's stored events (AlertSource.changes), each the alert's state
-    after the change, with the engine's `seq` in its payload. Acknowledgements change no
-    level and add no message; a chain whose Cancel is older than KEEP_CANCELLED_NS is
-    dropped. An alert raised before the events reach back starts at its first one.
+    after the change, with the engine's `seq` and `change` in its payload. Acknowledgements
+    add no message, and only a flood alert's level changes make an Update; a chain whose
+    Cancel is older than KEEP_CANCELLED_NS is dropped. An alert raised before the events reach
+    back (30 days) starts at its first one there.
     """
     by_alert: dict[str, list[AlertRecord]] = {}
     for record in changes:
@@ -81,13 +82,16 @@ def cap_messages(changes: Sequence[AlertRecord], now_ns: int, sender: str) -> li
         records.sort(key=lambda r: (_seq(r), r.changed_at_ns or 0))
         chain: list[CapMessage] = []
         for record in records:
+            if record.payload.get("change") == "acknowledged":
+                continue  # an operator's note, not news for the public
             last = chain[-1] if chain else None
             msg_type: MsgType
             if last is None or last.msg_type == "Cancel":
                 if not record.active:
                     continue
                 msg_type, chain = "Alert", []
-            elif record.active and record.level != last.record.level:
+            elif record.active and record.kind == "flood" and record.level != last.record.level:
+                # Only a flood alert has levels of its own; the others carry the sensor's.
                 msg_type = "Update"
             elif not record.active:
                 msg_type = "Cancel"

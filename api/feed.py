@@ -68,7 +68,10 @@ class FeedHandler:
         # A backfill array can hold many readings: only a sensor's new newest one is live news.
         newest: set[str] = set()
         for reading in decoded.readings:
-            if self.state.apply_reading(reading, received_at_ns):
+            # A retained reading is an old one the broker replays to a new subscriber: it says
+            # nothing about when the sensor was last heard, beyond its own time.
+            heard = min(reading.time_ns, received_at_ns) if retained else received_at_ns
+            if self.state.apply_reading(reading, heard):
                 newest.add(reading.sensor_id)
         for status in decoded.statuses:
             self.state.apply_status(status)

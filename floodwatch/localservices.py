@@ -61,7 +61,9 @@ def free_port() -> int:
         return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        port = int(s.getsockname()[1])
+    _handed_out.add(port)
+    return port
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path) -> None:

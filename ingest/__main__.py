@@ -401,6 +401,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     next_stats = time.monotonic() + stats_interval
     while not stop.wait(STALE_CHECK_S):
+        if ingest.failed.is_set():
+            break  # logged where it happened; exit non-zero so a supervisor restarts ingest
         if not alerting.ready:
             try_restore(alerting, log)
         alerting.check_stale()
@@ -421,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if outbox is not None:
         outbox.close()
     log.info("stopped; %s", ingest.counters.summary())
-    return 0
+    return 1 if ingest.failed.is_set() else 0
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def ingest_metrics(
             "floodwatch_ingest_deadlettered_total",
             "Messages or items refused, by reason code.",
             "counter",
-            [({"reason": code}, n) for code, n in sorted(c.deadlettered.items())],
+            [({"reason": code}, n) for code, n in sorted(c.deadletter_counts().items())],
         ),
         Metric(
             "floodwatch_ingest_write_retries_total",

@@ -77,8 +77,13 @@ class IngestCounters:
         with self._lock:
             self.deadlettered[code] += 1
 
+    def deadletter_counts(self) -> dict[str, int]:
+        """A copy, for readers on other threads (the metrics endpoint, the log line)."""
+        with self._lock:
+            return dict(self.deadlettered)
+
     def summary(self) -> str:
-        dead = sum(self.deadlettered.values())
+        dead = sum(self.deadletter_counts().values())
         return (
             f"messages={self.messages} readings_stored={self.readings_stored} "
             f"statuses_stored={self.statuses_stored} deadlettered={dead} "
@@ -189,6 +194,7 @@ class Ingest:
         self._stored_done = threading.Event()
         self._stored: queue.Queue[Stored] = queue.Queue(maxsize=2)
         self._threads: list[threading.Thread] = []
+        self.failed = threading.Event()  # a thread died of an unexpected error
         self._deadletter_seq = 0
         self.outbox = outbox
         self.outbox_after_s = outbox_after_s
@@ -214,9 +220,24 @@ class Ingest:
         if self.outbox is not None:
             loops.append((self._drain_loop, "ingest-outbox"))
         for target, name in loops:
-            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread = threading.Thread(target=self._guarded(target, name), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def _guarded(self, loop: Callable[[], None], name: str) -> Callable[[], None]:
+        """A thread that dies of an unexpected error stops ingest (`failed` is set) rather than
+        leaving it up with nothing acknowledged: the broker redelivers to the next ingest."""
+
+        def run() -> None:
+            try:
+                loop()
+            except Exception:
+                log.exception("%s failed; stopping ingest", name)
+                self.failed.set()
+                self._stopping.set()
+                self._wake.set()
+
+        return run
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Flush what is in hand, within `timeout_s`, then stop.

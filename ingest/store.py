@@ -36,8 +36,9 @@ def _float_text(x: float) -> str:
     text = _float_texts.get(x)
     if text is None:
         text = repr(x)
-        # 0.0 and -0.0 are equal keys with different texts: neither is remembered.
-        if x != 0.0 and len(_float_texts) < FLOAT_TEXTS_MAX:
+        # 0.0 and -0.0 are equal keys with different texts, and so are 1 and 1.0: only
+        # non-zero floats are remembered.
+        if type(x) is float and x != 0.0 and len(_float_texts) < FLOAT_TEXTS_MAX:
             _float_texts[x] = text
     return text
 

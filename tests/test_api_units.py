@@ -16,12 +16,15 @@ from api.auth import KeyStore, add_key, hash_key, new_key, parse_keys, read_keys
 from api.cap import CAP_NS, KEEP_CANCELLED_NS, atom_feed, cap_messages, cap_time, severity
 from api.errors import BadParameter, KeyFileError
 from api.eventlog import EventLog
+from api.feed import FeedHandler
 from api.geo import BodyCache, SensorsBody, sensors_collection, streets_collection
 from api.history import MAX_BUCKETS, SeriesQuery, parse_every, series_influxql
 from api.live import LiveState, depth_level, level_name, parse_alert_payload, summarise_alerts
+from api.metrics import Metrics
 from api.schemas import SensorCollection, StreetCollection
 from api.times import iso, zone
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry
+from floodwatch.topics import Topics
 from ingest.decode import Reading, StatusChange
 
 REGISTRY = load_registry(SHIPPED_REGISTRY)
@@ -75,6 +78,22 @@ def test_stale_after_three_missed_intervals() -> None:
     assert now.stale(NOW + 181 * 10**9)
     state.apply_status(StatusChange("qh-02", False, NOW, True))
     assert now.online is False
+
+
+def test_a_retained_reading_replayed_by_the_broker_is_not_news_of_the_sensor() -> None:
+    """The broker replays a retained reading to every new subscriber: it must not make a
+    silent sensor look heard now, while a live one is heard when it arrives."""
+    state = LiveState(REGISTRY)
+    handler = FeedHandler(
+        Topics("floodwatch"), REGISTRY, state, EventLog(10), Metrics(), clock=lambda: NOW
+    )
+    old_ms = (NOW - 3600 * 10**9) // 10**6
+    topic = "floodwatch/v1/sensors/qh-02/reading"
+    handler.handle(topic, orjson.dumps({"ts": old_ms, "level_cm": 3.0}), True, NOW)
+    now = state.get("qh-02")
+    assert now is not None and now.reading is not None and now.stale(NOW)
+    handler.handle(topic, orjson.dumps({"ts": old_ms + 1, "level_cm": 3.0}), False, NOW)
+    assert not now.stale(NOW)
 
 
 def test_stale_is_judged_by_arrival_like_the_alert_engine() -> None:
@@ -333,12 +352,21 @@ def _record(alert_id: str, level: int, state: str, at: int, kind: str = "flood")
 
 
 def _event(
-    alert_id: str, seq: int, level: int, state: str, at: int, kind: str = "flood"
+    alert_id: str,
+    seq: int,
+    level: int,
+    state: str,
+    at: int,
+    kind: str = "flood",
+    change: str | None = None,
 ) -> AlertRecord:
     """One stored alert_event row as the API reads it back (AlertSource.changes)."""
+    if change is None:
+        change = {"active_ack": "acknowledged", "cleared_unack": "cleared"}.get(state, "raised")
     payload = {
         "alert_id": alert_id,
         "seq": seq,
+        "change": change,
         "level": level,
         "state": state,
         "kind": kind,
@@ -351,7 +379,7 @@ S = 10**9
 CHANGES = [
     _event("a", 1, 1, "active_unack", NOW),  # raised
     _event("a", 2, 1, "active_ack", NOW + 60 * S),  # acknowledged: no level change
-    _event("a", 3, 3, "active_ack", NOW + 120 * S),  # escalated
+    _event("a", 3, 3, "active_ack", NOW + 120 * S, change="escalated"),
     _event("a", 4, 0, "cleared_unack", NOW + 600 * S),  # cleared
     _event("h", 1, 0, "active_unack", NOW, kind="battery_low"),  # not a public warning
 ]
@@ -390,7 +418,10 @@ def test_cap_chains_forget_old_cancels_and_start_where_the_events_do() -> None:
     [alert] = cap_messages(CHANGES[2:3], NOW, "s")
     assert alert.msg_type == "Alert" and alert.identifier == "floodwatch.a.3"
     # Two changes in one second still get increasing CAP times (whole seconds).
-    quick = [_event("q", 1, 1, "active_unack", NOW), _event("q", 2, 2, "active_unack", NOW)]
+    quick = [
+        _event("q", 1, 1, "active_unack", NOW),
+        _event("q", 2, 2, "active_unack", NOW, change="escalated"),
+    ]
     [update] = cap_messages(quick, NOW, "s")
     assert update.sent_ns == NOW + S
 
@@ -406,6 +437,20 @@ def test_cap_severity_maps_the_ladder() -> None:
         "Extreme",
     ]
     assert severity(_record("r", 0, "active_unack", NOW, kind="rising"), sensor) == "Moderate"
+
+
+def test_a_rising_alert_has_no_updates_and_an_acknowledgement_makes_none() -> None:
+    """Alerts other than flood carry the sensor's flood level, which moves under them: only
+    raise and clear are news. An acknowledgement is never a CAP message."""
+    rising = [
+        _event("r", 1, 0, "active_unack", NOW, kind="rising"),
+        _event("r", 2, 2, "active_ack", NOW + 60 * S, kind="rising"),  # acked at level 2
+        _event("r", 3, 2, "cleared_unack", NOW + 600 * S, kind="rising"),
+    ]
+    [alert] = cap_messages(rising[:2], NOW + 60 * S, "s")
+    assert alert.msg_type == "Alert" and alert.identifier == "floodwatch.r.1"
+    [cancel] = cap_messages(rising, NOW + 600 * S, "s")
+    assert cancel.msg_type == "Cancel" and len(cancel.references) == 1
 
 
 def test_atom_feed_holds_one_cap_alert_per_chain() -> None:

@@ -126,6 +126,9 @@ def test_reading_line_examples() -> None:
     # Remembered float texts must not confuse 0.0 with -0.0 (equal, but written differently).
     for level in (0.0, -0.0, 0.0, -0.0):
         assert reading_line(Reading("nvh-02", T, level)).endswith(f"level_cm={level!r} {T}")
+    # Nor an int with the float it equals: after an int, the float is still written as one.
+    reading_line(Reading("nvh-02", T, 12345))
+    assert reading_line(Reading("nvh-02", T, 12345.0)).endswith(f"level_cm=12345.0 {T}")
 
 
 @given(st.binary(max_size=200), st.text(max_size=80), st.text(min_size=1, max_size=80))

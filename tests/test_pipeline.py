@@ -178,3 +178,21 @@ def test_the_threads_acknowledge_and_judge_every_batch_in_delivery_order() -> No
     assert ingest.counters.readings_stored == n and ingest.counters.messages == n
     assert ingest.counters.batches >= n // 7
     assert ingest.backlog == 0 and not dead
+
+
+def test_a_thread_that_fails_stops_ingest_instead_of_stalling_it() -> None:
+    """An unexpected error in a pipeline thread (here the acknowledgement) sets `failed` and
+    stops the others, so the process can exit and be restarted rather than sit there with
+    nothing acknowledged; what was not acknowledged stays with the broker."""
+    twin = InfluxTwin()
+
+    def broken_ack(ds: list[Delivery]) -> int:
+        raise RuntimeError("socket gone")
+
+    ingest = Ingest(TOPICS, REGISTRY, twin, broken_ack, lambda payload: None)  # type: ignore[arg-type]
+    ingest.start()
+    ingest.deliver(delivery("qh-02", {"ts": 1795000000000, "level_cm": 1.0}, 1))
+    assert ingest.failed.wait(5)
+    ingest.stop(timeout_s=2)
+    assert all(not t.is_alive() for t in ingest._threads)
+    assert ingest.counters.messages == 0

@@ -14,7 +14,7 @@ one sensor in time order; "water readings" are the readings rule 2 trusts.
     sensor's readings are judged in time order, so a backfill that arrives with (or before)
     newer readings is judged in full; a repeated (sensor, time) keeps the copy that arrived
     last.
- 2. Trust. A reading outside the physical range (ingest.decode's ranges), or taken while its
+ 2. Trust. A reading outside the physical range (CONTRACT section 2), or taken while its
     sensor is obstructed (rule 3), is not water: the ladder, the rate of rise and the "last
     known depth" skip it as if it had not arrived. Rules 8 and 9 still see it.
  3. Obstruction (street sensors). A reading that rises more than a step above the higher of
@@ -85,7 +85,7 @@ from numpy.typing import NDArray
 
 from alerts._vector import Bools, Floats, Ints, Segments, held_low
 from alerts.errors import UnknownAlert
-from alerts.events import AlertEvent, AlertKind, Change, Event, FloodEpisode, Lifecycle, level_name
+from alerts.events import AlertEvent, Event, FloodEpisode
 from alerts.state import (
     NEVER,
     Alert,
@@ -95,14 +95,20 @@ from alerts.state import (
     ReadingArrays,
     SensorArrays,
 )
+from floodwatch.contract import (
+    BATTERY_LOW_V,  # rule 8
+    STALE_INTERVALS,  # rule 7
+    AlertKind,
+    Change,
+    Lifecycle,
+    level_name,
+)
 
 MINUTE_NS = 60 * 10**9
 HYSTERESIS_CM = 3.0  # rule 5
 HOLD_NS = 10 * MINUTE_NS  # rules 5, 6
 RISE_CM = 10.0  # rule 6
 RISE_WINDOW_NS = 15 * MINUTE_NS
-STALE_INTERVALS = 3  # rule 7
-BATTERY_LOW_V = 3.3  # rule 8
 BATTERY_CLEAR_V = 3.4
 JUMP_CM = 15.0  # rule 3: per reading, and per minute
 MOVING_CM = 0.5  # a change a parked car's roof never makes, and rising water does

@@ -9,35 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Literal, TypeAlias
+from typing import TypeAlias
 
 import orjson
 
-from ingest.decode import iso_time
-
-AlertKind = Literal["flood", "rising", "stale", "battery_low", "fault"]
-Change = Literal["raised", "escalated", "deescalated", "acknowledged", "cleared"]
-Lifecycle = Literal["active_unack", "active_ack", "cleared_unack", "cleared_ack"]
-FieldValue: TypeAlias = float | int | bool | str
-
-KINDS: tuple[AlertKind, ...] = ("flood", "rising", "stale", "battery_low", "fault")
-CHANGES: tuple[Change, ...] = ("raised", "escalated", "deescalated", "acknowledged", "cleared")
-LIFECYCLES: tuple[Lifecycle, ...] = ("active_unack", "active_ack", "cleared_unack", "cleared_ack")
-
-# CONTRACT section 3. Level 0 is "nothing"; a ladder longer than its names gets numbered names.
-STREET_LEVEL_NAMES = ("normal", "flooded", "hazard", "impassable", "closed")
-TIDE_LEVEL_NAMES = ("normal", "alarm_1", "alarm_2", "alarm_3")
-
-ALERT_MEASUREMENT = "alert_event"
-# How far back stored events are read (the engine's restore, the API's CAP chains): an alert
-# left open, or cleared but never acknowledged, for longer than this is forgotten.
-EVENT_MEMORY_NS = 30 * 24 * 3600 * 10**9
-EPISODE_MEASUREMENT = "flood_episode"
-
-
-def level_name(tide: bool, level: int) -> str:
-    names = TIDE_LEVEL_NAMES if tide else STREET_LEVEL_NAMES
-    return names[level] if level < len(names) else f"level_{level}"
+from floodwatch.contract import (
+    ALERT_MEASUREMENT,
+    EPISODE_MEASUREMENT,
+    AlertKind,
+    Change,
+    FieldValue,
+    Lifecycle,
+    iso_time,
+)
 
 
 @dataclass(frozen=True, slots=True)

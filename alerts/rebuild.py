@@ -31,7 +31,7 @@ from dataclasses import replace
 import numpy as np
 
 from alerts.engine import MINUTE_NS, OBSTRUCTION_FAULT_NS, TAIL_NS, _advance
-from alerts.events import AlertEvent, AlertKind, Event
+from alerts.events import AlertEvent, Event
 from alerts.state import (
     NEVER,
     Alert,
@@ -42,6 +42,7 @@ from alerts.state import (
     initial_arrays,
     new_state,
 )
+from floodwatch.contract import AlertKind
 from floodwatch.registry import Registry
 
 # Memory of the rules (30 min), plus the longest an obstruction can stay open without becoming a

@@ -15,9 +15,15 @@ from numpy.typing import NDArray
 
 from alerts._vector import NO_TIME, Bools, Floats, Ints
 from alerts.errors import UnknownSensor
-from alerts.events import AlertKind, Lifecycle
+from floodwatch.contract import (
+    ACTIVE_STATES,
+    STREET_DEPTH_CM,
+    TIDE_STAGE_CM,
+    AlertKind,
+    Lifecycle,
+    Reading,
+)
 from floodwatch.registry import Registry
-from ingest.decode import STREET_DEPTH_CM, TIDE_STAGE_CM, Reading
 
 NEVER = np.iinfo(np.int64).min  # "no reading judged yet"
 
@@ -233,7 +239,7 @@ class Alert:
 
     @property
     def active(self) -> bool:
-        return self.state in ("active_unack", "active_ack")
+        return self.state in ACTIVE_STATES
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from alerts.events import Lifecycle, level_name
 from alerts.state import NEVER, EngineState
-from ingest.decode import iso_time
+from floodwatch.contract import Lifecycle, iso_time, level_name
 
 
 @dataclass(frozen=True, slots=True)

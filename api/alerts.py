@@ -26,8 +26,9 @@ import orjson
 
 from api import history
 from api.errors import AlertConflict, AlertNotFound, BrokerUnavailable
-from api.live import ACTIVE_STATES, Alert, LiveState, alert_level, alert_state, level_name
+from api.live import Alert, LiveState, alert_level, alert_state, level_name
 from api.times import iso, to_ns
+from floodwatch.contract import ACTIVE_STATES
 from floodwatch.influx import InfluxClient
 from floodwatch.mqtt import Delivery, MqttConnection
 from floodwatch.registry import Sensor

@@ -1,7 +1,7 @@
 """The live feed: the pipeline's MQTT topics kept in api.live and replayed to /v1/stream.
 
 `FeedHandler` is the logic, without I/O: one message in, state updated and events logged.
-Readings are decoded by ingest's own decoder (`ingest.decode.decode_message`), so the API
+Readings are decoded by ingest's own decoder (`floodwatch.decode.decode_message`), so the API
 accepts exactly what ingest stores. `LiveFeed` is the shell: an MqttConnection whose network
 thread only queues messages and wakes the event loop, which applies them in order.
 """
@@ -24,12 +24,12 @@ from api.eventlog import EventLog
 from api.geo import sensor_properties
 from api.live import LiveState, parse_alert_payload, summarise_alerts
 from api.metrics import Metrics
+from floodwatch.decode import decode_message
 from floodwatch.errors import BrokerError
 from floodwatch.mqtt import Delivery, MqttConnection
 from floodwatch.registry import Registry
 from floodwatch.settings import MqttEndpoint
 from floodwatch.topics import Topics
-from ingest.decode import decode_message
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from api.errors import BadParameter
+from floodwatch.contract import Reading
 from floodwatch.influx import InfluxClient, QueryError
 from floodwatch.registry import Registry
-from ingest.decode import Reading
 
 Agg = Literal["mean", "max", "min", "last"]
 # Fixed function names: the request picks one of these keys, never supplies the text.

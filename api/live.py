@@ -15,16 +15,15 @@ from typing import Any
 
 import orjson
 
+from floodwatch import contract
+from floodwatch.contract import (
+    ACTIVE_STATES,
+    LIFECYCLES,
+    STALE_INTERVALS,
+    Reading,
+    StatusChange,
+)
 from floodwatch.registry import Registry, Sensor
-from ingest.decode import Reading, StatusChange
-
-# CONTRACT section 3: the street ladder's names, and the Phu An gauge's alarms I, II, III.
-STREET_LEVELS = ("normal", "flooded", "hazard", "impassable", "closed")
-TIDE_LEVELS = ("normal", "alarm_1", "alarm_2", "alarm_3")
-ALERT_STATES = ("active_unack", "active_ack", "cleared_unack", "cleared_ack")
-ACTIVE_STATES = frozenset({"active_unack", "active_ack"})
-# A sensor is stale after this many missed reporting intervals (CONTRACT section 3).
-STALE_INTERVALS = 3
 
 Alert = Mapping[str, Any]
 
@@ -35,8 +34,8 @@ def depth_level(sensor: Sensor, level_cm: float) -> int:
 
 
 def level_name(sensor: Sensor, level: int) -> str:
-    names = TIDE_LEVELS if sensor.kind == "tide" else STREET_LEVELS
-    return names[level] if 0 <= level < len(names) else f"level_{level}"
+    """The contract's name for a rung of this sensor's ladder."""
+    return contract.level_name(sensor.kind == "tide", level)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +82,7 @@ def alert_level(alert: Alert) -> int | None:
 
 def alert_state(alert: Alert) -> str | None:
     state = alert.get("state")
-    return state if state in ALERT_STATES else None
+    return state if state in LIFECYCLES else None
 
 
 def summarise_alerts(alerts: Sequence[Alert]) -> tuple[int, str | None]:

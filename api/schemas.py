@@ -11,8 +11,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from floodwatch.contract import Lifecycle
+
 TIME = "ISO 8601 with offset (UTC unless `tz` chose another zone), millisecond precision."
-AlertState = Literal["active_unack", "active_ack", "cleared_unack", "cleared_ack"]
+AlertState = Lifecycle
 
 
 class Health(BaseModel):

@@ -6,7 +6,7 @@
    or above 10 cm. Every reading adds noise (0.25 cm, rounded to 1 mm); artefacts are added on
    top of the truth. Batches of 5 minutes of arrivals, with `check_stale` after each.
 2. The shipped scenarios (`--scenarios [NAME ...]`): every message `python -m simulators run
-   NAME` publishes (its own timestamps), decoded by ingest.decode as it arrives, judged in
+   NAME` publishes (its own timestamps), decoded by floodwatch.decode as it arrives, judged in
    batches of 30 s of arrivals at the batch's end (`step`, then `check_stale`), and scored
    against scenarios/NAME.truth.json: its flood episodes (tide alarms included), artefact
    readings, silences, battery and faults.
@@ -53,10 +53,10 @@ from alerts import (
     readings_to_arrays,
     step,
 )
-from alerts.engine import STALE_INTERVALS
+from floodwatch.contract import STALE_INTERVALS, Reading
+from floodwatch.decode import decode_message
 from floodwatch.registry import SHIPPED_REGISTRY, Registry, Sensor, load_registry
 from floodwatch.topics import Topics
-from ingest.decode import Reading, decode_message
 from simulators.messages import TimeMap, build_messages
 from simulators.physics import simulate_world
 from simulators.scenario import (

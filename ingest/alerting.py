@@ -29,7 +29,7 @@ from alerts import (
     sensor_payload,
     step,
 )
-from alerts.events import ALERT_MEASUREMENT, EVENT_MEMORY_NS
+from floodwatch.contract import ALERT_MEASUREMENT, EVENT_MEMORY_NS
 from floodwatch.errors import InfluxError
 from floodwatch.influx import InfluxClient
 from floodwatch.registry import Registry
@@ -138,7 +138,7 @@ class Alerting:
     # -- the three ways the state changes ----------------------------------------------------
 
     def judge(self, readings: Sequence[object]) -> list[Event]:
-        """A stored batch's readings (ingest.decode.Reading values) through the engine."""
+        """A stored batch's readings (floodwatch.contract.Reading values) through the engine."""
         if not readings:
             return []
         with self._lock:

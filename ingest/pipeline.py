@@ -18,12 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from floodwatch.contract import Reading, Rejection
+from floodwatch.decode import decode_message
 from floodwatch.errors import BrokerError, InfluxError, InfluxUnavailable, LineProtocolError
 from floodwatch.influx import DatabaseMissing, InfluxClient
 from floodwatch.mqtt import Delivery
 from floodwatch.registry import Registry
 from floodwatch.topics import Topics
-from ingest.decode import Reading, Rejection, decode_message
 from ingest.outbox import Outbox
 from ingest.store import (
     RefusedLine,

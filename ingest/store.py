@@ -16,8 +16,8 @@ import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from floodwatch.contract import Reading, Rejection, StatusChange
 from floodwatch.influx import InfluxClient, WriteRefused
-from ingest.decode import Reading, Rejection, StatusChange
 from ingest.line_protocol import encode_point, escape_tag_value
 
 # A dead letter's payload is kept whole up to this size, and truncated (and said so) beyond.

@@ -16,6 +16,7 @@ from types import FrameType
 import numpy as np
 import orjson
 
+from floodwatch.contract import MAX_FUTURE_NS
 from floodwatch.errors import FloodwatchError, SettingsError
 from floodwatch.registry import Sensor, load_registry
 from floodwatch.settings import (
@@ -60,7 +61,7 @@ from simulators.truth import ground_truth
 log = logging.getLogger("simulators")
 
 # Ingest refuses readings stamped more than this far after their arrival.
-MAX_FUTURE_S = 300.0
+MAX_FUTURE_S = MAX_FUTURE_NS / 1e9
 
 OVERVIEW = """\
 Simulated flood sensors for An Khanh ward: the Saigon river's tide at Phu An, storms, drains

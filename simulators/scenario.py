@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
+from floodwatch.contract import MAX_ITEMS
 from floodwatch.errors import FloodwatchError
 from floodwatch.registry import Registry, Sensor
 
@@ -41,7 +42,7 @@ FAULT_KINDS: tuple[FaultKind, ...] = (
 STORM_SHAPES: tuple[StormShape, ...] = ("bell", "block", "burst")
 
 # Backfill arrays hold at most this many readings (CONTRACT section 2).
-MAX_ARRAY = 1000
+MAX_ARRAY = MAX_ITEMS
 
 
 class ScenarioError(FloodwatchError):

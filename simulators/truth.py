@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from floodwatch.contract import BATTERY_LOW_V, STALE_INTERVALS, level_name
 from floodwatch.registry import Sensor
 from simulators.messages import TimeMap, iso_time, iso_times
 from simulators.physics import Floats, World
@@ -29,11 +30,6 @@ from simulators.sensors import (
 )
 
 FORMAT = "floodwatch-truth/1"
-STREET_LEVELS = ("flooded", "hazard", "impassable", "closed")
-TIDE_LEVELS = ("alarm I", "alarm II", "alarm III")
-BATTERY_LOW_V = 3.3
-# A sensor is silent (CONTRACT: `stale`) after this many missed intervals.
-STALE_INTERVALS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +132,6 @@ def _sensor_truth(
     reports: Reports,
     timemap: TimeMap,
 ) -> dict[str, object]:
-    names = TIDE_LEVELS if sensor.kind == "tide" else STREET_LEVELS
     found = episodes(world.times_s, depth, sensor.thresholds_cm)
     rows = np.flatnonzero(reports.of(index))
     published = rows[reports.published[rows]]
@@ -163,7 +158,7 @@ def _sensor_truth(
                 "peak_cm": _cm(e.peak_cm),
                 "peak_at": iso_time(timemap.stamp_one(e.peak_s)),
                 "level": e.level,
-                "level_name": names[min(e.level, len(names)) - 1],
+                "level_name": level_name(sensor.kind == "tide", e.level),
                 "minutes_to_peak": round((e.peak_s - e.start_s) / 60.0, 1),
                 "minutes_to_drain": None
                 if e.end_s is None

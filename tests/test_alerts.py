@@ -30,8 +30,8 @@ from alerts import (
     step,
     street_view,
 )
+from floodwatch.contract import Reading
 from floodwatch.registry import SHIPPED_REGISTRY, Registry, Sensor, load_registry
-from ingest.decode import Reading
 from ingest.line_protocol import encode_point
 
 M = 60 * 10**9  # one minute in ns

@@ -32,8 +32,8 @@ from bench.alerts_score import (
     score_scenario,
     shipped,
 )
+from floodwatch.contract import STREET_DEPTH_CM
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry
-from ingest.decode import STREET_DEPTH_CM
 
 REGISTRY = load_registry(SHIPPED_REGISTRY)
 INDEX = {sid: i for i, sid in enumerate(REGISTRY.sensors)}

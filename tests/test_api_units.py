@@ -23,9 +23,9 @@ from api.live import LiveState, depth_level, level_name, parse_alert_payload, su
 from api.metrics import Metrics
 from api.schemas import SensorCollection, StreetCollection
 from api.times import iso, zone
+from floodwatch.contract import Reading, StatusChange
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry
 from floodwatch.topics import Topics
-from ingest.decode import Reading, StatusChange
 
 REGISTRY = load_registry(SHIPPED_REGISTRY)
 NOW = 1_795_000_000 * 10**9

@@ -9,16 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from floodwatch.contract import MAX_ITEMS, MAX_PAYLOAD_BYTES, Reading, iso_time
+from floodwatch.decode import Decoded, decode_message
 from floodwatch.registry import SHIPPED_REGISTRY, Registry, Sensor, load_registry
 from floodwatch.topics import Topics
-from ingest.decode import (
-    MAX_ITEMS,
-    MAX_PAYLOAD_BYTES,
-    Decoded,
-    Reading,
-    decode_message,
-    iso_time,
-)
 
 TOPICS = Topics("floodwatch")
 REGISTRY = load_registry(SHIPPED_REGISTRY)

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import orjson
 
+from floodwatch.decode import decode_message
 from floodwatch.influx import InfluxClient
 from floodwatch.localservices import Service
 from floodwatch.mqtt import Delivery, MqttConnection
 from floodwatch.settings import parse_influx_url
 from floodwatch.topics import Topics
-from ingest.decode import decode_message
 from tests.conftest import IngestProcess, admin_endpoint, wait_until
 from tests.fuzzing import REGISTRY, message
 

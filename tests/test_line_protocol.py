@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from floodwatch.contract import Reading, Rejection
 from floodwatch.errors import LineProtocolError
-from ingest.decode import Reading, Rejection
 from ingest.line_protocol import encode_field_value, encode_point
 from ingest.store import deadletter_line, reading_line
 

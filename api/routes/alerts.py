@@ -15,7 +15,6 @@ import orjson
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import AwareDatetime
 
-from alerts.events import EVENT_MEMORY_NS
 from api.alerts import Acknowledgement, AlertRecord, alert_json
 from api.cap import (
     ATOM_MEDIA_TYPE,
@@ -28,6 +27,7 @@ from api.deps import AlertsDep, OperatorDep, ServicesDep, ViewerDep
 from api.errors import AlertNotFound, BadParameter
 from api.schemas import AckIn, AlertOut, AlertPage, error_responses
 from api.times import checked, to_ns
+from floodwatch.contract import EVENT_MEMORY_NS
 
 router = APIRouter(tags=["alerts"])
 

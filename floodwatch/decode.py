@@ -1,5 +1,8 @@
 """Decode and validate what sensors publish (CONTRACT section 2), as pure functions over bytes.
 
+Shared by every stage that reads sensor topics (ingest stores what this accepts; the API's
+live feed and the alert scoring bench accept exactly the same), so it lives in floodwatch.
+
 Nothing here does I/O or reads the clock: the receive time is passed in. Nothing here raises
 on bad input either: every message comes back as readings, rejections, or both (an array
 with some bad items keeps its good ones). Each rejection carries a short `code` for counting
@@ -8,91 +11,35 @@ and a `reason` sentence for people.
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 
+from floodwatch.contract import (
+    BATTERY_V,
+    DISTANCE_MM,
+    EARLIEST_NS,
+    MAX_FUTURE_NS,
+    MAX_ITEMS,
+    MAX_PAYLOAD_BYTES,
+    RSSI_DBM,
+    SEQ_MAX,
+    STREET_DEPTH_CM,
+    TIDE_STAGE_CM,
+    Reading,
+    Rejection,
+    RejectionCode,
+    StatusChange,
+)
 from floodwatch.registry import Registry, Sensor
 from floodwatch.topics import Topics
 
-MAX_PAYLOAD_BYTES = 256 * 1024
-MAX_ITEMS = 1000
-# Physical ranges. Street depth may read a little below the road from noise; beyond that the
-# sensor is wrong. The Saigon river stage at Phu An stays within a few metres of datum.
-STREET_DEPTH_CM = (-10.0, 300.0)
-TIDE_STAGE_CM = (-500.0, 500.0)
-DISTANCE_MM = (0.0, 20000.0)
-BATTERY_V = (0.0, 15.0)
-RSSI_DBM = (-200, 0)
-SEQ_MAX = 2**63 - 1
-# Readings older than this are certainly a broken clock or a seconds-for-milliseconds mix-up.
-EARLIEST_NS = 946_684_800 * 10**9  # 2000-01-01T00:00:00Z
-# Sensor clocks drift; beyond this a reading from the future is refused, not stored.
-MAX_FUTURE_NS = 5 * 60 * 10**9
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
-
-
-class Reading(NamedTuple):
-    """One validated water-level reading.
-
-    A NamedTuple, not a frozen dataclass: one is built per reading on the hot path, and a
-    frozen dataclass's __init__ costs several times more.
-    """
-
-    sensor_id: str
-    time_ns: int  # epoch nanoseconds, UTC
-    level_cm: float  # depth above the road (street) or river stage (tide)
-    distance_mm: float | None = None  # the raw distance, when the sensor sent one
-    battery_v: float | None = None
-    rssi: int | None = None
-    seq: int | None = None
-    # True when the payload had no `ts` and the receive time stands in for it.
-    time_from_receipt: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class StatusChange:
-    """A sensor's `online`/`offline` status (its MQTT will says `offline`)."""
-
-    sensor_id: str
-    online: bool
-    time_ns: int
-    retained: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """A message, or one item of an array, that failed validation."""
-
-    topic: str
-    payload: bytes
-    code: str
-    reason: str
-    received_at_ns: int
-
-    def to_json(self) -> bytes:
-        """The `deadletter` topic's payload (CONTRACT section 2)."""
-        try:
-            text, encoding = self.payload.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            text, encoding = base64.b64encode(self.payload).decode("ascii"), "base64"
-        return orjson.dumps(
-            {
-                "topic": self.topic,
-                "payload": text,
-                "payload_encoding": encoding,
-                "reason": self.reason,
-                "code": self.code,
-                "received_at": iso_time(self.received_at_ns),
-            }
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,16 +52,10 @@ class Decoded:
 class _Invalid(Exception):
     """Internal: one field is wrong; carries the code and the sentence."""
 
-    def __init__(self, code: str, reason: str) -> None:
+    def __init__(self, code: RejectionCode, reason: str) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
-
-
-def iso_time(time_ns: int) -> str:
-    """ISO 8601 with offset and milliseconds, in UTC."""
-    dt = _EPOCH + timedelta(microseconds=time_ns // 1000)
-    return dt.isoformat(timespec="milliseconds")
 
 
 def decode_message(
@@ -370,5 +311,7 @@ def _decode_status(
     )
 
 
-def _reject(topic: str, payload: bytes, received_at_ns: int, code: str, reason: str) -> Decoded:
+def _reject(
+    topic: str, payload: bytes, received_at_ns: int, code: RejectionCode, reason: str
+) -> Decoded:
     return Decoded([], [], [Rejection(topic, payload, code, reason, received_at_ns)])

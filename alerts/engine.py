@@ -789,30 +789,25 @@ class _Book:
         events.append(self._event(updated, "acknowledged", now_ns, None))
 
     def _raise(self, sensor_id: str, ch: _Change, now_ns: int, events: list[Event]) -> None:
-        alert_id = f"{sensor_id}:{ch.kind}:{ch.time_ns}"
         episode_id = None
         if ch.kind == "flood" and not self.cfg.tide[ch.sensor]:
             if self.episode is None:
                 self.episode = _Draft(f"flood:{ch.time_ns}", ch.time_ns)
             episode_id = self.episode.episode_id
             self.street_floods += 1
-        alert = Alert(
-            alert_id=alert_id,
-            sensor_id=sensor_id,
-            kind=ch.kind,
-            state="active_unack",
-            level=ch.value if ch.kind == "flood" else 0,
-            raised_ns=ch.time_ns,
-            reading_time_ns=ch.time_ns,
+        alert = Alert.raised(
+            sensor_id,
+            ch.kind,
+            ch.time_ns,
+            level=ch.value,
             depth_cm=ch.depth_cm,
-            seq=1,
             detail=ch.detail,
             peak_cm=ch.peak_cm,
             peak_ns=ch.peak_ns,
             episode_id=episode_id,
         )
-        self.alerts[alert_id] = alert
-        self.active[(sensor_id, ch.kind)] = alert_id
+        self.alerts[alert.alert_id] = alert
+        self.active[(sensor_id, ch.kind)] = alert.alert_id
         events.append(self._event(alert, "raised", now_ns, ch))
         self._track_episode(alert)
 
@@ -870,32 +865,16 @@ class _Book:
     def _event(self, alert: Alert, change: Change, now_ns: int, ch: _Change | None) -> AlertEvent:
         i = self.cfg.index[alert.sensor_id]
         level = alert.level if alert.kind == "flood" else self.flood_level(alert.sensor_id)
-        reading_time = None if ch is None else ch.time_ns
-        key = now_ns if reading_time is None else reading_time
         extra = None if ch is None else ch.extra
-        return AlertEvent(
-            event_id=f"{alert.alert_id}:{change}:{key}",
-            alert_id=alert.alert_id,
-            seq=alert.seq,
-            sensor_id=alert.sensor_id,
+        return alert.event(
+            change,
+            at_ns=now_ns,
+            reading_time_ns=None if ch is None else ch.time_ns,
             street=self.cfg.streets[self.cfg.street_of[i]],
-            kind=alert.kind,
-            change=change,
-            state=alert.state,
             level=level,
             level_name=level_name(bool(self.cfg.tide[i]), level),
-            at_ns=now_ns,
-            reading_time_ns=reading_time,
-            depth_cm=alert.depth_cm,
-            detail=alert.detail,
             battery_v=extra if alert.kind == "battery_low" else None,
             rise_cm=extra if alert.kind == "rising" else None,
-            peak_cm=alert.peak_cm,
-            peak_ns=alert.peak_ns,
-            episode_id=alert.episode_id,
-            who=alert.who,
-            note=alert.note,
-            acked_ns=alert.acked_ns,
         )
 
 

@@ -15,7 +15,10 @@ import orjson
 
 from floodwatch.contract import (
     ALERT_MEASUREMENT,
+    CHANGES,
     EPISODE_MEASUREMENT,
+    KINDS,
+    LIFECYCLES,
     AlertKind,
     Change,
     FieldValue,
@@ -46,6 +49,7 @@ class AlertEvent:
     level_name: str
     at_ns: int  # when the engine decided (the `now_ns` it was given)
     reading_time_ns: int | None  # the reading behind the change; None for acknowledgements
+    raised_ns: int  # the time of the reading that raised the alert (the `t` of its id)
     depth_cm: float | None = None  # that reading's depth (stale, ack: the last known depth)
     detail: str = ""  # fault: out_of_range | obstructed | stuck; rising: the rise
     battery_v: float | None = None  # battery_low only
@@ -61,6 +65,7 @@ class AlertEvent:
         """JSON-ready, with ISO times beside the exact nanoseconds."""
         out: dict[str, object] = {k: v for k, v in asdict(self).items() if v is not None}
         out["at"] = iso_time(self.at_ns)
+        out["raised_at"] = iso_time(self.raised_ns)
         if self.reading_time_ns is not None:
             out["reading_time"] = iso_time(self.reading_time_ns)
         if self.peak_ns is not None:
@@ -75,8 +80,19 @@ class AlertEvent:
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, object]) -> AlertEvent:
-        """The inverse of to_dict (ISO duplicates are ignored)."""
-        return cls(**{name: doc.get(name, _DEFAULTS.get(name)) for name in _FIELDS})  # type: ignore[arg-type]
+        """The inverse of to_dict (ISO duplicates are ignored); ValueError if its kind, change
+        or state is not one this engine knows."""
+        values = {name: doc.get(name, _DEFAULTS.get(name)) for name in _FIELDS}
+        for name, allowed in (("kind", KINDS), ("change", CHANGES), ("state", LIFECYCLES)):
+            if values[name] not in allowed:
+                raise ValueError(
+                    f"alert event {values['event_id']!r} has {name} {values[name]!r}, not one of "
+                    f"{', '.join(allowed)}; it was written by another version of Floodwatch"
+                )
+        if values["raised_ns"] is None:
+            # Events stored before raised_ns was a field carry it only in their id.
+            values["raised_ns"] = _raised_ns_from_id(str(values["alert_id"]))
+        return cls(**values)  # type: ignore[arg-type]
 
     @classmethod
     def from_json(cls, payload: bytes | str) -> AlertEvent:
@@ -115,6 +131,15 @@ class AlertEvent:
 
 _FIELDS = AlertEvent.__dataclass_fields__.keys()
 _DEFAULTS: dict[str, object] = {"detail": ""}
+
+
+def _raised_ns_from_id(alert_id: str) -> int:
+    try:
+        return int(alert_id.rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        raise ValueError(
+            f"alert event of {alert_id[:120]!r} has no raised_ns and its id does not end in one"
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from typing import assert_never
 
 import numpy as np
 
@@ -42,7 +43,6 @@ from alerts.state import (
     initial_arrays,
     new_state,
 )
-from floodwatch.contract import AlertKind
 from floodwatch.registry import Registry
 
 # Memory of the rules (30 min), plus the longest an obstruction can stay open without becoming a
@@ -116,20 +116,25 @@ def rebuild(
     for (sensor_id, kind), alert_id in active.items():
         i = cfg.index[sensor_id]
         alert = alerts[alert_id]
-        if kind == "flood":
-            a.level[i] = alert.level
-            a.peak_cm[i], a.peak_ns[i] = _peak_since(alert, water, i)
-        elif kind == "rising":
-            a.rise_on[i] = True
-        elif kind == "battery_low":
-            a.batt_on[i] = True
-        elif kind == "fault":
-            a.fault_on[i] = True
-        else:
-            a.stale_on[i] = True
-            # A sensor silent for the whole window keeps the staleness clock of its alert.
-            if a.last_ns[i] == NEVER:
-                a.last_ns[i] = alert.raised_ns
+        # Exhaustive: a new kind fails type-checking here (and raises at run time) until it
+        # says which memory it restores.
+        match kind:
+            case "flood":
+                a.level[i] = alert.level
+                a.peak_cm[i], a.peak_ns[i] = _peak_since(alert, water, i)
+            case "rising":
+                a.rise_on[i] = True
+            case "battery_low":
+                a.batt_on[i] = True
+            case "fault":
+                a.fault_on[i] = True
+            case "stale":
+                a.stale_on[i] = True
+                # A sensor silent for the whole window keeps the staleness clock of its alert.
+                if a.last_ns[i] == NEVER:
+                    a.last_ns[i] = alert.raised_ns
+            case _:
+                assert_never(kind)
     return replace(
         fresh,
         arrays=a,
@@ -166,9 +171,8 @@ def _obstructions_open_at(
         if cleared_ns.get(alert_id, since_ns + 1) <= since_ns or e.depth_cm is None:
             continue
         i = index[e.sensor_id]
-        raised_ns = int(alert_id.rsplit(":", 1)[1])
-        if i not in seeds or raised_ns > seeds[i][1]:
-            seeds[i] = (e.depth_cm, raised_ns)
+        if i not in seeds or e.raised_ns > seeds[i][1]:
+            seeds[i] = (e.depth_cm, e.raised_ns)
     return seeds
 
 
@@ -211,34 +215,11 @@ def _open_alerts(events: list[AlertEvent]) -> dict[str, Alert]:
             e.alert_id not in reading or e.seq > reading[e.alert_id].seq
         ):
             reading[e.alert_id] = e
-    alerts: dict[str, Alert] = {}
-    for alert_id, e in latest.items():
-        if e.state == "cleared_ack":
-            continue
-        last_reading = reading.get(alert_id, e)
-        raised_ns = int(alert_id.rsplit(":", 1)[1])
-        kind: AlertKind = e.kind
-        alerts[alert_id] = Alert(
-            alert_id=alert_id,
-            sensor_id=e.sensor_id,
-            kind=kind,
-            state=e.state,
-            level=e.level if kind == "flood" else 0,
-            raised_ns=raised_ns,
-            reading_time_ns=(
-                raised_ns if last_reading.reading_time_ns is None else last_reading.reading_time_ns
-            ),
-            depth_cm=e.depth_cm,
-            seq=e.seq,
-            detail=e.detail,
-            peak_cm=e.peak_cm,
-            peak_ns=e.peak_ns,
-            episode_id=e.episode_id,
-            who=e.who,
-            note=e.note,
-            acked_ns=e.acked_ns,
-        )
-    return alerts
+    return {
+        alert_id: Alert.from_event(e, reading.get(alert_id, e).reading_time_ns)
+        for alert_id, e in latest.items()
+        if e.state != "cleared_ack"
+    }
 
 
 def _peak_since(alert: Alert, water: ReadingArrays, i: int) -> tuple[float, int]:

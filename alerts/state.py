@@ -15,11 +15,13 @@ from numpy.typing import NDArray
 
 from alerts._vector import NO_TIME, Bools, Floats, Ints
 from alerts.errors import UnknownSensor
+from alerts.events import AlertEvent
 from floodwatch.contract import (
     ACTIVE_STATES,
     STREET_DEPTH_CM,
     TIDE_STAGE_CM,
     AlertKind,
+    Change,
     Lifecycle,
     Reading,
 )
@@ -218,7 +220,12 @@ def initial_arrays(n: int, levels: int) -> SensorArrays:
 
 @dataclass(frozen=True, slots=True)
 class Alert:
-    """One open alert: active, or cleared but not yet acknowledged."""
+    """One open alert: active, or cleared but not yet acknowledged.
+
+    The one model of an alert: its events (`AlertEvent`) are made from it by `event`, and it is
+    made back from its latest event by `from_event` (a restart); `raised` makes a new one. Every
+    field of an Alert is also a field of its events, so nothing is lost either way.
+    """
 
     alert_id: str
     sensor_id: str
@@ -240,6 +247,105 @@ class Alert:
     @property
     def active(self) -> bool:
         return self.state in ACTIVE_STATES
+
+    @classmethod
+    def raised(
+        cls,
+        sensor_id: str,
+        kind: AlertKind,
+        time_ns: int,
+        *,
+        level: int,
+        depth_cm: float | None,
+        detail: str = "",
+        peak_cm: float | None = None,
+        peak_ns: int | None = None,
+        episode_id: str | None = None,
+    ) -> Alert:
+        """A new alert, raised by the reading taken at `time_ns` (rule 10: active_unack)."""
+        return cls(
+            alert_id=f"{sensor_id}:{kind}:{time_ns}",
+            sensor_id=sensor_id,
+            kind=kind,
+            state="active_unack",
+            level=level if kind == "flood" else 0,
+            raised_ns=time_ns,
+            reading_time_ns=time_ns,
+            depth_cm=depth_cm,
+            seq=1,
+            detail=detail,
+            peak_cm=peak_cm,
+            peak_ns=peak_ns,
+            episode_id=episode_id,
+        )
+
+    def event(
+        self,
+        change: Change,
+        *,
+        at_ns: int,
+        reading_time_ns: int | None,
+        street: str,
+        level: int,
+        level_name: str,
+        battery_v: float | None = None,
+        rise_cm: float | None = None,
+    ) -> AlertEvent:
+        """The event of a change that left the alert as it is now. `reading_time_ns`: the
+        reading behind the change (None for an acknowledgement, timed `at_ns`); `level`: the
+        sensor's flood level, which every kind of event carries."""
+        key = at_ns if reading_time_ns is None else reading_time_ns
+        return AlertEvent(
+            event_id=f"{self.alert_id}:{change}:{key}",
+            alert_id=self.alert_id,
+            seq=self.seq,
+            sensor_id=self.sensor_id,
+            street=street,
+            kind=self.kind,
+            change=change,
+            state=self.state,
+            level=level,
+            level_name=level_name,
+            at_ns=at_ns,
+            reading_time_ns=reading_time_ns,
+            raised_ns=self.raised_ns,
+            depth_cm=self.depth_cm,
+            detail=self.detail,
+            battery_v=battery_v,
+            rise_cm=rise_cm,
+            peak_cm=self.peak_cm,
+            peak_ns=self.peak_ns,
+            episode_id=self.episode_id,
+            who=self.who,
+            note=self.note,
+            acked_ns=self.acked_ns,
+        )
+
+    @classmethod
+    def from_event(cls, event: AlertEvent, reading_time_ns: int | None = None) -> Alert:
+        """The alert as its latest event left it. `reading_time_ns`: the time of the reading
+        behind its latest change that had one (an acknowledgement has none); by default the
+        event's own, or the raise's."""
+        if reading_time_ns is None:
+            reading_time_ns = event.reading_time_ns
+        return cls(
+            alert_id=event.alert_id,
+            sensor_id=event.sensor_id,
+            kind=event.kind,
+            state=event.state,
+            level=event.level if event.kind == "flood" else 0,
+            raised_ns=event.raised_ns,
+            reading_time_ns=event.raised_ns if reading_time_ns is None else reading_time_ns,
+            depth_cm=event.depth_cm,
+            seq=event.seq,
+            detail=event.detail,
+            peak_cm=event.peak_cm,
+            peak_ns=event.peak_ns,
+            episode_id=event.episode_id,
+            who=event.who,
+            note=event.note,
+            acked_ns=event.acked_ns,
+        )
 
 
 @dataclass(frozen=True, slots=True)

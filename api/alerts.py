@@ -19,13 +19,14 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, assert_never
 
 import anyio.to_thread
 import orjson
 
+from alerts.commands import AckReply, AckRequest
 from api import history
-from api.errors import AlertConflict, AlertNotFound, BrokerUnavailable
+from api.errors import AlertConflict, AlertNotFound, BadParameter, BrokerUnavailable
 from api.live import Alert, LiveState, alert_level, alert_state, level_name
 from api.times import iso, to_ns
 from floodwatch.contract import ACTIVE_STATES
@@ -315,7 +316,7 @@ class EngineAlerts(RetainedAlerts):
         if waiting is not None:
             waiting.put(delivery.payload)
 
-    def _ask(self, alert_id: str, ack: Acknowledgement) -> dict[str, Any]:
+    def _ask(self, alert_id: str, ack: Acknowledgement) -> AckReply:
         with self._lock:
             if not self._started:
                 self._mqtt.start(timeout_s=5)
@@ -324,20 +325,10 @@ class EngineAlerts(RetainedAlerts):
         answers: queue.Queue[bytes] = queue.Queue()
         self._replies[request_id] = answers
         try:
-            self._mqtt.publish(
-                self._topics.ack_commands,
-                orjson.dumps(
-                    {
-                        "alert_id": alert_id,
-                        "who": ack.by,
-                        "note": ack.note,
-                        "reply_to": f"{self._reply_base}/{request_id}",
-                    }
-                ),
-                qos=1,
-            )
+            request = AckRequest(alert_id, ack.by, ack.note, f"{self._reply_base}/{request_id}")
+            self._mqtt.publish(self._topics.ack_commands, request.to_json(), qos=1)
             try:
-                answer = orjson.loads(answers.get(timeout=self._timeout_s))
+                payload = answers.get(timeout=self._timeout_s)
             except queue.Empty:
                 raise BrokerUnavailable(
                     f"the alert engine (python -m ingest) did not answer within "
@@ -345,7 +336,13 @@ class EngineAlerts(RetainedAlerts):
                 ) from None
         finally:
             self._replies.pop(request_id, None)
-        return answer if isinstance(answer, dict) else {"ok": False, "error": "bad answer"}
+        try:
+            return AckReply.from_json(payload)
+        except ValueError as exc:
+            raise BrokerUnavailable(
+                f"the alert engine's answer could not be read ({exc}); run the same Floodwatch "
+                "version for ingest and the API"
+            ) from None
 
     async def acknowledge(self, alert_id: str, ack: Acknowledgement) -> AlertRecord:
         # Only a current alert goes to the engine; the others are answered here at once.
@@ -357,30 +354,35 @@ class EngineAlerts(RetainedAlerts):
                 )
             raise AlertNotFound(f"no alert {alert_id!r}; list current ones with GET /v1/alerts")
         answer = await anyio.to_thread.run_sync(self._ask, alert_id, ack)
-        if not answer.get("ok"):
-            error = str(answer.get("error", "refused"))
-            if "no open alert" in error:
-                raise AlertNotFound(error)
-            raise AlertConflict(error)
-        events = answer.get("events") or []
-        if not events:
+        match answer.code:
+            case None:
+                pass
+            case "unknown_alert":
+                raise AlertNotFound(answer.error)
+            case "not_ready":
+                raise BrokerUnavailable(answer.error)
+            case "bad_request":
+                raise BadParameter("note", answer.error)
+            case _:
+                assert_never(answer.code)
+        if not answer.events:  # ok, but nothing changed
             current = await self.get(alert_id)
             raise AlertConflict(
                 f"alert {alert_id!r} is already acknowledged"
                 + (f" by {current.payload.get('who')}" if current is not None else "")
             )
-        event = events[-1]
+        event = answer.events[-1]
         payload = {
             "alert_id": alert_id,
-            "kind": event.get("kind"),
-            "level": event.get("level"),
-            "level_name": event.get("level_name"),
-            "state": event.get("state"),
-            "who": event.get("who"),
-            "note": event.get("note"),
+            "kind": event.kind,
+            "level": event.level,
+            "level_name": event.level_name,
+            "state": event.state,
+            "who": event.who,
+            "note": event.note,
             "acked_at": iso(ack.at_ns),
         }
-        return record_from_payload(str(event.get("sensor_id")), payload, ack.at_ns)
+        return record_from_payload(event.sensor_id, payload, ack.at_ns)
 
     def close(self) -> None:
         if self._started:

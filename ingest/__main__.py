@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-import orjson
-
+from alerts.commands import AckReply, AckRequest, parse_ack_request
+from alerts.errors import UnknownAlert
+from alerts.events import AlertEvent
 from floodwatch.errors import (
     FloodwatchError,
     InfluxAccessDenied,
@@ -39,7 +40,7 @@ from floodwatch.settings import (
     whole_number,
 )
 from floodwatch.topics import Topics
-from ingest.alerting import Alerting, ack_request
+from ingest.alerting import Alerting
 from ingest.metrics import ingest_metrics
 from ingest.outbox import Outbox
 from ingest.pipeline import Ingest
@@ -136,30 +137,22 @@ def answer_commands(
             continue
         reply_to, answer = parse_and_apply_ack(delivery.payload, alerting)
         if reply_to:
-            mqtt.publish(reply_to, orjson.dumps(answer), qos=1)
+            mqtt.publish(reply_to, answer.to_json(), qos=1)
         mqtt.ack_many([delivery])
 
 
-def parse_and_apply_ack(payload: bytes, alerting: Alerting) -> tuple[str, dict[str, object]]:
+def parse_and_apply_ack(payload: bytes, alerting: Alerting) -> tuple[str, AckReply]:
     """(reply topic, answer) for one acknowledgement request; never raises."""
+    reply_to, request = parse_ack_request(payload)
+    if isinstance(request, AckReply):
+        return reply_to, request
     try:
-        doc = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return "", {"ok": False, "error": "the request is not JSON"}
-    if not isinstance(doc, dict):
-        return "", {"ok": False, "error": "the request must be a JSON object"}
-    reply_to = doc.get("reply_to")
-    reply = reply_to if isinstance(reply_to, str) and "#" not in reply_to else ""
-    alert_id, who, note = doc.get("alert_id"), doc.get("who"), doc.get("note", "")
-    if not isinstance(alert_id, str) or not isinstance(who, str) or not who.strip():
-        return reply, {"ok": False, "error": "alert_id and who (the operator) are required"}
-    if not isinstance(note, str) or len(note) > 2000 or len(who) > 200:
-        return reply, {"ok": False, "error": "note must be text of at most 2000 characters"}
-    try:
-        events = alerting.acknowledge(alert_id, who.strip(), note)
+        events = alerting.acknowledge(request.alert_id, request.who, request.note)
+    except UnknownAlert as exc:
+        return reply_to, AckReply.refused("unknown_alert", str(exc))
     except FloodwatchError as exc:
-        return reply, {"ok": False, "error": str(exc)}
-    return reply, {"ok": True, "events": [orjson.loads(e.to_json()) for e in events]}
+        return reply_to, AckReply.refused("not_ready", str(exc))
+    return reply_to, AckReply(True, tuple(e for e in events if isinstance(e, AlertEvent)))
 
 
 def outbox_path(setting: str, client_id: str) -> Path:
@@ -208,27 +201,29 @@ def ack_main(argv: Sequence[str]) -> int:
         conn.start()
         time.sleep(0.2)  # let the subscription settle before asking
         conn.publish(
-            topics.ack_commands, ack_request(args.alert_id, args.who, args.note, reply_to), qos=1
+            topics.ack_commands,
+            AckRequest(args.alert_id, args.who, args.note, reply_to).to_json(),
+            qos=1,
         )
         try:
-            answer = orjson.loads(answers.get(timeout=timeout))
+            answer = AckReply.from_json(answers.get(timeout=timeout))
         except queue.Empty:
             print(
                 f"ingest ack: no answer from ingest within {timeout:g} s; is it running?",
                 file=sys.stderr,
             )
             return 3
-    except FloodwatchError as exc:
+    except (FloodwatchError, ValueError) as exc:  # ValueError: a reply this version can't read
         print(f"ingest ack: {exc}", file=sys.stderr)
         return 2
     finally:
         conn.stop()
-    if not answer.get("ok"):
-        print(f"ingest ack: {answer.get('error')}", file=sys.stderr)
+    if not answer.ok:
+        print(f"ingest ack: {answer.error}", file=sys.stderr)
         return 1
-    for event in answer.get("events", []):
-        print(f"{event['event_id']}: {event['state']} by {event.get('who')}")
-    if not answer.get("events"):
+    for event in answer.events:
+        print(f"{event.event_id}: {event.state} by {event.who}")
+    if not answer.events:
         print(f"{args.alert_id}: already acknowledged")
     return 0
 

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import orjson
 
 from alerts import (
     AlertEvent,
@@ -187,7 +186,3 @@ class Alerting:
                 self._publish(self.topics.episodes, e.to_json(), False)
         for sensor_id in touched:
             self._publish(self.topics.alert(sensor_id), sensor_payload(state, sensor_id), True)
-
-
-def ack_request(alert_id: str, who: str, note: str, reply_to: str) -> bytes:
-    return orjson.dumps({"alert_id": alert_id, "who": who, "note": note, "reply_to": reply_to})

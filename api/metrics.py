@@ -1,8 +1,9 @@
-"""The API's own metrics in Prometheus text format (version 0.0.4), with no client library.
+"""The API's own metrics, exposed through prometheus-client (floodwatch.metrics).
 
-Counters are keyed by their label values and only ever grow; gauges are read when scraped.
-Route labels are route templates (`/v1/sensors/{sensor_id}`), never raw paths, so a scanner
-requesting random URLs cannot create unbounded series. The ingest side has its own metrics.
+Counters are plain dicts keyed by their label values, updated on the event loop's thread
+without locks, and only ever grow; gauges are read when scraped. Route labels are route
+templates (`/v1/sensors/{sensor_id}`), never raw paths, so a scanner requesting random URLs
+cannot create unbounded series. The ingest side has its own metrics.
 """
 
 from __future__ import annotations
@@ -11,13 +12,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from prometheus_client import generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+from floodwatch.metrics import Metric, registry_of
 
 
 @dataclass
@@ -30,12 +28,12 @@ class Counter:
     def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None:
         self.values[labels] = self.values.get(labels, 0.0) + amount
 
-    def render(self, kind: str = "counter") -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {kind}"]
-        for key, value in sorted(self.values.items()):
-            pairs = ",".join(f'{n}="{_label(v)}"' for n, v in zip(self.labels, key, strict=True))
-            lines.append(f"{self.name}{{{pairs}}} {value:g}")
-        return lines
+    def metric(self) -> Metric:
+        samples = [
+            (dict(zip(self.labels, key, strict=True)), value)
+            for key, value in sorted(self.values.items())
+        ]
+        return Metric(self.name, self.help, "counter", samples)
 
 
 @dataclass(frozen=True)
@@ -44,12 +42,8 @@ class Gauge:
     help: str
     read: Callable[[], float]
 
-    def render(self) -> list[str]:
-        return [
-            f"# HELP {self.name} {self.help}",
-            f"# TYPE {self.name} gauge",
-            f"{self.name} {self.read():g}",
-        ]
+    def metric(self) -> Metric:
+        return Metric(self.name, self.help, "gauge", [({}, self.read())])
 
 
 class Metrics:
@@ -80,19 +74,18 @@ class Metrics:
                 lambda: float(self.sse_clients),
             )
         ]
+        self._registry = registry_of(self.collect)
 
     def gauge(self, name: str, help: str, read: Callable[[], float]) -> None:
         self.gauges.append(Gauge(name, help, read))
 
-    def render(self) -> str:
-        lines = [
-            *self.requests.render(),
-            *self.request_seconds.render(),
-            *self.mqtt_messages.render(),
-        ]
-        for gauge in self.gauges:
-            lines.extend(gauge.render())
-        return "\n".join(lines) + "\n"
+    def collect(self) -> list[Metric]:
+        counters = (self.requests, self.request_seconds, self.mqtt_messages)
+        return [c.metric() for c in counters] + [g.metric() for g in self.gauges]
+
+    def render(self) -> bytes:
+        """The text Prometheus scrapes (CONTENT_TYPE)."""
+        return generate_latest(self._registry)
 
 
 class MetricsMiddleware:

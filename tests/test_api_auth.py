@@ -204,8 +204,8 @@ def test_metrics_count_requests_by_route_template(server: Server) -> None:
     response = httpx.get(f"{server.url}/metrics")
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
     text = response.text
-    assert 'route="/v1/sensors/{sensor_id}",method="GET",status="200"' in text
-    assert 'route="/v1/sensors/{sensor_id}",method="GET",status="404"' in text
+    assert 'method="GET",route="/v1/sensors/{sensor_id}",status="200"' in text
+    assert 'method="GET",route="/v1/sensors/{sensor_id}",status="404"' in text
     assert "zz-1" not in text
     for gauge in (
         "floodwatch_api_sse_clients ",

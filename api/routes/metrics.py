@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from api.deps import ServicesDep
-from api.metrics import CONTENT_TYPE
+from floodwatch.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["health"])
 

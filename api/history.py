@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from api.errors import BadParameter
-from floodwatch.contract import Reading
+from floodwatch.contract import ALERT_MEASUREMENT, EPISODE_MEASUREMENT, Reading
 from floodwatch.influx import InfluxClient, QueryError
 from floodwatch.registry import Registry
 
@@ -209,7 +209,7 @@ def alert_events(
     if kinds:
         where.append("(" + " OR ".join(f'"kind" = $kind{i}' for i in range(len(kinds))) + ")")
         params.update((f"kind{i}", kind) for i, kind in enumerate(kinds))
-    return _history(influx, "alert_event", where, params)
+    return _history(influx, ALERT_MEASUREMENT, where, params)
 
 
 def flood_events(
@@ -221,7 +221,7 @@ def flood_events(
     if until_ns is not None:
         where.append("time < $until")
         params["until"] = until_ns
-    return _history(influx, "flood_episode", where, params)
+    return _history(influx, EPISODE_MEASUREMENT, where, params)
 
 
 def _history(

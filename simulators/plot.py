@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from floodwatch.contract import STREET_LEVEL_NAMES
 from floodwatch.registry import STREET_THRESHOLDS_CM, TIDE_THRESHOLDS_CM
 from simulators.physics import World
 from simulators.scenario import Scenario
@@ -17,7 +18,8 @@ from simulators.sensors import CLOCK_SKEW, Reports, sensor_offsets_cm, true_dept
 
 HCMC = timezone(timedelta(hours=7))
 STREET_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown")
-LEVEL_NAMES = ("flooded", "hazard", "impassable", "closed")
+LEVEL_NAMES = STREET_LEVEL_NAMES[1:]  # the rungs above `normal`
+# The chart labels the tide alarms as the Phu An gauge's own names (CONTRACT: alarm_1..3).
 ALARM_NAMES = ("alarm I", "alarm II", "alarm III")
 
 

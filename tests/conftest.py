@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from floodwatch.credentials import grant_database
 from floodwatch.influx import InfluxClient
@@ -27,6 +28,21 @@ from floodwatch.localservices import (
 from floodwatch.settings import MqttEndpoint, parse_influx_url
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# No timing assertions in tests: Hypothesis's per-example deadline is one, and it fails
+# property tests whenever the shared machine is busy. Speed is measured in bench/.
+settings.register_profile("floodwatch", deadline=None)
+settings.load_profile("floodwatch")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tier marks from what a test uses: every test that needs the session's real mosquitto and
+    influxd (the `services` fixture, directly or through `broker`, `influxd`, `ingest_env`, ...)
+    is marked `services`, so `-m "not services"` runs the pure tiers without starting them."""
+    for item in items:
+        # fixturenames is the closure: the fixtures the test asks for and those they ask for.
+        if "services" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.services)
 
 
 @pytest.fixture(scope="session")

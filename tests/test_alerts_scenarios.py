@@ -35,6 +35,8 @@ from bench.alerts_score import (
 from floodwatch.contract import STREET_DEPTH_CM
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry
 
+# Whole floods of every shipped scenario through the engine: the slow tier (scripts/test).
+pytestmark = pytest.mark.slow
 REGISTRY = load_registry(SHIPPED_REGISTRY)
 INDEX = {sid: i for i, sid in enumerate(REGISTRY.sensors)}
 SHIPPED = shipped()

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
+import pytest
 
 from floodwatch.decode import decode_message
 from floodwatch.influx import InfluxClient
@@ -54,6 +55,7 @@ def test_decoder_survives_a_hundred_thousand_mutated_messages() -> None:
     assert outcomes["reading"] > FUZZ_MESSAGES // 4
 
 
+@pytest.mark.slow
 def test_live_ingest_survives_a_hundred_thousand_mutated_messages(
     broker: Service, influxd: Service, unique: str, tmp_path: Path, ingest_env: dict[str, str]
 ) -> None:

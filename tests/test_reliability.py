@@ -27,6 +27,7 @@ from floodwatch.settings import parse_influx_url
 from floodwatch.topics import Topics
 from tests.conftest import ROOT, IngestProcess, admin_endpoint, grant, mosquitto_pub, wait_until
 
+pytestmark = pytest.mark.slow  # outages and kills, a minute of load: CI and `scripts/test`
 ARTEFACT = ROOT / "tests" / "artefacts" / "reliability.json"
 T0_MS = 1_795_000_000_000
 Key = tuple[str, int]

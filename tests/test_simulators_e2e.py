@@ -244,6 +244,7 @@ def test_accelerated_scenario_is_stored_as_its_sensors_report(
     assert [row[1] for row in statuses[0]["values"]] == [True, False, True, False]
 
 
+@pytest.mark.slow  # whole floods
 @pytest.mark.parametrize("name", [path.stem for path in shipped_scenarios(ROOT / "scenarios")])
 def test_shipped_scenario_runs_end_to_end(
     name: str,

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from floodwatch.credentials import MOSQUITTO_ACL, Credentials
 from floodwatch.influx import InfluxClient
@@ -19,6 +20,7 @@ from floodwatch.settings import parse_influx_url
 from tests.conftest import ROOT, wait_until
 
 
+@pytest.mark.slow
 def test_stack_runs_the_whole_pipeline_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     """`python -m floodwatch.stack` brings up broker, database, ingest, API and simulator."""
     mqtt, influx_port, api = free_port(), free_port(), free_port()

@@ -64,8 +64,12 @@ class SensorProperties(BaseModel):
     """A sensor's registry facts and its current state (from the live feed, not InfluxDB)."""
 
     id: str = Field(description="Sensor id, as in the registry and the MQTT topics.")
-    name: str = Field(description="Human-readable name of the place.")
-    street: str = Field(description="Street (or river, for a tide gauge) the sensor is on.")
+    name: str = Field(description="Name of the place in Vietnamese, e.g. Quốc Hương, đoạn giữa.")
+    name_en: str = Field(description="The same name in ASCII/English, e.g. Quoc Huong middle.")
+    street: str = Field(
+        description="Street (or river, for a tide gauge) the sensor is on, in Vietnamese."
+    )
+    street_en: str = Field(description="The street's ASCII/English name, e.g. Quoc Huong.")
     ward: str = Field(description="Ward.")
     kind: Literal["street", "tide"] = Field(
         description="`street`: water depth on a road; `tide`: river gauge (stage)."
@@ -121,7 +125,8 @@ class SensorCollection(BaseModel):
 
 
 class StreetProperties(BaseModel):
-    name: str = Field(description="Street name, as in the registry.")
+    name: str = Field(description="Street name in Vietnamese, as in the registry.")
+    name_en: str = Field(description="Street name in ASCII/English, e.g. Duong 12.")
     ward: str = Field(description="Ward.")
     sensors: list[str] = Field(description="Ids of the sensors on this street.")
     level_cm: float | None = Field(

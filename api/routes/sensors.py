@@ -17,7 +17,7 @@ from pydantic import AwareDatetime
 from api import history
 from api.deps import ServicesDep, ViewerDep
 from api.errors import BadParameter
-from api.geo import sensor_feature
+from api.geo import sensor_feature, sensors_collection
 from api.schemas import ReadingPage, SensorCollection, SensorFeature, error_responses
 from api.times import checked, iso, iso_many, to_ns, zone
 from floodwatch.registry import Sensor
@@ -39,6 +39,18 @@ SensorId = Annotated[
         pattern=SENSOR_ID,
         description="Sensor id from the registry, e.g. qh-02.",
         openapi_examples={"qh-02": {"value": "qh-02"}},
+    ),
+]
+
+
+SearchQuery = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=100,
+        description="Search text, accents and case ignored: `quoc huong` finds Quốc Hương "
+        "(Vietnamese or English names).",
+        openapi_examples={"street": {"value": "quoc huong"}},
     ),
 ]
 
@@ -66,13 +78,18 @@ def _sensor(services: ServicesDep, sensor_id: str) -> Sensor:
     "/v1/sensors",
     summary="Every sensor with its current depth, alert state, battery and stale flag",
     description="GeoJSON FeatureCollection of the whole registry, from memory (kept live "
-    "from MQTT). Not paged: the registry bounds it and it is always complete.",
+    "from MQTT). Not paged: the registry bounds it and it is always complete. With `q`, only "
+    "the sensors whose id, name or street contains it, accents and case ignored.",
     response_class=GeoJSONResponse,
     responses={200: {"model": SensorCollection}, **error_responses(401, 403)},
 )
-async def list_sensors(services: ServicesDep, _: ViewerDep) -> Response:
-    body = services.sensors_body.get(services.state, services.clock())
-    return GeoJSONResponse(body)
+async def list_sensors(services: ServicesDep, _: ViewerDep, q: SearchQuery = None) -> Response:
+    if q is not None:
+        found = frozenset(s.id for s in services.registry.find_sensors(q))
+        body = sensors_collection(services.state, services.clock(), found)
+        return GeoJSONResponse(orjson.dumps(body))
+    body_bytes = services.sensors_body.get(services.state, services.clock())
+    return GeoJSONResponse(body_bytes)
 
 
 @router.get(

@@ -181,7 +181,7 @@ def test_geojson_validates_against_the_documented_schemas() -> None:
     assert orjson.loads(body.get(state, NOW)) == sensors_collection(state, NOW)
     assert sensors.numberReturned == len(REGISTRY.sensors) == len(sensors.features)
     streets = StreetCollection.model_validate(streets_collection(state, NOW))
-    quoc_huong = next(f for f in streets.features if f.id == "Quoc Huong")
+    quoc_huong = next(f for f in streets.features if f.id == "Quốc Hương")
     # The stale qh-03 still counts with its last known depth (CONTRACT section 3).
     assert quoc_huong.properties.worst_sensor == "qh-03"
     assert quoc_huong.properties.level == 3 and quoc_huong.properties.stale

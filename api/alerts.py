@@ -18,7 +18,7 @@ import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any, Literal, Protocol
 
 import anyio.to_thread
@@ -144,8 +144,8 @@ def record_from_payload(sensor_id: str, alert: Alert, received_at_ns: int | None
     )
 
 
-def alert_json(record: AlertRecord, sensor: Sensor | None) -> dict[str, Any]:
-    """An alert as the API shows it (schemas.AlertOut)."""
+def alert_json(record: AlertRecord, sensor: Sensor | None, tz: tzinfo = UTC) -> dict[str, Any]:
+    """An alert as the API shows it (schemas.AlertOut), its times in zone `tz`."""
     payload = record.payload
     acked_by = payload.get("acked_by", payload.get("who"))
     note = payload.get("note")
@@ -162,9 +162,9 @@ def alert_json(record: AlertRecord, sensor: Sensor | None) -> dict[str, Any]:
         "level_name": name,
         "state": record.state,
         "active": record.active,
-        "changed_at": iso(record.changed_at_ns) if record.changed_at_ns is not None else None,
+        "changed_at": iso(record.changed_at_ns, tz) if record.changed_at_ns is not None else None,
         "acked_by": acked_by if isinstance(acked_by, str) else None,
-        "acked_at": iso(acked_at) if acked_at is not None else None,
+        "acked_at": iso(acked_at, tz) if acked_at is not None else None,
         "note": note if isinstance(note, str) else None,
         "payload": dict(payload),
     }

@@ -11,9 +11,9 @@ from pydantic import AwareDatetime
 
 from api.deps import AlertsDep, ServicesDep, ViewerDep
 from api.errors import BadParameter
-from api.routes.sensors import CURSOR, SENSOR_ID
+from api.routes.sensors import CURSOR, SENSOR_ID, TzQuery
 from api.schemas import EpisodePage, error_responses
-from api.times import checked, iso, to_ns
+from api.times import checked, iso, to_ns, zone
 
 router = APIRouter(tags=["events"])
 
@@ -46,11 +46,13 @@ async def list_events(
         str | None,
         Query(pattern=CURSOR, description="Opaque page cursor from `next`; leave it unset."),
     ] = None,
+    tz: TzQuery = "UTC",
 ) -> Response:
+    zone_info = zone(tz)
     since_ns = to_ns(checked(since, "since")) if since is not None else None
     until_ns = to_ns(checked(until, "until")) if until is not None else None
     if since_ns is not None and until_ns is not None and since_ns >= until_ns:
-        raise BadParameter("since", "since must be before until")
+        raise BadParameter("since", "since is not before until: send a since earlier than until")
     if cursor is not None:
         since_ns = max(since_ns or 0, int(cursor))
     episodes = await source.episodes(since_ns=since_ns, until_ns=until_ns, sensor_id=sensor)
@@ -67,10 +69,10 @@ async def list_events(
         events.append(
             {
                 "event_id": e.event_id,
-                "start": iso(e.start_ns),
-                "end": iso(e.end_ns) if e.end_ns is not None else None,
+                "start": iso(e.start_ns, zone_info),
+                "end": iso(e.end_ns, zone_info) if e.end_ns is not None else None,
                 "peak_cm": e.peak_cm,
-                "peak_time": iso(e.peak_ns) if e.peak_ns is not None else None,
+                "peak_time": iso(e.peak_ns, zone_info) if e.peak_ns is not None else None,
                 "peak_sensor": e.peak_sensor,
                 "peak_street": peak.street if peak is not None else None,
                 "max_level": e.max_level,

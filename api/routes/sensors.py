@@ -19,7 +19,7 @@ from api.deps import ServicesDep, ViewerDep
 from api.errors import BadParameter
 from api.geo import sensor_feature, sensors_collection
 from api.schemas import ReadingPage, SensorCollection, SensorFeature, error_responses
-from api.times import checked, iso, iso_many, to_ns, zone
+from api.times import checked, influx_zone, iso, iso_many, to_ns, zone
 from floodwatch.registry import Sensor
 
 router = APIRouter(tags=["sensors"])
@@ -51,6 +51,16 @@ SearchQuery = Annotated[
         description="Search text, accents and case ignored: `quoc huong` finds Quốc Hương "
         "(Vietnamese or English names).",
         openapi_examples={"street": {"value": "quoc huong"}},
+    ),
+]
+
+
+TzQuery = Annotated[
+    str,
+    Query(
+        max_length=64,
+        description="Zone the times are shown in: UTC (default) or an IANA name such as "
+        "Asia/Ho_Chi_Minh (the ward's zone, UTC+07:00).",
     ),
 ]
 
@@ -135,8 +145,8 @@ def _wants_csv(request: Request, fmt: str | None) -> bool:
         "header (CSV) gives the next page; follow it until there is none. CSV when "
         "`Accept: text/csv` (or `format=csv`). Without `start`/`end`: the last 24 hours. "
         "Downsampled points are bucket starts (GROUP BY time(`every`), empty buckets "
-        "omitted); the first bucket may start before `start` but holds only readings in "
-        "the range."
+        "omitted), aligned to midnight in `tz` (InfluxQL tz()); the first bucket may start "
+        "before `start` but holds only readings in the range."
     ),
     responses={
         200: {
@@ -188,8 +198,9 @@ async def readings(
         str,
         Query(
             max_length=64,
-            description="Zone for the times shown: UTC (default) or an IANA name such as "
-            "Asia/Ho_Chi_Minh (the ward's zone, UTC+07:00).",
+            description="Zone for the times shown, and where `every` buckets start (a day "
+            "from local midnight): UTC (default) or an IANA name such as Asia/Ho_Chi_Minh (the "
+            "ward's zone, UTC+07:00).",
         ),
     ] = "UTC",
     format: Annotated[
@@ -199,6 +210,7 @@ async def readings(
 ) -> Response:
     sensor = _sensor(services, sensor_id)
     zone_info = zone(tz)
+    bucket_zone = influx_zone(tz)
     now_ns = services.clock()
     end_ns = to_ns(checked(end, "end")) if end is not None else now_ns
     if start is not None:
@@ -206,7 +218,7 @@ async def readings(
     else:
         start_ns = end_ns - int(DEFAULT_RANGE.total_seconds()) * 10**9
     if start_ns >= end_ns:
-        raise BadParameter("start", "start must be before end")
+        raise BadParameter("start", "start is not before end: send a start earlier than end")
     if agg is not None and every is None:
         raise BadParameter("agg", "agg needs every (the bucket width), e.g. every=5m&agg=max")
     query_start = start_ns
@@ -218,7 +230,13 @@ async def readings(
         history.series,
         services.influx,
         history.SeriesQuery(
-            sensor.id, query_start, end_ns, limit, every, (agg or "mean") if every else None
+            sensor.id,
+            query_start,
+            end_ns,
+            limit,
+            every,
+            (agg or "mean") if every else None,
+            bucket_zone if every else None,
         ),
     )
     next_url = None

@@ -20,6 +20,7 @@ from html import escape
 from api import i18n
 from api.alerts import AlertRecord, FloodEpisode
 from api.i18n import Lang
+from api.live import STREET_LEVELS, TIDE_LEVELS
 from api.times import WARD_ZONE, iso, zone
 from floodwatch.registry import Sensor
 
@@ -225,12 +226,16 @@ def chart_svg(sensor: Sensor, series: Series, start_ns: int, end_ns: int, lang: 
             f'font-size="11" fill="#222222">{label}</text>'
         )
         t += tick
-    for threshold in sensor.thresholds_cm:
+    ladder = TIDE_LEVELS if sensor.kind == "tide" else STREET_LEVELS
+    for rung, threshold in enumerate(sensor.thresholds_cm, start=1):
         if bottom <= threshold <= top:
+            label = i18n.level_label(lang, sensor.kind, ladder[min(rung, len(ladder) - 1)])
             parts.append(
                 f'<line x1="{PAD_L}" x2="{PAD_L + plot_w}" y1="{y(threshold):.1f}" '
                 f'y2="{y(threshold):.1f}" stroke="#c0392b" stroke-width="1" '
                 'stroke-dasharray="5 4"/>'
+                f'<text x="{PAD_L + plot_w - 4}" y="{y(threshold) - 3:.1f}" text-anchor="end" '
+                f'font-size="10" fill="#c0392b">{escape(label)}</text>'
             )
     if points:
         path = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in points)
@@ -238,8 +243,8 @@ def chart_svg(sensor: Sensor, series: Series, start_ns: int, end_ns: int, lang: 
         peak_t, peak_v = max(points, key=lambda p: p[1])
         parts.append(
             f'<circle cx="{x(peak_t):.1f}" cy="{y(peak_v):.1f}" r="4" fill="#1f5fa8"/>'
-            f'<text x="{x(peak_t):.1f}" y="{max(y(peak_v) - 8, PAD_T + 10):.1f}" '
-            f'text-anchor="middle" font-size="12" fill="#1f5fa8">'
+            f'<text x="{x(peak_t) + 7:.1f}" y="{y(peak_v) + 14:.1f}" '
+            f'text-anchor="start" font-size="12" font-weight="bold" fill="#1f5fa8">'
             f"{escape(_number(peak_v, lang))} cm</text>"
         )
     parts.append("</svg>")
@@ -262,6 +267,7 @@ def report_html(report: EpisodeReport, lang: Lang, base_path: str) -> str:
         '<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{escape(t(lang, 'report.title', id=e.event_id))}</title>",
+        '<link rel="icon" href="data:,">',  # no favicon request (a 404 in every log)
         '<link rel="stylesheet" href="/static/report.css">',
         "</head>",
         "<body>",
@@ -286,13 +292,13 @@ def report_html(report: EpisodeReport, lang: Lang, base_path: str) -> str:
     if not report.timeline:
         out.append(f"<p>{escape(t(lang, 'report.timeline_empty'))}</p>")
     else:
-        columns = ("time", "sensor", "street", "kind", "change", "level", "depth", "who", "note")
+        # No street column: a sensor's name begins with its street.
+        columns = ("time", "sensor", "kind", "change", "level", "depth", "who", "note")
         out.append("<table><thead><tr>")
         out += [f"<th>{escape(t(lang, f'report.col.{c}'))}</th>" for c in columns]
         out.append("</tr></thead><tbody>")
         for row in report.timeline:
             sensor = by_id.get(row.sensor_id)
-            street = (sensor.street_en if lang == "en" else sensor.street) if sensor else ""
             change = row.change if row.change in CHANGES else "other"
             level = i18n.level_label(lang, sensor.kind if sensor else "street", row.level_name)
             if row.kind != "flood":
@@ -300,7 +306,6 @@ def report_html(report: EpisodeReport, lang: Lang, base_path: str) -> str:
             cells = (
                 local_time(row.time_ns, lang, seconds=True),
                 f"{_sensor_label(sensor, row.sensor_id, lang)} ({row.sensor_id})",
-                street,
                 i18n.kind_label(lang, row.kind),
                 t(lang, f"report.change.{change}"),
                 level,

@@ -64,7 +64,8 @@ class Report:
     def get(self, url: str) -> str:
         response = self.client.get(url, headers=bearer(self.keys.viewer))
         assert response.status_code == 200, response.text
-        return response.text
+        text: str = response.text
+        return text
 
 
 @pytest.fixture

@@ -157,6 +157,7 @@ def alert_json(record: AlertRecord, sensor: Sensor | None, tz: tzinfo = UTC) -> 
         "alert_id": record.alert_id,
         "sensor": record.sensor_id,
         "street": sensor.street if sensor is not None else None,
+        "street_en": sensor.street_en if sensor is not None else None,
         "kind": record.kind,
         "level": record.level,
         "level_name": name,

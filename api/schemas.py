@@ -208,6 +208,7 @@ class AlertOut(BaseModel):
     alert_id: str = Field(description="The engine's alert id.")
     sensor: str = Field(description="Sensor id.")
     street: str | None = Field(description="The sensor's street, from the registry.")
+    street_en: str | None = Field(description="The street's ASCII/English name.")
     kind: str = Field(
         description="Alert kind: e.g. flood (level ladder), rising, stale, battery_low, fault."
     )
@@ -251,11 +252,13 @@ class EpisodeOut(BaseModel):
     peak_time: datetime | None = Field(description=f"When the peak was reached; {TIME}")
     peak_sensor: str | None = Field(description="Sensor that measured the peak.")
     peak_street: str | None = Field(description="That sensor's street.")
+    peak_street_en: str | None = Field(description="That street's ASCII/English name.")
     max_level: int | None = Field(description="Highest level reached (1 flooded .. 4 closed).")
     max_level_name: str | None = Field(description="Name of `max_level`.")
     minutes_to_peak: float | None = Field(description="Minutes from start to peak.")
     minutes_to_drain: float | None = Field(description="Minutes from peak to end.")
-    streets: list[str] = Field(description="Streets that flooded.")
+    streets: list[str] = Field(description="Streets that flooded (Vietnamese names).")
+    streets_en: list[str] = Field(description="The same streets' ASCII/English names.")
     sensors: list[str] = Field(description="Sensors that reached level 1.")
 
 

@@ -21,6 +21,7 @@ from api.i18n import DEFAULT_LANG, Lang
 from api.routes.sensors import CURSOR, SENSOR_ID, TzQuery
 from api.schemas import EpisodePage, error_responses
 from api.times import checked, iso, to_ns, zone
+from floodwatch.registry import ascii_name
 
 router = APIRouter(tags=["events"])
 
@@ -84,6 +85,7 @@ async def list_events(
         params.append(("cursor", str(episodes[limit].start_ns)))
         next_url = f"{request.url.path}?{urlencode(params)}"
     registry = services.registry
+    english = {s.street: s.street_en for s in registry.sensors.values()}
     events = []
     for e in page:
         peak = registry.get(e.peak_sensor) if e.peak_sensor is not None else None
@@ -96,11 +98,13 @@ async def list_events(
                 "peak_time": iso(e.peak_ns, zone_info) if e.peak_ns is not None else None,
                 "peak_sensor": e.peak_sensor,
                 "peak_street": peak.street if peak is not None else None,
+                "peak_street_en": peak.street_en if peak is not None else None,
                 "max_level": e.max_level,
                 "max_level_name": e.max_level_name,
                 "minutes_to_peak": e.minutes_to_peak,
                 "minutes_to_drain": e.minutes_to_drain,
                 "streets": list(e.streets),
+                "streets_en": [english.get(s, ascii_name(s)) for s in e.streets],
                 "sensors": list(e.sensors),
             }
         )

@@ -134,9 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m floodwatch.stack",
         description=__doc__,
-        epilog="Where everything runs is written to DATA/stack.json (services' names, URLs, "
-        "ports, PIDs and logs; credential files), e.g. "
-        "jq -r .services.api.url .stack/stack.json",
+        epilog="Where everything runs is written to DATA/stack.json (each service's name,\n"
+        "URL, ports, PID and log; the credential files), e.g.\n"
+        "  jq -r .services.api.url .stack/stack.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(

@@ -138,7 +138,8 @@ def _declared_query(dependant: Dependant) -> frozenset[str]:
     return frozenset(names)
 
 
-_DECLARED: dict[int, frozenset[str]] = {}
+# Where a route's declared query parameters are kept, worked out at its first request.
+_DECLARED = "_floodwatch_declared_query"
 
 
 def reject_unknown_query(request: Request) -> None:
@@ -149,9 +150,10 @@ def reject_unknown_query(request: Request) -> None:
     route = request.scope.get("route")
     if not isinstance(route, APIRoute) or not route.include_in_schema:
         return
-    declared = _DECLARED.get(id(route))
+    declared: frozenset[str] | None = getattr(route, _DECLARED, None)
     if declared is None:
-        declared = _DECLARED[id(route)] = _declared_query(route.dependant)
+        declared = _declared_query(route.dependant)
+        setattr(route, _DECLARED, declared)
     unknown = problems.unknown_parameters(request.query_params.keys(), declared)
     if unknown:
         raise HTTPException(400, problems.unknown_parameter_sentence(unknown, declared))

@@ -259,6 +259,9 @@ class EpisodeOut(BaseModel):
     minutes_to_drain: float | None = Field(description="Minutes from peak to end.")
     streets: list[str] = Field(description="Streets that flooded (Vietnamese names).")
     streets_en: list[str] = Field(description="The same streets' ASCII/English names.")
+    report: str = Field(
+        description="Path of the episode's printable report (add ?lang=en, or .csv)."
+    )
     sensors: list[str] = Field(description="Sensors that reached level 1.")
 
 

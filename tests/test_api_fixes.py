@@ -135,6 +135,7 @@ def test_tz_applies_to_alerts_and_events(api: Api) -> None:
     assert api.get("/v1/events")["events"][0]["start"] == "2026-11-25T17:00:00.000+00:00"
     assert (event["streets"], event["streets_en"]) == (["Quốc Hương"], ["Quoc Huong"])
     assert event["peak_street_en"] == "Quoc Huong"
+    assert event["report"] == f"/v1/events/flood:{LOCAL_MIDNIGHT}/report"
     alerts = api.get("/v1/alerts?state=all&tz=Asia/Ho_Chi_Minh")["alerts"]
     assert alerts[0]["changed_at"] == "2026-11-26T00:00:00.000+07:00"
     one = api.get("/v1/alerts/qh-02:flood:1?tz=Asia/Ho_Chi_Minh")

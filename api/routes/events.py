@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Literal
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import anyio.to_thread
 import orjson
@@ -106,6 +106,7 @@ async def list_events(
                 "streets": list(e.streets),
                 "streets_en": [english.get(s, ascii_name(s)) for s in e.streets],
                 "sensors": list(e.sensors),
+                "report": f"/v1/events/{quote(e.event_id, safe=':')}/report",
             }
         )
     body = {

@@ -378,6 +378,11 @@ CSV_TIMELINE_FIELDS = (
 )
 
 
+def _cell(text: str) -> str:
+    """Free text for a spreadsheet: a note starting with = + - or @ would run as a formula."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+
+
 def report_csv(report: EpisodeReport, lang: Lang) -> str:
     """The same figures as CSV, in three blocks separated by an empty line: the summary
     (`field,value`), the timeline, and every sensor's depth series. Times are ISO 8601 in the
@@ -423,8 +428,8 @@ def report_csv(report: EpisodeReport, lang: Lang) -> str:
                 "" if row.level is None else row.level,
                 row.level_name or "",
                 num(row.depth_cm),
-                row.who or "",
-                row.note or "",
+                _cell(row.who or ""),
+                _cell(row.note or ""),
             )
         )
     writer.writerow(())

@@ -14,10 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from api.alerts import FloodEpisode
 from api.app import create_app
 from api.config import ApiOptions
+from api.report import EpisodeReport, TimelineRow, report_csv
 from floodwatch.influx import InfluxClient
 from floodwatch.localservices import Service
+from floodwatch.registry import SHIPPED_REGISTRY, load_registry
 from tests.conftest import ROOT
 from tests.test_api_support import (
     Keys,
@@ -153,6 +156,15 @@ def test_unknown_event_is_a_404_sentence(api: Report) -> None:
     """An id that names no episode is 404 with a pointer to /v1/events."""
     response = api.client.get("/v1/events/flood:1/report", headers=bearer(api.keys.viewer))
     assert response.status_code == 404 and "GET /v1/events" in response.json()["detail"]
+
+
+def test_report_csv_defuses_formulas_in_notes() -> None:
+    """An operator's note that starts like a spreadsheet formula is kept as text."""
+    episode = FloodEpisode(EVENT, START, None, 12.0, START, "qh-02", 1, "flooded", 0, None)
+    row = TimelineRow(START, "qh-02", "flood", "acknowledged", 1, "flooded", 12.0, "otto", "=1+1")
+    sensor = load_registry(SHIPPED_REGISTRY).sensors["qh-02"]
+    built = EpisodeReport(episode, [sensor], [row], {}, START)
+    assert ",'=1+1\n" in report_csv(built, "vi")
 
 
 @pytest.mark.slow

@@ -26,7 +26,8 @@ TIME_EXAMPLE = "2026-11-26T18:05:00%2B07:00 or 2026-11-26T11:05:00Z"
 def sentence(text: str) -> str:
     """`text` as one sentence ending in one full stop. The case is left alone: most begin
     with a parameter's name, which is code (`limit`, not `Limit`)."""
-    text = text.strip().rstrip(".")
+    # Names in an answer can come from the request (a body's unknown field): one line only.
+    text = "".join(c if c.isprintable() else "?" for c in text).strip().rstrip(".")
     return text + "." if text else text
 
 
@@ -34,7 +35,8 @@ def _name(loc: Sequence[Any]) -> tuple[str, str]:
     """(where, name) of an error's location, e.g. ("query", "start") or ("body", "note")."""
     where = str(loc[0]) if loc else "request"
     names = [str(part) for part in loc[1:] if isinstance(part, str)]
-    return where, ".".join(names) if names else where
+    name = ".".join(names) if names else where
+    return where[:20], name[:40]
 
 
 def _shown(value: object) -> str:

@@ -360,11 +360,15 @@ def create_app(
             length = request.headers.get("content-length")
             if length is None and request.headers.get("transfer-encoding"):
                 return JSONResponse(
-                    {"detail": "send the body with a Content-Length"}, status_code=411
+                    {"detail": "Send the body with a Content-Length header, not chunked."},
+                    status_code=411,
                 )
             if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
                 return JSONResponse(
-                    {"detail": f"request bodies are limited to {MAX_BODY_BYTES} bytes"},
+                    {
+                        "detail": f"Request bodies are limited to {MAX_BODY_BYTES} bytes: "
+                        'send {"note": "..."} with a note of at most 1,000 characters.'
+                    },
                     status_code=413,
                 )
         return await call_next(request)

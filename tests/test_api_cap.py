@@ -139,3 +139,23 @@ def test_catalogues_hold_the_same_keys_and_the_shared_vocabulary() -> None:
     for lang in LANGS:
         for kind in ("flood", "rising", "stale", "battery_low", "fault"):
             assert f"kind.{kind}" in catalogue(lang)
+
+
+def test_every_key_the_code_builds_is_in_both_catalogues() -> None:
+    """Keys put together at run time (per kind, change, column) exist in vi and en."""
+    from api.report import CHANGES
+
+    built = [f"cap.{part}.{topic}" for part in ("event", "headline") for topic in TOPICS]
+    built += [f"cap.description.{t}" for t in (*TOPICS, "cleared")]
+    built += [f"cap.instruction.{i}" for i in ("monitor", "avoid", "rising", "tide", "all_clear")]
+    built += [f"report.change.{c}" for c in (*CHANGES, "other")]
+    built += [
+        f"report.col.{c}"
+        for c in ("time", "sensor", "kind", "change", "level", "depth", "who", "note")
+    ]
+    for lang in LANGS:
+        missing = [key for key in built if key not in catalogue(lang)]
+        assert missing == [], (lang, missing)
+
+
+TOPICS = ("flood", "rising", "tide")

@@ -18,7 +18,7 @@ import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any, Literal, Protocol, assert_never
 
 import anyio.to_thread
@@ -146,8 +146,8 @@ def record_from_payload(sensor_id: str, alert: Alert, received_at_ns: int | None
     )
 
 
-def alert_json(record: AlertRecord, sensor: Sensor | None) -> dict[str, Any]:
-    """An alert as the API shows it (schemas.AlertOut)."""
+def alert_json(record: AlertRecord, sensor: Sensor | None, tz: tzinfo = UTC) -> dict[str, Any]:
+    """An alert as the API shows it (schemas.AlertOut), its times in zone `tz`."""
     payload = record.payload
     acked_by = payload.get("acked_by", payload.get("who"))
     note = payload.get("note")
@@ -159,14 +159,15 @@ def alert_json(record: AlertRecord, sensor: Sensor | None) -> dict[str, Any]:
         "alert_id": record.alert_id,
         "sensor": record.sensor_id,
         "street": sensor.street if sensor is not None else None,
+        "street_en": sensor.street_en if sensor is not None else None,
         "kind": record.kind,
         "level": record.level,
         "level_name": name,
         "state": record.state,
         "active": record.active,
-        "changed_at": iso(record.changed_at_ns) if record.changed_at_ns is not None else None,
+        "changed_at": iso(record.changed_at_ns, tz) if record.changed_at_ns is not None else None,
         "acked_by": acked_by if isinstance(acked_by, str) else None,
-        "acked_at": iso(acked_at) if acked_at is not None else None,
+        "acked_at": iso(acked_at, tz) if acked_at is not None else None,
         "note": note if isinstance(note, str) else None,
         "payload": dict(payload),
     }

@@ -17,14 +17,19 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import anyio.to_thread
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import history
+from api import history, problems
 from api.alerts import AlertSource, EngineAlerts
 from api.auth import KeyStore
 from api.config import ApiOptions
@@ -36,6 +41,7 @@ from api.geo import BodyCache, SensorsBody, streets_collection
 from api.live import LiveState
 from api.metrics import Metrics, MetricsMiddleware
 from api.routes import alerts, events, health, metrics, page, sensors, stream, streets
+from api.schemas import ErrorOut
 from floodwatch.errors import InfluxError, InfluxUnavailable
 from floodwatch.influx import InfluxClient
 from floodwatch.registry import Registry, load_registry
@@ -84,18 +90,93 @@ def _problem(status_code: int, detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code)
 
 
+def _document_errors(app: FastAPI) -> None:
+    """Make the OpenAPI document show the API's real error answers: every error, validation
+    (422) and unknown parameters (400) included, is `{"detail": one sentence}`."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        doc = generate()
+        error = {"application/json": {"schema": ErrorOut.model_json_schema()}}
+        for methods in doc.get("paths", {}).values():
+            for operation in methods.values():
+                responses = operation.setdefault("responses", {})
+                if "422" in responses:
+                    responses["422"] = {
+                        "description": "A parameter or the body is invalid: one sentence "
+                        "naming it and saying what to send instead.",
+                        "content": error,
+                    }
+                responses.setdefault(
+                    "400",
+                    {
+                        "description": "A query parameter this operation does not take; the "
+                        "sentence names it.",
+                        "content": error,
+                    },
+                )
+        schemas = doc.get("components", {}).get("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        app.openapi_schema = doc
+        return doc
+
+    # FastAPI's documented way to customise the document: replace the app's openapi().
+    setattr(app, "openapi", openapi)  # noqa: B010
+
+
+def _declared_query(dependant: Dependant) -> frozenset[str]:
+    """The query parameters a route takes, its dependencies' included."""
+    names: set[str] = set()
+    stack = [dependant]
+    while stack:
+        current = stack.pop()
+        names.update(field.alias for field in current.query_params)
+        stack.extend(current.dependencies)
+    return frozenset(names)
+
+
+# Where a route's declared query parameters are kept, worked out at its first request.
+_DECLARED = "_floodwatch_declared_query"
+
+
+def reject_unknown_query(request: Request) -> None:
+    """400 for a query parameter the route does not take (a typo must not be ignored).
+
+    The IOC page (`/`, outside the schema) is left alone: its options live in the browser.
+    """
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not route.include_in_schema:
+        return
+    declared: frozenset[str] | None = getattr(route, _DECLARED, None)
+    if declared is None:
+        declared = _declared_query(route.dependant)
+        setattr(route, _DECLARED, declared)
+    unknown = problems.unknown_parameters(request.query_params.keys(), declared)
+    if unknown:
+        raise HTTPException(400, problems.unknown_parameter_sentence(unknown, declared))
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     async def bad_parameter(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, BadParameter)
-        # Same shape as FastAPI's own 422s, so clients handle one format.
-        return JSONResponse(
-            {
-                "detail": [
-                    {"loc": ["query", exc.parameter], "msg": exc.message, "type": "value_error"}
-                ]
-            },
-            422,
-        )
+        return _problem(422, problems.sentence(exc.message))
+
+    async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return _problem(422, problems.validation_detail(exc.errors()))
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        detail = exc.detail
+        # Starlette's own answers for a wrong path or method are a bare phrase.
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"There is no {request.url.path[:80]}; see /docs for the API's paths."
+        elif exc.status_code == 405 and detail == "Method Not Allowed":
+            detail = f"{request.url.path[:80]} does not take {request.method}; see /docs."
+        return JSONResponse({"detail": detail}, exc.status_code, headers=exc.headers)
 
     async def not_found(request: Request, exc: Exception) -> JSONResponse:
         return _problem(404, str(exc))
@@ -112,6 +193,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _problem(502, "InfluxDB refused the query; the API's log has the details.")
 
     app.add_exception_handler(BadParameter, bad_parameter)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(AlertNotFound, not_found)
     app.add_exception_handler(AlertConflict, conflict)
     app.add_exception_handler(BrokerUnavailable, unavailable)
@@ -246,6 +329,7 @@ def create_app(
             "offset; depths in cm."
         ),
         lifespan=lifespan,
+        dependencies=[Depends(reject_unknown_query)],
     )
     app.state.settings = settings
     app.state.registry = registry
@@ -259,6 +343,7 @@ def create_app(
         }
     )
     _install_error_handlers(app)
+    _document_errors(app)
     for module in (health, metrics, sensors, streets, alerts, events, stream, page):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=page.STATIC), name="static")
@@ -275,11 +360,15 @@ def create_app(
             length = request.headers.get("content-length")
             if length is None and request.headers.get("transfer-encoding"):
                 return JSONResponse(
-                    {"detail": "send the body with a Content-Length"}, status_code=411
+                    {"detail": "Send the body with a Content-Length header, not chunked."},
+                    status_code=411,
                 )
             if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
                 return JSONResponse(
-                    {"detail": f"request bodies are limited to {MAX_BODY_BYTES} bytes"},
+                    {
+                        "detail": f"Request bodies are limited to {MAX_BODY_BYTES} bytes: "
+                        'send {"note": "..."} with a note of at most 1,000 characters.'
+                    },
                     status_code=413,
                 )
         return await call_next(request)

@@ -1,5 +1,9 @@
 """Alerts as CAP 1.2 (OASIS Common Alerting Protocol) messages, in an Atom feed.
 
+Each message carries two <info> blocks, Vietnamese (vi-VN) first, then English (en-US), with
+the same facts: what it is (a flood, rising water, a high river), the depth in cm, what to
+do, and when the message expires. Words come from the message catalogues (api.i18n).
+
 A CAP message describes one alert at one moment, so each alert becomes a chain of messages:
 `Alert` when it is raised, `Update` when its level changes (referencing the earlier
 messages), `Cancel` when it clears (referencing them too). `cap_messages` derives the chains
@@ -17,9 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from api import i18n
 from api.alerts import AlertRecord
+from api.i18n import Lang
 from api.times import WARD_ZONE, iso, zone
-from floodwatch.registry import Registry, Sensor
+from floodwatch.registry import Registry, Sensor, ascii_name
 
 CAP_NS = "urn:oasis:names:tc:emergency:cap:1.2"
 ATOM_NS = "http://www.w3.org/2005/Atom"
@@ -34,6 +40,10 @@ TECHNICAL_KINDS = frozenset({"stale", "battery_low", "fault"})
 PUBLIC_KINDS = ("flood", "rising")
 # Cancelled chains stay in the feed this long, so importers polling it see the Cancel.
 KEEP_CANCELLED_NS = 24 * 3600 * 10**9
+# When an importer should drop a message it has heard nothing more about: an active alert is
+# re-sent (Update) only when its level changes, so its expiry is generous; a Cancel soon.
+EXPIRES_NS = 6 * 3600 * 10**9
+CANCEL_EXPIRES_NS = 3600 * 10**9
 # CAP severity by ladder rung: street 1 flooded .. 4 closed; tide alarm I .. III.
 STREET_SEVERITY = ("Unknown", "Minor", "Moderate", "Severe", "Extreme")
 TIDE_SEVERITY = ("Unknown", "Minor", "Moderate", "Severe")
@@ -123,16 +133,103 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None) -> ET.Element:
     return element
 
 
-def _event_name(record: AlertRecord, sensor: Sensor | None) -> str:
+def _depth(record: AlertRecord) -> float | None:
+    depth = record.payload.get("depth_cm")
+    return float(depth) if isinstance(depth, int | float) and not isinstance(depth, bool) else None
+
+
+def _local_time(time_ns: int, lang: Lang) -> str:
+    """A time as people in the ward read it: 18:05 26/11/2026 (vi) or 2026-11-26 18:05 (en)."""
+    text = iso(time_ns, _WARD)  # 2026-11-26T18:05:00.000+07:00
+    day, clock = text[:10], text[11:16]
+    return f"{clock} {day[8:10]}/{day[5:7]}/{day[:4]}" if lang == "vi" else f"{day} {clock}"
+
+
+def _topic(record: AlertRecord, sensor: Sensor | None) -> str:
+    """Which words an alert gets: a rising alert is not a flood, a gauge's is the river's."""
     if record.kind == "rising":
-        return "Rapidly rising water"
-    if sensor is not None and sensor.kind == "tide":
-        return "High river level"
-    return "Street flooding"
+        return "rising"
+    return "tide" if sensor is not None and sensor.kind == "tide" else "flood"
+
+
+def _instruction(topic: str, level: int, cancelled: bool) -> str:
+    if cancelled:
+        return "cap.instruction.all_clear"
+    if topic in ("rising", "tide"):
+        return f"cap.instruction.{topic}"
+    return "cap.instruction.avoid" if level >= 3 else "cap.instruction.monitor"
+
+
+def _info(alert: ET.Element, message: CapMessage, sensor: Sensor | None, lang: Lang) -> ET.Element:
+    """One <info> block in `lang`: the same facts (depth in cm, instruction, expiry) in words."""
+    record = message.record
+    cancelled = message.msg_type == "Cancel"
+    level = record.level or 0
+    topic = _topic(record, sensor)
+    english = lang == "en"
+    if sensor is not None:
+        street = sensor.street_en if english else sensor.street
+        name = sensor.name_en if english else sensor.name
+        ward = ascii_name(sensor.ward) if english else sensor.ward
+    else:
+        street = name = record.sensor_id
+        ward = "An Khanh" if english else "An Khánh"
+    depth = _depth(record)
+    depth_text = f"{depth:.0f}" if depth is not None else i18n.text(lang, "cap.depth_unknown")
+    level_words = i18n.level_label(lang, sensor.kind if sensor else "street", record.level_name)
+    event = i18n.text(lang, f"cap.event.{topic}")
+    at = record.payload.get("reading_time_ns")
+    when = _local_time(at if type(at) is int else message.sent_ns, lang)
+    values = {
+        "street": street,
+        "name": name,
+        "sensor": record.sensor_id,
+        "depth": depth_text,
+        "level": level_words,
+        "event": event,
+        "time": when,
+    }
+    info = _sub(alert, "info")
+    _sub(info, "language", i18n.CAP_LANGUAGE[lang])
+    _sub(info, "category", "Met")
+    _sub(info, "event", event)
+    _sub(info, "responseType", "AllClear" if cancelled else ("Avoid" if level >= 3 else "Monitor"))
+    _sub(info, "urgency", "Past" if cancelled else "Immediate")
+    _sub(info, "severity", severity(record, sensor))
+    _sub(info, "certainty", "Observed")
+    _sub(
+        info,
+        "expires",
+        cap_time(message.sent_ns + (CANCEL_EXPIRES_NS if cancelled else EXPIRES_NS)),
+    )
+    _sub(info, "senderName", i18n.text(lang, "cap.sender_name"))
+    headline = "cap.headline.cleared" if cancelled else f"cap.headline.{topic}"
+    _sub(info, "headline", i18n.text(lang, headline, **values))
+    description = "cap.description.cleared" if cancelled else f"cap.description.{topic}"
+    _sub(info, "description", i18n.text(lang, description, **values))
+    _sub(info, "instruction", i18n.text(lang, _instruction(topic, level, cancelled)))
+    for value_name, value in (
+        ("floodwatch:alert_id", record.alert_id),
+        ("floodwatch:sensor", record.sensor_id),
+        ("floodwatch:kind", record.kind),
+        ("floodwatch:level", str(level)),
+        ("floodwatch:depth_cm", f"{depth:.1f}" if depth is not None else ""),
+    ):
+        if not value:
+            continue
+        parameter = _sub(info, "parameter")
+        _sub(parameter, "valueName", value_name)
+        _sub(parameter, "value", value)
+    area = _sub(info, "area")
+    _sub(area, "areaDesc", i18n.text(lang, "cap.area", street=street, ward=ward))
+    if sensor is not None:
+        # CAP circle: "lat,lon radius_km"; 100 m around the sensor.
+        _sub(area, "circle", f"{sensor.lat:.5f},{sensor.lon:.5f} 0.1")
+    return info
 
 
 def cap_alert(message: CapMessage, sender: str, registry: Registry) -> ET.Element:
-    """One CAP 1.2 <alert> element for a message."""
+    """One CAP 1.2 <alert> element for a message: an <info> in Vietnamese, then in English."""
     record = message.record
     sensor = registry.get(record.sensor_id)
     alert = ET.Element(f"{{{CAP_NS}}}alert")
@@ -144,41 +241,8 @@ def cap_alert(message: CapMessage, sender: str, registry: Registry) -> ET.Elemen
     _sub(alert, "scope", "Public")
     if message.references:
         _sub(alert, "references", " ".join(message.references))
-    info = _sub(alert, "info")
-    _sub(info, "language", "en")
-    _sub(info, "category", "Met")
-    _sub(info, "event", _event_name(record, sensor))
-    cancelled = message.msg_type == "Cancel"
-    level = record.level or 0
-    _sub(info, "responseType", "AllClear" if cancelled else ("Avoid" if level >= 3 else "Monitor"))
-    _sub(info, "urgency", "Past" if cancelled else "Immediate")
-    _sub(info, "severity", severity(record, sensor))
-    _sub(info, "certainty", "Observed")
-    _sub(info, "senderName", "Floodwatch, An Khanh ward, Ho Chi Minh City")
-    street = sensor.street if sensor is not None else record.sensor_id
-    name = record.level_name or record.kind
-    headline = f"{street}: {name}" + (" (cleared)" if cancelled else "")
-    _sub(info, "headline", headline)
-    _sub(
-        info,
-        "description",
-        f"Sensor {record.sensor_id} ({sensor.name if sensor else 'unknown'}) reports "
-        f"{name}, level {level}; alert {record.alert_id} is {record.state or 'unknown'}.",
-    )
-    for value_name, value in (
-        ("floodwatch:alert_id", record.alert_id),
-        ("floodwatch:sensor", record.sensor_id),
-        ("floodwatch:level", str(level)),
-    ):
-        parameter = _sub(info, "parameter")
-        _sub(parameter, "valueName", value_name)
-        _sub(parameter, "value", value)
-    area = _sub(info, "area")
-    ward = sensor.ward if sensor is not None else "An Khanh"
-    _sub(area, "areaDesc", f"{street}, {ward} ward, Ho Chi Minh City")
-    if sensor is not None:
-        # CAP circle: "lat,lon radius_km"; 100 m around the sensor.
-        _sub(area, "circle", f"{sensor.lat:.5f},{sensor.lon:.5f} 0.1")
+    for lang in i18n.LANGS:
+        _info(alert, message, sensor, lang)
     return alert
 
 
@@ -188,7 +252,7 @@ def atom_feed(
     """An Atom feed with one entry per CAP message, the <alert> inline in <content>."""
     feed = ET.Element(f"{{{ATOM_NS}}}feed")
     ET.SubElement(feed, f"{{{ATOM_NS}}}id").text = f"urn:floodwatch:{sender}:alerts"
-    ET.SubElement(feed, f"{{{ATOM_NS}}}title").text = "Floodwatch alerts, An Khanh ward"
+    ET.SubElement(feed, f"{{{ATOM_NS}}}title").text = i18n.text(i18n.DEFAULT_LANG, "cap.feed_title")
     ET.SubElement(feed, f"{{{ATOM_NS}}}updated").text = cap_time(now_ns)
     author = ET.SubElement(feed, f"{{{ATOM_NS}}}author")
     ET.SubElement(author, f"{{{ATOM_NS}}}name").text = "Floodwatch"

@@ -71,7 +71,7 @@ class FeedHandler:
             # A retained reading is an old one the broker replays to a new subscriber: it says
             # nothing about when the sensor was last heard, beyond its own time.
             heard = min(reading.time_ns, received_at_ns) if retained else received_at_ns
-            if self.state.apply_reading(reading, heard):
+            if self.state.apply_reading(reading, heard, live=not retained):
                 newest.add(reading.sensor_id)
         for status in decoded.statuses:
             self.state.apply_status(status)

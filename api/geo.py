@@ -8,7 +8,7 @@ joined from those pieces, so a reading costs one Feature, not a thousand.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -27,7 +27,9 @@ def sensor_properties(now: SensorNow, now_ns: int) -> dict[str, Any]:
     return {
         "id": sensor.id,
         "name": sensor.name,
+        "name_en": sensor.name_en,
         "street": sensor.street,
+        "street_en": sensor.street_en,
         "ward": sensor.ward,
         "kind": sensor.kind,
         "level_cm": reading.level_cm if reading is not None else None,
@@ -55,8 +57,13 @@ def sensor_feature(now: SensorNow, now_ns: int) -> dict[str, Any]:
     }
 
 
-def sensors_collection(state: LiveState, now_ns: int) -> dict[str, Any]:
-    features = [sensor_feature(now, now_ns) for now in state]
+def sensors_collection(
+    state: LiveState, now_ns: int, only: frozenset[str] | None = None
+) -> dict[str, Any]:
+    """Every sensor, or those whose id is in `only` (a search's result)."""
+    features = [
+        sensor_feature(now, now_ns) for now in state if only is None or now.sensor.id in only
+    ]
     return {
         "type": "FeatureCollection",
         "generated_at": iso(now_ns),
@@ -84,6 +91,7 @@ def street_feature(street: Street, members: list[SensorNow], now_ns: int) -> dic
         "geometry": {"type": "LineString", "coordinates": [list(p) for p in street.coordinates]},
         "properties": {
             "name": street.name,
+            "name_en": street.name_en,
             "ward": street.ward,
             "sensors": [now.sensor.id for now in members],
             "level_cm": reading.level_cm if reading is not None else None,
@@ -102,13 +110,16 @@ def street_feature(street: Street, members: list[SensorNow], now_ns: int) -> dic
     }
 
 
-def streets_collection(state: LiveState, now_ns: int) -> dict[str, Any]:
+def streets_collection(
+    state: LiveState, now_ns: int, streets: Sequence[Street] | None = None
+) -> dict[str, Any]:
+    """The registry's streets (or only `streets`, a search's result) as a FeatureCollection."""
     by_street: dict[str, list[SensorNow]] = {}
     for now in state:
         by_street.setdefault(now.sensor.street, []).append(now)
     features = [
         street_feature(street, by_street.get(street.name, []), now_ns)
-        for street in state.registry.streets
+        for street in (state.registry.streets if streets is None else streets)
     ]
     return {
         "type": "FeatureCollection",

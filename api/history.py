@@ -1,10 +1,12 @@
 """What the API reads from InfluxDB: the start-up snapshot, time series, alert history.
 
 Every value from a request is a bound parameter (`$name`, sent in `params`), never pasted
-into InfluxQL. The one exception is the `every` of GROUP BY time(): InfluxDB's parser wants a
+into InfluxQL. The exceptions: the `every` of GROUP BY time(): InfluxDB's parser wants a
 duration literal there and refuses a parameter ("time dimension must have duration
 argument"), so `every` is checked against a strict pattern (`parse_every`) and only then
-formatted into the query. Measurement and field names are constants of this module.
+formatted into the query; likewise the zone of `tz()`, which must be a string literal: only a
+name found in the tz database (api.times.influx_zone) and matching a strict pattern.
+Measurement and field names are constants of this module.
 Functions here block (InfluxClient is synchronous): call them from a worker thread.
 """
 
@@ -28,6 +30,7 @@ RAW_FIELDS = ("level_cm", "distance_mm", "battery_v", "rssi", "seq", "ts_from_re
 FLOAT_FIELDS = frozenset({"level_cm", "distance_mm", "battery_v"})
 INT_FIELDS = frozenset({"rssi", "seq"})
 
+_ZONE = re.compile(r"[A-Za-z][A-Za-z0-9_+-]{0,30}(/[A-Za-z0-9_+-]{1,30}){0,2}")
 _EVERY = re.compile(r"([1-9][0-9]{0,5})(s|m|h|d|w)")
 _UNIT_NS = {"s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86400 * 10**9}
 _UNIT_NS["w"] = 7 * _UNIT_NS["d"]
@@ -43,7 +46,8 @@ def parse_every(text: str) -> int:
     if match is None:
         raise BadParameter(
             "every",
-            f"every {text[:40]!r} must be a whole number and a unit s, m, h, d or w, e.g. 5m or 1h",
+            f"every {text[:40]!r} is not a bucket width: send a whole number and a unit s, m, "
+            "h, d or w, e.g. 5m or 1d",
         )
     return int(match.group(1)) * _UNIT_NS[match.group(2)]
 
@@ -56,6 +60,9 @@ class SeriesQuery:
     limit: int
     every: str | None = None  # validated by parse_every
     agg: Agg | None = None
+    # Buckets of `every` start at this zone's midnight (InfluxQL tz()); None: UTC. A name
+    # checked by api.times.influx_zone.
+    tz: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +95,14 @@ def series_influxql(q: SeriesQuery) -> tuple[str, dict[str, str | int]]:
             "narrow start..end or use a longer every",
         )
     function = AGG_FUNCTIONS[q.agg or "mean"]
+    zone_clause = ""
+    if q.tz is not None:
+        if _ZONE.fullmatch(q.tz) is None:  # a second check before it enters the query text
+            raise BadParameter("tz", f"tz {q.tz[:60]!r} is not an IANA time zone: send UTC")
+        zone_clause = f" tz('{q.tz}')"
     return (
         f'SELECT {function}("level_cm") AS "level_cm" FROM "water_level" {where} '
-        f"GROUP BY time({q.every}) fill(none) LIMIT $limit",
+        f"GROUP BY time({q.every}) fill(none) LIMIT $limit{zone_clause}",
         params,
     )
 

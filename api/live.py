@@ -123,6 +123,8 @@ class SensorNow:
     # and when the one now shown (its newest) arrived.
     heard_ns: int | None = None
     fresh_ns: int | None = None
+    # When the sensor itself last sent a reading (not the broker's or the database's replay).
+    live_ns: int | None = None
 
     def stale(self, now_ns: int) -> bool:
         """Stale when the alert engine says so, or when silent for more than 3 reporting
@@ -161,11 +163,15 @@ class LiveState:
     def with_readings(self) -> int:
         return sum(1 for s in self._sensors.values() if s.reading is not None)
 
-    def apply_reading(self, reading: Reading, heard_ns: int | None = None) -> bool:
+    def apply_reading(
+        self, reading: Reading, heard_ns: int | None = None, *, live: bool = False
+    ) -> bool:
         """Keep the reading if it is the sensor's newest (a replay of the newest overwrites).
 
         `heard_ns` is when it arrived; without it (the start-up snapshot from InfluxDB) the
-        reading's own time stands in, as in the alert engine's rebuild.
+        reading's own time stands in, as in the alert engine's rebuild. A `live` reading (one
+        the sensor sent just now, not a broker's replay) marks the sensor online: it is
+        talking, whatever status an earlier run left behind.
         """
         now = self._sensors.get(reading.sensor_id)
         if now is None:
@@ -173,6 +179,12 @@ class LiveState:
         heard = reading.time_ns if heard_ns is None else heard_ns
         if now.heard_ns is None or heard > now.heard_ns:
             now.heard_ns = heard
+        if live:
+            now.live_ns = heard if now.live_ns is None else max(now.live_ns, heard)
+            if now.online is not True:
+                now.online = True
+                now.version += 1
+                self.version += 1
         held = now.reading
         if held is not None and (reading.time_ns < held.time_ns or reading == held):
             return False
@@ -183,8 +195,18 @@ class LiveState:
         return True
 
     def apply_status(self, status: StatusChange) -> bool:
+        """A sensor's `online`/`offline`. A retained `offline` is the broker's memory of some
+        earlier disconnect (a simulator run that ended, say): it does not override readings
+        the sensor sent live within its stale window."""
         now = self._sensors.get(status.sensor_id)
         if now is None or now.online == status.online:
+            return False
+        if (
+            status.retained
+            and not status.online
+            and now.live_ns is not None
+            and status.time_ns - now.live_ns <= STALE_INTERVALS * now.sensor.interval_s * 1e9
+        ):
             return False
         now.online = status.online
         now.version += 1

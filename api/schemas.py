@@ -66,8 +66,12 @@ class SensorProperties(BaseModel):
     """A sensor's registry facts and its current state (from the live feed, not InfluxDB)."""
 
     id: str = Field(description="Sensor id, as in the registry and the MQTT topics.")
-    name: str = Field(description="Human-readable name of the place.")
-    street: str = Field(description="Street (or river, for a tide gauge) the sensor is on.")
+    name: str = Field(description="Name of the place in Vietnamese, e.g. Quốc Hương, đoạn giữa.")
+    name_en: str = Field(description="The same name in ASCII/English, e.g. Quoc Huong middle.")
+    street: str = Field(
+        description="Street (or river, for a tide gauge) the sensor is on, in Vietnamese."
+    )
+    street_en: str = Field(description="The street's ASCII/English name, e.g. Quoc Huong.")
     ward: str = Field(description="Ward.")
     kind: Literal["street", "tide"] = Field(
         description="`street`: water depth on a road; `tide`: river gauge (stage)."
@@ -123,7 +127,8 @@ class SensorCollection(BaseModel):
 
 
 class StreetProperties(BaseModel):
-    name: str = Field(description="Street name, as in the registry.")
+    name: str = Field(description="Street name in Vietnamese, as in the registry.")
+    name_en: str = Field(description="Street name in ASCII/English, e.g. Duong 12.")
     ward: str = Field(description="Ward.")
     sensors: list[str] = Field(description="Ids of the sensors on this street.")
     level_cm: float | None = Field(
@@ -205,6 +210,7 @@ class AlertOut(BaseModel):
     alert_id: str = Field(description="The engine's alert id.")
     sensor: str = Field(description="Sensor id.")
     street: str | None = Field(description="The sensor's street, from the registry.")
+    street_en: str | None = Field(description="The street's ASCII/English name.")
     kind: str = Field(
         description="Alert kind: e.g. flood (level ladder), rising, stale, battery_low, fault."
     )
@@ -248,11 +254,16 @@ class EpisodeOut(BaseModel):
     peak_time: datetime | None = Field(description=f"When the peak was reached; {TIME}")
     peak_sensor: str | None = Field(description="Sensor that measured the peak.")
     peak_street: str | None = Field(description="That sensor's street.")
+    peak_street_en: str | None = Field(description="That street's ASCII/English name.")
     max_level: int | None = Field(description="Highest level reached (1 flooded .. 4 closed).")
     max_level_name: str | None = Field(description="Name of `max_level`.")
     minutes_to_peak: float | None = Field(description="Minutes from start to peak.")
     minutes_to_drain: float | None = Field(description="Minutes from peak to end.")
-    streets: list[str] = Field(description="Streets that flooded.")
+    streets: list[str] = Field(description="Streets that flooded (Vietnamese names).")
+    streets_en: list[str] = Field(description="The same streets' ASCII/English names.")
+    report: str = Field(
+        description="Path of the episode's printable report (add ?lang=en, or .csv)."
+    )
     sensors: list[str] = Field(description="Sensors that reached level 1.")
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from functools import cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import numpy as np
 
@@ -33,8 +34,28 @@ def zone(name: str) -> tzinfo:
             pass
     raise BadParameter(
         "tz",
-        f"tz {name[:60]!r} is not an IANA time zone; use UTC or e.g. {WARD_ZONE}",
+        f"tz {name[:60]!r} is not an IANA time zone: send UTC or e.g. {WARD_ZONE}",
     )
+
+
+@cache
+def _known_zones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def influx_zone(name: str) -> str | None:
+    """The zone for InfluxQL's tz() clause: None for UTC (InfluxDB's default), else the IANA
+    name as the tz database spells it; BadParameter for anything else. tz() takes a string
+    literal, not a bound parameter, so only a name from the tz database's own list (letters,
+    digits, `/`, `_`, `-`, `+`) ever reaches a query."""
+    zone(name)
+    if name.upper() == "UTC":
+        return None
+    if name not in _known_zones() or _ZONE_NAME.fullmatch(name) is None:
+        raise BadParameter(
+            "tz", f"tz {name[:60]!r} is not an IANA time zone: send UTC or e.g. {WARD_ZONE}"
+        )
+    return name
 
 
 def iso(time_ns: int, tz: tzinfo = UTC) -> str:
@@ -87,7 +108,11 @@ def to_ns(dt: datetime) -> int:
 def checked(dt: datetime, name: str) -> datetime:
     """An aware datetime within 2000..2200, or BadParameter naming the parameter."""
     if dt.tzinfo is None or dt.utcoffset() is None:
-        raise BadParameter(name, f"{name} needs a UTC offset, e.g. 2026-11-26T18:05:00+07:00")
+        raise BadParameter(
+            name, f"{name} needs a UTC offset: send e.g. 2026-11-26T18:05:00%2B07:00 or ...Z"
+        )
     if not EARLIEST <= dt < LATEST:
-        raise BadParameter(name, f"{name} must be between 2000-01-01 and 2200-01-01")
+        raise BadParameter(
+            name, f"{name} is out of range: send a time between 2000-01-01 and 2200-01-01"
+        )
     return dt

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,17 @@ class Sensor:
     # Height of a downward-looking distance sensor above the dry road; None for depth sensors.
     mount_height_mm: float | None = None
     sends: SensorSends = "level_cm"
+    # `name` and `street` are Vietnamese with diacritics (what operators read); these are
+    # their ASCII/English forms, from the file's `name_en` or else the name without marks.
+    name_en: str = ""
+    street_en: str = ""
+
+    def __post_init__(self) -> None:
+        # Built in code without the English forms: derive them (the loader passes its own).
+        if not self.name_en:
+            object.__setattr__(self, "name_en", ascii_name(self.name))
+        if not self.street_en:
+            object.__setattr__(self, "street_en", ascii_name(self.street))
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +64,11 @@ class Street:
     ward: str
     # GeoJSON order: (longitude, latitude) pairs.
     coordinates: tuple[tuple[float, float], ...]
+    name_en: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name_en:
+            object.__setattr__(self, "name_en", ascii_name(self.name))
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +79,42 @@ class Registry:
 
     def get(self, sensor_id: str) -> Sensor | None:
         return self.sensors.get(sensor_id)
+
+    def find_sensors(self, query: str) -> list[Sensor]:
+        """Sensors whose id, name or street (Vietnamese or English) contains `query`, accents
+        and case ignored: "quoc huong" finds Quốc Hương."""
+        needle = search_key(query)
+        return [
+            s
+            for s in self.sensors.values()
+            if any(
+                needle in search_key(t) for t in (s.id, s.name, s.name_en, s.street, s.street_en)
+            )
+        ]
+
+    def find_streets(self, query: str) -> list[Street]:
+        """Streets whose name (Vietnamese or English) contains `query`, accents ignored."""
+        needle = search_key(query)
+        return [
+            s
+            for s in self.streets
+            if needle in search_key(s.name) or needle in search_key(s.name_en)
+        ]
+
+
+# Vietnamese đ/Đ is a letter of its own, not d with a mark, so NFD leaves it alone.
+_D_STROKE = str.maketrans({"đ": "d", "Đ": "D"})
+
+
+def ascii_name(text: str) -> str:
+    """`text` without diacritics, case kept: "Đường 12" -> "Duong 12"."""
+    decomposed = unicodedata.normalize("NFD", text.translate(_D_STROKE))
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def search_key(text: str) -> str:
+    """The form names are compared in for search: no diacritics, lower case, single spaces."""
+    return " ".join(ascii_name(text).casefold().split())
 
 
 # A plausible box around Ho Chi Minh City; anything outside is a typo or a lat/lon swap.
@@ -101,6 +155,7 @@ def load_registry(path: Path | str) -> Registry:
         )
 
     sensors: dict[str, Sensor] = {}
+    own_street_en: set[str] = set()
     first_seen: dict[str, int] = {}
     streets: list[Street] = []
     for index, feature in enumerate(features):
@@ -127,6 +182,8 @@ def load_registry(path: Path | str) -> Registry:
                 )
             sensors[sensor.id] = sensor
             first_seen[sensor.id] = index
+            if properties.get("street_en") is not None:
+                own_street_en.add(sensor.id)
         elif geometry_type == "LineString":
             streets.append(_street(where, properties, coordinates))
         else:
@@ -138,6 +195,15 @@ def load_registry(path: Path | str) -> Registry:
         raise RegistryError(
             f"{source}: the registry has no sensors; add at least one Feature with Point geometry."
         )
+    # A sensor's street in English: its own street_en, else its LineString's name_en, else
+    # the street's name without marks (what __post_init__ derived).
+    street_en = {street.name: street.name_en for street in streets}
+    sensors = {
+        sid: s
+        if sid in own_street_en
+        else dataclasses.replace(s, street_en=street_en.get(s.street, s.street_en))
+        for sid, s in sensors.items()
+    }
     return Registry(sensors=sensors, streets=tuple(streets), source=source)
 
 
@@ -194,6 +260,8 @@ def _sensor(where: str, props: dict[str, object], coordinates: object) -> Sensor
     return Sensor(
         id=sensor_id,
         name=name,
+        name_en=_english(where, props, name),
+        street_en=_english(where, props, street, "street_en"),
         street=street,
         ward=ward,
         kind="street" if kind == "street" else "tide",
@@ -216,7 +284,15 @@ def _street(where: str, props: dict[str, object], coordinates: object) -> Street
             "draw the street with two or more vertices."
         )
     points = tuple(_position(f"{where} point {i}", point) for i, point in enumerate(coordinates))
-    return Street(name=name, ward=ward, coordinates=points)
+    return Street(name=name, ward=ward, coordinates=points, name_en=_english(where, props, name))
+
+
+def _english(where: str, props: dict[str, object], name: str, key: str = "name_en") -> str:
+    """The optional `name_en` (or `street_en`): the ASCII/English name; the name without
+    diacritics if absent."""
+    if props.get(key) is None:
+        return ascii_name(name)
+    return _text(where, props, key)
 
 
 def _text(where: str, props: dict[str, object], key: str) -> str:

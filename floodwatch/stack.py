@@ -5,12 +5,18 @@ authentication), then ingest, the API and the street simulator, each as its own 
 its log under the data directory and its own least-privileged logins (passwords generated once
 into DATA/credentials/). Ctrl-C (or SIGTERM) stops them in reverse order. `scripts/stack`
 installs what is missing and runs this.
+
+Once every service is up, DATA/stack.json says where each one is (name, URL, ports, PID, log)
+and where the credential files are, so tools and tests find a running stack without reading
+its banner; it is written atomically (a reader never sees half a file) and marked
+`"state": "stopped"` when the stack exits.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -18,7 +24,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
@@ -78,10 +85,58 @@ def _operator_key(data: Path, env: dict[str, str]) -> str:
     return key
 
 
+STACK_FILE = "stack.json"
+# Version of stack.json's layout: readers check it before relying on the fields.
+STACK_FILE_VERSION = 1
+
+
+def stack_service(
+    name: str,
+    pid: int | None,
+    log: Path,
+    *,
+    url: str | None = None,
+    ports: Mapping[str, int] | None = None,
+) -> dict[str, object]:
+    """One service's entry in stack.json (URLs never hold a password)."""
+    return {"name": name, "url": url, "ports": dict(ports or {}), "pid": pid, "log": str(log)}
+
+
+def write_stack_file(path: Path, doc: Mapping[str, object]) -> None:
+    """Write stack.json atomically: to a temporary file beside it, then renamed over it."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    partial.replace(path)
+
+
+def mark_stopped(path: Path, at: datetime) -> None:
+    """Mark stack.json stopped (the PIDs are no longer ours); nothing if it was never written."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    doc["state"] = "stopped"
+    doc["stopped_at"] = at.isoformat(timespec="seconds")
+    write_stack_file(path, doc)
+
+
+def _wait_listening(port: int, stop: threading.Event, timeout_s: float = 60.0) -> bool:
+    """True once something accepts connections on the loopback port."""
+    deadline = time.monotonic() + timeout_s
+    while not stop.is_set() and time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return True
+        stop.wait(0.2)
+    return False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m floodwatch.stack",
         description=__doc__,
+        epilog="Where everything runs is written to DATA/stack.json (each service's name,\n"
+        "URL, ports, PID and log; the credential files), e.g.\n"
+        "  jq -r .services.api.url .stack/stack.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -148,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     services: list[Service] = []
     apps: list[tuple[str, subprocess.Popen[bytes]]] = []
+    stack_file = data / STACK_FILE
+    stack_file.unlink(missing_ok=True)  # an earlier run's file would point at dead PIDs
     try:
         creds_dir = data / "credentials"
         creds = Credentials.load_or_generate(creds_dir, load_registry(SHIPPED_REGISTRY).sensors)
@@ -204,6 +261,55 @@ def main(argv: Sequence[str] | None = None) -> int:
                     stderr=subprocess.STDOUT,
                 )
             apps.append((name, proc))
+        if _wait_listening(api_port, stop):
+            pids = {name: proc.pid for name, proc in apps}
+            write_stack_file(
+                stack_file,
+                {
+                    "version": STACK_FILE_VERSION,
+                    "state": "running",
+                    "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "stopped_at": None,
+                    "pid": os.getpid(),
+                    "data_dir": str(data),
+                    "logs": str(logs),
+                    "services": {
+                        "mosquitto": stack_service(
+                            "mosquitto",
+                            broker.proc.pid if broker.proc else None,
+                            broker.log,
+                            url=f"mqtt://127.0.0.1:{mqtt_port}",
+                            ports={"mqtt": mqtt_port},
+                        ),
+                        "influxd": stack_service(
+                            "influxd",
+                            influxd.proc.pid if influxd.proc else None,
+                            influxd.log,
+                            url=f"http://127.0.0.1:{influx_port}",
+                            ports={"http": influx_port},
+                        ),
+                        "ingest": stack_service("ingest", pids["ingest"], logs / "ingest.log"),
+                        "api": stack_service(
+                            "api",
+                            pids["api"],
+                            logs / "api.log",
+                            url=f"http://127.0.0.1:{api_port}/",
+                            ports={"http": api_port},
+                        ),
+                        "simulator": stack_service(
+                            "simulator", pids["simulators"], logs / "simulators.log"
+                        ),
+                    },
+                    "credentials": {
+                        "directory": str(creds_dir),
+                        "services": str(creds_dir / "credentials.json"),
+                        "sensors": str(Credentials.sensor_file(creds_dir)),
+                        "mosquitto_passwords": str(Credentials.password_file(creds_dir)),
+                        "api_keys": str(data / "api-keys"),
+                        "operator_key": str(data / "operator-key"),
+                    },
+                },
+            )
         print(
             f"""Floodwatch is running (Ctrl-C stops everything):
   IOC page     http://127.0.0.1:{api_port}/   (reads are open; to acknowledge alerts,
@@ -214,7 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   InfluxDB     http://127.0.0.1:{influx_port}
                influx -port {influx_port} {admin_influx} -database floodwatch \\
                  -execute 'SELECT * FROM water_level ORDER BY time DESC LIMIT 10'
-  logs         {logs}/""",
+  logs         {logs}/
+  stack.json   {stack_file}   (each service's URL, ports and PID)""",
             flush=True,
         )
         deadline = time.monotonic() + args.run_for if args.run_for else None
@@ -246,6 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 proc.kill()
         for svc in reversed(services):
             svc.stop()
+        mark_stopped(stack_file, datetime.now(UTC))
         print("stopped", flush=True)
 
 

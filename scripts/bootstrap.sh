@@ -24,6 +24,10 @@ fi
 if [ "${FLOODWATCH_NEED_BROWSER:-0}" = 1 ] && ! have chromium; then
     missing+=(chromium)
 fi
+# The episode report's print test reads the PDF Chromium prints with poppler's pdftotext.
+if [ "${FLOODWATCH_NEED_BROWSER:-0}" = 1 ] && ! have pdftotext; then
+    missing+=(poppler-utils)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "floodwatch: installing ${missing[*]} from Debian's packages" >&2
     as_root apt-get update -qq

@@ -69,7 +69,7 @@ def plot_scenario(
         colour = STREET_COLOURS[index % len(STREET_COLOURS)]
         streets.plot(grid, world.depth_cm[:, index], color=colour, lw=2, label=f"{name}")
         for s, sensor in enumerate(reports.sensors):
-            if sensor.street != name:
+            if sensor.street_en != name:
                 continue
             depth = true_depth_cm(world, sensor, float(offsets[s]), world.times_s)
             streets.plot(grid, depth, color=colour, lw=0.5, alpha=0.6)

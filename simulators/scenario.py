@@ -211,10 +211,10 @@ def parse_scenario(text: str, *, name: str, source: str = "<scenario>") -> Scena
 def check_against_registry(scenario: Scenario, registry: Registry) -> None:
     """Every street sensor's street has a model, and every named sensor exists."""
     for sensor in registry.sensors.values():
-        if sensor.kind == "street" and sensor.street not in scenario.streets:
+        if sensor.kind == "street" and sensor.street_en not in scenario.streets:
             raise ScenarioError(
-                f"{scenario.source}: sensor {sensor.id!r} is on street {sensor.street!r}, "
-                f'which the scenario does not model; add a [streets."{sensor.street}"] table.'
+                f"{scenario.source}: sensor {sensor.id!r} is on street {sensor.street_en!r}, "
+                f'which the scenario does not model; add a [streets."{sensor.street_en}"] table.'
             )
     named = [f.sensor_id for f in scenario.faults] + list(scenario.sensor_offsets_cm)
     for sensor_id in named:

@@ -108,7 +108,7 @@ def sensor_offsets_cm(scenario: Scenario, sensors: tuple[Sensor, ...], seed: int
         if sensor.id in scenario.sensor_offsets_cm:
             offsets[i] = scenario.sensor_offsets_cm[sensor.id]
         else:
-            spread = scenario.streets[sensor.street].sensor_spread_cm
+            spread = scenario.streets[sensor.street_en].sensor_spread_cm
             offsets[i] = round(sensor_rng(seed, _OFFSET, sensor.id).uniform(0.0, spread), 1)
     return offsets
 
@@ -117,7 +117,7 @@ def true_depth_cm(world: World, sensor: Sensor, offset_cm: float, times_s: Float
     """The noise-free depth under a street sensor (or the stage at a gauge) at given times."""
     if sensor.kind == "tide":
         return np.interp(times_s, world.times_s, world.stage_cm)
-    column = world.streets.index(sensor.street)
+    column = world.streets.index(sensor.street_en)
     street = np.interp(times_s, world.times_s, world.depth_cm[:, column])
     return np.maximum(street - offset_cm, 0.0)
 

@@ -155,9 +155,9 @@ def build_fleet(
     if not (math.isfinite(speed) and speed > 0):
         raise ValueError(f"speed {speed} must be a finite number above 0")
     keys = _keys(sensor.id for sensor in chosen)
-    street_keys = _keys(sensor.street for sensor in chosen)
+    street_keys = _keys(sensor.street_en for sensor in chosen)
     base_peak = np.array(
-        [STREET_PEAK_CM.get(sensor.street, OTHER_STREET_PEAK_CM) for sensor in chosen],
+        [STREET_PEAK_CM.get(sensor.street_en, OTHER_STREET_PEAK_CM) for sensor in chosen],
         dtype=np.float64,
     )
     spread = 1.0 + PEAK_SPREAD * (2.0 * _uniform(seed, keys, _PEAK) - 1.0)

@@ -145,7 +145,7 @@ def _sensor_truth(
         else None
     )
     return {
-        "street": sensor.street,
+        "street": sensor.street_en,
         "kind": sensor.kind,
         "sends": sensor.sends,
         "interval_s": interval,

@@ -713,7 +713,7 @@ def test_the_shipped_registry_builds_an_engine() -> None:
     assert state.config.n == len(registry.sensors)
     d12_03 = state.config.index["d12-03"]
     assert state.config.thresholds[d12_03].tolist() == [8.0, 15.0, 25.0, 40.0]
-    assert {s.street for s in street_view(state)} == {"Duong 12", "Quoc Huong", "Nguyen Van Huong"}
+    assert {s.street for s in street_view(state)} == {"Đường 12", "Quốc Hương", "Nguyễn Văn Hưởng"}
 
 
 def test_a_restart_during_a_long_obstruction_does_not_take_the_car_for_water() -> None:

@@ -162,7 +162,7 @@ def test_history_and_flood_events_come_from_influxdb(api: Api, influx: InfluxCli
             f"end_ns={T0 + n * 3600 * 10**9 + 90 * 60 * 10**9}i,peak_cm=3{n}.5,"
             f'peak_ns={T0 + n * 3600 * 10**9 + 20 * 60 * 10**9}i,peak_sensor="qh-03",'
             f'max_level=3i,max_level_name="impassable",minutes_to_peak=20,minutes_to_drain=70,'
-            f'streets="[\\"Quoc Huong\\"]",sensors="[\\"qh-03\\",\\"qh-04\\"]" '
+            f'streets="[\\"Quốc Hương\\"]",sensors="[\\"qh-03\\",\\"qh-04\\"]" '
             f"{T0 + n * 3600 * 10**9}"
             for n in range(3)
         ]
@@ -170,7 +170,7 @@ def test_history_and_flood_events_come_from_influxdb(api: Api, influx: InfluxCli
     assert "old-1" in api.ids("/v1/alerts?state=all")
     assert "old-1" not in api.ids("/v1/alerts")
     past = api.get("/v1/alerts/old-1")
-    assert past["state"] == "cleared_ack" and past["street"] == "Quoc Huong"
+    assert past["state"] == "cleared_ack" and past["street"] == "Quốc Hương"
     ack = api.client.post("/v1/alerts/old-1/ack", json={}, headers=bearer(api.keys.operator))
     assert ack.status_code == 409
     assert past["acked_by"] == "otto" and past["level_name"] == "normal"
@@ -181,8 +181,8 @@ def test_history_and_flood_events_come_from_influxdb(api: Api, influx: InfluxCli
     assert event["start"] == "2026-11-26T00:00:00.000+00:00"
     assert event["end"] == "2026-11-26T01:30:00.000+00:00"
     assert event["peak_time"] == "2026-11-26T00:20:00.000+00:00"
-    assert event["peak_street"] == "Quoc Huong" and event["max_level_name"] == "impassable"
-    assert event["streets"] == ["Quoc Huong"] and event["sensors"] == ["qh-03", "qh-04"]
+    assert event["peak_street"] == "Quốc Hương" and event["max_level_name"] == "impassable"
+    assert event["streets"] == ["Quốc Hương"] and event["sensors"] == ["qh-03", "qh-04"]
     rest = api.get(first["next"])
     assert len(rest["events"]) == 1 and rest["next"] is None
     assert api.get("/v1/events?sensor=qh-01")["events"] == []
@@ -254,7 +254,9 @@ def test_cap_feed_is_valid_cap_1_2_through_alert_update_cancel(
         assert _text(first, "info/category") == "Met"
         assert _text(first, "info/certainty") == "Observed"
         assert _text(first, "info/severity") == "Minor"
-        assert _text(first, "info/area/areaDesc").startswith("Quoc Huong, An Khanh ward")
+        assert _text(first, "info/language") == "vi-VN"
+        assert _text(first, "info/area/areaDesc").startswith("Quốc Hương, phường An Khánh")
+        assert _text(first, "info/headline").startswith("Quốc Hương: Ngập")
         assert _text(first, "sent").endswith("+07:00")
         identifier = _text(first, "identifier")
 

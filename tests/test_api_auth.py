@@ -20,7 +20,9 @@ from api.app import create_app
 from api.auth import read_keys
 from api.config import ApiOptions, options_from_args
 from floodwatch.errors import SettingsError
+from floodwatch.influx import InfluxClient
 from floodwatch.localservices import Service, free_port
+from floodwatch.settings import parse_influx_url
 from tests.conftest import ROOT
 from tests.test_api_support import (
     DEPTH_SENSOR,
@@ -54,6 +56,8 @@ ACCESS: dict[tuple[str, str], str] = {
     ("GET", "/v1/alerts/{alert_id}"): "viewer",
     ("POST", "/v1/alerts/{alert_id}/ack"): "operator",
     ("GET", "/v1/events"): "viewer",
+    ("GET", "/v1/events/{event_id}/report"): "viewer",
+    ("GET", "/v1/events/{event_id}/report.csv"): "viewer",
     ("GET", "/v1/stream"): "viewer",
 }
 
@@ -74,6 +78,8 @@ def _routes() -> list[tuple[str, str]]:
 
 
 ROUTES = _routes()
+EVENT_START = 1_795_651_200 * 10**9
+EVENT_ID = f"flood:{EVENT_START}"
 
 
 def test_every_route_has_a_declared_access_level() -> None:
@@ -94,6 +100,10 @@ def server(
 ) -> Iterator[Server]:
     """One live API (uvicorn) for the whole matrix, with an alert to acknowledge."""
     root = "authmatrix"
+    with InfluxClient(parse_influx_url(influxd.url("admin")), root) as influx:
+        influx.create_database()
+        # A flood episode for the report routes to find.
+        influx.write([f'flood_episode episode_id="{EVENT_ID}",peak_cm=12.5 {EVENT_START}'])
     keys = write_keys(tmp_path_factory.mktemp("auth") / "keys")
     app = create_app(api_settings(broker, influxd, root), ApiOptions(api_keys=keys.path))
     with (
@@ -113,7 +123,7 @@ def server(
 def _call(server: Server, method: str, path: str, headers: dict[str, str]) -> httpx.Response:
     url = server.url + path.replace("{sensor_id}", DEPTH_SENSOR).replace(
         "{alert_id}", server.alert_id
-    )
+    ).replace("{event_id}", EVENT_ID)
     if path == "/static":
         url += "/app.js"
     elif path == "/static-offline-docs":

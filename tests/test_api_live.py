@@ -213,7 +213,7 @@ def test_a_replayed_old_reading_is_live_until_the_engine_says_stale(live: Live) 
     publish(live.pub, f"{live.root}/v1/alerts/nvh-03", verdict, retain=True)
     wait_for(lambda: live.sensor("nvh-03")["stale"] is True, what="the engine's stale verdict")
     streets = live.http.get(f"{live.url}/v1/streets", headers=bearer(live.keys.viewer)).json()
-    street = next(f for f in streets["features"] if f["id"] == "Nguyen Van Huong")
+    street = next(f for f in streets["features"] if f["id"] == "Nguyễn Văn Hưởng")
     assert street["geometry"]["type"] == "LineString"
     assert street["properties"]["worst_sensor"] == "nvh-03"
     assert street["properties"]["level"] == 3 and street["properties"]["stale"] is True

@@ -54,6 +54,28 @@ def test_depth_level_follows_the_contract_ladders(
     assert level_name(sensor, level) == name
 
 
+def test_live_readings_mark_a_sensor_online_and_old_offline_statuses_wait() -> None:
+    """A live reading marks its sensor online; a retained `offline` (an earlier run's will)
+    does not override readings heard within the stale window, a will sent now does."""
+    state = LiveState(REGISTRY)
+
+    def online() -> bool | None:
+        now = state.get("qh-02")
+        assert now is not None
+        return now.online
+
+    state.apply_status(StatusChange("qh-02", False, NOW, retained=False))
+    assert online() is False
+    state.apply_reading(Reading("qh-02", NOW, 1.0), NOW + 1, live=True)
+    assert online() is True
+    assert not state.apply_status(StatusChange("qh-02", False, NOW + 60 * 10**9, retained=True))
+    assert online() is True
+    # Silent for longer than 3 intervals: the retained offline stands.
+    assert state.apply_status(StatusChange("qh-02", False, NOW + 600 * 10**9, retained=True))
+    state.apply_reading(Reading("qh-02", NOW - 1, 1.0), NOW + 601 * 10**9)  # the snapshot
+    assert online() is False
+
+
 def test_live_state_keeps_only_the_newest_reading() -> None:
     """An older reading (a backfill) never replaces a newer one; a new one bumps the version."""
     state = LiveState(REGISTRY)
@@ -181,7 +203,7 @@ def test_geojson_validates_against_the_documented_schemas() -> None:
     assert orjson.loads(body.get(state, NOW)) == sensors_collection(state, NOW)
     assert sensors.numberReturned == len(REGISTRY.sensors) == len(sensors.features)
     streets = StreetCollection.model_validate(streets_collection(state, NOW))
-    quoc_huong = next(f for f in streets.features if f.id == "Quoc Huong")
+    quoc_huong = next(f for f in streets.features if f.id == "Quốc Hương")
     # The stale qh-03 still counts with its last known depth (CONTRACT section 3).
     assert quoc_huong.properties.worst_sensor == "qh-03"
     assert quoc_huong.properties.level == 3 and quoc_huong.properties.stale

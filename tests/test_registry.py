@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from floodwatch.registry import (
     TIDE_THRESHOLDS_CM,
     Registry,
     load_registry,
+    search_key,
 )
 
 Doc = dict[str, Any]
@@ -293,13 +295,91 @@ def shipped() -> Registry:
     return load_registry(SHIPPED_REGISTRY)
 
 
-@pytest.mark.parametrize("street", ["Duong 12", "Quoc Huong", "Nguyen Van Huong"])
-def test_shipped_street_has_sensors(shipped: Registry, street: str) -> None:
-    """Each of the three contract streets has at least four street sensors and a LineString."""
+@pytest.mark.parametrize(
+    ("street", "street_en"),
+    [
+        ("Đường 12", "Duong 12"),
+        ("Quốc Hương", "Quoc Huong"),
+        ("Nguyễn Văn Hưởng", "Nguyen Van Huong"),
+    ],
+)
+def test_shipped_street_has_sensors(shipped: Registry, street: str, street_en: str) -> None:
+    """Each of the three contract streets has at least four street sensors and a LineString,
+    named in Vietnamese with diacritics and in ASCII/English."""
     on_street = [s for s in shipped.sensors.values() if s.street == street and s.kind == "street"]
     assert len(on_street) >= 4
-    assert all(s.ward == "An Khanh" for s in on_street)
-    assert [s.name for s in shipped.streets].count(street) == 1
+    assert all(s.ward == "An Khánh" and s.street_en == street_en for s in on_street)
+    assert all(s.name.startswith(street + ", ") for s in on_street)
+    assert all(s.name_en.startswith(street_en + " ") and s.name_en.isascii() for s in on_street)
+    assert [(s.name, s.name_en) for s in shipped.streets].count((street, street_en)) == 1
+
+
+def test_shipped_names_are_vietnamese_with_ascii_ids(shipped: Registry) -> None:
+    """Ids stay ASCII; every name has an ASCII/English twin; the gauge is Trạm thủy văn Phú An."""
+    assert all(sid.isascii() for sid in shipped.sensors)
+    assert all(s.name_en.isascii() and s.street_en.isascii() for s in shipped.sensors.values())
+    gauge = shipped.sensors["phu-an"]
+    assert (gauge.name, gauge.street) == ("Trạm thủy văn Phú An", "Sông Sài Gòn")
+    assert (gauge.name_en, gauge.street_en) == ("Phu An tide gauge", "Saigon River")
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("Đường 12", "duong 12"),
+        ("Quốc Hương", "quoc huong"),
+        ("NGUYỄN  Văn Hưởng", "nguyen van huong"),
+        ("quoc huong", "quoc huong"),
+        # Precomposed and decomposed forms of the same letters fold alike.
+        (unicodedata.normalize("NFD", "Hưởng"), "huong"),
+    ],
+)
+def test_search_key_drops_diacritics_case_and_spacing(text: str, key: str) -> None:
+    """Search compares names without marks, đ as d, in lower case with single spaces."""
+    assert search_key(text) == key
+
+
+@pytest.mark.parametrize(
+    ("query", "ids"),
+    [
+        ("quoc huong", ["qh-01", "qh-02", "qh-03", "qh-04"]),
+        ("Quốc Hương", ["qh-01", "qh-02", "qh-03", "qh-04"]),
+        ("duong 12, dau", ["d12-01", "d12-04"]),
+        ("phu an", ["phu-an"]),
+        ("saigon", ["phu-an"]),
+        ("nvh-05", ["nvh-05"]),
+        ("hà nội", []),
+    ],
+)
+def test_find_sensors_is_accent_insensitive(shipped: Registry, query: str, ids: list[str]) -> None:
+    """Sensors are found by id, Vietnamese or English name or street, with or without accents."""
+    assert [s.id for s in shipped.find_sensors(query)] == ids
+
+
+def test_find_streets_is_accent_insensitive(shipped: Registry) -> None:
+    """Streets by Vietnamese or ASCII name; accents ignored, so "Hưởng" also finds Hương."""
+    assert [s.name for s in shipped.find_streets("nguyen van huong")] == ["Nguyễn Văn Hưởng"]
+    assert [s.name for s in shipped.find_streets("Hưởng")] == ["Quốc Hương", "Nguyễn Văn Hưởng"]
+    assert [s.name for s in shipped.find_streets("DUONG")] == ["Đường 12"]
+
+
+def test_name_en_defaults_to_the_name_without_marks(tmp_path: Path) -> None:
+    """A registry without name_en still offers ASCII names; a given name_en must be text."""
+    doc = copy.deepcopy(VALID)
+    _props(doc, 0)["name"] = "Nguyễn Văn Hưởng"
+    _props(doc)["street"] = "Nguyễn Văn Hưởng"
+    _props(doc)["name"] = "Nguyễn Văn Hưởng, phía nam"
+    registry = load_registry(_write(tmp_path, doc))
+    sensor = registry.sensors["nvh-01"]
+    assert (sensor.name_en, sensor.street_en) == ("Nguyen Van Huong, phia nam", "Nguyen Van Huong")
+    assert registry.streets[0].name_en == "Nguyen Van Huong"
+    _props(doc, 0)["name_en"] = "Nguyen Van Huong Street"
+    assert load_registry(_write(tmp_path, doc)).sensors["nvh-01"].street_en == (
+        "Nguyen Van Huong Street"
+    )
+    _props(doc)["name_en"] = 12
+    with pytest.raises(RegistryError, match="name_en"):
+        load_registry(_write(tmp_path, doc))
 
 
 def test_shipped_registry_overview(shipped: Registry) -> None:
@@ -337,7 +417,9 @@ def test_any_json_value_is_loaded_or_rejected(tmp_path: Path, value: object) -> 
         [
             "id",
             "name",
+            "name_en",
             "street",
+            "street_en",
             "ward",
             "kind",
             "sends",

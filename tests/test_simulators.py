@@ -143,8 +143,8 @@ def test_quoc_huong_and_nguyen_van_huong_deeper_than_duong_12() -> None:
     for seed in range(5):
         fleet = _fleet(seed)
         peaks = _street_depths(fleet, T0 + np.arange(0, HOUR, 15.0)).max(axis=0)
-        duong_12 = peaks[_index(fleet, lambda s: s.street == "Duong 12")]
-        deeper = peaks[_index(fleet, lambda s: s.street in ("Quoc Huong", "Nguyen Van Huong"))]
+        duong_12 = peaks[_index(fleet, lambda s: s.street_en == "Duong 12")]
+        deeper = peaks[_index(fleet, lambda s: s.street_en in ("Quoc Huong", "Nguyen Van Huong"))]
         assert deeper.min() > duong_12.max()
 
 

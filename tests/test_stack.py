@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -75,11 +76,29 @@ def test_stack_runs_the_whole_pipeline_and_stops_on_ctrl_c(tmp_path: Path) -> No
             timeout=5,
         )
         assert ack.status_code == 404
+        # stack.json: where every service is, without reading the banner.
+        stack = json.loads((tmp_path / "data" / "stack.json").read_text())
+        assert stack["state"] == "running" and stack["version"] == 1
+        services = stack["services"]
+        assert list(services) == ["mosquitto", "influxd", "ingest", "api", "simulator"]
+        assert services["api"]["url"] == f"http://127.0.0.1:{api}/"
+        assert services["api"]["ports"] == {"http": api}
+        assert services["mosquitto"]["ports"] == {"mqtt": mqtt}
+        assert services["influxd"]["url"] == f"http://127.0.0.1:{influx_port}"
+        for entry in services.values():
+            os.kill(entry["pid"], 0)  # alive (raises if not)
+            log = Path(entry["log"])
+            assert entry["name"] in log.name and log.exists()
+        for path in stack["credentials"].values():
+            assert Path(path).exists(), path
+        assert httpx.get(services["api"]["url"] + "healthz", timeout=5).status_code == 200
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(60)
     assert code == 0, out.read_text()
     assert b"stopped" in out.read_bytes()
+    stopped = json.loads((tmp_path / "data" / "stack.json").read_text())
+    assert stopped["state"] == "stopped" and stopped["stopped_at"]
     for name in ("mosquitto", "influxd", "ingest", "api", "simulators"):
         assert (tmp_path / "data" / "logs" / f"{name}.log").stat().st_size > 0
 

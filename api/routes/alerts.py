@@ -25,8 +25,9 @@ from api.cap import (
 )
 from api.deps import AlertsDep, OperatorDep, ServicesDep, ViewerDep
 from api.errors import AlertNotFound, BadParameter
+from api.routes.sensors import TzQuery
 from api.schemas import AckIn, AlertOut, AlertPage, error_responses
-from api.times import checked, to_ns
+from api.times import checked, to_ns, zone
 from floodwatch.contract import EVENT_MEMORY_NS
 
 router = APIRouter(tags=["alerts"])
@@ -97,7 +98,9 @@ async def list_alerts(
         str | None,
         Query(max_length=400, description="Opaque page cursor from `next`; leave it unset."),
     ] = None,
+    tz: TzQuery = "UTC",
 ) -> Response:
+    zone_info = zone(tz)
     since_ns = to_ns(checked(since, "since")) if since is not None else None
     records = await source.list(state=state, since_ns=since_ns)
     page, next_cursor = page_after(records, cursor, limit)
@@ -108,7 +111,7 @@ async def list_alerts(
     registry = services.registry
     return _json(
         {
-            "alerts": [alert_json(r, registry.get(r.sensor_id)) for r in page],
+            "alerts": [alert_json(r, registry.get(r.sensor_id), zone_info) for r in page],
             "count": len(page),
             "limit": limit,
             "max_limit": MAX_ALERTS,
@@ -149,12 +152,17 @@ async def alerts_cap(services: ServicesDep, source: AlertsDep, _: ViewerDep) -> 
     responses={200: {"model": AlertOut}, **error_responses(401, 403, 404, 502, 503)},
 )
 async def get_alert(
-    alert_id: AlertId, services: ServicesDep, source: AlertsDep, _: ViewerDep
+    alert_id: AlertId,
+    services: ServicesDep,
+    source: AlertsDep,
+    _: ViewerDep,
+    tz: TzQuery = "UTC",
 ) -> Response:
+    zone_info = zone(tz)
     record = await source.get(alert_id)
     if record is None:
         raise AlertNotFound(f"no alert {alert_id[:80]!r}; list current ones with GET /v1/alerts")
-    return _json(alert_json(record, services.registry.get(record.sensor_id)))
+    return _json(alert_json(record, services.registry.get(record.sensor_id), zone_info))
 
 
 @router.post(

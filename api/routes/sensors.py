@@ -17,9 +17,9 @@ from pydantic import AwareDatetime
 from api import history
 from api.deps import ServicesDep, ViewerDep
 from api.errors import BadParameter
-from api.geo import sensor_feature
+from api.geo import sensor_feature, sensors_collection
 from api.schemas import ReadingPage, SensorCollection, SensorFeature, error_responses
-from api.times import checked, iso, iso_many, to_ns, zone
+from api.times import checked, influx_zone, iso, iso_many, to_ns, zone
 from floodwatch.registry import Sensor
 
 router = APIRouter(tags=["sensors"])
@@ -39,6 +39,28 @@ SensorId = Annotated[
         pattern=SENSOR_ID,
         description="Sensor id from the registry, e.g. qh-02.",
         openapi_examples={"qh-02": {"value": "qh-02"}},
+    ),
+]
+
+
+SearchQuery = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=100,
+        description="Search text, accents and case ignored: `quoc huong` finds Quốc Hương "
+        "(Vietnamese or English names).",
+        openapi_examples={"street": {"value": "quoc huong"}},
+    ),
+]
+
+
+TzQuery = Annotated[
+    str,
+    Query(
+        max_length=64,
+        description="Zone the times are shown in: UTC (default) or an IANA name such as "
+        "Asia/Ho_Chi_Minh (the ward's zone, UTC+07:00).",
     ),
 ]
 
@@ -66,13 +88,18 @@ def _sensor(services: ServicesDep, sensor_id: str) -> Sensor:
     "/v1/sensors",
     summary="Every sensor with its current depth, alert state, battery and stale flag",
     description="GeoJSON FeatureCollection of the whole registry, from memory (kept live "
-    "from MQTT). Not paged: the registry bounds it and it is always complete.",
+    "from MQTT). Not paged: the registry bounds it and it is always complete. With `q`, only "
+    "the sensors whose id, name or street contains it, accents and case ignored.",
     response_class=GeoJSONResponse,
     responses={200: {"model": SensorCollection}, **error_responses(401, 403)},
 )
-async def list_sensors(services: ServicesDep, _: ViewerDep) -> Response:
-    body = services.sensors_body.get(services.state, services.clock())
-    return GeoJSONResponse(body)
+async def list_sensors(services: ServicesDep, _: ViewerDep, q: SearchQuery = None) -> Response:
+    if q is not None:
+        found = frozenset(s.id for s in services.registry.find_sensors(q))
+        body = sensors_collection(services.state, services.clock(), found)
+        return GeoJSONResponse(orjson.dumps(body))
+    body_bytes = services.sensors_body.get(services.state, services.clock())
+    return GeoJSONResponse(body_bytes)
 
 
 @router.get(
@@ -118,8 +145,8 @@ def _wants_csv(request: Request, fmt: str | None) -> bool:
         "header (CSV) gives the next page; follow it until there is none. CSV when "
         "`Accept: text/csv` (or `format=csv`). Without `start`/`end`: the last 24 hours. "
         "Downsampled points are bucket starts (GROUP BY time(`every`), empty buckets "
-        "omitted); the first bucket may start before `start` but holds only readings in "
-        "the range."
+        "omitted), aligned to midnight in `tz` (InfluxQL tz()); the first bucket may start "
+        "before `start` but holds only readings in the range."
     ),
     responses={
         200: {
@@ -171,8 +198,9 @@ async def readings(
         str,
         Query(
             max_length=64,
-            description="Zone for the times shown: UTC (default) or an IANA name such as "
-            "Asia/Ho_Chi_Minh (the ward's zone, UTC+07:00).",
+            description="Zone for the times shown, and where `every` buckets start (a day "
+            "from local midnight): UTC (default) or an IANA name such as Asia/Ho_Chi_Minh (the "
+            "ward's zone, UTC+07:00).",
         ),
     ] = "UTC",
     format: Annotated[
@@ -182,6 +210,7 @@ async def readings(
 ) -> Response:
     sensor = _sensor(services, sensor_id)
     zone_info = zone(tz)
+    bucket_zone = influx_zone(tz)
     now_ns = services.clock()
     end_ns = to_ns(checked(end, "end")) if end is not None else now_ns
     if start is not None:
@@ -189,7 +218,7 @@ async def readings(
     else:
         start_ns = end_ns - int(DEFAULT_RANGE.total_seconds()) * 10**9
     if start_ns >= end_ns:
-        raise BadParameter("start", "start must be before end")
+        raise BadParameter("start", "start is not before end: send a start earlier than end")
     if agg is not None and every is None:
         raise BadParameter("agg", "agg needs every (the bucket width), e.g. every=5m&agg=max")
     query_start = start_ns
@@ -201,7 +230,13 @@ async def readings(
         history.series,
         services.influx,
         history.SeriesQuery(
-            sensor.id, query_start, end_ns, limit, every, (agg or "mean") if every else None
+            sensor.id,
+            query_start,
+            end_ns,
+            limit,
+            every,
+            (agg or "mean") if every else None,
+            bucket_zone if every else None,
         ),
     )
     next_url = None

@@ -78,6 +78,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -104,7 +105,13 @@ RISE_WINDOW_NS = 15 * MINUTE_NS
 STALE_INTERVALS = 3  # rule 7
 BATTERY_LOW_V = 3.3  # rule 8
 BATTERY_CLEAR_V = 3.4
-JUMP_CM = 15.0  # rule 3: per reading, and per minute
+# Rule 3. Field floods rose up to ~25 cm between readings a minute apart; no water rises
+# 40 cm in a minute. A jump beyond that (25 cm a minute for longer gaps, but never more than
+# 80 cm: a car's roof is higher still) is an object, unless the street's water is that deep.
+SURGE_CM = 40.0
+SURGE_CM_PER_MIN = 25.0
+SURGE_MAX_CM = 80.0
+NEAR_WATER_CM = 15.0  # "that deep": within this of a street sensor's last water depth
 MOVING_CM = 0.5  # a change a parked car's roof never makes, and rising water does
 OBSTRUCTION_FAULT_NS = 15 * MINUTE_NS  # rule 9
 UNCHANGED_CM = 0.05
@@ -112,6 +119,38 @@ STUCK_NS = 30 * MINUTE_NS
 NEIGHBOUR_MOVE_CM = 10.0
 # How much water history the state keeps per sensor, for the windows of rules 6 and 9.
 TAIL_NS = max(RISE_WINDOW_NS, STUCK_NS)
+
+
+@dataclass(frozen=True, slots=True)
+class Timers:
+    """The rules' durations for one time scale: the constants above divided by it (rules 3, 5,
+    6, 7 and 9 all run on these, so a demo played 60 times faster keeps its story)."""
+
+    minute_ns: int
+    hold_ns: int
+    rise_window_ns: int
+    obstruction_fault_ns: int
+    stuck_ns: int
+    tail_ns: int
+
+    @classmethod
+    def of(cls, time_scale: float) -> Timers:
+        def scaled(ns: int) -> int:
+            return max(1, round(ns / time_scale))
+
+        return cls(
+            minute_ns=scaled(MINUTE_NS),
+            hold_ns=scaled(HOLD_NS),
+            rise_window_ns=scaled(RISE_WINDOW_NS),
+            obstruction_fault_ns=scaled(OBSTRUCTION_FAULT_NS),
+            stuck_ns=scaled(STUCK_NS),
+            tail_ns=scaled(TAIL_NS),
+        )
+
+
+@lru_cache(maxsize=8)
+def timers(time_scale: float) -> Timers:
+    return Timers.of(time_scale)
 
 _RANK: Mapping[AlertKind, int] = {
     "flood": 0,
@@ -158,7 +197,7 @@ def step(
     (rule 7); the rules themselves run on reading times.
     """
     cfg = state.config
-    adv = _advance(cfg, state.arrays, state.tail, readings)
+    adv = _advance(cfg, state.arrays, state.tail, readings, now_ns)
     book = _Book.of(state)
     events: list[Event] = []
     for change in sorted(adv.changes):
@@ -196,7 +235,10 @@ def check_stale(state: EngineState, now_ns: int) -> tuple[EngineState, list[Even
     """
     cfg, a = state.config, state.arrays
     heard_at = np.where(a.heard_ns != NEVER, a.heard_ns, state.start_ns)
-    new = ~a.stale_on & (now_ns - heard_at > STALE_INTERVALS * cfg.interval_ns)
+    limit = STALE_INTERVALS * cfg.interval_ns
+    if cfg.time_scale != 1.0:
+        limit = np.round(limit / cfg.time_scale).astype(np.int64)
+    new = ~a.stale_on & (now_ns - heard_at > limit)
     if not new.any():
         return state, []
     stale_on = a.stale_on | new
@@ -238,12 +280,14 @@ def _known(a: SensorArrays, i: int) -> float | None:
 
 
 def _advance(
-    cfg: EngineConfig, old: SensorArrays, tail: ReadingArrays, batch: ReadingArrays
+    cfg: EngineConfig, old: SensorArrays, tail: ReadingArrays, batch: ReadingArrays, now_ns: int
 ) -> _Advance:
     nobody = np.empty(0, dtype=np.int32)
     if not len(batch):
         return _Advance(old, tail, [], ReadingArrays.empty(), nobody)
-    # Rule 1: late readings are counted, not judged.
+    tm = timers(cfg.time_scale)
+    # Rule 1: a clock ahead is judged by arrival; late readings are counted, not judged.
+    batch = _arrival_times(batch, now_ns)
     fresh = batch.time_ns > old.last_ns[batch.sensor]
     late_ignored = old.late_ignored
     if not fresh.all():
@@ -263,8 +307,9 @@ def _advance(
     prev_d = seg.shift(d, old.last_cm)
     diff = d - prev_d  # NaN for a sensor's first reading ever
     prev_t = seg.shift(t, old.last_ns)
-    # The most a water surface moves from one reading to the next: 15 cm, or 15 cm a minute.
-    allowed = np.maximum(JUMP_CM, JUMP_CM * ((t - prev_t) / MINUTE_NS))
+    # The most a water surface rises from one reading to the next (a sensor's first reading
+    # ever has no gap: the cap).
+    allowed = np.clip(SURGE_CM_PER_MIN * ((t - prev_t) / tm.minute_ns), SURGE_CM, SURGE_MAX_CM)
     # Jumps are measured from the higher of the two previous readings, so one low outlier
     # fakes none; with fewer than two readings known (NaN), nothing is a jump. The carried
     # reading before last is -inf if it was obstructed: known, but not water.
@@ -280,6 +325,8 @@ def _advance(
     if busy.any():
         pick = np.flatnonzero(np.repeat(busy, seg.lengths))
         sub = Segments.of(s[pick])
+        # Context: a jump to about the depth the street's water already has is water.
+        near_water = d[pick] <= _street_water_cm(cfg, old)[s[pick]] + NEAR_WATER_CM
         found, found_prev, found_base, found_since = _obstructions(
             sub,
             old,
@@ -290,6 +337,7 @@ def _advance(
             prev2_d[pick],
             allowed[pick],
             moving[pick],
+            near_water,
         )
         obst, prev_obst = obst.copy(), obst.copy()
         obst[pick], prev_obst[pick] = found, found_prev
@@ -305,11 +353,11 @@ def _advance(
     unchanged = np.abs(diff) <= UNCHANGED_CM
     flat_since = seg.fill(~unchanged, t, old.flat_since)
     new["flat_since"] = seg.carry(flat_since, old.flat_since)
-    faulty = ~in_range | (obst & (t - obst_since >= OBSTRUCTION_FAULT_NS))
+    faulty = ~in_range | (obst & (t - obst_since >= tm.obstruction_fault_ns))
     prev_faulty = seg.shift(faulty, old.prev_fault)
     new["prev_fault"] = seg.carry(faulty, old.prev_fault)
     if faulty.any() or prev_faulty.any() or old.fault_on[seg.seg_sensor].any():
-        long_unchanged = t - flat_since >= STUCK_NS
+        long_unchanged = t - flat_since >= tm.stuck_ns
         fault = seg.latch(
             faulty & prev_faulty, ~faulty & ~prev_faulty & ~long_unchanged, old.fault_on
         )
@@ -380,7 +428,7 @@ def _advance(
         changes.extend(water_changes)
     arrays, stuck_changes = _stuck(cfg, arrays, others, merged, seg.seg_sensor)
     changes.extend(stuck_changes)
-    keep = merged.time_ns >= arrays.last_ns[merged.sensor] - TAIL_NS
+    keep = merged.time_ns >= arrays.last_ns[merged.sensor] - tm.tail_ns
     # Each sensor's tail stays in time order; sensors need not be grouped.
     new_tail = ReadingArrays.concat([others, merged.take(keep)])
     return _Advance(arrays, new_tail, changes, water, seg.seg_sensor)
@@ -396,6 +444,7 @@ def _obstructions(
     prev2_d: Floats,
     allowed: Floats,
     moving: Bools,
+    near_water: Bools,
 ) -> tuple[Bools, Bools, Floats, Ints]:
     """Rule 3 for whole segments: each reading obstructed or not, the previous one obstructed
     or not, the base water level, and since when.
@@ -415,7 +464,7 @@ def _obstructions(
         prev_obst = seg.shift(obst, old.obst_on)
         prev2_obst = seg.shift(prev_obst, carried_water)
         level_before = np.maximum(prev_d, np.where(prev2_obst, -np.inf, prev2_d))
-        jump = street & (d - level_before > allowed)
+        jump = street & (d - level_before > allowed) & ~near_water
         opens = jump & ~prev_obst
         base = seg.fill(opens, level_before, old.obst_base)
         closes = ((d <= base + allowed) | water_like) & ~jump
@@ -437,6 +486,7 @@ def _judge_water(
     """Rules 4, 5 and 6 over the batch's water readings, and the flood peaks."""
     s, t, d = water.sensor, water.time_ns, water.level_cm
     seg = Segments.of(s)
+    tm = timers(cfg.time_scale)
     changes: list[_Change] = []
     new: dict[str, object] = {
         "last_water_ns": seg.carry(t, old.last_water_ns),
@@ -476,7 +526,7 @@ def _judge_water(
     if lively.any():
         in_merged = lively[merged.sensor]
         sub = merged.take(in_merged)
-        lowest = held_low(sub.sensor, sub.time_ns, sub.level_cm, RISE_WINDOW_NS)
+        lowest = held_low(sub.sensor, sub.time_ns, sub.level_cm, tm.rise_window_ns)
         sub_pos = np.cumsum(in_merged, dtype=np.int64) - 1
         mine = np.flatnonzero(lively[s])
         rise[mine] = d[mine] - lowest[sub_pos[water_pos[mine]]]
@@ -484,7 +534,9 @@ def _judge_water(
     calm = rise < RISE_CM - HYSTERESIS_CM
     calm_start = seg.run_start(calm, t, old.calm_since)
     rising = seg.latch(
-        rises & seg.shift(rises, old.prev_rise), calm & (t - calm_start >= HOLD_NS), old.rise_on
+        rises & seg.shift(rises, old.prev_rise),
+        calm & (t - calm_start >= tm.hold_ns),
+        old.rise_on,
     )
     new["prev_rise"] = seg.carry(rises, old.prev_rise)
     new["calm_since"] = seg.carry_run(calm, calm_start, old.calm_since)
@@ -556,13 +608,14 @@ def _ladder(
     if pick is not None:
         seg, raw, t, d = Segments.of(seg.sensor[pick]), raw[pick], t[pick], d[pick]
     thresholds = cfg.thresholds[seg.sensor]
+    hold_ns = timers(cfg.time_scale).hold_ns
     entry = np.minimum(raw, seg.shift(raw, old.prev_raw))
     level = np.zeros(len(t), dtype=np.int8)
     below_since = old.below_since.copy()
     for j in range(cfg.max_levels):
         below = d < thresholds[:, j] - HYSTERESIS_CM
         start = seg.run_start(below, t, old.below_since[:, j])
-        released = below & (t - start >= HOLD_NS)
+        released = below & (t - start >= hold_ns)
         level += seg.latch(entry > j, released, old.level > j)
         below_since[:, j] = seg.carry_run(below, start, old.below_since[:, j])
     return level, below_since
@@ -610,10 +663,11 @@ def _stuck(
 ) -> tuple[SensorArrays, list[_Change]]:
     """Rule 9, stuck: judged once per batch for the sensors it brought readings from, against
     the water history of every sensor (the batch's own, merged, and the others' tails)."""
+    stuck_ns = timers(cfg.time_scale).stuck_ns
     last = arrays.last_ns[judged]
     candidates = judged[
         ~cfg.tide[judged]
-        & (last - arrays.flat_since[judged] >= STUCK_NS)
+        & (last - arrays.flat_since[judged] >= stuck_ns)
         & ~arrays.obst_on[judged]
         & ~arrays.fault_on[judged]
     ]
@@ -622,12 +676,18 @@ def _stuck(
     merged, _ = _merge_tail(others, mine, cfg.n)
     if not len(merged):
         return arrays, []
-    # Which sensors moved within their own last STUCK_NS, from the water history: between
-    # levels held by two consecutive readings, so that one spike is not a move.
-    ms, md = merged.sensor, merged.level_cm
-    recent = merged.time_ns >= arrays.last_ns[ms] - STUCK_NS
+    # Which sensors moved in the 30 minutes before the street's flat sensor last read, from
+    # the water history: between levels held by two consecutive readings, so that one spike is
+    # not a move. Only that window counts, so a neighbour silent (or removed) since is no
+    # witness: its tail is older.
+    until = np.full(len(cfg.streets), NEVER, dtype=np.int64)
+    np.maximum.at(until, cfg.street_of[candidates], arrays.last_ns[candidates])
+    ms, md, mt = merged.sensor, merged.level_cm, merged.time_ns
+    upto = until[cfg.street_of[ms]]
+    witness = upto != NEVER
+    recent = witness & (mt <= upto) & (mt >= np.where(witness, upto, 0) - stuck_ns)
     pair_ok = np.zeros(len(ms), dtype=np.bool_)
-    pair_ok[:-1] = (ms[1:] == ms[:-1]) & recent[:-1]
+    pair_ok[:-1] = (ms[1:] == ms[:-1]) & recent[:-1] & recent[1:]
     upper = np.empty(len(ms))
     lower = np.empty(len(ms))
     upper[:-1], lower[:-1] = np.minimum(md[:-1], md[1:]), np.maximum(md[:-1], md[1:])
@@ -659,6 +719,33 @@ def _stuck(
         for i in stuck.tolist()
     ]
     return arrays.evolve(fault_on=fault_on), changes
+
+
+def _street_water_cm(cfg: EngineConfig, old: SensorArrays) -> Floats:
+    """Per sensor: the deepest last known water depth among its street's sensors (-inf where
+    none is known); tide gauges have no street depth."""
+    depth = np.where(cfg.tide | np.isnan(old.last_water_cm), -np.inf, old.last_water_cm)
+    deepest = np.full(len(cfg.streets), -np.inf)
+    np.maximum.at(deepest, cfg.street_of, depth)
+    out: Floats = deepest[cfg.street_of]
+    return out
+
+
+def _arrival_times(batch: ReadingArrays, now_ns: int) -> ReadingArrays:
+    """Rule 1 for a clock that runs ahead: a reading stamped after `now` is judged as taken when
+    it arrived, at `now` (several of one sensor keep their order, 1 ns apart, the last at
+    `now`), so one reading from the future cannot make the sensor's next real ones "late"."""
+    ahead = batch.time_ns > now_ns
+    if not ahead.any():
+        return batch
+    idx = np.flatnonzero(ahead)
+    order = idx[np.lexsort((batch.time_ns[idx], batch.sensor[idx]))]
+    seg = Segments.of(batch.sensor[order])
+    number = np.cumsum(seg.first) - 1
+    from_end = seg.last_idx[number] - np.arange(len(order))
+    time_ns = batch.time_ns.copy()
+    time_ns[order] = now_ns - from_end
+    return ReadingArrays(batch.sensor, time_ns, batch.level_cm, batch.battery_v)
 
 
 def _sorted_unique(batch: ReadingArrays, n_sensors: int) -> ReadingArrays:

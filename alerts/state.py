@@ -91,6 +91,9 @@ class EngineConfig:
     interval_ns: Ints
     range_lo: Floats
     range_hi: Floats
+    # How many times faster than its readings' own clock the street is played (the demo's
+    # --time-scale): every duration of the rules is divided by it. 1 = the contract's values.
+    time_scale: float = 1.0
 
     @property
     def n(self) -> int:
@@ -101,7 +104,9 @@ class EngineConfig:
         return int(self.thresholds.shape[1])
 
 
-def config_from_registry(registry: Registry) -> EngineConfig:
+def config_from_registry(registry: Registry, time_scale: float = 1.0) -> EngineConfig:
+    if not time_scale > 0:
+        raise ValueError(f"time_scale must be above 0 (1 = real time), not {time_scale}")
     sensors = list(registry.sensors.values())
     ids = tuple(s.id for s in sensors)
     streets = tuple(dict.fromkeys(s.street for s in sensors))
@@ -122,6 +127,7 @@ def config_from_registry(registry: Registry) -> EngineConfig:
         interval_ns=np.array([round(s.interval_s * 1e9) for s in sensors], dtype=np.int64),
         range_lo=np.where(tide, TIDE_STAGE_CM[0], STREET_DEPTH_CM[0]),
         range_hi=np.where(tide, TIDE_STAGE_CM[1], STREET_DEPTH_CM[1]),
+        time_scale=float(time_scale),
     )
 
 
@@ -268,9 +274,10 @@ class EngineState:
         return self.config.index
 
 
-def new_state(registry: Registry, now_ns: int) -> EngineState:
-    """A fresh engine for the registry's sensors, started at `now_ns`."""
-    config = config_from_registry(registry)
+def new_state(registry: Registry, now_ns: int, time_scale: float = 1.0) -> EngineState:
+    """A fresh engine for the registry's sensors, started at `now_ns`; `time_scale` > 1 runs
+    every timer of the rules that many times faster (a demo played faster than real time)."""
+    config = config_from_registry(registry, time_scale)
     return EngineState(
         config=config,
         arrays=initial_arrays(config.n, config.max_levels),

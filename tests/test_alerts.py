@@ -306,14 +306,41 @@ SCENARIOS: list[tuple[str, str, list[float], list[tuple[object, ...]]]] = [
         [(4, "s1", "flood", "raised", 1)],
     ),
     (
-        "a flash flood is judged once two readings show the water moving",
+        "a flash flood rising 20 cm at once is water from its first wet reading",
         "s1",
         [0.0, 0.0, 20.0, 23.0, 26.0, 29.0, 31.0, 33.0],
         [
-            (5, "s1", "flood", "raised", 2),
-            (5, "s1", "rising", "raised", 2),
+            (3, "s1", "flood", "raised", 2),
+            (3, "s1", "rising", "raised", 2),
             (7, "s1", "flood", "escalated", 3),
         ],
+    ),
+    (
+        "a flash flood rising 15-25 cm a reading is raised by its second wet reading",
+        "s1",
+        [0.0, 0.3, 0.1, 16.0, 38.0, 61.0, 80.0, 82.0],
+        [
+            (4, "s1", "flood", "raised", 1),
+            (4, "s1", "rising", "raised", 1),
+            (5, "s1", "flood", "escalated", 3),
+            (6, "s1", "flood", "escalated", 4),
+        ],
+    ),
+    (
+        "water that arrives fast and then sits still to 0.1 cm is water",
+        "s1",
+        [0.0, 0.1, 0.0, 15.4, 15.4, 15.5, 15.4, 15.4, 15.5] + [15.4] * 40,
+        [
+            (4, "s1", "flood", "raised", 1),
+            (4, "s1", "rising", "raised", 1),
+            (27, "s1", "rising", "cleared", 1),
+        ],
+    ),
+    (
+        "a 40 cm jump with no wet neighbour, steady to the millimetre, is an object",
+        "s1",
+        [0.5, 0.6, 45.0, 45.0, 45.1, 45.0, 0.6, 0.5],
+        [],
     ),
     (
         "a second car taking the first one's place is not water",
@@ -328,13 +355,13 @@ SCENARIOS: list[tuple[str, str, list[float], list[tuple[object, ...]]]] = [
         [],
     ),
     (
-        "water that rose under a parked car is judged once it moves",
+        "water that rose under a parked car is water again when the car leaves",
         "s1",
         [*FLAT8, 12, 12, 12, 140, 140, 140, 140, 30, 31.5, 33, 34.5, 36, 37.5],
         [
             (4, "s1", "flood", "raised", 1),
-            (13, "s1", "flood", "escalated", 3),
-            (13, "s1", "rising", "raised", 3),
+            (11, "s1", "flood", "escalated", 3),
+            (11, "s1", "rising", "raised", 3),
         ],
     ),
 ]
@@ -594,6 +621,114 @@ def test_stuck_sensor_while_a_neighbour_moves_is_a_fault() -> None:
     state, _ = run(ReadingArrays.concat([frozen, rising]))
     state, events = run(series("s1", [4.5, 5.0], start_min=40), state=state)
     assert brief(events, ("fault",)) == [(40, "s1", "fault", "cleared", 0)]
+
+
+def test_a_flash_flood_seen_every_2_minutes_is_water() -> None:
+    """Rule 3: 25 cm a minute is water, so 50 cm between readings 2 minutes apart is too."""
+    _, events = run(series("s1", [0.0, 0.2, 0.1, 50.0, 99.0, 99.5], every_min=2))
+    assert brief(events) == [(8, "s1", "flood", "raised", 4), (8, "s1", "rising", "raised", 4)]
+
+
+def test_a_big_jump_to_the_depth_of_the_streets_water_is_water() -> None:
+    """Rule 3, context: a neighbour already reads 45 cm, so a jump from 2 to 50 cm is the same
+    water arriving; the same jump on a dry street is an object."""
+    wet = series("s2", [44.0, 45.0, 45.5, 46.0])
+    jump = series("s1", [2.0, 2.1, 50.0, 50.0, 50.1], start_min=4)
+    _, events = run(wet, jump)
+    assert brief(events, ("flood",)) == [
+        (1, "s2", "flood", "raised", 3),
+        (7, "s1", "flood", "raised", 4),
+    ]
+    _, events = run(series("s2", [0.0, 0.1, 0.0, 0.1]), jump)
+    assert brief(events, ("flood",)) == []
+
+
+def test_a_neighbour_silent_for_30_days_accuses_nobody() -> None:
+    """Rule 9: sensor s2 rises 14 cm and goes silent; 30 days later s1 reads a steady 0.0 cm.
+    Only movement in the 30 minutes before s1's readings counts, so no stuck fault."""
+    state, _ = run(series("s2", [0.0, 0.0, 4.0, 8.0, 12.0, 14.0, 14.0]))
+    day = 24 * 60
+    state, events = run(series("s1", [0.0] * 45, start_min=30 * day), state=state)
+    assert brief(events) == []
+
+
+def test_only_movement_in_the_last_30_minutes_makes_a_stuck_fault() -> None:
+    """Rule 9: a neighbour's move that ended 40 minutes before the flat sensor's reading is
+    no witness; the same move 10 minutes before it is."""
+    flat = series("s1", [4.0] * 80)
+    old_move = series("s2", [0.0, 0.0, 12.0, 12.0] + [12.0] * 10, start_min=20)
+    _, events = run(ReadingArrays.concat([flat, old_move]))
+    assert brief(events, ("fault",)) == []
+    late_move = series("s2", [0.0, 0.0, 12.0, 12.0], start_min=70)
+    _, events = run(ReadingArrays.concat([flat, late_move]))
+    assert brief(events, ("fault",)) == [(79, "s1", "fault", "raised", 0)]
+
+
+def step_at(
+    state: EngineState, depths: Sequence[float], stamps_min: Sequence[float], now_min: float
+) -> tuple[EngineState, list[Event]]:
+    """s1's readings stamped at `stamps_min`, arriving together at `now_min`."""
+    n = len(depths)
+    batch = ReadingArrays(
+        np.full(n, INDEX["s1"], dtype=np.int32),
+        T0 + np.round(np.array(stamps_min) * M).astype(np.int64),
+        np.array(depths, dtype=np.float64),
+        np.full(n, np.nan),
+    )
+    return step(state, batch, T0 + round(now_min * M))
+
+
+def test_one_reading_from_a_clock_4_minutes_ahead_does_not_blind_the_sensor() -> None:
+    """Rule 1: a reading stamped 4 minutes ahead is judged as taken when it arrived, so the
+    real readings after it are newer and a steady rise is raised on time."""
+    state = new_state(REGISTRY, T0)
+    events: list[Event] = []
+    plan = [(0.0, 0), (0.5, 1), (0.4, 2 + 4), (6.0, 3), (11.0, 4), (14.0, 5), (17.0, 6)]
+    for k, (depth, stamp) in enumerate(plan):
+        state, out = step_at(state, [depth], [stamp], k + 0.01)
+        events.extend(out)
+    assert int(state.arrays.late_ignored.sum()) == 0
+    floods = [e for e in alert_events(events) if e.kind == "flood"]
+    # Raised by the second reading at or above 10 cm (minute 5), as with a right clock.
+    assert [(e.change, e.level, e.reading_time_ns) for e in floods] == [
+        ("raised", 1, T0 + 5 * M)
+    ]
+
+
+def test_a_sensor_whose_clock_runs_4_minutes_ahead_is_judged_by_arrival() -> None:
+    """Rule 1: every reading 4 minutes ahead; each is judged at its arrival, in order, and
+    several ahead in one batch keep their order."""
+    state = new_state(REGISTRY, T0)
+    state, first = step_at(state, [0.0, 0.1, 12.0], [4, 5, 6], 2.01)
+    state, second = step_at(state, [13.0, 14.0], [7, 8], 4.01)
+    events = alert_events(first + second)
+    assert [(e.kind, e.change, e.reading_time_ns) for e in events] == [
+        ("flood", "raised", T0 + round(4.01 * M) - 1),
+        ("rising", "raised", T0 + round(4.01 * M) - 1),
+    ]
+    assert int(state.arrays.late_ignored.sum()) == 0
+    assert int(state.arrays.last_ns[INDEX["s1"]]) == T0 + round(4.01 * M)
+
+
+def test_a_time_scale_runs_every_timer_faster() -> None:
+    """A street played 60 times faster: the 10-minute hold is 10 s of reading time and stale
+    is 3 s after the last arrival for a sensor of 60 s."""
+    fast = new_state(REGISTRY, T0, time_scale=60.0)
+    s = 10**9
+    times = T0 + np.arange(30, dtype=np.int64) * s
+    depths = np.array([0.0, 12.0, 12.0] + [6.5] * 27)
+    batch = ReadingArrays(
+        np.full(30, INDEX["s1"], dtype=np.int32), times, depths, np.full(30, np.nan)
+    )
+    state, events = step(fast, batch, int(times[-1]) + 1)
+    assert [(e.change, (e.reading_time_ns - T0) // s) for e in alert_events(events)
+            if e.kind == "flood"] == [("raised", 2), ("cleared", 13)]
+    state, stale = check_stale(state, int(times[-1]) + 3 * s + 2)
+    assert [(e.sensor_id, e.kind) for e in alert_events(stale) if e.sensor_id == "s1"] == [
+        ("s1", "stale")
+    ]
+    with pytest.raises(ValueError, match="time_scale"):
+        new_state(REGISTRY, T0, time_scale=0.0)
 
 
 def test_a_flood_episode_spans_streets_from_first_entry_to_last_clear() -> None:

@@ -152,6 +152,7 @@ class Timers:
 def timers(time_scale: float) -> Timers:
     return Timers.of(time_scale)
 
+
 _RANK: Mapping[AlertKind, int] = {
     "flood": 0,
     "rising": 1,

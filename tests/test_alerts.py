@@ -690,9 +690,7 @@ def test_one_reading_from_a_clock_4_minutes_ahead_does_not_blind_the_sensor() ->
     assert int(state.arrays.late_ignored.sum()) == 0
     floods = [e for e in alert_events(events) if e.kind == "flood"]
     # Raised by the second reading at or above 10 cm (minute 5), as with a right clock.
-    assert [(e.change, e.level, e.reading_time_ns) for e in floods] == [
-        ("raised", 1, T0 + 5 * M)
-    ]
+    assert [(e.change, e.level, e.reading_time_ns) for e in floods] == [("raised", 1, T0 + 5 * M)]
 
 
 def test_a_sensor_whose_clock_runs_4_minutes_ahead_is_judged_by_arrival() -> None:
@@ -721,8 +719,11 @@ def test_a_time_scale_runs_every_timer_faster() -> None:
         np.full(30, INDEX["s1"], dtype=np.int32), times, depths, np.full(30, np.nan)
     )
     state, events = step(fast, batch, int(times[-1]) + 1)
-    assert [(e.change, (e.reading_time_ns - T0) // s) for e in alert_events(events)
-            if e.kind == "flood"] == [("raised", 2), ("cleared", 13)]
+    floods = [e for e in alert_events(events) if e.kind == "flood"]
+    assert [(e.change, e.reading_time_ns) for e in floods] == [
+        ("raised", T0 + 2 * s),
+        ("cleared", T0 + 13 * s),
+    ]
     state, stale = check_stale(state, int(times[-1]) + 3 * s + 2)
     assert [(e.sensor_id, e.kind) for e in alert_events(stale) if e.sensor_id == "s1"] == [
         ("s1", "stale")
@@ -939,6 +940,69 @@ def level_at(timeline: list[tuple[int, int]], t: int) -> int:
             break
         level = value
     return level
+
+
+@PROPERTY
+@given(
+    dry=st.lists(st.floats(0.0, 3.0), min_size=2, max_size=20),
+    rises=st.lists(st.floats(15.0, 25.0), min_size=2, max_size=12),
+)
+def test_a_flash_flood_is_raised_by_its_second_reading_at_10_cm(
+    dry: list[float], rises: list[float]
+) -> None:
+    """Rule 3: water rising 15-25 cm at every reading, from any dry start, is water: its flood
+    is raised by the second consecutive reading at or above 10 cm."""
+    depths = [round(x, 1) for x in [*dry, *(dry[-1] + np.cumsum(rises))]]
+    _, events = run(series("s1", depths))
+    wet = [k for k in range(1, len(depths)) if depths[k - 1] >= 10 and depths[k] >= 10]
+    raised = [e for e in alert_events(events) if e.kind == "flood" and e.change == "raised"]
+    assert [e.reading_time_ns for e in raised] == [T0 + wet[0] * M]
+
+
+@PROPERTY
+@given(
+    dry=st.lists(st.floats(0.0, 3.0), min_size=2, max_size=20),
+    roof=st.floats(100.0, 170.0),
+    wobble=st.lists(st.sampled_from([0.0, 0.0, 0.1, -0.1]), min_size=1, max_size=40),
+    after=st.lists(st.floats(0.0, 3.0), min_size=0, max_size=10),
+)
+def test_a_parked_vehicle_on_a_dry_street_never_raises_a_flood(
+    dry: list[float], roof: float, wobble: list[float], after: list[float]
+) -> None:
+    """Rule 3: a jump to a roof steady to the millimetre, no wet neighbour, then a jump back
+    (or none yet): never a flood alert, however long it stays."""
+    depths = [round(x, 1) for x in [*dry, *(roof + np.array(wobble)), *after]]
+    _, events = run(series("s2", [0.0, 0.1] * 5), series("s1", depths, start_min=10))
+    assert brief(events, ("flood", "rising")) == []
+
+
+@PROPERTY
+@given(
+    depths=walks(lo=0.0, hi=40.0, min_len=3, max_len=30),
+    glitch=st.integers(0, 10**6),
+    ahead_s=st.integers(1, 300),
+)
+def test_one_reading_from_the_future_never_hides_the_next_ones(
+    depths: list[float], glitch: int, ahead_s: int
+) -> None:
+    """Rule 1: one reading stamped up to 5 minutes ahead, each arriving as it is taken: no
+    later reading is ignored as late, and the flood events are those of a right clock, but
+    for the glitched reading's own time."""
+    k = glitch % len(depths)
+    right = new_state(REGISTRY, T0)
+    wrong = new_state(REGISTRY, T0)
+    got: list[Event] = []
+    want: list[Event] = []
+    for n, depth in enumerate(depths):
+        stamp = n + (ahead_s / 60 if n == k else 0.0)
+        wrong, out = step_at(wrong, [depth], [stamp], n + 0.001)
+        got.extend(out)
+        right, out = step_at(right, [depth], [n], n + 0.001)
+        want.extend(out)
+    assert int(wrong.arrays.late_ignored.sum()) == 0
+    assert [(e.kind, e.change, e.level) for e in alert_events(got)] == [
+        (e.kind, e.change, e.level) for e in alert_events(want)
+    ]
 
 
 @PROPERTY

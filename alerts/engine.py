@@ -5,7 +5,10 @@
 ################################################################
 
 Times are reading times unless a rule says `now`. "Consecutive" means consecutive readings of
-one sensor in time order; "water readings" are the readings rule 2 trusts.
+one sensor in time order; "water readings" are the readings rule 2 trusts. Every duration
+below is the contract's value at time scale 1; `new_state(..., time_scale=k)` divides them all
+by k (rules 3, 5, 6, 7 and 9: a demo street played k times faster keeps its story; ingest and
+the API take it from FLOODWATCH_TIME_SCALE / --time-scale, and production keeps 1).
 
  1. Late data. A reading not newer than the last reading judged for its sensor is ignored by
     every rule below and counted in `late_ignored`: ingest stores it, but an old backfill never
@@ -13,21 +16,37 @@ one sensor in time order; "water readings" are the readings rule 2 trusts.
     alive, rule 7), and a redelivered reading is never judged twice. Within one batch each
     sensor's readings are judged in time order, so a backfill that arrives with (or before)
     newer readings is judged in full; a repeated (sensor, time) keeps the copy that arrived
-    last.
+    last. A clock ahead: "newer" is decided on times no later than `now`. A reading stamped
+    after `now` (ingest accepts up to 5 minutes ahead) is judged as taken when it arrived, at
+    `now` (several of one sensor in one batch keep their order, 1 ns apart, the last at `now`),
+    and its events carry that time; so one reading from the future cannot make the sensor's
+    real readings after it "late", and a clock running steadily ahead is judged by arrival.
+    Ingest stores the reading with its own stamp.
  2. Trust. A reading outside the physical range (ingest.decode's ranges), or taken while its
     sensor is obstructed (rule 3), is not water: the ladder, the rate of rise and the "last
     known depth" skip it as if it had not arrived. Rules 8 and 9 still see it.
- 3. Obstruction (street sensors). A reading that rises more than a step above the higher of
-    the two previous readings (both known; an obstructed one does not count), a step being
-    15 cm, or 15 cm per minute since the previous reading if longer, opens an obstruction with
-    that level as its base, unless one is open: no street fills that fast, but a car, a cart
-    or a person under a distance sensor does. It closes at the first later reading that is
-    back within a step of its base (the object left), or that, like the reading before it,
-    moved more than 0.5 cm and less than a step (moving water: a parked car's roof is steady
-    to the millimetre). Another object taking the place of the first keeps it open; a jump
-    never closes it. Blind spots, by design: a surge that then lies perfectly still reads as
-    an obstruction (rule 9 makes it a fault after 15 minutes), and a car under a sensor's
-    second reading ever is not recognised (there is no history to measure it from).
+ 3. Obstruction (street sensors): a vehicle and water told apart as in the field, and water
+    when unsure (a missed car costs a false alert an operator dismisses; a missed flood costs
+    far more). A vehicle under a distance sensor is a jump no water makes, to a roof steady to
+    the millimetre, with no water of that depth on the street, then a jump back; water rises
+    at most ~25 cm between readings a minute apart (the field's flash floods), is noisy, and
+    its neighbours share it. So a reading opens an obstruction, unless one is open, when it
+    rises more than a step above the higher of the two previous readings (both known; an
+    obstructed one does not count), a step being 40 cm, or 25 cm per minute since the
+    previous reading if longer (at most 80 cm, below any car's roof), and it is not within
+    15 cm of the deepest last known water depth of a street sensor (a flash flood reaching
+    this sensor after its neighbours). Its base is the level before the jump. Any smaller
+    rise, 15-25 cm a reading included, is water from its first reading, whether it keeps
+    rising or then lies still to the millimetre. The obstruction closes at the first later
+    reading back within a step of its base (the object left), or that, like the reading
+    before it, moved more than 0.5 cm and less than a step (water moving: a roof does not).
+    Another object taking the place of the first keeps it open; a jump never closes it. Blind
+    spots, by design: an object lower than a step above the water (a cart, a kerb-high
+    board) is taken for water, so a long one can raise a flood an operator dismisses; and a
+    car under a sensor's second reading ever is not recognised (no history to measure it
+    from). The river stage and rain are not the engine's to see (no rain gauge in the
+    registry; the tide gauge's stage is not a street depth), so the street's own water is the
+    context.
  4. Ladder and debounce. A water reading's raw level is how many of its sensor's thresholds
     (CONTRACT ladder or the registry's override) are at or below its depth. Level L is entered
     when two consecutive water readings both have raw level >= L, so one spike never raises;
@@ -45,7 +64,8 @@ one sensor in time order; "water readings" are the readings rule 2 trusts.
     engine's start if it was never heard). Silence is about arrivals, not the readings' own
     clocks: a sensor whose clock runs minutes behind, or jumps back, or a replay of last
     month's readings, is not silent while its readings keep arriving. `check_stale` raises it,
-    with the sensor's last reading time; `step` clears it when a batch brings a reading to
+    with the sensor's last reading time (3 intervals divided by the time scale); `step` clears
+    it when a batch brings a reading to
     judge (a late one keeps a live sensor from going stale, but is no fresh data to end a
     silence with). Silence changes nothing else: only readings release a level (rule 5), so a
     silent sensor keeps its flood alert, which shows its last known depth and time.
@@ -55,9 +75,11 @@ one sensor in time order; "water readings" are the readings rule 2 trusts.
     been obstructed for 15 minutes or more. `fault` is raised by two consecutive faulty
     readings, and, judged at the end of each batch, by a street sensor whose value has not
     changed by more than 0.05 cm for 30 minutes while another sensor on its street moved 10 cm
-    or more within its own last 30 minutes, between levels held by two consecutive readings
-    (stuck). It clears after two consecutive readings that are not faulty, once the value is
-    no longer unchanged for 30 minutes.
+    or more, between levels held by two consecutive readings, in the 30 minutes up to the flat
+    sensor's last reading (stuck; the street's latest flat reading when several are flat).
+    Only that live, recent movement counts: a neighbour silent or removed since is no
+    witness, however much it moved before. It clears after two consecutive readings that are
+    not faulty, once the value is no longer unchanged for 30 minutes.
 10. Lifecycle. A (sensor, kind) has at most one active alert. Raised: active_unack.
     Acknowledged: active_unack -> active_ack, cleared_unack -> cleared_ack; acknowledging an
     acknowledged alert changes nothing. Escalated: back to active_unack, since a worse level

@@ -101,14 +101,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
 from alerts._vector import Bools, Floats, Ints, Segments, held_low
 from alerts.errors import UnknownAlert
-from alerts.events import AlertEvent, AlertKind, Change, Event, FloodEpisode, Lifecycle, level_name
+from alerts.events import AlertEvent, AlertKind, Change, Event, FloodEpisode, level_name
+from alerts.lifecycle import CLOSED, transition
 from alerts.state import (
     NEVER,
     Alert,
@@ -285,7 +286,7 @@ def acknowledge(
     alert = state.alerts.get(alert_id)
     if alert is None:
         raise UnknownAlert(alert_id, len(state.alerts))
-    if alert.state in ("active_ack", "cleared_ack"):
+    if not transition(alert.state, "acknowledged").emits:
         return state, []
     book = _Book.of(state)
     events: list[Event] = []
@@ -745,12 +746,25 @@ def _stuck(
 
 
 def _street_water_cm(cfg: EngineConfig, old: SensorArrays) -> Floats:
-    """Per sensor: the deepest last known water depth among its street's sensors (-inf where
-    none is known); tide gauges have no street depth."""
+    """Per sensor: the deepest last known water depth among the other sensors of its street,
+    as of the batch's start (-inf where none is known); tide gauges have no street depth. Its
+    own depth is left out: water it read before is no witness for the jump it reads now."""
     depth = np.where(cfg.tide | np.isnan(old.last_water_cm), -np.inf, old.last_water_cm)
+    # Deepest first within each street: the first of a street is its deepest, the second the
+    # deepest of the others for that one sensor.
+    order = np.lexsort((-depth, cfg.street_of))
+    streets = cfg.street_of[order]
+    first = np.ones(len(order), dtype=np.bool_)
+    first[1:] = streets[1:] != streets[:-1]
     deepest = np.full(len(cfg.streets), -np.inf)
-    np.maximum.at(deepest, cfg.street_of, depth)
+    deepest[streets[first]] = depth[order[first]]
+    second = np.full(len(cfg.streets), -np.inf)
+    runner_up = np.zeros(len(order), dtype=np.bool_)
+    runner_up[1:] = first[:-1] & ~first[1:]
+    second[streets[runner_up]] = depth[order[runner_up]]
     out: Floats = deepest[cfg.street_of]
+    top = order[first]
+    out[top] = second[cfg.street_of[top]]
     return out
 
 
@@ -844,10 +858,6 @@ class _Book:
             episode=None if self.episode is None else self.episode.freeze(),
         )
 
-    def flood_level(self, sensor_id: str) -> int:
-        alert_id = self.active.get((sensor_id, "flood"))
-        return 0 if alert_id is None else self.alerts[alert_id].level
-
     def apply(self, ch: _Change, now_ns: int, events: list[Event]) -> None:
         sensor_id = self.cfg.sensor_ids[ch.sensor]
         alert_id = self.active.get((sensor_id, ch.kind))
@@ -859,21 +869,16 @@ class _Book:
         if ch.value == 0:
             self._clear(alert, ch, now_ns, events)
         elif ch.kind == "flood" and ch.value != alert.level:
-            worse = ch.value > alert.level
-            change: Change = "escalated" if worse else "deescalated"
-            # A worse level needs a fresh acknowledgement (rule 10).
-            updated = replace(
+            change: Change = "escalated" if ch.value > alert.level else "deescalated"
+            updated = _move(
                 alert,
+                change,
+                now_ns,
                 level=ch.value,
                 reading_time_ns=ch.time_ns,
                 depth_cm=ch.depth_cm,
-                seq=alert.seq + 1,
                 peak_cm=ch.peak_cm,
                 peak_ns=ch.peak_ns,
-                state="active_unack" if worse else alert.state,
-                who=None if worse else alert.who,
-                note=None if worse else alert.note,
-                acked_ns=None if worse else alert.acked_ns,
             )
             self.alerts[alert_id] = updated
             events.append(self._event(updated, change, now_ns, ch))
@@ -882,11 +887,8 @@ class _Book:
     def acknowledge(
         self, alert: Alert, who: str, note: str, now_ns: int, events: list[Event]
     ) -> None:
-        state: Lifecycle = "active_ack" if alert.state == "active_unack" else "cleared_ack"
-        updated = replace(
-            alert, state=state, who=who, note=note, acked_ns=now_ns, seq=alert.seq + 1
-        )
-        if state == "cleared_ack":
+        updated = _move(alert, "acknowledged", now_ns, who=who, note=note, acked_ns=now_ns)
+        if updated.state == CLOSED:
             del self.alerts[alert.alert_id]
         else:
             self.alerts[alert.alert_id] = updated
@@ -904,7 +906,7 @@ class _Book:
             alert_id=alert_id,
             sensor_id=sensor_id,
             kind=ch.kind,
-            state="active_unack",
+            state=transition(None, "raised").after,
             level=ch.value if ch.kind == "flood" else 0,
             raised_ns=ch.time_ns,
             reading_time_ns=ch.time_ns,
@@ -914,6 +916,7 @@ class _Book:
             peak_cm=ch.peak_cm,
             peak_ns=ch.peak_ns,
             episode_id=episode_id,
+            changed_ns=now_ns,
         )
         self.alerts[alert_id] = alert
         self.active[(sensor_id, ch.kind)] = alert_id
@@ -921,20 +924,14 @@ class _Book:
         self._track_episode(alert)
 
     def _clear(self, alert: Alert, ch: _Change, now_ns: int, events: list[Event]) -> None:
-        state: Lifecycle = "cleared_unack" if alert.state == "active_unack" else "cleared_ack"
-        updated = replace(
-            alert,
-            state=state,
-            level=0,
-            reading_time_ns=ch.time_ns,
-            depth_cm=ch.depth_cm,
-            seq=alert.seq + 1,
+        updated = _move(
+            alert, "cleared", now_ns, level=0, reading_time_ns=ch.time_ns, depth_cm=ch.depth_cm
         )
         if alert.kind == "flood":
             updated = replace(updated, peak_cm=ch.peak_cm, peak_ns=ch.peak_ns)
             self._track_episode(updated)
         del self.active[(alert.sensor_id, alert.kind)]
-        if state == "cleared_ack":
+        if updated.state == CLOSED:
             del self.alerts[alert.alert_id]
         else:
             self.alerts[alert.alert_id] = updated
@@ -973,7 +970,8 @@ class _Book:
 
     def _event(self, alert: Alert, change: Change, now_ns: int, ch: _Change | None) -> AlertEvent:
         i = self.cfg.index[alert.sensor_id]
-        level = alert.level if alert.kind == "flood" else self.flood_level(alert.sensor_id)
+        # Only a flood alert has a level: a battery or stale alert is not "flooded".
+        flood = alert.kind == "flood"
         reading_time = None if ch is None else ch.time_ns
         key = now_ns if reading_time is None else reading_time
         extra = None if ch is None else ch.extra
@@ -986,8 +984,8 @@ class _Book:
             kind=alert.kind,
             change=change,
             state=alert.state,
-            level=level,
-            level_name=level_name(bool(self.cfg.tide[i]), level),
+            level=alert.level if flood else None,
+            level_name=level_name(bool(self.cfg.tide[i]), alert.level) if flood else None,
             at_ns=now_ns,
             reading_time_ns=reading_time,
             depth_cm=alert.depth_cm,
@@ -1001,6 +999,15 @@ class _Book:
             note=alert.note,
             acked_ns=alert.acked_ns,
         )
+
+
+def _move(alert: Alert, change: Change, now_ns: int, **fields: Any) -> Alert:
+    """The alert after `change` (rule 10's table, alerts/lifecycle.py), with `fields` updated:
+    one more event, changed now."""
+    row = transition(alert.state, change)
+    if row.ack == "drop":
+        fields.update(who=None, note=None, acked_ns=None)
+    return replace(alert, state=row.after, seq=alert.seq + 1, changed_ns=now_ns, **fields)
 
 
 class _Draft:

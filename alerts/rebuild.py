@@ -227,7 +227,7 @@ def _open_alerts(events: list[AlertEvent]) -> dict[str, Alert]:
             sensor_id=e.sensor_id,
             kind=kind,
             state=e.state,
-            level=e.level if kind == "flood" else 0,
+            level=(e.level or 0) if kind == "flood" else 0,
             raised_ns=raised_ns,
             reading_time_ns=(
                 raised_ns if last_reading.reading_time_ns is None else last_reading.reading_time_ns
@@ -241,6 +241,7 @@ def _open_alerts(events: list[AlertEvent]) -> dict[str, Alert]:
             who=e.who,
             note=e.note,
             acked_ns=e.acked_ns,
+            changed_ns=e.at_ns,
         )
     return alerts
 
@@ -275,6 +276,6 @@ def _open_episode(events: list[AlertEvent], alerts: dict[str, Alert]) -> OpenEpi
         peak_cm=-best[0],
         peak_ns=best[1],
         peak_sensor_id=best[2],
-        max_level=max(e.level for e in mine),
+        max_level=max(e.level or 0 for e in mine),
         sensors=frozenset(e.sensor_id for e in mine),
     )

@@ -236,6 +236,9 @@ class Alert:
     who: str | None = None
     note: str | None = None
     acked_ns: int | None = None
+    # When its state or level last changed (the engine's `now` then): raised, escalated,
+    # de-escalated, acknowledged or cleared.
+    changed_ns: int | None = None
 
     @property
     def active(self) -> bool:

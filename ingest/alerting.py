@@ -178,7 +178,7 @@ class Alerting:
         touched: list[str] = []
         for e in events:
             if isinstance(e, AlertEvent):
-                key = (e.kind, e.change, e.level_name)
+                key = (e.kind, e.change, e.level_name or "")  # only floods have levels
                 self.events_by_kind[key] = self.events_by_kind.get(key, 0) + 1
                 self._publish(self.topics.alert_events(e.sensor_id), e.to_json(), False)
                 if e.sensor_id not in touched:

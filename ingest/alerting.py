@@ -52,8 +52,10 @@ class Alerting:
         publish: Publish,
         store_lines: StoreLines,
         clock: Callable[[], int] = time.time_ns,
+        time_scale: float = 1.0,  # --time-scale: the engine's timers run this much faster
     ) -> None:
         self.registry = registry
+        self.time_scale = time_scale
         self.topics = topics
         self.influx = influx
         self._publish = publish
@@ -92,7 +94,7 @@ class Alerting:
                 events.append(AlertEvent.from_influx(tags, doc))
         since = rebuild_window_start(events, now)
         readings = self._stored_readings(since)
-        state = rebuild(self.registry, events, readings, since, now)
+        state = rebuild(self.registry, events, readings, since, now, self.time_scale)
         with self._lock:
             self._state = state
         for sensor_id in self.registry.sensors:

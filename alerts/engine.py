@@ -217,8 +217,9 @@ def step(
 ) -> tuple[EngineState, list[Event]]:
     """Judge a batch of readings (any sensors, any order): the new state and the events.
 
-    `now_ns` is the engine's "now": it stamps the events (`at_ns`) and ends staleness
-    (rule 7); the rules themselves run on reading times.
+    `now_ns` is the engine's "now": it stamps the events (`at_ns`), ends staleness (rule 7)
+    and caps reading times (rule 1: a reading stamped after it is judged as taken now); the
+    rules themselves run on reading times.
     """
     cfg = state.config
     adv = _advance(cfg, state.arrays, state.tail, readings, now_ns)

@@ -1094,6 +1094,23 @@ def test_one_reading_from_the_future_never_hides_the_next_ones(
 
 
 @PROPERTY
+@given(
+    moves=walks(lo=0.0, hi=60.0, min_len=2, max_len=40, step_cm=8.0),
+    gap_min=st.integers(31, 60 * 24 * 60),
+    flat=st.floats(0.0, 5.0),
+)
+def test_a_neighbour_silent_for_over_30_minutes_never_makes_a_stuck_fault(
+    moves: list[float], gap_min: int, flat: float
+) -> None:
+    """Rule 9: however s2 moved, once it has been silent for more than 30 minutes before
+    every reading of s1, a flat s1 gets no stuck fault."""
+    state, _ = run(series("s2", moves))
+    start = len(moves) - 1 + gap_min
+    state, events = run(series("s1", [round(flat, 1)] * 40, start_min=start), state=state)
+    assert brief(events, ("fault",)) == []
+
+
+@PROPERTY
 @given(base=walks(lo=-5.0, hi=9.9), where=st.integers(0, 10**6), spike=st.floats(10.0, 300.0))
 def test_one_reading_above_a_threshold_never_raises_a_flood(
     base: list[float], where: int, spike: float

@@ -21,7 +21,9 @@ the API take it from FLOODWATCH_TIME_SCALE / --time-scale, and production keeps 
     `now` (several of one sensor in one batch keep their order, 1 ns apart, the last at `now`),
     and its events carry that time; so one reading from the future cannot make the sensor's
     real readings after it "late", and a clock running steadily ahead is judged by arrival.
-    Ingest stores the reading with its own stamp.
+    A reading from the future stamped no later than one already judged is a redelivery (or a
+    clock gone back inside the future), ignored as late. Ingest stores the reading with its
+    own stamp.
  2. Trust. A reading outside the physical range (ingest.decode's ranges), or taken while its
     sensor is obstructed (rule 3), is not water: the ladder, the rate of rise and the "last
     known depth" skip it as if it had not arrived. Rules 8 and 9 still see it.
@@ -312,21 +314,23 @@ def _advance(
         return _Advance(old, tail, [], ReadingArrays.empty(), nobody)
     tm = timers(cfg.time_scale)
     # Rule 1: a clock ahead is judged by arrival; late readings are counted, not judged.
-    batch = _arrival_times(batch, now_ns)
+    batch, repeated, ahead_ns = _arrival_times(batch, now_ns, old.ahead_ns)
     fresh = batch.time_ns > old.last_ns[batch.sensor]
+    if repeated is not None:
+        fresh &= ~repeated
     late_ignored = old.late_ignored
     if not fresh.all():
         late_ignored = late_ignored + np.bincount(batch.sensor[~fresh], minlength=cfg.n)
         batch = batch.take(fresh)
         if not len(batch):
-            arrays = old.evolve(late_ignored=late_ignored)
+            arrays = old.evolve(late_ignored=late_ignored, ahead_ns=ahead_ns)
             return _Advance(arrays, tail, [], ReadingArrays.empty(), nobody)
     batch = _sorted_unique(batch, cfg.n)
     s, t, d, b = batch.sensor, batch.time_ns, batch.level_cm, batch.battery_v
     seg = Segments.of(s)
     street = ~cfg.tide[s]
     changes: list[_Change] = []
-    new: dict[str, object] = {"late_ignored": late_ignored}
+    new: dict[str, object] = {"late_ignored": late_ignored, "ahead_ns": ahead_ns}
 
     # Rule 3: obstruction.
     prev_d = seg.shift(d, old.last_cm)
@@ -769,21 +773,36 @@ def _street_water_cm(cfg: EngineConfig, old: SensorArrays) -> Floats:
     return out
 
 
-def _arrival_times(batch: ReadingArrays, now_ns: int) -> ReadingArrays:
+def _arrival_times(
+    batch: ReadingArrays, now_ns: int, ahead_ns: Ints
+) -> tuple[ReadingArrays, Bools | None, Ints]:
     """Rule 1 for a clock that runs ahead: a reading stamped after `now` is judged as taken when
     it arrived, at `now` (several of one sensor keep their order, 1 ns apart, the last at
-    `now`), so one reading from the future cannot make the sensor's next real ones "late"."""
+    `now`), so one reading from the future cannot make the sensor's next real ones "late".
+
+    Returns the batch with those times, which of its readings repeat a stamp from the future
+    already judged (a redelivery; for equal stamps within the batch, all but the last to
+    arrive) or None if none is ahead, and the sensors' latest stamps from the future."""
     ahead = batch.time_ns > now_ns
     if not ahead.any():
-        return batch
+        return batch, None, ahead_ns
     idx = np.flatnonzero(ahead)
+    # Stable: equal stamps of a sensor stay in arrival order.
     order = idx[np.lexsort((batch.time_ns[idx], batch.sensor[idx]))]
-    seg = Segments.of(batch.sensor[order])
-    number = np.cumsum(seg.first) - 1
-    from_end = seg.last_idx[number] - np.arange(len(order))
+    sensor, stamp = batch.sensor[order], batch.time_ns[order]
+    again = stamp <= ahead_ns[sensor]
+    again[:-1] |= (sensor[1:] == sensor[:-1]) & (stamp[1:] == stamp[:-1])
+    repeated = np.zeros(len(batch), dtype=np.bool_)
+    repeated[order[again]] = True
+    judged = order[~again]
     time_ns = batch.time_ns.copy()
-    time_ns[order] = now_ns - from_end
-    return ReadingArrays(batch.sensor, time_ns, batch.level_cm, batch.battery_v)
+    if len(judged):
+        seg = Segments.of(batch.sensor[judged])
+        number = np.cumsum(seg.first) - 1
+        time_ns[judged] = now_ns - (seg.last_idx[number] - np.arange(len(judged)))
+    latest = ahead_ns.copy()
+    np.maximum.at(latest, sensor, stamp)
+    return ReadingArrays(batch.sensor, time_ns, batch.level_cm, batch.battery_v), repeated, latest
 
 
 def _sorted_unique(batch: ReadingArrays, n_sensors: int) -> ReadingArrays:

@@ -171,6 +171,9 @@ class SensorArrays:
     batt_on: Bools
     stale_on: Bools
     late_ignored: Ints  # readings not judged because they were older than last_ns
+    # The latest stamp of a reading from the future judged at its arrival (rule 1): one
+    # stamped no later is a redelivery, never judged twice.
+    ahead_ns: Ints
 
     def copy(self) -> SensorArrays:
         return SensorArrays(**{f.name: getattr(self, f.name).copy() for f in fields(self)})
@@ -213,6 +216,7 @@ def initial_arrays(n: int, levels: int) -> SensorArrays:
         batt_on=no(),
         stale_on=no(),
         late_ignored=times(0),
+        ahead_ns=times(NEVER),
     )
 
 

@@ -796,6 +796,22 @@ def test_a_sensor_whose_clock_runs_4_minutes_ahead_is_judged_by_arrival() -> Non
     assert int(state.arrays.last_ns[INDEX["s1"]]) == T0 + round(4.01 * M)
 
 
+def test_a_reading_from_the_future_redelivered_is_not_judged_twice() -> None:
+    """Rule 1: a splash stamped 4 minutes ahead arrives, then again (a redelivery after a
+    reconnect): judged once, so the one spike raises nothing; a real reading after it is
+    judged."""
+    state = new_state(REGISTRY, T0)
+    events: list[Event] = []
+    for depth, stamp, now in [(0.0, 0, 0.01), (0.1, 1, 1.01), (60.0, 6, 1.5), (60.0, 6, 1.9)]:
+        state, out = step_at(state, [depth], [stamp], now)
+        events.extend(out)
+    state, out = step_at(state, [0.2, 0.2], [2, 6], 2.01)  # and once more within a batch
+    events.extend(out)
+    assert brief(events) == []
+    assert int(state.arrays.late_ignored[INDEX["s1"]]) == 2
+    assert float(state.arrays.last_cm[INDEX["s1"]]) == 0.2
+
+
 def test_a_time_scale_runs_every_timer_faster() -> None:
     """A street played 60 times faster: the 10-minute hold is 10 s of reading time and stale
     is 3 s after the last arrival for a sensor of 60 s."""

@@ -36,8 +36,8 @@ the API take it from FLOODWATCH_TIME_SCALE / --time-scale, and production keeps 
     rises more than a step above the higher of the two previous readings (both known; an
     obstructed one does not count), a step being 40 cm, or 25 cm per minute since the
     previous reading if longer (at most 80 cm, below any car's roof), and it is not within
-    15 cm of the deepest last known water depth of a street sensor (a flash flood reaching
-    this sensor after its neighbours). Its base is the level before the jump. Any smaller
+    15 cm of the deepest last known water depth of another sensor of its street, as of the
+    batch's start (a flash flood reaching this sensor after its neighbours). Its base is the level before the jump. Any smaller
     rise, 15-25 cm a reading included, is water from its first reading, whether it keeps
     rising or then lies still to the millimetre. The obstruction closes at the first later
     reading back within a step of its base (the object left), or that, like the reading

@@ -5,7 +5,10 @@
 ################################################################
 
 Times are reading times unless a rule says `now`. "Consecutive" means consecutive readings of
-one sensor in time order; "water readings" are the readings rule 2 trusts.
+one sensor in time order; "water readings" are the readings rule 2 trusts. Every duration
+below is the contract's value at time scale 1; `new_state(..., time_scale=k)` divides them all
+by k (rules 3, 5, 6, 7 and 9: a demo street played k times faster keeps its story; ingest and
+the API take it from FLOODWATCH_TIME_SCALE / --time-scale, and production keeps 1).
 
  1. Late data. A reading not newer than the last reading judged for its sensor is ignored by
     every rule below and counted in `late_ignored`: ingest stores it, but an old backfill never
@@ -13,21 +16,37 @@ one sensor in time order; "water readings" are the readings rule 2 trusts.
     alive, rule 7), and a redelivered reading is never judged twice. Within one batch each
     sensor's readings are judged in time order, so a backfill that arrives with (or before)
     newer readings is judged in full; a repeated (sensor, time) keeps the copy that arrived
-    last.
+    last. A clock ahead: "newer" is decided on times no later than `now`. A reading stamped
+    after `now` (ingest accepts up to 5 minutes ahead) is judged as taken when it arrived, at
+    `now` (several of one sensor in one batch keep their order, 1 ns apart, the last at `now`),
+    and its events carry that time; so one reading from the future cannot make the sensor's
+    real readings after it "late", and a clock running steadily ahead is judged by arrival.
+    A reading from the future stamped no later than one already judged is a redelivery (or a
+    clock gone back inside the future), ignored as late. Ingest stores the reading with its
+    own stamp.
  2. Trust. A reading outside the physical range (CONTRACT section 2), or taken while its
     sensor is obstructed (rule 3), is not water: the ladder, the rate of rise and the "last
     known depth" skip it as if it had not arrived. Rules 8 and 9 still see it.
- 3. Obstruction (street sensors). A reading that rises more than a step above the higher of
-    the two previous readings (both known; an obstructed one does not count), a step being
-    15 cm, or 15 cm per minute since the previous reading if longer, opens an obstruction with
-    that level as its base, unless one is open: no street fills that fast, but a car, a cart
-    or a person under a distance sensor does. It closes at the first later reading that is
-    back within a step of its base (the object left), or that, like the reading before it,
-    moved more than 0.5 cm and less than a step (moving water: a parked car's roof is steady
-    to the millimetre). Another object taking the place of the first keeps it open; a jump
-    never closes it. Blind spots, by design: a surge that then lies perfectly still reads as
-    an obstruction (rule 9 makes it a fault after 15 minutes), and a car under a sensor's
-    second reading ever is not recognised (there is no history to measure it from).
+ 3. Obstruction (street sensors): a vehicle and water told apart as in the field, and water when
+    unsure (a missed car costs a false alert an operator dismisses; a missed flood costs far more).
+    A vehicle under a distance sensor is a jump no water makes, to a roof steady to the millimetre,
+    with no water of that depth on the street, then a jump back; water rises at most ~25 cm between
+    readings a minute apart (the field's flash floods), is noisy, and its neighbours share it. So a
+    reading opens an obstruction, unless one is open, when it rises more than a step above the
+    higher of the two previous readings (both known; an obstructed one does not count), a step being
+    40 cm, or 25 cm per minute since the previous reading if longer (at most 80 cm, below any car's
+    roof), and it is not within 15 cm of the deepest last known water depth of another sensor of its
+    street, as of the batch's start (a flash flood reaching this sensor after its neighbours). Its
+    base is the level before the jump. Any smaller rise, 15-25 cm a reading included, is water from
+    its first reading, whether it keeps rising or then lies still to the millimetre. The obstruction
+    closes at the first later reading back within a step of its base (the object left), or that,
+    like the reading before it, moved more than 0.5 cm and less than a step (water moving: a roof
+    does not). Another object taking the place of the first keeps it open; a jump never closes it.
+    Blind spots, by design: an object lower than a step above the water (a cart, a kerb-high board)
+    is taken for water, so a long one can raise a flood an operator dismisses; and a car under a
+    sensor's second reading ever is not recognised (no history to measure it from). The river stage
+    and rain are not the engine's to see (no rain gauge in the registry; the tide gauge's stage is
+    not a street depth), so the street's own water is the context.
  4. Ladder and debounce. A water reading's raw level is how many of its sensor's thresholds
     (CONTRACT ladder or the registry's override) are at or below its depth. Level L is entered
     when two consecutive water readings both have raw level >= L, so one spike never raises;
@@ -45,7 +64,8 @@ one sensor in time order; "water readings" are the readings rule 2 trusts.
     engine's start if it was never heard). Silence is about arrivals, not the readings' own
     clocks: a sensor whose clock runs minutes behind, or jumps back, or a replay of last
     month's readings, is not silent while its readings keep arriving. `check_stale` raises it,
-    with the sensor's last reading time; `step` clears it when a batch brings a reading to
+    with the sensor's last reading time (3 intervals divided by the time scale); `step` clears
+    it when a batch brings a reading to
     judge (a late one keeps a live sensor from going stale, but is no fresh data to end a
     silence with). Silence changes nothing else: only readings release a level (rule 5), so a
     silent sensor keeps its flood alert, which shows its last known depth and time.
@@ -55,9 +75,11 @@ one sensor in time order; "water readings" are the readings rule 2 trusts.
     been obstructed for 15 minutes or more. `fault` is raised by two consecutive faulty
     readings, and, judged at the end of each batch, by a street sensor whose value has not
     changed by more than 0.05 cm for 30 minutes while another sensor on its street moved 10 cm
-    or more within its own last 30 minutes, between levels held by two consecutive readings
-    (stuck). It clears after two consecutive readings that are not faulty, once the value is
-    no longer unchanged for 30 minutes.
+    or more, between levels held by two consecutive readings, in the 30 minutes up to the flat
+    sensor's last reading (stuck; the street's latest flat reading when several are flat).
+    Only that live, recent movement counts: a neighbour silent or removed since is no
+    witness, however much it moved before. It clears after two consecutive readings that are
+    not faulty, once the value is no longer unchanged for 30 minutes.
 10. Lifecycle. A (sensor, kind) has at most one active alert. Raised: active_unack.
     Acknowledged: active_unack -> active_ack, cleared_unack -> cleared_ack; acknowledging an
     acknowledged alert changes nothing. Escalated: back to active_unack, since a worse level
@@ -78,7 +100,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from functools import lru_cache
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -86,6 +109,7 @@ from numpy.typing import NDArray
 from alerts._vector import Bools, Floats, Ints, Segments, held_low
 from alerts.errors import UnknownAlert
 from alerts.events import AlertEvent, Event, FloodEpisode
+from alerts.lifecycle import CLOSED, transition
 from alerts.state import (
     NEVER,
     Alert,
@@ -100,7 +124,6 @@ from floodwatch.contract import (
     STALE_INTERVALS,  # rule 7
     AlertKind,
     Change,
-    Lifecycle,
     level_name,
 )
 
@@ -110,7 +133,13 @@ HOLD_NS = 10 * MINUTE_NS  # rules 5, 6
 RISE_CM = 10.0  # rule 6
 RISE_WINDOW_NS = 15 * MINUTE_NS
 BATTERY_CLEAR_V = 3.4
-JUMP_CM = 15.0  # rule 3: per reading, and per minute
+# Rule 3. Field floods rose up to ~25 cm between readings a minute apart; no water rises
+# 40 cm in a minute. A jump beyond that (25 cm a minute for longer gaps, but never more than
+# 80 cm: a car's roof is higher still) is an object, unless the street's water is that deep.
+SURGE_CM = 40.0
+SURGE_CM_PER_MIN = 25.0
+SURGE_MAX_CM = 80.0
+NEAR_WATER_CM = 15.0  # "that deep": within this of a street sensor's last water depth
 MOVING_CM = 0.5  # a change a parked car's roof never makes, and rising water does
 OBSTRUCTION_FAULT_NS = 15 * MINUTE_NS  # rule 9
 UNCHANGED_CM = 0.05
@@ -118,6 +147,39 @@ STUCK_NS = 30 * MINUTE_NS
 NEIGHBOUR_MOVE_CM = 10.0
 # How much water history the state keeps per sensor, for the windows of rules 6 and 9.
 TAIL_NS = max(RISE_WINDOW_NS, STUCK_NS)
+
+
+@dataclass(frozen=True, slots=True)
+class Timers:
+    """The rules' durations for one time scale: the constants above divided by it (rules 3, 5,
+    6, 7 and 9 all run on these, so a demo played 60 times faster keeps its story)."""
+
+    minute_ns: int
+    hold_ns: int
+    rise_window_ns: int
+    obstruction_fault_ns: int
+    stuck_ns: int
+    tail_ns: int
+
+    @classmethod
+    def of(cls, time_scale: float) -> Timers:
+        def scaled(ns: int) -> int:
+            return max(1, round(ns / time_scale))
+
+        return cls(
+            minute_ns=scaled(MINUTE_NS),
+            hold_ns=scaled(HOLD_NS),
+            rise_window_ns=scaled(RISE_WINDOW_NS),
+            obstruction_fault_ns=scaled(OBSTRUCTION_FAULT_NS),
+            stuck_ns=scaled(STUCK_NS),
+            tail_ns=scaled(TAIL_NS),
+        )
+
+
+@lru_cache(maxsize=8)
+def timers(time_scale: float) -> Timers:
+    return Timers.of(time_scale)
+
 
 _RANK: Mapping[AlertKind, int] = {
     "flood": 0,
@@ -160,11 +222,12 @@ def step(
 ) -> tuple[EngineState, list[Event]]:
     """Judge a batch of readings (any sensors, any order): the new state and the events.
 
-    `now_ns` is the engine's "now": it stamps the events (`at_ns`) and ends staleness
-    (rule 7); the rules themselves run on reading times.
+    `now_ns` is the engine's "now": it stamps the events (`at_ns`), ends staleness (rule 7)
+    and caps reading times (rule 1: a reading stamped after it is judged as taken now); the
+    rules themselves run on reading times.
     """
     cfg = state.config
-    adv = _advance(cfg, state.arrays, state.tail, readings)
+    adv = _advance(cfg, state.arrays, state.tail, readings, now_ns)
     book = _Book.of(state)
     events: list[Event] = []
     for change in sorted(adv.changes):
@@ -202,7 +265,10 @@ def check_stale(state: EngineState, now_ns: int) -> tuple[EngineState, list[Even
     """
     cfg, a = state.config, state.arrays
     heard_at = np.where(a.heard_ns != NEVER, a.heard_ns, state.start_ns)
-    new = ~a.stale_on & (now_ns - heard_at > STALE_INTERVALS * cfg.interval_ns)
+    limit = STALE_INTERVALS * cfg.interval_ns
+    if cfg.time_scale != 1.0:
+        limit = np.round(limit / cfg.time_scale).astype(np.int64)
+    new = ~a.stale_on & (now_ns - heard_at > limit)
     if not new.any():
         return state, []
     stale_on = a.stale_on | new
@@ -226,7 +292,7 @@ def acknowledge(
     alert = state.alerts.get(alert_id)
     if alert is None:
         raise UnknownAlert(alert_id, len(state.alerts))
-    if alert.state in ("active_ack", "cleared_ack"):
+    if not transition(alert.state, "acknowledged").emits:
         return state, []
     book = _Book.of(state)
     events: list[Event] = []
@@ -244,33 +310,38 @@ def _known(a: SensorArrays, i: int) -> float | None:
 
 
 def _advance(
-    cfg: EngineConfig, old: SensorArrays, tail: ReadingArrays, batch: ReadingArrays
+    cfg: EngineConfig, old: SensorArrays, tail: ReadingArrays, batch: ReadingArrays, now_ns: int
 ) -> _Advance:
     nobody = np.empty(0, dtype=np.int32)
     if not len(batch):
         return _Advance(old, tail, [], ReadingArrays.empty(), nobody)
-    # Rule 1: late readings are counted, not judged.
+    tm = timers(cfg.time_scale)
+    # Rule 1: a clock ahead is judged by arrival; late readings are counted, not judged.
+    batch, repeated, ahead_ns = _arrival_times(batch, now_ns, old.ahead_ns)
     fresh = batch.time_ns > old.last_ns[batch.sensor]
+    if repeated is not None:
+        fresh &= ~repeated
     late_ignored = old.late_ignored
     if not fresh.all():
         late_ignored = late_ignored + np.bincount(batch.sensor[~fresh], minlength=cfg.n)
         batch = batch.take(fresh)
         if not len(batch):
-            arrays = old.evolve(late_ignored=late_ignored)
+            arrays = old.evolve(late_ignored=late_ignored, ahead_ns=ahead_ns)
             return _Advance(arrays, tail, [], ReadingArrays.empty(), nobody)
     batch = _sorted_unique(batch, cfg.n)
     s, t, d, b = batch.sensor, batch.time_ns, batch.level_cm, batch.battery_v
     seg = Segments.of(s)
     street = ~cfg.tide[s]
     changes: list[_Change] = []
-    new: dict[str, object] = {"late_ignored": late_ignored}
+    new: dict[str, object] = {"late_ignored": late_ignored, "ahead_ns": ahead_ns}
 
     # Rule 3: obstruction.
     prev_d = seg.shift(d, old.last_cm)
     diff = d - prev_d  # NaN for a sensor's first reading ever
     prev_t = seg.shift(t, old.last_ns)
-    # The most a water surface moves from one reading to the next: 15 cm, or 15 cm a minute.
-    allowed = np.maximum(JUMP_CM, JUMP_CM * ((t - prev_t) / MINUTE_NS))
+    # The most a water surface rises from one reading to the next (a sensor's first reading
+    # ever has no gap: the cap).
+    allowed = np.clip(SURGE_CM_PER_MIN * ((t - prev_t) / tm.minute_ns), SURGE_CM, SURGE_MAX_CM)
     # Jumps are measured from the higher of the two previous readings, so one low outlier
     # fakes none; with fewer than two readings known (NaN), nothing is a jump. The carried
     # reading before last is -inf if it was obstructed: known, but not water.
@@ -286,6 +357,8 @@ def _advance(
     if busy.any():
         pick = np.flatnonzero(np.repeat(busy, seg.lengths))
         sub = Segments.of(s[pick])
+        # Context: a jump to about the depth the street's water already has is water.
+        near_water = d[pick] <= _street_water_cm(cfg, old)[s[pick]] + NEAR_WATER_CM
         found, found_prev, found_base, found_since = _obstructions(
             sub,
             old,
@@ -296,6 +369,7 @@ def _advance(
             prev2_d[pick],
             allowed[pick],
             moving[pick],
+            near_water,
         )
         obst, prev_obst = obst.copy(), obst.copy()
         obst[pick], prev_obst[pick] = found, found_prev
@@ -311,11 +385,11 @@ def _advance(
     unchanged = np.abs(diff) <= UNCHANGED_CM
     flat_since = seg.fill(~unchanged, t, old.flat_since)
     new["flat_since"] = seg.carry(flat_since, old.flat_since)
-    faulty = ~in_range | (obst & (t - obst_since >= OBSTRUCTION_FAULT_NS))
+    faulty = ~in_range | (obst & (t - obst_since >= tm.obstruction_fault_ns))
     prev_faulty = seg.shift(faulty, old.prev_fault)
     new["prev_fault"] = seg.carry(faulty, old.prev_fault)
     if faulty.any() or prev_faulty.any() or old.fault_on[seg.seg_sensor].any():
-        long_unchanged = t - flat_since >= STUCK_NS
+        long_unchanged = t - flat_since >= tm.stuck_ns
         fault = seg.latch(
             faulty & prev_faulty, ~faulty & ~prev_faulty & ~long_unchanged, old.fault_on
         )
@@ -386,7 +460,7 @@ def _advance(
         changes.extend(water_changes)
     arrays, stuck_changes = _stuck(cfg, arrays, others, merged, seg.seg_sensor)
     changes.extend(stuck_changes)
-    keep = merged.time_ns >= arrays.last_ns[merged.sensor] - TAIL_NS
+    keep = merged.time_ns >= arrays.last_ns[merged.sensor] - tm.tail_ns
     # Each sensor's tail stays in time order; sensors need not be grouped.
     new_tail = ReadingArrays.concat([others, merged.take(keep)])
     return _Advance(arrays, new_tail, changes, water, seg.seg_sensor)
@@ -402,6 +476,7 @@ def _obstructions(
     prev2_d: Floats,
     allowed: Floats,
     moving: Bools,
+    near_water: Bools,
 ) -> tuple[Bools, Bools, Floats, Ints]:
     """Rule 3 for whole segments: each reading obstructed or not, the previous one obstructed
     or not, the base water level, and since when.
@@ -421,7 +496,7 @@ def _obstructions(
         prev_obst = seg.shift(obst, old.obst_on)
         prev2_obst = seg.shift(prev_obst, carried_water)
         level_before = np.maximum(prev_d, np.where(prev2_obst, -np.inf, prev2_d))
-        jump = street & (d - level_before > allowed)
+        jump = street & (d - level_before > allowed) & ~near_water
         opens = jump & ~prev_obst
         base = seg.fill(opens, level_before, old.obst_base)
         closes = ((d <= base + allowed) | water_like) & ~jump
@@ -443,6 +518,7 @@ def _judge_water(
     """Rules 4, 5 and 6 over the batch's water readings, and the flood peaks."""
     s, t, d = water.sensor, water.time_ns, water.level_cm
     seg = Segments.of(s)
+    tm = timers(cfg.time_scale)
     changes: list[_Change] = []
     new: dict[str, object] = {
         "last_water_ns": seg.carry(t, old.last_water_ns),
@@ -482,7 +558,7 @@ def _judge_water(
     if lively.any():
         in_merged = lively[merged.sensor]
         sub = merged.take(in_merged)
-        lowest = held_low(sub.sensor, sub.time_ns, sub.level_cm, RISE_WINDOW_NS)
+        lowest = held_low(sub.sensor, sub.time_ns, sub.level_cm, tm.rise_window_ns)
         sub_pos = np.cumsum(in_merged, dtype=np.int64) - 1
         mine = np.flatnonzero(lively[s])
         rise[mine] = d[mine] - lowest[sub_pos[water_pos[mine]]]
@@ -490,7 +566,9 @@ def _judge_water(
     calm = rise < RISE_CM - HYSTERESIS_CM
     calm_start = seg.run_start(calm, t, old.calm_since)
     rising = seg.latch(
-        rises & seg.shift(rises, old.prev_rise), calm & (t - calm_start >= HOLD_NS), old.rise_on
+        rises & seg.shift(rises, old.prev_rise),
+        calm & (t - calm_start >= tm.hold_ns),
+        old.rise_on,
     )
     new["prev_rise"] = seg.carry(rises, old.prev_rise)
     new["calm_since"] = seg.carry_run(calm, calm_start, old.calm_since)
@@ -562,13 +640,14 @@ def _ladder(
     if pick is not None:
         seg, raw, t, d = Segments.of(seg.sensor[pick]), raw[pick], t[pick], d[pick]
     thresholds = cfg.thresholds[seg.sensor]
+    hold_ns = timers(cfg.time_scale).hold_ns
     entry = np.minimum(raw, seg.shift(raw, old.prev_raw))
     level = np.zeros(len(t), dtype=np.int8)
     below_since = old.below_since.copy()
     for j in range(cfg.max_levels):
         below = d < thresholds[:, j] - HYSTERESIS_CM
         start = seg.run_start(below, t, old.below_since[:, j])
-        released = below & (t - start >= HOLD_NS)
+        released = below & (t - start >= hold_ns)
         level += seg.latch(entry > j, released, old.level > j)
         below_since[:, j] = seg.carry_run(below, start, old.below_since[:, j])
     return level, below_since
@@ -616,10 +695,11 @@ def _stuck(
 ) -> tuple[SensorArrays, list[_Change]]:
     """Rule 9, stuck: judged once per batch for the sensors it brought readings from, against
     the water history of every sensor (the batch's own, merged, and the others' tails)."""
+    stuck_ns = timers(cfg.time_scale).stuck_ns
     last = arrays.last_ns[judged]
     candidates = judged[
         ~cfg.tide[judged]
-        & (last - arrays.flat_since[judged] >= STUCK_NS)
+        & (last - arrays.flat_since[judged] >= stuck_ns)
         & ~arrays.obst_on[judged]
         & ~arrays.fault_on[judged]
     ]
@@ -628,12 +708,18 @@ def _stuck(
     merged, _ = _merge_tail(others, mine, cfg.n)
     if not len(merged):
         return arrays, []
-    # Which sensors moved within their own last STUCK_NS, from the water history: between
-    # levels held by two consecutive readings, so that one spike is not a move.
-    ms, md = merged.sensor, merged.level_cm
-    recent = merged.time_ns >= arrays.last_ns[ms] - STUCK_NS
+    # Which sensors moved in the 30 minutes before the street's flat sensor last read, from
+    # the water history: between levels held by two consecutive readings, so that one spike is
+    # not a move. Only that window counts, so a neighbour silent (or removed) since is no
+    # witness: its tail is older.
+    until = np.full(len(cfg.streets), NEVER, dtype=np.int64)
+    np.maximum.at(until, cfg.street_of[candidates], arrays.last_ns[candidates])
+    ms, md, mt = merged.sensor, merged.level_cm, merged.time_ns
+    upto = until[cfg.street_of[ms]]
+    witness = upto != NEVER
+    recent = witness & (mt <= upto) & (mt >= np.where(witness, upto, 0) - stuck_ns)
     pair_ok = np.zeros(len(ms), dtype=np.bool_)
-    pair_ok[:-1] = (ms[1:] == ms[:-1]) & recent[:-1]
+    pair_ok[:-1] = (ms[1:] == ms[:-1]) & recent[:-1] & recent[1:]
     upper = np.empty(len(ms))
     lower = np.empty(len(ms))
     upper[:-1], lower[:-1] = np.minimum(md[:-1], md[1:]), np.maximum(md[:-1], md[1:])
@@ -665,6 +751,61 @@ def _stuck(
         for i in stuck.tolist()
     ]
     return arrays.evolve(fault_on=fault_on), changes
+
+
+def _street_water_cm(cfg: EngineConfig, old: SensorArrays) -> Floats:
+    """Per sensor: the deepest last known water depth among the other sensors of its street,
+    as of the batch's start (-inf where none is known); tide gauges have no street depth. Its
+    own depth is left out: water it read before is no witness for the jump it reads now."""
+    depth = np.where(cfg.tide | np.isnan(old.last_water_cm), -np.inf, old.last_water_cm)
+    # Deepest first within each street: the first of a street is its deepest, the second the
+    # deepest of the others for that one sensor.
+    order = np.lexsort((-depth, cfg.street_of))
+    streets = cfg.street_of[order]
+    first = np.ones(len(order), dtype=np.bool_)
+    first[1:] = streets[1:] != streets[:-1]
+    deepest = np.full(len(cfg.streets), -np.inf)
+    deepest[streets[first]] = depth[order[first]]
+    second = np.full(len(cfg.streets), -np.inf)
+    runner_up = np.zeros(len(order), dtype=np.bool_)
+    runner_up[1:] = first[:-1] & ~first[1:]
+    second[streets[runner_up]] = depth[order[runner_up]]
+    out: Floats = deepest[cfg.street_of]
+    top = order[first]
+    out[top] = second[cfg.street_of[top]]
+    return out
+
+
+def _arrival_times(
+    batch: ReadingArrays, now_ns: int, ahead_ns: Ints
+) -> tuple[ReadingArrays, Bools | None, Ints]:
+    """Rule 1 for a clock that runs ahead: a reading stamped after `now` is judged as taken when
+    it arrived, at `now` (several of one sensor keep their order, 1 ns apart, the last at
+    `now`), so one reading from the future cannot make the sensor's next real ones "late".
+
+    Returns the batch with those times, which of its readings repeat a stamp from the future
+    already judged (a redelivery; for equal stamps within the batch, all but the last to
+    arrive) or None if none is ahead, and the sensors' latest stamps from the future."""
+    ahead = batch.time_ns > now_ns
+    if not ahead.any():
+        return batch, None, ahead_ns
+    idx = np.flatnonzero(ahead)
+    # Stable: equal stamps of a sensor stay in arrival order.
+    order = idx[np.lexsort((batch.time_ns[idx], batch.sensor[idx]))]
+    sensor, stamp = batch.sensor[order], batch.time_ns[order]
+    again = stamp <= ahead_ns[sensor]
+    again[:-1] |= (sensor[1:] == sensor[:-1]) & (stamp[1:] == stamp[:-1])
+    repeated = np.zeros(len(batch), dtype=np.bool_)
+    repeated[order[again]] = True
+    judged = order[~again]
+    time_ns = batch.time_ns.copy()
+    if len(judged):
+        seg = Segments.of(batch.sensor[judged])
+        number = np.cumsum(seg.first) - 1
+        time_ns[judged] = now_ns - (seg.last_idx[number] - np.arange(len(judged)))
+    latest = ahead_ns.copy()
+    np.maximum.at(latest, sensor, stamp)
+    return ReadingArrays(batch.sensor, time_ns, batch.level_cm, batch.battery_v), repeated, latest
 
 
 def _sorted_unique(batch: ReadingArrays, n_sensors: int) -> ReadingArrays:
@@ -740,10 +881,6 @@ class _Book:
             episode=None if self.episode is None else self.episode.freeze(),
         )
 
-    def flood_level(self, sensor_id: str) -> int:
-        alert_id = self.active.get((sensor_id, "flood"))
-        return 0 if alert_id is None else self.alerts[alert_id].level
-
     def apply(self, ch: _Change, now_ns: int, events: list[Event]) -> None:
         sensor_id = self.cfg.sensor_ids[ch.sensor]
         alert_id = self.active.get((sensor_id, ch.kind))
@@ -755,21 +892,16 @@ class _Book:
         if ch.value == 0:
             self._clear(alert, ch, now_ns, events)
         elif ch.kind == "flood" and ch.value != alert.level:
-            worse = ch.value > alert.level
-            change: Change = "escalated" if worse else "deescalated"
-            # A worse level needs a fresh acknowledgement (rule 10).
-            updated = replace(
+            change: Change = "escalated" if ch.value > alert.level else "deescalated"
+            updated = _move(
                 alert,
+                change,
+                now_ns,
                 level=ch.value,
                 reading_time_ns=ch.time_ns,
                 depth_cm=ch.depth_cm,
-                seq=alert.seq + 1,
                 peak_cm=ch.peak_cm,
                 peak_ns=ch.peak_ns,
-                state="active_unack" if worse else alert.state,
-                who=None if worse else alert.who,
-                note=None if worse else alert.note,
-                acked_ns=None if worse else alert.acked_ns,
             )
             self.alerts[alert_id] = updated
             events.append(self._event(updated, change, now_ns, ch))
@@ -778,11 +910,8 @@ class _Book:
     def acknowledge(
         self, alert: Alert, who: str, note: str, now_ns: int, events: list[Event]
     ) -> None:
-        state: Lifecycle = "active_ack" if alert.state == "active_unack" else "cleared_ack"
-        updated = replace(
-            alert, state=state, who=who, note=note, acked_ns=now_ns, seq=alert.seq + 1
-        )
-        if state == "cleared_ack":
+        updated = _move(alert, "acknowledged", now_ns, who=who, note=note, acked_ns=now_ns)
+        if updated.state == CLOSED:
             del self.alerts[alert.alert_id]
         else:
             self.alerts[alert.alert_id] = updated
@@ -805,6 +934,7 @@ class _Book:
             peak_cm=ch.peak_cm,
             peak_ns=ch.peak_ns,
             episode_id=episode_id,
+            changed_ns=now_ns,
         )
         self.alerts[alert.alert_id] = alert
         self.active[(sensor_id, ch.kind)] = alert.alert_id
@@ -812,20 +942,14 @@ class _Book:
         self._track_episode(alert)
 
     def _clear(self, alert: Alert, ch: _Change, now_ns: int, events: list[Event]) -> None:
-        state: Lifecycle = "cleared_unack" if alert.state == "active_unack" else "cleared_ack"
-        updated = replace(
-            alert,
-            state=state,
-            level=0,
-            reading_time_ns=ch.time_ns,
-            depth_cm=ch.depth_cm,
-            seq=alert.seq + 1,
+        updated = _move(
+            alert, "cleared", now_ns, level=0, reading_time_ns=ch.time_ns, depth_cm=ch.depth_cm
         )
         if alert.kind == "flood":
             updated = replace(updated, peak_cm=ch.peak_cm, peak_ns=ch.peak_ns)
             self._track_episode(updated)
         del self.active[(alert.sensor_id, alert.kind)]
-        if state == "cleared_ack":
+        if updated.state == CLOSED:
             del self.alerts[alert.alert_id]
         else:
             self.alerts[alert.alert_id] = updated
@@ -864,18 +988,28 @@ class _Book:
 
     def _event(self, alert: Alert, change: Change, now_ns: int, ch: _Change | None) -> AlertEvent:
         i = self.cfg.index[alert.sensor_id]
-        level = alert.level if alert.kind == "flood" else self.flood_level(alert.sensor_id)
+        # Only a flood alert has a level: a battery or stale alert is not "flooded".
+        flood = alert.kind == "flood"
         extra = None if ch is None else ch.extra
         return alert.event(
             change,
             at_ns=now_ns,
             reading_time_ns=None if ch is None else ch.time_ns,
             street=self.cfg.streets[self.cfg.street_of[i]],
-            level=level,
-            level_name=level_name(bool(self.cfg.tide[i]), level),
+            level=alert.level if flood else None,
+            level_name=level_name(bool(self.cfg.tide[i]), alert.level) if flood else None,
             battery_v=extra if alert.kind == "battery_low" else None,
             rise_cm=extra if alert.kind == "rising" else None,
         )
+
+
+def _move(alert: Alert, change: Change, now_ns: int, **fields: Any) -> Alert:
+    """The alert after `change` (rule 10's table, alerts/lifecycle.py), with `fields` updated:
+    one more event, changed now."""
+    row = transition(alert.state, change)
+    if row.ack == "drop":
+        fields.update(who=None, note=None, acked_ns=None)
+    return replace(alert, state=row.after, seq=alert.seq + 1, changed_ns=now_ns, **fields)
 
 
 class _Draft:

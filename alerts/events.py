@@ -34,7 +34,8 @@ class AlertEvent:
     `alert_id` is `{sensor}:{kind}:{t}` with `t` the time of the reading that raised it;
     `event_id` is `{alert_id}:{change}:{t}` with `t` the time of the reading that caused the
     change (the operator's time for an acknowledgement). `seq` counts the alert's events from 1.
-    For every kind, `level` is the sensor's flood level when the event happened.
+    `level` and `level_name` are the flood alert's own level (0 once cleared); other kinds
+    have none (None, left out of the JSON): a battery or stale alert is not "flooded".
     """
 
     event_id: str
@@ -45,8 +46,8 @@ class AlertEvent:
     kind: AlertKind
     change: Change
     state: Lifecycle
-    level: int
-    level_name: str
+    level: int | None
+    level_name: str | None
     at_ns: int  # when the engine decided (the `now_ns` it was given)
     reading_time_ns: int | None  # the reading behind the change; None for acknowledgements
     raised_ns: int  # the time of the reading that raised the alert (the `t` of its id)

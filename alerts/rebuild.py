@@ -31,7 +31,7 @@ from typing import assert_never
 
 import numpy as np
 
-from alerts.engine import MINUTE_NS, OBSTRUCTION_FAULT_NS, TAIL_NS, _advance
+from alerts.engine import MINUTE_NS, OBSTRUCTION_FAULT_NS, TAIL_NS, _advance, timers
 from alerts.events import AlertEvent, Event
 from alerts.state import (
     NEVER,
@@ -72,6 +72,7 @@ def rebuild(
     readings: ReadingArrays,
     since_ns: int,
     now_ns: int,
+    time_scale: float = 1.0,
 ) -> EngineState:
     """The engine state after a restart at `now_ns`.
 
@@ -81,7 +82,8 @@ def rebuild(
     `rebuild_window_start(events, now_ns)`. A sensor with no reading since `since_ns` has been
     silent since then at least, so that is where its stale clock starts.
     """
-    fresh = new_state(registry, since_ns)
+    fresh = new_state(registry, since_ns, time_scale)
+    fault_ns = timers(time_scale).obstruction_fault_ns
     cfg = fresh.config
     alert_events = _alert_events(events)
     alerts = _open_alerts(alert_events)
@@ -93,7 +95,7 @@ def rebuild(
     # misjudge the water readings before it.
     seed = initial_arrays(cfg.n, cfg.max_levels)
     seeds = _obstructions_open_at(alert_events, cfg.index, since_ns)
-    for i in _opened_in_window(cfg, seeds, readings):
+    for i in _opened_in_window(cfg, seeds, readings, now_ns):
         del seeds[i]
     for i, (base_cm, raised_ns) in seeds.items():
         seed.obst_on[i] = True
@@ -101,8 +103,8 @@ def rebuild(
         # The fault came with the second reading obstructed for 15 minutes: the obstruction
         # opened 15 minutes before it at the latest, so every reading from the raise on is
         # faulty (rule 9), as it was for the running engine.
-        seed.obst_since[i] = raised_ns - OBSTRUCTION_FAULT_NS
-    adv = _advance(cfg, seed, fresh.tail, readings)
+        seed.obst_since[i] = raised_ns - fault_ns
+    adv = _advance(cfg, seed, fresh.tail, readings, now_ns)
 
     # The replay's alert decisions give way to what the events say.
     a = adv.arrays.copy()
@@ -177,7 +179,10 @@ def _obstructions_open_at(
 
 
 def _opened_in_window(
-    cfg: EngineConfig, seeds: Mapping[int, tuple[float, int]], readings: ReadingArrays
+    cfg: EngineConfig,
+    seeds: Mapping[int, tuple[float, int]],
+    readings: ReadingArrays,
+    now_ns: int,
 ) -> list[int]:
     """The seeded sensors whose obstruction the replay opens by itself: by the fault's raise,
     unseeded, it is open from the same water level and has been for 15 minutes.
@@ -194,13 +199,13 @@ def _opened_in_window(
     for i, (_, raised_ns) in seeds.items():
         raised[i] = raised_ns
     upto = readings.take(readings.time_ns <= raised[readings.sensor])
-    a = _advance(cfg, initial_arrays(cfg.n, cfg.max_levels), ReadingArrays.empty(), upto).arrays
+    fresh = initial_arrays(cfg.n, cfg.max_levels)
+    a = _advance(cfg, fresh, ReadingArrays.empty(), upto, now_ns).arrays
+    fault_ns = timers(cfg.time_scale).obstruction_fault_ns
     return [
         i
         for i, (base_cm, raised_ns) in seeds.items()
-        if a.obst_on[i]
-        and a.obst_base[i] == base_cm
-        and a.obst_since[i] <= raised_ns - OBSTRUCTION_FAULT_NS
+        if a.obst_on[i] and a.obst_base[i] == base_cm and a.obst_since[i] <= raised_ns - fault_ns
     ]
 
 
@@ -252,6 +257,6 @@ def _open_episode(events: list[AlertEvent], alerts: dict[str, Alert]) -> OpenEpi
         peak_cm=-best[0],
         peak_ns=best[1],
         peak_sensor_id=best[2],
-        max_level=max(e.level for e in mine),
+        max_level=max(e.level or 0 for e in mine),
         sensors=frozenset(e.sensor_id for e in mine),
     )

@@ -99,6 +99,9 @@ class EngineConfig:
     interval_ns: Ints
     range_lo: Floats
     range_hi: Floats
+    # How many times faster than its readings' own clock the street is played (the demo's
+    # --time-scale): every duration of the rules is divided by it. 1 = the contract's values.
+    time_scale: float = 1.0
 
     @property
     def n(self) -> int:
@@ -109,7 +112,9 @@ class EngineConfig:
         return int(self.thresholds.shape[1])
 
 
-def config_from_registry(registry: Registry) -> EngineConfig:
+def config_from_registry(registry: Registry, time_scale: float = 1.0) -> EngineConfig:
+    if not time_scale > 0:
+        raise ValueError(f"time_scale must be above 0 (1 = real time), not {time_scale}")
     sensors = list(registry.sensors.values())
     ids = tuple(s.id for s in sensors)
     streets = tuple(dict.fromkeys(s.street for s in sensors))
@@ -130,6 +135,7 @@ def config_from_registry(registry: Registry) -> EngineConfig:
         interval_ns=np.array([round(s.interval_s * 1e9) for s in sensors], dtype=np.int64),
         range_lo=np.where(tide, TIDE_STAGE_CM[0], STREET_DEPTH_CM[0]),
         range_hi=np.where(tide, TIDE_STAGE_CM[1], STREET_DEPTH_CM[1]),
+        time_scale=float(time_scale),
     )
 
 
@@ -173,6 +179,9 @@ class SensorArrays:
     batt_on: Bools
     stale_on: Bools
     late_ignored: Ints  # readings not judged because they were older than last_ns
+    # The latest stamp of a reading from the future judged at its arrival (rule 1): one
+    # stamped no later is a redelivery, never judged twice.
+    ahead_ns: Ints
 
     def copy(self) -> SensorArrays:
         return SensorArrays(**{f.name: getattr(self, f.name).copy() for f in fields(self)})
@@ -215,6 +224,7 @@ def initial_arrays(n: int, levels: int) -> SensorArrays:
         batt_on=no(),
         stale_on=no(),
         late_ignored=times(0),
+        ahead_ns=times(NEVER),
     )
 
 
@@ -243,6 +253,9 @@ class Alert:
     who: str | None = None
     note: str | None = None
     acked_ns: int | None = None
+    # When its state or level last changed (the engine's `now` then): raised, escalated,
+    # de-escalated, acknowledged or cleared.
+    changed_ns: int | None = None
 
     @property
     def active(self) -> bool:
@@ -261,8 +274,10 @@ class Alert:
         peak_cm: float | None = None,
         peak_ns: int | None = None,
         episode_id: str | None = None,
+        changed_ns: int | None = None,
     ) -> Alert:
-        """A new alert, raised by the reading taken at `time_ns` (rule 10: active_unack)."""
+        """A new alert, raised by the reading taken at `time_ns` (rule 10: active_unack);
+        `changed_ns`: when the engine raised it (its `now`)."""
         return cls(
             alert_id=f"{sensor_id}:{kind}:{time_ns}",
             sensor_id=sensor_id,
@@ -277,6 +292,7 @@ class Alert:
             peak_cm=peak_cm,
             peak_ns=peak_ns,
             episode_id=episode_id,
+            changed_ns=changed_ns,
         )
 
     def event(
@@ -286,14 +302,14 @@ class Alert:
         at_ns: int,
         reading_time_ns: int | None,
         street: str,
-        level: int,
-        level_name: str,
+        level: int | None,
+        level_name: str | None,
         battery_v: float | None = None,
         rise_cm: float | None = None,
     ) -> AlertEvent:
         """The event of a change that left the alert as it is now. `reading_time_ns`: the
         reading behind the change (None for an acknowledgement, timed `at_ns`); `level`: the
-        sensor's flood level, which every kind of event carries."""
+        flood alert's level, None for the other kinds (a battery alert is not "flooded")."""
         key = at_ns if reading_time_ns is None else reading_time_ns
         return AlertEvent(
             event_id=f"{self.alert_id}:{change}:{key}",
@@ -333,7 +349,7 @@ class Alert:
             sensor_id=event.sensor_id,
             kind=event.kind,
             state=event.state,
-            level=event.level if event.kind == "flood" else 0,
+            level=(event.level or 0) if event.kind == "flood" else 0,
             raised_ns=event.raised_ns,
             reading_time_ns=event.raised_ns if reading_time_ns is None else reading_time_ns,
             depth_cm=event.depth_cm,
@@ -345,6 +361,7 @@ class Alert:
             who=event.who,
             note=event.note,
             acked_ns=event.acked_ns,
+            changed_ns=event.at_ns,
         )
 
 
@@ -380,9 +397,10 @@ class EngineState:
         return self.config.index
 
 
-def new_state(registry: Registry, now_ns: int) -> EngineState:
-    """A fresh engine for the registry's sensors, started at `now_ns`."""
-    config = config_from_registry(registry)
+def new_state(registry: Registry, now_ns: int, time_scale: float = 1.0) -> EngineState:
+    """A fresh engine for the registry's sensors, started at `now_ns`; `time_scale` > 1 runs
+    every timer of the rules that many times faster (a demo played faster than real time)."""
+    config = config_from_registry(registry, time_scale)
     return EngineState(
         config=config,
         arrays=initial_arrays(config.n, config.max_levels),

@@ -92,6 +92,10 @@ def sensor_payload(state: EngineState, sensor_id: str) -> bytes:
             "kind": alert.kind,
             "state": alert.state,
             "raised_at": iso_time(alert.raised_ns),
+            # The last change (raise, escalation, acknowledgement): what a row shows as "since".
+            "changed_at": iso_time(
+                alert.raised_ns if alert.changed_ns is None else alert.changed_ns
+            ),
         }
         if alert.detail:
             item["detail"] = alert.detail

@@ -21,6 +21,7 @@ from floodwatch.settings import (
     configure_logging,
     env_name,
     settings_from_args,
+    time_scale_notice,
     whole_number,
 )
 
@@ -112,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         port = whole_number(args.port, "--port", minimum=1, maximum=65535)
         options = options_from_args(args)
         configure_logging(settings.log_level, "api")
+        logging.getLogger("api").log(*time_scale_notice(settings.time_scale))
         app = create_app(settings, options)
         if options.api_keys is None and not options.anonymous_read:
             logging.getLogger("api").warning(

@@ -271,7 +271,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         probe_client = InfluxClient(settings.influx, settings.influx_db, timeout_s=PROBE_TIMEOUT_S)
         influx = InfluxClient(settings.influx, settings.influx_db, timeout_s=QUERY_TIMEOUT_S)
-        state = LiveState(registry)
+        state = LiveState(registry, settings.time_scale)
         event_log = EventLog(options.stream_buffer)
         handler = FeedHandler(topics, registry, state, event_log, metrics_, clock)
         feed = LiveFeed(settings.mqtt, topics, handler, asyncio.get_running_loop())

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from floodwatch.errors import SettingsError
-from floodwatch.settings import env_name, option, real_number, whole_number
+from floodwatch.settings import TIME_SCALE, env_name, option, real_number, whole_number
 
 # At the shipped 14 sensors reporting once a minute, 10,000 events span about 12 hours; at
 # 1,000 sensors, about 10 minutes: either way far more than a client's 30 s drop.
@@ -48,6 +48,7 @@ API_OPTIONS = (
         "events /v1/stream keeps for clients that reconnect with Last-Event-ID",
     ),
     option("--heartbeat", "15", "seconds between /v1/stream heartbeat comments"),
+    TIME_SCALE,  # stale by arrival runs as fast as the engine's
 )
 
 ANONYMOUS_READ_FLAG = "--anonymous-read"

@@ -59,6 +59,10 @@ class Settings:
     # Sensor id -> broker password (--sensor-credentials, simulators only): each simulated
     # sensor then logs in as itself, as the broker's ACL requires.
     sensor_logins: Mapping[str, str] = field(default_factory=dict)
+    # --time-scale (ingest and the API): how many times faster than real time the street is
+    # played; the alert rules' timers and the stale interval run that much faster. 1 in
+    # production, the contract's values.
+    time_scale: float = 1.0
 
     def sensor_endpoint(self, sensor_id: str) -> MqttEndpoint:
         """The broker as this sensor (its own login if known, else --mqtt-url's)."""
@@ -103,6 +107,31 @@ COMMON_OPTIONS: tuple[_Option, ...] = (
     option("--topic-root", "floodwatch", "MQTT topic root; topics live under ROOT/v1/"),
     option("--log-level", "INFO", "logging level: DEBUG, INFO, WARNING or ERROR"),
 )
+
+
+TIME_SCALE = option(
+    "--time-scale",
+    "1",
+    "DEMO ONLY: the street is played this many times faster than real time (the simulator's "
+    "--speed with --timestamps wall), so every alert timer (hysteresis hold, rising window, "
+    "obstruction and stuck times, stale interval) runs that much faster; 1 keeps the "
+    "contract's values",
+)
+
+
+def time_scale_notice(time_scale: float) -> tuple[int, str]:
+    """The line a process logs at start about --time-scale: (logging level, message)."""
+    if time_scale == 1.0:
+        return logging.INFO, (
+            "alert timers at the contract's values (time scale 1): 10 min hold, 15 min rising "
+            "window, 15 min obstruction, 30 min stuck, stale after 3 intervals"
+        )
+    return logging.WARNING, (
+        f"DEMO time scale {time_scale:g}: every alert timer runs {time_scale:g} times faster "
+        f"than the contract (10 min hold = {600 / time_scale:g} s, stale after 3 intervals / "
+        f"{time_scale:g}); for a simulated street only, never in production "
+        "(unset FLOODWATCH_TIME_SCALE / --time-scale)"
+    )
 
 
 SENSOR_CREDENTIALS = option(
@@ -237,6 +266,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             if (logins := str(getattr(args, "sensor_credentials", "") or ""))
             else {}
         ),
+        time_scale=real_number(getattr(args, "time_scale", "1"), "--time-scale", positive=True),
     )
 
 

@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--speed",
         default="60",
         help="simulator time acceleration (default 60: a shower floods and "
-        "drains a street within a minute)",
+        "drains a street within a minute); ingest and the API get the same "
+        "FLOODWATCH_TIME_SCALE, so alert timers (10 min hold: 10 s) keep pace",
     )
     parser.add_argument(
         "--for",
@@ -199,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = dict(
         os.environ,
         FLOODWATCH_OUTBOX=str(data / "ingest-outbox.sqlite"),
+        # The street plays args.speed times faster: the alert timers must too (ingest, API).
+        FLOODWATCH_TIME_SCALE=str(args.speed),
         PYTHONUNBUFFERED="1",
     )
     services: list[Service] = []

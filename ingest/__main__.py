@@ -31,12 +31,14 @@ from floodwatch.metrics import serve as serve_metrics
 from floodwatch.mqtt import Delivery, MqttConnection
 from floodwatch.registry import load_registry
 from floodwatch.settings import (
+    TIME_SCALE,
     command_parser,
     configure_logging,
     option,
     parse_influx_url,
     real_number,
     settings_from_args,
+    time_scale_notice,
     whole_number,
 )
 from floodwatch.topics import Topics
@@ -91,6 +93,7 @@ INGEST_OPTIONS = (
     ),
     option("--metrics-host", "127.0.0.1", "address of the metrics endpoint (0.0.0.0: all)"),
     option("--stats-interval", "10", "seconds between progress lines in the log (0: none)"),
+    TIME_SCALE,
 )
 
 DESCRIPTION = """\
@@ -332,7 +335,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         assert mqtt is not None
         mqtt.publish(topic, payload, qos=1, retain=retain)
 
-    alerting = Alerting(registry, topics, influx_read, publish, ingest.store_lines)
+    log.log(*time_scale_notice(settings.time_scale))
+    alerting = Alerting(
+        registry, topics, influx_read, publish, ingest.store_lines, time_scale=settings.time_scale
+    )
     ingest.on_stored = alerting.judge
     commands: queue.Queue[Delivery] = queue.Queue()
 

@@ -51,8 +51,10 @@ class Alerting:
         publish: Publish,
         store_lines: StoreLines,
         clock: Callable[[], int] = time.time_ns,
+        time_scale: float = 1.0,  # --time-scale: the engine's timers run this much faster
     ) -> None:
         self.registry = registry
+        self.time_scale = time_scale
         self.topics = topics
         self.influx = influx
         self._publish = publish
@@ -91,7 +93,7 @@ class Alerting:
                 events.append(AlertEvent.from_influx(tags, doc))
         since = rebuild_window_start(events, now)
         readings = self._stored_readings(since)
-        state = rebuild(self.registry, events, readings, since, now)
+        state = rebuild(self.registry, events, readings, since, now, self.time_scale)
         with self._lock:
             self._state = state
         for sensor_id in self.registry.sensors:
@@ -177,7 +179,7 @@ class Alerting:
         touched: list[str] = []
         for e in events:
             if isinstance(e, AlertEvent):
-                key = (e.kind, e.change, e.level_name)
+                key = (e.kind, e.change, e.level_name or "")  # only floods have levels
                 self.events_by_kind[key] = self.events_by_kind.get(key, 0) + 1
                 self._publish(self.topics.alert_events(e.sensor_id), e.to_json(), False)
                 if e.sensor_id not in touched:

@@ -30,7 +30,9 @@ from alerts import (
     step,
     street_view,
 )
-from floodwatch.contract import Reading
+from alerts.lifecycle import TABLE as LIFECYCLE_TABLE
+from alerts.lifecycle import LifecycleError, transition
+from floodwatch.contract import CHANGES, LIFECYCLES, Change, Lifecycle, Reading
 from floodwatch.registry import SHIPPED_REGISTRY, Registry, Sensor, load_registry
 from ingest.line_protocol import encode_point
 
@@ -149,7 +151,7 @@ SCENARIOS: list[tuple[str, str, list[float], list[tuple[object, ...]]]] = [
         [*FLAT8, 12, 12, 16, 19, 22, 22, 26, 29, 33, 33, 38, 43, 48, 52, 52],
         [
             (4, "s1", "flood", "raised", 1),
-            (7, "s1", "rising", "raised", 1),
+            (7, "s1", "rising", "raised", None),
             (8, "s1", "flood", "escalated", 2),
             (12, "s1", "flood", "escalated", 3),
             (17, "s1", "flood", "escalated", 4),
@@ -168,7 +170,7 @@ SCENARIOS: list[tuple[str, str, list[float], list[tuple[object, ...]]]] = [
         [
             (4, "s1", "flood", "raised", 1),
             (5, "s1", "flood", "escalated", 2),
-            (5, "s1", "rising", "raised", 2),
+            (5, "s1", "rising", "raised", None),
             (6, "s1", "flood", "escalated", 3),
         ],
     ),
@@ -215,10 +217,10 @@ SCENARIOS: list[tuple[str, str, list[float], list[tuple[object, ...]]]] = [
         [*FLAT8, 12, 16, 19, 22, 22] + [16.0] * 11 + [5.0] * 11,
         [
             (4, "s1", "flood", "raised", 1),
-            (6, "s1", "rising", "raised", 1),
+            (6, "s1", "rising", "raised", None),
             (7, "s1", "flood", "escalated", 2),
             (18, "s1", "flood", "deescalated", 1),
-            (27, "s1", "rising", "cleared", 1),
+            (27, "s1", "rising", "cleared", None),
             (29, "s1", "flood", "cleared", 0),
         ],
     ),
@@ -228,10 +230,10 @@ SCENARIOS: list[tuple[str, str, list[float], list[tuple[object, ...]]]] = [
         [*FLAT8, 12, 16, 19, 22, 22] + [5.0] * 11,
         [
             (4, "s1", "flood", "raised", 1),
-            (6, "s1", "rising", "raised", 1),
+            (6, "s1", "rising", "raised", None),
             (7, "s1", "flood", "escalated", 2),
             (18, "s1", "flood", "cleared", 0),
-            (18, "s1", "rising", "cleared", 0),
+            (18, "s1", "rising", "cleared", None),
         ],
     ),
     # Rule 6: rate of rise.
@@ -239,7 +241,7 @@ SCENARIOS: list[tuple[str, str, list[float], list[tuple[object, ...]]]] = [
         "rising: 10 cm above the held 15-minute low on two readings",
         "s1",
         [-5.0, -5, -2, 1, 5.5, 6],
-        [(5, "s1", "rising", "raised", 0)],
+        [(5, "s1", "rising", "raised", None)],
     ),
     ("a low seen once is no baseline", "s1", [-5.0, -2, 1, 5.5, 6], []),
     (
@@ -252,7 +254,7 @@ SCENARIOS: list[tuple[str, str, list[float], list[tuple[object, ...]]]] = [
         "rising and flooded on the same reading: flood first",
         "s1",
         [0.0, 0, 3, 6, 9, 10.5, 12],
-        [(6, "s1", "flood", "raised", 1), (6, "s1", "rising", "raised", 1)],
+        [(6, "s1", "flood", "raised", 1), (6, "s1", "rising", "raised", None)],
     ),
     (
         "a slow rise (9 cm in 15 minutes) is not rising",
@@ -264,7 +266,7 @@ SCENARIOS: list[tuple[str, str, list[float], list[tuple[object, ...]]]] = [
         "rising clears after the rise stays under 7 cm for 10 minutes",
         "s1",
         [-5.0, -5, -2, 1, 5.5, 6] + [0.0] * 12,
-        [(5, "s1", "rising", "raised", 0), (16, "s1", "rising", "cleared", 0)],
+        [(5, "s1", "rising", "raised", None), (16, "s1", "rising", "cleared", None)],
     ),
     ("a river stage rise is not a rising alert", "gauge", [100.0, 115.0, 125.0, 130.0], []),
     # Rules 2, 3 and 9: trust, obstruction, faults.
@@ -272,14 +274,14 @@ SCENARIOS: list[tuple[str, str, list[float], list[tuple[object, ...]]]] = [
         "a value outside the physical range twice is a fault",
         "s1",
         [0.0, -40.0, -40.0, 0.0, 0.0],
-        [(2, "s1", "fault", "raised", 0), (4, "s1", "fault", "cleared", 0)],
+        [(2, "s1", "fault", "raised", None), (4, "s1", "fault", "cleared", None)],
     ),
     ("one out-of-range reading is not a fault", "s1", [0.0, -40.0, 0.0, 0.0], []),
     (
         "out-of-range readings are not water",
         "s1",
         [*FLAT8, 12.0, 400.0, 400.0, 12.0],
-        [(5, "s1", "fault", "raised", 0), (6, "s1", "flood", "raised", 1)],
+        [(5, "s1", "fault", "raised", None), (6, "s1", "flood", "raised", 1)],
     ),
     (
         "a parked vehicle (jump, then flat) is not water",
@@ -297,7 +299,7 @@ SCENARIOS: list[tuple[str, str, list[float], list[tuple[object, ...]]]] = [
         "a long-parked vehicle is a fault, cleared when it leaves",
         "s1",
         [1.0, 1.2] + [140.0] * 17 + [1.1, 1.0, 1.2],
-        [(18, "s1", "fault", "raised", 0), (20, "s1", "fault", "cleared", 0)],
+        [(18, "s1", "fault", "raised", None), (20, "s1", "fault", "cleared", None)],
     ),
     (
         "a vehicle parked in a flood holds the level",
@@ -306,14 +308,41 @@ SCENARIOS: list[tuple[str, str, list[float], list[tuple[object, ...]]]] = [
         [(4, "s1", "flood", "raised", 1)],
     ),
     (
-        "a flash flood is judged once two readings show the water moving",
+        "a flash flood rising 20 cm at once is water from its first wet reading",
         "s1",
         [0.0, 0.0, 20.0, 23.0, 26.0, 29.0, 31.0, 33.0],
         [
-            (5, "s1", "flood", "raised", 2),
-            (5, "s1", "rising", "raised", 2),
+            (3, "s1", "flood", "raised", 2),
+            (3, "s1", "rising", "raised", None),
             (7, "s1", "flood", "escalated", 3),
         ],
+    ),
+    (
+        "a flash flood rising 15-25 cm a reading is raised by its second wet reading",
+        "s1",
+        [0.0, 0.3, 0.1, 16.0, 38.0, 61.0, 80.0, 82.0],
+        [
+            (4, "s1", "flood", "raised", 1),
+            (4, "s1", "rising", "raised", None),
+            (5, "s1", "flood", "escalated", 3),
+            (6, "s1", "flood", "escalated", 4),
+        ],
+    ),
+    (
+        "water that arrives fast and then sits still to 0.1 cm is water",
+        "s1",
+        [0.0, 0.1, 0.0, 15.4, 15.4, 15.5, 15.4, 15.4, 15.5] + [15.4] * 40,
+        [
+            (4, "s1", "flood", "raised", 1),
+            (4, "s1", "rising", "raised", None),
+            (27, "s1", "rising", "cleared", None),
+        ],
+    ),
+    (
+        "a 40 cm jump with no wet neighbour, steady to the millimetre, is an object",
+        "s1",
+        [0.5, 0.6, 45.0, 45.0, 45.1, 45.0, 0.6, 0.5],
+        [],
     ),
     (
         "a second car taking the first one's place is not water",
@@ -328,13 +357,13 @@ SCENARIOS: list[tuple[str, str, list[float], list[tuple[object, ...]]]] = [
         [],
     ),
     (
-        "water that rose under a parked car is judged once it moves",
+        "water that rose under a parked car is water again when the car leaves",
         "s1",
         [*FLAT8, 12, 12, 12, 140, 140, 140, 140, 30, 31.5, 33, 34.5, 36, 37.5],
         [
             (4, "s1", "flood", "raised", 1),
-            (13, "s1", "flood", "escalated", 3),
-            (13, "s1", "rising", "raised", 3),
+            (11, "s1", "flood", "escalated", 3),
+            (11, "s1", "rising", "raised", None),
         ],
     ),
 ]
@@ -356,8 +385,8 @@ def test_battery_low_needs_two_low_readings_and_clears_at_3_4_volts() -> None:
     volts = [3.7, 3.25, 3.5, 3.28, 3.29, 3.35, 3.39, 3.45, 3.2]
     _, events = run(series("s1", [0.0] * len(volts), battery=volts))
     assert brief(events) == [
-        (4, "s1", "battery_low", "raised", 0),
-        (7, "s1", "battery_low", "cleared", 0),
+        (4, "s1", "battery_low", "raised", None),
+        (7, "s1", "battery_low", "cleared", None),
     ]
     raised = alert_events(events)[0]
     assert raised.battery_v == 3.29
@@ -366,7 +395,7 @@ def test_battery_low_needs_two_low_readings_and_clears_at_3_4_volts() -> None:
 def test_battery_skips_readings_without_a_voltage() -> None:
     """Readings that carry no voltage do not break a pair of low ones."""
     _, events = run(series("s1", [0.0] * 3, battery=[3.2, float("nan"), 3.2]))
-    assert brief(events) == [(2, "s1", "battery_low", "raised", 0)]
+    assert brief(events) == [(2, "s1", "battery_low", "raised", None)]
 
 
 def test_stale_after_three_missed_intervals_and_cleared_by_a_fresh_reading() -> None:
@@ -384,7 +413,7 @@ def test_stale_after_three_missed_intervals_and_cleared_by_a_fresh_reading() -> 
     state, again = check_stale(state, last + 30 * M)
     assert [e for e in alert_events(again) if e.sensor_id == "s1"] == []  # raised once only
     state, events = step(state, series("s1", [0.0], start_min=31), T0 + 31 * M)
-    assert brief(events) == [(31, "s1", "stale", "cleared", 0)]
+    assert brief(events) == [(31, "s1", "stale", "cleared", None)]
 
 
 def test_silence_is_timed_by_arrival_not_by_the_sensors_clock() -> None:
@@ -402,7 +431,7 @@ def test_silence_is_timed_by_arrival_not_by_the_sensors_clock() -> None:
     mine = [e for e in alert_events(events) if e.sensor_id == "s1"]
     assert [(e.change, e.reading_time_ns) for e in mine] == [("raised", last_arrival - skew)]
     state, events = step(state, _stamped("s1", last_arrival + 5 * M - skew), last_arrival + 5 * M)
-    assert brief(events) == [(27, "s1", "stale", "cleared", 0)]
+    assert brief(events) == [(27, "s1", "stale", "cleared", None)]
 
 
 def _stamped(sid: str, time_ns: int, depth: float = 1.0) -> ReadingArrays:
@@ -429,7 +458,7 @@ def test_late_readings_keep_a_sensor_heard_but_do_not_end_a_silence() -> None:
     assert events == []
     assert bool(state.arrays.stale_on[INDEX["s1"]])
     state, events = step(state, series("s1", [0.0], start_min=22), T0 + 22 * M)
-    assert brief(events) == [(22, "s1", "stale", "cleared", 0)]
+    assert brief(events) == [(22, "s1", "stale", "cleared", None)]
 
 
 def test_sensors_never_heard_go_stale_from_the_engine_start() -> None:
@@ -447,7 +476,8 @@ def test_a_stale_sensor_keeps_its_flood_alert_and_last_known_depth() -> None:
     state, events = check_stale(state, T0 + 10 * 60 * M)
     assert brief(events, ("flood",)) == []
     stale = next(e for e in alert_events(events) if e.sensor_id == "s1")
-    assert (stale.level, stale.level_name, stale.depth_cm) == (2, "hazard", 24.0)
+    # Not "hazard": only the flood alert has a level; the stale one keeps the depth.
+    assert (stale.level, stale.level_name, stale.depth_cm) == (None, None, 24.0)
     view = {s.street: s for s in street_view(state)}["Duong 12"]
     assert (view.level, view.sensor_id, view.depth_cm, view.stale) == (2, "s1", 24.0, True)
     assert view.reading_time_ns == T0 + 4 * M
@@ -455,7 +485,7 @@ def test_a_stale_sensor_keeps_its_flood_alert_and_last_known_depth() -> None:
     state, events = step(state, series("s1", [2.0] * 11, start_min=600), T0 + 611 * M)
     assert brief(events, ("flood", "stale")) == [
         (610, "s1", "flood", "cleared", 0),
-        (610, "s1", "stale", "cleared", 0),  # the batch's newest reading ends the silence
+        (610, "s1", "stale", "cleared", None),  # the batch's newest reading ends the silence
     ]
 
 
@@ -552,6 +582,90 @@ def test_escalation_needs_a_new_acknowledgement_and_deescalation_keeps_it() -> N
     assert (de.change, de.state, de.level, de.who) == ("deescalated", "active_ack", 1, "op")
 
 
+LIFECYCLE_ROWS: list[tuple[str, Lifecycle | None, Change, Lifecycle, bool, str]] = [
+    # name, before, change, after, emits, what happens to the acknowledgement
+    ("raised", None, "raised", "active_unack", True, "keep"),
+    ("acknowledged", "active_unack", "acknowledged", "active_ack", True, "set"),
+    ("acknowledged twice", "active_ack", "acknowledged", "active_ack", False, "keep"),
+    ("cleared, then acknowledged", "cleared_unack", "acknowledged", "cleared_ack", True, "set"),
+    ("escalated while unacknowledged", "active_unack", "escalated", "active_unack", True, "drop"),
+    ("escalated after an ack asks again", "active_ack", "escalated", "active_unack", True, "drop"),
+    ("de-escalated unacknowledged", "active_unack", "deescalated", "active_unack", True, "keep"),
+    ("de-escalated keeps the ack", "active_ack", "deescalated", "active_ack", True, "keep"),
+    ("cleared unacknowledged waits", "active_unack", "cleared", "cleared_unack", True, "keep"),
+    ("cleared after an ack is closed", "active_ack", "cleared", "cleared_ack", True, "keep"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "before", "change", "after", "emits", "ack"),
+    LIFECYCLE_ROWS,
+    ids=[r[0] for r in LIFECYCLE_ROWS],
+)
+def test_lifecycle_table_row(
+    name: str, before: Lifecycle | None, change: Change, after: Lifecycle, emits: bool, ack: str
+) -> None:
+    """Rule 10 is one table (alerts/lifecycle.py): each row as the contract states it."""
+    assert tuple(transition(before, change)) == (after, emits, ack), name
+
+
+def test_the_lifecycle_refuses_what_the_table_does_not_allow() -> None:
+    """A change the table does not list is refused with what is allowed instead; nothing
+    leaves a closed alert but a repeated acknowledgement."""
+    states: list[Lifecycle | None] = [None, *LIFECYCLES]
+    listed = {(b, c) for _, b, c, *_ in LIFECYCLE_ROWS} | {("cleared_ack", "acknowledged")}
+    assert set(LIFECYCLE_TABLE) == listed
+    for before, change in itertools.product(states, CHANGES):
+        if (before, change) not in listed:
+            with pytest.raises(LifecycleError, match=f"cannot be {change}"):
+                transition(before, change)
+
+
+def test_changed_at_moves_with_every_change_and_raised_at_stays() -> None:
+    """Issue 10: a row shows its last change. The alert's changed time is the engine's now at
+    its raise, escalation, acknowledgement and clear; raised_at stays the first reading's."""
+    state, events = _flood()
+    alert_id = alert_events(events)[0].alert_id
+    raised_ns = T0 + 4 * M
+    assert state.alerts[alert_id].changed_ns == raised_ns + 1
+    state, events = run(series("s1", [21.0, 21.5], start_min=5), state=state)
+    assert [e.change for e in alert_events(events) if e.kind == "flood"] == ["escalated"]
+    assert state.alerts[alert_id].changed_ns == T0 + 6 * M + 1
+    payload = orjson.loads(sensor_payload(state, "s1"))
+    (item,) = [a for a in payload["alerts"] if a["kind"] == "flood"]
+    assert (item["raised_at"], item["changed_at"]) == (
+        "2026-11-26T12:04:00.000+00:00",
+        "2026-11-26T12:06:00.000+00:00",
+    )
+    state, _ = acknowledge(state, alert_id, "op", "", T0 + 8 * M)
+    assert state.alerts[alert_id].changed_ns == T0 + 8 * M
+
+
+def test_only_flood_alerts_carry_a_level_name() -> None:
+    """Issue 10: a battery, rising, stale or fault alert has no level: not "flooded" because
+    the street is; its events and its retained item leave level and level_name out."""
+    state, events = run(
+        series("s1", [*FLAT8, 12.0, 12.5, 25.0, 25.5], battery=[3.2] * 7),
+        series("gauge", [150.0, 151.0], start_min=8),
+    )
+    state, stale = check_stale(state, T0 + 60 * M)
+    named = {
+        (e.sensor_id, e.kind): (e.level, e.level_name)
+        for e in alert_events([*events, *stale])
+        if e.change == "raised"
+    }
+    assert named[("s1", "flood")] == (1, "flooded")
+    assert named[("gauge", "flood")] == (2, "alarm_2")
+    for key, value in named.items():
+        if key[1] != "flood":
+            assert value == (None, None), key
+    assert {k for _, k in named} >= {"flood", "battery_low", "rising", "stale"}
+    as_json = [orjson.loads(e.to_json()) for e in alert_events(stale)]
+    assert all("level" not in doc and "level_name" not in doc for doc in as_json)
+    payload = orjson.loads(sensor_payload(state, "s1"))
+    assert all("level" not in a for a in payload["alerts"] if a["kind"] != "flood")
+
+
 def test_acknowledging_twice_changes_nothing() -> None:
     """A repeated acknowledgement (an operator double-click, an HTTP retry) is a no-op."""
     state, events = _flood()
@@ -593,7 +707,132 @@ def test_stuck_sensor_while_a_neighbour_moves_is_a_fault() -> None:
     # Once the stuck sensor moves again (and no faulty readings remain), the fault clears.
     state, _ = run(ReadingArrays.concat([frozen, rising]))
     state, events = run(series("s1", [4.5, 5.0], start_min=40), state=state)
-    assert brief(events, ("fault",)) == [(40, "s1", "fault", "cleared", 0)]
+    assert brief(events, ("fault",)) == [(40, "s1", "fault", "cleared", None)]
+
+
+def test_a_flash_flood_seen_every_2_minutes_is_water() -> None:
+    """Rule 3: 25 cm a minute is water, so 50 cm between readings 2 minutes apart is too."""
+    _, events = run(series("s1", [0.0, 0.2, 0.1, 50.0, 99.0, 99.5], every_min=2))
+    assert brief(events) == [(8, "s1", "flood", "raised", 4), (8, "s1", "rising", "raised", None)]
+
+
+def test_a_big_jump_to_the_depth_of_the_streets_water_is_water() -> None:
+    """Rule 3, context: a neighbour already reads 45 cm, so a jump from 2 to 50 cm is the same
+    water arriving; the same jump on a dry street is an object."""
+    wet = series("s2", [44.0, 45.0, 45.5, 46.0])
+    jump = series("s1", [2.0, 2.1, 50.0, 50.0, 50.1], start_min=4)
+    _, events = run(wet, jump)
+    assert brief(events, ("flood",)) == [
+        (1, "s2", "flood", "raised", 3),
+        (7, "s1", "flood", "raised", 4),
+    ]
+    _, events = run(series("s2", [0.0, 0.1, 0.0, 0.1]), jump)
+    assert brief(events, ("flood",)) == []
+
+
+def test_a_neighbour_silent_for_30_days_accuses_nobody() -> None:
+    """Rule 9: sensor s2 rises 14 cm and goes silent; 30 days later s1 reads a steady 0.0 cm.
+    Only movement in the 30 minutes before s1's readings counts, so no stuck fault."""
+    state, _ = run(series("s2", [0.0, 0.0, 4.0, 8.0, 12.0, 14.0, 14.0]))
+    day = 24 * 60
+    state, events = run(series("s1", [0.0] * 45, start_min=30 * day), state=state)
+    assert brief(events) == []
+
+
+def test_only_movement_in_the_last_30_minutes_makes_a_stuck_fault() -> None:
+    """Rule 9: a neighbour's move that ended 40 minutes before the flat sensor's reading is
+    no witness; the same move 10 minutes before it is."""
+    flat = series("s1", [4.0] * 80)
+    old_move = series("s2", [0.0, 0.0, 12.0, 12.0] + [12.0] * 10, start_min=20)
+    _, events = run(ReadingArrays.concat([flat, old_move]))
+    assert brief(events, ("fault",)) == []
+    late_move = series("s2", [0.0, 0.0, 12.0, 12.0], start_min=70)
+    _, events = run(ReadingArrays.concat([flat, late_move]))
+    assert brief(events, ("fault",)) == [(79, "s1", "fault", "raised", None)]
+
+
+def step_at(
+    state: EngineState, depths: Sequence[float], stamps_min: Sequence[float], now_min: float
+) -> tuple[EngineState, list[Event]]:
+    """s1's readings stamped at `stamps_min`, arriving together at `now_min`."""
+    n = len(depths)
+    batch = ReadingArrays(
+        np.full(n, INDEX["s1"], dtype=np.int32),
+        T0 + np.round(np.array(stamps_min) * M).astype(np.int64),
+        np.array(depths, dtype=np.float64),
+        np.full(n, np.nan),
+    )
+    return step(state, batch, T0 + round(now_min * M))
+
+
+def test_one_reading_from_a_clock_4_minutes_ahead_does_not_blind_the_sensor() -> None:
+    """Rule 1: a reading stamped 4 minutes ahead is judged as taken when it arrived, so the
+    real readings after it are newer and a steady rise is raised on time."""
+    state = new_state(REGISTRY, T0)
+    events: list[Event] = []
+    plan = [(0.0, 0), (0.5, 1), (0.4, 2 + 4), (6.0, 3), (11.0, 4), (14.0, 5), (17.0, 6)]
+    for k, (depth, stamp) in enumerate(plan):
+        state, out = step_at(state, [depth], [stamp], k + 0.01)
+        events.extend(out)
+    assert int(state.arrays.late_ignored.sum()) == 0
+    floods = [e for e in alert_events(events) if e.kind == "flood"]
+    # Raised by the second reading at or above 10 cm (minute 5), as with a right clock.
+    assert [(e.change, e.level, e.reading_time_ns) for e in floods] == [("raised", 1, T0 + 5 * M)]
+
+
+def test_a_sensor_whose_clock_runs_4_minutes_ahead_is_judged_by_arrival() -> None:
+    """Rule 1: every reading 4 minutes ahead; each is judged at its arrival, in order, and
+    several ahead in one batch keep their order."""
+    state = new_state(REGISTRY, T0)
+    state, first = step_at(state, [0.0, 0.1, 12.0], [4, 5, 6], 2.01)
+    state, second = step_at(state, [13.0, 14.0], [7, 8], 4.01)
+    events = alert_events(first + second)
+    assert [(e.kind, e.change, e.reading_time_ns) for e in events] == [
+        ("flood", "raised", T0 + round(4.01 * M) - 1),
+        ("rising", "raised", T0 + round(4.01 * M) - 1),
+    ]
+    assert int(state.arrays.late_ignored.sum()) == 0
+    assert int(state.arrays.last_ns[INDEX["s1"]]) == T0 + round(4.01 * M)
+
+
+def test_a_reading_from_the_future_redelivered_is_not_judged_twice() -> None:
+    """Rule 1: a splash stamped 4 minutes ahead arrives, then again (a redelivery after a
+    reconnect): judged once, so the one spike raises nothing; a real reading after it is
+    judged."""
+    state = new_state(REGISTRY, T0)
+    events: list[Event] = []
+    for depth, stamp, now in [(0.0, 0, 0.01), (0.1, 1, 1.01), (60.0, 6, 1.5), (60.0, 6, 1.9)]:
+        state, out = step_at(state, [depth], [stamp], now)
+        events.extend(out)
+    state, out = step_at(state, [0.2, 0.2], [2, 6], 2.01)  # and once more within a batch
+    events.extend(out)
+    assert brief(events) == []
+    assert int(state.arrays.late_ignored[INDEX["s1"]]) == 2
+    assert float(state.arrays.last_cm[INDEX["s1"]]) == 0.2
+
+
+def test_a_time_scale_runs_every_timer_faster() -> None:
+    """A street played 60 times faster: the 10-minute hold is 10 s of reading time and stale
+    is 3 s after the last arrival for a sensor of 60 s."""
+    fast = new_state(REGISTRY, T0, time_scale=60.0)
+    s = 10**9
+    times = T0 + np.arange(30, dtype=np.int64) * s
+    depths = np.array([0.0, 12.0, 12.0] + [6.5] * 27)
+    batch = ReadingArrays(
+        np.full(30, INDEX["s1"], dtype=np.int32), times, depths, np.full(30, np.nan)
+    )
+    state, events = step(fast, batch, int(times[-1]) + 1)
+    floods = [e for e in alert_events(events) if e.kind == "flood"]
+    assert [(e.change, e.reading_time_ns) for e in floods] == [
+        ("raised", T0 + 2 * s),
+        ("cleared", T0 + 13 * s),
+    ]
+    state, stale = check_stale(state, int(times[-1]) + 3 * s + 2)
+    assert [(e.sensor_id, e.kind) for e in alert_events(stale) if e.sensor_id == "s1"] == [
+        ("s1", "stale")
+    ]
+    with pytest.raises(ValueError, match="time_scale"):
+        new_state(REGISTRY, T0, time_scale=0.0)
 
 
 def test_a_flood_episode_spans_streets_from_first_entry_to_last_clear() -> None:
@@ -733,7 +972,7 @@ def test_a_restart_during_a_long_obstruction_does_not_take_the_car_for_water() -
     rebuilt = rebuild(REGISTRY, stored, window, since, restart)
     _, resumed = run(after, state=rebuilt)
     assert resumed == [e for e in whole if e not in stored]
-    assert brief(resumed) == [(131, "s1", "fault", "cleared", 0)]
+    assert brief(resumed) == [(131, "s1", "fault", "cleared", None)]
 
 
 def test_rebuild_window_reaches_back_to_an_open_floods_last_change() -> None:
@@ -791,7 +1030,7 @@ def streets(draw: st.DrawFn, length: int | None = None) -> list[float]:
 def level_timeline(events: Sequence[Event], sensor_id: str) -> list[tuple[int, int]]:
     """(reading time, flood level from then on) for each flood event of the sensor."""
     return [
-        (e.reading_time_ns, e.level)
+        (e.reading_time_ns, e.level or 0)
         for e in alert_events(events)
         if e.kind == "flood" and e.sensor_id == sensor_id and e.reading_time_ns is not None
     ]
@@ -804,6 +1043,87 @@ def level_at(timeline: list[tuple[int, int]], t: int) -> int:
             break
         level = value
     return level
+
+
+@PROPERTY
+@given(
+    dry=st.lists(st.floats(0.0, 3.0), min_size=2, max_size=20),
+    rises=st.lists(st.floats(15.0, 25.0), min_size=2, max_size=12),
+)
+def test_a_flash_flood_is_raised_by_its_second_reading_at_10_cm(
+    dry: list[float], rises: list[float]
+) -> None:
+    """Rule 3: water rising 15-25 cm at every reading, from any dry start, is water: its flood
+    is raised by the second consecutive reading at or above 10 cm."""
+    depths = [round(x, 1) for x in [*dry, *(dry[-1] + np.cumsum(rises))]]
+    _, events = run(series("s1", depths))
+    wet = [k for k in range(1, len(depths)) if depths[k - 1] >= 10 and depths[k] >= 10]
+    raised = [e for e in alert_events(events) if e.kind == "flood" and e.change == "raised"]
+    assert [e.reading_time_ns for e in raised] == [T0 + wet[0] * M]
+
+
+@PROPERTY
+@given(
+    dry=st.lists(st.floats(0.0, 3.0), min_size=2, max_size=20),
+    roof=st.floats(100.0, 170.0),
+    wobble=st.lists(st.sampled_from([0.0, 0.0, 0.1, -0.1]), min_size=1, max_size=40),
+    after=st.lists(st.floats(0.0, 3.0), min_size=0, max_size=10),
+)
+def test_a_parked_vehicle_on_a_dry_street_never_raises_a_flood(
+    dry: list[float], roof: float, wobble: list[float], after: list[float]
+) -> None:
+    """Rule 3: a jump to a roof steady to the millimetre, no wet neighbour, then a jump back
+    (or none yet): never a flood alert, however long it stays."""
+    depths = [round(x, 1) for x in [*dry, *(roof + np.array(wobble)), *after]]
+    _, events = run(series("s2", [0.0, 0.1] * 5), series("s1", depths, start_min=10))
+    assert brief(events, ("flood", "rising")) == []
+
+
+# Two engines stepped one reading at a time: fewer examples keep it at a few seconds.
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    depths=walks(lo=0.0, hi=40.0, min_len=3, max_len=30),
+    glitch=st.integers(0, 10**6),
+    ahead_s=st.integers(1, 300),
+)
+def test_one_reading_from_the_future_never_hides_the_next_ones(
+    depths: list[float], glitch: int, ahead_s: int
+) -> None:
+    """Rule 1: one reading stamped up to 5 minutes ahead, each arriving as it is taken: no
+    later reading is ignored as late, and the flood events are those of a right clock, but
+    for the glitched reading's own time."""
+    k = glitch % len(depths)
+    right = new_state(REGISTRY, T0)
+    wrong = new_state(REGISTRY, T0)
+    got: list[Event] = []
+    want: list[Event] = []
+    for n, depth in enumerate(depths):
+        stamp = n + (ahead_s / 60 if n == k else 0.0)
+        wrong, out = step_at(wrong, [depth], [stamp], n + 0.001)
+        got.extend(out)
+        right, out = step_at(right, [depth], [n], n + 0.001)
+        want.extend(out)
+    assert int(wrong.arrays.late_ignored.sum()) == 0
+    assert [(e.kind, e.change, e.level) for e in alert_events(got)] == [
+        (e.kind, e.change, e.level) for e in alert_events(want)
+    ]
+
+
+@PROPERTY
+@given(
+    moves=walks(lo=0.0, hi=60.0, min_len=2, max_len=40, step_cm=8.0),
+    gap_min=st.integers(31, 60 * 24 * 60),
+    flat=st.floats(0.0, 5.0),
+)
+def test_a_neighbour_silent_for_over_30_minutes_never_makes_a_stuck_fault(
+    moves: list[float], gap_min: int, flat: float
+) -> None:
+    """Rule 9: however s2 moved, once it has been silent for more than 30 minutes before
+    every reading of s1, a flat s1 gets no stuck fault."""
+    state, _ = run(series("s2", moves))
+    start = len(moves) - 1 + gap_min
+    state, events = run(series("s1", [round(flat, 1)] * 40, start_min=start), state=state)
+    assert brief(events, ("fault",)) == []
 
 
 @PROPERTY

@@ -313,3 +313,11 @@ class MqttConnection:
                 self._connection,
             )
         )
+
+
+def sensor_client_id(endpoint: MqttEndpoint, sensor_id: str, label: str, pid: int) -> str:
+    """The client id a (simulated) sensor connects with: its own id when it logs in as itself,
+    since the broker binds each sensor login to that id; else one unique to this process."""
+    if endpoint.username == sensor_id:
+        return sensor_id
+    return f"floodwatch-{label}-{sensor_id}-{pid}"

@@ -58,7 +58,7 @@ def test_a_sensor_cannot_publish_another_sensors_reading(
     PUBACK 0x87 (not authorized), and nothing of it is stored."""
     ingest = IngestProcess(ingest_env, tmp_path)
     ingest.start()
-    sensor = MqttConnection(broker.endpoint("qh-02"))
+    sensor = MqttConnection(broker.endpoint("qh-02"), "qh-02")  # a sensor is its own client id
     sensor.start()
     try:
         with pytest.raises(PublishDenied) as denied:

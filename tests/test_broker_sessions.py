@@ -1,0 +1,81 @@
+"""Client ids bound to logins at the broker (issue 12 §1): a sensor login can only be itself,
+so it can neither take over nor wipe ingest's persistent session; on the real mosquitto."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from floodwatch.errors import BrokerError
+from floodwatch.influx import InfluxClient
+from floodwatch.localservices import Service
+from floodwatch.mqtt import MqttConnection
+from tests.conftest import IngestProcess, admin_endpoint, wait_until
+
+BASE_MS = 1_795_000_000_000
+
+
+def _refused(broker: Service, login: str, client_id: str) -> bool:
+    conn = MqttConnection(broker.endpoint(login), client_id)
+    try:
+        conn.start(timeout_s=3)
+    except BrokerError:
+        return True
+    finally:
+        conn.stop()
+    return False
+
+
+def _stored(db: InfluxClient) -> int:
+    series = db.query('SELECT count("level_cm") FROM "water_level"')
+    return int(series[0]["values"][0][1]) if series else 0
+
+
+def test_a_sensor_login_can_only_use_its_own_client_id(broker: Service, unique: str) -> None:
+    """qh-02 connects as `qh-02`; with ingest's default id, a test ingest's id, another
+    sensor's id or a broker-assigned one (what the API's connections get) it is refused."""
+    assert not _refused(broker, "qh-02", "qh-02")
+    for stolen in ("floodwatch-ingest", f"ingest-{unique}", "qh-01", ""):
+        assert _refused(broker, "qh-02", stolen), f"qh-02 connected as {stolen!r}"
+
+
+def test_a_sensor_cannot_wipe_or_take_over_ingests_session(
+    broker: Service, influx: InfluxClient, ingest_env: dict[str, str], tmp_path: Path
+) -> None:
+    """While ingest runs, a sensor connecting under ingest's client id does not knock it off;
+    while ingest is down, a clean-start connection under its id does not wipe the readings the
+    broker queued for it: every one is stored once ingest is back."""
+    client_id = ingest_env["FLOODWATCH_CLIENT_ID"]
+    root = ingest_env["FLOODWATCH_TOPIC_ROOT"]
+    ingest = IngestProcess(ingest_env, tmp_path)
+    ingest.start()
+    try:
+        assert _refused(broker, "qh-02", client_id)
+        assert ingest.running()
+        assert b"connection to" not in ingest.log.read_bytes()  # never lost its connection
+        ingest.stop()
+        admin = MqttConnection(admin_endpoint(broker))
+        admin.start()
+        try:
+            for i in range(200):
+                reading = orjson.dumps({"ts": BASE_MS + i * 1000, "level_cm": 10.0})
+                admin.publish(f"{root}/v1/sensors/qh-02/reading", reading)
+            wait_until(lambda: admin.pending_publishes() == 0, 20, "the broker to queue 200")
+        finally:
+            admin.stop()
+        # A clean start under ingest's id would discard the session and its queue.
+        assert _refused(broker, "qh-02", client_id)
+        ingest.start()
+        wait_until(lambda: _stored(influx) == 200, 30, "the 200 queued readings stored")
+    finally:
+        if ingest.running():
+            ingest.stop()
+
+
+@pytest.mark.parametrize("login", ["ingest", "api", "admin"])
+def test_service_logins_are_not_sensors(broker: Service, login: str) -> None:
+    """Service logins keep choosing their client ids (several ingest instances, the API's
+    connections, tools); what they may do stays bounded by the ACL."""
+    assert not _refused(broker, login, f"{login}-tool")

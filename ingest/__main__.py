@@ -27,7 +27,7 @@ from floodwatch.errors import (
 )
 from floodwatch.influx import InfluxClient
 from floodwatch.metrics import serve as serve_metrics
-from floodwatch.mqtt import Delivery, MqttConnection
+from floodwatch.mqtt import Delivery, MqttConnection, Subscription
 from floodwatch.registry import load_registry
 from floodwatch.settings import (
     command_parser,
@@ -351,9 +351,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     mqtt = MqttConnection(
         settings.mqtt,
         args.client_id,
+        # No retained message is replayed at (re)subscription: a retained reading would be
+        # judged again at every reconnect, and a retained status is an old one. Readings keep
+        # their retain flag, so one published retained is counted (the pipeline's
+        # retained_readings); statuses are retained by design (the sensors' will).
         subscriptions=[
-            (topics.all_readings, 1),
-            (topics.all_statuses, 1),
+            Subscription(topics.all_readings, 1, replay_retained=False, flag_retained=True),
+            Subscription(topics.all_statuses, 1, replay_retained=False),
             (topics.ack_commands, 1),
         ],
         on_delivery=route,

@@ -57,6 +57,8 @@ class IngestCounters:
     outbox_spilled: int = 0
     outbox_drained: int = 0
     received: int = 0  # messages delivered by the broker (counted on the network thread)
+    # Readings a sensor published with the retain flag (judged once; never replayed to ingest).
+    retained_readings: int = 0
     # InfluxDB write latency, per bucket of WRITE_SECONDS_BOUNDS (the last is +Inf).
     write_buckets: list[int] = field(default_factory=lambda: [0] * (len(WRITE_SECONDS_BOUNDS) + 1))
 
@@ -196,6 +198,7 @@ class Ingest:
         self._threads: list[threading.Thread] = []
         self.failed = threading.Event()  # a thread died of an unexpected error
         self._deadletter_seq = 0
+        self._retained_warned: set[str] = set()  # topics whose retained reading was logged
         self.outbox = outbox
         self.outbox_after_s = outbox_after_s
         # Called with each batch's readings once they are stored (or safe in the outbox):
@@ -396,6 +399,9 @@ class Ingest:
             except BrokerError as exc:  # it is stored in InfluxDB all the same; go on
                 log.warning("could not publish a dead letter on MQTT: %s", exc)
         self._ack(stored.deliveries)
+        for d in stored.deliveries:
+            if d.retained:
+                self._count_retained(d.topic)
         if self.on_stored is not None and stored.readings:
             try:
                 self.on_stored(stored.readings)
@@ -406,6 +412,23 @@ class Ingest:
         c.readings_stored += stored.readings_stored
         c.statuses_stored += stored.statuses_stored
         c.batches += 1
+
+    def _count_retained(self, topic: str) -> None:
+        """Ingest subscribes with Retain As Published and no replay at subscription (see
+        ingest/__main__.py), so a retained flag here means a sensor published with retain on:
+        judged like any reading this once, but the broker keeps a copy for new subscribers."""
+        self.counters.retained_readings += 1
+        if topic in self._retained_warned or len(self._retained_warned) >= 1000:
+            return
+        self._retained_warned.add(topic)
+        log.warning(
+            "%s: a reading was published retained (judged once, counted in "
+            "floodwatch_ingest_retained_readings_total); readings must be sent with retain "
+            "off: fix the sensor, and clear the broker's copy with "
+            "`mosquitto_pub -r -n -t '%s'` as admin",
+            topic,
+            topic,
+        )
 
     def _deadletter_line(self, rej: Rejection) -> str:
         self._deadletter_seq = (self._deadletter_seq + 1) % 1000

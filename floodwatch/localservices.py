@@ -246,6 +246,9 @@ bind-address = "127.0.0.1:{rpc_port}"
 [http]
   bind-address = "127.0.0.1:{port}"
   auth-enabled = true
+  # /debug/pprof answers without a password when on (the default). InfluxDB 1.x has no switch
+  # for /debug/vars and /debug/requests: counters, no data or passwords (README, Security).
+  pprof-enabled = false
   log-enabled = false
   max-body-size = 0
 [continuous_queries]

@@ -132,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     mqtt_port = _port_or_free(args.mqtt_port)
     influx_port = _port_or_free(args.influx_port)
     api_port = _port_or_free(args.api_port)
+    # Free like the others: a second stack on this machine must not serve the first one's.
+    metrics_port = free_port()
 
     stop = threading.Event()
 
@@ -163,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Each process logs in with only the rights it needs (floodwatch/credentials.py).
         logins = {
             "ingest": dict(
+                FLOODWATCH_METRICS_PORT=str(metrics_port),
                 FLOODWATCH_MQTT_URL=creds.mqtt_url("ingest", "127.0.0.1", mqtt_port),
                 FLOODWATCH_INFLUX_URL=creds.influx_url("writer", "127.0.0.1", influx_port),
                 FLOODWATCH_INFLUX_READ_URL=creds.influx_url("reader", "127.0.0.1", influx_port),
@@ -214,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   InfluxDB     http://127.0.0.1:{influx_port}
                influx -port {influx_port} {admin_influx} -database floodwatch \\
                  -execute 'SELECT * FROM water_level ORDER BY time DESC LIMIT 10'
+  metrics      http://127.0.0.1:{metrics_port}/metrics   (ingest, Prometheus)
   logs         {logs}/""",
             flush=True,
         )

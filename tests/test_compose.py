@@ -355,3 +355,14 @@ def _port_open(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
         return True
     return False
+
+
+def test_influxdb_debug_profiles_are_off_and_the_street_cannot_reach_it(compose: Doc) -> None:
+    """pprof is off in compose's InfluxDB (as in the local one, tests/test_security.py), and
+    the simulator (the street's side) shares no network with InfluxDB."""
+    services = _services(compose)
+    assert services["influxdb"]["environment"]["INFLUXDB_HTTP_PPROF_ENABLED"] == "false"
+    database = set(services["influxdb"]["networks"])
+    assert not database & set(services["simulator"]["networks"])
+    for name in ("ingest", "api"):
+        assert database <= set(services[name]["networks"]), name

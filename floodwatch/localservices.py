@@ -134,6 +134,8 @@ class Service:
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     # Run after every start, once the port is open (influxd: set up its users).
     after_start: Callable[[], None] | None = field(default=None, repr=False)
+    # influxd's RPC port (backup and restore, no password: loopback only); 0 for mosquitto.
+    rpc_port: int = 0
 
     def url(self, user: str = "admin") -> str:
         """This service's URL as `user` (broker users, or InfluxDB admin/writer/reader)."""
@@ -262,6 +264,7 @@ bind-address = "127.0.0.1:{rpc_port}"
         [_require("influxd", "influxdb"), "-config", str(conf)],
         workdir / "influxd.log",
         creds,
+        rpc_port=rpc_port,
     )
 
     def set_up_users() -> None:

@@ -18,8 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from floodwatch.errors import BrokerError, InfluxError, InfluxUnavailable, LineProtocolError
-from floodwatch.influx import DatabaseMissing, InfluxClient
+from floodwatch.errors import (
+    BrokerError,
+    InfluxAccessDenied,
+    InfluxError,
+    InfluxUnavailable,
+    LineProtocolError,
+)
+from floodwatch.influx import DatabaseMissing, InfluxClient, RetentionPolicyMissing
 from floodwatch.mqtt import Delivery
 from floodwatch.registry import Registry
 from floodwatch.topics import Topics
@@ -199,6 +205,9 @@ class Ingest:
         self.failed = threading.Event()  # a thread died of an unexpected error
         self._deadletter_seq = 0
         self._retained_warned: set[str] = set()  # topics whose retained reading was logged
+        # Set while the database or its retention policy is gone (logged once, see _lost_once).
+        self._lost = False
+        self._lost_lock = threading.Lock()
         self.outbox = outbox
         self.outbox_after_s = outbox_after_s
         # Called with each batch's readings once they are stored (or safe in the outbox):
@@ -453,6 +462,12 @@ class Ingest:
             started = time.perf_counter()
             try:
                 refused = write_keeping_good_lines(self.influx, lines)
+            except RetentionPolicyMissing as exc:
+                # Not an outage that passes by itself: say once what to do, then hold the
+                # readings (outbox, or unacknowledged at the broker) and retry quietly.
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                self._lost_once(str(exc))
             except InfluxUnavailable as exc:
                 if self._down_since is None:
                     self._down_since = time.monotonic()
@@ -464,6 +479,7 @@ class Ingest:
                 log.error("InfluxDB refused the batch, retrying in %.1f s: %s", backoff, exc)
             else:
                 self._down_since = None
+                self._found_again()
                 self.counters.observe_write(time.perf_counter() - started)
                 return refused
             if spill and self._spill(lines, waiting=True):
@@ -486,9 +502,31 @@ class Ingest:
         try:
             self.influx.create_database()
             log.info("created InfluxDB database %r", self.influx.database)
+        except InfluxAccessDenied:
+            # The least-privileged writer may not create it: only an admin can mend this.
+            self._lost_once(
+                f"InfluxDB database {self.influx.database!r} is gone and this user may not "
+                "create it; restore the last backup with scripts/restore (README, Backups), or "
+                f'as the InfluxDB admin run: CREATE DATABASE "{self.influx.database}"'
+            )
+            self._stopping.wait(5.0)
         except InfluxError as exc:
             log.warning("cannot create InfluxDB database yet: %s", exc)
             self._stopping.wait(1.0)
+
+    def _lost_once(self, what: str) -> None:
+        """Log a loss only an operator can mend once (not at every retry), with the fix."""
+        with self._lost_lock:
+            if self._lost:
+                return
+            self._lost = True
+        log.error("%s. Ingest holds the readings (outbox, or with the broker) and retries.", what)
+
+    def _found_again(self) -> None:
+        if self._lost:
+            with self._lost_lock:
+                self._lost = False
+            log.info("InfluxDB accepts writes again; storing what was held")
 
     def _spill(self, lines: list[str], waiting: bool) -> bool:
         """Append to the outbox if it is in use, or if the outage has lasted long enough."""
@@ -536,6 +574,11 @@ class Ingest:
             except DatabaseMissing:
                 self._create_database()
                 continue
+            except RetentionPolicyMissing as exc:
+                self._lost_once(str(exc))
+                if self._stopping.wait(backoff):
+                    return
+                backoff = min(backoff * 2, self.max_backoff_s)
             except InfluxError as exc:
                 log.warning("outbox: InfluxDB still unavailable (%s); retrying", exc)
                 if self._stopping.wait(backoff):

@@ -366,3 +366,20 @@ def test_influxdb_debug_profiles_are_off_and_the_street_cannot_reach_it(compose:
     assert not database & set(services["simulator"]["networks"])
     for name in ("ingest", "api"):
         assert database <= set(services[name]["networks"]), name
+
+
+def test_the_database_is_backed_up_on_a_schedule_by_the_tested_script(compose: Doc) -> None:
+    """A `backup` service runs scripts/backup (tested in tests/test_backup.py) in a loop, in
+    influxdb's network namespace (the RPC port is loopback only), into a named volume, with
+    scripts/restore at hand."""
+    backup = _services(compose)["backup"]
+    assert backup["image"] == _services(compose)["influxdb"]["image"]
+    assert backup["network_mode"] == "service:influxdb"
+    assert int(backup["environment"]["BACKUP_EVERY"]) <= 24 * 3600
+    mounts = _volume_mounts(backup)
+    assert ("./scripts/backup", "/floodwatch/backup", "ro") in mounts
+    assert ("./scripts/restore", "/floodwatch/restore", "ro") in mounts
+    assert backup["command"][:2] == ["sh", "/floodwatch/backup"]
+    [(volume, _, _)] = [m for m in mounts if m[1] == backup["command"][2]]
+    assert volume in (compose.get("volumes") or {})
+    assert _depends_on(backup)["influxdb"] == "service_healthy"

@@ -99,7 +99,7 @@ def test_backup_then_a_wipe_then_restore_brings_every_reading_back(
         influx.write([f"water_level,sensor=qh-02 level_cm=1 {BASE_NS}"])
     restored = _script("restore", influxd, unique, str(made))
     assert "created again" in restored
-    assert _count(influx) == 500
+    assert _count(influx) == 500, (out, restored)
 
 
 def test_backups_beyond_the_kept_number_are_removed(

@@ -29,7 +29,7 @@ from floodwatch.influx import DatabaseMissing, InfluxClient, RetentionPolicyMiss
 from floodwatch.mqtt import Delivery
 from floodwatch.registry import Registry
 from floodwatch.topics import Topics
-from ingest.decode import Reading, Rejection, decode_message
+from ingest.decode import Reading, Rejection, decode_message, iso_time
 from ingest.outbox import Outbox
 from ingest.store import (
     RefusedLine,
@@ -113,8 +113,73 @@ class Batch:
     origins: list[tuple[str, bytes, int]]
 
 
-def judge(topics: Topics, registry: Registry, deliveries: list[Delivery]) -> Batch:
-    """Decode a batch of deliveries into line protocol (pure)."""
+# Reading fields compared between two messages for the same (sensor, time): level_cm,
+# distance_mm, battery_v, rssi, seq (Reading's positions 2 to 6).
+_COMPARED = (2, 3, 4, 5, 6)
+
+
+class RecentReadings:
+    """The readings of the last `capacity` (sensor, time) keys, as InfluxDB holds them.
+
+    InfluxDB merges two writes of the same (sensor, time) field by field, so a second message
+    that disagrees with the first would leave a point that contradicts itself (the first's
+    distance_mm with the second's level_cm). The rule: the first reading stands; a later one
+    that gives any field another value is refused (`conflicting_reading`); one that agrees
+    where both say something (a redelivery, or a subset) is written. Owned by the thread that
+    judges; forgotten at restart (README, Readings).
+    """
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._seen: dict[tuple[str, int], Reading] = {}
+        self._order: deque[tuple[str, int]] = deque()
+
+    def conflict(self, reading: Reading) -> Reading | None:
+        """The earlier reading this one contradicts, or None (then it is remembered)."""
+        key = (reading.sensor_id, reading.time_ns)
+        seen = self._seen.get(key)
+        if seen is None:
+            self._seen[key] = reading
+            self._order.append(key)
+            if len(self._order) > self.capacity:
+                del self._seen[self._order.popleft()]
+            return None
+        if seen == reading:
+            return None
+        merged: list[object] = list(seen)
+        for i in _COMPARED:
+            new = reading[i]
+            if new is None:
+                continue
+            if seen[i] is None:
+                merged[i] = new
+            elif seen[i] != new:
+                return seen
+        self._seen[key] = Reading._make(merged)
+        return None
+
+
+def _conflict_reason(old: Reading, new: Reading) -> str:
+    differ = [
+        f"{Reading._fields[i]} {old[i]!r} then {new[i]!r}"
+        for i in _COMPARED
+        if None not in (old[i], new[i]) and old[i] != new[i]
+    ]
+    return (
+        f"sensor {new.sensor_id!r} already sent a different reading for "
+        f"{iso_time(new.time_ns)} ({', '.join(differ)}); the first one stands: send one "
+        "reading per time, with a new ts for a new measurement"
+    )
+
+
+def judge(
+    topics: Topics,
+    registry: Registry,
+    deliveries: list[Delivery],
+    recent: RecentReadings | None = None,
+) -> Batch:
+    """Decode a batch of deliveries into line protocol (pure but for `recent`, which the
+    caller owns)."""
     lines: list[str] = []
     origins: list[tuple[str, bytes, int]] = []
     readings: list[Reading] = []
@@ -123,10 +188,28 @@ def judge(topics: Topics, registry: Registry, deliveries: list[Delivery]) -> Bat
     for d in deliveries:
         decoded = decode_message(topics, registry, d.topic, d.payload, d.received_at_ns, d.retained)
         origin = (d.topic, d.payload, d.received_at_ns)
-        for r in decoded.readings:
-            lines.append(reading_line(r))
-            origins.append(origin)
-        readings.extend(decoded.readings)
+        if recent is None:
+            for r in decoded.readings:
+                lines.append(reading_line(r))
+                origins.append(origin)
+            readings.extend(decoded.readings)
+        else:
+            for r in decoded.readings:
+                earlier = recent.conflict(r)
+                if earlier is not None:
+                    rejections.append(
+                        Rejection(
+                            d.topic,
+                            d.payload,
+                            "conflicting_reading",
+                            _conflict_reason(earlier, r),
+                            d.received_at_ns,
+                        )
+                    )
+                    continue
+                lines.append(reading_line(r))
+                origins.append(origin)
+                readings.append(r)
         for s in decoded.statuses:
             # A retained status is an old one replayed by the broker: its time is unknown.
             if not s.retained:
@@ -205,6 +288,7 @@ class Ingest:
         self.failed = threading.Event()  # a thread died of an unexpected error
         self._deadletter_seq = 0
         self._retained_warned: set[str] = set()  # topics whose retained reading was logged
+        self._recent = RecentReadings()  # the judging thread's (see judge)
         # Set while the database or its retention policy is gone (logged once, see _lost_once).
         self._lost = False
         self._lost_lock = threading.Lock()
@@ -309,7 +393,7 @@ class Ingest:
                 last_take = time.monotonic()
                 deliveries = self._take()
                 last_size = len(deliveries)
-                batch = judge(self.topics, self.registry, deliveries)
+                batch = judge(self.topics, self.registry, deliveries, self._recent)
                 self._hand_on(self._judged, (deliveries, batch))
         finally:
             self._judged_done.set()
@@ -350,7 +434,7 @@ class Ingest:
 
     def process(self, deliveries: list[Delivery]) -> None:
         """Judge, store, dead-letter and acknowledge one batch, on the caller's thread."""
-        self.store(deliveries, judge(self.topics, self.registry, deliveries))
+        self.store(deliveries, judge(self.topics, self.registry, deliveries, self._recent))
 
     def store(self, deliveries: list[Delivery], judged: Batch) -> None:
         """Store a judged batch, dead-letter what was refused, then acknowledge it all."""

@@ -15,7 +15,7 @@ import pytest
 from floodwatch.influx import InfluxClient
 from floodwatch.localservices import Service, free_port
 from floodwatch.mqtt import MqttConnection
-from tests.conftest import ROOT, IngestProcess, wait_until
+from tests.conftest import ROOT, IngestProcess, grant, wait_until
 
 BASE_NS = 1_795_000_000_000_000_000
 
@@ -159,5 +159,35 @@ def test_ingest_says_once_what_to_do_when_its_retention_policy_is_gone(
             method="POST",
         )
         wait_until(lambda: _count(influx) == 3, 30, "the held readings stored")
+    finally:
+        ingest.stop()
+
+
+def test_ingest_says_once_what_to_do_when_its_database_is_gone(
+    broker: Service,
+    influxd: Service,
+    influx: InfluxClient,
+    ingest_env: dict[str, str],
+    unique: str,
+    tmp_path: Path,
+) -> None:
+    """An admin dropped the database under a running ingest, whose writer may not create it:
+    one error line names the fix, and the readings are stored once it is back."""
+    ingest = IngestProcess({**ingest_env, "FLOODWATCH_OUTBOX": "off"}, tmp_path)
+    ingest.start()
+    try:
+        influx.query(f'DROP DATABASE "{unique}"', method="POST")
+        sensor = MqttConnection(broker.endpoint("qh-02"), "qh-02")
+        sensor.start()
+        try:
+            reading = orjson.dumps({"ts": BASE_NS // 1_000_000, "level_cm": 10.0})
+            sensor.publish_and_wait(f"{unique}/v1/sensors/qh-02/reading", reading)
+        finally:
+            sensor.stop()
+        wait_until(lambda: b"is gone" in ingest.log.read_bytes(), 30, "the error line")
+        lines = [ln for ln in ingest.log.read_text().splitlines() if "is gone" in ln]
+        assert len(lines) == 1 and "scripts/restore" in lines[0], lines
+        grant(influxd, unique)
+        wait_until(lambda: _count(influx) == 1, 30, "the held reading stored")
     finally:
         ingest.stop()

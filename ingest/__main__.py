@@ -97,7 +97,11 @@ Subscribe to {root}/v1/sensors/+/reading and /status on the MQTT broker (QoS 1, 
 session), decode and validate each message against the sensor registry, and write the
 readings to InfluxDB. A message is acknowledged to the broker only after InfluxDB has stored
 it, so nothing is lost if ingest or InfluxDB stops. Invalid messages are published on
-{root}/v1/deadletter with a reason and kept in the `deadletter` measurement.
+{root}/v1/deadletter with a reason and kept in the `deadletter` measurement; so is a second
+reading for a sensor and ts that contradicts the first (`conflicting_reading`). Retained
+messages are never replayed to ingest; a reading published retained is counted and logged.
+If the database or its retention policy is gone, ingest says once how to restore it
+(scripts/restore) and holds the readings until it is back.
 
 Stored readings go through the alert engine (CONTRACT section 3): each alert event is stored
 in the `alert_event` measurement and published on {root}/v1/events/{sensor}, the sensor's

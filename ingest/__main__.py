@@ -275,6 +275,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             outbox = Outbox(outbox_path(args.outbox, args.client_id), outbox_max * 2**20)
         configure_logging(settings.log_level, "ingest")
         registry = load_registry(settings.registry_path)
+        if args.client_id in registry.sensors:
+            # The broker lets that sensor's login connect under exactly this id.
+            raise SettingsError(
+                f"--client-id {args.client_id!r} is a sensor's id in the registry, so that "
+                "sensor could take over ingest's session; choose another (FLOODWATCH_CLIENT_ID)"
+            )
     except FloodwatchError as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ import pytest
 from floodwatch.influx import InfluxClient
 from floodwatch.localservices import Service
 from floodwatch.mqtt import MqttConnection
+from ingest.__main__ import main as ingest_main
 from tests.conftest import IngestProcess, admin_endpoint, wait_until
 
 BASE_MS = 1_795_000_000_000
@@ -87,3 +88,9 @@ def test_service_logins_are_not_sensors(broker: Service, login: str) -> None:
     conn = MqttConnection(broker.endpoint(login), f"{login}-tool-{uuid.uuid4().hex[:6]}")
     conn.start()
     conn.stop()
+
+
+def test_ingest_refuses_a_sensors_id_as_its_client_id(capsys: pytest.CaptureFixture[str]) -> None:
+    """The one way left for a sensor to reach ingest's session: ingest named after it."""
+    assert ingest_main(["--client-id", "qh-02", "--outbox", "off"]) == 2
+    assert "--client-id 'qh-02' is a sensor's id" in capsys.readouterr().err

@@ -126,7 +126,7 @@ class RecentReadings:
     distance_mm with the second's level_cm). The rule: the first reading stands; a later one
     that gives any field another value is refused (`conflicting_reading`); one that agrees
     where both say something (a redelivery, or a subset) is written. Owned by the thread that
-    judges; forgotten at restart (README, Readings).
+    judges; forgotten at restart (README, What ingest accepts).
     """
 
     def __init__(self, capacity: int = 100_000) -> None:

@@ -49,6 +49,7 @@ RejectionCode = Literal[
     "out_of_range",
     "bad_status",
     "influx_refused",  # decoded, but InfluxDB refused the point
+    "conflicting_reading",  # the same (sensor, ts) as a stored reading, with other values
 ]
 REJECTION_CODES: tuple[RejectionCode, ...] = get_args(RejectionCode)
 

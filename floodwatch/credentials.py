@@ -1,11 +1,19 @@
 """The one place that knows Floodwatch's users and roles, on the broker and in InfluxDB.
 
-Broker users (config/mosquitto.acl says what each may do):
+Broker users:
     admin    operators' tools and the tests: everything
     ingest   reads readings, statuses and ack commands; writes alerts, events, episodes,
              dead letters and ack replies
     api      reads everything under the topic root; writes ack commands
-    SENSOR   each sensor logs in with its registry id and may publish only its own topics
+    SENSOR   each sensor logs in with its registry id, must use that id as its MQTT client id
+             and may publish only its own topics
+
+The service logins live in Mosquitto's password file, with config/mosquitto.acl for their
+rights. The sensors live in the dynamic-security plugin's file (`dynamic-security.json`): one
+client per sensor, bound to its client id, so a sensor's password can neither take over nor
+wipe another connection's session (ingest's queued readings), and one role per sensor with its
+two topics. Both files are hashed here (PBKDF2-SHA512, Mosquitto's own format), so no
+`mosquitto_passwd` is needed. `python -m floodwatch.credentials` writes them for compose.
 
 InfluxDB users:
     admin    creates databases and users (setup only)
@@ -18,18 +26,23 @@ InfluxDB users:
 
 from __future__ import annotations
 
+import argparse
+import base64
+import hashlib
 import json
+import os
 import secrets
-import shutil
-import subprocess
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 from floodwatch.errors import FloodwatchError, SettingsError
+from floodwatch.registry import SHIPPED_REGISTRY, load_registry
 
 MQTT_USERS = ("admin", "ingest", "api")  # registry.RESERVED_IDS keeps sensors off these
 INFLUX_ADMIN = "admin"
@@ -37,6 +50,9 @@ INFLUX_WRITER = "writer"
 INFLUX_READER = "reader"
 INFLUX_USERS = (INFLUX_ADMIN, INFLUX_WRITER, INFLUX_READER)
 MOSQUITTO_ACL = Path(__file__).resolve().parent.parent / "config" / "mosquitto.acl"
+DYNSEC_FILE = "dynamic-security.json"
+# Mosquitto's default PBKDF2 rounds: each sensor connection costs one hash at the broker.
+_PBKDF2_ROUNDS = 101
 
 
 class CredentialsError(FloodwatchError):
@@ -65,7 +81,8 @@ class Credentials:
     # -- files -------------------------------------------------------------------------------
 
     def save(self, directory: Path) -> None:
-        """Write credentials.json, sensors.json (for --sensor-credentials) and the password file."""
+        """Write credentials.json, sensors.json (for --sensor-credentials), the password file
+        and the dynamic-security file."""
         directory.mkdir(parents=True, exist_ok=True)
         directory.chmod(0o700)
         _write_private(
@@ -74,6 +91,7 @@ class Credentials:
         )
         _write_private(self.sensor_file(directory), json.dumps(dict(self.sensors), indent=2))
         self.write_password_file(self.password_file(directory))
+        self.write_dynsec_file(self.dynsec_file(directory))
 
     @classmethod
     def load(cls, directory: Path) -> Credentials:
@@ -105,20 +123,17 @@ class Credentials:
     def sensor_file(directory: Path) -> Path:
         return directory / "sensors.json"
 
+    @staticmethod
+    def dynsec_file(directory: Path) -> Path:
+        return directory / DYNSEC_FILE
+
     def write_password_file(self, path: Path) -> None:
-        """Mosquitto's password file, hashed by `mosquitto_passwd` (Debian's mosquitto package)."""
-        tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
-        plain = "".join(f"{user}:{pw}\n" for user, pw in {**self.mqtt, **self.sensors}.items())
-        _write_private(path, plain)
-        try:
-            # -U hashes every plain-text password of the file in one run.
-            subprocess.run([tool, "-U", str(path)], check=True, capture_output=True, timeout=60)
-        except (OSError, subprocess.SubprocessError) as exc:
-            path.unlink(missing_ok=True)
-            raise CredentialsError(
-                f"cannot hash the broker's password file with {tool}: {exc}; "
-                "run `apt-get install mosquitto`"
-            ) from exc
+        """Mosquitto's password file for the service logins (admin, ingest, api), hashed."""
+        _write_private(path, "".join(f"{u}:{_mosquitto_hash(pw)}\n" for u, pw in self.mqtt.items()))
+
+    def write_dynsec_file(self, path: Path) -> None:
+        """The dynamic-security plugin's file: every sensor bound to its own client id."""
+        _write_private(path, json.dumps(dynsec_document(self.sensors), indent=1))
 
     # -- URLs for each process ---------------------------------------------------------------
 
@@ -146,6 +161,68 @@ def load_sensor_credentials(path: Path) -> dict[str, str]:
             "(strings); fix the file named by --sensor-credentials."
         )
     return doc
+
+
+def _pbkdf2(password: str) -> tuple[str, str]:
+    salt = secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, _PBKDF2_ROUNDS)
+    return base64.b64encode(salt).decode(), base64.b64encode(digest).decode()
+
+
+def _mosquitto_hash(password: str) -> str:
+    """A password-file hash as `mosquitto_passwd` writes it ($7$: PBKDF2-SHA512)."""
+    salt, digest = _pbkdf2(password)
+    return f"$7${_PBKDF2_ROUNDS}${salt}${digest}"
+
+
+def dynsec_document(sensors: Mapping[str, str]) -> dict[str, Any]:
+    """The dynamic-security plugin's configuration for the sensors' logins.
+
+    Each sensor is a client whose `clientid` must equal its login (the plugin refuses any other
+    id at CONNECT), with one role allowing only its reading and status topics. Logins the plugin
+    does not know (admin, ingest, api) fall through to the password file and the ACL file.
+    """
+    clients = []
+    roles = []
+    for sensor_id, password in sorted(sensors.items()):
+        salt, digest = _pbkdf2(password)
+        role = f"sensor-{sensor_id}"
+        clients.append(
+            {
+                "username": sensor_id,
+                "clientid": sensor_id,
+                "password": digest,
+                "salt": salt,
+                "iterations": _PBKDF2_ROUNDS,
+                "roles": [{"rolename": role}],
+            }
+        )
+        # The first topic level is the topic root (`floodwatch`, a test's own root).
+        roles.append(
+            {
+                "rolename": role,
+                "acls": [
+                    {
+                        "acltype": "publishClientSend",
+                        "topic": f"+/v1/sensors/{sensor_id}/{kind}",
+                        "allow": True,
+                    }
+                    for kind in ("reading", "status")
+                ],
+            }
+        )
+    return {
+        "clients": clients,
+        "roles": roles,
+        "groups": [],
+        # A sensor publishes; it never subscribes nor receives.
+        "defaultACLAccess": {
+            "publishClientSend": False,
+            "publishClientReceive": False,
+            "subscribe": False,
+            "unsubscribe": True,
+        },
+    }
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -200,3 +277,66 @@ def _influxql(http: httpx.Client, statement: str, auth: tuple[str, str] | None) 
             return
         verb = statement.split(" WITH PASSWORD")[0]
         raise CredentialsError(f"InfluxDB refused `{verb}`: {response.status_code} {text[:300]}")
+
+
+# -- compose's one-shot `credentials` service ------------------------------------------------
+
+_ENV_PASSWORDS = {
+    "admin": "MQTT_ADMIN_PASSWORD",
+    "ingest": "MQTT_INGEST_PASSWORD",
+    "api": "MQTT_API_PASSWORD",
+}
+# Who reads each file in compose: the broker image's `mosquitto` user, the simulator's uid (see
+# the Dockerfile).
+_BROKER_UID = 1883
+_SIMULATOR_UID = 10001
+
+
+def write_broker_files(
+    out: Path, service_passwords: Mapping[str, str], sensor_ids: Iterable[str]
+) -> dict[str, str]:
+    """The broker's password file and dynamic-security file, and sensors.json for the
+    simulator; every sensor gets a fresh random password. Returns the sensor logins."""
+    sensors = {sid: new_password() for sid in sensor_ids}
+    creds = Credentials(mqtt=dict(service_passwords), influx={}, sensors=sensors)
+    out.mkdir(parents=True, exist_ok=True)
+    creds.write_password_file(Credentials.password_file(out))
+    creds.write_dynsec_file(Credentials.dynsec_file(out))
+    _write_private(Credentials.sensor_file(out), json.dumps(sensors, indent=2))
+    return sensors
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m floodwatch.credentials",
+        description="Write the broker's logins for docker-compose: mosquitto.passwd (admin, "
+        "ingest, api from $MQTT_ADMIN_PASSWORD, $MQTT_INGEST_PASSWORD, $MQTT_API_PASSWORD), "
+        "dynamic-security.json (every registry sensor, bound to its own client id, with a "
+        "fresh random password) and sensors.json (those passwords, for the simulator).",
+    )
+    parser.add_argument("--out", type=Path, default=Path("/credentials"), help="directory")
+    parser.add_argument(
+        "--registry", type=Path, default=None, help="sensor registry (default: the shipped one)"
+    )
+    args = parser.parse_args(argv)
+    missing = [var for var in _ENV_PASSWORDS.values() if not os.environ.get(var)]
+    if missing:
+        print(f"credentials: set {', '.join(missing)} (copy .env.example to .env)", file=sys.stderr)
+        return 2
+    try:
+        registry = load_registry(args.registry or SHIPPED_REGISTRY)
+    except FloodwatchError as exc:
+        print(f"credentials: {exc}", file=sys.stderr)
+        return 2
+    passwords = {user: os.environ[var] for user, var in _ENV_PASSWORDS.items()}
+    write_broker_files(args.out, passwords, registry.sensors)
+    if os.geteuid() == 0:
+        for name in ("mosquitto.passwd", DYNSEC_FILE):
+            os.chown(args.out / name, _BROKER_UID, _BROKER_UID)
+        os.chown(Credentials.sensor_file(args.out), _SIMULATOR_UID, _SIMULATOR_UID)
+    print(f"credentials: wrote {len(registry.sensors)} sensor logins to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -29,6 +29,11 @@ class DatabaseMissing(InfluxError):
     """The database does not exist (yet): create it and write again."""
 
 
+class RetentionPolicyMissing(InfluxUnavailable):
+    """The database's retention policy is gone (InfluxDB 1.x lets a WRITE user drop it): no
+    write can succeed until an admin creates it again or restores a backup."""
+
+
 class QueryError(InfluxError):
     """InfluxDB could not run a query (it answers these with HTTP 200 and an error inside)."""
 
@@ -72,6 +77,13 @@ class InfluxClient:
             raise InfluxUnavailable(f"InfluxDB at {self.endpoint} timed out: {exc}") from exc
         except httpx.TransportError as exc:
             raise InfluxUnavailable(f"InfluxDB at {self.endpoint} unreachable: {exc}") from exc
+        if response.status_code == 500 and "retention policy not found" in response.text:
+            raise RetentionPolicyMissing(
+                f"InfluxDB database {self.database!r} has lost its retention policy "
+                f"({_error_text(response)}); restore the last backup with scripts/restore "
+                "(README, Backups), or as the InfluxDB admin run: CREATE RETENTION POLICY "
+                f'"autogen" ON "{self.database}" DURATION 0s REPLICATION 1 DEFAULT'
+            )
         if response.status_code >= 500 or response.status_code == 429:
             raise InfluxUnavailable(
                 f"InfluxDB at {self.endpoint} answered {response.status_code}: "

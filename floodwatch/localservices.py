@@ -4,6 +4,7 @@ local stack, each with its own data directory, and stop them afterwards."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import random
 import shutil
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from floodwatch.credentials import MOSQUITTO_ACL, Credentials, setup_influx_users
+from floodwatch.credentials import DYNSEC_FILE, MOSQUITTO_ACL, Credentials, setup_influx_users
 from floodwatch.errors import FloodwatchError
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry
 from floodwatch.settings import MqttEndpoint
@@ -77,15 +78,30 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Pat
     raise ServiceError(f"{what} did not open port {port} within 30 s; see {log}")
 
 
+def dynsec_plugin() -> str:
+    """Where this machine's Mosquitto keeps the dynamic-security plugin (Debian: per arch)."""
+    found = sorted(glob.glob("/usr/lib/*/mosquitto_dynamic_security.so"))
+    found += sorted(glob.glob("/usr/lib/mosquitto_dynamic_security.so"))
+    if not found:
+        raise ServiceError(
+            "mosquitto's dynamic-security plugin (mosquitto_dynamic_security.so) is not "
+            "installed; run `apt-get install mosquitto` (2.0 or later)."
+        )
+    return found[0]
+
+
 def mosquitto_config(
     port: int,
     data_dir: Path,
     password_file: Path,
     acl_file: Path = MOSQUITTO_ACL,
     source: Path = MOSQUITTO_CONF,
+    dynsec_file: Path | None = None,
 ) -> str:
     """The shipped configuration with the listener port, data directory and the paths of the
-    password file and ACL replaced."""
+    password file, ACL and dynamic-security plugin and file replaced (by default the file
+    next to the password file)."""
+    dynsec = dynsec_file or password_file.parent / DYNSEC_FILE
     lines = []
     # Started as root, mosquitto would drop to the `mosquitto` user, which cannot reach a
     # private temporary directory; the tests and the local stack keep it as the caller.
@@ -99,6 +115,10 @@ def mosquitto_config(
             line = f"password_file {password_file}"
         elif line.startswith("acl_file "):
             line = f"acl_file {acl_file}"
+        elif line.startswith("plugin "):
+            line = f"plugin {dynsec_plugin()}"
+        elif line.startswith("plugin_opt_config_file "):
+            line = f"plugin_opt_config_file {dynsec}"
         lines.append(line)
     return "\n".join(lines + run_as) + "\n"
 
@@ -114,6 +134,8 @@ class Service:
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     # Run after every start, once the port is open (influxd: set up its users).
     after_start: Callable[[], None] | None = field(default=None, repr=False)
+    # influxd's RPC port (backup and restore, no password: loopback only); 0 for mosquitto.
+    rpc_port: int = 0
 
     def url(self, user: str = "admin") -> str:
         """This service's URL as `user` (broker users, or InfluxDB admin/writer/reader)."""
@@ -189,8 +211,10 @@ def mosquitto_service(
     data.mkdir(parents=True, exist_ok=True)
     passwords = workdir / "mosquitto.passwd"
     creds.write_password_file(passwords)
+    dynsec = workdir / DYNSEC_FILE
+    creds.write_dynsec_file(dynsec)
     conf = workdir / "mosquitto.conf"
-    conf.write_text(mosquitto_config(port, data, passwords))
+    conf.write_text(mosquitto_config(port, data, passwords, dynsec_file=dynsec))
     return Service(
         "mosquitto",
         port,
@@ -224,6 +248,9 @@ bind-address = "127.0.0.1:{rpc_port}"
 [http]
   bind-address = "127.0.0.1:{port}"
   auth-enabled = true
+  # /debug/pprof answers without a password when on (the default). InfluxDB 1.x has no switch
+  # for /debug/vars and /debug/requests: counters, no data or passwords (README, Security).
+  pprof-enabled = false
   log-enabled = false
   max-body-size = 0
 [continuous_queries]
@@ -237,6 +264,7 @@ bind-address = "127.0.0.1:{rpc_port}"
         [_require("influxd", "influxdb"), "-config", str(conf)],
         workdir / "influxd.log",
         creds,
+        rpc_port=rpc_port,
     )
 
     def set_up_users() -> None:

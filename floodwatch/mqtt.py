@@ -21,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from floodwatch.errors import BrokerError, PublishDenied
 from floodwatch.settings import MqttEndpoint
@@ -55,6 +56,33 @@ class Delivery(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class Subscription:
+    """A topic filter with MQTT v5 retain options (a plain (filter, qos) pair keeps the defaults).
+
+    `replay_retained=False` (Retain Handling 2): the broker sends no retained message when the
+    subscription is made, so a reconnect never replays old messages. `flag_retained=True`
+    (Retain As Published): a message published with the retain flag arrives with it, so the
+    subscriber can tell.
+    """
+
+    topic_filter: str
+    qos: int = 1
+    replay_retained: bool = True
+    flag_retained: bool = False
+
+    def paho(self) -> tuple[str, SubscribeOptions]:
+        handling = (
+            SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE
+            if self.replay_retained
+            else SubscribeOptions.RETAIN_DO_NOT_SEND
+        )
+        options = SubscribeOptions(
+            qos=self.qos, retainAsPublished=self.flag_retained, retainHandling=handling
+        )
+        return self.topic_filter, options
+
+
+@dataclass(frozen=True, slots=True)
 class Will:
     topic: str
     payload: bytes
@@ -76,7 +104,7 @@ class MqttConnection:
         endpoint: MqttEndpoint,
         client_id: str = "",
         *,
-        subscriptions: Sequence[tuple[str, int]] = (),
+        subscriptions: Sequence[tuple[str, int] | Subscription] = (),
         on_delivery: Callable[[Delivery], None] | None = None,
         session_expiry_s: int | None = None,
         manual_ack: bool = False,
@@ -84,7 +112,10 @@ class MqttConnection:
         max_inflight: int = 0,
     ) -> None:
         self.endpoint = endpoint
-        self._subscriptions = list(subscriptions)
+        self._subscriptions = [
+            (sub if isinstance(sub, Subscription) else Subscription(*sub)).paho()
+            for sub in subscriptions
+        ]
         self._on_delivery = on_delivery
         self._session_expiry_s = session_expiry_s
         self._connected = threading.Event()
@@ -313,3 +344,11 @@ class MqttConnection:
                 self._connection,
             )
         )
+
+
+def sensor_client_id(endpoint: MqttEndpoint, sensor_id: str, label: str, pid: int) -> str:
+    """The client id a (simulated) sensor connects with: its own id when it logs in as itself,
+    since the broker binds each sensor login to that id; else one unique to this process."""
+    if endpoint.username == sensor_id:
+        return sensor_id
+    return f"floodwatch-{label}-{sensor_id}-{pid}"

@@ -188,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     mqtt_port = _port_or_free(args.mqtt_port)
     influx_port = _port_or_free(args.influx_port)
     api_port = _port_or_free(args.api_port)
+    # Free like the others: a second stack on this machine must not serve the first one's.
+    metrics_port = free_port()
 
     stop = threading.Event()
 
@@ -223,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Each process logs in with only the rights it needs (floodwatch/credentials.py).
         logins = {
             "ingest": dict(
+                FLOODWATCH_METRICS_PORT=str(metrics_port),
                 FLOODWATCH_MQTT_URL=creds.mqtt_url("ingest", "127.0.0.1", mqtt_port),
                 FLOODWATCH_INFLUX_URL=creds.influx_url("writer", "127.0.0.1", influx_port),
                 FLOODWATCH_INFLUX_READ_URL=creds.influx_url("reader", "127.0.0.1", influx_port),
@@ -291,7 +294,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                             url=f"http://127.0.0.1:{influx_port}",
                             ports={"http": influx_port},
                         ),
-                        "ingest": stack_service("ingest", pids["ingest"], logs / "ingest.log"),
+                        "ingest": stack_service(
+                            "ingest",
+                            pids["ingest"],
+                            logs / "ingest.log",
+                            url=f"http://127.0.0.1:{metrics_port}/metrics",
+                            ports={"metrics": metrics_port},
+                        ),
                         "api": stack_service(
                             "api",
                             pids["api"],
@@ -308,6 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "services": str(creds_dir / "credentials.json"),
                         "sensors": str(Credentials.sensor_file(creds_dir)),
                         "mosquitto_passwords": str(Credentials.password_file(creds_dir)),
+                        "mosquitto_dynamic_security": str(Credentials.dynsec_file(creds_dir)),
                         "api_keys": str(data / "api-keys"),
                         "operator_key": str(data / "operator-key"),
                     },
@@ -323,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   InfluxDB     http://127.0.0.1:{influx_port}
                influx -port {influx_port} {admin_influx} -database floodwatch \\
                  -execute 'SELECT * FROM water_level ORDER BY time DESC LIMIT 10'
+  metrics      http://127.0.0.1:{metrics_port}/metrics   (ingest, Prometheus)
   logs         {logs}/
   stack.json   {stack_file}   (each service's URL, ports and PID)""",
             flush=True,

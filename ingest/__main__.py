@@ -28,7 +28,7 @@ from floodwatch.errors import (
 )
 from floodwatch.influx import InfluxClient
 from floodwatch.metrics import serve as serve_metrics
-from floodwatch.mqtt import Delivery, MqttConnection
+from floodwatch.mqtt import Delivery, MqttConnection, Subscription
 from floodwatch.registry import load_registry
 from floodwatch.settings import (
     TIME_SCALE,
@@ -101,7 +101,11 @@ Subscribe to {root}/v1/sensors/+/reading and /status on the MQTT broker (QoS 1, 
 session), decode and validate each message against the sensor registry, and write the
 readings to InfluxDB. A message is acknowledged to the broker only after InfluxDB has stored
 it, so nothing is lost if ingest or InfluxDB stops. Invalid messages are published on
-{root}/v1/deadletter with a reason and kept in the `deadletter` measurement.
+{root}/v1/deadletter with a reason and kept in the `deadletter` measurement; so is a second
+reading for a sensor and ts that contradicts the first (`conflicting_reading`). Retained
+messages are never replayed to ingest; a reading published retained is counted and logged.
+If the database or its retention policy is gone, ingest says once how to restore it
+(scripts/restore) and holds the readings until it is back.
 
 Stored readings go through the alert engine (CONTRACT section 3): each alert event is stored
 in the `alert_event` measurement and published on {root}/v1/events/{sensor}, the sensor's
@@ -269,6 +273,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             outbox = Outbox(outbox_path(args.outbox, args.client_id), outbox_max * 2**20)
         configure_logging(settings.log_level, "ingest")
         registry = load_registry(settings.registry_path)
+        if args.client_id in registry.sensors:
+            # The broker lets that sensor's login connect under exactly this id.
+            raise SettingsError(
+                f"--client-id {args.client_id!r} is a sensor's id in the registry, so that "
+                "sensor could take over ingest's session; choose another (FLOODWATCH_CLIENT_ID)"
+            )
     except FloodwatchError as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         return 2
@@ -352,9 +362,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     mqtt = MqttConnection(
         settings.mqtt,
         args.client_id,
+        # No retained message is replayed at (re)subscription: a retained reading would be
+        # judged again at every reconnect, and a retained status is an old one. Readings keep
+        # their retain flag, so one published retained is counted (the pipeline's
+        # retained_readings); statuses are retained by design (the sensors' will).
         subscriptions=[
-            (topics.all_readings, 1),
-            (topics.all_statuses, 1),
+            Subscription(topics.all_readings, 1, replay_retained=False, flag_retained=True),
+            Subscription(topics.all_statuses, 1, replay_retained=False),
             (topics.ack_commands, 1),
         ],
         on_delivery=route,

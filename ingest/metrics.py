@@ -49,6 +49,12 @@ def ingest_metrics(
             [({"reason": code}, n) for code, n in sorted(c.deadletter_counts().items())],
         ),
         Metric(
+            "floodwatch_ingest_retained_readings_total",
+            "Readings sensors published with the retain flag (judged once, never replayed).",
+            "counter",
+            [({}, c.retained_readings)],
+        ),
+        Metric(
             "floodwatch_ingest_write_retries_total",
             "InfluxDB writes retried (InfluxDB down, slow or refusing).",
             "counter",

@@ -18,10 +18,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from floodwatch.contract import Reading, Rejection
+from floodwatch.contract import Reading, Rejection, iso_time
 from floodwatch.decode import decode_message
-from floodwatch.errors import BrokerError, InfluxError, InfluxUnavailable, LineProtocolError
-from floodwatch.influx import DatabaseMissing, InfluxClient
+from floodwatch.errors import (
+    BrokerError,
+    InfluxAccessDenied,
+    InfluxError,
+    InfluxUnavailable,
+    LineProtocolError,
+)
+from floodwatch.influx import DatabaseMissing, InfluxClient, RetentionPolicyMissing
 from floodwatch.mqtt import Delivery
 from floodwatch.registry import Registry
 from floodwatch.topics import Topics
@@ -58,6 +64,8 @@ class IngestCounters:
     outbox_spilled: int = 0
     outbox_drained: int = 0
     received: int = 0  # messages delivered by the broker (counted on the network thread)
+    # Readings a sensor published with the retain flag (judged once; never replayed to ingest).
+    retained_readings: int = 0
     # InfluxDB write latency, per bucket of WRITE_SECONDS_BOUNDS (the last is +Inf).
     write_buckets: list[int] = field(default_factory=lambda: [0] * (len(WRITE_SECONDS_BOUNDS) + 1))
 
@@ -106,8 +114,73 @@ class Batch:
     origins: list[tuple[str, bytes, int]]
 
 
-def judge(topics: Topics, registry: Registry, deliveries: list[Delivery]) -> Batch:
-    """Decode a batch of deliveries into line protocol (pure)."""
+# Reading fields compared between two messages for the same (sensor, time): level_cm,
+# distance_mm, battery_v, rssi, seq (Reading's positions 2 to 6).
+_COMPARED = (2, 3, 4, 5, 6)
+
+
+class RecentReadings:
+    """The readings of the last `capacity` (sensor, time) keys, as InfluxDB holds them.
+
+    InfluxDB merges two writes of the same (sensor, time) field by field, so a second message
+    that disagrees with the first would leave a point that contradicts itself (the first's
+    distance_mm with the second's level_cm). The rule: the first reading stands; a later one
+    that gives any field another value is refused (`conflicting_reading`); one that agrees
+    where both say something (a redelivery, or a subset) is written. Owned by the thread that
+    judges; forgotten at restart (README, What ingest accepts).
+    """
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._seen: dict[tuple[str, int], Reading] = {}
+        self._order: deque[tuple[str, int]] = deque()
+
+    def conflict(self, reading: Reading) -> Reading | None:
+        """The earlier reading this one contradicts, or None (then it is remembered)."""
+        key = (reading.sensor_id, reading.time_ns)
+        seen = self._seen.get(key)
+        if seen is None:
+            self._seen[key] = reading
+            self._order.append(key)
+            if len(self._order) > self.capacity:
+                del self._seen[self._order.popleft()]
+            return None
+        if seen == reading:
+            return None
+        merged: list[object] = list(seen)
+        for i in _COMPARED:
+            new = reading[i]
+            if new is None:
+                continue
+            if seen[i] is None:
+                merged[i] = new
+            elif seen[i] != new:
+                return seen
+        self._seen[key] = Reading._make(merged)
+        return None
+
+
+def _conflict_reason(old: Reading, new: Reading) -> str:
+    differ = [
+        f"{Reading._fields[i]} {old[i]!r} then {new[i]!r}"
+        for i in _COMPARED
+        if None not in (old[i], new[i]) and old[i] != new[i]
+    ]
+    return (
+        f"sensor {new.sensor_id!r} already sent a different reading for "
+        f"{iso_time(new.time_ns)} ({', '.join(differ)}); the first one stands: send one "
+        "reading per time, with a new ts for a new measurement"
+    )
+
+
+def judge(
+    topics: Topics,
+    registry: Registry,
+    deliveries: list[Delivery],
+    recent: RecentReadings | None = None,
+) -> Batch:
+    """Decode a batch of deliveries into line protocol (pure but for `recent`, which the
+    caller owns)."""
     lines: list[str] = []
     origins: list[tuple[str, bytes, int]] = []
     readings: list[Reading] = []
@@ -116,10 +189,28 @@ def judge(topics: Topics, registry: Registry, deliveries: list[Delivery]) -> Bat
     for d in deliveries:
         decoded = decode_message(topics, registry, d.topic, d.payload, d.received_at_ns, d.retained)
         origin = (d.topic, d.payload, d.received_at_ns)
-        for r in decoded.readings:
-            lines.append(reading_line(r))
-            origins.append(origin)
-        readings.extend(decoded.readings)
+        if recent is None:
+            for r in decoded.readings:
+                lines.append(reading_line(r))
+                origins.append(origin)
+            readings.extend(decoded.readings)
+        else:
+            for r in decoded.readings:
+                earlier = recent.conflict(r)
+                if earlier is not None:
+                    rejections.append(
+                        Rejection(
+                            d.topic,
+                            d.payload,
+                            "conflicting_reading",
+                            _conflict_reason(earlier, r),
+                            d.received_at_ns,
+                        )
+                    )
+                    continue
+                lines.append(reading_line(r))
+                origins.append(origin)
+                readings.append(r)
         for s in decoded.statuses:
             # A retained status is an old one replayed by the broker: its time is unknown.
             if not s.retained:
@@ -197,6 +288,11 @@ class Ingest:
         self._threads: list[threading.Thread] = []
         self.failed = threading.Event()  # a thread died of an unexpected error
         self._deadletter_seq = 0
+        self._retained_warned: set[str] = set()  # topics whose retained reading was logged
+        self._recent = RecentReadings()  # the judging thread's (see judge)
+        # Set while the database or its retention policy is gone (logged once, see _lost_once).
+        self._lost = False
+        self._lost_lock = threading.Lock()
         self.outbox = outbox
         self.outbox_after_s = outbox_after_s
         # Called with each batch's readings once they are stored (or safe in the outbox):
@@ -298,7 +394,7 @@ class Ingest:
                 last_take = time.monotonic()
                 deliveries = self._take()
                 last_size = len(deliveries)
-                batch = judge(self.topics, self.registry, deliveries)
+                batch = judge(self.topics, self.registry, deliveries, self._recent)
                 self._hand_on(self._judged, (deliveries, batch))
         finally:
             self._judged_done.set()
@@ -339,7 +435,7 @@ class Ingest:
 
     def process(self, deliveries: list[Delivery]) -> None:
         """Judge, store, dead-letter and acknowledge one batch, on the caller's thread."""
-        self.store(deliveries, judge(self.topics, self.registry, deliveries))
+        self.store(deliveries, judge(self.topics, self.registry, deliveries, self._recent))
 
     def store(self, deliveries: list[Delivery], judged: Batch) -> None:
         """Store a judged batch, dead-letter what was refused, then acknowledge it all."""
@@ -397,6 +493,9 @@ class Ingest:
             except BrokerError as exc:  # it is stored in InfluxDB all the same; go on
                 log.warning("could not publish a dead letter on MQTT: %s", exc)
         self._ack(stored.deliveries)
+        for d in stored.deliveries:
+            if d.retained:
+                self._count_retained(d.topic)
         if self.on_stored is not None and stored.readings:
             try:
                 self.on_stored(stored.readings)
@@ -407,6 +506,23 @@ class Ingest:
         c.readings_stored += stored.readings_stored
         c.statuses_stored += stored.statuses_stored
         c.batches += 1
+
+    def _count_retained(self, topic: str) -> None:
+        """Ingest subscribes with Retain As Published and no replay at subscription (see
+        ingest/__main__.py), so a retained flag here means a sensor published with retain on:
+        judged like any reading this once, but the broker keeps a copy for new subscribers."""
+        self.counters.retained_readings += 1
+        if topic in self._retained_warned or len(self._retained_warned) >= 1000:
+            return
+        self._retained_warned.add(topic)
+        log.warning(
+            "%s: a reading was published retained (judged once, counted in "
+            "floodwatch_ingest_retained_readings_total); readings must be sent with retain "
+            "off: fix the sensor, and clear the broker's copy with "
+            "`mosquitto_pub -r -n -t '%s'` as admin",
+            topic,
+            topic,
+        )
 
     def _deadletter_line(self, rej: Rejection) -> str:
         self._deadletter_seq = (self._deadletter_seq + 1) % 1000
@@ -431,6 +547,12 @@ class Ingest:
             started = time.perf_counter()
             try:
                 refused = write_keeping_good_lines(self.influx, lines)
+            except RetentionPolicyMissing as exc:
+                # Not an outage that passes by itself: say once what to do, then hold the
+                # readings (outbox, or unacknowledged at the broker) and retry quietly.
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                self._lost_once(str(exc))
             except InfluxUnavailable as exc:
                 if self._down_since is None:
                     self._down_since = time.monotonic()
@@ -442,6 +564,7 @@ class Ingest:
                 log.error("InfluxDB refused the batch, retrying in %.1f s: %s", backoff, exc)
             else:
                 self._down_since = None
+                self._found_again()
                 self.counters.observe_write(time.perf_counter() - started)
                 return refused
             if spill and self._spill(lines, waiting=True):
@@ -464,9 +587,31 @@ class Ingest:
         try:
             self.influx.create_database()
             log.info("created InfluxDB database %r", self.influx.database)
+        except InfluxAccessDenied:
+            # The least-privileged writer may not create it: only an admin can mend this.
+            self._lost_once(
+                f"InfluxDB database {self.influx.database!r} is gone and this user may not "
+                "create it; restore the last backup with scripts/restore (README, Backups), or "
+                f'as the InfluxDB admin run: CREATE DATABASE "{self.influx.database}"'
+            )
+            self._stopping.wait(5.0)
         except InfluxError as exc:
             log.warning("cannot create InfluxDB database yet: %s", exc)
             self._stopping.wait(1.0)
+
+    def _lost_once(self, what: str) -> None:
+        """Log a loss only an operator can mend once (not at every retry), with the fix."""
+        with self._lost_lock:
+            if self._lost:
+                return
+            self._lost = True
+        log.error("%s. Ingest holds the readings (outbox, or with the broker) and retries.", what)
+
+    def _found_again(self) -> None:
+        if self._lost:
+            with self._lost_lock:
+                self._lost = False
+            log.info("InfluxDB accepts writes again; storing what was held")
 
     def _spill(self, lines: list[str], waiting: bool) -> bool:
         """Append to the outbox if it is in use, or if the outage has lasted long enough."""
@@ -514,6 +659,11 @@ class Ingest:
             except DatabaseMissing:
                 self._create_database()
                 continue
+            except RetentionPolicyMissing as exc:
+                self._lost_once(str(exc))
+                if self._stopping.wait(backoff):
+                    return
+                backoff = min(backoff * 2, self.max_backoff_s)
             except InfluxError as exc:
                 log.warning("outbox: InfluxDB still unavailable (%s); retrying", exc)
                 if self._stopping.wait(backoff):

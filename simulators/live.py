@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from floodwatch.errors import FloodwatchError, SettingsError
-from floodwatch.mqtt import MqttConnection, Will
+from floodwatch.mqtt import MqttConnection, Will, sensor_client_id
 from floodwatch.registry import Registry, Sensor, load_registry
 from floodwatch.settings import (
     Settings,
@@ -228,7 +228,7 @@ def _connections(
     links = [
         MqttConnection(
             settings.sensor_endpoint(sensor.id),
-            f"floodwatch-sim-{sensor.id}-{pid}",
+            sensor_client_id(settings.sensor_endpoint(sensor.id), sensor.id, "sim", pid),
             will=Will(topics.status(sensor.id), OFFLINE, qos=1, retain=True),
         )
         for sensor in sensors

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
 from floodwatch.errors import FloodwatchError
-from floodwatch.mqtt import MqttConnection, Will
+from floodwatch.mqtt import MqttConnection, Will, sensor_client_id
 from floodwatch.registry import Sensor
 from floodwatch.settings import Settings
 from floodwatch.topics import Topics
@@ -50,7 +50,7 @@ class Devices:
             self.links = [
                 MqttConnection(
                     settings.sensor_endpoint(sensor.id),
-                    f"floodwatch-{label}-{sensor.id}-{pid}",
+                    sensor_client_id(settings.sensor_endpoint(sensor.id), sensor.id, label, pid),
                     will=Will(self.topics.status(sensor.id), OFFLINE, qos=1, retain=True),
                 )
                 for sensor in self.sensors

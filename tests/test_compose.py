@@ -264,14 +264,16 @@ def test_dockerfile_pins_the_base_names_the_registry_and_drops_root() -> None:
 
 
 def test_broker_runs_the_shipped_acl_with_a_generated_password_file(compose: Doc) -> None:
-    """Mosquitto mounts config/mosquitto.acl and the password file the `credentials` one-shot
-    writes, and starts only after that service completed."""
+    """Mosquitto mounts config/mosquitto.acl, and the password file and dynamic-security file
+    the `credentials` one-shot writes, and starts only after that service completed."""
     services = _services(compose)
     mosquitto = services["mosquitto"]
     mounts = _volume_mounts(mosquitto)
     assert ("./config/mosquitto.acl", "/mosquitto/config/mosquitto.acl", "ro") in mounts
     assert ("credentials", "/mosquitto/credentials", "ro") in mounts
-    assert "password_file /mosquitto/credentials/mosquitto.passwd" in " ".join(mosquitto["command"])
+    command = " ".join(mosquitto["command"])
+    assert "password_file /mosquitto/credentials/mosquitto.passwd" in command
+    assert "plugin_opt_config_file /mosquitto/credentials/dynamic-security.json" in command
     assert _depends_on(mosquitto)["credentials"] == "service_completed_successfully"
     assert "allow_anonymous false" in MOSQUITTO_CONF.read_text().splitlines()
 
@@ -296,27 +298,28 @@ def test_each_process_logs_in_as_its_own_user_with_passwords_from_env(compose: D
 
 
 @pytest.mark.services
-def test_the_credentials_script_gives_each_sensor_its_own_working_login(tmp_path: Path) -> None:
-    """compose's `credentials` service, run here: a real mosquitto with its password file and
-    the shipped ACL accepts each sensor with its own password from sensors.json, refuses it
-    with another sensor's, and the service logins come from the environment."""
+def test_the_credentials_service_gives_each_sensor_its_own_bound_login(tmp_path: Path) -> None:
+    """compose's `credentials` service, run here: a real mosquitto with its password file,
+    dynamic-security file and the shipped ACL accepts each sensor with its own password and
+    client id, refuses it with another sensor's password or another client id, and the service
+    logins come from the environment."""
     out = tmp_path / "credentials"
-    out.mkdir()
     env = {
         "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
-        "CREDENTIALS_DIR": str(out),
-        "REGISTRY": str(ROOT / "sensors.geojson"),
         "MQTT_ADMIN_PASSWORD": "admin-pw",
         "MQTT_INGEST_PASSWORD": "ingest-pw",
         "MQTT_API_PASSWORD": "api-pw",
     }
-    script = ROOT / "config" / "mosquitto-credentials.sh"
-    subprocess.run(["sh", str(script)], env=env, check=True, timeout=60)
+    command = _services(yaml.safe_load(COMPOSE_FILE.read_text()))["credentials"]["command"]
+    assert command[:3] == ["python", "-m", "floodwatch.credentials"]
+    argv = [sys.executable, "-m", "floodwatch.credentials", "--out", str(out)]
+    argv += ["--registry", str(ROOT / "sensors.geojson")]
+    subprocess.run(argv, env=env, cwd=ROOT, check=True, timeout=60)
     logins: dict[str, str] = json.loads((out / "sensors.json").read_text())
     registry = load_registry(SHIPPED_REGISTRY)
     assert set(logins) == set(registry.sensors)
     assert len(set(logins.values())) == len(logins)  # no two sensors share a password
-    assert all(len(p) >= 20 and p.isalnum() for p in logins.values())
+    assert all(len(p) >= 20 for p in logins.values())
 
     port = free_port()
     conf = tmp_path / "mosquitto.conf"
@@ -329,16 +332,17 @@ def test_the_credentials_script_gives_each_sensor_its_own_working_login(tmp_path
     try:
         wait_until(lambda: _port_open(port), 10, "mosquitto to listen")
         first, second = sorted(logins)[:2]
-        own = MqttConnection(MqttEndpoint("127.0.0.1", port, first, logins[first]))
+        own = MqttConnection(MqttEndpoint("127.0.0.1", port, first, logins[first]), first)
         own.start(timeout_s=5)
         try:
             assert own.publish_and_wait(f"floodwatch/v1/sensors/{first}/reading", b"{}")
         finally:
             own.stop()
-        borrowed = MqttConnection(MqttEndpoint("127.0.0.1", port, first, logins[second]))
-        with pytest.raises(BrokerError, match="did not accept"):
-            borrowed.start(timeout_s=3)
-        borrowed.stop()
+        for password, client_id in ((logins[second], first), (logins[first], "floodwatch-ingest")):
+            refused = MqttConnection(MqttEndpoint("127.0.0.1", port, first, password), client_id)
+            with pytest.raises(BrokerError, match="did not accept"):
+                refused.start(timeout_s=3)
+            refused.stop()
         admin = MqttConnection(MqttEndpoint("127.0.0.1", port, "admin", "admin-pw"))
         admin.start(timeout_s=5)
         admin.stop()
@@ -351,3 +355,31 @@ def _port_open(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
         return True
     return False
+
+
+def test_influxdb_debug_profiles_are_off_and_the_street_cannot_reach_it(compose: Doc) -> None:
+    """pprof is off in compose's InfluxDB (as in the local one, tests/test_security.py), and
+    the simulator (the street's side) shares no network with InfluxDB."""
+    services = _services(compose)
+    assert services["influxdb"]["environment"]["INFLUXDB_HTTP_PPROF_ENABLED"] == "false"
+    database = set(services["influxdb"]["networks"])
+    assert not database & set(services["simulator"]["networks"])
+    for name in ("ingest", "api"):
+        assert database <= set(services[name]["networks"]), name
+
+
+def test_the_database_is_backed_up_on_a_schedule_by_the_tested_script(compose: Doc) -> None:
+    """A `backup` service runs scripts/backup (tested in tests/test_backup.py) in a loop, in
+    influxdb's network namespace (the RPC port is loopback only), into a named volume, with
+    scripts/restore at hand."""
+    backup = _services(compose)["backup"]
+    assert backup["image"] == _services(compose)["influxdb"]["image"]
+    assert backup["network_mode"] == "service:influxdb"
+    assert int(backup["environment"]["BACKUP_EVERY"]) <= 24 * 3600
+    mounts = _volume_mounts(backup)
+    assert ("./scripts/backup", "/floodwatch/backup", "ro") in mounts
+    assert ("./scripts/restore", "/floodwatch/restore", "ro") in mounts
+    assert backup["command"][:2] == ["sh", "/floodwatch/backup"]
+    [(volume, _, _)] = [m for m in mounts if m[1] == backup["command"][2]]
+    assert volume in (compose.get("volumes") or {})
+    assert _depends_on(backup)["influxdb"] == "service_healthy"

@@ -27,15 +27,20 @@ def test_credentials_are_made_once_and_new_sensors_get_theirs(tmp_path: Path) ->
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
 
 
-def test_the_broker_password_file_holds_hashes_not_passwords(tmp_path: Path) -> None:
-    """Every user and sensor has a line; no password is written in clear."""
+def test_the_broker_files_hold_hashes_not_passwords(tmp_path: Path) -> None:
+    """Every service login has a line of the password file, every sensor a client of the
+    dynamic-security file bound to its own client id; no password is written in clear."""
     creds = Credentials.generate(["qh-01"])
     creds.save(tmp_path)
     text = Credentials.password_file(tmp_path).read_text()
     users = {line.split(":", 1)[0] for line in text.splitlines()}
-    assert users == {"admin", "ingest", "api", "qh-01"}
+    assert users == {"admin", "ingest", "api"}
+    dynsec_text = Credentials.dynsec_file(tmp_path).read_text()
+    [client] = json.loads(dynsec_text)["clients"]
+    assert (client["username"], client["clientid"]) == ("qh-01", "qh-01")
+    assert stat.S_IMODE(Credentials.dynsec_file(tmp_path).stat().st_mode) == 0o600
     for password in [*creds.mqtt.values(), *creds.sensors.values()]:
-        assert password not in text
+        assert password not in text and password not in dynsec_text
 
 
 def test_urls_carry_each_users_login(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from floodwatch.localservices import Service
 from floodwatch.mqtt import Delivery, MqttConnection
 from floodwatch.settings import parse_influx_url
 from floodwatch.topics import Topics
+from ingest.pipeline import RecentReadings
 from tests.conftest import IngestProcess, admin_endpoint, wait_until
 from tests.fuzzing import REGISTRY, message
 
@@ -89,12 +90,16 @@ def test_live_ingest_survives_a_hundred_thousand_mutated_messages(
     expected_rejections = 0
     expected_keys: set[tuple[str, int]] = set()
     expected_receipt_times = 0
+    # Mutations that repeat a (sensor, ts) with other fields are refused as conflicts.
+    recent = RecentReadings()
     for topic, payload in messages:
         decoded = decode_message(topics, REGISTRY, topic, payload, sent_at)
         expected_rejections += len(decoded.rejections)
         for r in decoded.readings:
             if r.time_from_receipt:
                 expected_receipt_times += 1
+            elif recent.conflict(r) is not None:
+                expected_rejections += 1
             else:
                 expected_keys.add((r.sensor_id, r.time_ns))
     wait_until(lambda: len(dead) >= expected_rejections, 120, "every dead letter")

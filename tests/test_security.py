@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
@@ -58,7 +59,7 @@ def test_a_sensor_cannot_publish_another_sensors_reading(
     PUBACK 0x87 (not authorized), and nothing of it is stored."""
     ingest = IngestProcess(ingest_env, tmp_path)
     ingest.start()
-    sensor = MqttConnection(broker.endpoint("qh-02"))
+    sensor = MqttConnection(broker.endpoint("qh-02"), "qh-02")  # a sensor is its own client id
     sensor.start()
     try:
         with pytest.raises(PublishDenied) as denied:
@@ -151,3 +152,19 @@ def test_wrong_influxdb_password_stops_ingest_with_one_clear_sentence(
     assert "refused the login (user 'writer'" in done.stderr
     assert "--influx-url" in done.stderr
     assert "n0t-the-pa55" not in done.stderr
+
+
+def test_influxd_debug_profiles_are_off_and_its_open_counters_hold_no_secret(
+    influxd: Service, influx: InfluxClient
+) -> None:
+    """/debug/pprof (goroutine stacks, heap, command line) is off in the configuration the
+    project writes. /debug/vars and /debug/requests cannot be switched off in InfluxDB 1.x and
+    answer without a password: they carry counters and names, never a password."""
+    base = f"http://127.0.0.1:{influxd.port}"
+    for path in ("/debug/pprof/", "/debug/pprof/cmdline", "/debug/pprof/goroutine?debug=2"):
+        assert httpx.get(base + path, timeout=10).status_code == 404, path
+    influx.write(["water_level,sensor=qh-02 level_cm=1 1795000000000000000"])
+    exposed = httpx.get(base + "/debug/vars", timeout=10).text
+    exposed += httpx.get(base + "/debug/requests", params={"seconds": "1"}, timeout=10).text
+    for password in influxd.credentials.influx.values():
+        assert password not in exposed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 
 from floodwatch.credentials import MOSQUITTO_ACL, Credentials
 from floodwatch.influx import InfluxClient
-from floodwatch.localservices import MOSQUITTO_CONF, free_port, mosquitto_config
+from floodwatch.localservices import MOSQUITTO_CONF, dynsec_plugin, free_port, mosquitto_config
 from floodwatch.settings import parse_influx_url
 from tests.conftest import ROOT, wait_until
 
@@ -62,6 +63,10 @@ def test_stack_runs_the_whole_pipeline_and_stops_on_ctrl_c(tmp_path: Path) -> No
             return int(series[0]["values"][0][1]) if series else 0
 
         wait_until(lambda: readings() >= 14, 60, "simulated readings from every sensor")
+        # Ingest's metrics on a free port of their own, printed with the rest.
+        [metrics_url] = re.findall(rb"http://127\.0\.0\.1:\d+/metrics", out.read_bytes())
+        metrics = httpx.get(metrics_url.decode(), timeout=5)
+        assert b"floodwatch_ingest_readings_stored_total" in metrics.content
         wait_until(lambda: _healthy(f"http://127.0.0.1:{api}/healthz"), 30, "the API")
         db.close()
         # Reads are open in the local stack; the printed operator key may acknowledge.
@@ -114,8 +119,9 @@ def _healthy(url: str) -> bool:
 def test_tests_run_the_shipped_broker_config_with_only_port_and_paths_changed(
     tmp_path: Path,
 ) -> None:
-    """The config the tests and the stack run is config/mosquitto.conf, but for four lines:
-    port, data directory, and where the password file and the shipped ACL are."""
+    """The config the tests and the stack run is config/mosquitto.conf, but for six lines:
+    port, data directory, where the password file and the shipped ACL are, and where this
+    machine keeps the dynamic-security plugin and its file."""
     shipped = MOSQUITTO_CONF.read_text().splitlines()
     local = mosquitto_config(12345, tmp_path, tmp_path / "pw").splitlines()
     if os.geteuid() == 0:  # the one line added: stay root rather than drop to `mosquitto`
@@ -125,6 +131,11 @@ def test_tests_run_the_shipped_broker_config_with_only_port_and_paths_changed(
         ("listener 1883", "listener 12345 127.0.0.1"),
         ("password_file /mosquitto/config/mosquitto.passwd", f"password_file {tmp_path}/pw"),
         ("acl_file /mosquitto/config/mosquitto.acl", f"acl_file {MOSQUITTO_ACL}"),
+        ("plugin /usr/lib/mosquitto_dynamic_security.so", f"plugin {dynsec_plugin()}"),
+        (
+            "plugin_opt_config_file /mosquitto/config/dynamic-security.json",
+            f"plugin_opt_config_file {tmp_path}/dynamic-security.json",
+        ),
         ("persistence_location /mosquitto/data/", f"persistence_location {tmp_path}/"),
     ]
     assert "allow_anonymous false" in shipped

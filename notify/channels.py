@@ -264,12 +264,12 @@ class EmailAdapter:
                     smtp.login(ch.text("username"), ch.text("password"))
                 smtp.send_message(self.message(item))
         except smtplib.SMTPRecipientsRefused as exc:
-            code, text = next(iter(exc.recipients.values()))
-            return smtp_outcome(code, text.decode(errors="replace"))
+            code, refusal = next(iter(exc.recipients.values()))
+            return smtp_outcome(code, refusal.decode(errors="replace"))
         except smtplib.SMTPResponseException as exc:
             error = exc.smtp_error
-            text = error.decode(errors="replace") if isinstance(error, bytes) else str(error)
-            return smtp_outcome(exc.smtp_code, text)
+            reason = error.decode(errors="replace") if isinstance(error, bytes) else str(error)
+            return smtp_outcome(exc.smtp_code, reason)
         except (smtplib.SMTPException, OSError) as exc:
             return Outcome("retry", f"{type(exc).__name__}: {exc}")
         return DELIVERED

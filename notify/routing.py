@@ -221,7 +221,9 @@ class _Lines:
 
     _TABLE = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
     _ARRAY = re.compile(r"^\s*\[\[\s*([^\[\]]+?)\s*\]\]\s*(#.*)?$")
-    _KEY = re.compile(r'^\s*("[^"]*"|[A-Za-z0-9_-]+)\s*=')
+    _KEY = re.compile(
+        r'^\s*((?:"[^"]*"|[A-Za-z0-9_-]+)(?:\s*\.\s*(?:"[^"]*"|[A-Za-z0-9_-]+))*)\s*='
+    )
 
     def __init__(self, text: str) -> None:
         self.tables: dict[str, int] = {}
@@ -239,7 +241,11 @@ class _Lines:
                 current = _unquote_path(m.group(1))
                 self.tables[current] = number
             elif m := self._KEY.match(line):
-                self.keys.setdefault((current, m.group(1).strip('"')), number)
+                # A dotted key `a.b = 1` is key `b` of table `a` too.
+                parts = _unquote_path(m.group(1)).split(".")
+                self.keys.setdefault((current, parts[0]), number)
+                inner = ".".join(p for p in (current, *parts[:-1]) if p)
+                self.keys.setdefault((inner, parts[-1]), number)
 
     def of(self, table: str, key: str | None = None) -> int:
         if key is not None and (table, key) in self.keys:

@@ -244,10 +244,11 @@ class EmailAdapter:
         msg["To"] = item.address
         msg["Date"] = email.utils.formatdate(localtime=False)
         msg["Message-ID"] = f"<{zns_tracking_id(item.notification_id)}@floodwatch>"
-        msg["Content-Language"] = item.message.language
         msg[HEADER_DELIVERY] = item.notification_id
         msg.set_content(item.message.text)
         msg.add_alternative(item.message.html, subtype="html")
+        # After the parts exist: set_content moves Content-* headers into the first part.
+        msg["Content-Language"] = item.message.language
         return msg
 
     def send(self, item: Outgoing) -> Outcome:

@@ -55,11 +55,6 @@ def backoff_s(failures: int, base_s: float, cap_s: float) -> float:
     return float(min(cap_s, base_s * 2 ** max(0, failures - 1)))
 
 
-def notifications_topic(topics: Topics, alert_id: str) -> str:
-    """Retained per-alert notification record (the page's history of who was told, when)."""
-    return f"{topics.base}/notifications/{alert_id}"
-
-
 class Sender:
     """Delivers one destination's queue, per alert in order, several alerts at once."""
 
@@ -346,9 +341,7 @@ class Notifier:
                 payload = self.record(alert_id)
                 if self._published.get(alert_id) == payload:
                     continue
-                self.mqtt.publish(
-                    notifications_topic(self.topics, alert_id), payload, qos=1, retain=True
-                )
+                self.mqtt.publish(self.topics.notifications(alert_id), payload, qos=1, retain=True)
                 self._published[alert_id] = payload
 
     def summary(self) -> str:

@@ -33,7 +33,7 @@ def test_the_broker_password_file_holds_hashes_not_passwords(tmp_path: Path) -> 
     creds.save(tmp_path)
     text = Credentials.password_file(tmp_path).read_text()
     users = {line.split(":", 1)[0] for line in text.splitlines()}
-    assert users == {"admin", "ingest", "api", "qh-01"}
+    assert users == {"admin", "ingest", "api", "notify", "qh-01"}
     for password in [*creds.mqtt.values(), *creds.sensors.values()]:
         assert password not in text
 

@@ -20,6 +20,7 @@ done
   echo "admin:${MQTT_ADMIN_PASSWORD}"
   echo "ingest:${MQTT_INGEST_PASSWORD}"
   echo "api:${MQTT_API_PASSWORD}"
+  echo "notify:${MQTT_NOTIFY_PASSWORD}"
   for login in $logins; do echo "$login"; done
 } > "$out/mosquitto.passwd"
 mosquitto_passwd -U "$out/mosquitto.passwd"

@@ -1,10 +1,10 @@
 """`python -m floodwatch.stack`: the whole pipeline on this machine, for demos and development.
 
 Starts Mosquitto (with config/mosquitto.conf and config/mosquitto.acl) and InfluxDB (with
-authentication), then ingest, the API and the street simulator, each as its own process with
-its log under the data directory and its own least-privileged logins (passwords generated once
-into DATA/credentials/). Ctrl-C (or SIGTERM) stops them in reverse order. `scripts/stack`
-installs what is missing and runs this.
+authentication), then ingest, the API, the notifier and the street simulator, each as its own
+process with its log under the data directory and its own least-privileged logins (passwords
+generated once into DATA/credentials/). Ctrl-C (or SIGTERM) stops them in reverse order.
+`scripts/stack` installs what is missing and runs this.
 """
 
 from __future__ import annotations
@@ -171,6 +171,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 FLOODWATCH_MQTT_URL=creds.mqtt_url("api", "127.0.0.1", mqtt_port),
                 FLOODWATCH_INFLUX_URL=creds.influx_url("reader", "127.0.0.1", influx_port),
             ),
+            # Alerts go to the notifier's log only (README "The notifier").
+            "notify": dict(
+                FLOODWATCH_MQTT_URL=creds.mqtt_url("notify", "127.0.0.1", mqtt_port),
+                FLOODWATCH_ROUTING=str(ROOT / "config" / "notify-routing.demo.toml"),
+                FLOODWATCH_NOTIFY_STATE=str(data / "notify.sqlite"),
+                FLOODWATCH_PAGE_URL=f"http://127.0.0.1:{api_port}/",
+            ),
             "simulators": dict(
                 FLOODWATCH_MQTT_URL=f"mqtt://127.0.0.1:{mqtt_port}",
                 FLOODWATCH_SENSOR_CREDENTIALS=str(Credentials.sensor_file(creds_dir)),
@@ -190,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "--anonymous-read",
                 ],
             ),
+            ("notify", []),
             (
                 "simulators",
                 ["run", "demo", "--speed", str(args.speed), "--timestamps", "wall", "--loop"],
@@ -214,6 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   InfluxDB     http://127.0.0.1:{influx_port}
                influx -port {influx_port} {admin_influx} -database floodwatch \\
                  -execute 'SELECT * FROM water_level ORDER BY time DESC LIMIT 10'
+  notifier     what would be sent: {logs / "notify.log"} (routing: config/notify-routing.demo.toml)
   logs         {logs}/""",
             flush=True,
         )

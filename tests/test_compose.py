@@ -309,6 +309,7 @@ def test_the_credentials_script_gives_each_sensor_its_own_working_login(tmp_path
         "MQTT_ADMIN_PASSWORD": "admin-pw",
         "MQTT_INGEST_PASSWORD": "ingest-pw",
         "MQTT_API_PASSWORD": "api-pw",
+        "MQTT_NOTIFY_PASSWORD": "notify-pw",
     }
     script = ROOT / "config" / "mosquitto-credentials.sh"
     subprocess.run(["sh", str(script)], env=env, check=True, timeout=60)

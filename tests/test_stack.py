@@ -78,7 +78,7 @@ def test_stack_runs_the_whole_pipeline_and_stops_on_ctrl_c(tmp_path: Path) -> No
         code = proc.wait(60)
     assert code == 0, out.read_text()
     assert b"stopped" in out.read_bytes()
-    for name in ("mosquitto", "influxd", "ingest", "api", "simulators"):
+    for name in ("mosquitto", "influxd", "ingest", "api", "notify", "simulators"):
         assert (tmp_path / "data" / "logs" / f"{name}.log").stat().st_size > 0
 
 

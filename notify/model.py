@@ -42,6 +42,7 @@ class AlertFacts:
     at_ns: int  # when the engine decided
     since_ns: int  # when the alert was raised (the time in its id)
     depth_cm: float | None = None
+    tide: bool = False  # a river gauge: `depth_cm` is the river's stage
     detail: str = ""
     battery_v: float | None = None
     rise_cm: float | None = None
@@ -81,6 +82,7 @@ def facts_from_event(event: AlertEvent, registry: Registry) -> AlertFacts:
         at_ns=event.at_ns,
         since_ns=raised_ns(event.alert_id, event.at_ns),
         depth_cm=event.depth_cm,
+        tide=bool(sensor and sensor.kind == "tide"),
         detail=event.detail,
         battery_v=event.battery_v,
         rise_cm=event.rise_cm,

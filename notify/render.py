@@ -119,8 +119,9 @@ def render(send: Send, language: str, timezone: str, page_url: str) -> Message:
     levels = _section(cat, "levels")
     fmt = _str(cat, "time_format")
     minutes = f"{send.unacked_min:g}" if send.unacked_min is not None else ""
+    kind_names = _section(cat, "kinds_tide") if facts.tide else {}
     fields: dict[str, str] = {
-        "kind": _str(cat, "kinds", facts.kind),
+        "kind": str(kind_names.get(facts.kind) or _str(cat, "kinds", facts.kind)),
         "street": place(facts.street),
         "ward": place(facts.ward),
         "sensor": facts.sensor_id,
@@ -148,18 +149,24 @@ def render(send: Send, language: str, timezone: str, page_url: str) -> Message:
     wanted += ["action"]
     if page_url:
         wanted.append("link")
+    if facts.tide:
+        wanted = ["depth_tide" if name == "depth" else name for name in wanted]
     body = [str(lines_cat[name]).format(**fields) for name in wanted]
     footer = str(lines_cat["footer"])
     text = "\n".join([title, "", *body, "", footer])
     parts = _section(cat, "sms_parts")
+    details = [str(parts["since"]).format(**fields)]
+    if facts.depth_cm is not None:
+        depth_part = str(parts["depth_tide" if facts.tide else "depth"]).format(**fields)
+        details.insert(0, depth_part)
+    joined = ", ".join(details)
     sms = _str(cat, "sms").format(
         title=title,
-        depth_short=str(parts["depth"]).format(**fields) if facts.depth_cm is not None else "",
-        since_short=str(parts["since"]).format(**fields),
+        details=joined[:1].upper() + joined[1:],
         action=fields["action"],
         link=fields["link"],
     )
-    sms = re.sub(r"\s+", " ", sms.replace(". .", ".")).strip()
+    sms = re.sub(r"\s+", " ", sms).strip()
     doc_html = (
         f'<!doctype html><html lang="{language}"><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><body>"

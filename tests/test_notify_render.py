@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -245,3 +246,27 @@ notify = ["gis"]
     body = orjson.loads(item.body)
     assert body["language"] == "en" and body["title"] == "Flooding on Nguyễn Văn Hưởng"
     assert body["alert"]["street"] == "Nguyen Van Huong" and body["alert"]["depth_cm"] == 23.5
+
+
+def test_tide_gauge_and_stale_sensor_wording() -> None:
+    """The Phu An gauge speaks of high tide and river stage; a silent sensor's SMS has no
+    empty depth."""
+    tide = replace(
+        flood(),
+        sensor_id="phu-an",
+        street="Saigon River",
+        tide=True,
+        depth_cm=152.0,
+        level=2,
+        level_name="alarm_2",
+    )
+    m = render(Send("x", "raised", 0, tide, False), "vi", "Asia/Ho_Chi_Minh", "")
+    assert m.title == "Triều cường tại Sông Sài Gòn"
+    assert "Mực nước sông: 152 cm" in m.text and "Mức cảnh báo: báo động II" in m.text
+    assert m.sms.startswith("[Floodwatch] Triều cường tại Sông Sài Gòn. Mực nước 152 cm, từ 07:53")
+    stale = replace(flood(), kind="stale", depth_cm=None)
+    sms = render(Send("x", "raised", 0, stale, True), "en", "Asia/Ho_Chi_Minh", "").sms
+    assert sms == (
+        "[Floodwatch] Sensor silent on Nguyễn Văn Hưởng. Since 07:53 on 2026-11-30. "
+        "Check the sensor's power and connection."
+    )

@@ -37,6 +37,9 @@ def ok(request: Request) -> Answer:
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    protocol_version = "HTTP/1.1"  # keep-alive, as real receivers do
+    # Headers and body go out in two writes: without this, the second waits for a delayed ACK.
+    disable_nagle_algorithm = True
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)

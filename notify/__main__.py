@@ -240,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     mqtt = MqttConnection(
         settings.mqtt,
         args.client_id,
-        subscriptions=[(topics.all_alert_events, 1)],
+        subscriptions=notifier.subscriptions(),
         on_delivery=notifier.deliver,
         session_expiry_s=session_expiry,
         manual_ack=True,

@@ -14,6 +14,8 @@ Rules, in the order the code applies them:
    tombstone for `TOMBSTONE_NS`, so a late redelivery cannot open it again).
 7. A tick at `now`: each tier whose time has come (minutes since the alert became
    unacknowledged >= its `after_min`) is told, once, that nobody acknowledged it.
+8. A finished flood episode is summarised to the first recipients of the flood rules its
+   streets and highest level match; it has no escalation.
 
 Time is passed in (`now_ns`), never read here.
 """
@@ -174,3 +176,12 @@ def next_due_ns(tracks: Tracks) -> int | None:
         if t.pending and t.unack_since_ns is not None and t.closed_ns is None
     ]
     return min(due) if due else None
+
+
+def on_episode(facts: AlertFacts, routing: Routing) -> list[Send]:
+    """Rule 8: who hears that a flood episode ended (`facts.street` lists its streets)."""
+    told: dict[str, None] = {}
+    for street in facts.street.split(", "):
+        decision = route(routing, "flood", facts.level, street, facts.ward, facts.sensor_id)
+        told.update(dict.fromkeys(decision.first))
+    return [Send(name, "episode", 0, facts, False) for name in told]

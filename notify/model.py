@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from alerts.events import AlertEvent
+from alerts.events import AlertEvent, level_name
 from floodwatch.registry import Registry
 
 # What a notification announces: the alert was raised, its level went up or down, nobody
 # acknowledged it in time (sent to the next tier), it was acknowledged, it cleared.
 MessageKind = Literal[
-    "raised", "escalated", "deescalated", "unacknowledged", "acknowledged", "cleared"
+    "raised", "escalated", "deescalated", "unacknowledged", "acknowledged", "cleared", "episode"
 ]
 MESSAGE_KINDS: tuple[MessageKind, ...] = (
     "raised",
@@ -20,6 +20,7 @@ MESSAGE_KINDS: tuple[MessageKind, ...] = (
     "unacknowledged",
     "acknowledged",
     "cleared",
+    "episode",
 )
 
 
@@ -102,3 +103,79 @@ class Send:
     facts: AlertFacts
     quiet: bool  # may wait for the end of quiet hours (never for flood or rising)
     unacked_min: float | None = None  # `unacknowledged`: minutes nobody acknowledged it
+
+
+def facts_from_retained(doc: object, registry: Registry, now_ns: int) -> list[AlertFacts]:
+    """Unacknowledged alerts in a sensor's retained `alerts/{id}` state (what a notifier that
+    starts afresh has missed), as facts of a `raised` event numbered 0, so that any real event
+    of the alert (numbered from 1) still applies after it."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("alerts"), list):
+        return []
+    sensor_id = str(doc.get("sensor", ""))
+    sensor = registry.get(sensor_id)
+    tide = bool(sensor and sensor.kind == "tide")
+    depth = doc.get("depth_cm")
+    out = []
+    for item in doc["alerts"]:
+        if not isinstance(item, dict) or item.get("state") != "active_unack":
+            continue
+        alert_id = str(item.get("alert_id", ""))
+        kind = str(item.get("kind", ""))
+        level = item.get("level", doc.get("level", 0))
+        level = int(level) if isinstance(level, int) else 0
+        out.append(
+            AlertFacts(
+                alert_id=alert_id,
+                event_id=f"{alert_id}:retained",
+                seq=0,
+                sensor_id=sensor_id,
+                sensor_name=sensor.name if sensor else sensor_id,
+                street=str(doc.get("street", "")),
+                ward=sensor.ward if sensor else "",
+                kind=kind,
+                change="raised",
+                state="active_unack",
+                level=level,
+                level_name=level_name(tide, level),
+                at_ns=now_ns,
+                since_ns=raised_ns(alert_id, now_ns),
+                depth_cm=float(depth) if isinstance(depth, int | float) else None,
+                tide=tide,
+                detail=str(item.get("detail", "")),
+            )
+        )
+    return out
+
+
+def facts_from_episode(doc: object, registry: Registry) -> AlertFacts | None:
+    """A finished flood episode as the facts of its summary notification (None if malformed)."""
+    if not isinstance(doc, dict):
+        return None
+    try:
+        episode_id = str(doc["episode_id"])
+        streets = [str(s) for s in doc["streets"]]
+        peak_sensor = str(doc["peak_sensor_id"])
+        start_ns, end_ns = int(doc["start_ns"]), int(doc["end_ns"])
+        max_level = int(doc["max_level"])
+        peak_cm = float(doc["peak_cm"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    sensor = registry.get(peak_sensor)
+    return AlertFacts(
+        alert_id=episode_id,
+        event_id=f"{episode_id}:ended",
+        seq=1,
+        sensor_id=peak_sensor,
+        sensor_name=sensor.name if sensor else peak_sensor,
+        street=", ".join(streets),
+        ward=sensor.ward if sensor else "",
+        kind="flood",
+        change="episode",
+        state="cleared_unack",
+        level=max_level,
+        level_name=str(doc.get("max_level_name", level_name(False, max_level))),
+        at_ns=end_ns,
+        since_ns=start_ns,
+        depth_cm=peak_cm,
+        peak_cm=peak_cm,
+    )

@@ -131,9 +131,27 @@ def outgoing(delivery: Delivery) -> Outgoing:
     return Outgoing(delivery.notification_id, doc["address"], message, doc["body"].encode())
 
 
+_TEXT_FIELDS = (
+    "event_id",
+    "alert_id",
+    "sensor_id",
+    "street",
+    "kind",
+    "change",
+    "state",
+    "level_name",
+)
+_INT_FIELDS = ("seq", "level", "at_ns")
+
+
 def event_from_payload(payload: bytes) -> AlertEvent | None:
     """An alert event from its MQTT payload, or None if it is not one (logged by the caller)."""
     try:
-        return AlertEvent.from_json(payload)
+        event = AlertEvent.from_json(payload)
     except (ValueError, TypeError):
         return None
+    if not all(isinstance(getattr(event, f), str) for f in _TEXT_FIELDS):
+        return None
+    if not all(type(getattr(event, f)) is int for f in _INT_FIELDS):
+        return None
+    return event

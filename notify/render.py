@@ -99,7 +99,7 @@ def _depth(cat: Mapping[str, object], depth_cm: float | None) -> str:
 
 def _action(cat: Mapping[str, object], facts: AlertFacts, message: MessageKind) -> str:
     actions = _section(cat, "actions")
-    if message in ("acknowledged", "cleared"):
+    if message in ("acknowledged", "cleared", "episode"):
         return _str(actions, message)
     entry = actions.get(facts.kind, "")
     if isinstance(entry, dict):
@@ -122,7 +122,7 @@ def render(send: Send, language: str, timezone: str, page_url: str) -> Message:
     kind_names = _section(cat, "kinds_tide") if facts.tide else {}
     fields: dict[str, str] = {
         "kind": str(kind_names.get(facts.kind) or _str(cat, "kinds", facts.kind)),
-        "street": place(facts.street),
+        "street": ", ".join(place(s) for s in facts.street.split(", ")),
         "ward": place(facts.ward),
         "sensor": facts.sensor_id,
         "sensor_name": place(facts.sensor_name),
@@ -144,7 +144,7 @@ def render(send: Send, language: str, timezone: str, page_url: str) -> Message:
     if facts.kind in ("flood", "rising") or facts.depth_cm is not None:
         wanted += ["depth", "level"]
     wanted += ["since"]
-    if send.message in ("unacknowledged", "acknowledged", "cleared"):
+    if send.message in ("unacknowledged", "acknowledged", "cleared", "episode"):
         wanted.append(send.message)
     wanted += ["action"]
     if page_url:

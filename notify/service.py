@@ -29,8 +29,8 @@ from floodwatch.mqtt import MqttConnection
 from floodwatch.registry import Registry
 from floodwatch.topics import Topics
 from notify.channels import Adapter, Outcome, adapter_for
-from notify.escalation import Track, next_due_ns, on_event, on_tick
-from notify.model import facts_from_event
+from notify.escalation import Track, next_due_ns, on_episode, on_event, on_tick
+from notify.model import AlertFacts, Send, facts_from_episode, facts_from_event, facts_from_retained
 from notify.plan import alert_doc, event_from_payload, iso, outgoing, plan
 from notify.routing import Routing
 from notify.store import DEAD, DELIVERED, Delivery, Store
@@ -53,6 +53,14 @@ class NotifierOptions:
 def backoff_s(failures: int, base_s: float, cap_s: float) -> float:
     """Capped exponential backoff: base, 2 base, 4 base, ... never more than the cap."""
     return float(min(cap_s, base_s * 2 ** max(0, failures - 1)))
+
+
+def _json(payload: bytes) -> object:
+    """The JSON in a payload, or None (malformed input is ignored, never fatal)."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
 
 
 class Sender:
@@ -174,6 +182,7 @@ class Notifier:
         self.mqtt: MqttConnection | None = None
         self.events_seen = 0
         self.ignored = 0
+        self._alerts_prefix = topics.alert("")
 
     # -- wiring ---------------------------------------------------------------------------------
 
@@ -206,6 +215,14 @@ class Notifier:
                     sender.thread.start()
             sender.wake.set()
 
+    def subscriptions(self) -> list[tuple[str, int]]:
+        """Alert events, the sensors' retained alert states, and finished flood episodes."""
+        return [
+            (self.topics.all_alert_events, 1),
+            (self.topics.alert("+"), 1),
+            (self.topics.episodes, 1),
+        ]
+
     def deliver(self, delivery: MqttDelivery) -> None:
         """paho's thread: hand the message to the router."""
         self.inbox.put(delivery)
@@ -216,22 +233,36 @@ class Notifier:
         """Apply a batch of alert events, commit what they cause, then acknowledge them."""
         now = self.clock()
         changed: dict[str, Track] = {}
-        sends = []
+        sends: list[Send] = []
         view = dict(self.tracks)
         for message in batch:
             if not message.payload:
+                continue  # a sensor's retained state cleared: nothing to announce
+            if message.topic == self.topics.episodes:
+                episode = facts_from_episode(_json(message.payload), self.registry)
+                if episode is not None:
+                    sends.extend(on_episode(episode, self.routing))
                 continue
-            event = event_from_payload(message.payload)
-            if event is None:
-                self.ignored += 1
-                log.warning("ignoring a message on %s that is not an alert event", message.topic)
-                continue
-            self.events_seen += 1
-            facts = facts_from_event(event, self.registry)
-            updated, new_sends = on_event(view, facts, self.routing, now)
-            view.update(updated)
-            changed.update(updated)
-            sends.extend(new_sends)
+            facts_list: list[AlertFacts]
+            if message.topic.startswith(self._alerts_prefix):
+                # Retained states: alerts raised while no notifier (or an earlier state file)
+                # was listening; those already known are ignored by on_event (rule 1).
+                facts_list = facts_from_retained(_json(message.payload), self.registry, now)
+            else:
+                event = event_from_payload(message.payload)
+                if event is None:
+                    self.ignored += 1
+                    log.warning(
+                        "ignoring a message on %s that is not an alert event", message.topic
+                    )
+                    continue
+                self.events_seen += 1
+                facts_list = [facts_from_event(event, self.registry)]
+            for facts in facts_list:
+                updated, new_sends = on_event(view, facts, self.routing, now)
+                view.update(updated)
+                changed.update(updated)
+                sends.extend(new_sends)
         deliveries = plan(sends, self.routing, self.options.page_url, now)
         self.store.commit(changed, [], deliveries, now)
         self.tracks = view

@@ -514,3 +514,60 @@ def test_a_wrong_routing_file_stops_the_notifier_naming_the_line(
     result = notifier.tool()
     assert result.returncode == 2
     assert f"{notifier.routing_file}, line 3: recipient 'nobody' is not defined" in result.stderr
+
+
+def test_alerts_raised_before_it_started_episodes_and_garbage(
+    broker: Service,
+    unique: str,
+    tmp_path: Path,
+    publisher: MqttConnection,
+    notifiers: list[Notifier],
+) -> None:
+    """A notifier starting afresh announces the unacknowledged alerts it finds retained (once,
+    even when their `raised` event comes later), summarises a finished flood episode, and
+    ignores malformed messages without stopping."""
+    raised = event("qh-03", 0, 1, "raised", 2)
+    state = {
+        "sensor": "qh-03",
+        "street": "Quoc Huong",
+        "level": 2,
+        "level_name": "hazard",
+        "stale": False,
+        "depth_cm": 31.5,
+        "alerts": [
+            {"alert_id": raised.alert_id, "kind": "flood", "state": "active_unack", "level": 2},
+            {"alert_id": "qh-03:battery_low:1", "kind": "battery_low", "state": "active_ack"},
+        ],
+    }
+    assert publisher.publish_and_wait(
+        f"{unique}/v1/alerts/qh-03", orjson.dumps(state), qos=1, retain=True
+    )
+    receiver = HttpReceiver().start()
+    notifiers.append(Notifier(broker, unique, webhook_routing(receiver.url), tmp_path).start())
+    receiver.wait_for(lambda got: len(got) >= 1, 20, "the retained alert's notification")
+    for topic in ("events/qh-01", "alerts/qh-01", "episodes"):
+        publisher.publish(f"{unique}/v1/{topic}", b"{not json", qos=1)
+    publisher.publish(f"{unique}/v1/events/qh-01", b'{"seq": "one"}', qos=1)
+    publish(publisher, unique, [raised])  # already announced: nothing new
+    episode = {
+        "episode_id": f"flood:{T0}",
+        "start_ns": T0,
+        "end_ns": T0 + 95 * 60 * 10**9,
+        "peak_cm": 41.5,
+        "peak_ns": T0 + 30 * 60 * 10**9,
+        "peak_sensor_id": "qh-03",
+        "max_level": 3,
+        "max_level_name": "impassable",
+        "streets": ["Quoc Huong", "Duong 12"],
+        "sensors": ["qh-03", "d12-01"],
+    }
+    publisher.publish(f"{unique}/v1/episodes", orjson.dumps(episode), qos=1)
+    receiver.wait_for(lambda got: len(got) >= 2, 20, "the episode's summary")
+    publisher.publish_and_wait(f"{unique}/v1/alerts/qh-03", b"", qos=1, retain=True)
+    first, summary = bodies(receiver.accepted)
+    assert first["message"] == "raised" and first["title"] == "Ngập tại Quốc Hương"
+    assert first["alert"]["alert_id"] == raised.alert_id  # type: ignore[index]
+    assert summary["message"] == "episode"
+    assert summary["title"] == "Đợt ngập đã kết thúc: Quốc Hương, Đường 12"
+    assert "sâu nhất 41,5 cm" in str(summary["text"])
+    assert len(receiver.requests) == 2

@@ -5,7 +5,8 @@ Broker users (config/mosquitto.acl says what each may do):
     ingest   reads readings, statuses and ack commands; writes alerts, events, episodes,
              dead letters and ack replies
     api      reads everything under the topic root; writes ack commands
-    notify   reads alert events; writes the retained notification records
+    notify   reads alert events, alert states and episodes; writes the retained
+             notification records
     SENSOR   each sensor logs in with its registry id and may publish only its own topics
 
 InfluxDB users:

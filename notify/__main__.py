@@ -78,8 +78,10 @@ NOTIFY_OPTIONS = (
 )
 
 DESCRIPTION = """\
-Follow the alert engine's events ({root}/v1/events/+, QoS 1, persistent session) and tell the
-people and systems named in the routing file: webhooks (JSON signed with HMAC-SHA256),
+Follow the alert engine's events ({root}/v1/events/+, QoS 1, persistent session), the
+sensors' retained alert states ({root}/v1/alerts/+: alerts raised before the notifier first
+started) and finished flood episodes ({root}/v1/episodes: a summary), and tell the people and
+systems named in the routing file: webhooks (JSON signed with HMAC-SHA256),
 e-mail (SMTP), SMS and Zalo ZNS (HTTP APIs). An alert nobody acknowledges is sent to the next
 tier of its rule's escalation; acknowledging or clearing it stops that and is announced to
 everyone told. Notifications wait in a durable queue on disk (--notify-state) and are retried

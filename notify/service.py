@@ -177,7 +177,9 @@ class Notifier:
         self.senders: dict[str, Sender] = {}
         self._senders_lock = threading.Lock()
         self._dirty: set[str] = set()
+        self._gone: set[str] = set()  # alerts forgotten: their retained record is removed
         self._dirty_lock = threading.Lock()
+        self._pruned_ns = 0
         self._published: dict[str, bytes] = {}
         self.mqtt: MqttConnection | None = None
         self.events_seen = 0
@@ -274,6 +276,9 @@ class Notifier:
 
     def tick(self) -> None:
         now = self.clock()
+        if now - self._pruned_ns > 3600 * _S:
+            self._pruned_ns = now
+            self.store.prune(now - int(self.options.keep_history_s * _S))
         due = next_due_ns(self.tracks)
         closed = any(t.closed_ns is not None for t in self.tracks.values())
         if (due is None or due > now) and not closed:
@@ -287,6 +292,8 @@ class Notifier:
         if deliveries:
             self.ensure_senders()
         self.mark_dirty(set(changed))
+        with self._dirty_lock:
+            self._gone.update(forget)  # their retained records are removed too
 
     def run(self) -> None:
         """The router loop, until `stop` is set."""
@@ -364,10 +371,13 @@ class Notifier:
         while not self.stop.wait(0.2):
             with self._dirty_lock:
                 dirty, self._dirty = self._dirty, set()
-            if not dirty or self.mqtt is None:
-                if dirty:
-                    self.mark_dirty(dirty)
+                gone, self._gone = self._gone, set()
+            if self.mqtt is None:
                 continue
+            for alert_id in sorted(gone):
+                self.mqtt.publish(self.topics.notifications(alert_id), b"", qos=1, retain=True)
+                self._published.pop(alert_id, None)
+                dirty.discard(alert_id)
             for alert_id in sorted(dirty):
                 payload = self.record(alert_id)
                 if self._published.get(alert_id) == payload:

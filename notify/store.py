@@ -128,6 +128,7 @@ class Store:
                 CREATE INDEX IF NOT EXISTS deliveries_due
                     ON deliveries (dest, status, alert_id, id);
                 CREATE INDEX IF NOT EXISTS deliveries_alert ON deliveries (alert_id, id);
+                CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (status, dest, channel);
                 CREATE TABLE IF NOT EXISTS tracks (alert_id TEXT PRIMARY KEY, doc BLOB NOT NULL);
                 """
             )
@@ -216,21 +217,26 @@ class Store:
         """Up to `limit` notifications for `dest` that may go now, at most one per alert (the
         oldest undelivered), oldest first; and when the next held one is due (or None)."""
         with self._lock:
+            # The heads' ids and times first; the payloads only of those that go now.
             heads = self._db.execute(
-                f"SELECT {_COLUMNS} FROM deliveries WHERE id IN ("
+                "SELECT id, next_ns FROM deliveries WHERE id IN ("
                 "SELECT min(id) FROM deliveries WHERE dest = ? AND status = ? GROUP BY alert_id"
                 ") ORDER BY id",
                 (dest, PENDING),
             ).fetchall()
-        ready: list[Delivery] = []
-        later: int | None = None
-        for row in heads:
-            item = _row(row)
-            if item.next_ns <= now_ns:
-                if len(ready) < limit:
-                    ready.append(item)
-            elif later is None or item.next_ns < later:
-                later = item.next_ns
+            ready_ids = [int(i) for i, next_ns in heads if next_ns <= now_ns][:limit]
+            rows = (
+                self._db.execute(
+                    f"SELECT {_COLUMNS} FROM deliveries WHERE id IN "
+                    f"({','.join('?' * len(ready_ids))}) ORDER BY id",
+                    ready_ids,
+                ).fetchall()
+                if ready_ids
+                else []
+            )
+        waiting = [int(next_ns) for _, next_ns in heads if next_ns > now_ns]
+        ready = [_row(r) for r in rows]
+        later = min(waiting) if waiting else None
         return ready, later
 
     def delivered(self, ids: Sequence[int], now_ns: int) -> None:

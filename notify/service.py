@@ -93,9 +93,12 @@ class Sender:
     def run(self) -> None:
         while not self.stop.is_set():
             now = self.clock()
-            # After a failure, one notification probes the destination before the rest follow.
-            limit = 1 if self.failures else max(self.options.batch, self.concurrency)
-            ready, later = self.store.due(self.dest, now, limit)
+            ready, later = self.store.due(self.dest, now, max(self.options.batch, self.concurrency))
+            if self.failures and ready:
+                # After a failure one notification probes the destination before the rest
+                # follow; a different alert's each time, so one bad notification cannot
+                # keep the destination shut.
+                ready = [ready[self.failures % len(ready)]]
             if not ready:
                 wait = 1.0 if later is None else min(1.0, max(0.0, (later - now) / _S))
                 self.wake.wait(wait)
@@ -149,9 +152,23 @@ class Sender:
             self.store.failed(dead, dead=True)
             for item_id, detail in dead:
                 log.error("%s: notification %d is a dead letter: %s", self.dest, item_id, detail)
-        if retry:
+        if retry and not done:
+            # Nothing got through: the destination is down or throttling. It waits as a whole
+            # (see run), then one notification probes it.
             self.store.failed(retry, dead=False)
-        self.failures = self.failures + 1 if retry else 0
+            self.failures += 1
+        else:
+            # The destination works: only these notifications wait, each with its own backoff,
+            # so one that keeps failing cannot hold up other alerts.
+            attempts = {i.id: i.attempts for i in items}
+            for item_id, detail in retry:
+                pause = backoff_s(
+                    attempts[item_id] + 1, self.options.retry_base_s, self.options.retry_max_s
+                )
+                self.store.failed(
+                    [(item_id, detail)], dead=False, retry_at_ns=now + int(pause * _S)
+                )
+            self.failures = 0
         self.on_change({i.alert_id for i in items})
 
 

@@ -249,13 +249,16 @@ class Store:
             for i in ids
         )
 
-    def failed(self, failures: Sequence[tuple[int, str]], dead: bool) -> None:
-        """Count a failed attempt; `dead` moves them to the dead letters."""
+    def failed(
+        self, failures: Sequence[tuple[int, str]], dead: bool, retry_at_ns: int | None = None
+    ) -> None:
+        """Count a failed attempt; `dead` moves them to the dead letters; `retry_at_ns` holds
+        them (and their alerts' later notifications) until then."""
         self._write(
             (
-                "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, status = ? "
-                "WHERE id = ?",
-                (error[:500], DEAD if dead else PENDING, i),
+                "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, status = ?, "
+                "next_ns = max(next_ns, ?) WHERE id = ?",
+                (error[:500], DEAD if dead else PENDING, retry_at_ns or 0, i),
             )
             for i, error in failures
         )

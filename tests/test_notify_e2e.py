@@ -571,3 +571,32 @@ def test_alerts_raised_before_it_started_episodes_and_garbage(
     assert summary["title"] == "Đợt ngập đã kết thúc: Quốc Hương, Đường 12"
     assert "sâu nhất 41,5 cm" in str(summary["text"])
     assert len(receiver.requests) == 2
+
+
+def test_one_failing_notification_does_not_hold_up_other_alerts(
+    broker: Service,
+    unique: str,
+    tmp_path: Path,
+    publisher: MqttConnection,
+    notifiers: list[Notifier],
+) -> None:
+    """A receiver that keeps answering 503 for one alert's notification still gets every
+    other alert's; the failing one is retried with its own backoff, its alert's later
+    notifications wait behind it."""
+    stuck = event("qh-04", 0, 1, "raised")
+
+    def answer(request: Request) -> Answer:
+        if orjson.loads(request.body)["alert"]["alert_id"] == stuck.alert_id:
+            return 503, {}, b'{"error": "try later"}'
+        return 200, {}, b"{}"
+
+    receiver = HttpReceiver(answer).start()
+    notifiers.append(Notifier(broker, unique, webhook_routing(receiver.url), tmp_path).start())
+    others = lifetimes(["qh-01", "qh-02", "qh-03"], alerts_per_sensor=2)
+    publish(publisher, unique, [stuck, event("qh-04", 0, 2, "escalated", 2), *others])
+    receiver.wait_for(lambda got: len(got) >= len(others), 30, "the other alerts")
+    assert_in_order_per_alert(receiver.accepted, others)
+    tried = [
+        r for r in receiver.requests if orjson.loads(r.body)["alert"]["alert_id"] == stuck.alert_id
+    ]
+    assert tried and all(orjson.loads(r.body)["alert"]["seq"] == 1 for r in tried)

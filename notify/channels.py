@@ -260,7 +260,9 @@ class EmailAdapter:
                 timeout=ch.number("timeout_s", 15),
             ) as smtp:
                 if ch.flag("starttls", False):
-                    smtp.starttls(context=ssl.create_default_context())
+                    # `ca_file`: the CA of a mail server with a private certificate.
+                    cafile = ch.text("ca_file") or None
+                    smtp.starttls(context=ssl.create_default_context(cafile=cafile))
                 if ch.text("username"):
                     smtp.login(ch.text("username"), ch.text("password"))
                 smtp.send_message(self.message(item))

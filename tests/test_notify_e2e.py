@@ -21,7 +21,7 @@ from floodwatch.localservices import Service
 from floodwatch.mqtt import MqttConnection
 from notify.signing import verify
 from tests.conftest import ROOT, admin_endpoint, wait_until
-from tests.notify_servers import Answer, HttpReceiver, Request, SmtpServer
+from tests.notify_servers import Answer, HttpReceiver, Request, SmtpServer, TlsSmtpServer
 
 pytestmark = pytest.mark.services
 
@@ -374,6 +374,45 @@ notify = ["officer", "chief"]
     plain, page = parts["text/plain"], parts["text/html"]
     assert isinstance(plain, bytes) and isinstance(page, bytes)
     assert "Độ sâu: 30 cm" in plain.decode() and "mức 2 (nguy hiểm)" in page.decode()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_email_with_starttls_and_login(
+    broker: Service,
+    unique: str,
+    tmp_path: Path,
+    publisher: MqttConnection,
+    notifiers: list[Notifier],
+) -> None:
+    """A server that requires STARTTLS (a private CA, named by ca_file) and a login gets the
+    mail once the notifier has done both."""
+    with TlsSmtpServer(tmp_path, "floodwatch", "mail-secret") as smtp:
+        routing = f"""
+[channels.mail]
+type = "email"
+smtp_host = "127.0.0.1"
+smtp_port = {smtp.port}
+starttls = true
+ca_file = "{smtp.ca_file}"
+username = "floodwatch"
+password = "env:SMTP_PASSWORD"
+from = "floodwatch@example.vn"
+
+[recipients.officer]
+channels = ["mail"]
+email = "officer@example.vn"
+
+[[rules]]
+notify = ["officer"]
+"""
+        notifier = Notifier(broker, unique, routing, tmp_path)
+        notifier.env["SMTP_PASSWORD"] = "mail-secret"
+        notifiers.append(notifier.start())
+        publish(publisher, unique, [event("d12-02", 0, 1, "raised", 1)])
+        smtp.wait_for(1, 30)
+    assert smtp.logins == ["floodwatch"]
+    [(rcpt, mail)] = smtp.messages
+    assert rcpt == ["officer@example.vn"] and mail["Subject"] == "Ngập tại Quốc Hương"
 
 
 def sms_gateway(max_length: int) -> tuple[HttpReceiver, list[str]]:

@@ -16,7 +16,7 @@ from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import ip_address
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
@@ -154,7 +154,7 @@ class SmtpServer:
         self.cond = threading.Condition()
         self.controller = Controller(_MailHandler(self), hostname="127.0.0.1", port=self.port)
 
-    def __enter__(self) -> SmtpServer:
+    def __enter__(self) -> Self:
         self.controller.start()
         return self
 

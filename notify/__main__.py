@@ -122,9 +122,7 @@ def routing_from(setting: str) -> Routing:
     return load_routing(Path(setting))
 
 
-def _tool_parser(
-    prog: str, description: str, options: tuple[object, ...]
-) -> argparse.ArgumentParser:
+def _tool_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add_options(parser, (STATE_OPTION, CLIENT_ID_OPTION))
     return parser
@@ -134,7 +132,6 @@ def deadletters_main(argv: Sequence[str]) -> int:
     parser = _tool_parser(
         "python -m notify deadletters",
         "List the notifications that could not be delivered: id, when, destination, why.",
-        (),
     )
     args = parser.parse_args(argv)
     try:
@@ -158,7 +155,6 @@ def replay_main(argv: Sequence[str]) -> int:
     parser = _tool_parser(
         "python -m notify replay",
         "Queue dead letters again (a running notifier picks them up within seconds).",
-        (),
     )
     parser.add_argument("ids", nargs="*", type=int, help="dead letter ids (from `deadletters`)")
     parser.add_argument("--all", action="store_true", help="replay every dead letter")

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import orjson
 
 from alerts.events import AlertEvent
+from ingest.decode import iso_time
 from notify.channels import Outgoing
 from notify.model import AlertFacts, Send
 from notify.render import Message, render
@@ -29,8 +30,6 @@ def notification_id(send: Send, channel: str) -> str:
 
 
 def iso(time_ns: int) -> str:
-    from ingest.decode import iso_time
-
     return iso_time(time_ns)
 
 

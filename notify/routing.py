@@ -27,6 +27,7 @@ from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from floodwatch.errors import FloodwatchError
+from notify.render import MESSAGE_FIELDS
 
 ChannelType = Literal["webhook", "email", "sms", "zalo_zns", "log"]
 CHANNEL_TYPES: tuple[ChannelType, ...] = ("webhook", "email", "sms", "zalo_zns", "log")
@@ -400,8 +401,6 @@ class _Validator:
         return Channel(name, kind, options)
 
     def _zns_params(self, table: str, params: object) -> None:
-        from notify.render import MESSAGE_FIELDS  # the fields a template parameter may take
-
         if not isinstance(params, dict) or not params:
             raise self.fail(table, "params", "params must map each template parameter to a field.")
         for pname, spec in params.items():

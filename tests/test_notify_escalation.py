@@ -8,8 +8,9 @@ from dataclasses import dataclass, replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from notify.escalation import TOMBSTONE_NS, Track, next_due_ns, on_event, on_tick
-from notify.model import AlertFacts, Send
+from floodwatch.registry import SHIPPED_REGISTRY, load_registry
+from notify.escalation import TOMBSTONE_NS, Track, next_due_ns, on_episode, on_event, on_tick
+from notify.model import AlertFacts, Send, facts_from_retained
 from notify.routing import parse_routing
 
 MIN = 60 * 10**9
@@ -259,3 +260,43 @@ def test_an_escalated_event_for_an_unknown_alert_opens_it() -> None:
         ("crew", "escalated"),
     }
     assert changed
+
+
+def test_episode_summary_goes_to_the_flood_rules_first_recipients() -> None:
+    """Rule 8: an episode that reached level 3 is summarised to the level-1 and level-3 rules'
+    first recipients, once each, with no escalation."""
+    episode = replace(facts("episode", 1, level=3), street="Quoc Huong, Duong 12")
+    sends = on_episode(episode, ROUTING)
+    assert [(s.recipient, s.message, s.quiet) for s in sends] == [
+        ("gis", "episode", False),
+        ("crew", "episode", False),
+    ]
+    assert on_episode(replace(episode, level=0), ROUTING) == []
+
+
+def test_retained_states_give_only_unacknowledged_alerts() -> None:
+    """A sensor's retained state opens its unacknowledged alerts (numbered 0, so the real
+    `raised` event that may follow changes nothing); acknowledged ones are left alone."""
+    registry = load_registry(SHIPPED_REGISTRY)
+    doc = {
+        "sensor": "qh-02",
+        "street": "Quoc Huong",
+        "level": 2,
+        "depth_cm": 25.0,
+        "alerts": [
+            {"alert_id": f"qh-02:flood:{T0}", "kind": "flood", "state": "active_unack", "level": 2},
+            {"alert_id": "qh-02:battery_low:5", "kind": "battery_low", "state": "active_ack"},
+        ],
+    }
+    [opened] = facts_from_retained(doc, registry, T0 + MIN)
+    assert (opened.seq, opened.change, opened.level_name, opened.since_ns) == (
+        0,
+        "raised",
+        "hazard",
+        T0,
+    )
+    tracks, sends = on_event({}, opened, ROUTING, T0 + MIN)
+    assert [s.recipient for s in sends] == ["gis"]
+    assert on_event(tracks, facts("raised", 1, level=2), ROUTING, T0 + MIN)[1] == []
+    assert facts_from_retained({"alerts": "nope"}, registry, T0) == []
+    assert facts_from_retained(None, registry, T0) == []

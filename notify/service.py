@@ -217,7 +217,20 @@ class Notifier:
                 if sender is None:
                     channel = self.routing.channels.get(channel_name)
                     if channel is None:
-                        continue  # a channel removed from the file: its queue waits (README)
+                        # Queued before its channel left the routing file: nobody can send
+                        # it now; a dead letter the operator can see (and replay once the
+                        # channel is back).
+                        count = self.store.abandon(
+                            dest, f"channel {channel_name!r} is no longer in the routing file"
+                        )
+                        log.error(
+                            "%d notifications for %s are dead letters: channel %r "
+                            "is no longer in the routing file",
+                            count,
+                            dest,
+                            channel_name,
+                        )
+                        continue
                     default = {"email": 1, "log": 1}.get(channel.type, 8)
                     concurrency = int(channel.number("concurrency", default))
                     sender = Sender(

@@ -263,6 +263,15 @@ class Store:
             for i, error in failures
         )
 
+    def abandon(self, dest: str, reason: str) -> int:
+        """Every undelivered notification of a destination becomes a dead letter."""
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE deliveries SET status = ?, last_error = ? WHERE dest = ? AND status = ?",
+                (DEAD, reason, dest, PENDING),
+            )
+            return int(cur.rowcount)
+
     # -- operators ------------------------------------------------------------------------------
 
     def dead_letters(self) -> list[Delivery]:

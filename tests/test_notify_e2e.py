@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from alerts.events import AlertEvent
+from floodwatch.errors import PublishDenied
 from floodwatch.localservices import Service
 from floodwatch.mqtt import MqttConnection
 from notify.signing import verify
@@ -639,3 +640,17 @@ def test_one_failing_notification_does_not_hold_up_other_alerts(
         r for r in receiver.requests if orjson.loads(r.body)["alert"]["alert_id"] == stuck.alert_id
     ]
     assert tried and all(orjson.loads(r.body)["alert"]["seq"] == 1 for r in tried)
+
+
+def test_the_notifier_login_may_publish_only_its_records(broker: Service, unique: str) -> None:
+    """The shipped ACL lets `notify` write notification records and nothing the engine owns."""
+    conn = MqttConnection(broker.endpoint("notify"))
+    conn.start()
+    try:
+        assert conn.publish_and_wait(f"{unique}/v1/notifications/x:flood:1", b"{}", retain=True)
+        conn.publish_and_wait(f"{unique}/v1/notifications/x:flood:1", b"", retain=True)
+        for topic in ("alerts/qh-01", "events/qh-01", "commands/ack"):
+            with pytest.raises(PublishDenied):
+                conn.publish_and_wait(f"{unique}/v1/{topic}", b"{}")
+    finally:
+        conn.stop()

@@ -66,3 +66,13 @@ def test_dead_letters_are_listed_and_replayed_and_everything_survives_reopening(
 def test_backoff_doubles_up_to_its_cap() -> None:
     """1, 2, 4, 8 ... seconds, never above the cap."""
     assert [backoff_s(n, 1, 10) for n in range(1, 7)] == [1, 2, 4, 8, 10, 10]
+
+
+def test_a_destination_whose_channel_is_gone_becomes_dead_letters(tmp_path: Path) -> None:
+    """What was queued for a channel no longer in the routing file is listed, not lost."""
+    store = Store(tmp_path / "q.sqlite")
+    store.commit({}, [], [item(1, "a"), item(2, "b", "mail|x@y")], 100)
+    assert store.abandon("hook|", "channel 'hook' is no longer in the routing file") == 1
+    [dead] = store.dead_letters()
+    assert dead.notification_id == "n1" and "no longer" in dead.last_error
+    assert store.counts() == {"dead": 1, "pending": 1}

@@ -286,9 +286,9 @@ def test_receiver_down_for_a_minute(
 ) -> None:
     """Issue 13's version: the receiver is down for 60 s, then back; nothing lost or doubled."""
     receiver = HttpReceiver()
-    notifier = Notifier(broker, unique, webhook_routing(receiver.url), tmp_path).start()
-    notifier.env["FLOODWATCH_RETRY_MAX"] = "10"
-    notifiers.append(notifier)
+    notifier = Notifier(broker, unique, webhook_routing(receiver.url), tmp_path)
+    notifier.env["FLOODWATCH_RETRY_MAX"] = "10"  # probes at most 10 s apart, as in production
+    notifiers.append(notifier.start())
     events = lifetimes(["qh-01", "qh-02", "nvh-01"], alerts_per_sensor=10)
     publish(publisher, unique, events)
     time.sleep(60)  # the outage

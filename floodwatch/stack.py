@@ -1,10 +1,10 @@
 """`python -m floodwatch.stack`: the whole pipeline on this machine, for demos and development.
 
 Starts Mosquitto (with config/mosquitto.conf and config/mosquitto.acl) and InfluxDB (with
-authentication), then ingest, the API, the notifier and the street simulator, each as its own
-process with its log under the data directory and its own least-privileged logins (passwords
-generated once into DATA/credentials/). Ctrl-C (or SIGTERM) stops them in reverse order.
-`scripts/stack` installs what is missing and runs this.
+authentication), then ingest, the API and the street simulator, each as its own process with
+its log under the data directory and its own least-privileged logins (passwords generated once
+into DATA/credentials/). Ctrl-C (or SIGTERM) stops them in reverse order. `scripts/stack`
+installs what is missing and runs this.
 """
 
 from __future__ import annotations

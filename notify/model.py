@@ -50,6 +50,9 @@ class AlertFacts:
     peak_cm: float | None = None
     who: str | None = None
     note: str | None = None
+    # English forms of the names, where the registry has them (`name_en`, `street_en`).
+    sensor_name_en: str = ""
+    street_en: str = ""
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -90,6 +93,8 @@ def facts_from_event(event: AlertEvent, registry: Registry) -> AlertFacts:
         peak_cm=event.peak_cm,
         who=event.who,
         note=event.note,
+        sensor_name_en=str(getattr(sensor, "name_en", "") or ""),
+        street_en=str(getattr(sensor, "street_en", "") or ""),
     )
 
 

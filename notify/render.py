@@ -116,16 +116,21 @@ def link_for(page_url: str, facts: AlertFacts) -> str:
 def render(send: Send, language: str, timezone: str, page_url: str) -> Message:
     cat = catalogue(language)
     facts = send.facts
+
+    def english(name: str) -> str:
+        """The registry's English form of a name, for English messages only."""
+        return name if language == "en" else ""
+
     levels = _section(cat, "levels")
     fmt = _str(cat, "time_format")
     minutes = f"{send.unacked_min:g}" if send.unacked_min is not None else ""
     kind_names = _section(cat, "kinds_tide") if facts.tide else {}
     fields: dict[str, str] = {
         "kind": str(kind_names.get(facts.kind) or _str(cat, "kinds", facts.kind)),
-        "street": ", ".join(place(s) for s in facts.street.split(", ")),
+        "street": english(facts.street_en) or ", ".join(map(place, facts.street.split(", "))),
         "ward": place(facts.ward),
         "sensor": facts.sensor_id,
-        "sensor_name": place(facts.sensor_name),
+        "sensor_name": english(facts.sensor_name_en) or place(facts.sensor_name),
         "depth": _depth(cat, facts.depth_cm),
         "level_name": str(levels.get(facts.level_name, facts.level_name)),
         "since": local_time(facts.since_ns, timezone, fmt),

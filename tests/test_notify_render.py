@@ -270,3 +270,19 @@ def test_tide_gauge_and_stale_sensor_wording() -> None:
         "[Floodwatch] Sensor silent on Nguyễn Văn Hưởng. Since 07:53 on 2026-11-30. "
         "Check the sensor's power and connection."
     )
+
+
+def test_english_messages_use_the_registrys_english_names_when_it_has_them() -> None:
+    """With `name_en`/`street_en` in the registry, English says them; Vietnamese never does."""
+    named = replace(
+        flood(street="Nguyễn Văn Hưởng"),
+        street_en="Nguyen Van Huong",
+        sensor_name="Nguyễn Văn Hưởng, giữa",
+        sensor_name_en="Nguyen Van Huong middle",
+    )
+    en = render(Send("x", "raised", 0, named, False), "en", "Asia/Ho_Chi_Minh", "")
+    vi = render(Send("x", "raised", 0, named, False), "vi", "Asia/Ho_Chi_Minh", "")
+    assert en.title == "Flooding on Nguyen Van Huong"
+    assert "Sensor: Nguyen Van Huong middle (nvh-03)" in en.text
+    assert vi.title == "Ngập tại Nguyễn Văn Hưởng"
+    assert "Cảm biến: Nguyễn Văn Hưởng, giữa (nvh-03)" in vi.text

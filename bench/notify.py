@@ -92,6 +92,7 @@ class Run:
             "FLOODWATCH_REGISTRY": str(work / "registry.geojson"),
             "FLOODWATCH_RETRY_MAX": "2",
             "FLOODWATCH_STATS_INTERVAL": "0",
+            "FLOODWATCH_METRICS_PORT": "0",
             "PYTHONUNBUFFERED": "1",
         }
         with self.log.open("wb") as out:

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from floodwatch.errors import FloodwatchError
+from floodwatch.metrics import serve as serve_metrics
 from floodwatch.mqtt import MqttConnection
 from floodwatch.registry import load_registry
 from floodwatch.settings import (
@@ -75,6 +76,12 @@ NOTIFY_OPTIONS = (
         "seconds a notification is retried before it becomes a dead letter",
     ),
     option("--stats-interval", "10", "seconds between progress lines in the log (0: none)"),
+    option(
+        "--metrics-port",
+        "9465",
+        "port of the notifier's Prometheus endpoint, http://HOST:PORT/metrics (0: none)",
+    ),
+    option("--metrics-host", "127.0.0.1", "address of the metrics endpoint (0.0.0.0: all)"),
 )
 
 DESCRIPTION = """\
@@ -209,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from_args(args)
         session_expiry = whole_number(args.session_expiry, "--session-expiry", minimum=1)
         stats_interval = whole_number(args.stats_interval, "--stats-interval")
+        metrics_port = whole_number(args.metrics_port, "--metrics-port", 0, 65535)
         options = NotifierOptions(
             page_url=str(args.page_url),
             retry_max_s=real_number(args.retry_max, "--retry-max", positive=True),
@@ -264,6 +272,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if stats_interval:
         threading.Thread(target=stats, daemon=True, name="notify-stats").start()
+    if metrics_port:
+        try:
+            serve_metrics(str(args.metrics_host), metrics_port, notifier.metrics)
+        except OSError as exc:
+            log.warning("no metrics endpoint on port %d: %s", metrics_port, exc)
     try:
         notifier.run()
     except FloodwatchError as exc:

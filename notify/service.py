@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from floodwatch.metrics import Metric
 from floodwatch.mqtt import Delivery as MqttDelivery
 from floodwatch.mqtt import MqttConnection
 from floodwatch.registry import Registry
@@ -33,7 +34,7 @@ from notify.escalation import Track, next_due_ns, on_episode, on_event, on_tick
 from notify.model import AlertFacts, Send, facts_from_episode, facts_from_event, facts_from_retained
 from notify.plan import alert_doc, event_from_payload, iso, outgoing, plan
 from notify.routing import Routing
-from notify.store import DEAD, DELIVERED, Delivery, Store
+from notify.store import DEAD, DELIVERED, PENDING, Delivery, Store
 
 log = logging.getLogger("notify")
 
@@ -414,6 +415,44 @@ class Notifier:
                     continue
                 self.mqtt.publish(self.topics.notifications(alert_id), payload, qos=1, retain=True)
                 self._published[alert_id] = payload
+
+    def metrics(self) -> list[Metric]:
+        """For Prometheus (--metrics-port): events, the queue by status, its oldest age."""
+        counts = self.store.counts()
+        oldest = self.store.oldest_pending_ns()
+        age = 0.0 if oldest is None else max(0.0, (self.clock() - oldest) / _S)
+        return [
+            Metric(
+                "floodwatch_notify_events_total",
+                "Alert events applied.",
+                "counter",
+                [({}, self.events_seen)],
+            ),
+            Metric(
+                "floodwatch_notify_ignored_total",
+                "Messages that were not alert events (logged and skipped).",
+                "counter",
+                [({}, self.ignored)],
+            ),
+            Metric(
+                "floodwatch_notify_notifications",
+                "Notifications in the state file by status (dead: the dead letters).",
+                "gauge",
+                [({"status": st}, counts.get(st, 0)) for st in (PENDING, DELIVERED, DEAD)],
+            ),
+            Metric(
+                "floodwatch_notify_oldest_pending_seconds",
+                "Age of the oldest undelivered notification (0 when none waits).",
+                "gauge",
+                [({}, age)],
+            ),
+            Metric(
+                "floodwatch_notify_open_alerts",
+                "Alerts being followed (not cleared).",
+                "gauge",
+                [({}, sum(1 for t in self.tracks.values() if t.closed_ns is None))],
+            ),
+        ]
 
     def summary(self) -> str:
         counts = self.store.counts()

@@ -305,6 +305,14 @@ class Store:
             ).fetchall()
         return [_row(r) for r in rows]
 
+    def oldest_pending_ns(self) -> int | None:
+        """When the oldest undelivered notification was queued (None when none is)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT min(created_ns) FROM deliveries WHERE status = ?", (PENDING,)
+            ).fetchone()
+        return None if row[0] is None else int(row[0])
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute(

@@ -13,12 +13,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
 from alerts.events import AlertEvent
 from floodwatch.errors import PublishDenied
-from floodwatch.localservices import Service
+from floodwatch.localservices import Service, free_port
 from floodwatch.mqtt import MqttConnection
 from notify.signing import verify
 from tests.conftest import ROOT, admin_endpoint, wait_until
@@ -85,6 +86,7 @@ class Notifier:
             "FLOODWATCH_CLIENT_ID": f"notify-{root}",
             "FLOODWATCH_RETRY_MAX": "1",
             "FLOODWATCH_STATS_INTERVAL": "0",
+            "FLOODWATCH_METRICS_PORT": "0",
             "FLOODWATCH_PAGE_URL": "http://ioc.example.vn/?sensor={sensor}",
             "PYTHONUNBUFFERED": "1",
         }
@@ -198,8 +200,10 @@ def test_webhooks_are_signed_in_order_and_recorded(
     """Each event reaches the webhook once, signed, in order per alert; the retained record
     on notifications/{alert_id} says who was told and when, readable by the API's user."""
     receiver = HttpReceiver().start()
-    notifier = Notifier(broker, unique, webhook_routing(receiver.url), tmp_path).start()
-    notifiers.append(notifier)
+    notifier = Notifier(broker, unique, webhook_routing(receiver.url), tmp_path)
+    metrics_port = free_port()
+    notifier.env["FLOODWATCH_METRICS_PORT"] = str(metrics_port)
+    notifiers.append(notifier.start())
     events = lifetimes(["qh-01", "qh-02", "nvh-03"])
     publish(publisher, unique, events)
     receiver.wait_for(lambda got: len(got) >= len(events), 30, "every notification")
@@ -213,7 +217,10 @@ def test_webhooks_are_signed_in_order_and_recorded(
             now_s=time.time(),
         )
     assert_in_order_per_alert(receiver.accepted, events)
-    first = bodies(receiver.accepted)[0]
+    # Alerts go out side by side: pick qh-01's first notification.
+    first = next(
+        b for b in bodies(receiver.accepted) if str(b["notification_id"]).startswith("qh-01:")
+    )
     assert first["type"] == "floodwatch.notification" and first["language"] == "vi"
     assert first["title"] == "Ngập tại Quốc Hương"
     assert first["link"] == "http://ioc.example.vn/?sensor=qh-01"
@@ -239,6 +246,14 @@ def test_webhooks_are_signed_in_order_and_recorded(
         wait_until(complete, 20, "the retained notification record")
     finally:
         api.stop()
+
+    def scrape() -> str:
+        return httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+
+    # The receiver answers before the notifier records the delivery: wait for the last mark.
+    wanted = 'floodwatch_notify_notifications{status="delivered"} 12'
+    wait_until(lambda: wanted in scrape(), 10, "the metrics to count every delivery")
+    assert "floodwatch_notify_events_total 12" in scrape()
     record = records[topic]
     items = record["notifications"]
     assert isinstance(items, list)

@@ -321,8 +321,8 @@ def test_sigkill_mid_queue_loses_nothing(
     publisher: MqttConnection,
     notifiers: list[Notifier],
 ) -> None:
-    """SIGKILL while the queue is being delivered: after a restart every notification arrives
-    (a few twice, with the same id), in order per alert."""
+    """SIGKILL while the queue is being delivered, more events while it is down: after a
+    restart every notification arrives (a few twice, with the same id), in order per alert."""
 
     def slow(request: Request) -> Answer:
         time.sleep(0.02)
@@ -339,6 +339,10 @@ def test_sigkill_mid_queue_loses_nothing(
     receiver.wait_for(lambda got: len(got) >= 30, 30, "the first deliveries")
     notifier.kill(signal.SIGKILL)
     assert len({r.headers["X-Floodwatch-Delivery"] for r in receiver.accepted}) < len(events)
+    # Events that arrive while it is down wait in its broker session.
+    later = lifetimes(["d12-01", "d12-02"], alerts_per_sensor=2)
+    publish(publisher, unique, later)
+    events += later
     notifier.start()
     receiver.wait_for(
         lambda got: len({r.headers["X-Floodwatch-Delivery"] for r in got}) >= len(events),

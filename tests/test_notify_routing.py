@@ -7,6 +7,8 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from notify.routing import (
     RoutingError,
@@ -210,3 +212,41 @@ def test_fold_ignores_case_and_diacritics() -> None:
     """Street names match whichever way the registry spells them."""
     assert fold("Nguyễn Văn Hưởng") == fold("nguyen van huong")
     assert fold("Đường 12") == fold("Duong 12")
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(
+                st.sampled_from(["flood", "rising", "stale", "battery_low", "fault"]), max_size=3
+            ),
+            st.integers(0, 4),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    st.sampled_from(["flood", "rising", "stale", "battery_low", "fault"]),
+    st.integers(0, 4),
+)
+def test_floods_are_never_held_whatever_the_rules(
+    rules: list[tuple[list[str], int, bool]], kind: str, level: int
+) -> None:
+    """Any routing file that loads holds flood and rising notifications for nobody; and each
+    recipient appears once among the first recipients and the tiers."""
+    text = BASE
+    for kinds, min_level, quiet in rules:
+        text += f'[[rules]]\nkinds = {kinds!r}\nmin_level = {min_level}\nnotify = ["gis"]\n'
+        text += 'escalate = [{ after_min = 5, notify = ["officer", "gis"] }]\n'
+        if quiet:
+            text += "quiet_hours = true\n"
+    text = text.replace("'", '"')
+    try:
+        loaded = parse_routing(text, "r.toml", {})
+    except RoutingError:
+        return  # e.g. quiet hours asked for floods: refused at load
+    decision = route(loaded, kind, level, "Duong 12", "An Khanh", "d12-01")
+    if kind in ("flood", "rising"):
+        assert not decision.quiet_hours
+    named = list(decision.first) + [r for t in decision.tiers for r in t.notify]
+    assert len(named) == len(set(named))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import logging
+import os
 import smtplib
 import ssl
 import time
@@ -203,14 +204,34 @@ def zns_request(channel: Channel, item: Outgoing) -> dict[str, object]:
 
 
 class ZnsAdapter(_Http):
-    """Zalo Notification Service: a pre-approved template with named, length-limited params."""
+    """Zalo Notification Service: a pre-approved template with named, length-limited params.
+
+    An Official Account's access token lasts about a day; with `access_token_file` the token is
+    read from that file whenever the file changes, so whatever refreshes it (a cron job with
+    the OA's refresh token) needs no restart of the notifier."""
+
+    def __init__(self, channel: Channel) -> None:
+        super().__init__(channel)
+        self._token = channel.text("access_token")
+        self._token_file = channel.text("access_token_file")
+        self._token_mtime = -1
+
+    def token(self) -> str:
+        if not self._token_file:
+            return self._token
+        try:
+            mtime = os.stat(self._token_file).st_mtime_ns
+            if mtime != self._token_mtime:
+                with open(self._token_file, encoding="utf-8") as f:
+                    self._token = f.read().strip()
+                self._token_mtime = mtime
+        except OSError as exc:
+            log.warning("cannot read the ZNS access token file %s: %s", self._token_file, exc)
+        return self._token
 
     def send(self, item: Outgoing) -> Outcome:
         body = orjson.dumps(zns_request(self.channel, item))
-        headers = {
-            "Content-Type": "application/json",
-            "access_token": self.channel.text("access_token"),
-        }
+        headers = {"Content-Type": "application/json", "access_token": self.token()}
         answer = self.post(self.channel.text("url", DEFAULT_ZNS_URL), body, headers)
         if isinstance(answer, Outcome):
             return answer

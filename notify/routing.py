@@ -386,7 +386,7 @@ class _Validator:
             "webhook": ("url", "secret"),
             "email": ("smtp_host", "from"),
             "sms": ("url",),
-            "zalo_zns": ("url", "access_token", "template_id", "params"),
+            "zalo_zns": ("url", "template_id", "params"),
             "log": (),
         }[kind]
         for key in required:
@@ -398,6 +398,13 @@ class _Validator:
                 raise self.fail(table, key, f"{key} must start with http:// or https://.")
         if kind == "zalo_zns":
             self._zns_params(table, options["params"])
+            if not options.get("access_token") and not options.get("access_token_file"):
+                raise self.fail(
+                    table,
+                    None,
+                    f"channels.{name} (zalo_zns) needs access_token = ... or access_token_file "
+                    "= ... (a file your token refresh writes).",
+                )
         return Channel(name, kind, options)
 
     def _zns_params(self, table: str, params: object) -> None:

@@ -5,6 +5,7 @@ their documented errors (rate limiting included); dead letters listed and replay
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -21,6 +22,9 @@ from alerts.events import AlertEvent
 from floodwatch.errors import PublishDenied
 from floodwatch.localservices import Service, free_port
 from floodwatch.mqtt import MqttConnection
+from notify.channels import Outgoing, ZnsAdapter
+from notify.render import Message
+from notify.routing import Channel
 from notify.signing import verify
 from tests.conftest import ROOT, admin_endpoint, wait_until
 from tests.notify_servers import Answer, HttpReceiver, Request, SmtpServer, TlsSmtpServer
@@ -673,3 +677,37 @@ def test_the_notifier_login_may_publish_only_its_records(broker: Service, unique
                 conn.publish_and_wait(f"{unique}/v1/{topic}", b"{}")
     finally:
         conn.stop()
+
+
+def test_zns_reads_a_refreshed_access_token_without_a_restart(tmp_path: Path) -> None:
+    """With access_token_file, each request carries the token the file holds now."""
+    tokens: list[str] = []
+
+    def answer(request: Request) -> Answer:
+        tokens.append(request.headers.get("access_token", ""))
+        return 200, {}, b'{"error": 0, "message": "Success"}'
+
+    gateway = HttpReceiver(answer).start()
+    token_file = tmp_path / "zalo-token"
+    token_file.write_text("token-1\n")
+    channel = Channel(
+        "zalo",
+        "zalo_zns",
+        {
+            "url": gateway.url,
+            "access_token_file": str(token_file),
+            "template_id": "231",
+            "params": {"duong": {"field": "street", "max": 30}},
+        },
+    )
+    adapter = ZnsAdapter(channel)
+    message = Message("vi", "t", "t", "<p>t</p>", "t", {"street": "Quốc Hương"})
+    try:
+        assert adapter.send(Outgoing("n-1", "0912345678", message, b"{}")).status == "delivered"
+        token_file.write_text("token-2\n")
+        os.utime(token_file, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+        assert adapter.send(Outgoing("n-2", "0912345678", message, b"{}")).status == "delivered"
+    finally:
+        adapter.close()
+        gateway.stop()
+    assert tokens == ["token-1", "token-2"]

@@ -141,6 +141,13 @@ MISTAKES = [
         "params.duong",
     ),
     (
+        "zns without any token",
+        '[channels.z]\ntype = "zalo_zns"\nurl = "http://x/"\ntemplate_id = "1"\n'
+        'params.duong = { field = "street", max = 30 }\n',
+        "access_token_file",
+        "[channels.z]",
+    ),
+    (
         "unset env value",
         '[channels.h3]\ntype = "webhook"\nurl = "http://x/"\nsecret = "env:NOPE_X"\n',
         "$NOPE_X",

@@ -1,5 +1,5 @@
 # One image for every Floodwatch process; docker-compose.yml picks the command
-# (python -m ingest | api | simulators).
+# (python -m ingest | api | notify | simulators).
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -18,6 +18,7 @@ COPY ingest/ ingest/
 COPY api/ api/
 COPY alerts/ alerts/
 COPY simulators/ simulators/
+COPY notify/ notify/
 COPY config/ config/
 COPY scenarios/ scenarios/
 RUN pip install --no-cache-dir -c constraints.txt . \

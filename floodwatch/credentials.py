@@ -5,6 +5,8 @@ Broker users:
     ingest   reads readings, statuses and ack commands; writes alerts, events, episodes,
              dead letters and ack replies
     api      reads everything under the topic root; writes ack commands
+    notify   reads alert events, alert states and episodes; writes the retained
+             notification records
     SENSOR   each sensor logs in with its registry id, must use that id as its MQTT client id
              and may publish only its own topics
 
@@ -44,7 +46,7 @@ import httpx
 from floodwatch.errors import FloodwatchError, SettingsError
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry
 
-MQTT_USERS = ("admin", "ingest", "api")  # registry.RESERVED_IDS keeps sensors off these
+MQTT_USERS = ("admin", "ingest", "api", "notify")  # registry.RESERVED_IDS keeps sensors off these
 INFLUX_ADMIN = "admin"
 INFLUX_WRITER = "writer"
 INFLUX_READER = "reader"
@@ -105,11 +107,13 @@ class Credentials:
         if (directory / "credentials.json").exists():
             found = cls.load(directory)
             ids = list(sensor_ids)
-            if all(sid in found.sensors for sid in ids):
+            if all(sid in found.sensors for sid in ids) and set(MQTT_USERS) <= set(found.mqtt):
                 return found
             sensors = dict(found.sensors)
             sensors.update({sid: new_password() for sid in ids if sid not in sensors})
-            found = cls(found.mqtt, found.influx, sensors)
+            # A service user added since the directory was made (notify) gets its password.
+            mqtt = {**{u: new_password() for u in MQTT_USERS}, **found.mqtt}
+            found = cls(mqtt, found.influx, sensors)
         else:
             found = cls.generate(sensor_ids)
         found.save(directory)
@@ -285,6 +289,7 @@ _ENV_PASSWORDS = {
     "admin": "MQTT_ADMIN_PASSWORD",
     "ingest": "MQTT_INGEST_PASSWORD",
     "api": "MQTT_API_PASSWORD",
+    "notify": "MQTT_NOTIFY_PASSWORD",
 }
 # Who reads each file in compose: the broker image's `mosquitto` user, the simulator's uid (see
 # the Dockerfile).

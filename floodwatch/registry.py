@@ -26,7 +26,7 @@ STREET_THRESHOLDS_CM: tuple[float, ...] = (10.0, 20.0, 30.0, 50.0)
 TIDE_THRESHOLDS_CM: tuple[float, ...] = (140.0, 150.0, 160.0)
 
 # Broker logins of Floodwatch's own services (floodwatch.credentials): never a sensor's id.
-RESERVED_IDS = frozenset({"admin", "ingest", "api"})
+RESERVED_IDS = frozenset({"admin", "ingest", "api", "notify"})
 
 SHIPPED_REGISTRY = Path(__file__).resolve().parent.parent / "sensors.geojson"
 

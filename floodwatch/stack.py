@@ -190,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     api_port = _port_or_free(args.api_port)
     # Free like the others: a second stack on this machine must not serve the first one's.
     metrics_port = free_port()
+    notify_metrics_port = free_port()
 
     stop = threading.Event()
 
@@ -234,6 +235,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 FLOODWATCH_MQTT_URL=creds.mqtt_url("api", "127.0.0.1", mqtt_port),
                 FLOODWATCH_INFLUX_URL=creds.influx_url("reader", "127.0.0.1", influx_port),
             ),
+            # Alerts go to the notifier's log only (README "The notifier").
+            "notify": dict(
+                FLOODWATCH_MQTT_URL=creds.mqtt_url("notify", "127.0.0.1", mqtt_port),
+                FLOODWATCH_ROUTING=str(ROOT / "config" / "notify-routing.demo.toml"),
+                FLOODWATCH_NOTIFY_STATE=str(data / "notify.sqlite"),
+                FLOODWATCH_METRICS_PORT=str(notify_metrics_port),
+                FLOODWATCH_PAGE_URL=f"http://127.0.0.1:{api_port}/",
+            ),
             "simulators": dict(
                 FLOODWATCH_MQTT_URL=f"mqtt://127.0.0.1:{mqtt_port}",
                 FLOODWATCH_SENSOR_CREDENTIALS=str(Credentials.sensor_file(creds_dir)),
@@ -253,6 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "--anonymous-read",
                 ],
             ),
+            ("notify", []),
             (
                 "simulators",
                 ["run", "demo", "--speed", str(args.speed), "--timestamps", "wall", "--loop"],
@@ -308,6 +318,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                             url=f"http://127.0.0.1:{api_port}/",
                             ports={"http": api_port},
                         ),
+                        "notify": stack_service(
+                            "notify",
+                            pids["notify"],
+                            logs / "notify.log",
+                            url=f"http://127.0.0.1:{notify_metrics_port}/metrics",
+                            ports={"metrics": notify_metrics_port},
+                        ),
                         "simulator": stack_service(
                             "simulator", pids["simulators"], logs / "simulators.log"
                         ),
@@ -334,6 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                influx -port {influx_port} {admin_influx} -database floodwatch \\
                  -execute 'SELECT * FROM water_level ORDER BY time DESC LIMIT 10'
   metrics      http://127.0.0.1:{metrics_port}/metrics   (ingest, Prometheus)
+  notifier     what would be sent: {logs / "notify.log"} (routing: config/notify-routing.demo.toml)
+               metrics http://127.0.0.1:{notify_metrics_port}/metrics
   logs         {logs}/
   stack.json   {stack_file}   (each service's URL, ports and PID)""",
             flush=True,

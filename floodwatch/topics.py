@@ -40,6 +40,10 @@ class Topics:
         """Each finished flood episode."""
         return f"{self.base}/episodes"
 
+    def notifications(self, alert_id: str) -> str:
+        """The notifier's record of who was told of an alert, and when (retained)."""
+        return f"{self.base}/notifications/{alert_id}"
+
     @property
     def ack_commands(self) -> str:
         """Operators' acknowledgements, for the ingest process that owns the alert state."""

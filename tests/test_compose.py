@@ -309,6 +309,7 @@ def test_the_credentials_service_gives_each_sensor_its_own_bound_login(tmp_path:
         "MQTT_ADMIN_PASSWORD": "admin-pw",
         "MQTT_INGEST_PASSWORD": "ingest-pw",
         "MQTT_API_PASSWORD": "api-pw",
+        "MQTT_NOTIFY_PASSWORD": "notify-pw",
     }
     command = _services(yaml.safe_load(COMPOSE_FILE.read_text()))["credentials"]["command"]
     assert command[:3] == ["python", "-m", "floodwatch.credentials"]

@@ -34,7 +34,7 @@ def test_the_broker_files_hold_hashes_not_passwords(tmp_path: Path) -> None:
     creds.save(tmp_path)
     text = Credentials.password_file(tmp_path).read_text()
     users = {line.split(":", 1)[0] for line in text.splitlines()}
-    assert users == {"admin", "ingest", "api"}
+    assert users == {"admin", "ingest", "api", "notify"}
     dynsec_text = Credentials.dynsec_file(tmp_path).read_text()
     [client] = json.loads(dynsec_text)["clients"]
     assert (client["username"], client["clientid"]) == ("qh-01", "qh-01")

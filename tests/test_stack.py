@@ -85,7 +85,7 @@ def test_stack_runs_the_whole_pipeline_and_stops_on_ctrl_c(tmp_path: Path) -> No
         stack = json.loads((tmp_path / "data" / "stack.json").read_text())
         assert stack["state"] == "running" and stack["version"] == 1
         services = stack["services"]
-        assert list(services) == ["mosquitto", "influxd", "ingest", "api", "simulator"]
+        assert list(services) == ["mosquitto", "influxd", "ingest", "api", "notify", "simulator"]
         assert services["api"]["url"] == f"http://127.0.0.1:{api}/"
         assert services["api"]["ports"] == {"http": api}
         assert services["mosquitto"]["ports"] == {"mqtt": mqtt}
@@ -104,7 +104,7 @@ def test_stack_runs_the_whole_pipeline_and_stops_on_ctrl_c(tmp_path: Path) -> No
     assert b"stopped" in out.read_bytes()
     stopped = json.loads((tmp_path / "data" / "stack.json").read_text())
     assert stopped["state"] == "stopped" and stopped["stopped_at"]
-    for name in ("mosquitto", "influxd", "ingest", "api", "simulators"):
+    for name in ("mosquitto", "influxd", "ingest", "api", "notify", "simulators"):
         assert (tmp_path / "data" / "logs" / f"{name}.log").stat().st_size > 0
 
 

@@ -1,0 +1,464 @@
+"""The notifier's running process: follows alert events over MQTT, decides with the pure cores,
+queues on disk, delivers per destination, and publishes each alert's notification history.
+
+| thread                 | owns                                  | talks to                        |
+|------------------------|---------------------------------------|---------------------------------|
+| paho network thread    | nothing                               | puts deliveries on `inbox`      |
+| router (`run`)         | escalation tracks                     | store (commit), broker (ack)    |
+| sender, one per dest   | its destination's backoff             | store (due, mark), its channel  |
+| history publisher      | the last record sent per alert        | store (read), broker (retained) |
+
+Events are acknowledged to the broker only after the notifications they cause are committed
+to the store, so a crash of the notifier loses nothing (the broker redelivers, the ids dedupe).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import orjson
+
+from floodwatch.metrics import Metric
+from floodwatch.mqtt import Delivery as MqttDelivery
+from floodwatch.mqtt import MqttConnection
+from floodwatch.registry import Registry
+from floodwatch.topics import Topics
+from notify.channels import Adapter, Outcome, adapter_for
+from notify.escalation import Track, next_due_ns, on_episode, on_event, on_tick
+from notify.model import AlertFacts, Send, facts_from_episode, facts_from_event, facts_from_retained
+from notify.plan import alert_doc, event_from_payload, iso, outgoing, plan
+from notify.routing import Routing
+from notify.store import DEAD, DELIVERED, PENDING, Delivery, Store
+
+log = logging.getLogger("notify")
+
+_S = 10**9
+
+
+@dataclass(frozen=True, slots=True)
+class NotifierOptions:
+    page_url: str
+    retry_base_s: float = 1.0
+    retry_max_s: float = 300.0
+    give_up_s: float = 24 * 3600.0
+    batch: int = 50
+    keep_history_s: float = 7 * 24 * 3600.0
+
+
+def backoff_s(failures: int, base_s: float, cap_s: float) -> float:
+    """Capped exponential backoff: base, 2 base, 4 base, ... never more than the cap."""
+    return float(min(cap_s, base_s * 2 ** max(0, failures - 1)))
+
+
+def _json(payload: bytes) -> object:
+    """The JSON in a payload, or None (malformed input is ignored, never fatal)."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+
+
+class Sender:
+    """Delivers one destination's queue, per alert in order, several alerts at once."""
+
+    def __init__(
+        self,
+        dest: str,
+        adapter: Adapter,
+        concurrency: int,
+        store: Store,
+        options: NotifierOptions,
+        on_change: Callable[[set[str]], None],
+        stop: threading.Event,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.dest = dest
+        self.adapter = adapter
+        self.store = store
+        self.options = options
+        self.on_change = on_change
+        self.stop = stop
+        self.clock = clock
+        self.wake = threading.Event()
+        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="notify-send")
+        self.concurrency = concurrency
+        self.failures = 0
+        self.thread = threading.Thread(target=self.run, name=f"notify-{dest}", daemon=True)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            now = self.clock()
+            ready, later = self.store.due(self.dest, now, max(self.options.batch, self.concurrency))
+            if self.failures and ready:
+                # After a failure one notification probes the destination before the rest
+                # follow; a different alert's each time, so one bad notification cannot
+                # keep the destination shut.
+                ready = [ready[self.failures % len(ready)]]
+            if not ready:
+                wait = 1.0 if later is None else min(1.0, max(0.0, (later - now) / _S))
+                self.wake.wait(wait)
+                self.wake.clear()
+                continue
+            outcomes = list(self.pool.map(self._attempt, ready))
+            self._record(ready, outcomes)
+            if self.failures:
+                pause = backoff_s(
+                    self.failures, self.options.retry_base_s, self.options.retry_max_s
+                )
+                hinted = [o.retry_after_s for o in outcomes if o.retry_after_s is not None]
+                if hinted:
+                    pause = min(self.options.retry_max_s, max(pause, max(hinted)))
+                log.warning(
+                    "%s: delivery failed (%s); next try in %.0f s",
+                    self.dest.split("|")[0],
+                    next(o.detail for o in outcomes if o.status == "retry"),
+                    pause,
+                )
+                self.stop.wait(pause)
+        self.pool.shutdown(wait=True)
+        self.adapter.close()
+
+    def _attempt(self, item: Delivery) -> Outcome:
+        try:
+            return self.adapter.send(outgoing(item))
+        except Exception as exc:  # a bug in one adapter must not stop the destination
+            log.exception("%s: unexpected error sending %s", self.dest, item.notification_id)
+            return Outcome("retry", f"{type(exc).__name__}: {exc}")
+
+    def _record(self, items: list[Delivery], outcomes: list[Outcome]) -> None:
+        now = self.clock()
+        done = [i.id for i, o in zip(items, outcomes, strict=True) if o.status == "delivered"]
+        dead = [
+            (i.id, o.detail) for i, o in zip(items, outcomes, strict=True) if o.status == "dead"
+        ]
+        retry: list[tuple[int, str]] = []
+        for item, outcome in zip(items, outcomes, strict=True):
+            if outcome.status != "retry":
+                continue
+            if now - item.created_ns > self.options.give_up_s * _S:
+                dead.append(
+                    (item.id, f"gave up after {self.options.give_up_s:g} s: {outcome.detail}")
+                )
+            else:
+                retry.append((item.id, outcome.detail))
+        if done:
+            self.store.delivered(done, now)
+        if dead:
+            self.store.failed(dead, dead=True)
+            for item_id, detail in dead:
+                log.error("%s: notification %d is a dead letter: %s", self.dest, item_id, detail)
+        if retry and not done:
+            # Nothing got through: the destination is down or throttling. It waits as a whole
+            # (see run), then one notification probes it.
+            self.store.failed(retry, dead=False)
+            self.failures += 1
+        else:
+            # The destination works: only these notifications wait, each with its own backoff,
+            # so one that keeps failing cannot hold up other alerts.
+            attempts = {i.id: i.attempts for i in items}
+            for item_id, detail in retry:
+                pause = backoff_s(
+                    attempts[item_id] + 1, self.options.retry_base_s, self.options.retry_max_s
+                )
+                self.store.failed(
+                    [(item_id, detail)], dead=False, retry_at_ns=now + int(pause * _S)
+                )
+            self.failures = 0
+        self.on_change({i.alert_id for i in items})
+
+
+class Notifier:
+    def __init__(
+        self,
+        routing: Routing,
+        registry: Registry,
+        topics: Topics,
+        store: Store,
+        options: NotifierOptions,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.routing = routing
+        self.registry = registry
+        self.topics = topics
+        self.store = store
+        self.options = options
+        self.clock = clock
+        self.inbox: queue.Queue[MqttDelivery] = queue.Queue()
+        self.stop = threading.Event()
+        self.tracks: dict[str, Track] = store.load_tracks()
+        self.senders: dict[str, Sender] = {}
+        self._senders_lock = threading.Lock()
+        self._dirty: set[str] = set()
+        self._gone: set[str] = set()  # alerts forgotten: their retained record is removed
+        self._dirty_lock = threading.Lock()
+        self._pruned_ns = 0
+        self._published: dict[str, bytes] = {}
+        self.mqtt: MqttConnection | None = None
+        self.events_seen = 0
+        self.ignored = 0
+        self._alerts_prefix = topics.alert("")
+
+    # -- wiring ---------------------------------------------------------------------------------
+
+    def mark_dirty(self, alert_ids: set[str]) -> None:
+        with self._dirty_lock:
+            self._dirty |= alert_ids
+
+    def ensure_senders(self) -> None:
+        """A sender for every destination that has something queued."""
+        for dest, channel_name in self.store.destinations():
+            with self._senders_lock:
+                sender = self.senders.get(dest)
+                if sender is None:
+                    channel = self.routing.channels.get(channel_name)
+                    if channel is None:
+                        # Queued before its channel left the routing file: nobody can send
+                        # it now; a dead letter the operator can see (and replay once the
+                        # channel is back).
+                        count = self.store.abandon(
+                            dest, f"channel {channel_name!r} is no longer in the routing file"
+                        )
+                        log.error(
+                            "%d notifications for %s are dead letters: channel %r "
+                            "is no longer in the routing file",
+                            count,
+                            dest,
+                            channel_name,
+                        )
+                        continue
+                    default = {"email": 1, "log": 1}.get(channel.type, 8)
+                    concurrency = int(channel.number("concurrency", default))
+                    sender = Sender(
+                        dest,
+                        adapter_for(channel),
+                        max(1, concurrency),
+                        self.store,
+                        self.options,
+                        self.mark_dirty,
+                        self.stop,
+                        self.clock,
+                    )
+                    self.senders[dest] = sender
+                    sender.thread.start()
+            sender.wake.set()
+
+    def subscriptions(self) -> list[tuple[str, int]]:
+        """Alert events, the sensors' retained alert states, and finished flood episodes."""
+        return [
+            (self.topics.all_alert_events, 1),
+            (self.topics.alert("+"), 1),
+            (self.topics.episodes, 1),
+        ]
+
+    def deliver(self, delivery: MqttDelivery) -> None:
+        """paho's thread: hand the message to the router."""
+        self.inbox.put(delivery)
+
+    # -- the router -----------------------------------------------------------------------------
+
+    def handle(self, batch: list[MqttDelivery]) -> None:
+        """Apply a batch of alert events, commit what they cause, then acknowledge them."""
+        now = self.clock()
+        changed: dict[str, Track] = {}
+        sends: list[Send] = []
+        view = dict(self.tracks)
+        for message in batch:
+            if not message.payload:
+                continue  # a sensor's retained state cleared: nothing to announce
+            if message.topic == self.topics.episodes:
+                episode = facts_from_episode(_json(message.payload), self.registry)
+                if episode is not None:
+                    sends.extend(on_episode(episode, self.routing))
+                continue
+            facts_list: list[AlertFacts]
+            if message.topic.startswith(self._alerts_prefix):
+                # Retained states: alerts raised while no notifier (or an earlier state file)
+                # was listening; those already known are ignored by on_event (rule 1).
+                facts_list = facts_from_retained(_json(message.payload), self.registry, now)
+            else:
+                event = event_from_payload(message.payload)
+                if event is None:
+                    self.ignored += 1
+                    log.warning(
+                        "ignoring a message on %s that is not an alert event", message.topic
+                    )
+                    continue
+                self.events_seen += 1
+                facts_list = [facts_from_event(event, self.registry)]
+            for facts in facts_list:
+                updated, new_sends = on_event(view, facts, self.routing, now)
+                view.update(updated)
+                changed.update(updated)
+                sends.extend(new_sends)
+        deliveries = plan(sends, self.routing, self.options.page_url, now)
+        self.store.commit(changed, [], deliveries, now)
+        self.tracks = view
+        if self.mqtt is not None:
+            self.mqtt.ack_many(batch)
+        if deliveries:
+            self.ensure_senders()
+        self.mark_dirty(set(changed))
+
+    def tick(self) -> None:
+        now = self.clock()
+        if now - self._pruned_ns > 3600 * _S:
+            self._pruned_ns = now
+            self.store.prune(now - int(self.options.keep_history_s * _S))
+        due = next_due_ns(self.tracks)
+        closed = any(t.closed_ns is not None for t in self.tracks.values())
+        if (due is None or due > now) and not closed:
+            return
+        changed, sends, forget = on_tick(self.tracks, now)
+        if not changed and not forget:
+            return
+        deliveries = plan(sends, self.routing, self.options.page_url, now)
+        self.store.commit(changed, forget, deliveries, now)
+        self.tracks = {k: v for k, v in {**self.tracks, **changed}.items() if k not in forget}
+        if deliveries:
+            self.ensure_senders()
+        self.mark_dirty(set(changed))
+        with self._dirty_lock:
+            self._gone.update(forget)  # their retained records are removed too
+
+    def run(self) -> None:
+        """The router loop, until `stop` is set."""
+        self.ensure_senders()  # what was queued before a restart
+        publisher = threading.Thread(
+            target=self.publish_history, name="notify-history", daemon=True
+        )
+        publisher.start()
+        next_tick = 0.0
+        while not self.stop.is_set():
+            try:
+                first = self.inbox.get(timeout=0.2)
+            except queue.Empty:
+                first = None
+            if first is not None:
+                batch = [first]
+                while len(batch) < 1000:
+                    try:
+                        batch.append(self.inbox.get_nowait())
+                    except queue.Empty:
+                        break
+                self.handle(batch)
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + 1.0
+                self.tick()
+                self.ensure_senders()  # replayed dead letters, held notifications
+        publisher.join(5)
+        for sender in list(self.senders.values()):
+            sender.wake.set()
+            sender.thread.join(10)
+
+    # -- history --------------------------------------------------------------------------------
+
+    def record(self, alert_id: str) -> bytes:
+        """The retained notification record of one alert (no addresses: the topic is shared)."""
+        track = self.tracks.get(alert_id)
+        rows = self.store.history(alert_id)
+        doc: dict[str, object] = {"alert_id": alert_id, "updated_at": iso(self.clock())}
+        if track is not None:
+            doc["alert"] = alert_doc(track.facts)
+            doc["escalation"] = {
+                "waiting": track.unack_since_ns is not None and bool(track.pending),
+                "next_tier": track.pending[0].tier if track.pending else None,
+                "next_at": iso(track.pending[0].due_ns) if track.pending else None,
+                "next_notify": list(track.pending[0].notify) if track.pending else [],
+                "stopped_by": None
+                if track.unack_since_ns is not None
+                else ("cleared" if track.closed_ns is not None else "acknowledged"),
+            }
+        items = []
+        for row in rows:
+            recipient = self.routing.recipients.get(row.recipient)
+            channel = self.routing.channels.get(row.channel)
+            held = row.status == "pending" and row.next_ns > row.created_ns and not row.attempts
+            items.append(
+                {
+                    "notification_id": row.notification_id,
+                    "recipient": row.recipient,
+                    "recipient_name": recipient.display if recipient else row.recipient,
+                    "channel": row.channel,
+                    "channel_type": channel.type if channel else "",
+                    "message": row.message,
+                    "tier": row.tier,
+                    "status": "held" if held else row.status,
+                    "queued_at": iso(row.created_ns),
+                    "delivered_at": iso(row.delivered_ns) if row.delivered_ns else None,
+                    "attempts": row.attempts,
+                    "error": row.last_error or None,
+                }
+            )
+        doc["notifications"] = items
+        return orjson.dumps(doc)
+
+    def publish_history(self) -> None:
+        while not self.stop.wait(0.2):
+            with self._dirty_lock:
+                dirty, self._dirty = self._dirty, set()
+                gone, self._gone = self._gone, set()
+            if self.mqtt is None:
+                continue
+            for alert_id in sorted(gone):
+                self.mqtt.publish(self.topics.notifications(alert_id), b"", qos=1, retain=True)
+                self._published.pop(alert_id, None)
+                dirty.discard(alert_id)
+            for alert_id in sorted(dirty):
+                payload = self.record(alert_id)
+                if self._published.get(alert_id) == payload:
+                    continue
+                self.mqtt.publish(self.topics.notifications(alert_id), payload, qos=1, retain=True)
+                self._published[alert_id] = payload
+
+    def metrics(self) -> list[Metric]:
+        """For Prometheus (--metrics-port): events, the queue by status, its oldest age."""
+        counts = self.store.counts()
+        oldest = self.store.oldest_pending_ns()
+        age = 0.0 if oldest is None else max(0.0, (self.clock() - oldest) / _S)
+        return [
+            Metric(
+                "floodwatch_notify_events_total",
+                "Alert events applied.",
+                "counter",
+                [({}, self.events_seen)],
+            ),
+            Metric(
+                "floodwatch_notify_ignored_total",
+                "Messages that were not alert events (logged and skipped).",
+                "counter",
+                [({}, self.ignored)],
+            ),
+            Metric(
+                "floodwatch_notify_notifications",
+                "Notifications in the state file by status (dead: the dead letters).",
+                "gauge",
+                [({"status": st}, counts.get(st, 0)) for st in (PENDING, DELIVERED, DEAD)],
+            ),
+            Metric(
+                "floodwatch_notify_oldest_pending_seconds",
+                "Age of the oldest undelivered notification (0 when none waits).",
+                "gauge",
+                [({}, age)],
+            ),
+            Metric(
+                "floodwatch_notify_open_alerts",
+                "Alerts being followed (not cleared).",
+                "gauge",
+                [({}, sum(1 for t in self.tracks.values() if t.closed_ns is None))],
+            ),
+        ]
+
+    def summary(self) -> str:
+        counts = self.store.counts()
+        open_alerts = sum(1 for t in self.tracks.values() if t.closed_ns is None)
+        return (
+            f"events={self.events_seen} open_alerts={open_alerts} "
+            f"queued={counts.get('pending', 0)} delivered={counts.get(DELIVERED, 0)} "
+            f"dead={counts.get(DEAD, 0)}"
+        )

@@ -64,7 +64,8 @@ def test_stack_runs_the_whole_pipeline_and_stops_on_ctrl_c(tmp_path: Path) -> No
 
         wait_until(lambda: readings() >= 14, 60, "simulated readings from every sensor")
         # Ingest's metrics on a free port of their own, printed with the rest.
-        [metrics_url] = re.findall(rb"http://127\.0\.0\.1:\d+/metrics", out.read_bytes())
+        banner = out.read_bytes()
+        metrics_url = re.findall(rb"metrics +(http://127\.0\.0\.1:\d+/metrics)", banner)[0]
         metrics = httpx.get(metrics_url.decode(), timeout=5)
         assert b"floodwatch_ingest_readings_stored_total" in metrics.content
         wait_until(lambda: _healthy(f"http://127.0.0.1:{api}/healthz"), 30, "the API")

@@ -256,6 +256,8 @@ def create_app(
             "anonymousRead": options.anonymous_read,
             "tileUrl": options.tile_url,
             "tileAttribution": options.tile_attribution,
+            "wmsUrl": options.wms_url,
+            "wmsLayers": options.wms_layers,
         }
     )
     _install_error_handlers(app)

@@ -258,6 +258,7 @@ def create_app(
             "tileAttribution": options.tile_attribution,
             "wmsUrl": options.wms_url,
             "wmsLayers": options.wms_layers,
+            "heartbeatS": options.heartbeat_s,
         }
     )
     _install_error_handlers(app)

@@ -348,7 +348,9 @@ def _track_history(now: SensorNow, at_ns: int) -> None:
         since = alert_time_ns(alert, "changed_at", "raised_at") or at_ns
         now.history, now.flood_alert_id = ((level, since),), alert_id
     elif now.history[-1][0] != level:
-        since = alert_time_ns(alert, "changed_at") or at_ns
-        if since <= now.history[-1][1]:
-            since = at_ns
+        # The engine's changed_at when it sends one; else the time of the reading behind the
+        # change (the envelope's last water reading), so every time shown is a reading time.
+        envelope = now.alerts_envelope or {}
+        changed = alert_time_ns(alert, "changed_at") or alert_time_ns(envelope, "reading_time")
+        since = max(changed or at_ns, now.history[-1][1])
         now.history = (*now.history, (level, since))

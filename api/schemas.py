@@ -295,6 +295,14 @@ class AckIn(BaseModel):
     )
 
 
+class Me(BaseModel):
+    """Who the presented key belongs to."""
+
+    name: str = Field(description="The key's name (`anonymous` without a key, when allowed).")
+    role: Literal["viewer", "operator"] = Field(description="What the key may do.")
+    anonymous: bool = Field(description="True when no key was sent (anonymous reads).")
+
+
 class StreetAckOut(BaseModel):
     """The result of acknowledging a street's flood alerts in one action."""
 

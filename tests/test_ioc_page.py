@@ -392,7 +392,7 @@ def acknowledge_street(wall: Any, other_wall: Any, pipeline: Pipeline) -> None:
     wall.wait_for_selector("#ack-dialog[open]")
     wall.fill("#ack-note", "đã cử đội ứng cứu")
     wall.click("#ack-confirm")
-    wall.wait_for_selector("#ack-dialog:not([open])", timeout=15000)
+    wall.wait_for_selector("#ack-dialog:not([open])", state="attached", timeout=15000)
     for page in (wall, other_wall):
         page.wait_for_selector(f'{row}[data-state="active_ack"]', timeout=5000)
         assert "đã cử đội ứng cứu" in page.inner_text(row)

@@ -15,7 +15,7 @@ from api.deps import AlertsDep, OperatorDep, ServicesDep, ViewerDep
 from api.errors import AlertConflict, AlertNotFound
 from api.live import LiveState, flood_alert
 from api.routes.sensors import GeoJSONResponse
-from api.schemas import AckIn, StreetAckOut, StreetCollection, error_responses
+from api.schemas import AckIn, Me, StreetAckOut, StreetCollection, error_responses
 from floodwatch.registry import Registry, Street
 
 router = APIRouter(tags=["streets"])
@@ -125,7 +125,8 @@ async def acknowledge_street(
     summary="Who the presented key belongs to, and its role",
     description="Lets a client (the IOC page) offer only what the key may do: Acknowledge "
     "controls only for the operator role.",
+    response_model=Me,
     responses=error_responses(401, 403),
 )
-async def whoami(principal: ViewerDep) -> dict[str, object]:
-    return {"name": principal.name, "role": principal.role, "anonymous": principal.anonymous}
+async def whoami(principal: ViewerDep) -> Me:
+    return Me(name=principal.name, role=principal.role, anonymous=principal.anonymous)

@@ -170,6 +170,8 @@
   }
   map.createPane("context").style.zIndex = 350; // under the streets and sensors
   const contextLayer = L.layerGroup().addTo(map);
+  let streetsMidLat = 0; // the middle of the streets, north to south
+  let wardBounds = null; // the view fits the ward (its streets, with the river beside them)
   const streetLayer = L.layerGroup().addTo(map);
   const sensorLayer = L.layerGroup().addTo(map);
   const labelLayer = L.layerGroup().addTo(map);
@@ -179,7 +181,7 @@
     try {
       const response = await fetch("/static/overlays/an-khanh.geojson");
       const overlay = await response.json();
-      L.geoJSON(overlay, {
+      const layer = L.geoJSON(overlay, {
         pane: "context",
         interactive: false,
         style: (f) => ({
@@ -188,10 +190,13 @@
           street: { className: "ctx-street", weight: 16, lineCap: "round" },
         })[f.properties.role] || {},
       }).addTo(contextLayer);
+      layer.eachLayer((item) => {
+        if (item.feature.properties.role === "ward") wardBounds = item.getBounds();
+      });
     } catch (e) { /* the map still works without its context */ }
   }
 
-  const legend = L.control({ position: "bottomleft" });
+  const legend = L.control({ position: "bottomright" });
   legend.onAdd = () => {
     const div = L.DomUtil.create("div", "legend");
     div.id = "legend";
@@ -200,7 +205,11 @@
   legend.addTo(map);
 
   function renderLegend() {
-    const div = document.getElementById("legend");
+    // On the map on a wall screen; below the chart on a phone (app.css picks one).
+    for (const id of ["legend", "legend-card"]) fillLegend(document.getElementById(id));
+  }
+
+  function fillLegend(div) {
     const title = document.createElement("h2");
     title.textContent = t("legend.title");
     const list = document.createElement("ul");
@@ -239,7 +248,7 @@
       const latlng = [p.lat, p.lon];
       const tide = p.kind === "tide";
       const marker = L.circleMarker(latlng, {
-        radius: (tide ? 12 : 9) * (window.innerWidth < 600 ? 0.8 : 1),
+        radius: (tide ? 13 : 10) * (window.innerWidth < 600 ? 0.75 : 1),
         weight: tide ? 4 : 2,
         color: tide ? "#5fb3ff" : "#0f151b",
         fillOpacity: 0.95,
@@ -307,9 +316,7 @@
     const lon = Math.min(Math.max(gauge.latlng[1], pad.getWest()), pad.getEast());
     const p = gauge.props;
     const stage = p.level_cm === null ? "–" : num(p.level_cm / 100, 2);
-    const text = "↙ " + t("map.offscreen", { name: t("map.gauge", {
-      name: placeName(p), stage, level: levelText("tide", p.level_name),
-    }) });
+    const text = t("map.offscreen", { name: placeName(p), stage });
     if (!gaugeHint) {
       gaugeHint = L.tooltip({ permanent: true, direction: "right", className: "map-label gauge-hint" })
         .setLatLng([lat, lon]).addTo(labelLayer);
@@ -321,8 +328,15 @@
   function labelAnchor(latlngs) {
     // Horizontal streets are named past their east end, vertical ones past their north end,
     // so a label never sits on a marker.
+    // On a phone there is no room past the east end: the label sits above it instead.
     const lats = latlngs.map((p) => p[0]), lons = latlngs.map((p) => p[1]);
     const wide = Math.max(...lons) - Math.min(...lons) >= Math.max(...lats) - Math.min(...lats);
+    if (wide && window.innerWidth < 600) {
+      // Above the northern streets, below the southern ones: labels never stack.
+      const east = latlngs.reduce((a, b) => (b[1] > a[1] ? b : a));
+      const south = east[0] < streetsMidLat;
+      return { at: east, direction: south ? "bottom" : "top", offset: [-30, south ? 10 : -10] };
+    }
     if (wide) {
       const east = latlngs.reduce((a, b) => (b[1] > a[1] ? b : a));
       return { at: east, direction: "right", offset: [14, 0] };
@@ -336,7 +350,7 @@
     let entry = streets.get(p.name);
     if (!entry) {
       const latlngs = feature.geometry.coordinates.map(([lon, lat]) => [lat, lon]);
-      const line = L.polyline(latlngs, { weight: 9, opacity: 0.9, className: "street" })
+      const line = L.polyline(latlngs, { weight: window.innerWidth < 600 ? 7 : 11, opacity: 0.9, className: "street" })
         .addTo(streetLayer);
       line.on("click", () => {
         if (entry.props.worst_sensor) selectSensor(entry.props.worst_sensor, true);
@@ -429,7 +443,8 @@
     if (p.peak_cm !== null && p.peak_cm !== undefined) {
       facts.push(t("row.peak", { depth: num(p.peak_cm, 0), time: hhmm(p.peak_time) }));
     }
-    if (facts.length) li.append(el("div", "meta", facts.join(" · ")));
+    const meta = el("div", "meta", facts.join(" · "));
+    if (facts.length) li.append(meta);
     const note = verdictText(p);
     if (note) li.append(el("div", "verdict", note));
     if (p.history && p.history.length > 1) {
@@ -441,7 +456,8 @@
     const foot = el("div", "row-foot");
     const mine = p.alerts.map((id) => alerts.get(id)).filter(Boolean);
     if (p.unacked > 0) {
-      foot.append(el("span", "ack-state unacked", t("row.unacked", { count: p.unacked })));
+      foot.append(el("span", "ack-state unacked", p.unacked === 1 ? t("row.unacked_one") :
+        t("row.unacked", { count: p.unacked })));
       if (role === "operator") {
         foot.append(ackButton(() => openAck({ street: p.name, count: p.unacked })));
       }
@@ -453,6 +469,7 @@
       foot.append(el("span", "ack-state", text));
     }
     if (foot.childNodes.length) li.append(foot);
+    li.classList.toggle("has-action", Boolean(foot.querySelector("button")));
     li.addEventListener("click", (event) => {
       if (event.target.closest("button")) return;
       if (p.worst_sensor) selectSensor(p.worst_sensor, true);
@@ -481,8 +498,8 @@
     if (["out_of_range", "obstructed", "stuck"].includes(payload.detail)) {
       facts.push(t(`row.detail.${payload.detail}`));
     }
-    facts.push(stateText(a.state));
-    li.append(el("div", "meta", facts.join(" · ")));
+    if (a.state !== "active_unack") facts.push(stateText(a.state));
+    li.append(el("span", "meta", facts.join(" · ")));
     if (a.state === "active_unack" && role === "operator") {
       const foot = el("div", "row-foot");
       foot.append(ackButton(() => openAck({
@@ -686,7 +703,9 @@
     add("text", { x: left - 4, y: top + 10, class: "tick" }, t("chart.unit"));
     for (let k = 0; k <= 4; k += 1) {
       const time = t0 + (k * (t1 - t0)) / 4;
-      add("text", { x: x(time), y: H - 6, class: "time" }, hhmm(new Date(time).toISOString()));
+      const anchor = k === 0 ? "start" : k === 4 ? "end" : "middle";
+      add("text", { x: x(time), y: H - 6, class: "time", "text-anchor": anchor },
+        hhmm(new Date(time).toISOString()));
     }
     const shown = chartPoints.filter((p) => p.t >= t0);
     add("polyline", {
@@ -840,20 +859,24 @@
     const streetCollection = await streetResponse.json();
     const alertPage = await alertResponse.json();
     sensorCollection.features.map(sensorFromFeature).forEach(upsertSensor);
+    const lats = streetCollection.features.flatMap((f) => f.geometry.coordinates.map((c) => c[1]));
+    if (lats.length) streetsMidLat = (Math.min(...lats) + Math.max(...lats)) / 2;
     streetCollection.features.forEach(upsertStreet);
     alerts.clear();
     for (const a of alertPage.alerts) alerts.set(a.alert_id, a);
     renderAlerts();
     if (!fitted && streetCollection.features.length) {
-      // Fit the ward's streets; the river gauge may then sit outside, shown by its hint.
+      // Fit the ward around its streets (the river beside them); the Phu An gauge may then
+      // sit outside, shown by its hint at the edge. Room on the right for the labels.
       const bounds = L.latLngBounds([]);
       for (const f of streetCollection.features) {
         for (const [lon, lat] of f.geometry.coordinates) bounds.extend([lat, lon]);
       }
+      if (wardBounds) bounds.extend(wardBounds);
+      const phone = window.innerWidth < 600;
       map.invalidateSize();
       map.fitBounds(bounds, {
-        paddingTopLeft: [40, 40], paddingBottomRight: [window.innerWidth < 600 ? 90 : 260, 40],
-        animate: false,
+        paddingTopLeft: [10, 10], paddingBottomRight: [phone ? 60 : 120, 10], animate: false,
       });
       fitted = true;
     }

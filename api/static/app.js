@@ -156,7 +156,7 @@
 
   // --- map --------------------------------------------------------------------------------
   const map = L.map("map", {
-    zoomControl: true, attributionControl: Boolean(config.tileUrl || config.wmsUrl),
+    zoomControl: false, attributionControl: Boolean(config.tileUrl || config.wmsUrl),
     zoomSnap: 0.25,
   }).setView([10.806, 106.733], 16);
   if (config.tileUrl) {
@@ -168,6 +168,8 @@
       layers: config.wmsLayers, format: "image/png", transparent: true, maxZoom: 19,
     }).addTo(map);
   }
+  // Phones pinch to zoom; a wall screen gets buttons, away from the labels.
+  if (window.innerWidth >= 600) L.control.zoom({ position: "topright" }).addTo(map);
   map.createPane("context").style.zIndex = 350; // under the streets and sensors
   const contextLayer = L.layerGroup().addTo(map);
   let streetsMidLat = 0; // the middle of the streets, north to south
@@ -332,10 +334,11 @@
     const lats = latlngs.map((p) => p[0]), lons = latlngs.map((p) => p[1]);
     const wide = Math.max(...lons) - Math.min(...lons) >= Math.max(...lats) - Math.min(...lats);
     if (wide && window.innerWidth < 600) {
-      // Above the northern streets, below the southern ones: labels never stack.
+      // No room past the east end on a phone: the label ends there, above the northern
+      // streets and below the southern ones, so labels never stack on a line or marker.
       const east = latlngs.reduce((a, b) => (b[1] > a[1] ? b : a));
       const south = east[0] < streetsMidLat;
-      return { at: east, direction: south ? "bottom" : "top", offset: [-30, south ? 10 : -10] };
+      return { at: east, direction: "left", offset: [0, south ? 24 : -24] };
     }
     if (wide) {
       const east = latlngs.reduce((a, b) => (b[1] > a[1] ? b : a));
@@ -429,6 +432,8 @@
   }
 
   function floodRow(p) {
+    // One row per street: level, depth, since when, why the reading differs, the history, and
+    // the acknowledgement (one action for every open flood alert of the street).
     const li = el("li", "flood-row");
     li.dataset.street = p.name;
     li.dataset.level = String(p.level || 0);
@@ -437,14 +442,30 @@
     head.append(el("span", "what", placeName(p)),
       el("span", `badge level-${Math.min(p.level || 0, 4)}`, levelText("street", p.level_name)),
       el("span", "depth", p.level_cm === null ? "–" : t("row.depth", { depth: num(p.level_cm, 0) })));
+    if (p.unacked > 0 && role === "operator") {
+      head.append(ackButton(() => openAck({ street: p.name, count: p.unacked })));
+    }
     li.append(head);
+    const meta = el("div", "meta");
     const facts = [];
     if (p.since) facts.push(t("row.since", { time: hhmm(p.since) }));
     if (p.peak_cm !== null && p.peak_cm !== undefined) {
       facts.push(t("row.peak", { depth: num(p.peak_cm, 0), time: hhmm(p.peak_time) }));
     }
-    const meta = el("div", "meta", facts.join(" · "));
-    if (facts.length) li.append(meta);
+    meta.append(facts.join(" · "));
+    const mine = p.alerts.map((id) => alerts.get(id)).filter(Boolean);
+    let ackText = null;
+    if (p.unacked > 0) {
+      ackText = el("span", "ack-state unacked", p.unacked === 1 ? t("row.unacked_one") :
+        t("row.unacked", { count: p.unacked }));
+    } else if (p.state === "active_ack") {
+      const acked = mine.find((a) => a.acked_by) || {};
+      ackText = el("span", "ack-state", acked.note ?
+        t("row.acked_note", { who: acked.acked_by, note: acked.note }) :
+        t("row.acked", { who: acked.acked_by || "–" }));
+    }
+    if (ackText) meta.append(facts.length ? " · " : "", ackText);
+    li.append(meta);
     const note = verdictText(p);
     if (note) li.append(el("div", "verdict", note));
     if (p.history && p.history.length > 1) {
@@ -453,23 +474,6 @@
       })).join(" → ");
       li.append(el("div", "meta history", t("row.history", { steps })));
     }
-    const foot = el("div", "row-foot");
-    const mine = p.alerts.map((id) => alerts.get(id)).filter(Boolean);
-    if (p.unacked > 0) {
-      foot.append(el("span", "ack-state unacked", p.unacked === 1 ? t("row.unacked_one") :
-        t("row.unacked", { count: p.unacked })));
-      if (role === "operator") {
-        foot.append(ackButton(() => openAck({ street: p.name, count: p.unacked })));
-      }
-    } else if (p.state === "active_ack") {
-      const acked = mine.find((a) => a.acked_by) || {};
-      const text = acked.note ?
-        t("row.acked_note", { who: acked.acked_by, note: acked.note }) :
-        t("row.acked", { who: acked.acked_by || "–" });
-      foot.append(el("span", "ack-state", text));
-    }
-    if (foot.childNodes.length) li.append(foot);
-    li.classList.toggle("has-action", Boolean(foot.querySelector("button")));
     li.addEventListener("click", (event) => {
       if (event.target.closest("button")) return;
       if (p.worst_sensor) selectSensor(p.worst_sensor, true);
@@ -534,9 +538,13 @@
     for (const a of list) if (a.active) alerts.set(a.alert_id, a);
   }
 
+  let noticeTimer = null;
   function setNotice(key, params, kind) {
     notice = key ? { key, params, kind } : null;
     renderNotice();
+    // A confirmation fades after a while; an error stays until the next action.
+    clearTimeout(noticeTimer);
+    if (kind === "ok") noticeTimer = setTimeout(() => setNotice(null), 8000);
   }
   function renderNotice() {
     const box = document.getElementById("notice");
@@ -859,8 +867,11 @@
     const streetCollection = await streetResponse.json();
     const alertPage = await alertResponse.json();
     sensorCollection.features.map(sensorFromFeature).forEach(upsertSensor);
-    const lats = streetCollection.features.flatMap((f) => f.geometry.coordinates.map((c) => c[1]));
-    if (lats.length) streetsMidLat = (Math.min(...lats) + Math.max(...lats)) / 2;
+    // The middle of the east-west streets, north to south (phone labels go above or below).
+    const ends = streetCollection.features.map((f) => f.geometry.coordinates)
+      .filter((c) => Math.abs(c[c.length - 1][0] - c[0][0]) > Math.abs(c[c.length - 1][1] - c[0][1]))
+      .map((c) => c.reduce((sum, p) => sum + p[1], 0) / c.length);
+    if (ends.length) streetsMidLat = (Math.min(...ends) + Math.max(...ends)) / 2;
     streetCollection.features.forEach(upsertStreet);
     alerts.clear();
     for (const a of alertPage.alerts) alerts.set(a.alert_id, a);
@@ -872,11 +883,13 @@
       for (const f of streetCollection.features) {
         for (const [lon, lat] of f.geometry.coordinates) bounds.extend([lat, lon]);
       }
-      if (wardBounds) bounds.extend(wardBounds);
       const phone = window.innerWidth < 600;
+      // A phone's narrow map shows the streets alone, big enough to touch.
+      if (wardBounds && !phone) bounds.extend(wardBounds);
       map.invalidateSize();
       map.fitBounds(bounds, {
-        paddingTopLeft: [10, 10], paddingBottomRight: [phone ? 60 : 120, 10], animate: false,
+        paddingTopLeft: phone ? [24, 48] : [10, 10], paddingBottomRight: phone ? [24, 36] : [210, 10],
+        animate: false,
       });
       fitted = true;
     }

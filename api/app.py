@@ -32,7 +32,7 @@ from api.deps import Probes, Services
 from api.errors import AlertConflict, AlertNotFound, BadParameter, BrokerUnavailable
 from api.eventlog import EventLog
 from api.feed import FeedHandler, LiveFeed
-from api.geo import BodyCache, SensorsBody, streets_collection
+from api.geo import SensorsBody, StreetsBody
 from api.live import LiveState
 from api.metrics import Metrics, MetricsMiddleware
 from api.routes import alerts, events, health, metrics, page, sensors, stream, streets
@@ -206,7 +206,7 @@ def create_app(
             feed=feed,
             alerts=alert_source(context),
             sensors_body=SensorsBody(),
-            streets_body=BodyCache(streets_collection),
+            streets_body=StreetsBody(),
             clock=clock,
         )
         app.state.services = services

@@ -11,6 +11,7 @@ joined from those pieces, so a reading costs one Feature, not a thousand.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -30,11 +31,14 @@ from api.live import (
 from api.times import iso
 from floodwatch.registry import STREET_THRESHOLDS_CM, Street
 
+# Level-change and hold times repeat on every rebuild of a sensor or street: format each once.
+_iso = functools.lru_cache(maxsize=8192)(iso)
+
 
 def _history(history: tuple[tuple[int, int], ...], tide: bool) -> list[dict[str, Any]]:
     names = TIDE_LEVELS if tide else STREET_LEVELS
     return [
-        {"level": lv, "level_name": names[lv] if lv < len(names) else f"level_{lv}", "at": iso(t)}
+        {"level": lv, "level_name": names[lv] if lv < len(names) else f"level_{lv}", "at": _iso(t)}
         for lv, t in history
     ]
 
@@ -60,13 +64,13 @@ def sensor_properties(now: SensorNow, now_ns: int) -> dict[str, Any]:
         "time": iso(reading.time_ns) if reading is not None else None,
         "level": level,
         "level_name": level_name(sensor, level) if level is not None else None,
-        "since": iso(judged.since_ns) if judged.since_ns is not None else None,
+        "since": _iso(judged.since_ns) if judged.since_ns is not None else None,
         "flood_alert_id": alert.get("alert_id") if alert is not None else None,
         "flood_state": alert_state(alert) if alert is not None else None,
         "reading_level": raw,
         "reading_level_name": level_name(sensor, raw) if raw is not None else None,
         "verdict_note": judged.note,
-        "hold_until": iso(judged.hold_until_ns) if judged.hold_until_ns is not None else None,
+        "hold_until": _iso(judged.hold_until_ns) if judged.hold_until_ns is not None else None,
         "history": _history(now.history, sensor.kind == "tide") if alert is not None else [],
         "alert_level": top_level,
         "alert_state": top_state,
@@ -148,7 +152,7 @@ def street_feature(
                 if worst is not None and level is not None
                 else None
             ),
-            "since": iso(history[-1][1]) if history and level else None,
+            "since": _iso(history[-1][1]) if history and level else None,
             "state": ("active_unack" if unacked else "active_ack" if states else None),
             "alerts": open_ids,
             "unacked": unacked,
@@ -160,7 +164,7 @@ def street_feature(
             "reading_level": judged.reading_level if judged is not None else None,
             "verdict_note": judged.note if judged is not None else None,
             "hold_until": (
-                iso(judged.hold_until_ns)
+                _iso(judged.hold_until_ns)
                 if judged is not None and judged.hold_until_ns is not None
                 else None
             ),
@@ -243,4 +247,50 @@ class BodyCache:
         if key != self._key:
             self._body = orjson.dumps(self._build(state, now_ns))
             self._key = key
+        return self._body
+
+
+class StreetsBody(BodyCache):
+    """The /v1/streets body: each street's Feature is rebuilt only when one of its sensors
+    changed (or its stale flag moved), so a reading costs one street, not the registry."""
+
+    def __init__(self) -> None:
+        super().__init__(streets_collection)
+        self._pieces: dict[str, tuple[tuple[object, ...], bytes]] = {}
+        self._members: dict[str, list[SensorNow]] | None = None
+
+    def get(self, state: LiveState, now_ns: int) -> bytes:
+        key = (state.version, now_ns // 1_000_000_000)
+        if key == self._key:
+            return self._body
+        if self._members is None:
+            self._members = {}
+            for now in state:
+                self._members.setdefault(now.sensor.street, []).append(now)
+        pieces: list[bytes] = []
+        for street in state.registry.streets:
+            members = self._members.get(street.name, [])
+            history = state.street_history(street.name)
+            version = (history, *((m.version, m.stale(now_ns)) for m in members))
+            held = self._pieces.get(street.name)
+            if held is None or held[0] != version:
+                feature = street_feature(street, members, history, now_ns)
+                held = (version, orjson.dumps(feature))
+                self._pieces[street.name] = held
+            pieces.append(held[1])
+        count = str(len(pieces)).encode()
+        self._body = b"".join(
+            (
+                b'{"type":"FeatureCollection","generated_at":',
+                orjson.dumps(iso(now_ns)),
+                b',"numberMatched":',
+                count,
+                b',"numberReturned":',
+                count,
+                b',"features":[',
+                b",".join(pieces),
+                b"]}",
+            )
+        )
+        self._key = key
         return self._body

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from api.geo import sensor_properties, streets_collection
 from api.live import LiveState
 from api.routes.streets import find_street, open_floods
@@ -118,3 +120,44 @@ def test_open_floods_lists_only_active_flood_alerts_of_the_street() -> None:
     state.apply_alerts("qh-02", (flood("c", 2, "active_ack"),), NOW)
     state.apply_alerts("d12-01", (flood("d", 2),), NOW)
     assert sorted(open_floods(state, "Quoc Huong")) == [("a", "active_unack"), ("c", "active_ack")]
+
+
+def test_map_layer_flags_reach_the_page() -> None:
+    """--tile-url and --wms-url/--wms-layers are checked once and inlined into the page."""
+    from api.__main__ import build_parser
+    from api.app import create_app
+    from api.config import options_from_args
+    from floodwatch.errors import SettingsError
+    from floodwatch.localservices import free_port
+    from tests.test_api_support import api_settings
+
+    parse = build_parser().parse_args
+    with pytest.raises(SettingsError, match="FLOODWATCH_WMS_LAYERS"):
+        options_from_args(parse(["--wms-url", "https://gis.example.org/wms"]))
+    with pytest.raises(SettingsError, match="FLOODWATCH_WMS_URL"):
+        options_from_args(parse(["--wms-url", "gis.example.org", "--wms-layers", "a"]))
+    options = options_from_args(
+        parse(["--wms-url", "https://gis.example.org/wms", "--wms-layers", "flood:zones"])
+    )
+    port = free_port()
+    html = create_app(api_settings(port, port, "layers"), options).state.page_html
+    assert '"wmsUrl":"https://gis.example.org/wms"' in html
+    assert '"wmsLayers":"flood:zones"' in html
+
+
+def test_streets_body_rebuilds_only_what_changed_and_matches_the_collection() -> None:
+    """The cached /v1/streets bytes equal a fresh build after readings and alerts change."""
+    import orjson
+
+    from api.geo import StreetsBody
+
+    state, body = LiveState(REGISTRY), StreetsBody()
+    state.apply_reading(Reading("qh-02", NOW, 22.0))
+    first = body.get(state, NOW)
+    assert orjson.loads(first) == streets_collection(state, NOW)
+    assert body.get(state, NOW) is first  # same version, same second: the same bytes
+    state.apply_alerts("qh-02", (flood("q", 2),), NOW)
+    state.apply_reading(Reading("d12-01", NOW, 3.0))
+    later = NOW + 2 * 10**9
+    assert orjson.loads(body.get(state, later)) == streets_collection(state, later)
+    assert street(state, "Quoc Huong", later)["level"] == 2

@@ -400,3 +400,32 @@ def acknowledge_street(wall: Any, other_wall: Any, pipeline: Pipeline) -> None:
     after = httpx.get(f"{pipeline.url}/v1/streets", headers=bearer(pipeline.keys.viewer)).json()
     qh = next(f["properties"] for f in after["features"] if f["id"] == "Quoc Huong")
     assert qh["state"] == "active_ack" and qh["unacked"] == 0, qh
+
+
+def test_a_dropped_feed_says_how_old_the_data_is(
+    broker: Service, influxd: Service, unique: str, tmp_path: Path
+) -> None:
+    """When the API goes away, the wall screen says plainly that its data is N s old."""
+    from playwright.sync_api import sync_playwright
+
+    keys = write_keys(tmp_path / "keys")
+    app = create_app(api_settings(broker, influxd, unique), ApiOptions(api_keys=keys.path))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1920, "height": 1080})
+            page.add_init_script(f"localStorage.setItem('floodwatch.apiKey', '{keys.viewer}')")
+            with live_server(app) as url:
+                page.goto(url + "/")
+                page.wait_for_selector("#status[data-state=live]")
+                assert page.is_hidden("#feed-banner")
+            # The server is gone: the stream ends and every reconnection fails.
+            page.wait_for_selector("#feed-banner:not([hidden])", timeout=10000)
+            page.wait_for_function(
+                "/dữ liệu đã cũ [0-9]+ giây/.test(document.querySelector('#feed-banner')"
+                ".textContent)"
+            )
+            assert page.get_attribute("#status", "data-state") == "retrying"
+            page.screenshot(path=str(ARTEFACTS / "ioc-feed-lost-wall-vi.png"))
+        finally:
+            browser.close()

@@ -398,6 +398,7 @@
     const badge = document.getElementById("tide-level");
     badge.textContent = levelText("tide", p.level_name);
     badge.dataset.level = String(p.level || 0);
+    badge.hidden = p.level === null || p.level === undefined;
     const note = verdictText(p);
     document.getElementById("tide-time").textContent =
       [hhmm(p.time), note].filter(Boolean).join(" · ");

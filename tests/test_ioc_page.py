@@ -429,3 +429,82 @@ def test_a_dropped_feed_says_how_old_the_data_is(
             page.screenshot(path=str(ARTEFACTS / "ioc-feed-lost-wall-vi.png"))
         finally:
             browser.close()
+
+
+def answering(status: int) -> Any:
+    """A route handler answering every request with this status and a JSON detail."""
+
+    def handler(route: Any, request: Any) -> None:
+        body = orjson.dumps({"detail": "refused"}).decode()
+        route.fulfill(status=status, body=body, content_type="application/json")
+
+    return handler
+
+
+def test_a_failed_acknowledgement_says_exactly_why(
+    broker: Service, influxd: Service, unique: str, tmp_path: Path
+) -> None:
+    """The acknowledge dialog names the cause: network, already acknowledged, viewer key, and
+    a key revoked meanwhile (wrong key); the note stays for the next try."""
+    from playwright.sync_api import sync_playwright
+
+    keys = write_keys(tmp_path / "keys")
+    app = create_app(api_settings(broker, influxd, unique), ApiOptions(api_keys=keys.path))
+    alert = {
+        "sensor": "qh-02",
+        "level": 2,
+        "alerts": [
+            {"alert_id": "qh-02:flood:1", "kind": "flood", "level": 2, "state": "active_unack"}
+        ],
+    }
+    with sync_playwright() as playwright, publisher(broker) as pub, live_server(app) as url:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1920, "height": 1080})
+            page.add_init_script(f"localStorage.setItem('floodwatch.apiKey', '{keys.operator}')")
+            page.goto(url + "/")
+            page.wait_for_selector("#status[data-state=live]")
+            topic = f"{unique}/v1/alerts/qh-02"
+            pub.publish_and_wait(topic, orjson.dumps(alert), qos=1, retain=True)
+            button = 'li.flood-row[data-street="Quoc Huong"] button.ack'
+            page.click(button)
+            page.fill("#ack-note", "nước lên nhanh")
+            expected: dict[str | int, str] = {
+                "abort": "Lỗi mạng",
+                409: "Đã được xác nhận trước đó",
+                403: "Khóa này chỉ để xem",
+            }
+            for answer, words in expected.items():
+                page.unroute("**/acknowledge")
+                if answer == "abort":
+                    page.route("**/acknowledge", lambda route: route.abort())
+                else:
+                    assert isinstance(answer, int)
+                    page.route("**/acknowledge", answering(answer))
+                page.click("#ack-confirm")
+                page.wait_for_function(
+                    "w => document.querySelector('#ack-error').textContent.includes(w)",
+                    arg=words,
+                )
+            page.unroute("**/acknowledge")
+            # The operator key is revoked meanwhile: the real API refuses it.
+            (tmp_path / "keys").write_text(
+                "\n".join(
+                    line
+                    for line in (tmp_path / "keys").read_text().splitlines()
+                    if not line.startswith("operator:")
+                )
+                + "\n"
+            )
+            deadline = time.monotonic() + 10
+            while "Khóa API không đúng" not in page.inner_text("#ack-error"):
+                assert time.monotonic() < deadline, page.inner_text("#ack-error")
+                page.click("#ack-confirm")
+                page.wait_for_function(
+                    "!document.querySelector('#ack-confirm').disabled", timeout=5000
+                )
+            assert page.input_value("#ack-note") == "nước lên nhanh"
+            page.screenshot(path=str(ARTEFACTS / "ioc-ack-refused-wall-vi.png"))
+            pub.publish_and_wait(topic, b"", qos=1, retain=True)
+        finally:
+            browser.close()

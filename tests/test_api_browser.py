@@ -39,6 +39,7 @@ LAUNCH_ARGS = [
 ]
 # The page's level colours (api/static/app.css): level 3, impassable.
 IMPASSABLE = "#d7263d"
+QH = load_registry(SHIPPED_REGISTRY).sensors["qh-02"].street
 
 pytestmark = [
     pytest.mark.services,
@@ -113,7 +114,7 @@ def test_ioc_page_live_map_and_acknowledgement(
             publish(pub, f"{root}/v1/sensors/qh-02/reading", {"level_cm": 35.0, "battery_v": 3.6})
             page.wait_for_function(
                 "[...document.querySelectorAll('.map-label')].some(e => "
-                "e.dataset.street === 'Quoc Huong' && e.textContent.includes(' 35 cm'))"
+                f"e.dataset.street === '{QH}' && e.textContent.includes(' 35 cm'))"
             )
             # One reading is no flood (one truth): the colour waits for the engine.
             assert page.get_attribute(marker, "fill") != IMPASSABLE
@@ -124,21 +125,19 @@ def test_ioc_page_live_map_and_acknowledgement(
                 timeout=5000,
             )
             assert page.get_attribute(marker, "data-level") == "3"
-            item = page.locator('li.flood-row[data-street="Quoc Huong"]')
+            item = page.locator(f'li.flood-row[data-street="{QH}"]')
             item.wait_for()
             assert item.get_attribute("data-state") == "active_unack"
             alert_id = page.evaluate(
                 "fetch('/v1/streets', {headers: {Authorization: 'Bearer ' + "
                 "localStorage.getItem('floodwatch.apiKey')}}).then(r => r.json()).then(c => "
-                "c.features.find(f => f.id === 'Quoc Huong').properties.alerts[0])"
+                f"c.features.find(f => f.id === '{QH}').properties.alerts[0])"
             )
             page.click("#tide")  # nothing to do: only proves the page stays responsive
             item.locator("button.ack").click()
             page.fill("#ack-note", "crew dispatched")
             page.click("#ack-confirm")
-            page.wait_for_selector(
-                'li.flood-row[data-street="Quoc Huong"][data-state="active_ack"]'
-            )
+            page.wait_for_selector(f'li.flood-row[data-street="{QH}"][data-state="active_ack"]')
             assert "otto" in item.inner_text() and "crew dispatched" in item.inner_text()
             # A sensor with stored readings; Leaflet handles the click on
             # the marker's path, which a neighbour may overlap.

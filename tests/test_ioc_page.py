@@ -53,6 +53,8 @@ LAUNCH_ARGS = [
 ]
 REGISTRY = load_registry(SHIPPED_REGISTRY)
 STREETS = [s.name for s in REGISTRY.streets]
+# Street names as the registry spells them (with or without diacritics).
+QH, D12 = REGISTRY.sensors["qh-02"].street, REGISTRY.sensors["d12-01"].street
 # The page's level colours (api/static/app.css), level 0 to 4.
 COLOURS = ["#2e9d4f", "#f2c230", "#f07d1a", "#d7263d", "#8e2bbf"]
 PROPAGATION_S = 1.0
@@ -321,15 +323,15 @@ def run_flood(
             depth = round(water("qh-02", step))
             other_wall.wait_for_function(
                 "d => [...document.querySelectorAll('.map-label')].some(e => "
-                "e.dataset.street === 'Quoc Huong' && e.textContent.includes(' ' + d + ' cm'))",
-                arg=depth,
+                "e.dataset.street === d[0] && e.textContent.includes(' ' + d[1] + ' cm'))",
+                arg=[QH, depth],
                 timeout=5000,
             )
             assert other_wall.is_visible("#key-dialog[open]")
             other_wall.click("#key-close")
         if step == 0:
             wait_streets_match(pages, engine)
-            wait_labels(pages, "Quoc Huong", water("qh-02", 0))
+            wait_labels(pages, QH, water("qh-02", 0))
             shoot(pages, "start")
         # Pace the street (input, not a wait for a result): a simulated minute each 0.4 s,
         # sampling every page's colours meanwhile.
@@ -338,16 +340,16 @@ def run_flood(
             check_colours(pages, engine)
         if step == SPIKE[1] + 1:
             # The spike came and went: Duong 12 never left normal.
-            hist = engine.history["Duong 12"]
+            hist = engine.history[D12]
             assert [level for _, level in hist] == [0], hist
         if step == PEAK_STEP:
-            wait_engine(engine, "Quoc Huong", 4)
+            wait_engine(engine, QH, 4)
             wait_streets_match(pages, engine)
-            wall.wait_for_selector('li.flood-row[data-street="Quoc Huong"] button.ack')
+            wall.wait_for_selector(f'li.flood-row[data-street="{QH}"] button.ack')
             # A viewer is shown the same rows, never an Acknowledge control.
-            viewer.wait_for_selector('li.flood-row[data-street="Quoc Huong"]')
+            viewer.wait_for_selector(f'li.flood-row[data-street="{QH}"]')
             assert viewer.locator("button.ack").count() == 0
-            wait_labels(pages, "Quoc Huong", water("qh-02", step))
+            wait_labels(pages, QH, water("qh-02", step))
             shoot(pages, "peak")
         if step == ACK_STEP:
             acknowledge_street(wall, other_wall, pipeline)
@@ -384,9 +386,9 @@ def wait_labels(pages: dict[str, Any], street: str, depth: float) -> None:
 def acknowledge_street(wall: Any, other_wall: Any, pipeline: Pipeline) -> None:
     """One action on one page acknowledges every open flood alert of the street, and every
     open page shows it."""
-    row = 'li.flood-row[data-street="Quoc Huong"]'
+    row = f'li.flood-row[data-street="{QH}"]'
     before = httpx.get(f"{pipeline.url}/v1/streets", headers=bearer(pipeline.keys.viewer)).json()
-    qh = next(f["properties"] for f in before["features"] if f["id"] == "Quoc Huong")
+    qh = next(f["properties"] for f in before["features"] if f["id"] == QH)
     assert qh["unacked"] >= 2, qh  # qh-02 and qh-04 both flood
     wall.click(f"{row} button.ack")
     wall.wait_for_selector("#ack-dialog[open]")
@@ -398,7 +400,7 @@ def acknowledge_street(wall: Any, other_wall: Any, pipeline: Pipeline) -> None:
         assert "đã cử đội ứng cứu" in page.inner_text(row)
         assert page.locator(f"{row} button.ack").count() == 0
     after = httpx.get(f"{pipeline.url}/v1/streets", headers=bearer(pipeline.keys.viewer)).json()
-    qh = next(f["properties"] for f in after["features"] if f["id"] == "Quoc Huong")
+    qh = next(f["properties"] for f in after["features"] if f["id"] == QH)
     assert qh["state"] == "active_ack" and qh["unacked"] == 0, qh
 
 
@@ -466,7 +468,7 @@ def test_a_failed_acknowledgement_says_exactly_why(
             page.wait_for_selector("#status[data-state=live]")
             topic = f"{unique}/v1/alerts/qh-02"
             pub.publish_and_wait(topic, orjson.dumps(alert), qos=1, retain=True)
-            button = 'li.flood-row[data-street="Quoc Huong"] button.ack'
+            button = f'li.flood-row[data-street="{QH}"] button.ack'
             page.click(button)
             page.fill("#ack-note", "nước lên nhanh")
             expected: dict[str | int, str] = {

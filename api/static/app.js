@@ -172,7 +172,6 @@
   if (window.innerWidth >= 600) L.control.zoom({ position: "topright" }).addTo(map);
   map.createPane("context").style.zIndex = 350; // under the streets and sensors
   const contextLayer = L.layerGroup().addTo(map);
-  let streetsMidLat = 0; // the middle of the streets, north to south
   let wardBounds = null; // the view fits the ward (its streets, with the river beside them)
   const streetLayer = L.layerGroup().addTo(map);
   const sensorLayer = L.layerGroup().addTo(map);
@@ -328,18 +327,10 @@
   map.on("moveend", placeGaugeHint);
 
   function labelAnchor(latlngs) {
-    // Horizontal streets are named past their east end, vertical ones past their north end,
-    // so a label never sits on a marker.
-    // On a phone there is no room past the east end: the label sits above it instead.
+    // East-west streets are named past their east end, north-south ones above their north
+    // end, so a label never sits on a marker (on a phone the label takes two lines).
     const lats = latlngs.map((p) => p[0]), lons = latlngs.map((p) => p[1]);
     const wide = Math.max(...lons) - Math.min(...lons) >= Math.max(...lats) - Math.min(...lats);
-    if (wide && window.innerWidth < 600) {
-      // No room past the east end on a phone: the label ends there, above the northern
-      // streets and below the southern ones, so labels never stack on a line or marker.
-      const east = latlngs.reduce((a, b) => (b[1] > a[1] ? b : a));
-      const south = east[0] < streetsMidLat;
-      return { at: east, direction: "left", offset: [0, south ? 24 : -24] };
-    }
     if (wide) {
       const east = latlngs.reduce((a, b) => (b[1] > a[1] ? b : a));
       return { at: east, direction: "right", offset: [14, 0] };
@@ -375,14 +366,14 @@
     const p = entry.props;
     const known = p.level !== null && p.level !== undefined;
     entry.line.setStyle({ color: known ? levelColor(p.level) : color("--stale") });
-    const el = entry.line.getElement();
-    if (el) el.setAttribute("data-level", known ? String(p.level) : "");
-    const text = p.level_cm === null ?
-      t("map.label_nodata", { street: placeName(p) }) :
-      t("map.label", {
-        street: placeName(p), depth: num(p.level_cm, 0), level: levelText("street", p.level_name),
-      });
-    entry.label.setContent(text);
+    const path = entry.line.getElement();
+    if (path) path.setAttribute("data-level", known ? String(p.level) : "");
+    // "Quốc Hương 52 cm · Cấm lưu thông": the name, then the depth and the engine's level.
+    const content = el("span", "label-text");
+    content.append(el("span", "label-name", placeName(p)), " ", el("span", "label-state",
+      p.level_cm === null ? t("map.label_nodata") :
+        t("map.label_state", { depth: num(p.level_cm, 0), level: levelText("street", p.level_name) })));
+    entry.label.setContent(content);
     const labelEl = entry.label.getElement();
     if (labelEl) {
       labelEl.dataset.level = known ? String(p.level) : "";
@@ -868,11 +859,6 @@
     const streetCollection = await streetResponse.json();
     const alertPage = await alertResponse.json();
     sensorCollection.features.map(sensorFromFeature).forEach(upsertSensor);
-    // The middle of the east-west streets, north to south (phone labels go above or below).
-    const ends = streetCollection.features.map((f) => f.geometry.coordinates)
-      .filter((c) => Math.abs(c[c.length - 1][0] - c[0][0]) > Math.abs(c[c.length - 1][1] - c[0][1]))
-      .map((c) => c.reduce((sum, p) => sum + p[1], 0) / c.length);
-    if (ends.length) streetsMidLat = (Math.min(...ends) + Math.max(...ends)) / 2;
     streetCollection.features.forEach(upsertStreet);
     alerts.clear();
     for (const a of alertPage.alerts) alerts.set(a.alert_id, a);
@@ -889,7 +875,7 @@
       if (wardBounds && !phone) bounds.extend(wardBounds);
       map.invalidateSize();
       map.fitBounds(bounds, {
-        paddingTopLeft: phone ? [24, 48] : [10, 10], paddingBottomRight: phone ? [24, 36] : [210, 10],
+        paddingTopLeft: phone ? [16, 56] : [10, 10], paddingBottomRight: phone ? [190, 24] : [210, 10],
         animate: false,
       });
       fitted = true;

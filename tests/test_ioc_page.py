@@ -350,6 +350,12 @@ def run_flood(
             viewer.wait_for_selector(f'li.flood-row[data-street="{QH}"]')
             assert viewer.locator("button.ack").count() == 0
             wait_labels(pages, QH, water("qh-02", step))
+            for name in ("wall-vi", "wall-en"):
+                assert_wall_fits(pages[name])
+            # The chart follows the worst street's sensor, its points appended from the stream.
+            wall.wait_for_function(
+                "Number(document.querySelector('#chart').dataset.points) >= 8", timeout=5000
+            )
             shoot(pages, "peak")
         if step == ACK_STEP:
             acknowledge_street(wall, other_wall, pipeline)
@@ -361,6 +367,17 @@ def run_flood(
     for page in pages.values():
         page.wait_for_selector("#floods-empty:not([hidden])")
     shoot(pages, "drained")
+
+
+def assert_wall_fits(page: Any) -> None:
+    """At 1920x1080 the map, the alert list, the legend and the chart are all on screen, and
+    the page itself does not scroll."""
+    assert page.evaluate("document.documentElement.scrollHeight <= window.innerHeight")
+    for selector in ("#map", ".alerts-card", "#legend", "#chart", "li.flood-row"):
+        box = page.locator(selector).first.bounding_box()
+        assert box is not None and box["height"] > 20, selector
+        assert box["y"] >= 0 and box["y"] + box["height"] <= 1080, (selector, box)
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 1920, (selector, box)
 
 
 def wait_engine(engine: EngineWatch, street: str, level: int, timeout_s: float = 15) -> None:

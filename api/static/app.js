@@ -431,8 +431,10 @@
     li.dataset.level = String(p.level || 0);
     li.dataset.state = p.state || "";
     const head = el("div", "row-head");
-    head.append(el("span", "what", placeName(p)),
-      el("span", `badge level-${Math.min(p.level || 0, 4)}`, levelText("street", p.level_name)),
+    const title = el("span", "title");
+    title.append(el("span", "what", placeName(p)), " ",
+      el("span", `badge level-${Math.min(p.level || 0, 4)}`, levelText("street", p.level_name)));
+    head.append(title,
       el("span", "depth", p.level_cm === null ? "–" : t("row.depth", { depth: num(p.level_cm, 0) })));
     if (p.unacked > 0 && role === "operator") {
       head.append(ackButton(() => openAck({ street: p.name, count: p.unacked })));
@@ -448,8 +450,8 @@
     const mine = p.alerts.map((id) => alerts.get(id)).filter(Boolean);
     let ackText = null;
     if (p.unacked > 0) {
-      ackText = el("span", "ack-state unacked", p.unacked === 1 ? t("row.unacked_one") :
-        t("row.unacked", { count: p.unacked }));
+      // The count is in the dialog; here only the state, so the row stays one line.
+      ackText = el("span", "ack-state unacked", stateText("active_unack"));
     } else if (p.state === "active_ack") {
       const acked = mine.find((a) => a.acked_by) || {};
       ackText = el("span", "ack-state", acked.note ?

@@ -421,10 +421,23 @@ def acknowledge_street(wall: Any, other_wall: Any, pipeline: Pipeline) -> None:
     assert qh["state"] == "active_ack" and qh["unacked"] == 0, qh
 
 
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; object-src 'none'; frame-ancestors 'none'"
+)
+
+
+def with_csp(route: Any, request: Any) -> None:
+    """Serve the page with a self-only Content-Security-Policy, as a hardened API would."""
+    response = route.fetch()
+    route.fulfill(response=response, headers={**response.headers, "content-security-policy": CSP})
+
+
 def test_a_dropped_feed_says_how_old_the_data_is(
     broker: Service, influxd: Service, unique: str, tmp_path: Path
 ) -> None:
-    """When the API goes away, the wall screen says plainly that its data is N s old."""
+    """When the API goes away, the wall screen says plainly that its data is N s old. The page
+    is served here under a self-only Content-Security-Policy, and breaks none of it."""
     from playwright.sync_api import sync_playwright
 
     keys = write_keys(tmp_path / "keys")
@@ -433,11 +446,16 @@ def test_a_dropped_feed_says_how_old_the_data_is(
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1920, "height": 1080})
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.add_init_script(f"localStorage.setItem('floodwatch.apiKey', '{keys.viewer}')")
             with live_server(app) as url:
+                page.route(url + "/", with_csp)
                 page.goto(url + "/")
                 page.wait_for_selector("#status[data-state=live]")
+                page.wait_for_selector("body[data-loaded=true]")
                 assert page.is_hidden("#feed-banner")
+                assert errors == [], errors  # a CSP violation is a console error
             # The server is gone: the stream ends and every reconnection fails.
             page.wait_for_selector("#feed-banner:not([hidden])", timeout=10000)
             page.wait_for_function(

@@ -37,7 +37,7 @@ from api.deps import Probes, Services
 from api.errors import AlertConflict, AlertNotFound, BadParameter, BrokerUnavailable
 from api.eventlog import EventLog
 from api.feed import FeedHandler, LiveFeed
-from api.geo import BodyCache, SensorsBody, streets_collection
+from api.geo import SensorsBody, StreetsBody
 from api.live import LiveState
 from api.metrics import Metrics, MetricsMiddleware
 from api.routes import alerts, events, health, metrics, page, sensors, stream, streets
@@ -289,7 +289,7 @@ def create_app(
             feed=feed,
             alerts=alert_source(context),
             sensors_body=SensorsBody(),
-            streets_body=BodyCache(streets_collection),
+            streets_body=StreetsBody(),
             clock=clock,
         )
         app.state.services = services
@@ -340,6 +340,9 @@ def create_app(
             "anonymousRead": options.anonymous_read,
             "tileUrl": options.tile_url,
             "tileAttribution": options.tile_attribution,
+            "wmsUrl": options.wms_url,
+            "wmsLayers": options.wms_layers,
+            "heartbeatS": options.heartbeat_s,
         }
     )
     _install_error_handlers(app)

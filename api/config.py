@@ -8,6 +8,8 @@
 | --anonymous-read | FLOODWATCH_ANONYMOUS_READ | false | reads without a key |
 | --tile-url | FLOODWATCH_TILE_URL | (none) | map tiles for the IOC page |
 | --tile-attribution | FLOODWATCH_TILE_ATTRIBUTION | (none) | credit shown under the tiles |
+| --wms-url | FLOODWATCH_WMS_URL | (none) | a WMS service (the IOC's GIS) drawn over the map |
+| --wms-layers | FLOODWATCH_WMS_LAYERS | (none) | its layer names, comma-separated |
 | --stream-buffer | FLOODWATCH_STREAM_BUFFER | 10000 | SSE events kept for resuming |
 | --heartbeat | FLOODWATCH_HEARTBEAT | 15 | seconds between SSE heartbeats |
 """
@@ -43,6 +45,14 @@ API_OPTIONS = (
     ),
     option("--tile-attribution", "", "credit shown under the map tiles (their licence asks)"),
     option(
+        "--wms-url",
+        "",
+        "WMS endpoint of the IOC's GIS platform drawn over the IOC page's map, e.g. "
+        "https://gis.example.org/geoserver/wms; empty: none (the page's own offline river, "
+        "ward and street overlays still show)",
+    ),
+    option("--wms-layers", "", "WMS layer names for --wms-url, comma-separated"),
+    option(
         "--stream-buffer",
         str(DEFAULT_STREAM_BUFFER),
         "events /v1/stream keeps for clients that reconnect with Last-Event-ID",
@@ -62,6 +72,8 @@ class ApiOptions:
     anonymous_read: bool = False
     tile_url: str = ""
     tile_attribution: str = ""
+    wms_url: str = ""
+    wms_layers: str = ""
     stream_buffer: int = DEFAULT_STREAM_BUFFER
     heartbeat_s: float = 15.0
 
@@ -108,11 +120,25 @@ def options_from_args(args: argparse.Namespace) -> ApiOptions:
             f"tile URL {tile_url!r} must be an http(s) URL with {{z}}, {{x}} and {{y}}; "
             "fix --tile-url or FLOODWATCH_TILE_URL (or leave it empty for no tiles)."
         )
+    wms_url = str(args.wms_url).strip()
+    wms_layers = str(args.wms_layers).strip()
+    if wms_url and not wms_url.startswith(("http://", "https://")):
+        raise SettingsError(
+            f"WMS URL {wms_url!r} must be an http(s) URL; fix --wms-url or FLOODWATCH_WMS_URL "
+            "(or leave it empty for no WMS layer)."
+        )
+    if wms_url and not wms_layers:
+        raise SettingsError(
+            "--wms-url needs the layers to draw; set --wms-layers or FLOODWATCH_WMS_LAYERS, "
+            "e.g. flood:zones."
+        )
     return ApiOptions(
         api_keys=key_path,
         anonymous_read=_boolean(args.anonymous_read, ANONYMOUS_READ_FLAG),
         tile_url=tile_url,
         tile_attribution=str(args.tile_attribution).strip(),
+        wms_url=wms_url,
+        wms_layers=wms_layers,
         stream_buffer=whole_number(
             args.stream_buffer, "--stream-buffer", minimum=100, maximum=10_000_000
         ),

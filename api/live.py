@@ -3,18 +3,27 @@
 Pure: api.feed applies MQTT messages and api.history the start-up snapshot from InfluxDB;
 time is passed in. Everything here runs on the event loop's thread, so nothing is locked.
 Alert payloads are the alert engine's (`{root}/v1/alerts/{id}`): kept as opaque dicts, of
-which only `level`, `level_name`, `state`, `alert_id` and `kind` are read.
+which only `level`, `level_name`, `state`, `alert_id`, `kind` and their times are read.
+
+One truth (issue 10 section 1): a sensor's `level` is the engine's verdict, the level of its
+active flood alert, never the raw rung of its latest reading. Where the two differ the
+`Verdict` says why in a word (draining, unconfirmed, stale, fault), and for draining water
+when the engine's hold (rule 5: 10 minutes below the threshold minus 3 cm) ends, from the
+readings this process saw.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
 
 import orjson
 
+from alerts.engine import HOLD_NS, HYSTERESIS_CM
 from floodwatch import contract
 from floodwatch.contract import (
     ACTIVE_STATES,
@@ -108,6 +117,70 @@ def summarise_alerts(alerts: Sequence[Alert]) -> tuple[int, str | None]:
     return level, best_state
 
 
+def alert_time_ns(alert: Alert, *keys: str) -> int | None:
+    """The first of these ISO 8601 (or epoch-ns) times the engine's alert object carries."""
+    for key in keys:
+        value = alert.get(key)
+        if type(value) is int and value > 10**17:
+            return value
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                moment = datetime.fromisoformat(value)
+                if moment.tzinfo is not None:
+                    return int(moment.timestamp()) * 10**9 + moment.microsecond * 1000
+    return None
+
+
+def flood_alert(alerts: Sequence[Alert]) -> Alert | None:
+    """The sensor's active flood alert (the engine keeps at most one, rule 10)."""
+    for alert in alerts:
+        if alert.get("kind") == "flood" and alert_state(alert) in ACTIVE_STATES:
+            return alert
+    return None
+
+
+# Why the latest reading and the engine's verdict differ, worst first (the page words them).
+VerdictNote = Literal["fault", "stale", "draining", "unconfirmed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The engine's level for a sensor, since when, and why the latest reading may differ."""
+
+    level: int | None  # None: never heard and no alert
+    since_ns: int | None  # when the current level began (None at level 0)
+    alert: Alert | None  # the active flood alert behind it
+    reading_level: int | None  # the raw rung of the latest reading, for comparison
+    note: VerdictNote | None
+    hold_until_ns: int | None  # draining: when the engine's hold ends, if no rise comes
+
+
+def verdict(now: SensorNow, stale: bool) -> Verdict:
+    """The engine's verdict on one sensor, beside its latest reading (pure)."""
+    alert = flood_alert(now.alerts)
+    reading = now.reading
+    raw = depth_level(now.sensor, reading.level_cm) if reading is not None else None
+    if alert is not None:
+        level: int | None = alert_level(alert) or 0
+    else:
+        level = None if reading is None else 0
+    since = now.history[-1][1] if alert is not None and now.history else None
+    note: VerdictNote | None = None
+    hold_until = None
+    if any(a.get("kind") == "fault" and alert_state(a) in ACTIVE_STATES for a in now.alerts):
+        note = "fault"
+    elif stale and reading is not None:
+        note = "stale"
+    elif raw is not None and level is not None and raw < level:
+        note = "draining"
+        below = now.below_since[level - 1] if level - 1 < len(now.below_since) else None
+        # The engine's hold, at the same --time-scale as its timers (rule 5).
+        hold_until = below + int(HOLD_NS / now.time_scale) if below is not None else None
+    elif raw is not None and level is not None and raw > level:
+        note = "unconfirmed"
+    return Verdict(level, since, alert, raw, note, hold_until)
+
+
 @dataclass(slots=True)
 class SensorNow:
     """One sensor's current state; replaced field by field as messages arrive."""
@@ -126,6 +199,12 @@ class SensorNow:
     # When the sensor itself last sent a reading (not the broker's or the database's replay).
     live_ns: int | None = None
     time_scale: float = 1.0  # --time-scale: a demo street's intervals run this much faster
+    # Per threshold, when the current run of readings below it minus 3 cm began (None: the
+    # latest reading is not below it): the engine's hold on draining water (rule 5).
+    below_since: list[int | None] = field(default_factory=list)
+    # The active flood alert's levels as this process saw them change: (level, since_ns).
+    history: tuple[tuple[int, int], ...] = ()
+    flood_alert_id: str | None = None
 
     def stale(self, now_ns: int) -> bool:
         """Stale when the alert engine says so, or when silent for more than 3 reporting
@@ -155,6 +234,11 @@ class LiveState:
             for sid, sensor in registry.sensors.items()
         }
         self.version = 0
+        self._members: dict[str, list[str]] = {}
+        for sid, sensor in registry.sensors.items():
+            if sensor.kind == "street":
+                self._members.setdefault(sensor.street, []).append(sid)
+        self._street_history: dict[str, tuple[tuple[int, int], ...]] = {}
 
     def __iter__(self) -> Iterator[SensorNow]:
         return iter(self._sensors.values())
@@ -195,6 +279,7 @@ class LiveState:
             return False
         now.reading = reading
         now.fresh_ns = heard
+        _track_below(now, reading)
         now.version += 1
         self.version += 1
         return True
@@ -232,11 +317,67 @@ class LiveState:
         now.alerts = alerts
         now.alerts_envelope = envelope
         now.alerts_at_ns = at_ns
+        _track_history(now, at_ns)
         now.version += 1
         self.version += 1
+        self._track_street(now.sensor.street, at_ns)
         return True
+
+    def street_history(self, street: str) -> tuple[tuple[int, int], ...]:
+        """The street's worst flood level as it changed during the current flood: (level,
+        since_ns), oldest first; empty while no flood alert is active on it."""
+        return self._street_history.get(street, ())
+
+    def _track_street(self, street: str, at_ns: int) -> None:
+        level = 0
+        since = at_ns
+        for sid in self._members.get(street, ()):
+            now = self._sensors[sid]
+            alert = flood_alert(now.alerts)
+            if alert is not None and (alert_level(alert) or 0) > level:
+                level = alert_level(alert) or 0
+                since = now.history[-1][1] if now.history else at_ns
+        held = self._street_history.get(street, ())
+        if level == 0:
+            self._street_history.pop(street, None)
+        elif not held or held[-1][0] != level:
+            self._street_history[street] = (*held, (level, since))
 
     def alerts(self) -> Iterator[tuple[SensorNow, Alert]]:
         for now in self._sensors.values():
             for alert in now.alerts:
                 yield now, alert
+
+
+def _track_below(now: SensorNow, reading: Reading) -> None:
+    """Rule 5's runs below each threshold minus 3 cm, from this sensor's newest readings."""
+    thresholds = now.sensor.thresholds_cm
+    if len(now.below_since) != len(thresholds):
+        now.below_since = [None] * len(thresholds)
+    for j, limit in enumerate(thresholds):
+        if reading.level_cm < limit - HYSTERESIS_CM:
+            if now.below_since[j] is None:
+                now.below_since[j] = reading.time_ns
+        else:
+            now.below_since[j] = None
+
+
+def _track_history(now: SensorNow, at_ns: int) -> None:
+    """The flood alert's level changes: a new alert starts the list, a new level extends it."""
+    alert = flood_alert(now.alerts)
+    if alert is None:
+        now.history, now.flood_alert_id = (), None
+        return
+    level = alert_level(alert) or 0
+    alert_id = str(alert.get("alert_id"))
+    if alert_id != now.flood_alert_id or not now.history:
+        # The engine's changed_at (set on escalation) when it sends one, else when raised.
+        since = alert_time_ns(alert, "changed_at", "raised_at") or at_ns
+        now.history, now.flood_alert_id = ((level, since),), alert_id
+    elif now.history[-1][0] != level:
+        # The engine's changed_at when it sends one; else the time of the reading behind the
+        # change (the envelope's last water reading), so every time shown is a reading time.
+        envelope = now.alerts_envelope or {}
+        changed = alert_time_ns(alert, "changed_at") or alert_time_ns(envelope, "reading_time")
+        since = max(changed or at_ns, now.history[-1][1])
+        now.history = (*now.history, (level, since))

@@ -62,6 +62,12 @@ class LineStringGeometry(BaseModel):
     )
 
 
+class LevelChange(BaseModel):
+    level: int = Field(description="The level entered.")
+    level_name: str = Field(description="Its name.")
+    at: datetime = Field(description=f"When it was entered; {TIME}")
+
+
 class SensorProperties(BaseModel):
     """A sensor's registry facts and its current state (from the live feed, not InfluxDB)."""
 
@@ -82,11 +88,36 @@ class SensorProperties(BaseModel):
     )
     time: datetime | None = Field(description=f"Time of the latest reading; {TIME}")
     level: int | None = Field(
-        description="Ladder rung the latest depth reaches, from the sensor's thresholds: 0 "
-        "normal, 1 flooded (>=10 cm), 2 hazard (>=20), 3 impassable (>=30), 4 closed (>=50); "
-        "tide gauges 1-3 are alarms I-III. Instantaneous, without the alert engine's debounce."
+        description="The alert engine's verdict: the level of the sensor's active flood alert "
+        "(0 normal, 1 flooded >=10 cm, 2 hazard >=20, 3 impassable >=30, 4 closed >=50; tide "
+        "gauges 1-3 are alarms I-III), 0 when none is active; null before any reading. "
+        "Debounced and held as the engine holds it: one spike never raises it."
     )
     level_name: str | None = Field(description="Name of `level` (normal, flooded, hazard, ...).")
+    since: datetime | None = Field(
+        description=f"When the sensor entered its current level (null at level 0); {TIME}"
+    )
+    flood_alert_id: str | None = Field(description="The active flood alert's id, if any.")
+    flood_state: AlertState | None = Field(description="That alert's lifecycle state.")
+    reading_level: int | None = Field(
+        description="Ladder rung the latest reading alone reaches, without debounce or hold."
+    )
+    reading_level_name: str | None = Field(description="Name of `reading_level`.")
+    verdict_note: Literal["fault", "stale", "draining", "unconfirmed"] | None = Field(
+        description="Why the latest reading and `level` differ: `fault` (a fault alert is "
+        "active), `stale` (no recent reading; the depth is the last known), `draining` (the "
+        "reading is below the level, which the engine holds), `unconfirmed` (the reading is "
+        "above the level: one reading is not a flood until the next confirms it); null when "
+        "they agree."
+    )
+    hold_until: datetime | None = Field(
+        description="Draining: when the engine's hold on `level` ends if the water stays "
+        f"down (10 minutes below the threshold minus 3 cm, from the readings seen); {TIME}"
+    )
+    history: list[LevelChange] = Field(
+        description="The active flood alert's levels, oldest first (escalations and "
+        "de-escalations as this API saw them); empty with no flood alert."
+    )
     alert_level: int = Field(
         description="Highest level among the sensor's active alerts from the alert engine; "
         "0 when none is active."
@@ -131,17 +162,44 @@ class StreetProperties(BaseModel):
     name_en: str = Field(description="Street name in ASCII/English, e.g. Duong 12.")
     ward: str = Field(description="Ward.")
     sensors: list[str] = Field(description="Ids of the sensors on this street.")
-    level_cm: float | None = Field(
-        description="Worst (deepest) latest depth among the street's sensors, cm; stale "
-        "sensors count with their last known depth. Null when none has reported."
+    level: int | None = Field(
+        description="The alert engine's worst active flood level along the street (0 "
+        "normal .. 4 closed), never a raw reading; null when no sensor has reported."
     )
-    level: int | None = Field(description="Ladder rung of `level_cm` (0 normal .. 4 closed).")
     level_name: str | None = Field(description="Name of `level`.")
-    worst_sensor: str | None = Field(description="Id of the sensor with the worst depth.")
-    time: datetime | None = Field(description=f"Time of that sensor's reading; {TIME}")
+    level_cm: float | None = Field(
+        description="Latest depth of the worst sensor (highest level, then deepest; a stale "
+        "one counts with its last known depth), cm. Null when none has reported."
+    )
+    worst_sensor: str | None = Field(description="Id of that sensor.")
+    time: datetime | None = Field(description=f"Time of its latest reading; {TIME}")
+    since: datetime | None = Field(
+        description=f"When the street entered `level` (null at level 0); {TIME}"
+    )
+    state: Literal["active_unack", "active_ack"] | None = Field(
+        description="`active_unack` while any flood alert on the street awaits "
+        "acknowledgement, `active_ack` when all are acknowledged, null with none active."
+    )
+    alerts: list[str] = Field(description="Ids of the street's active flood alerts.")
+    unacked: int = Field(description="How many of them await acknowledgement.")
+    peak_cm: float | None = Field(description="Deepest reading under those alerts, cm.")
+    peak_time: datetime | None = Field(description=f"When it was read; {TIME}")
+    history: list[LevelChange] = Field(
+        description="The street's level during the current flood, oldest first (its "
+        "escalations and de-escalations); empty at level 0."
+    )
+    reading_level: int | None = Field(
+        description="Ladder rung of the worst sensor's latest reading alone."
+    )
+    verdict_note: Literal["fault", "stale", "draining", "unconfirmed"] | None = Field(
+        description="Why that reading and `level` differ (see /v1/sensors); null if they agree."
+    )
+    hold_until: datetime | None = Field(
+        description=f"Draining: when the engine's hold ends if the water stays down; {TIME}"
+    )
     stale: bool = Field(description="That sensor is stale (or no sensor has reported).")
     alert_level: int = Field(description="Highest active alert level on the street; 0 if none.")
-    thresholds_cm: list[float] = Field(description="Ladder used for `level`, cm.")
+    thresholds_cm: list[float] = Field(description="The worst sensor's ladder, cm.")
 
 
 class StreetFeature(BaseModel):
@@ -240,6 +298,26 @@ class AckIn(BaseModel):
 
     note: str = Field(
         default="", max_length=1000, description="What the operator saw or did (free text)."
+    )
+
+
+class Me(BaseModel):
+    """Who the presented key belongs to."""
+
+    name: str = Field(description="The key's name (`anonymous` without a key, when allowed).")
+    role: Literal["viewer", "operator"] = Field(description="What the key may do.")
+    anonymous: bool = Field(description="True when no key was sent (anonymous reads).")
+
+
+class StreetAckOut(BaseModel):
+    """The result of acknowledging a street's flood alerts in one action."""
+
+    street: str = Field(description="The street's registry name.")
+    by: str = Field(description="Who acknowledged (the API key's name).")
+    note: str = Field(description="The one note recorded on every alert.")
+    acknowledged: list[AlertOut] = Field(description="The alerts this request acknowledged.")
+    already: list[str] = Field(
+        description="Ids of alerts that were acknowledged or cleared meanwhile."
     )
 
 

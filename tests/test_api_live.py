@@ -148,7 +148,9 @@ def test_reading_on_mqtt_becomes_the_current_state(live: Live) -> None:
     live.reading(DEPTH_SENSOR, {"level_cm": 23.5, "battery_v": 3.71, "rssi": -87, "seq": 1})
     wait_for(lambda: live.sensor(DEPTH_SENSOR)["level_cm"] == 23.5, what="the reading")
     props = live.sensor(DEPTH_SENSOR)
-    assert props["level"] == 2 and props["level_name"] == "hazard"
+    # The raw rung beside the engine's verdict: no engine runs here, so no alert, level 0.
+    assert props["reading_level"] == 2 and props["reading_level_name"] == "hazard"
+    assert props["level"] == 0 and props["verdict_note"] == "unconfirmed"
     assert props["battery_v"] == 3.71 and props["rssi"] == -87
     assert props["stale"] is False
     assert str(props["time"]).endswith("+00:00")
@@ -216,7 +218,10 @@ def test_a_replayed_old_reading_is_live_until_the_engine_says_stale(live: Live) 
     street = next(f for f in streets["features"] if f["id"] == "Nguyễn Văn Hưởng")
     assert street["geometry"]["type"] == "LineString"
     assert street["properties"]["worst_sensor"] == "nvh-03"
-    assert street["properties"]["level"] == 3 and street["properties"]["stale"] is True
+    # One truth: no flood alert, so level 0 whatever the depth; the depth stays beside it.
+    assert street["properties"]["level"] == 0 and street["properties"]["reading_level"] == 3
+    assert street["properties"]["stale"] is True
+    assert street["properties"]["level_cm"] == 41.0
     publish(live.pub, f"{live.root}/v1/alerts/nvh-03", b"", retain=True)
 
 
@@ -233,7 +238,7 @@ def test_start_up_snapshot_comes_from_influxdb(
         features = client.get("/v1/sensors", headers=bearer(keys.viewer)).json()["features"]
     by_id = {f["id"]: f["properties"] for f in features}
     assert by_id["nvh-01"]["level_cm"] == 18.0 and by_id["nvh-01"]["battery_v"] == 3.7
-    assert by_id["phu-an"]["level_name"] == "alarm_2"
+    assert by_id["phu-an"]["reading_level_name"] == "alarm_2"
     assert by_id["qh-04"]["level_cm"] is None and by_id["qh-04"]["stale"] is True
 
 

@@ -82,8 +82,9 @@ def api(
 
 def test_every_operation_is_fuzzed() -> None:
     """The fuzzed operations are all of the API's but the event stream."""
-    assert len(OPERATIONS) == 14  # the two report routes included
+    assert len(OPERATIONS) == 16  # the two report routes and the two street/me routes
     assert ("POST", "/v1/alerts/{alert_id}/ack") in OPERATIONS
+    assert ("POST", "/v1/streets/{street}/acknowledge") in OPERATIONS
 
 
 @pytest.mark.services
@@ -106,7 +107,9 @@ def test_openapi_conformance(
         if known and case.path_parameters:
             # Random ids only ever meet 404s; half the cases use ones that exist.
             case.path_parameters = {
-                name: {"sensor_id": DEPTH_SENSOR, "alert_id": alert_id}.get(name, value)
+                name: {"sensor_id": DEPTH_SENSOR, "alert_id": alert_id, "street": "Quoc Huong"}.get(
+                    name, value
+                )
                 for name, value in case.path_parameters.items()
             }
         case.call_and_validate(headers=bearer(key), checks=CHECKS)

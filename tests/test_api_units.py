@@ -194,7 +194,9 @@ def test_geojson_validates_against_the_documented_schemas() -> None:
     state = LiveState(REGISTRY)
     state.apply_reading(Reading("qh-02", NOW, 24.0, battery_v=3.6, rssi=-80))
     state.apply_reading(Reading("qh-03", NOW - 3600 * 10**9, 31.0))
-    state.apply_alerts("qh-02", ({"alert_id": "a", "level": 2, "state": "active_unack"},), NOW)
+    state.apply_alerts(
+        "qh-02", ({"alert_id": "a", "kind": "flood", "level": 2, "state": "active_unack"},), NOW
+    )
     body = SensorsBody()
     served = orjson.loads(body.get(state, NOW))
     sensors = SensorCollection.model_validate(served)
@@ -204,10 +206,10 @@ def test_geojson_validates_against_the_documented_schemas() -> None:
     assert sensors.numberReturned == len(REGISTRY.sensors) == len(sensors.features)
     streets = StreetCollection.model_validate(streets_collection(state, NOW))
     quoc_huong = next(f for f in streets.features if f.id == "Quốc Hương")
-    # The stale qh-03 still counts with its last known depth (CONTRACT section 3).
-    assert quoc_huong.properties.worst_sensor == "qh-03"
-    assert quoc_huong.properties.level == 3 and quoc_huong.properties.stale
-    assert quoc_huong.properties.alert_level == 2
+    # The engine's level, never the raw one: the deeper qh-03 has no alert (one truth).
+    assert quoc_huong.properties.worst_sensor == "qh-02"
+    assert quoc_huong.properties.level == 2 and not quoc_huong.properties.stale
+    assert quoc_huong.properties.alert_level == 2 and quoc_huong.properties.alerts == ["a"]
 
 
 def test_body_cache_rebuilds_on_a_new_version_or_second() -> None:

@@ -1,12 +1,20 @@
-/* The IOC page: map, alert list and charts, kept live from /v1/stream. No framework: the
-   page must load from the API alone, offline, on a wall screen or a phone. */
+/* The IOC page: map, alert list per street and a live chart, kept live from /v1/stream.
+   One truth: every colour and level shown is the alert engine's verdict as /v1/sensors and
+   /v1/streets give it (never a raw reading), with the latest depth beside it.
+   No framework and no words here: every user-facing text comes from /static/i18n/{lang}.json
+   (Vietnamese first), so the page loads from the API alone, offline, under a strict CSP. */
 "use strict";
 (function () {
   const ZONE = "Asia/Ho_Chi_Minh";
   const KEY_STORAGE = "floodwatch.apiKey";
-  const LEVEL_COLORS = ["--level0", "--level1", "--level2", "--level3", "--level4"];
+  const LANG_STORAGE = "floodwatch.lang";
+  const LANGS = ["vi", "en"];
+  const LOCALES = { vi: "vi-VN", en: "en-GB" };
+  const CHART_WINDOW_MS = 3600 * 1000; // the chart shows the last hour of raw readings
+  const STREETS_REFRESH_MS = 250; // /v1/streets is re-read at most this often
   const css = getComputedStyle(document.documentElement);
   const color = (name) => css.getPropertyValue(name).trim();
+  const levelColor = (level) => color(`--level${Math.max(0, Math.min(level, 4))}`);
 
   function readConfig() {
     try {
@@ -16,30 +24,97 @@
     }
   }
   const config = readConfig();
+  // The longest silence a live feed has (heartbeats) before the page calls its data old.
+  const FEED_QUIET_MS = ((config.heartbeatS || 15) * 2 + 5) * 1000;
+
   let apiKey = localStorage.getItem(KEY_STORAGE) || "";
+  let role = null; // "viewer" | "operator" | null (not known yet, or no key)
+  let who = "";
+  let lang = LANGS.includes(localStorage.getItem(LANG_STORAGE)) ?
+    localStorage.getItem(LANG_STORAGE) : "vi";
+  let catalogue = {};
+  const missing = new Set();
+  window.floodwatchMissingKeys = missing; // read by the tests: must stay empty
+
   const sensors = new Map(); // id -> {props, marker}
-  const streets = new Map(); // name -> {props, line}
-  const alerts = new Map(); // alert_id -> alert
+  const streets = new Map(); // registry name -> {props, line, label}
+  const alerts = new Map(); // alert_id -> alert (active ones)
   let selected = null;
+  let userSelected = false;
+  let chartPoints = [];
   let lastEventId = null;
   let streamAbort = null;
+  let streamState = "idle";
+  let lastHeard = 0;
+  let notice = null; // {key, params} shown above the alert list
 
-  const timeFormat = new Intl.DateTimeFormat("en-GB", {
-    timeZone: ZONE, hour: "2-digit", minute: "2-digit", day: "2-digit", month: "short",
-  });
-  const shortTime = new Intl.DateTimeFormat("en-GB", {
-    timeZone: ZONE, hour: "2-digit", minute: "2-digit",
-  });
-  const fmtTime = (iso) => (iso ? timeFormat.format(new Date(iso)) : "–");
+  // --- words ------------------------------------------------------------------------------
+  function t(key, params) {
+    let text = catalogue[key];
+    if (text === undefined) {
+      missing.add(key);
+      text = key;
+    }
+    if (params) {
+      text = text.replace(/\{(\w+)\}/g, (m, name) => (name in params ? String(params[name]) : m));
+    }
+    return text;
+  }
+  const locale = () => LOCALES[lang];
+  const num = (value, digits) => new Intl.NumberFormat(locale(), {
+    maximumFractionDigits: digits, minimumFractionDigits: digits,
+  }).format(value);
+  const hhmm = (iso) => (iso ? new Intl.DateTimeFormat(locale(), {
+    timeZone: ZONE, hour: "2-digit", minute: "2-digit", hour12: false,
+  }).format(new Date(iso)) : "–");
+  const ladderOf = (props) => (props.kind === "tide" ? "tide" : "street");
+  const levelText = (ladder, name) => (name ? t(`level.${ladder}.${name}`) : "–");
+  const kindText = (kind) => t(`kind.${["flood", "rising", "stale", "battery_low", "fault"]
+    .includes(kind) ? kind : "unknown"}`);
+  const stateText = (state) => t(`state.${state}`);
+  const placeName = (props) => (lang === "en" ? props.name_en || props.name : props.name);
+  function streetName(name) {
+    const entry = streets.get(name);
+    return entry ? placeName(entry.props) : name;
+  }
 
-  function levelColor(props) {
-    if (!props || props.level === null || props.level === undefined) return color("--stale");
-    if (props.stale) return color("--stale");
-    return color(LEVEL_COLORS[Math.min(props.level, 4)]);
+  async function loadCatalogue(wanted) {
+    const response = await fetch(`/static/i18n/${wanted}.json`, { cache: "no-cache" });
+    catalogue = await response.json();
+    lang = wanted;
+    document.documentElement.lang = wanted;
+  }
+
+  function applyStaticTexts() {
+    document.title = t("app.title");
+    for (const el of document.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
+    for (const el of document.querySelectorAll("[data-i18n-label]")) {
+      el.setAttribute("aria-label", t(el.dataset.i18nLabel));
+      if (el.tagName === "BUTTON") el.title = t(el.dataset.i18nLabel);
+    }
+  }
+
+  function rerenderAll() {
+    applyStaticTexts();
+    renderLegend();
+    for (const entry of streets.values()) styleStreet(entry);
+    for (const entry of sensors.values()) styleSensor(entry);
+    renderAlerts();
+    renderDetail();
+    drawChart();
+    renderWho();
+    renderStatus();
+    renderNotice();
+    tick();
   }
 
   // --- API access -------------------------------------------------------------------------
-  class AuthError extends Error {}
+  class ApiError extends Error {
+    constructor(status, detail) {
+      super(detail);
+      this.status = status;
+    }
+  }
 
   function headers(extra) {
     const h = Object.assign({}, extra || {});
@@ -50,74 +125,218 @@
   async function api(path, options) {
     const opts = Object.assign({}, options || {});
     opts.headers = headers(opts.headers);
-    const response = await fetch(path, opts);
-    if (response.status === 401) throw new AuthError("key refused");
+    let response;
+    try {
+      response = await fetch(path, opts);
+    } catch (e) {
+      throw new ApiError(0, String(e.message || e));
+    }
     if (!response.ok) {
       let detail = response.statusText;
       try {
         const body = await response.json();
         if (typeof body.detail === "string") detail = body.detail;
       } catch (e) { /* not JSON */ }
-      const error = new Error(detail);
-      error.status = response.status;
-      throw error;
+      throw new ApiError(response.status, detail);
     }
     return response;
   }
 
+  // Exactly why an action failed, in the operator's language.
+  function failure(error) {
+    const status = error instanceof ApiError ? error.status : 0;
+    if (status === 0) return { key: "error.network" };
+    if (status === 401) return { key: apiKey ? "error.wrong_key" : "error.no_key" };
+    if (status === 403) return { key: "error.viewer_key" };
+    if (status === 409) return { key: "error.already" };
+    if (status === 404) return { key: "error.not_found" };
+    if (status === 503) return { key: "error.unavailable", params: { detail: error.message } };
+    return { key: "error.other", params: { status, detail: error.message } };
+  }
+
   // --- map --------------------------------------------------------------------------------
   const map = L.map("map", {
-    zoomControl: true, attributionControl: Boolean(config.tileUrl), zoomSnap: 0.25,
-  }).setView([10.8045, 106.733], 16);
+    zoomControl: false, attributionControl: Boolean(config.tileUrl || config.wmsUrl),
+    zoomSnap: 0.25,
+  }).setView([10.806, 106.733], 16);
   if (config.tileUrl) {
     L.tileLayer(config.tileUrl, { maxZoom: 19, attribution: config.tileAttribution || "" })
       .addTo(map);
   }
+  if (config.wmsUrl) {
+    L.tileLayer.wms(config.wmsUrl, {
+      layers: config.wmsLayers, format: "image/png", transparent: true, maxZoom: 19,
+    }).addTo(map);
+  }
+  // Phones pinch to zoom; a wall screen gets buttons, away from the labels.
+  if (window.innerWidth >= 600) L.control.zoom({ position: "topright" }).addTo(map);
+  map.createPane("context").style.zIndex = 350; // under the streets and sensors
+  const contextLayer = L.layerGroup().addTo(map);
+  let wardBounds = null; // the view fits the ward (its streets, with the river beside them)
   const streetLayer = L.layerGroup().addTo(map);
   const sensorLayer = L.layerGroup().addTo(map);
+  const labelLayer = L.layerGroup().addTo(map);
 
-  function sensorTooltip(p) {
-    const depth = p.level_cm === null ? "no reading" : `${p.level_cm.toFixed(1)} cm`;
-    const stale = p.stale ? " · stale" : "";
-    return `${p.name} (${p.id})<br>${depth} · ${p.level_name || "–"}${stale}<br>${fmtTime(p.time)}`;
+  async function loadOverlays() {
+    // Approximate river, ward and streets drawn by the project (see the file's "about").
+    try {
+      const response = await fetch("/static/overlays/an-khanh.geojson");
+      const overlay = await response.json();
+      const layer = L.geoJSON(overlay, {
+        pane: "context",
+        interactive: false,
+        style: (f) => ({
+          river: { className: "ctx-river", stroke: true, weight: 1, fill: true, fillOpacity: 1 },
+          ward: { className: "ctx-ward", weight: 2, fill: true, fillOpacity: 1, dashArray: "8 6" },
+          street: { className: "ctx-street", weight: 16, lineCap: "round" },
+        })[f.properties.role] || {},
+      }).addTo(contextLayer);
+      layer.eachLayer((item) => {
+        if (item.feature.properties.role === "ward") wardBounds = item.getBounds();
+      });
+    } catch (e) { /* the map still works without its context */ }
   }
 
-  function upsertSensor(feature) {
-    const p = feature.properties;
+  const legend = L.control({ position: "bottomright" });
+  legend.onAdd = () => {
+    const div = L.DomUtil.create("div", "legend");
+    div.id = "legend";
+    return div;
+  };
+  legend.addTo(map);
+
+  function renderLegend() {
+    // On the map on a wall screen; below the chart on a phone (app.css picks one).
+    for (const id of ["legend", "legend-card"]) fillLegend(document.getElementById(id));
+  }
+
+  function fillLegend(div) {
+    const title = document.createElement("h2");
+    title.textContent = t("legend.title");
+    const list = document.createElement("ul");
+    const names = ["normal", "flooded", "hazard", "impassable", "closed"];
+    const limits = [10, 20, 30, 50];
+    names.forEach((name, level) => {
+      const li = document.createElement("li");
+      const swatch = document.createElement("i");
+      swatch.className = `swatch level-${level}`;
+      const text = level === 0 ?
+        t("legend.normal", { level: levelText("street", name), cm: limits[0] }) :
+        t("legend.threshold", { level: levelText("street", name), cm: limits[level - 1] });
+      li.append(swatch, text);
+      list.append(li);
+    });
+    const stale = document.createElement("li");
+    const swatch = document.createElement("i");
+    swatch.className = "swatch stale";
+    stale.append(swatch, t("legend.stale"));
+    list.append(stale);
+    const note = document.createElement("p");
+    note.className = "legend-note";
+    note.textContent = t("legend.note");
+    div.replaceChildren(title, list, note);
+  }
+
+  function sensorTooltip(p) {
+    const depth = p.level_cm === null ? t("detail.no_reading") :
+      t("row.depth", { depth: num(p.level_cm, 1) });
+    return `${placeName(p)} (${p.id}) · ${depth} · ${levelText(ladderOf(p), p.level_name)}`;
+  }
+
+  function upsertSensor(p) {
     let entry = sensors.get(p.id);
     if (!entry) {
-      const [lon, lat] = feature.geometry.coordinates;
-      const marker = L.circleMarker([lat, lon], {
-        radius: (p.kind === "tide" ? 13 : 10) * (window.innerWidth < 600 ? 0.75 : 1),
-        weight: p.kind === "tide" ? 4 : 2,
-        color: p.kind === "tide" ? "#5fb3ff" : "#0f151b",
+      const latlng = [p.lat, p.lon];
+      const tide = p.kind === "tide";
+      const marker = L.circleMarker(latlng, {
+        radius: (tide ? 13 : 10) * (window.innerWidth < 600 ? 0.75 : 1),
+        weight: tide ? 4 : 2,
+        color: tide ? "#5fb3ff" : "#0f151b",
         fillOpacity: 0.95,
         className: `sensor sensor-${p.id}`,
       }).addTo(sensorLayer);
-      marker.bindTooltip("", { direction: "top" });
-      if (p.kind === "tide") {
-        L.tooltip({ permanent: true, direction: "right", offset: [14, 0], className: "street-label" })
-          .setLatLng([lat, lon]).setContent(p.name).addTo(sensorLayer);
-      }
+      marker.bindTooltip("", { direction: "top", offset: [0, -8] });
       marker.on("click", () => {
-        marker.closeTooltip(); // the sidebar shows the details now
-        selectSensor(p.id);
+        marker.closeTooltip();
+        selectSensor(p.id, true);
       });
-      entry = { props: p, marker };
+      entry = { props: p, marker, latlng };
       sensors.set(p.id, entry);
       const el = marker.getElement();
       if (el) el.setAttribute("data-sensor", p.id);
+      if (tide) {
+        entry.label = L.tooltip({
+          permanent: true, direction: "right", offset: [16, 0], className: "map-label gauge-label",
+        }).setLatLng(latlng).addTo(labelLayer);
+      }
     }
     entry.props = p;
-    entry.marker.setStyle({ fillColor: levelColor(p), dashArray: p.stale ? "3 3" : null });
+    styleSensor(entry);
+    if (selected === p.id) renderDetail();
+  }
+
+  function styleSensor(entry) {
+    const p = entry.props;
+    const known = p.level !== null && p.level !== undefined;
+    entry.marker.setStyle({
+      fillColor: !known || p.stale ? color("--stale") : levelColor(p.level),
+      dashArray: p.stale ? "3 3" : null,
+    });
     entry.marker.setTooltipContent(sensorTooltip(p));
     const el = entry.marker.getElement();
     if (el) {
-      el.setAttribute("data-level", p.level === null ? "" : String(p.level));
+      el.setAttribute("data-level", known ? String(p.level) : "");
       el.setAttribute("data-stale", String(p.stale));
     }
-    if (p.kind === "tide") showTide(p);
-    if (selected === p.id) showFacts(p);
+    if (p.kind === "tide") {
+      const stage = p.level_cm === null ? "–" : num(p.level_cm / 100, 2);
+      const text = t("map.gauge", {
+        name: placeName(p), stage, level: levelText("tide", p.level_name),
+      });
+      entry.label.setContent(text);
+      if (entry.label.getElement()) entry.label.getElement().dataset.level = String(p.level || 0);
+      showTide(p);
+      placeGaugeHint();
+    }
+  }
+
+  // The Phu An gauge lies south-west of the ward: the view fits the streets, so when the gauge
+  // is outside it a hint sits at the nearest edge, pointing at it.
+  let gaugeHint = null;
+  function placeGaugeHint() {
+    const gauge = [...sensors.values()].find((s) => s.props.kind === "tide");
+    if (!gauge) return;
+    const bounds = map.getBounds();
+    if (bounds.contains(gauge.latlng)) {
+      if (gaugeHint) gaugeHint.remove();
+      gaugeHint = null;
+      return;
+    }
+    const pad = bounds.pad(-0.06);
+    const lat = Math.min(Math.max(gauge.latlng[0], pad.getSouth()), pad.getNorth());
+    const lon = Math.min(Math.max(gauge.latlng[1], pad.getWest()), pad.getEast());
+    const p = gauge.props;
+    const stage = p.level_cm === null ? "–" : num(p.level_cm / 100, 2);
+    const text = t("map.offscreen", { name: placeName(p), stage });
+    if (!gaugeHint) {
+      gaugeHint = L.tooltip({ permanent: true, direction: "right", className: "map-label gauge-hint" })
+        .setLatLng([lat, lon]).addTo(labelLayer);
+    }
+    gaugeHint.setLatLng([lat, lon]).setContent(text);
+  }
+  map.on("moveend", placeGaugeHint);
+
+  function labelAnchor(latlngs) {
+    // East-west streets are named past their east end, north-south ones above their north
+    // end, so a label never sits on a marker (on a phone the label takes two lines).
+    const lats = latlngs.map((p) => p[0]), lons = latlngs.map((p) => p[1]);
+    const wide = Math.max(...lons) - Math.min(...lons) >= Math.max(...lats) - Math.min(...lats);
+    if (wide) {
+      const east = latlngs.reduce((a, b) => (b[1] > a[1] ? b : a));
+      return { at: east, direction: "right", offset: [14, 0] };
+    }
+    const north = latlngs.reduce((a, b) => (b[0] > a[0] ? b : a));
+    return { at: north, direction: "top", offset: [0, -14] };
   }
 
   function upsertStreet(feature) {
@@ -125,212 +344,449 @@
     let entry = streets.get(p.name);
     if (!entry) {
       const latlngs = feature.geometry.coordinates.map(([lon, lat]) => [lat, lon]);
-      const line = L.polyline(latlngs, { weight: 9, opacity: 0.85, className: "street" })
+      const line = L.polyline(latlngs, { weight: window.innerWidth < 600 ? 7 : 11, opacity: 0.9, className: "street" })
         .addTo(streetLayer);
-      // Named at one end, where the label cannot sit on a crossing street.
-      L.tooltip({ permanent: true, direction: "left", className: "street-label" })
-        .setLatLng(latlngs[0]).setContent(p.name).addTo(streetLayer);
-      entry = { props: p, line };
+      line.on("click", () => {
+        if (entry.props.worst_sensor) selectSensor(entry.props.worst_sensor, true);
+      });
+      const anchor = labelAnchor(latlngs);
+      const label = L.tooltip({
+        permanent: true, direction: anchor.direction, offset: anchor.offset, className: "map-label",
+      }).setLatLng(anchor.at).addTo(labelLayer);
+      entry = { props: p, line, label, latlngs };
       streets.set(p.name, entry);
+      const el = line.getElement();
+      if (el) el.setAttribute("data-street", p.name);
     }
     entry.props = p;
-    entry.line.setStyle({ color: levelColor(p) });
+    styleStreet(entry);
   }
 
-  function recolourStreets() {
-    // The street's colour follows its deepest sensor, as /v1/streets computes it.
-    for (const entry of streets.values()) {
-      let worst = null;
-      for (const id of entry.props.sensors) {
-        const s = sensors.get(id);
-        if (s && s.props.level_cm !== null && (!worst || s.props.level_cm > worst.level_cm)) {
-          worst = s.props;
-        }
-      }
-      if (worst) {
-        entry.props = Object.assign({}, entry.props, {
-          level: worst.level, level_cm: worst.level_cm, stale: worst.stale,
-        });
-      }
-      entry.line.setStyle({ color: levelColor(entry.props) });
+  function styleStreet(entry) {
+    const p = entry.props;
+    const known = p.level !== null && p.level !== undefined;
+    entry.line.setStyle({ color: known ? levelColor(p.level) : color("--stale") });
+    const path = entry.line.getElement();
+    if (path) path.setAttribute("data-level", known ? String(p.level) : "");
+    // "Quốc Hương 52 cm · Cấm lưu thông": the name, then the depth and the engine's level.
+    const content = el("span", "label-text");
+    content.append(el("span", "label-name", placeName(p)), " ", el("span", "label-state",
+      p.level_cm === null ? t("map.label_nodata") :
+        t("map.label_state", { depth: num(p.level_cm, 0), level: levelText("street", p.level_name) })));
+    entry.label.setContent(content);
+    const labelEl = entry.label.getElement();
+    if (labelEl) {
+      labelEl.dataset.level = known ? String(p.level) : "";
+      labelEl.dataset.street = p.name;
     }
   }
 
   function showTide(p) {
     document.getElementById("tide").hidden = false;
-    document.getElementById("tide-name").textContent = p.name;
+    document.getElementById("tide-title").textContent = t("tide.title", { name: placeName(p) });
     document.getElementById("tide-stage").textContent =
-      p.level_cm === null ? "–" : `${(p.level_cm / 100).toFixed(2)} m`;
+      p.level_cm === null ? "–" : t("tide.stage", { stage: num(p.level_cm / 100, 2) });
     const badge = document.getElementById("tide-level");
-    badge.textContent = p.level_name || "";
-    badge.style.setProperty("--c", levelColor(p));
+    badge.textContent = levelText("tide", p.level_name);
+    badge.dataset.level = String(p.level || 0);
+    badge.hidden = p.level === null || p.level === undefined;
+    const note = verdictText(p);
     document.getElementById("tide-time").textContent =
-      (p.stale ? "stale · " : "") + fmtTime(p.time);
+      [hhmm(p.time), note].filter(Boolean).join(" · ");
   }
 
-  // --- alerts -----------------------------------------------------------------------------
-  const STATE_TEXT = {
-    active_unack: "active, not acknowledged",
-    active_ack: "active, acknowledged",
-    cleared_unack: "cleared, not acknowledged",
-    cleared_ack: "cleared, acknowledged",
-  };
+  // --- the alert list ---------------------------------------------------------------------
+  function verdictText(p) {
+    const depth = p.level_cm === null || p.level_cm === undefined ? "–" : num(p.level_cm, 1);
+    switch (p.verdict_note) {
+      case "draining":
+        return p.hold_until ? t("verdict.draining", { depth, time: hhmm(p.hold_until) }) :
+          t("verdict.draining_open", { depth });
+      case "unconfirmed": return t("verdict.unconfirmed", { depth });
+      case "stale": return t("verdict.stale", { depth, time: hhmm(p.time) });
+      case "fault": return t("verdict.fault", { depth });
+      default: return "";
+    }
+  }
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function ackButton(onClick) {
+    const button = el("button", "ack", t("action.ack"));
+    button.type = "button";
+    button.addEventListener("click", onClick);
+    return button;
+  }
+
+  function floodRow(p) {
+    // One row per street: level, depth, since when, why the reading differs, the history, and
+    // the acknowledgement (one action for every open flood alert of the street).
+    const li = el("li", "flood-row");
+    li.dataset.street = p.name;
+    li.dataset.level = String(p.level || 0);
+    li.dataset.state = p.state || "";
+    const head = el("div", "row-head");
+    const title = el("span", "title");
+    title.append(el("span", "what", placeName(p)), " ",
+      el("span", `badge level-${Math.min(p.level || 0, 4)}`, levelText("street", p.level_name)));
+    head.append(title,
+      el("span", "depth", p.level_cm === null ? "–" : t("row.depth", { depth: num(p.level_cm, 0) })));
+    if (p.unacked > 0 && role === "operator") {
+      head.append(ackButton(() => openAck({ street: p.name, count: p.unacked })));
+    }
+    li.append(head);
+    const meta = el("div", "meta");
+    const facts = [];
+    if (p.since) facts.push(t("row.since", { time: hhmm(p.since) }));
+    if (p.peak_cm !== null && p.peak_cm !== undefined) {
+      facts.push(t("row.peak", { depth: num(p.peak_cm, 0), time: hhmm(p.peak_time) }));
+    }
+    meta.append(facts.join(" · "));
+    const mine = p.alerts.map((id) => alerts.get(id)).filter(Boolean);
+    let ackText = null;
+    if (p.unacked > 0) {
+      // The count is in the dialog; here only the state, so the row stays one line.
+      ackText = el("span", "ack-state unacked", stateText("active_unack"));
+    } else if (p.state === "active_ack") {
+      const acked = mine.find((a) => a.acked_by) || {};
+      ackText = el("span", "ack-state", acked.note ?
+        t("row.acked_note", { who: acked.acked_by, note: acked.note }) :
+        t("row.acked", { who: acked.acked_by || "–" }));
+    }
+    if (ackText) meta.append(facts.length ? " · " : "", ackText);
+    li.append(meta);
+    const note = verdictText(p);
+    if (note) li.append(el("div", "verdict", note));
+    if (p.history && p.history.length > 1) {
+      const steps = p.history.map((h) => t("row.step", {
+        level: levelText("street", h.level_name), time: hhmm(h.at),
+      })).join(" → ");
+      li.append(el("div", "meta history", t("row.history", { steps })));
+    }
+    li.addEventListener("click", (event) => {
+      if (event.target.closest("button")) return;
+      if (p.worst_sensor) selectSensor(p.worst_sensor, true);
+    });
+    return li;
+  }
+
+  function otherRow(a) {
+    const li = el("li", "other-row");
+    li.dataset.alertId = a.alert_id;
+    li.dataset.kind = a.kind;
+    li.dataset.state = a.state || "";
+    const sensor = sensors.get(a.sensor);
+    const name = sensor ? placeName(sensor.props) : a.sensor;
+    const head = el("div", "row-head");
+    head.append(el("span", `badge kind-${a.kind}`, kindText(a.kind)),
+      el("span", "what", t("row.sensor", { sensor: a.sensor, name })));
+    li.append(head);
+    const payload = a.payload || {};
+    const facts = [];
+    if (payload.raised_at) facts.push(t("row.since", { time: hhmm(payload.raised_at) }));
+    if (typeof payload.battery_v === "number") {
+      facts.push(t("row.battery", { volts: num(payload.battery_v, 2) }));
+    }
+    if (typeof payload.rise_cm === "number") facts.push(t("row.rise", { rise: num(payload.rise_cm, 0) }));
+    if (["out_of_range", "obstructed", "stuck"].includes(payload.detail)) {
+      facts.push(t(`row.detail.${payload.detail}`));
+    }
+    if (a.state !== "active_unack") facts.push(stateText(a.state));
+    li.append(el("span", "meta", facts.join(" · ")));
+    if (a.state === "active_unack" && role === "operator") {
+      const foot = el("div", "row-foot");
+      foot.append(ackButton(() => openAck({
+        alert: a.alert_id, what: `${kindText(a.kind)} · ${a.sensor}`,
+      })));
+      li.append(foot);
+    }
+    li.addEventListener("click", (event) => {
+      if (!event.target.closest("button")) selectSensor(a.sensor, true);
+    });
+    return li;
+  }
 
   function renderAlerts() {
-    const list = document.getElementById("alerts");
-    const items = [...alerts.values()].filter((a) => a.state !== "cleared_ack");
-    items.sort((a, b) => (b.active - a.active) || ((b.level || 0) - (a.level || 0)) ||
-      String(b.changed_at).localeCompare(String(a.changed_at)));
-    list.replaceChildren(...items.map(alertItem));
-    document.getElementById("alerts-empty").hidden = items.length > 0;
-    document.getElementById("alert-count").textContent = items.length ? `(${items.length})` : "";
-  }
-
-  function alertItem(a) {
-    const li = document.createElement("li");
-    li.dataset.alertId = a.alert_id;
-    li.dataset.state = a.state || "";
-    li.style.setProperty("--c", a.active ? color(LEVEL_COLORS[Math.min(a.level || 0, 4)]) : color("--stale"));
-    const what = document.createElement("span");
-    what.className = "what";
-    what.textContent = `${a.street || a.sensor}: ${a.level_name || a.kind}`;
-    li.append(what);
-    if (a.state && a.state.endsWith("_unack")) {
-      const button = document.createElement("button");
-      button.type = "button";
-      button.className = "ack";
-      button.textContent = "Acknowledge";
-      button.addEventListener("click", () => acknowledge(a.alert_id));
-      li.append(button);
-    } else {
-      li.append(document.createElement("span"));
-    }
-    const meta = document.createElement("span");
-    meta.className = "meta";
-    const ack = a.acked_by ? ` · by ${a.acked_by}${a.note ? `: “${a.note}”` : ""}` : "";
-    meta.textContent = `${a.sensor} · ${STATE_TEXT[a.state] || a.state} · ${fmtTime(a.changed_at)}${ack}`;
-    li.append(meta);
-    return li;
+    const flooded = [...streets.values()].map((s) => s.props)
+      .filter((p) => (p.level || 0) > 0 || (p.alerts && p.alerts.length))
+      .sort((a, b) => (b.level - a.level) || ((b.level_cm || 0) - (a.level_cm || 0)));
+    document.getElementById("floods").replaceChildren(...flooded.map(floodRow));
+    document.getElementById("floods-empty").hidden = flooded.length > 0;
+    document.getElementById("flood-count").textContent = flooded.length ? `(${flooded.length})` : "";
+    const order = { fault: 0, stale: 1, rising: 2, battery_low: 3 };
+    const others = [...alerts.values()].filter((a) => a.kind !== "flood" && a.active)
+      .sort((a, b) => ((order[a.kind] ?? 9) - (order[b.kind] ?? 9)) ||
+        String(a.sensor).localeCompare(String(b.sensor)));
+    document.getElementById("others").replaceChildren(...others.map(otherRow));
+    document.getElementById("others-empty").hidden = others.length > 0;
+    document.getElementById("other-count").textContent = others.length ? `(${others.length})` : "";
   }
 
   function replaceSensorAlerts(sensorId, list) {
     for (const [id, a] of alerts) if (a.sensor === sensorId) alerts.delete(id);
-    for (const a of list) alerts.set(a.alert_id, a);
-    renderAlerts();
+    for (const a of list) if (a.active) alerts.set(a.alert_id, a);
   }
 
-  async function acknowledge(alertId) {
-    const note = window.prompt("Acknowledge this alert. Note (what you saw or did):", "");
-    if (note === null) return;
+  let noticeTimer = null;
+  function setNotice(key, params, kind) {
+    notice = key ? { key, params, kind } : null;
+    renderNotice();
+    // A confirmation fades after a while; an error stays until the next action.
+    clearTimeout(noticeTimer);
+    if (kind === "ok") noticeTimer = setTimeout(() => setNotice(null), 8000);
+  }
+  function renderNotice() {
+    const box = document.getElementById("notice");
+    box.hidden = !notice;
+    box.textContent = notice ? t(notice.key, notice.params) : "";
+    box.dataset.kind = notice ? notice.kind || "error" : "";
+  }
+
+  // --- acknowledging ----------------------------------------------------------------------
+  const ackDialog = document.getElementById("ack-dialog");
+  let ackTarget = null;
+
+  function openAck(target) {
+    ackTarget = target;
+    document.getElementById("ack-title").textContent = target.street ?
+      t("ack.title_street", { street: streetName(target.street) }) :
+      t("ack.title_alert", { what: target.what });
+    document.getElementById("ack-body").textContent = target.street ?
+      t("ack.body_street", { count: target.count }) : t("ack.body_alert");
+    document.getElementById("ack-error").textContent = "";
+    document.getElementById("ack-note").value = "";
+    document.getElementById("ack-confirm").disabled = false;
+    if (!ackDialog.open) ackDialog.showModal();
+    document.getElementById("ack-note").focus();
+  }
+
+  async function sendAck(event) {
+    event.preventDefault();
+    if (!ackTarget) return;
+    const target = ackTarget;
+    const note = document.getElementById("ack-note").value.trim();
+    const confirm = document.getElementById("ack-confirm");
+    confirm.disabled = true;
+    document.getElementById("ack-error").textContent = t("ack.sending");
+    const path = target.street ?
+      `/v1/streets/${encodeURIComponent(target.street)}/acknowledge` :
+      `/v1/alerts/${encodeURIComponent(target.alert)}/ack`;
     try {
-      const response = await api(`/v1/alerts/${encodeURIComponent(alertId)}/ack`, {
-        method: "POST",
-        headers: { "Content-Type": "application/json" },
+      const response = await api(path, {
+        method: "POST", headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ note }),
       });
-      const alert = await response.json();
-      alerts.set(alert.alert_id, alert);
-      renderAlerts();
+      const body = await response.json();
+      for (const a of body.acknowledged || [body]) {
+        if (alerts.has(a.alert_id)) alerts.set(a.alert_id, Object.assign({}, alerts.get(a.alert_id), a));
+      }
+      ackDialog.close();
+      ackTarget = null;
+      setNotice("ack.done", { what: target.street ? streetName(target.street) : target.what }, "ok");
+      scheduleStreets();
     } catch (e) {
-      if (e instanceof AuthError) return askForKey("The key was refused.");
-      const reason = e.status === 403 ? "acknowledging needs an operator key" : e.message;
-      setStatus(statusState, `could not acknowledge: ${reason}`);
+      const why = failure(e);
+      document.getElementById("ack-error").textContent = t(why.key, why.params);
+      confirm.disabled = false;
     }
   }
+  document.getElementById("ack-form").addEventListener("submit", sendAck);
+  document.getElementById("ack-cancel").addEventListener("click", () => {
+    ackTarget = null;
+    ackDialog.close();
+  });
 
   // --- sensor detail and chart ------------------------------------------------------------
-  function showFacts(p) {
-    document.getElementById("detail-title").textContent = `${p.name} · ${p.street}`;
-    const depth = p.level_cm === null ? "no reading yet" : `${p.level_cm.toFixed(1)} cm`;
-    const battery = p.battery_v === null ? "" : ` · battery ${p.battery_v.toFixed(2)} V`;
-    document.getElementById("detail-facts").textContent =
-      `${depth} (${p.level_name || "–"}) at ${fmtTime(p.time)}${p.stale ? " · STALE" : ""}${battery}`;
+  function renderDetail() {
+    const entry = selected ? sensors.get(selected) : null;
+    const title = document.getElementById("detail-title");
+    if (!entry) {
+      title.textContent = t("detail.select");
+      document.getElementById("detail-facts").textContent = "";
+      document.getElementById("detail-verdict").textContent = "";
+      return;
+    }
+    const p = entry.props;
+    title.textContent = t("detail.title", { name: placeName(p), street: streetName(p.street) });
+    const facts = [];
+    facts.push(p.level_cm === null ? t("detail.no_reading") :
+      t("detail.facts", { depth: num(p.level_cm, 1), time: hhmm(p.time) }));
+    if (p.level_name) facts.push(levelText(ladderOf(p), p.level_name));
+    if (p.battery_v !== null && p.battery_v !== undefined) {
+      facts.push(t("row.battery", { volts: num(p.battery_v, 2) }));
+    }
+    if (p.stale) facts.push(t("detail.stale"));
+    document.getElementById("detail-facts").textContent = facts.join(" · ");
+    document.getElementById("detail-verdict").textContent = verdictText(p);
   }
 
-  async function selectSensor(id) {
+  async function selectSensor(id, byUser) {
+    if (byUser) userSelected = true;
+    if (selected === id && chartPoints.length) return;
     selected = id;
-    const entry = sensors.get(id);
-    if (!entry) return;
-    showFacts(entry.props);
-    const start = new Date(Date.now() - 6 * 3600 * 1000).toISOString();
+    chartPoints = [];
+    renderDetail();
+    drawChart();
+    const start = new Date(Date.now() - CHART_WINDOW_MS).toISOString();
     try {
       const response = await api(
-        `/v1/sensors/${encodeURIComponent(id)}/readings?start=${encodeURIComponent(start)}&every=5m&agg=max`);
+        `/v1/sensors/${encodeURIComponent(id)}/readings?start=${encodeURIComponent(start)}&limit=5000`);
       const page = await response.json();
-      if (selected === id) drawChart(page.points, entry.props);
-    } catch (e) {
-      if (e instanceof AuthError) askForKey("The key was refused.");
-    }
+      if (selected !== id) return;
+      const loaded = page.points.filter((p) => p.level_cm !== null)
+        .map((p) => ({ t: Date.parse(p.time), v: p.level_cm }));
+      // Readings that arrived on the stream meanwhile stay.
+      const last = loaded.length ? loaded[loaded.length - 1].t : -Infinity;
+      chartPoints = loaded.concat(chartPoints.filter((p) => p.t > last));
+      drawChart();
+    } catch (e) { /* the chart fills from the stream */ }
   }
 
-  function drawChart(points, props) {
+  function appendChartPoint(p) {
+    if (p.id !== selected || p.level_cm === null || !p.time) return;
+    const point = { t: Date.parse(p.time), v: p.level_cm };
+    const last = chartPoints[chartPoints.length - 1];
+    if (last && point.t <= last.t) return;
+    chartPoints.push(point);
+    drawChart();
+  }
+
+  function drawChart() {
     const chart = document.getElementById("chart");
-    const W = 320, H = 140, left = 34, right = 6, top = 8, bottom = 20;
+    const entry = selected ? sensors.get(selected) : null;
+    const W = Math.max(chart.clientWidth, 200), H = Math.max(chart.clientHeight, 120);
+    const left = 44, right = 10, top = 10, bottom = 24;
     const ns = "http://www.w3.org/2000/svg";
     const svg = document.createElementNS(ns, "svg");
     svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-    svg.setAttribute("role", "img");
+    svg.setAttribute("width", W);
+    svg.setAttribute("height", H);
     const add = (tag, attrs, text) => {
-      const el = document.createElementNS(ns, tag);
-      for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
-      if (text !== undefined) el.textContent = text;
-      svg.append(el);
-      return el;
+      const node = document.createElementNS(ns, tag);
+      for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+      if (text !== undefined) node.textContent = text;
+      svg.append(node);
+      return node;
     };
-    const values = points.map((p) => p.level_cm).filter((v) => v !== null);
-    if (!values.length) {
-      add("text", { x: left, y: H / 2 }, "no readings in the last 6 hours");
+    if (!entry) {
       chart.replaceChildren(svg);
       return;
     }
-    const t0 = Date.now() - 6 * 3600 * 1000, t1 = Date.now();
-    const firstThreshold = props.thresholds_cm[0];
-    const lo = Math.min(0, ...values), hi = Math.max(firstThreshold * 1.2, ...values) * 1.05;
-    const x = (t) => left + ((t - t0) / (t1 - t0)) * (W - left - right);
+    const props = entry.props;
+    const t1 = Date.now(), t0 = t1 - CHART_WINDOW_MS;
+    chartPoints = chartPoints.filter((p) => p.t >= t0 - 60000);
+    const values = chartPoints.map((p) => p.v);
+    if (!values.length) {
+      add("text", { x: left, y: H / 2, class: "empty" }, t("chart.empty"));
+      chart.replaceChildren(svg);
+      return;
+    }
+    const tide = props.kind === "tide";
+    const limits = props.thresholds_cm;
+    const lo = tide ? Math.min(...values, limits[0]) - 10 : Math.min(0, ...values);
+    const hi = Math.max(limits[tide ? limits.length - 1 : 0] * 1.15, ...values) * 1.05;
+    const x = (time) => left + ((time - t0) / (t1 - t0)) * (W - left - right);
     const y = (v) => top + (1 - (v - lo) / (hi - lo)) * (H - top - bottom);
-    add("line", { class: "axis", x1: left, y1: y(lo), x2: W - right, y2: y(lo) });
+    add("line", { class: "axis", x1: left, y1: H - bottom, x2: W - right, y2: H - bottom });
     add("line", { class: "axis", x1: left, y1: top, x2: left, y2: H - bottom });
-    props.thresholds_cm.forEach((limit, i) => {
-      if (limit > hi) return;
+    limits.forEach((limit, i) => {
+      if (limit > hi || limit < lo) return;
       add("line", {
         class: "threshold", x1: left, x2: W - right, y1: y(limit), y2: y(limit),
-        stroke: color(LEVEL_COLORS[Math.min(i + 1, 4)]),
+        stroke: levelColor(i + 1),
       });
+      add("text", { x: left - 4, y: y(limit) + 4, class: "tick" }, num(limit, 0));
     });
-    add("text", { x: 2, y: y(hi) + 10 }, `${hi.toFixed(0)} cm`);
-    add("text", { x: 2, y: y(lo) }, `${lo.toFixed(0)}`);
-    add("text", { x: left, y: H - 4 }, shortTime.format(new Date(t0)));
-    add("text", { x: W - right - 30, y: H - 4 }, shortTime.format(new Date(t1)));
-    const path = points.filter((p) => p.level_cm !== null)
-      .map((p) => `${x(Date.parse(p.time)).toFixed(1)},${y(p.level_cm).toFixed(1)}`).join(" ");
-    add("polyline", { class: "series", points: path });
+    add("text", { x: left - 4, y: top + 10, class: "tick" }, t("chart.unit"));
+    for (let k = 0; k <= 4; k += 1) {
+      const time = t0 + (k * (t1 - t0)) / 4;
+      const anchor = k === 0 ? "start" : k === 4 ? "end" : "middle";
+      add("text", { x: x(time), y: H - 6, class: "time", "text-anchor": anchor },
+        hhmm(new Date(time).toISOString()));
+    }
+    const shown = chartPoints.filter((p) => p.t >= t0);
+    add("polyline", {
+      class: "series",
+      points: shown.map((p) => `${x(p.t).toFixed(1)},${y(p.v).toFixed(1)}`).join(" "),
+    });
+    const lastPoint = shown[shown.length - 1];
+    if (lastPoint) add("circle", { class: "now", cx: x(lastPoint.t), cy: y(lastPoint.v), r: 4 });
     chart.replaceChildren(svg);
+    chart.dataset.points = String(shown.length);
+  }
+
+  function autoSelect() {
+    // Until the operator picks one, the chart follows the worst street's worst sensor.
+    if (userSelected) return;
+    const ranked = [...streets.values()].map((s) => s.props)
+      .filter((p) => p.worst_sensor)
+      .sort((a, b) => ((b.level || 0) - (a.level || 0)) || ((b.level_cm || 0) - (a.level_cm || 0)));
+    if (ranked.length && ranked[0].worst_sensor !== selected) selectSensor(ranked[0].worst_sensor, false);
   }
 
   // --- live stream ------------------------------------------------------------------------
-  let statusState = "idle";
-  function setStatus(state, text) {
-    statusState = state;
-    const el = document.getElementById("status");
-    el.dataset.state = state;
-    el.textContent = text;
+  function setStatus(state) {
+    streamState = state;
+    renderStatus();
+  }
+  function renderStatus() {
+    const status = document.getElementById("status");
+    status.dataset.state = streamState;
+    const key = {
+      live: "status.live", retrying: "status.reconnecting", loading: "status.loading",
+      idle: "status.need_key",
+    }[streamState] || "status.reconnecting";
+    status.textContent = t(key);
+  }
+
+  function renderWho() {
+    const text = role === "operator" ? t("key.operator", { name: who }) :
+      role === "viewer" ? (who === "anonymous" ? t("key.anonymous") : t("key.viewer", { name: who })) :
+        t("key.none");
+    const span = document.getElementById("who");
+    span.textContent = text;
+    span.dataset.role = role || "";
+  }
+
+  let streetsTimer = null;
+  function scheduleStreets() {
+    if (streetsTimer) return;
+    streetsTimer = setTimeout(async () => {
+      streetsTimer = null;
+      try {
+        const collection = await (await api("/v1/streets")).json();
+        collection.features.forEach(upsertStreet);
+        renderAlerts();
+        autoSelect();
+      } catch (e) { /* the next event tries again */ }
+    }, STREETS_REFRESH_MS);
+  }
+
+  function sensorFromFeature(f) {
+    return Object.assign({}, f.properties, { lon: f.geometry.coordinates[0], lat: f.geometry.coordinates[1] });
+  }
+
+  function mergeSensor(props) {
+    const entry = sensors.get(props.id);
+    if (!entry) return;
+    upsertSensor(Object.assign({}, props, { lon: entry.props.lon, lat: entry.props.lat }));
   }
 
   function handleEvent(type, data) {
     if (type === "reading") {
-      upsertSensor({ properties: data });
-      recolourStreets();
+      mergeSensor(data);
+      appendChartPoint(data);
+      scheduleStreets();
     } else if (type === "alert") {
       replaceSensorAlerts(data.sensor, data.alerts);
-      const entry = sensors.get(data.sensor);
-      if (entry && data.properties) {
-        upsertSensor({ properties: data.properties });
-        recolourStreets();
-      } else if (entry) {
-        entry.props = Object.assign({}, entry.props, {
-          alert_level: data.alert_level, alert_state: data.alert_state,
-        });
-      }
+      if (data.properties) mergeSensor(data.properties);
+      renderAlerts();
+      scheduleStreets();
     } else if (type === "gap") {
       loadAll();
     }
@@ -366,15 +822,20 @@
         const h = headers({ Accept: "text/event-stream" });
         if (lastEventId) h["Last-Event-ID"] = lastEventId;
         const response = await fetch("/v1/stream", { headers: h, signal: abort.signal, cache: "no-store" });
-        if (response.status === 401) return askForKey("The key was refused.");
-        if (!response.ok || !response.body) throw new Error(`stream answered ${response.status}`);
-        setStatus("live", "live");
+        if (response.status === 401 || response.status === 403) {
+          setStatus("idle");
+          return askForKey("error.wrong_key");
+        }
+        if (!response.ok || !response.body) throw new Error(String(response.status));
+        setStatus("live");
+        lastHeard = Date.now();
         const reader = response.body.getReader();
         const decoder = new TextDecoder();
         let buffer = "";
         for (;;) {
           const { value, done } = await reader.read();
           if (done) break;
+          lastHeard = Date.now();
           buffer += decoder.decode(value, { stream: true });
           let match;
           while ((match = /\r\n\r\n|\n\n|\r\r/.exec(buffer))) {
@@ -385,7 +846,7 @@
       } catch (e) {
         if (abort.signal.aborted) return;
       }
-      setStatus("retrying", "reconnecting…");
+      setStatus("retrying");
       await new Promise((resolve) => setTimeout(resolve, 2000));
     }
   }
@@ -394,70 +855,145 @@
   let fitted = false;
   async function loadAll() {
     const [sensorResponse, streetResponse, alertResponse] = await Promise.all([
-      api("/v1/sensors"), api("/v1/streets"), api("/v1/alerts?state=all&limit=500"),
+      api("/v1/sensors"), api("/v1/streets"), api("/v1/alerts?state=active&limit=1000"),
     ]);
     const sensorCollection = await sensorResponse.json();
     const streetCollection = await streetResponse.json();
     const alertPage = await alertResponse.json();
+    sensorCollection.features.map(sensorFromFeature).forEach(upsertSensor);
     streetCollection.features.forEach(upsertStreet);
-    sensorCollection.features.forEach(upsertSensor);
     alerts.clear();
     for (const a of alertPage.alerts) alerts.set(a.alert_id, a);
     renderAlerts();
-    if (!fitted && sensorCollection.features.length) {
-      const bounds = L.latLngBounds(sensorCollection.features.map(
-        (f) => [f.geometry.coordinates[1], f.geometry.coordinates[0]]));
+    if (!fitted && streetCollection.features.length) {
+      // Fit the ward around its streets (the river beside them); the Phu An gauge may then
+      // sit outside, shown by its hint at the edge. Room on the right for the labels.
+      const bounds = L.latLngBounds([]);
       for (const f of streetCollection.features) {
         for (const [lon, lat] of f.geometry.coordinates) bounds.extend([lat, lon]);
       }
+      const phone = window.innerWidth < 600;
+      // A phone's narrow map shows the streets alone, big enough to touch.
+      if (wardBounds && !phone) bounds.extend(wardBounds);
       map.invalidateSize();
-      map.fitBounds(bounds, { padding: [28, 28], animate: false });
+      map.fitBounds(bounds, {
+        paddingTopLeft: phone ? [16, 56] : [10, 10], paddingBottomRight: phone ? [190, 24] : [210, 10],
+        animate: false,
+      });
       fitted = true;
     }
+    placeGaugeHint();
+    autoSelect();
     document.body.dataset.loaded = "true";
+  }
+
+  async function whoAmI() {
+    const response = await api("/v1/me");
+    const me = await response.json();
+    role = me.role;
+    who = me.name;
+    renderWho();
+    renderAlerts();
   }
 
   async function start() {
     try {
-      setStatus("retrying", "loading…");
+      setStatus("loading");
+      await whoAmI();
       await loadAll();
       runStream();
     } catch (e) {
-      if (e instanceof AuthError) return askForKey("The key was refused; enter another.");
-      setStatus("retrying", `cannot load: ${e.message}`);
+      if (e instanceof ApiError && e.status === 401) {
+        role = null;
+        renderWho();
+        setStatus("idle");
+        return askForKey(apiKey ? "error.wrong_key" : "");
+      }
+      setStatus("retrying");
       setTimeout(start, 5000);
     }
   }
 
-  const dialog = document.getElementById("key-dialog");
-  function askForKey(message) {
-    if (streamAbort) streamAbort.abort();
-    setStatus("idle", "API key needed");
-    document.getElementById("key-error").textContent = message || "";
+  // The key dialog never stops the live feed: the stream keeps running behind it.
+  const keyDialog = document.getElementById("key-dialog");
+  function askForKey(errorKey) {
+    document.getElementById("key-error").textContent = errorKey ? t(errorKey) : "";
     document.getElementById("key-input").value = "";
-    if (!dialog.open) dialog.showModal();
+    if (!keyDialog.open) keyDialog.showModal();
   }
-  document.getElementById("key-form").addEventListener("submit", () => {
-    apiKey = document.getElementById("key-input").value.trim();
-    if (apiKey) localStorage.setItem(KEY_STORAGE, apiKey);
-    start();
+  document.getElementById("key-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const candidate = document.getElementById("key-input").value.trim();
+    const error = document.getElementById("key-error");
+    error.textContent = t("key.checking");
+    try {
+      const response = await fetch("/v1/me", { headers: { Authorization: "Bearer " + candidate } });
+      if (!response.ok) {
+        error.textContent = t(response.status === 401 ? "error.wrong_key" : "error.network");
+        return;
+      }
+      const me = await response.json();
+      const changed = candidate !== apiKey;
+      apiKey = candidate;
+      localStorage.setItem(KEY_STORAGE, apiKey);
+      role = me.role;
+      who = me.name;
+      keyDialog.close();
+      renderWho();
+      renderAlerts();
+      setNotice(null);
+      if (changed || streamState !== "live") {
+        await loadAll().catch(() => {});
+        runStream();
+      }
+    } catch (e) {
+      error.textContent = t("error.network");
+    }
   });
   document.getElementById("key-forget").addEventListener("click", () => {
     localStorage.removeItem(KEY_STORAGE);
     apiKey = "";
+    role = config.anonymousRead ? "viewer" : null;
+    who = config.anonymousRead ? "anonymous" : "";
     document.getElementById("key-input").value = "";
-    if (!config.anonymousRead) document.getElementById("key-error").textContent = "Key forgotten.";
+    document.getElementById("key-error").textContent = t("key.forgotten");
+    renderWho();
+    renderAlerts();
   });
+  document.getElementById("key-close").addEventListener("click", () => keyDialog.close());
   document.getElementById("key-button").addEventListener("click", () => askForKey(""));
 
-  function tick() {
-    document.getElementById("clock").textContent = shortTime.format(new Date()) + " ICT";
-  }
-  tick();
-  setInterval(tick, 15000);
-  // Stale flags move with the clock: refresh the whole picture now and then.
-  setInterval(() => { if (statusState === "live") loadAll().catch(() => {}); }, 60000);
+  document.getElementById("lang-button").addEventListener("click", async () => {
+    const next = lang === "vi" ? "en" : "vi";
+    localStorage.setItem(LANG_STORAGE, next);
+    await loadCatalogue(next);
+    rerenderAll();
+  });
 
-  if (apiKey || config.anonymousRead) start();
-  else askForKey("");
+  function tick() {
+    document.getElementById("clock").textContent = hhmm(new Date().toISOString());
+    // A feed that dropped (or went quiet past its heartbeats) is said plainly, with its age.
+    const banner = document.getElementById("feed-banner");
+    const quiet = lastHeard ? Date.now() - lastHeard : 0;
+    const old = lastHeard && (streamState !== "live" || quiet > FEED_QUIET_MS);
+    banner.hidden = !old;
+    document.body.dataset.feed = old ? "old" : "live";
+    if (old) banner.textContent = t("banner.old", { seconds: Math.round(quiet / 1000) });
+  }
+  setInterval(tick, 1000);
+  setInterval(drawChart, 10000); // the chart's window slides with the clock
+  // Stale flags move with the clock: refresh the whole picture now and then.
+  setInterval(() => { if (streamState === "live") loadAll().catch(() => {}); }, 60000);
+  window.addEventListener("resize", () => drawChart());
+
+  (async function boot() {
+    await loadCatalogue(lang);
+    rerenderAll();
+    await loadOverlays();
+    if (apiKey || config.anonymousRead) start();
+    else {
+      setStatus("idle");
+      askForKey("");
+    }
+  })();
 })();

@@ -28,6 +28,7 @@ from floodwatch.errors import (
 from floodwatch.influx import InfluxClient
 from floodwatch.metrics import serve as serve_metrics
 from floodwatch.mqtt import Delivery, MqttConnection
+from floodwatch.notes import note_problem
 from floodwatch.registry import load_registry
 from floodwatch.settings import (
     command_parser,
@@ -155,6 +156,11 @@ def parse_and_apply_ack(payload: bytes, alerting: Alerting) -> tuple[str, dict[s
         return reply, {"ok": False, "error": "alert_id and who (the operator) are required"}
     if not isinstance(note, str) or len(note) > 2000 or len(who) > 200:
         return reply, {"ok": False, "error": "note must be text of at most 2000 characters"}
+    problem = note_problem(note)
+    if problem is not None:
+        # Checked before the engine changes anything: an alert acknowledged in memory whose
+        # event cannot be stored would be lost, and a retry answered "already acknowledged".
+        return reply, {"ok": False, "error": problem}
     try:
         events = alerting.acknowledge(alert_id, who.strip(), note)
     except FloodwatchError as exc:

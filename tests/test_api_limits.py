@@ -1,0 +1,161 @@
+"""API limits on the real broker, influxd and API (issue 12 section 5): a bucket InfluxDB
+cannot hold, acknowledgement notes with control characters, security headers, a deleted keys
+file, and the cap on /v1/stream clients."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from api.app import create_app
+from api.config import ApiOptions
+from floodwatch.influx import InfluxClient
+from floodwatch.localservices import Service
+from tests.test_api_support import (
+    DEPTH_SENSOR,
+    Keys,
+    TestClient,
+    api_settings,
+    bearer,
+    engine_alert,
+    wait_for,
+    write_keys,
+    write_readings,
+)
+
+pytestmark = pytest.mark.services
+
+T0 = 1_795_651_200 * 10**9  # 2026-11-26T00:00:00Z
+RANGE = "start=2026-11-26T00:00:00Z&end=2026-11-26T01:00:00Z"
+
+
+@pytest.fixture
+def api(
+    broker: Service, influxd: Service, influx: InfluxClient, unique: str, tmp_path: Path
+) -> Iterator[tuple[TestClient, Keys]]:
+    write_readings(influx, DEPTH_SENSOR, [(T0 + n * 60 * 10**9, float(n)) for n in range(60)])
+    keys = write_keys(tmp_path / "keys")
+    app = create_app(api_settings(broker, influxd, unique), ApiOptions(api_keys=keys.path))
+    with TestClient(app) as client:
+        yield client, keys
+
+
+def _one_sentence(detail: object) -> str:
+    """The message of a 422 in either of the API's shapes (a string, or FastAPI's list)."""
+    if isinstance(detail, list):
+        assert len(detail) == 1, detail
+        detail = detail[0]["msg"]
+    assert isinstance(detail, str)
+    return detail
+
+
+@pytest.mark.parametrize("every", ["20000w", "15251w", "999999d", "106752d"])
+def test_a_bucket_influxdb_cannot_hold_is_422_not_502(
+    api: tuple[TestClient, Keys], every: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """InfluxDB refuses a GROUP BY time() longer than its int64 nanoseconds (about 15,250
+    weeks: "overflowed duration"); the API says so itself, and logs no error."""
+    client, keys = api
+    with caplog.at_level(logging.WARNING):
+        response = client.get(
+            f"/v1/sensors/{DEPTH_SENSOR}/readings?{RANGE}&every={every}",
+            headers=bearer(keys.viewer),
+        )
+    assert response.status_code == 422, response.text
+    message = _one_sentence(response.json()["detail"])
+    assert "every" in message and "15250w" in message
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_the_longest_bucket_influxdb_holds_still_works(api: tuple[TestClient, Keys]) -> None:
+    client, keys = api
+    response = client.get(
+        f"/v1/sensors/{DEPTH_SENSOR}/readings?{RANGE}&every=15250w&agg=max",
+        headers=bearer(keys.viewer),
+    )
+    assert response.status_code == 200, response.text
+    assert [p["level_cm"] for p in response.json()["points"]] == [59.0]
+
+
+def test_too_many_buckets_for_the_range_is_422(api: tuple[TestClient, Keys]) -> None:
+    client, keys = api
+    response = client.get(
+        f"/v1/sensors/{DEPTH_SENSOR}/readings?start=2000-01-01T00:00:00Z"
+        "&end=2026-01-01T00:00:00Z&every=1s",
+        headers=bearer(keys.viewer),
+    )
+    assert response.status_code == 422, response.text
+    assert "buckets" in _one_sentence(response.json()["detail"])
+
+
+@pytest.mark.parametrize(
+    ("note", "named"),
+    [
+        ("crew\nsent, road closed", "line break"),
+        ("crew\r\nsent", "line break"),
+        ("crew\x00sent", "NUL"),
+        ("crew\x1bsent", "U+001B"),
+        ("crew\x7fsent", "U+007F"),
+        ("crew\u0085sent", "U+0085"),
+    ],
+)
+def test_an_ack_note_with_control_characters_is_422_saying_which(
+    api: tuple[TestClient, Keys], note: str, named: str
+) -> None:
+    """Refused before the alert engine is asked (so no alert is touched); the answer names
+    the character and where it is."""
+    client, keys = api
+    response = client.post(
+        "/v1/alerts/qh-02:flood:1/ack", json={"note": note}, headers=bearer(keys.operator)
+    )
+    assert response.status_code == 422, response.text
+    message = _one_sentence(response.json()["detail"])
+    assert "note" in message and named in message and "character 5" in message
+
+
+def test_an_ack_note_survives_the_command_path_and_influxdb_intact(
+    broker: Service, influxd: Service, influx: InfluxClient, unique: str, tmp_path: Path
+) -> None:
+    """Quotes, backslashes, commas, equals signs, tabs, diacritics and emoji reach the
+    engine over MQTT, are stored in InfluxDB's alert_event and come back unchanged."""
+    note = 'Đội "cứu hộ" đến\tĐường 12, a=b \\ c \\" ✓ 🚧'
+    keys = write_keys(tmp_path / "keys")
+    app = create_app(api_settings(broker, influxd, unique), ApiOptions(api_keys=keys.path))
+    with (
+        engine_alert(broker, influxd, unique, tmp_path) as alert_id,
+        TestClient(app) as client,
+    ):
+        wait_for(
+            lambda: (
+                client.get(f"/v1/alerts/{alert_id}", headers=bearer(keys.viewer)).status_code == 200
+            ),
+            what="the API to hold the alert",
+        )
+        bad = client.post(
+            f"/v1/alerts/{alert_id}/ack", json={"note": "a\x00b"}, headers=bearer(keys.operator)
+        )
+        assert bad.status_code == 422, bad.text
+        response = client.post(
+            f"/v1/alerts/{alert_id}/ack", json={"note": note}, headers=bearer(keys.operator)
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["note"] == note
+
+        def stored() -> list[object]:
+            rows = influx.query(
+                'SELECT "note" FROM "alert_event" WHERE "note" <> \'\'', {}, epoch="ns"
+            )
+            return [v[1] for s in rows for v in s["values"]]
+
+        wait_for(lambda: stored() != [], what="the acknowledgement in InfluxDB")
+        assert stored() == [note]
+        wait_for(
+            lambda: (
+                client.get(f"/v1/alerts/{alert_id}", headers=bearer(keys.viewer)).json()["note"]
+                == note
+            ),
+            what="the republished alert with its note",
+        )

@@ -5,13 +5,14 @@ file, and the cap on /v1/stream clients."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
 from api.app import create_app
 from api.config import ApiOptions
+from api.security import image_origin
 from floodwatch.influx import InfluxClient
 from floodwatch.localservices import Service
 from tests.test_api_support import (
@@ -159,3 +160,79 @@ def test_an_ack_note_survives_the_command_path_and_influxdb_intact(
             ),
             what="the republished alert with its note",
         )
+
+
+SECURITY_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+}
+
+
+def _csp(headers: Mapping[str, str]) -> dict[str, list[str]]:
+    policy = headers["content-security-policy"]
+    return {d.split()[0]: d.split()[1:] for d in policy.split("; ")}
+
+
+def test_every_answer_carries_the_security_headers(api: tuple[TestClient, Keys]) -> None:
+    """The page, its files, data, errors (401, 404, 413, 422) and the docs: same-origin CSP
+    with frame-ancestors 'none', nosniff, X-Frame-Options DENY, no referrer."""
+    client, keys = api
+    answers = {
+        "/": client.get("/"),
+        "/static/app.js": client.get("/static/app.js"),
+        "/v1/sensors": client.get("/v1/sensors", headers=bearer(keys.viewer)),
+        "/openapi.json": client.get("/openapi.json"),
+        "401": client.get("/v1/sensors"),
+        "404": client.get("/nowhere"),
+        "413": client.post(
+            "/v1/alerts/x/ack", content=b"x" * 20_000, headers=bearer(keys.operator)
+        ),
+        "422": client.get(
+            f"/v1/sensors/{DEPTH_SENSOR}/readings?every=20000w", headers=bearer(keys.viewer)
+        ),
+        "/docs": client.get("/docs"),
+        "/redoc": client.get("/redoc"),
+    }
+    assert answers["413"].status_code == 413 and answers["422"].status_code == 422
+    for what, response in answers.items():
+        for name, value in SECURITY_HEADERS.items():
+            assert response.headers.get(name) == value, (what, name)
+        csp = _csp(response.headers)
+        assert csp["default-src"] == ["'self'"], what
+        assert csp["frame-ancestors"] == ["'none'"], what
+        assert (
+            "'unsafe-inline'" not in csp["script-src"] and "'unsafe-eval'" not in csp["script-src"]
+        ), what
+    page = _csp(answers["/"].headers)
+    assert page["script-src"] == ["'self'"] and page["img-src"] == ["'self'", "data:"]
+    assert page["style-src"] == ["'self'"] and page["connect-src"] == ["'self'"]
+    # The docs' one inline start-up script is allowed by its hash, nothing else inline.
+    docs = _csp(answers["/docs"].headers)
+    assert len(docs["script-src"]) == 2 and docs["script-src"][1].startswith("'sha256-")
+
+
+def test_tile_and_wms_origins_are_allowed_images(
+    broker: Service, influxd: Service, unique: str
+) -> None:
+    options = ApiOptions(tile_url="https://{s}.tile.example.org/{z}/{x}/{y}.png")
+    app = create_app(api_settings(broker, influxd, unique), options)
+    with TestClient(app) as client:
+        img = _csp(client.get("/").headers)["img-src"]
+    assert img == ["'self'", "data:", "https://*.tile.example.org"]
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        ("https://tile.example.org/{z}/{x}/{y}.png", "https://tile.example.org"),
+        ("http://10.0.0.5:8080/tiles/{z}/{x}/{y}.png", "http://10.0.0.5:8080"),
+        ("https://{s}.tile.example.org/{z}/{x}/{y}.png", "https://*.tile.example.org"),
+        ("https://maps.{s}.example.org/{z}/{x}/{y}.png", "https:"),
+        ("https://wms.example.org/geoserver/wms?SERVICE=WMS", "https://wms.example.org"),
+        ("", None),
+        ("ftp://x/{z}", None),
+    ],
+)
+def test_image_origin_of_a_tile_or_wms_url(url: str, origin: str | None) -> None:
+    assert image_origin(url) == origin

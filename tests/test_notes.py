@@ -17,7 +17,7 @@ def test_printable_text_and_tabs_are_storable(note: str) -> None:
     assert note_problem(note) is None
 
 
-@given(st.text(_storable, max_size=50), st.characters(whitelist_categories=("Cc",)))
+@given(st.text(_storable, max_size=50), st.characters(categories=["Cc"]))
 def test_any_control_character_but_tab_is_named_with_its_position(head: str, bad: str) -> None:
     problem = note_problem(head + bad + "x")
     if bad == "\t":

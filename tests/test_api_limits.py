@@ -236,3 +236,29 @@ def test_tile_and_wms_origins_are_allowed_images(
 )
 def test_image_origin_of_a_tile_or_wms_url(url: str, origin: str | None) -> None:
     assert image_origin(url) == origin
+
+
+def test_deleting_the_keys_file_revokes_every_key_and_says_so(
+    api: tuple[TestClient, Keys], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fail closed: within a second of the file's deletion every key is refused (401), one
+    log line names the file and how to restore keys; putting it back restores them."""
+    client, keys = api
+    assert client.get("/v1/sensors", headers=bearer(keys.operator)).status_code == 200
+    saved = keys.path.read_bytes()
+    keys.path.unlink()
+    with caplog.at_level(logging.INFO, logger="api.auth"):
+        wait_for(
+            lambda: client.get("/v1/sensors", headers=bearer(keys.viewer)).status_code == 401,
+            what="the keys to be revoked",
+        )
+        for _ in range(3):
+            assert client.get("/v1/sensors", headers=bearer(keys.operator)).status_code == 401
+    said = [r.getMessage() for r in caplog.records if r.name == "api.auth"]
+    assert len(said) == 1 and said[0].count(str(keys.path)) == 2, said
+    assert "revoked" in said[0] and "python -m api keys add" in said[0]
+    keys.path.write_bytes(saved)
+    wait_for(
+        lambda: client.get("/v1/sensors", headers=bearer(keys.operator)).status_code == 200,
+        what="the restored keys",
+    )

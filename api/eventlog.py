@@ -18,6 +18,8 @@ from collections import deque
 from dataclasses import dataclass
 
 _ID = re.compile(r"([0-9a-f]{8})-([0-9]{1,18})")
+# Most events handed to one client per step; it asks again at once when more are held.
+BATCH = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +107,9 @@ class EventLog:
             )
         return seq, None
 
-    def after(self, cursor: int) -> tuple[list[StreamEvent], Gap | None]:
-        """Held events after `cursor`; a Gap if a slow reader fell behind the buffer."""
+    def after(self, cursor: int, limit: int = BATCH) -> tuple[list[StreamEvent], Gap | None]:
+        """Up to `limit` held events after `cursor`; a Gap if a slow reader fell behind the
+        buffer. Bounded, so a client far behind does not copy the whole buffer at once."""
         if cursor >= self.last_seq:
             return [], None
         gap = None
@@ -121,7 +124,7 @@ class EventLog:
             )
             cursor = self.oldest_seq - 1
         start = cursor - self.oldest_seq + 1
-        return list(itertools.islice(self._events, start, None)), gap
+        return list(itertools.islice(self._events, start, start + limit)), gap
 
     async def wait(self, cursor: int, timeout_s: float) -> None:
         """Return when an event after `cursor` exists, or after `timeout_s`."""

@@ -4,10 +4,15 @@ file, and the cap on /v1/stream clients."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterator, Mapping
+import socket
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+import httpx
+import orjson
 import pytest
 
 from api.app import create_app
@@ -15,6 +20,7 @@ from api.config import ApiOptions
 from api.security import image_origin
 from floodwatch.influx import InfluxClient
 from floodwatch.localservices import Service
+from tests.conftest import mosquitto_pub
 from tests.test_api_support import (
     DEPTH_SENSOR,
     Keys,
@@ -22,6 +28,7 @@ from tests.test_api_support import (
     api_settings,
     bearer,
     engine_alert,
+    live_server,
     wait_for,
     write_keys,
     write_readings,
@@ -262,3 +269,115 @@ def test_deleting_the_keys_file_revokes_every_key_and_says_so(
         lambda: client.get("/v1/sensors", headers=bearer(keys.operator)).status_code == 200,
         what="the restored keys",
     )
+
+
+def _sse_clients(http: httpx.Client, url: str) -> float:
+    text = http.get(f"{url}/metrics").text
+    line = next(x for x in text.splitlines() if x.startswith("floodwatch_api_sse_clients "))
+    return float(line.split()[-1])
+
+
+def _open_stream(url: str, key: str, rcvbuf: int | None = None) -> socket.socket:
+    """A raw client of /v1/stream that has read the response head and nothing more."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        # Set before connecting, so the window it advertises stays small.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    host, port = url.removeprefix("http://").split(":")
+    sock.connect((host, int(port)))
+    sock.sendall(
+        f"GET /v1/stream HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+        "Accept: text/event-stream\r\n\r\n".encode()
+    )
+    sock.settimeout(10)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(1)
+        assert chunk, "the server closed the stream before answering"
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return sock
+
+
+def test_streams_past_the_cap_get_503_with_retry_after(
+    broker: Service, influxd: Service, unique: str, tmp_path: Path
+) -> None:
+    """--max-streams 2: a third client is refused at once with Retry-After and one sentence;
+    when a client leaves, its place is free again."""
+    keys = write_keys(tmp_path / "keys")
+    options = ApiOptions(api_keys=keys.path, max_streams=2)
+    app = create_app(api_settings(broker, influxd, unique), options)
+    with live_server(app) as url, httpx.Client(timeout=10) as http:
+        first = _open_stream(url, keys.viewer)
+        second = _open_stream(url, keys.viewer)
+        refused = http.get(f"{url}/v1/stream", headers=bearer(keys.viewer))
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "30"
+        assert "at most 2 live streams" in refused.json()["detail"]
+        assert refused.headers["x-frame-options"] == "DENY"
+        first.close()
+        wait_for(lambda: _sse_clients(http, url) == 1, what="the first stream to end")
+        third = _open_stream(url, keys.viewer)
+        third.close()
+        second.close()
+
+
+def test_a_client_that_does_not_read_is_dropped_and_the_others_keep_streaming(
+    broker: Service, influxd: Service, unique: str, tmp_path: Path
+) -> None:
+    """A real socket that never reads: once the server's bounded buffers for it are full it
+    is dropped after --stream-send-timeout, while a reading client keeps getting events."""
+    keys = write_keys(tmp_path / "keys")
+    options = ApiOptions(api_keys=keys.path, stream_send_timeout_s=0.5, heartbeat_s=0.25)
+    app = create_app(api_settings(broker, influxd, unique), options)
+    levels: list[object] = []
+    with (
+        live_server(app) as url,
+        httpx.Client(timeout=30) as http,
+        http.stream("GET", f"{url}/v1/stream", headers=bearer(keys.viewer)) as fast,
+    ):
+        assert fast.status_code == 200
+        lines = fast.iter_lines()
+        next(lines)
+
+        def read_fast() -> None:
+            with contextlib.suppress(httpx.HTTPError):
+                for line in lines:
+                    if line.startswith("data:"):
+                        levels.append(orjson.loads(line[5:]).get("level_cm"))
+
+        threading.Thread(target=read_fast, daemon=True).start()
+        slow = _open_stream(url, keys.viewer, rcvbuf=4096)
+        assert _sse_clients(http, url) == 2
+        topic = f"{unique}/v1/sensors/{DEPTH_SENSOR}/reading"
+        sent = 0
+        # About 1 MB of events a round, until the server gives up on the slow client.
+        for _round in range(40):
+            batch = b"\n".join(
+                orjson.dumps({"level_cm": float(n % 300), "seq": sent + n}) for n in range(2000)
+            )
+            mosquitto_pub(broker, topic, lines=batch)
+            sent += 2000
+            if _eventually(lambda: _sse_clients(http, url) == 1, 1.5):
+                break
+        assert _sse_clients(http, url) == 1, f"the slow client was not dropped after {sent}"
+        # What the server had sent it before giving up is bounded (socket buffers), and the
+        # connection is closed.
+        unread = 0
+        while chunk := slow.recv(65536):
+            unread += len(chunk)
+        slow.close()
+        assert unread < 8 * 2**20, f"{unread} bytes were held for a client that did not read"
+        # The reading client is still served: a new reading reaches it.
+        mosquitto_pub(broker, topic, message=orjson.dumps({"level_cm": 123.5}).decode())
+        wait_for(lambda: 123.5 in levels, timeout_s=30, what="a new event at the reading client")
+        print(f"slow client dropped after {sent} events, {unread} bytes unread")
+
+
+def _eventually(predicate: Callable[[], bool], timeout_s: float) -> bool:
+    """Whether `predicate` holds within `timeout_s` (the thing waited on is in a thread)."""
+    try:
+        wait_for(predicate, timeout_s)
+    except AssertionError:
+        return False
+    return True

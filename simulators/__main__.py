@@ -374,7 +374,7 @@ def _run(args: argparse.Namespace) -> int:
         len(prepared.sensors),
         f"; {unacknowledged} messages not acknowledged by the broker" if unacknowledged else "",
     )
-    return status
+    return status or _refusals(devices)
 
 
 def _truth(args: argparse.Namespace) -> int:
@@ -508,7 +508,7 @@ def _replay(args: argparse.Namespace) -> int:
             time.time() - began,
             f"; {unacknowledged} not acknowledged by the broker" if unacknowledged else "",
         )
-    return status
+    return status or _refusals(devices)
 
 
 def _load(args: argparse.Namespace) -> int:
@@ -577,6 +577,20 @@ def _load(args: argparse.Namespace) -> int:
 
 
 # -- helpers --------------------------------------------------------------------------------
+
+
+def _refusals(devices: Devices) -> int:
+    """Exit status 1, said in one line, when the broker refused any publish (0x87...)."""
+    refused, reason = devices.refused()
+    if not refused:
+        return 0
+    log.error(
+        "the broker REFUSED %d of those messages (%s): they were not published; check that "
+        "each login may publish there (--sensor-credentials gives each sensor its own)",
+        refused,
+        reason,
+    )
+    return 1
 
 
 def _prepare(args: argparse.Namespace, registry_path: Path, ids: tuple[str, ...]) -> Prepared:

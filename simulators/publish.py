@@ -119,6 +119,12 @@ class Devices:
                 return pending
             pause.wait(0.02)
 
+    def refused(self) -> tuple[int, str]:
+        """Publishes the broker refused (reason code 0x80 or more), and the last reason."""
+        count = sum(link.refused_publishes for link in self.links)
+        reason = next((link.last_refusal for link in self.links if link.last_refusal), "")
+        return count, reason
+
     def stop(self) -> None:
         for link in self._started:
             link.stop()

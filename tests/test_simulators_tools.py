@@ -235,3 +235,16 @@ def test_publishing_commands_do_not_offer_influxdb_options(command: str) -> None
     with pytest.raises(SystemExit):
         parser.parse_args([command, *needed, "--influx-db", "x"])
     assert "influx" not in (build_parser().epilog or "").lower()
+
+
+@pytest.mark.services
+def test_replay_reports_publishes_the_broker_refused(
+    broker: Service, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Ingest's login may not publish readings: replay says the broker refused them, exit 1."""
+    csv = tmp_path / "two.csv"
+    csv.write_text(f"sensor,ts,level_cm\nqh-02,{_ms(5)},3\nqh-03,{_ms(5)},4\n")
+    as_ingest = {k: v for k, v in env.items() if k != "FLOODWATCH_SENSOR_CREDENTIALS"}
+    result = _simulators("replay", str(csv), env=as_ingest)
+    assert result.returncode == 1, result.stderr
+    assert "the broker REFUSED 2 of those messages (Not authorized (0x87))" in result.stderr

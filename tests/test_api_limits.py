@@ -15,11 +15,14 @@ import httpx
 import orjson
 import pytest
 
+from api.__main__ import build_parser
 from api.app import create_app
-from api.config import ApiOptions
+from api.config import ApiOptions, options_from_args
 from api.security import image_origin
+from floodwatch.errors import SettingsError
 from floodwatch.influx import InfluxClient
 from floodwatch.localservices import Service
+from floodwatch.settings import env_name
 from tests.conftest import mosquitto_pub
 from tests.test_api_support import (
     DEPTH_SENSOR,
@@ -381,3 +384,22 @@ def _eventually(predicate: Callable[[], bool], timeout_s: float) -> bool:
     except AssertionError:
         return False
     return True
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--max-streams", "0"], "--max-streams"),
+        (["--max-streams", "many"], "--max-streams"),
+        (["--stream-send-timeout", "0"], "--stream-send-timeout"),
+    ],
+)
+def test_stream_limits_are_checked_at_start(args: list[str], flag: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        options_from_args(build_parser().parse_args(args))
+    assert flag in str(caught.value) and env_name(flag) in str(caught.value)
+
+
+def test_stream_limit_defaults() -> None:
+    options = options_from_args(build_parser().parse_args([]))
+    assert options.max_streams == 50 and options.stream_send_timeout_s == 15.0

@@ -4,14 +4,14 @@ and by ingest's alert engine (refused before any alert changes).
 A note is free text on one line: letters of any script, punctuation, emoji and tabs. Line
 breaks are refused because an alert event travels as one InfluxDB line-protocol line (and the
 outbox and batch splitting rely on that); NUL, other control characters and lone surrogates
-are refused because they cannot be stored or sent as UTF-8 JSON intact.
+are refused because they cannot be stored or sent as UTF-8 JSON intact. How long a note may
+be is each caller's limit (the API's 1,000 characters, the engine's command's own).
 """
 
 from __future__ import annotations
 
 import unicodedata
 
-MAX_NOTE_CHARS = 1000
 _NAMES = {"\x00": "NUL", "\n": "a line break", "\r": "a line break"}
 
 
@@ -30,6 +30,4 @@ def note_problem(note: str) -> str | None:
             f"note has {what} (U+{ord(ch):04X}) {where}, which cannot be stored; "
             "remove it and send the note again"
         )
-    if len(note) > MAX_NOTE_CHARS:
-        return f"note has {len(note):,} characters; keep it to {MAX_NOTE_CHARS:,}"
     return None

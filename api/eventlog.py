@@ -17,6 +17,8 @@ import secrets
 from collections import deque
 from dataclasses import dataclass
 
+from sse_starlette import ServerSentEvent
+
 _ID = re.compile(r"([0-9a-f]{8})-([0-9]{1,18})")
 # Most events handed to one client per step; it asks again at once when more are held.
 BATCH = 256
@@ -28,6 +30,8 @@ class StreamEvent:
     id: str
     event: str  # "reading" or "alert"
     data: str  # one line of JSON
+    # The event as text/event-stream bytes, encoded once for every client that is sent it.
+    encoded: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +76,9 @@ class EventLog:
 
     def publish(self, event: str, data: str) -> StreamEvent:
         self.last_seq += 1
-        item = StreamEvent(self.last_seq, self.event_id(self.last_seq), event, data)
+        event_id = self.event_id(self.last_seq)
+        encoded = ServerSentEvent(data=data, event=event, id=event_id).encode()
+        item = StreamEvent(self.last_seq, event_id, event, data, encoded)
         self._events.append(item)
         # Wake every waiting client at once, then arm a fresh event for the next publish.
         self._wakeup.set()

@@ -22,8 +22,10 @@ from api.security import image_origin
 from floodwatch.errors import SettingsError
 from floodwatch.influx import InfluxClient
 from floodwatch.localservices import Service
+from floodwatch.mqtt import MqttConnection
 from floodwatch.settings import env_name
-from tests.conftest import mosquitto_pub
+from floodwatch.topics import Topics
+from tests.conftest import admin_endpoint, mosquitto_pub
 from tests.test_api_support import (
     DEPTH_SENSOR,
     Keys,
@@ -32,6 +34,8 @@ from tests.test_api_support import (
     bearer,
     engine_alert,
     live_server,
+    publish,
+    publisher,
     wait_for,
     write_keys,
     write_readings,
@@ -403,3 +407,47 @@ def test_stream_limits_are_checked_at_start(args: list[str], flag: str) -> None:
 def test_stream_limit_defaults() -> None:
     options = options_from_args(build_parser().parse_args([]))
     assert options.max_streams == 50 and options.stream_send_timeout_s == 15.0
+
+
+def test_the_engine_refuses_a_bad_note_before_changing_the_alert(
+    broker: Service, influxd: Service, unique: str, tmp_path: Path
+) -> None:
+    """A command that bypasses the API (any client allowed on commands/ack) with a NUL in
+    its note is refused by ingest's engine with the same sentence, and the alert is left
+    unacknowledged: the operator's proper acknowledgement afterwards succeeds (before, the
+    engine acknowledged in memory, failed to store the event, and answered the retry
+    "already acknowledged")."""
+    keys = write_keys(tmp_path / "keys")
+    app = create_app(api_settings(broker, influxd, unique), ApiOptions(api_keys=keys.path))
+    replies: list[bytes] = []
+    reply_to = f"{unique}/v1/commands/ack/reply/test-{unique}"
+    with (
+        engine_alert(broker, influxd, unique, tmp_path) as alert_id,
+        TestClient(app) as client,
+        publisher(broker) as pub,
+    ):
+        watcher = MqttConnection(
+            admin_endpoint(broker),
+            subscriptions=[(reply_to, 1)],
+            on_delivery=lambda d: replies.append(d.payload),
+        )
+        watcher.start()
+        try:
+            command = {
+                "alert_id": alert_id,
+                "who": "mallory",
+                "note": "a\x00b",
+                "reply_to": reply_to,
+            }
+            publish(pub, Topics(unique).ack_commands, command)
+            wait_for(lambda: bool(replies), what="the engine's answer")
+        finally:
+            watcher.stop()
+        answer = orjson.loads(replies[0])
+        assert answer["ok"] is False
+        response = client.post(
+            f"/v1/alerts/{alert_id}/ack", json={"note": "crew sent"}, headers=bearer(keys.operator)
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["acked_by"] == "otto"
+        assert "NUL (U+0000) at character 2" in answer["error"]

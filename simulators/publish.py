@@ -38,7 +38,8 @@ HCMC = timezone(timedelta(hours=7))
 STACK_ADVICE = (
     "To publish into a running stack (scripts/stack), give its broker and logins: "
     "--mqtt-url mqtt://admin:PASSWORD@HOST:PORT (PASSWORD is mqtt.admin in "
-    ".stack/credentials/credentials.json, HOST:PORT the broker scripts/stack printed) and "
+    ".stack/credentials/credentials.json; HOST:PORT is where the stack's broker listens, "
+    "127.0.0.1:1883 unless scripts/stack said otherwise) and "
     "--sensor-credentials .stack/credentials/sensors.json, so each sensor logs in as itself "
     "(or the FLOODWATCH_MQTT_URL and FLOODWATCH_SENSOR_CREDENTIALS variables)."
 )

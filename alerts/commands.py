@@ -15,6 +15,7 @@ from typing import Literal, get_args
 import orjson
 
 from alerts.events import AlertEvent
+from floodwatch.notes import note_problem
 
 AckErrorCode = Literal[
     "bad_request",  # not JSON, or a field missing, of the wrong type or too long
@@ -107,4 +108,9 @@ def parse_ack_request(payload: bytes) -> tuple[str, AckRequest | AckReply]:
         return reply, AckReply.refused(
             "bad_request", f"note must be text of at most {MAX_NOTE_CHARS} characters"
         )
+    problem = note_problem(note)
+    if problem is not None:
+        # Checked before the engine changes anything: an alert acknowledged in memory whose
+        # event cannot be stored would be lost, and a retry answered "already acknowledged".
+        return reply, AckReply.refused("bad_request", problem)
     return reply, AckRequest(alert_id, who.strip(), note, reply)

@@ -42,6 +42,8 @@ from api.live import LiveState
 from api.metrics import Metrics, MetricsMiddleware
 from api.routes import alerts, events, health, metrics, page, sensors, stream, streets
 from api.schemas import ErrorOut
+from api.security import SecurityHeaders, configured_image_origins
+from api.streamlimit import StreamLimit
 from floodwatch.errors import InfluxError, InfluxUnavailable
 from floodwatch.influx import InfluxClient
 from floodwatch.registry import Registry, load_registry
@@ -376,5 +378,12 @@ def create_app(
                 )
         return await call_next(request)
 
+    app.add_middleware(StreamLimit, max_streams=options.max_streams)
+    # Outermost, so every answer (413s and 404s included) carries the headers. The page may
+    # later draw WMS images too (`wms_url`, when that setting exists).
+    app.add_middleware(
+        SecurityHeaders,
+        image_origins=configured_image_origins(options.tile_url, getattr(options, "wms_url", "")),
+    )
     _register_gauges(app, metrics_)
     return app

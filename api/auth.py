@@ -5,7 +5,9 @@ with `#` are ignored. Only the SHA-256 of each key is stored: keys are 256-bit r
 so a fast hash is enough (nothing to brute-force) and a stolen file grants nothing. A
 presented key is hashed and compared with every stored hash by `hmac.compare_digest`, without
 stopping at a match, so the answer's timing says nothing about the stored keys. The file is
-re-read when it changes, so `python -m api keys add` takes effect without a restart.
+re-read when it changes, so `python -m api keys add` takes effect without a restart. Deleting
+the file revokes every key within a second (fail closed, logged); a file that cannot be parsed
+keeps the keys read before, so a half-edited file does not lock operators out.
 """
 
 from __future__ import annotations
@@ -164,6 +166,18 @@ class KeyStore:
         self._checked = now
         stamp = self._stat()
         if stamp == self._stamp:
+            return
+        if stamp is None and not self._path.exists():
+            # Fail closed: deleting the file is how an operator revokes every key at once.
+            log.error(
+                "API keys file %s is gone: every API key is revoked until it is restored "
+                "(put the file back from a backup, or create keys with `python -m api keys add "
+                "--api-keys %s`)",
+                self._path,
+                self._path,
+            )
+            self._keys = ()
+            self._stamp = stamp
             return
         try:
             self._keys = read_keys(self._path)

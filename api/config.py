@@ -12,6 +12,8 @@
 | --wms-layers | FLOODWATCH_WMS_LAYERS | (none) | its layer names, comma-separated |
 | --stream-buffer | FLOODWATCH_STREAM_BUFFER | 10000 | SSE events kept for resuming |
 | --heartbeat | FLOODWATCH_HEARTBEAT | 15 | seconds between SSE heartbeats |
+| --max-streams | FLOODWATCH_MAX_STREAMS | 50 | concurrent /v1/stream clients; 503 past it |
+| --stream-send-timeout | FLOODWATCH_STREAM_SEND_TIMEOUT | 15 | drop a client that reads nothing |
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ from floodwatch.settings import TIME_SCALE, env_name, option, real_number, whole
 # At the shipped 14 sensors reporting once a minute, 10,000 events span about 12 hours; at
 # 1,000 sensors, about 10 minutes: either way far more than a client's 30 s drop.
 DEFAULT_STREAM_BUFFER = 10_000
+# An operations centre has a few wall screens and tens of operators; every stream costs memory
+# and a share of each event's fan-out (300 streams pushed /v1/sensors to 1.7 s).
+DEFAULT_MAX_STREAMS = 50
+DEFAULT_STREAM_SEND_TIMEOUT_S = 15.0
 
 API_OPTIONS = (
     option("--host", "127.0.0.1", "address to listen on (0.0.0.0 for every interface)"),
@@ -59,6 +65,17 @@ API_OPTIONS = (
     ),
     option("--heartbeat", "15", "seconds between /v1/stream heartbeat comments"),
     TIME_SCALE,  # stale by arrival runs as fast as the engine's
+    option(
+        "--max-streams",
+        str(DEFAULT_MAX_STREAMS),
+        "most /v1/stream clients served at once; one more is answered 503 with Retry-After",
+    ),
+    option(
+        "--stream-send-timeout",
+        f"{DEFAULT_STREAM_SEND_TIMEOUT_S:g}",
+        "seconds a /v1/stream client may take no data before it is dropped (it can resume "
+        "with Last-Event-ID)",
+    ),
 )
 
 ANONYMOUS_READ_FLAG = "--anonymous-read"
@@ -76,6 +93,8 @@ class ApiOptions:
     wms_layers: str = ""
     stream_buffer: int = DEFAULT_STREAM_BUFFER
     heartbeat_s: float = 15.0
+    max_streams: int = DEFAULT_MAX_STREAMS
+    stream_send_timeout_s: float = DEFAULT_STREAM_SEND_TIMEOUT_S
 
 
 def add_anonymous_read(parser: argparse.ArgumentParser) -> None:
@@ -143,4 +162,8 @@ def options_from_args(args: argparse.Namespace) -> ApiOptions:
             args.stream_buffer, "--stream-buffer", minimum=100, maximum=10_000_000
         ),
         heartbeat_s=real_number(args.heartbeat, "--heartbeat", positive=True),
+        max_streams=whole_number(args.max_streams, "--max-streams", minimum=1, maximum=100_000),
+        stream_send_timeout_s=real_number(
+            args.stream_send_timeout, "--stream-send-timeout", positive=True
+        ),
     )

@@ -17,7 +17,11 @@ import secrets
 from collections import deque
 from dataclasses import dataclass
 
+from sse_starlette import ServerSentEvent
+
 _ID = re.compile(r"([0-9a-f]{8})-([0-9]{1,18})")
+# Most events handed to one client per step; it asks again at once when more are held.
+BATCH = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +30,8 @@ class StreamEvent:
     id: str
     event: str  # "reading" or "alert"
     data: str  # one line of JSON
+    # The event as text/event-stream bytes, encoded once for every client that is sent it.
+    encoded: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +76,9 @@ class EventLog:
 
     def publish(self, event: str, data: str) -> StreamEvent:
         self.last_seq += 1
-        item = StreamEvent(self.last_seq, self.event_id(self.last_seq), event, data)
+        event_id = self.event_id(self.last_seq)
+        encoded = ServerSentEvent(data=data, event=event, id=event_id).encode()
+        item = StreamEvent(self.last_seq, event_id, event, data, encoded)
         self._events.append(item)
         # Wake every waiting client at once, then arm a fresh event for the next publish.
         self._wakeup.set()
@@ -105,8 +113,9 @@ class EventLog:
             )
         return seq, None
 
-    def after(self, cursor: int) -> tuple[list[StreamEvent], Gap | None]:
-        """Held events after `cursor`; a Gap if a slow reader fell behind the buffer."""
+    def after(self, cursor: int, limit: int = BATCH) -> tuple[list[StreamEvent], Gap | None]:
+        """Up to `limit` held events after `cursor`; a Gap if a slow reader fell behind the
+        buffer. Bounded, so a client far behind does not copy the whole buffer at once."""
         if cursor >= self.last_seq:
             return [], None
         gap = None
@@ -121,7 +130,7 @@ class EventLog:
             )
             cursor = self.oldest_seq - 1
         start = cursor - self.oldest_seq + 1
-        return list(itertools.islice(self._events, start, None)), gap
+        return list(itertools.islice(self._events, start, start + limit)), gap
 
     async def wait(self, cursor: int, timeout_s: float) -> None:
         """Return when an event after `cursor` exists, or after `timeout_s`."""

@@ -36,6 +36,9 @@ _UNIT_NS = {"s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86400 * 10**9}
 _UNIT_NS["w"] = 7 * _UNIT_NS["d"]
 # A GROUP BY time() over more buckets than this is refused before InfluxDB sees it.
 MAX_BUCKETS = 1_000_000
+# InfluxDB holds a duration as int64 nanoseconds and refuses a longer one ("overflowed
+# duration", found against influxd 1.6): 15250w is the longest whole number of weeks.
+MAX_EVERY_NS = 2**63 - 1
 # History lists (alert_event, flood_event) read at most this many rows per request.
 MAX_HISTORY_ROWS = 10_000
 
@@ -49,7 +52,14 @@ def parse_every(text: str) -> int:
             f"every {text[:40]!r} is not a bucket width: send a whole number and a unit s, m, "
             "h, d or w, e.g. 5m or 1d",
         )
-    return int(match.group(1)) * _UNIT_NS[match.group(2)]
+    every_ns = int(match.group(1)) * _UNIT_NS[match.group(2)]
+    if every_ns > MAX_EVERY_NS:
+        raise BadParameter(
+            "every",
+            f"every={text} is longer than InfluxDB can group by (at most about 292 years, "
+            "15250w); use a shorter every",
+        )
+    return every_ns
 
 
 @dataclass(frozen=True, slots=True)

@@ -109,6 +109,9 @@ def _body_sentence(name: str, kind: str, ctx: Mapping[str, Any]) -> str:
         return sentence(
             f'{name} has the wrong type: send a JSON object such as {{"note": "crew sent"}}'
         )
+    if kind == "value_error" and ctx.get("error"):
+        # Our own validators already say what is wrong and what to send (e.g. a note's NUL).
+        return sentence(str(ctx["error"]))
     return sentence(f"The body's {name} is not valid: see /docs for the request's body")
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from floodwatch.contract import Lifecycle
+from floodwatch.notes import note_problem
 
 TIME = "ISO 8601 with offset (UTC unless `tz` chose another zone), millisecond precision."
 AlertState = Lifecycle
@@ -297,8 +298,19 @@ class AckIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     note: str = Field(
-        default="", max_length=1000, description="What the operator saw or did (free text)."
+        default="",
+        max_length=1000,
+        description="What the operator saw or did: free text on one line (tabs allowed; line "
+        "breaks, NUL and other control characters are refused with 422).",
     )
+
+    @field_validator("note")
+    @classmethod
+    def _storable(cls, note: str) -> str:
+        problem = note_problem(note)
+        if problem is not None:
+            raise ValueError(problem)
+        return note
 
 
 class Me(BaseModel):

@@ -48,6 +48,15 @@ class BrokerError(FloodwatchError):
     """The MQTT broker refused the connection or could not be reached."""
 
 
+class LoginRefused(BrokerError):
+    """The broker refused the login itself (bad user name or password, not authorized, client
+    id not allowed): retrying cannot help, so it is reported at once."""
+
+    def __init__(self, message: str, reason_code: int) -> None:
+        super().__init__(message)
+        self.reason_code = reason_code
+
+
 class PublishDenied(BrokerError):
     """The broker answered a QoS 1 publish with a failure reason code (0x87: not authorized)."""
 

@@ -23,7 +23,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from floodwatch.errors import BrokerError, PublishDenied
+from floodwatch.errors import BrokerError, LoginRefused, PublishDenied
 from floodwatch.settings import MqttEndpoint
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,10 @@ _PUBACK = 0x40
 _PUBACK_WORD = (_PUBACK << 24) | (2 << 16)
 # Denied message ids remembered for publish_and_wait; older ones are forgotten past this.
 _DENIED_KEPT = 1000
+# CONNACK reason codes that refuse the login itself: retrying the same login cannot succeed.
+# 0x85 client id not valid, 0x86 bad user name or password, 0x87 not authorized, 0x8a banned,
+# 0x8c bad authentication method.
+LOGIN_REFUSALS = frozenset({0x85, 0x86, 0x87, 0x8A, 0x8C})
 
 
 class Delivery(NamedTuple):
@@ -127,6 +131,11 @@ class MqttConnection:
         # Message id -> the broker's reason for refusing it (a PUBACK reason code >= 0x80,
         # e.g. 0x87 Not authorized when the ACL denies the topic).
         self._denied: dict[int, ReasonCode] = {}
+        # Set when the broker answered a connect by refusing the login (see LOGIN_REFUSALS).
+        self._login_refused: ReasonCode | None = None
+        # Every publish the broker refused, and the last reason (for tools that count them).
+        self.refused_publishes = 0
+        self.last_refusal = ""
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -171,7 +180,21 @@ class MqttConnection:
         except (OSError, ValueError) as exc:
             raise BrokerError(f"cannot connect to MQTT broker {self.endpoint}: {exc}") from exc
         self._client.loop_start()
-        if not self._connected.wait(timeout_s):
+        deadline = time.monotonic() + timeout_s
+        while not self._connected.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
+            refused = self._login_refused
+            if refused is not None:
+                self._client.loop_stop()
+                user = self.endpoint.username
+                raise LoginRefused(
+                    f"MQTT broker {self.endpoint} did not accept the login "
+                    f"{user if user is not None else '(anonymous)'!r}: {refused} "
+                    f"(0x{refused.value:02x}); check the user name and password",
+                    refused.value,
+                )
+            if time.monotonic() >= deadline:
+                break
+        if not self._connected.is_set():
             self._client.loop_stop()
             raise BrokerError(
                 f"MQTT broker {self.endpoint} did not accept a connection within {timeout_s:g} s "
@@ -274,9 +297,12 @@ class MqttConnection:
     ) -> None:
         if reason.is_failure:
             self._last_error = f"broker refused: {reason}"
+            if reason.value in LOGIN_REFUSALS:
+                self._login_refused = reason
             log.warning("MQTT connection to %s refused: %s", self.endpoint, reason)
             return
         self._connection += 1
+        self._last_error, self._login_refused = "connected", None
         # Paho leaves Nagle's algorithm on: a small packet (a PUBACK, an alert) written while
         # another is unacknowledged then waits for the peer's delayed ACK, tens of ms.
         sock = client.socket()
@@ -305,8 +331,11 @@ class MqttConnection:
     ) -> None:
         with self._ack_lock:
             self._connected.clear()
-        self._last_error = f"disconnected: {reason}"
-        if reason.value != 0:
+        if not self._last_error.startswith("broker refused"):
+            # After a refused connect the broker closes the socket ("Protocol error"): the
+            # refusal is the news, not the close.
+            self._last_error = f"disconnected: {reason}"
+        if reason.value != 0 and self._login_refused is None:
             log.warning("MQTT connection to %s lost (%s); reconnecting", self.endpoint, reason)
 
     def _handle_publish(
@@ -321,6 +350,8 @@ class MqttConnection:
             if self._denied:
                 self._denied.pop(mid, None)  # an id reused after an old refusal
             return
+        self.refused_publishes += 1
+        self.last_refusal = f"{reason} (0x{reason.value:02x})"
         log.warning("broker refused publish (message id %d) as %s: %s", mid, self.endpoint, reason)
         if len(self._denied) >= _DENIED_KEPT:
             self._denied.pop(next(iter(self._denied)))

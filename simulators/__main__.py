@@ -43,7 +43,7 @@ from simulators.messages import (
 )
 from simulators.physics import World, simulate_world
 from simulators.progress import Progress
-from simulators.publish import Devices, play
+from simulators.publish import STACK_ADVICE, Devices, broker_problem, play
 from simulators.replay import parse_recording, recording_csv, replay_messages
 from simulators.scenario import (
     MAX_ARRAY,
@@ -127,8 +127,11 @@ List the scenarios in the scenario folder (scenarios/ in the project, or ${SCENA
 REPLAY_DESCRIPTION = """\
 Publish recorded readings from a CSV file with a header row: sensor, ts (ISO 8601 with an
 offset, or epoch milliseconds), level_cm or distance_mm, and optionally battery_v, rssi and
-seq; other columns are ignored (so `truth --readings` output replays as is). Every row is
-checked first; a row ingest would refuse stops the replay before anything is sent.
+seq; other columns are ignored (so `truth --readings` output replays as is). Comma- or
+semicolon-separated (Excel's "CSV UTF-8" and Vietnamese Excel's `;` with decimal commas both
+work). Every row is checked first by ingest's own decoder: if any would be refused (a depth
+outside the physical range, an unknown sensor, a bad time...), each is listed with its line
+number and reason, nothing is sent and the exit status is 2.
 
 --speed paces by the recorded timestamps (0, the default: as fast as the broker accepts);
 --timestamps as for `run`; --batch N sends each sensor's readings in arrays of up to N."""
@@ -138,6 +141,8 @@ Publish readings from N virtual sensors (ids load-00000...) at a target rate for
 from several processes when one cannot keep up (--processes 0 picks enough, one per CPU at
 most), each with one MQTT connection and unlimited QoS 1 messages in flight. Prints what the
 broker acknowledged: readings/s and messages/s, from the first publish to the last PUBACK.
+Publishes the broker refused (a PUBACK reason code of 0x80 or more, e.g. 0x87 Not authorized
+when the login may not publish there) are counted and reported as refused, and exit 1.
 --mode array sends --batch readings per message (backfill shape); --mode single one each.
 --write-registry FILE writes a registry of the virtual sensors, for an ingest that should
 accept them (python -m ingest --registry FILE)."""
@@ -157,6 +162,15 @@ class Prepared:
 
 # `truth` and `plot` publish nothing: of the shared options they need only these.
 OFFLINE_OPTIONS = tuple(opt for opt in COMMON_OPTIONS if opt.flag in ("--registry", "--log-level"))
+# The simulators publish to the broker and never touch InfluxDB: --help lists no InfluxDB option.
+_INFLUX_FLAGS = ("--influx-url", "--influx-db")
+PUBLISH_OPTIONS = tuple(opt for opt in COMMON_OPTIONS if opt.flag not in _INFLUX_FLAGS)
+# The shared settings still hold InfluxDB's; the publishing commands give them the defaults.
+INFLUX_DEFAULTS = {
+    opt.flag.removeprefix("--").replace("-", "_"): opt.default
+    for opt in COMMON_OPTIONS
+    if opt.flag in _INFLUX_FLAGS
+}
 SEED = option("--seed", "", "seed of the sensor noise, faults and rain gusts (empty: the file's)")
 SENSORS = option("--sensors", "", "comma-separated sensor ids to simulate (empty: every sensor)")
 SPEED_RUN = option(
@@ -186,12 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
             + "\n\nEvery option can also be set with the FLOODWATCH_* variable named in its help.",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        sub.set_defaults(handler=handler)
+        sub.set_defaults(handler=handler, **INFLUX_DEFAULTS)
         return sub
 
     run = command("run", "publish a scenario", RUN_DESCRIPTION, _run)
     run.add_argument("scenario", metavar="SCENARIO", help="a shipped scenario's name or a .toml")
-    add_options(run, (*COMMON_OPTIONS, SENSOR_CREDENTIALS, SPEED_RUN, TIMESTAMPS, SEED, SENSORS))
+    add_options(run, (*PUBLISH_OPTIONS, SENSOR_CREDENTIALS, SPEED_RUN, TIMESTAMPS, SEED, SENSORS))
     add_options(run, (option("--truth", "", "also write this run's ground truth to this file"),))
     run.add_argument("--loop", action="store_true", help="repeat until stopped (needs wall)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -211,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = command("replay", "publish readings from a CSV file", REPLAY_DESCRIPTION, _replay)
     replay.add_argument("file", metavar="FILE.csv", help="the recording")
-    add_options(replay, (*COMMON_OPTIONS, SENSOR_CREDENTIALS, SPEED_REPLAY, TIMESTAMPS))
+    add_options(replay, (*PUBLISH_OPTIONS, SENSOR_CREDENTIALS, SPEED_REPLAY, TIMESTAMPS))
     add_options(replay, (option("--batch", "1", f"readings per message, 1 to {MAX_ARRAY}"),))
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -219,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(
         load,
         (
-            *COMMON_OPTIONS,
+            *PUBLISH_OPTIONS,
             option("--sensors", "100", "virtual sensors (ids load-00000 onwards)"),
             option("--rate", "50000", "target readings per second, all processes together"),
             option("--mode", "array", "array (--batch readings per message) or single"),
@@ -232,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--json", action="store_true", help="print the result as one JSON line")
 
     live = command("live", "the periodic-shower simulator", LIVE_DESCRIPTION, run_live)
-    add_options(live, (*COMMON_OPTIONS, SENSOR_CREDENTIALS, *SIMULATOR_OPTIONS))
+    add_options(live, (*PUBLISH_OPTIONS, SENSOR_CREDENTIALS, *SIMULATOR_OPTIONS))
     # The bare command runs `live`, so its options belong in the top-level help too.
     live_options = live.format_help().partition("\noptions:\n")[2]
     parser.epilog = "options with no command (those of `live`):\n" + live_options
@@ -293,7 +307,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         devices.start()
     except FloodwatchError as exc:
-        print(f"simulators: {exc}", file=sys.stderr)
+        print(f"simulators: {broker_problem(exc)}", file=sys.stderr)
         return 1
     reports = prepared.reports
     published = int(np.count_nonzero(reports.published))
@@ -361,7 +375,7 @@ def _run(args: argparse.Namespace) -> int:
         len(prepared.sensors),
         f"; {unacknowledged} messages not acknowledged by the broker" if unacknowledged else "",
     )
-    return status
+    return status or _refusals(devices)
 
 
 def _truth(args: argparse.Namespace) -> int:
@@ -455,7 +469,7 @@ def _replay(args: argparse.Namespace) -> int:
     try:
         devices.start()
     except FloodwatchError as exc:
-        print(f"simulators: {exc}", file=sys.stderr)
+        print(f"simulators: {broker_problem(exc)}", file=sys.stderr)
         return 1
     messages = replay_messages(recording, timemap, batch)
     log.info(
@@ -495,7 +509,7 @@ def _replay(args: argparse.Namespace) -> int:
             time.time() - began,
             f"; {unacknowledged} not acknowledged by the broker" if unacknowledged else "",
         )
-    return status
+    return status or _refusals(devices)
 
 
 def _load(args: argparse.Namespace) -> int:
@@ -540,22 +554,44 @@ def _load(args: argparse.Namespace) -> int:
     result = run_load(plan)
     for error in result.errors:
         log.error("%s", error)
+    if any("did not accept" in error for error in result.errors):
+        log.error("%s", STACK_ADVICE)
     if args.json:
         print(orjson.dumps(result.as_dict()).decode(), flush=True)
     else:
         target = "" if result.readings_per_s >= 0.98 * plan.rate else " (below the target)"
+        refused = (
+            f"; {result.refused_readings:,} readings in {result.refused_messages:,} messages "
+            f"REFUSED by the broker ({result.refusal})"
+            if result.refused_messages
+            else ""
+        )
         print(
             f"load: {result.readings:,} readings in {result.messages:,} messages acknowledged "
             f"in {result.elapsed_s:.2f} s: {result.readings_per_s:,.0f} readings/s, "
             f"{result.messages_per_s:,.0f} messages/s from {plan.processes} "
             f"process{'' if plan.processes == 1 else 'es'}; target {plan.rate:,.0f} "
-            f"readings/s{target}",
+            f"readings/s{target}{refused}",
             flush=True,
         )
     return 0 if result.readings and not result.errors else 1
 
 
 # -- helpers --------------------------------------------------------------------------------
+
+
+def _refusals(devices: Devices) -> int:
+    """Exit status 1, said in one line, when the broker refused any publish (0x87...)."""
+    refused, reason = devices.refused()
+    if not refused:
+        return 0
+    log.error(
+        "the broker REFUSED %d of those messages (%s): they were not published; check that "
+        "each login may publish there (--sensor-credentials gives each sensor its own)",
+        refused,
+        reason,
+    )
+    return 1
 
 
 def _prepare(args: argparse.Namespace, registry_path: Path, ids: tuple[str, ...]) -> Prepared:

@@ -32,6 +32,7 @@ from floodwatch.settings import (
     whole_number,
 )
 from floodwatch.topics import Topics
+from simulators.publish import broker_problem
 from simulators.street import SHOWER_PERIOD_S, build_fleet, initial_state, reading_payload, step
 
 SIMULATOR_OPTIONS = (
@@ -156,7 +157,7 @@ def _simulate(
             link.start(timeout_s=CONNECT_TIMEOUT_S)
             started.append(link)
     except FloodwatchError as exc:
-        print(f"simulators: {exc}", file=sys.stderr)
+        print(f"simulators: {broker_problem(exc)}", file=sys.stderr)
         for link in started:
             link.stop()
         return 1

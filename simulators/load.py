@@ -2,8 +2,10 @@
 
 Each publisher process has one MQTT connection with unlimited in-flight QoS 1 messages and
 publishes its share of the rate for its share of the sensors. A reading counts as published
-once the broker acknowledged it (PUBACK); the achieved rate is every process's acknowledged
-readings over the span from the first publish to the last acknowledgement.
+once the broker acknowledged it (PUBACK with a success code); one the broker refused (a
+reason code of 0x80 or more, e.g. 0x87 Not authorized when the login may not publish there)
+counts as refused, not published. The achieved rate is every process's acknowledged readings
+over the span from the first publish to the last acknowledgement.
 
 Readings are stamped in epoch milliseconds (CONTRACT section 2 allows it), one second apart
 per sensor, starting far enough in the past that the last is never in the future: every
@@ -72,6 +74,8 @@ class WorkerResult:
     acked_s: float
     unacknowledged: int
     error: str = ""
+    refused: int = 0  # messages the broker answered with a failure reason code
+    refusal: str = ""  # the last such reason, e.g. "Not authorized (0x87)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +88,9 @@ class LoadResult:
     elapsed_s: float
     unacknowledged: int
     errors: tuple[str, ...]
+    refused_readings: int = 0
+    refused_messages: int = 0
+    refusal: str = ""
 
     @property
     def readings_per_s(self) -> float:
@@ -106,6 +113,9 @@ class LoadResult:
             "readings_per_s": round(self.readings_per_s, 1),
             "messages_per_s": round(self.messages_per_s, 1),
             "unacknowledged": self.unacknowledged,
+            "refused_readings": self.refused_readings,
+            "refused_messages": self.refused_messages,
+            "refusal": self.refusal,
             "errors": list(self.errors),
         }
 
@@ -150,13 +160,26 @@ def run_load(plan: LoadPlan) -> LoadResult:
         errors += (f"{plan.processes - len(collected)} publisher processes did not report",)
     if not good:
         return LoadResult(plan, 0, 0, 0.0, 0, errors)
+    refused = sum(r.refused for r in good)
+    refusal = next((r.refusal for r in good if r.refusal), "")
+    if refused:
+        errors += (
+            f"the broker refused {refused:,} of {sum(r.messages for r in good):,} messages "
+            f"({refusal}) as {plan.endpoint}: check that this login may publish readings "
+            f"under {plan.topic_root}/v1/sensors/ (the admin login may; a sensor's only its "
+            "own)",
+        )
+    # Only what the broker accepted counts as published.
     return LoadResult(
         plan=plan,
-        readings=sum(r.readings for r in good),
-        messages=sum(r.messages for r in good),
+        readings=sum(r.readings - r.refused * plan.per_message for r in good),
+        messages=sum(r.messages - r.refused for r in good),
         elapsed_s=max(r.acked_s for r in good) - min(r.first_s for r in good),
         unacknowledged=sum(r.unacknowledged for r in good),
         errors=errors,
+        refused_readings=refused * plan.per_message,
+        refused_messages=refused,
+        refusal=refusal,
     )
 
 
@@ -170,6 +193,9 @@ def _worker(
     try:
         results.put(_publish(plan, k, ready, go))
     except Exception as exc:  # reported to the parent, which prints it
+        # Break the start barrier, so nobody waits out its timeout for a publisher that
+        # cannot connect (a refused login is known at once).
+        ready.abort()
         results.put(WorkerResult(0, 0, 0.0, 0.0, 0, f"publisher {k}: {exc}"))
 
 
@@ -216,7 +242,15 @@ def _publish(plan: LoadPlan, k: int, ready: Barrier, go: Event) -> WorkerResult:
     acked_s = time.time()
     unacknowledged = conn.pending_publishes()
     conn.stop()
-    return WorkerResult(readings, messages, first_s, acked_s, unacknowledged)
+    return WorkerResult(
+        readings,
+        messages,
+        first_s,
+        acked_s,
+        unacknowledged,
+        refused=conn.refused_publishes,
+        refusal=conn.last_refusal,
+    )
 
 
 def _payload(base_ms: int, first: int, count: int, slot: int) -> bytes:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
-from floodwatch.errors import FloodwatchError
+from floodwatch.errors import BrokerError, FloodwatchError
 from floodwatch.mqtt import MqttConnection, Will, sensor_client_id
 from floodwatch.registry import Sensor
 from floodwatch.settings import Settings
@@ -33,6 +33,25 @@ DRAIN_TIMEOUT_S = 10.0
 # Sleep at most this long at a time, so Ctrl-C and the progress bar stay responsive.
 TICK_S = 0.1
 HCMC = timezone(timedelta(hours=7))
+
+
+STACK_ADVICE = (
+    "To publish into a running stack (scripts/stack), give its broker and logins: "
+    "--mqtt-url mqtt://admin:PASSWORD@HOST:PORT (PASSWORD is mqtt.admin in "
+    ".stack/credentials/credentials.json; HOST:PORT is where the stack's broker listens, "
+    "127.0.0.1:1883 unless scripts/stack said otherwise) and "
+    "--sensor-credentials .stack/credentials/sensors.json, so each sensor logs in as itself "
+    "(or the FLOODWATCH_MQTT_URL and FLOODWATCH_SENSOR_CREDENTIALS variables)."
+)
+
+
+def broker_problem(exc: FloodwatchError) -> str:
+    """What to print when the broker cannot be used: the error and, for a refused login or an
+    unreachable broker, how to point a simulator at a running stack."""
+    text = str(exc)
+    if not isinstance(exc, BrokerError):
+        return text
+    return f"{text if text.endswith('.') else text + '.'}\n{STACK_ADVICE}"
 
 
 class Devices:
@@ -100,6 +119,12 @@ class Devices:
             if not pending or time.monotonic() >= deadline:
                 return pending
             pause.wait(0.02)
+
+    def refused(self) -> tuple[int, str]:
+        """Publishes the broker refused (reason code 0x80 or more), and the last reason."""
+        count = sum(link.refused_publishes for link in self.links)
+        reason = next((link.last_refusal for link in self.links if link.last_refusal), "")
+        return count, reason
 
     def stop(self) -> None:
         for link in self._started:

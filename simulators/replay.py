@@ -5,7 +5,10 @@ Pure: text in, values out (and back). The CSV has a header row; columns, in any 
   ts (or time)            ISO 8601 with an offset, or integer epoch milliseconds
   level_cm | distance_mm  exactly one per row (the other cell empty or absent)
   battery_v, rssi, seq    optional
-Other columns (a scenario's `artefact`, `sent_at`, `true_cm`) are ignored by replay.
+Other columns (a scenario's `artefact`, `sent_at`, `true_cm`) are ignored by replay. Separated
+by commas, or by semicolons (then with decimal commas allowed); a UTF-8 byte-order mark is
+skipped. Every row is judged by ingest's own decoder (its ranges and rules) before anything is
+sent.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
+from floodwatch.decode import decode_readings
 from floodwatch.errors import FloodwatchError
 from floodwatch.registry import Registry, Sensor
 from simulators.messages import Message, TimeMap, iso_times
@@ -32,7 +36,12 @@ EARLIEST_S = 946_684_800.0  # 2000-01-01: ingest refuses anything older
 
 
 class RecordingError(FloodwatchError):
-    """A recording cannot be replayed; the message names the line and the fix."""
+    """A recording cannot be replayed; the message names each bad line and the fix."""
+
+    def __init__(self, message: str, problems: tuple[tuple[int, str], ...] = ()) -> None:
+        super().__init__(message)
+        # (line number, reason) of every row ingest would refuse.
+        self.problems = problems
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -60,53 +69,61 @@ class Recording:
 
 
 def parse_recording(text: str, registry: Registry, source: str = "<csv>") -> Recording:
-    """Read a recording; raise RecordingError naming the line for anything ingest would refuse."""
-    reader = csv.DictReader(io.StringIO(text))
+    """Read a recording; raise RecordingError listing every row ingest would refuse (its line
+    and why, judged by ingest's own decoder), so nothing is sent that would be dead-lettered.
+
+    Excel's "CSV UTF-8" (a byte-order mark first) and semicolon-separated files (Excel where
+    the decimal separator is a comma, as in Vietnamese: then "12,5" is read as 12.5) work too.
+    """
+    text = text.removeprefix("\ufeff")
+    if not text.strip():
+        raise RecordingError(
+            f"{source} is empty; a recording needs a header row (e.g. sensor,ts,level_cm) "
+            "and then one reading per line."
+        )
+    delimiter = _delimiter(text)
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
     header = [name.strip() for name in reader.fieldnames or []]
     reader.fieldnames = header
     sensor_column = _column(header, ("sensor", "sensor_id"), source)
     ts_column = _column(header, ("ts", "time"), source)
     if "level_cm" not in header and "distance_mm" not in header:
         raise RecordingError(f"{source}: the header has neither level_cm nor distance_mm.")
+    decimal_comma = delimiter == ";"
     ids: list[str] = []
     index: dict[str, int] = {}
     rows: list[tuple[int, float, float, float, float, int, int, bool, bool]] = []
-    for line, row in enumerate(reader, start=2):
-        where = f"{source} line {line}"
-        sensor_id = (row.get(sensor_column) or "").strip()
-        sensor = registry.get(sensor_id)
-        if sensor is None:
-            raise RecordingError(
-                f"{where}: sensor {sensor_id!r} is not in the registry {registry.source}; "
-                "replay against the registry it was recorded with (--registry)."
-            )
-        if sensor_id not in index:
-            index[sensor_id] = len(ids)
-            ids.append(sensor_id)
-        level = _number(row.get("level_cm"), where, "level_cm")
-        distance = _number(row.get("distance_mm"), where, "distance_mm")
-        if math.isnan(level) == math.isnan(distance):
-            raise RecordingError(f"{where}: give exactly one of level_cm and distance_mm.")
-        if not math.isnan(distance) and sensor.mount_height_mm is None:
-            raise RecordingError(
-                f"{where}: {sensor_id!r} has no mount_height_mm in the registry, "
-                "so its distance_mm cannot become a depth."
-            )
-        rssi = _number(row.get("rssi"), where, "rssi")
-        seq = _number(row.get("seq"), where, "seq")
+    problems: list[tuple[int, str]] = []
+    for row in reader:
+        line = reader.line_num
+        try:
+            sensor, values = _row(row, sensor_column, ts_column, registry, decimal_comma)
+        except _BadRow as bad:
+            problems.append((line, bad.reason))
+            continue
+        refusal = _ingest_refusal(sensor, values)
+        if refusal is not None:
+            problems.append((line, refusal))
+            continue
+        if sensor.id not in index:
+            index[sensor.id] = len(ids)
+            ids.append(sensor.id)
+        time_s, level, distance, battery, rssi, seq = values
         rows.append(
             (
-                index[sensor_id],
-                _seconds((row.get(ts_column) or "").strip(), where),
+                index[sensor.id],
+                time_s,
                 level,
                 distance,
-                _number(row.get("battery_v"), where, "battery_v"),
+                battery,
                 -1 if math.isnan(rssi) else int(rssi),
                 -1 if math.isnan(seq) else int(seq),
                 not math.isnan(rssi),
                 not math.isnan(seq),
             )
         )
+    if problems:
+        raise RecordingError(_listing(source, problems), tuple(problems))
     if not rows:
         raise RecordingError(f"{source}: no readings after the header.")
     rows.sort(key=lambda r: (r[1], r[0]))
@@ -123,6 +140,80 @@ def parse_recording(text: str, registry: Registry, source: str = "<csv>") -> Rec
         has_rssi=np.array(columns[7], dtype=np.bool_),
         has_seq=np.array(columns[8], dtype=np.bool_),
     )
+
+
+# time_s, level_cm, distance_mm, battery_v, rssi, seq (NaN where absent)
+_Values = tuple[float, float, float, float, float, float]
+
+
+class _BadRow(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _row(
+    row: dict[str, str | None],
+    sensor_column: str,
+    ts_column: str,
+    registry: Registry,
+    decimal_comma: bool,
+) -> tuple[Sensor, _Values]:
+    """One row's sensor and values, or _BadRow saying what is wrong with it."""
+    sensor_id = (row.get(sensor_column) or "").strip()
+    sensor = registry.get(sensor_id)
+    if sensor is None:
+        raise _BadRow(
+            f"sensor {sensor_id!r} is not in the registry {registry.source}; replay against "
+            "the registry it was recorded with (--registry)."
+        )
+
+    def number(name: str) -> float:
+        return _number(row.get(name), name, decimal_comma)
+
+    level, distance = number("level_cm"), number("distance_mm")
+    if math.isnan(level) == math.isnan(distance):
+        raise _BadRow("give exactly one of level_cm and distance_mm.")
+    time_s = _seconds((row.get(ts_column) or "").strip())
+    return sensor, (time_s, level, distance, number("battery_v"), number("rssi"), number("seq"))
+
+
+def _ingest_refusal(sensor: Sensor, values: _Values) -> str | None:
+    """Why ingest's decoder would refuse this reading (its ranges, its rules), or None."""
+    time_s, level, distance, battery, rssi, seq = values
+    time_ms = round(time_s * 1000)
+    doc: dict[str, object] = {"ts": time_ms}
+    if math.isnan(level):
+        doc["distance_mm"] = distance
+    else:
+        doc["level_cm"] = level
+    for name, value in (("battery_v", battery), ("rssi", rssi), ("seq", seq)):
+        if not math.isnan(value):
+            # ingest wants whole numbers for rssi and seq; a fraction is left for it to refuse.
+            doc[name] = int(value) if name != "battery_v" and value.is_integer() else value
+    # Judged as if received when taken: how far ahead a stamp may be depends on when it is
+    # sent, which the replay checks for the whole file against --timestamps.
+    decoded = decode_readings(sensor, "replay", orjson.dumps(doc), time_ms * 1_000_000)
+    if decoded.rejections:
+        return decoded.rejections[0].reason
+    return None
+
+
+def _listing(source: str, problems: list[tuple[int, str]]) -> str:
+    if len(problems) == 1:
+        line, reason = problems[0]
+        return f"{source} line {line}: {reason}"
+    lines = "\n".join(f"  {source} line {line}: {reason}" for line, reason in problems)
+    return (
+        f"{source}: {len(problems)} rows would be refused by ingest, so nothing was sent; "
+        f"fix or remove them:\n{lines}"
+    )
+
+
+def _delimiter(text: str) -> str:
+    """`;` when the header row is separated by semicolons (and holds no comma), else `,`."""
+    header = text.lstrip().partition("\n")[0]
+    return ";" if ";" in header and "," not in header else ","
 
 
 def replay_messages(recording: Recording, timemap: TimeMap, batch: int = 1) -> list[Message]:
@@ -218,34 +309,34 @@ def _column(header: Sequence[str], names: tuple[str, ...], source: str) -> str:
     )
 
 
-def _number(cell: str | None, where: str, name: str) -> float:
+def _number(cell: str | None, name: str, decimal_comma: bool = False) -> float:
     text = (cell or "").strip()
     if not text:
         return math.nan
+    if decimal_comma and text.count(",") == 1 and "." not in text:
+        text = text.replace(",", ".")
     try:
         value = float(text)
     except ValueError:
-        raise RecordingError(f"{where}: {name} {text!r} is not a number.") from None
+        raise _BadRow(f"{name} {text!r} is not a number.") from None
     if not math.isfinite(value):
-        raise RecordingError(f"{where}: {name} {text!r} is not a finite number.")
+        raise _BadRow(f"{name} {text!r} is not a finite number.")
     return value
 
 
-def _seconds(text: str, where: str) -> float:
+def _seconds(text: str) -> float:
     if text.lstrip("-").isdigit():
         seconds = int(text) / 1000.0
     else:
         try:
             moment = datetime.fromisoformat(text)
         except ValueError:
-            raise RecordingError(
-                f"{where}: ts {text!r} is neither ISO 8601 nor epoch milliseconds."
-            ) from None
+            raise _BadRow(f"ts {text!r} is neither ISO 8601 nor epoch milliseconds.") from None
         if moment.tzinfo is None:
-            raise RecordingError(f"{where}: ts {text!r} has no UTC offset; add one, e.g. +07:00.")
+            raise _BadRow(f"ts {text!r} has no UTC offset; add one, e.g. +07:00.")
         seconds = moment.timestamp()
     if seconds < EARLIEST_S:
-        raise RecordingError(f"{where}: ts {text!r} is before 2000; is it in milliseconds?")
+        raise _BadRow(f"ts {text!r} is before 2000; is it in milliseconds?")
     return seconds
 
 

@@ -94,7 +94,9 @@ def test_ioc_page_live_map_and_acknowledgement(
     with sync_playwright() as playwright, publisher(broker) as pub:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1600, "height": 900})
+            # Playwright polls wait_for_function by eval, which the page's CSP forbids; the CSP
+            # itself is tested in test_api_csp_browser.py and test_ioc_page.py.
+            page = browser.new_page(viewport={"width": 1600, "height": 900}, bypass_csp=True)
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(url + "/")
@@ -147,7 +149,9 @@ def test_ioc_page_live_map_and_acknowledgement(
             page.mouse.move(5, 890)  # away from the markers, so no hover tooltip covers them
             page.screenshot(path=str(ARTEFACTS / "ioc.png"))
 
-            phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
+            phone = browser.new_page(
+                viewport={"width": 390, "height": 844}, is_mobile=True, bypass_csp=True
+            )
             phone.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             phone.add_init_script(f"localStorage.setItem('floodwatch.apiKey', '{key}')")
             phone.goto(url + "/")

@@ -154,7 +154,7 @@ def test_the_demo_at_180x_shows_raise_escalate_ack_drain_clear_episode_and_cance
             assert cleared, "no alert waits for an acknowledgement after clearing"
             [episode, *_] = get("/v1/events")["events"]
             assert episode["end"] is not None and episode["max_level"] >= 3
-            assert {"Quoc Huong", "Nguyen Van Huong"} <= set(episode["streets"])
+            assert {"Quoc Huong", "Nguyen Van Huong"} <= set(episode["streets_en"])
             assert episode["minutes_to_peak"] > 0 and episode["minutes_to_drain"] > 0
 
             # The CAP feed's Cancel for a cleared flood alert.

@@ -278,8 +278,10 @@ def open_page(
 ) -> Any:
     """A page in its own browser context; English is chosen with the toggle and must be
     remembered across a reload."""
+    # bypass_csp: Playwright polls wait_for_function by eval, which the page's CSP forbids;
+    # the CSP itself is checked by test_a_dropped_feed_says_how_old_the_data_is.
     context = browser.new_context(
-        viewport={"width": size[0], "height": size[1]}, is_mobile=size[0] < 600
+        viewport={"width": size[0], "height": size[1]}, is_mobile=size[0] < 600, bypass_csp=True
     )
     page = context.new_page()
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -497,7 +499,7 @@ def test_a_failed_acknowledgement_says_exactly_why(
     with sync_playwright() as playwright, publisher(broker) as pub, live_server(app) as url:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1920, "height": 1080})
+            page = browser.new_page(viewport={"width": 1920, "height": 1080}, bypass_csp=True)
             page.add_init_script(f"localStorage.setItem('floodwatch.apiKey', '{keys.operator}')")
             page.goto(url + "/")
             page.wait_for_selector("#status[data-state=live]")

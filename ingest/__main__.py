@@ -29,7 +29,7 @@ from floodwatch.errors import (
 from floodwatch.influx import InfluxClient
 from floodwatch.metrics import serve as serve_metrics
 from floodwatch.mqtt import Delivery, MqttConnection, Subscription
-from floodwatch.registry import load_registry
+from floodwatch.registry import Registry, load_registry
 from floodwatch.settings import (
     TIME_SCALE,
     command_parser,
@@ -44,6 +44,7 @@ from floodwatch.settings import (
 from floodwatch.topics import Topics
 from ingest.alerting import Alerting
 from ingest.metrics import ingest_metrics
+from ingest.operations import OperationsFollower
 from ingest.outbox import Outbox
 from ingest.pipeline import Ingest
 
@@ -352,10 +353,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ingest.on_stored = alerting.judge
     commands: queue.Queue[Delivery] = queue.Queue()
 
+    def apply_registry(changed: Registry) -> None:
+        ingest.registry = changed  # the decoder reads it per batch
+        alerting.reconfigure(changed)
+
+    operations = OperationsFollower(topics, registry, apply_registry, ingest.store_lines, ack, stop)
+
     def route(delivery: Delivery) -> None:
         # Operators' acknowledgements go to their own thread; readings to the pipeline.
         if delivery.topic == topics.ack_commands:
             commands.put(delivery)
+        elif operations.wants(delivery.topic):
+            operations.deliver(delivery)
         else:
             ingest.deliver(delivery)
 
@@ -370,6 +379,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             Subscription(topics.all_readings, 1, replay_retained=False, flag_retained=True),
             Subscription(topics.all_statuses, 1, replay_retained=False),
             (topics.ack_commands, 1),
+            # Operators' registry overrides (retained) and their audit (ingest/operations.py).
+            (topics.registry_override("+"), 1),
+            (topics.sensor_changes("+"), 1),
         ],
         on_delivery=route,
         session_expiry_s=session_expiry,
@@ -385,6 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         name="ingest-commands",
     ).start()
     ingest.start()
+    operations.thread.start()
     try:
         mqtt.start(timeout_s=30)
     except FloodwatchError as exc:

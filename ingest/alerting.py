@@ -28,6 +28,7 @@ from alerts import (
     sensor_payload,
     step,
 )
+from alerts.reconfigure import reconfigure
 from floodwatch.contract import ALERT_MEASUREMENT, EVENT_MEMORY_NS
 from floodwatch.errors import InfluxError
 from floodwatch.influx import InfluxClient
@@ -159,6 +160,14 @@ class Alerting:
             state = self._state
         self._emit(state, events)
         return events
+
+    def reconfigure(self, registry: Registry) -> None:
+        """An operator changed the registry (ingest/operations.py): judge with it from now on;
+        no event is made by the change itself (alerts.reconfigure)."""
+        with self._lock:
+            if self._state is not None:
+                self._state = reconfigure(self._state, registry, self._clock())
+            self.registry = registry
 
     def acknowledge(self, alert_id: str, who: str, note: str) -> list[Event]:
         """Raises alerts.UnknownAlert when no open alert has this id."""

@@ -4,7 +4,7 @@ queues on disk, delivers per destination, and publishes each alert's notificatio
 | thread                 | owns                                  | talks to                        |
 |------------------------|---------------------------------------|---------------------------------|
 | paho network thread    | nothing                               | puts deliveries on `inbox`      |
-| router (`run`)         | escalation tracks                     | store (commit), broker (ack)    |
+| router (`run`)         | escalation tracks, maintenance, registry | store (commit), broker (ack) |
 | sender, one per dest   | its destination's backoff             | store (due, mark), its channel  |
 | history publisher      | the last record sent per alert        | store (read), broker (retained) |
 
@@ -27,10 +27,18 @@ import orjson
 from floodwatch.metrics import Metric
 from floodwatch.mqtt import Delivery as MqttDelivery
 from floodwatch.mqtt import MqttConnection
+from floodwatch.operations import LiveRegistry, Maintenance
 from floodwatch.registry import Registry
 from floodwatch.topics import Topics
 from notify.channels import Adapter, Outcome, adapter_for
-from notify.escalation import Track, next_due_ns, on_episode, on_event, on_tick
+from notify.escalation import (
+    Track,
+    next_due_ns,
+    on_episode,
+    on_event,
+    on_maintenance_end,
+    on_tick,
+)
 from notify.model import AlertFacts, Send, facts_from_episode, facts_from_event, facts_from_retained
 from notify.plan import alert_doc, event_from_payload, iso, outgoing, plan
 from notify.routing import Routing
@@ -185,6 +193,11 @@ class Notifier:
     ) -> None:
         self.routing = routing
         self.registry = registry
+        # Operators' changes (floodwatch.operations), applied by the router as they arrive.
+        self.live_registry = LiveRegistry(registry)
+        self.maintenance: dict[str, Maintenance] = {}
+        self._maintenance_prefix = topics.maintenance("")
+        self._registry_prefix = topics.registry_override("")
         self.topics = topics
         self.store = store
         self.options = options
@@ -254,6 +267,8 @@ class Notifier:
             (self.topics.all_alert_events, 1),
             (self.topics.alert("+"), 1),
             (self.topics.episodes, 1),
+            (self.topics.maintenance("+"), 1),
+            (self.topics.registry_override("+"), 1),
         ]
 
     def deliver(self, delivery: MqttDelivery) -> None:
@@ -269,6 +284,8 @@ class Notifier:
         sends: list[Send] = []
         view = dict(self.tracks)
         for message in batch:
+            if self._operation(message, now, view, changed, sends):
+                continue
             if not message.payload:
                 continue  # a sensor's retained state cleared: nothing to announce
             if message.topic == self.topics.episodes:
@@ -296,7 +313,7 @@ class Notifier:
                 view.update(updated)
                 changed.update(updated)
                 sends.extend(new_sends)
-        deliveries = plan(sends, self.routing, self.options.page_url, now)
+        deliveries = plan(sends, self.routing, self.options.page_url, now, self.silenced(now))
         self.store.commit(changed, [], deliveries, now)
         self.tracks = view
         if self.mqtt is not None:
@@ -305,8 +322,75 @@ class Notifier:
             self.ensure_senders()
         self.mark_dirty(set(changed))
 
+    def _operation(
+        self,
+        message: MqttDelivery,
+        now: int,
+        view: dict[str, Track],
+        changed: dict[str, Track],
+        sends: list[Send],
+    ) -> bool:
+        """Apply a maintenance record or a registry override; False for any other message."""
+        sensor_id = self.topics.last_level(message.topic, self._maintenance_prefix)
+        if sensor_id is not None:
+            record = Maintenance.from_json(sensor_id, message.payload)
+            held = self.maintenance.pop(sensor_id, None)
+            if record is not None and record.until_ns > now:
+                self.maintenance[sensor_id] = record
+                log.info("%s under maintenance until %s", sensor_id, record.to_dict()["until"])
+            elif held is not None or record is not None:
+                # Ended by an operator, or a record that expired while nobody listened.
+                ended_ns = now if record is None else record.until_ns
+                updated, new_sends = on_maintenance_end(view, sensor_id, self.routing, ended_ns)
+                view.update(updated)
+                changed.update(updated)
+                sends.extend(new_sends)
+                log.info("%s: maintenance over", sensor_id)
+            # The history records show the sensor's maintenance: republish them.
+            self.mark_dirty({a for a, t in view.items() if t.facts.sensor_id == sensor_id})
+            return True
+        sensor_id = self.topics.last_level(message.topic, self._registry_prefix)
+        if sensor_id is not None:
+            registry = self.live_registry.apply(sensor_id, message.payload)
+            if registry is not None:
+                self.registry = registry
+            for problem in self.live_registry.problems:
+                log.error("registry override skipped: %s", problem)
+            return True
+        return False
+
+    def silenced(self, now: int) -> dict[str, str]:
+        """Sensors whose notifications go to nobody now, with why (their maintenance)."""
+        return {
+            sensor_id: f"under maintenance until {m.to_dict()['until']} ({m.who}: {m.reason})"
+            for sensor_id, m in self.maintenance.items()
+            if m.active_at(now)
+        }
+
+    def _expire_maintenance(self, now: int) -> tuple[dict[str, Track], list[Send]]:
+        changed: dict[str, Track] = {}
+        sends: list[Send] = []
+        for sensor_id, record in sorted(self.maintenance.items()):
+            if record.until_ns > now:
+                continue
+            del self.maintenance[sensor_id]
+            view = {**self.tracks, **changed}
+            updated, new_sends = on_maintenance_end(view, sensor_id, self.routing, record.until_ns)
+            changed.update(updated)
+            sends.extend(new_sends)
+            log.info("%s: maintenance expired", sensor_id)
+        return changed, sends
+
     def tick(self) -> None:
         now = self.clock()
+        expired, over = self._expire_maintenance(now)
+        if expired or over:
+            deliveries = plan(over, self.routing, self.options.page_url, now, self.silenced(now))
+            self.store.commit(expired, [], deliveries, now)
+            self.tracks = {**self.tracks, **expired}
+            if deliveries:
+                self.ensure_senders()
+            self.mark_dirty(set(expired))
         if now - self._pruned_ns > 3600 * _S:
             self._pruned_ns = now
             self.store.prune(now - int(self.options.keep_history_s * _S))
@@ -317,7 +401,7 @@ class Notifier:
         changed, sends, forget = on_tick(self.tracks, now)
         if not changed and not forget:
             return
-        deliveries = plan(sends, self.routing, self.options.page_url, now)
+        deliveries = plan(sends, self.routing, self.options.page_url, now, self.silenced(now))
         self.store.commit(changed, forget, deliveries, now)
         self.tracks = {k: v for k, v in {**self.tracks, **changed}.items() if k not in forget}
         if deliveries:
@@ -363,6 +447,11 @@ class Notifier:
         track = self.tracks.get(alert_id)
         rows = self.store.history(alert_id)
         doc: dict[str, object] = {"alert_id": alert_id, "updated_at": iso(self.clock())}
+        sensor_id = track.facts.sensor_id if track is not None else alert_id.split(":", 1)[0]
+        under = self.maintenance.get(sensor_id)
+        doc["maintenance"] = (
+            under.to_dict() if under is not None and under.active_at(self.clock()) else None
+        )
         if track is not None:
             doc["alert"] = alert_doc(track.facts)
             doc["escalation"] = {

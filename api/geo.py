@@ -15,6 +15,7 @@ import orjson
 
 from api.live import LiveState, SensorNow, depth_level, level_name, summarise_alerts
 from api.times import iso
+from floodwatch.operations import Maintenance
 from floodwatch.registry import STREET_THRESHOLDS_CM, Street
 
 
@@ -44,6 +45,22 @@ def sensor_properties(now: SensorNow, now_ns: int) -> dict[str, Any]:
         "stale": now.stale(now_ns),
         "interval_s": sensor.interval_s,
         "thresholds_cm": list(sensor.thresholds_cm),
+        "mount_height_mm": sensor.mount_height_mm,
+        "maintenance": maintenance_json(now.under_maintenance(now_ns)),
+    }
+
+
+def maintenance_json(record: Maintenance | None) -> dict[str, Any] | None:
+    """A sensor's maintenance as /v1/sensors and /v1/maintenance show it (None: not under)."""
+    if record is None:
+        return None
+    return {
+        "who": record.who,
+        "reason": record.reason,
+        "since": iso(record.since_ns),
+        "until": iso(record.until_ns),
+        "scope": record.scope,
+        "street": record.street or None,
     }
 
 
@@ -134,7 +151,7 @@ class SensorsBody:
     """The /v1/sensors body, rebuilt from per-sensor serialised Features as they change."""
 
     def __init__(self) -> None:
-        self._pieces: dict[str, tuple[tuple[int, bool], bytes]] = {}
+        self._pieces: dict[str, tuple[tuple[int, bool, bool], bytes]] = {}
         self._key: tuple[int, int] | None = None
         self._body = b""
 
@@ -144,7 +161,8 @@ class SensorsBody:
             return self._body
         pieces: list[bytes] = []
         for now in state:
-            version = (now.version, now.stale(now_ns))
+            # Maintenance ends with the clock too: its expiry changes the Feature.
+            version = (now.version, now.stale(now_ns), now.under_maintenance(now_ns) is None)
             held = self._pieces.get(now.sensor.id)
             if held is None or held[0] != version:
                 held = (version, orjson.dumps(sensor_feature(now, now_ns)))

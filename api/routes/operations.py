@@ -215,7 +215,7 @@ async def list_maintenance(services: ServicesDep, _: ViewerDep) -> Response:
     summary="Put a sensor under maintenance (operator role)",
     description="Its readings are still stored and judged; its alerts notify nobody until "
     "`until` or the end of maintenance (DELETE). Audited as a `maintenance_started` change.",
-    responses=error_responses(401, 403, 404, 422, 503),
+    responses=error_responses(401, 403, 404, 503),
 )
 async def begin_sensor(
     sensor_id: SensorId, body: MaintenanceIn, services: ServicesDep, operator: OperatorDep
@@ -249,7 +249,7 @@ async def end_sensor(
 @router.post(
     "/v1/maintenance/streets/{street}",
     summary="Put every sensor of a street under maintenance (operator role)",
-    responses=error_responses(401, 403, 404, 422, 503),
+    responses=error_responses(401, 403, 404, 503),
 )
 async def begin_street(
     street: StreetName, body: MaintenanceIn, services: ServicesDep, operator: OperatorDep
@@ -334,7 +334,7 @@ def _sensor_json(services: Services, sensor_id: str) -> dict[str, Any]:
     "without a restart; readings keep the calibration they were taken under (their depth is "
     "computed at ingest). The change itself raises and clears no alert. Audited as a "
     "`calibrated` change with the old and new values.",
-    responses=error_responses(401, 403, 404, 422, 503),
+    responses=error_responses(401, 403, 404, 503),
 )
 async def calibrate(
     sensor_id: SensorId, body: CalibrationIn, services: ServicesDep, operator: OperatorDep
@@ -364,7 +364,7 @@ async def calibrate(
     summary="Add a sensor (operator role)",
     description="Ingest accepts its readings within seconds. Its broker login is not made "
     "here: an administrator creates it with `python -m floodwatch.credentials`.",
-    responses=error_responses(401, 403, 409, 422, 503),
+    responses=error_responses(401, 403, 409, 503),
     status_code=201,
 )
 async def add_sensor(body: SensorIn, services: ServicesDep, operator: OperatorDep) -> Response:

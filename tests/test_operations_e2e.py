@@ -1,0 +1,346 @@
+"""Operators' changes through the API, on the real broker and influxd, reaching the running
+processes without a restart: a calibration mid-stream (ingest stores the depth of each reading's
+own calibration; the change raises and clears nothing), a retired sensor dead-lettered, the
+audit of every change stored by ingest, and maintenance silencing the notifier's webhooks
+until it expires."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from alerts.events import AlertEvent
+from api.app import create_app
+from api.config import ApiOptions
+from floodwatch.influx import InfluxClient
+from floodwatch.localservices import Service
+from tests.conftest import IngestProcess, wait_until
+from tests.notify_servers import HttpReceiver
+from tests.test_api_support import (
+    TestClient,
+    api_settings,
+    bearer,
+    publish,
+    publisher,
+    write_keys,
+)
+from tests.test_notify_e2e import SECRET, Notifier
+
+pytestmark = pytest.mark.services
+
+
+def _until(seconds: float) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
+
+
+def _rows(influx: InfluxClient, sql: str, params: dict[str, str | int]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for series in influx.query(sql, params, epoch="ns"):
+        out += [dict(zip(series["columns"], row, strict=True)) for row in series["values"]]
+    return out
+
+
+def _logged(ingest: IngestProcess, text: bytes) -> bool:
+    return text in ingest.log.read_bytes()
+
+
+def test_calibration_retirement_and_maintenance_reach_ingest_and_are_audited(
+    broker: Service,
+    influxd: Service,
+    influx: InfluxClient,
+    unique: str,
+    ingest_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """d12-02 (mount 1800 mm) floods at 25 cm; its mount height becomes 1700 mm through the
+    API: ingest applies it within seconds, the same distance is then stored as 15 cm, the
+    earlier readings keep 25 cm, and the flood is neither raised again nor cleared. qh-04
+    retired: its next reading is a `retired_sensor` dead letter. Every change is in /v1/changes
+    with who and why."""
+    ingest = IngestProcess(ingest_env, tmp_path)
+    ingest.start()
+    try:
+        keys = write_keys(tmp_path / "keys")
+        app = create_app(api_settings(broker, influxd, unique), ApiOptions(api_keys=keys.path))
+        op = bearer(keys.operator)
+        with TestClient(app) as client, publisher(broker) as pub:
+            now_ms = int(time.time() * 1000)
+            d12 = f"{unique}/v1/sensors/d12-02/reading"
+            before = [{"ts": now_ms - k * 60_000, "distance_mm": 1550} for k in (3, 2)]
+            publish(pub, d12, before)
+
+            def flood_alerts() -> list[dict[str, Any]]:
+                alerts = client.get("/v1/alerts", headers=op).json()["alerts"]
+                return [a for a in alerts if a["sensor"] == "d12-02" and a["kind"] == "flood"]
+
+            wait_until(lambda: len(flood_alerts()) == 1, 20, "the flood raised at 25 cm")
+            assert flood_alerts()[0]["level"] == 2
+
+            response = client.patch(
+                "/v1/sensors/d12-02/calibration",
+                json={"mount_height_mm": 1700, "reason": "bracket lowered"},
+                headers=op,
+            )
+            assert response.status_code == 200, response.text
+            assert response.json()["mount_height_mm"] == 1700
+            wait_until(
+                lambda: _logged(ingest, b"registry changed (d12-02)"), 10, "ingest's registry"
+            )
+            publish(pub, d12, {"ts": now_ms - 60_000, "distance_mm": 1550})
+            # A flood on another sensor after it: once it is raised, the engine (one batch at a
+            # time, in order) has judged d12-02's reading too.
+            qh = f"{unique}/v1/sensors/qh-02/reading"
+            publish(pub, qh, [{"ts": now_ms - k * 60_000, "level_cm": 22.0} for k in (2, 1)])
+            wait_until(
+                lambda: (
+                    _rows(
+                        influx,
+                        'SELECT * FROM "alert_event" WHERE "sensor" = $s',
+                        {"s": "qh-02"},
+                    )
+                    != []
+                ),
+                20,
+                "qh-02's flood",
+            )
+
+            def stored() -> list[tuple[float, float]]:
+                rows = _rows(
+                    influx,
+                    'SELECT "level_cm", "distance_mm" FROM "water_level" WHERE "sensor" = $s',
+                    {"s": "d12-02"},
+                )
+                return [(r["level_cm"], r["distance_mm"]) for r in rows]
+
+            wait_until(lambda: len(stored()) == 3, 20, "d12-02's third reading stored")
+            assert stored() == [
+                (25.0, 1550.0),
+                (25.0, 1550.0),
+                (15.0, 1550.0),
+            ]
+            events = _rows(
+                influx, 'SELECT * FROM "alert_event" WHERE "sensor" = $s', {"s": "d12-02"}
+            )
+            assert [(e["kind"], e["change"]) for e in events] == [("flood", "raised")]
+            assert flood_alerts()[0]["state"] == "active_unack"
+
+            # Retired: gone from /v1/sensors, its readings dead-lettered with their own code.
+            response = client.delete(
+                "/v1/registry/sensors/qh-04", params={"reason": "stolen"}, headers=op
+            )
+            assert response.status_code == 200, response.text
+            assert client.get("/v1/sensors/qh-04", headers=op).status_code == 404
+            wait_until(lambda: _logged(ingest, b"registry changed (qh-04)"), 10, "the retirement")
+            publish(pub, f"{unique}/v1/sensors/qh-04/reading", {"level_cm": 3.0})
+            wait_until(
+                lambda: (
+                    _rows(
+                        influx,
+                        'SELECT * FROM "deadletter" WHERE "code" = $c',
+                        {"c": "retired_sensor"},
+                    )
+                    != []
+                ),
+                20,
+                "the retired sensor's dead letter",
+            )
+
+            # Maintenance: validated, shown in /v1/sensors with the reason, ended.
+            viewer = bearer(keys.viewer)
+            url = "/v1/maintenance/sensors/qh-02"
+            good = {"reason": "thay pin", "until": _until(3600)}
+            assert client.post(url, json=good, headers=viewer).status_code == 403
+            for bad in (
+                {"reason": "x", "until": _until(-60)},
+                {"reason": "x", "until": _until(15 * 86400)},
+                {"reason": "", "until": _until(60)},
+                {"until": _until(60)},
+            ):
+                response = client.post(url, json=bad, headers=op)
+                assert response.status_code == 422, (bad, response.text)
+            response = client.post(url, json=good, headers=op)
+            assert response.status_code == 200, response.text
+            shown = client.get("/v1/sensors/qh-02", headers=viewer).json()["properties"]
+            assert shown["maintenance"]["reason"] == "thay pin"
+            assert shown["maintenance"]["who"] == "otto"
+            listed = client.get("/v1/maintenance", headers=viewer).json()["maintenance"]
+            assert [m["sensor"] for m in listed] == ["qh-02"]
+            response = client.delete(url, params={"reason": "done"}, headers=op)
+            assert response.status_code == 200, response.text
+            assert (
+                client.get("/v1/sensors/qh-02", headers=viewer).json()["properties"]["maintenance"]
+                is None
+            )
+
+            def changes() -> list[tuple[str, str, str, str]]:
+                items = client.get("/v1/changes", headers=viewer).json()["changes"]
+                return sorted((c["sensor"], c["change"], c["who"], c["why"]) for c in items)
+
+            wanted = [
+                ("d12-02", "calibrated", "otto", "bracket lowered"),
+                ("qh-02", "maintenance_ended", "otto", "done"),
+                ("qh-02", "maintenance_started", "otto", "thay pin"),
+                ("qh-04", "sensor_retired", "otto", "stolen"),
+            ]
+            wait_until(lambda: changes() == wanted, 20, "the four changes stored by ingest")
+            [calibrated] = client.get(
+                "/v1/changes", params={"sensor": "d12-02"}, headers=viewer
+            ).json()["changes"]
+            assert calibrated["detail"] == {"mount_height_mm": [1800.0, 1700.0]}
+
+    finally:
+        ingest.stop()
+
+
+def _event(sensor: str, change: str, seq: int, raised_ns: int, at_ns: int) -> AlertEvent:
+    return AlertEvent(
+        event_id=f"{sensor}:flood:{raised_ns}:{change}:{at_ns}",
+        alert_id=f"{sensor}:flood:{raised_ns}",
+        seq=seq,
+        sensor_id=sensor,
+        street="Quoc Huong",
+        kind="flood",
+        change=change,  # type: ignore[arg-type]
+        state="active_unack",
+        level=1,
+        level_name="flooded",
+        at_ns=at_ns,
+        raised_ns=raised_ns,
+        reading_time_ns=at_ns,
+        depth_cm=14.0,
+    )
+
+
+TOLD = [("chief", "unacknowledged"), ("ioc_gis", "raised")]
+ROUTING = f"""
+[channels.gis]
+type = "webhook"
+url = "{{url}}"
+secret = "{SECRET}"
+
+[recipients.ioc_gis]
+channels = ["gis"]
+[recipients.chief]
+channels = ["gis"]
+
+[[rules]]
+kinds = ["flood"]
+min_level = 1
+notify = ["ioc_gis"]
+escalate = [{{ after_min = 1, notify = ["chief"] }}]
+"""
+
+
+@pytest.fixture
+def notifiers() -> Iterator[list[Notifier]]:
+    started: list[Notifier] = []
+    yield started
+    for n in started:
+        if n.proc is not None and n.proc.poll() is None:
+            n.kill(signal.SIGTERM)
+
+
+def test_maintenance_silences_webhooks_and_escalations_until_it_expires(
+    broker: Service,
+    influxd: Service,
+    unique: str,
+    tmp_path: Path,
+    notifiers: list[Notifier],
+) -> None:
+    """qh-02 under maintenance for a few seconds: its raise and its (already due) escalation
+    reach nobody and are recorded as suppressed, while qh-03's go out; at the expiry the
+    still-open alert is announced (`maintenance_over`)."""
+    receiver = HttpReceiver().start()
+    try:
+        notifier = Notifier(
+            broker, unique, ROUTING.replace("{url}", receiver.url), tmp_path
+        ).start()
+        notifiers.append(notifier)
+        keys = write_keys(tmp_path / "keys")
+        app = create_app(api_settings(broker, influxd, unique), ApiOptions(api_keys=keys.path))
+        with TestClient(app) as client, publisher(broker) as pub:
+            response = client.post(
+                "/v1/maintenance/sensors/qh-02",
+                json={"reason": "thay pin", "until": _until(6)},
+                headers=bearer(keys.operator),
+            )
+            assert response.status_code == 200, response.text
+            until = datetime.fromisoformat(response.json()["until"]).timestamp()
+            wait_until(
+                lambda: b"qh-02 under maintenance" in notifier.log.read_bytes(),
+                10,
+                "the notifier to read the maintenance",
+            )
+            # Raised a minute and a bit ago: the 1-minute tier is due at once.
+            now = time.time_ns()
+            raised = now - 61 * 10**9
+            for sensor in ("qh-02", "qh-03"):
+                e = _event(sensor, "raised", 1, raised, raised)
+                publish(pub, f"{unique}/v1/events/{sensor}", e.to_json())
+
+            def about(sensor: str) -> list[tuple[str, str]]:
+                docs = [orjson.loads(r.body) for r in receiver.accepted]
+                return [
+                    (str(d["recipient"]), str(d["message"]))
+                    for d in docs
+                    if d["alert"]["sensor"] == sensor
+                ]
+
+            receiver.wait_for(
+                lambda _: (
+                    sorted(about("qh-03")) == [("chief", "unacknowledged"), ("ioc_gis", "raised")]
+                ),
+                20,
+                "qh-03's raise and escalation",
+            )
+            alert_id = f"qh-02:flood:{raised}"
+
+            def record() -> dict[str, Any]:
+                response = client.get(
+                    f"/v1/alerts/{alert_id}/notifications", headers=bearer(keys.viewer)
+                )
+                assert response.status_code == 200, response.text
+                doc: dict[str, Any] = response.json()
+                return doc
+
+            def suppressed() -> list[tuple[str, str]]:
+                return sorted(
+                    (n["recipient"], n["message"])
+                    for n in record()["notifications"]
+                    if n["status"] == "suppressed"
+                )
+
+            wait_until(
+                lambda: suppressed() == TOLD,
+                10,
+                "qh-02's raise and escalation recorded as suppressed",
+            )
+            assert record()["maintenance"]["reason"] == "thay pin"
+            assert time.time() < until, "the test machine is too slow for this timeline"
+            assert about("qh-02") == []
+            receiver.wait_for(
+                lambda _: about("qh-02") == [("ioc_gis", "maintenance_over")],
+                20,
+                "qh-02's open alert announced at the expiry",
+            )
+            [over] = [r for r in receiver.accepted if b'"maintenance_over"' in r.body]
+            assert over.received_ns / 1e9 >= until
+            wait_until(
+                lambda: (
+                    client.get("/v1/sensors/qh-02", headers=bearer(keys.viewer)).json()[
+                        "properties"
+                    ]["maintenance"]
+                    is None
+                ),
+                10,
+                "the API to show the maintenance over",
+            )
+    finally:
+        receiver.stop()

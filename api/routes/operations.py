@@ -117,6 +117,13 @@ def _refuse(status: int, message: str) -> HTTPException:
     return HTTPException(status, message)
 
 
+def _reason(text: str) -> str:
+    try:
+        return check_text(text, "reason", MAX_REASON)
+    except OperationError as exc:
+        raise _refuse(422, str(exc)) from exc
+
+
 async def _publish(services: Services, items: list[tuple[str, bytes, bool]]) -> None:
     def run() -> None:
         for topic, payload, retain in items:
@@ -240,7 +247,7 @@ async def begin_sensor(
 async def end_sensor(
     sensor_id: SensorId, services: ServicesDep, operator: OperatorDep, reason: Reason
 ) -> Response:
-    ended = await _end(services, [sensor_id], operator.name, reason.strip())
+    ended = await _end(services, [sensor_id], operator.name, _reason(reason))
     if not ended:
         raise _refuse(404, f"sensor {sensor_id!r} is not under maintenance")
     return _json({"ended": ended})
@@ -278,7 +285,7 @@ async def end_street(
     street: StreetName, services: ServicesDep, operator: OperatorDep, reason: Reason
 ) -> Response:
     _, sensor_ids = _street_sensors(services, street)
-    ended = await _end(services, sensor_ids, operator.name, reason.strip())
+    ended = await _end(services, sensor_ids, operator.name, _reason(reason))
     if not ended:
         raise _refuse(404, f"no sensor of {street[:80]!r} is under maintenance")
     return _json({"ended": ended})
@@ -408,7 +415,7 @@ async def retire_sensor(
         retired=True,
     )
     change = SensorChange(
-        sensor_id, "sensor_retired", operator.name, reason.strip(), services.clock()
+        sensor_id, "sensor_retired", operator.name, _reason(reason), services.clock()
     )
     await _change_registry(services, override, sensor_id, change)
     return _json({"id": sensor_id, "retired": True})
@@ -434,7 +441,7 @@ async def restore_sensor(
         if problems:
             raise _refuse(422, problems[0])
     change = SensorChange(
-        sensor_id, "sensor_restored", operator.name, reason.strip(), services.clock()
+        sensor_id, "sensor_restored", operator.name, _reason(reason), services.clock()
     )
     await _change_registry(services, keep, sensor_id, change)
     return _json(_sensor_json(services, sensor_id))

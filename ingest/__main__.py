@@ -44,7 +44,7 @@ from floodwatch.settings import (
 from floodwatch.topics import Topics
 from ingest.alerting import Alerting
 from ingest.metrics import ingest_metrics
-from ingest.operations import OperationsFollower
+from ingest.operations import OperationsFollower, registry_in_force
 from ingest.outbox import Outbox
 from ingest.pipeline import Ingest
 
@@ -292,6 +292,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         else InfluxClient(read_endpoint, settings.influx_db)
     )
     stop = threading.Event()
+    try:
+        # Operators' registry overrides in force before the first reading (ingest/operations.py).
+        live = registry_in_force(settings.mqtt, topics, registry)
+    except FloodwatchError as exc:
+        print(f"ingest: {exc}", file=sys.stderr)
+        return 1
+    registry = live.current
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
         stop.set()
@@ -357,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ingest.registry = changed  # the decoder reads it per batch
         alerting.reconfigure(changed)
 
-    operations = OperationsFollower(topics, registry, apply_registry, ingest.store_lines, ack, stop)
+    operations = OperationsFollower(topics, live, apply_registry, ingest.store_lines, ack, stop)
 
     def route(delivery: Delivery) -> None:
         # Operators' acknowledgements go to their own thread; readings to the pipeline.

@@ -17,24 +17,41 @@ from collections.abc import Callable
 from floodwatch.mqtt import Delivery
 from floodwatch.operations import LiveRegistry, SensorChange
 from floodwatch.registry import Registry
+from floodwatch.retained import read_retained
+from floodwatch.settings import MqttEndpoint
 from floodwatch.topics import Topics
 from ingest.line_protocol import encode_point
 
 log = logging.getLogger(__name__)
 
 
+def registry_in_force(endpoint: MqttEndpoint, topics: Topics, base: Registry) -> LiveRegistry:
+    """The file's registry with the overrides the broker holds now, read before the first
+    reading is decoded (so a restart never decodes with a stale calibration); raises
+    BrokerError when the broker cannot be reached."""
+    live = LiveRegistry(base)
+    prefix = topics.registry_override("")
+    for topic, payload in sorted(read_retained(endpoint, [topics.registry_override("+")]).items()):
+        sensor_id = topics.last_level(topic, prefix)
+        if sensor_id is not None:
+            live.apply(sensor_id, payload)
+    for problem in live.problems:
+        log.error("registry override skipped: %s", problem)
+    return live
+
+
 class OperationsFollower:
     def __init__(
         self,
         topics: Topics,
-        base: Registry,
+        live: LiveRegistry,
         apply: Callable[[Registry], None],
         store_lines: Callable[[list[str]], None],
         ack: Callable[[list[Delivery]], int],
         stop: threading.Event,
     ) -> None:
         self.topics = topics
-        self.live = LiveRegistry(base)
+        self.live = live
         self._apply = apply
         self._store_lines = store_lines
         self._ack = ack

@@ -19,6 +19,7 @@ from floodwatch.errors import FloodwatchError
 from floodwatch.metrics import serve as serve_metrics
 from floodwatch.mqtt import MqttConnection
 from floodwatch.registry import load_registry
+from floodwatch.retained import read_retained
 from floodwatch.settings import (
     COMMON_OPTIONS,
     add_options,
@@ -253,6 +254,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     notifier.mqtt = mqtt
     try:
+        # Maintenance and registry overrides in force before the first event is judged: a
+        # persistent session may deliver queued events before the retained records.
+        notifier.prime(
+            read_retained(settings.mqtt, [topics.maintenance("+"), topics.registry_override("+")])
+        )
         mqtt.start(timeout_s=30)
     except FloodwatchError as exc:
         print(f"notify: {exc}", file=sys.stderr)

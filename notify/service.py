@@ -359,6 +359,23 @@ class Notifier:
             return True
         return False
 
+    def prime(self, held: dict[str, bytes]) -> None:
+        """Apply the retained maintenance records and registry overrides read before the
+        subscriptions start (notify/__main__.py); an expired record is left to `handle`."""
+        now = self.clock()
+        for topic, payload in sorted(held.items()):
+            sensor_id = self.topics.last_level(topic, self._maintenance_prefix)
+            if sensor_id is not None:
+                record = Maintenance.from_json(sensor_id, payload)
+                if record is not None and record.until_ns > now:
+                    self.maintenance[sensor_id] = record
+                continue
+            sensor_id = self.topics.last_level(topic, self._registry_prefix)
+            if sensor_id is not None:
+                registry = self.live_registry.apply(sensor_id, payload)
+                if registry is not None:
+                    self.registry = registry
+
     def silenced(self, now: int) -> dict[str, str]:
         """Sensors whose notifications go to nobody now, with why (their maintenance)."""
         return {

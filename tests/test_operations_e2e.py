@@ -131,6 +131,14 @@ def test_calibration_retirement_and_maintenance_reach_ingest_and_are_audited(
             assert [(e["kind"], e["change"]) for e in events] == [("flood", "raised")]
             assert flood_alerts()[0]["state"] == "active_unack"
 
+            # A reading queued while ingest is down is decoded, after the restart, with the
+            # calibration in force (ingest reads the overrides before its first reading).
+            ingest.stop()
+            publish(pub, d12, {"ts": now_ms - 30_000, "distance_mm": 1550})
+            ingest.start()
+            wait_until(lambda: len(stored()) == 4, 20, "the reading queued during the restart")
+            assert stored()[-1] == (15.0, 1550.0)
+
             # Retired: gone from /v1/sensors, its readings dead-lettered with their own code.
             response = client.delete(
                 "/v1/registry/sensors/qh-04", params={"reason": "stolen"}, headers=op

@@ -21,7 +21,7 @@ def read_retained(
     endpoint: MqttEndpoint,
     topic_filters: Sequence[str],
     settle_s: float = SETTLE_S,
-    timeout_s: float = 10.0,
+    timeout_s: float = 30.0,
 ) -> dict[str, bytes]:
     """{topic: payload} of every non-empty retained message matching the filters; raises
     BrokerError when the broker cannot be reached within `timeout_s`."""

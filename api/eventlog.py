@@ -24,7 +24,7 @@ _ID = re.compile(r"([0-9a-f]{8})-([0-9]{1,18})")
 class StreamEvent:
     seq: int
     id: str
-    event: str  # "reading" or "alert"
+    event: str  # "reading", "alert" or "sensor"
     data: str  # one line of JSON
 
 

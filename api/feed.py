@@ -102,7 +102,9 @@ class FeedHandler:
         topics = self.topics
         sensor_id = topics.last_level(topic, self._maintenance_prefix)
         if sensor_id is not None:
-            self.state.apply_maintenance(sensor_id, Maintenance.from_json(sensor_id, payload))
+            record = Maintenance.from_json(sensor_id, payload)
+            if self.state.apply_maintenance(sensor_id, record):
+                self.sensor_changed(sensor_id)
             self.metrics.mqtt_messages.inc(("maintenance",))
             return True
         sensor_id = topics.last_level(topic, self._registry_prefix)
@@ -112,6 +114,7 @@ class FeedHandler:
                 log.error("registry override skipped: %s", problem)
             if registry is not None:
                 self.state.apply_registry(registry)
+                self.sensor_changed(sensor_id)
             self.metrics.mqtt_messages.inc(("registry",))
             return True
         if topic.startswith(self._notifications_prefix):
@@ -123,6 +126,17 @@ class FeedHandler:
             self.metrics.mqtt_messages.inc(("notifications",))
             return True
         return False
+
+    def sensor_changed(self, sensor_id: str) -> None:
+        """A `sensor` stream event: the sensor as /v1/sensors shows it now (maintenance,
+        calibration, an added sensor), or `{"id", "retired": true}` when it left."""
+        now = self.state.get(sensor_id)
+        data: dict[str, object] = (
+            {"id": sensor_id, "retired": True}
+            if now is None
+            else sensor_properties(now, self._clock())
+        )
+        self.events.publish("sensor", orjson.dumps(data).decode())
 
     def alerts(self, sensor_id: str, payload: bytes, received_at_ns: int) -> None:
         """A retained `alerts/{id}` payload replaces that sensor's alerts."""

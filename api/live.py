@@ -186,19 +186,21 @@ class LiveState:
         self.registry = registry
         self.version += 1
 
-    def apply_maintenance(self, sensor_id: str, record: Maintenance | None) -> None:
+    def apply_maintenance(self, sensor_id: str, record: Maintenance | None) -> bool:
+        """Keep the sensor's maintenance record; True if a shown sensor changed."""
         now = self._sensors.get(sensor_id)
         if now is None:
             if record is None:
                 self._maintenance_elsewhere.pop(sensor_id, None)
             else:
                 self._maintenance_elsewhere[sensor_id] = record
-            return
+            return False
         if now.maintenance == record:
-            return
+            return False
         now.maintenance = record
         now.version += 1
         self.version += 1
+        return True
 
     def maintenance_records(self) -> list[Maintenance]:
         held = [n.maintenance for n in self._sensors.values() if n.maintenance is not None]

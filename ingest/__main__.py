@@ -113,6 +113,12 @@ in the `alert_event` measurement and published on {root}/v1/events/{sensor}, the
 current alerts stay retained on {root}/v1/alerts/{sensor}, and finished flood episodes go to
 `flood_episode` and {root}/v1/episodes. At start the alert state is rebuilt from InfluxDB.
 
+Operators' registry changes made through the API (a new mount height or thresholds, a sensor
+added or retired; retained on {root}/v1/registry/{sensor}) apply at once, without a restart:
+a reading's depth is computed with the mount height in force when it arrives, a retired
+sensor's readings are dead letters `retired_sensor`. Each change ({root}/v1/changes/{sensor})
+is stored in the `sensor_change` measurement.
+
 `python -m ingest ack ALERT_ID --who NAME [--note TEXT]` acknowledges an alert.
 """
 

@@ -97,6 +97,10 @@ with capped exponential backoff, in order per alert; what cannot be delivered be
 letter. Each alert's notification history is published retained on
 {root}/v1/notifications/{alert_id}.
 
+A sensor under maintenance ({root}/v1/maintenance/{sensor}, put there through the API) notifies
+nobody, escalations included (recorded as `suppressed`); when the maintenance ends, its alerts
+still open and unacknowledged are announced once and their escalation starts again.
+
 Operators: `python -m notify deadletters` lists the dead letters, `python -m notify replay
 [ID ...] | --all` queues them again, `python -m notify check --routing FILE` validates a
 routing file and says who gets what.

@@ -177,6 +177,13 @@ def test_calibration_retirement_and_maintenance_reach_ingest_and_are_audited(
             assert response.status_code == 200, response.text
             shown = client.get("/v1/sensors/qh-02", headers=viewer).json()["properties"]
             assert shown["maintenance"]["reason"] == "thay pin"
+            # The page hears of it on /v1/stream: a `sensor` event with the sensor as shown.
+            log = app.state.services.events
+            streamed, _ = log.after(0)
+            sensor_events = [orjson.loads(e.data) for e in streamed if e.event == "sensor"]
+            assert sensor_events[-1]["id"] == "qh-02"
+            assert sensor_events[-1]["maintenance"]["reason"] == "thay pin"
+            assert {"id": "qh-04", "retired": True} in sensor_events
             assert shown["maintenance"]["who"] == "otto"
             listed = client.get("/v1/maintenance", headers=viewer).json()["maintenance"]
             assert [m["sensor"] for m in listed] == ["qh-02"]

@@ -155,7 +155,8 @@ async def _begin(
         items.append((topics.sensor_changes(record.sensor_id), change.to_json(), False))
     await _publish(services, items)
     for record in records:
-        services.state.apply_maintenance(record.sensor_id, record)
+        # Here at once (a GET right after sees it); the broker's echo then changes nothing.
+        services.feed.handler.operation(topics.maintenance(record.sensor_id), record.to_json())
     return [{"sensor": r.sensor_id, **(maintenance_json(r) or {})} for r in records]
 
 
@@ -187,7 +188,7 @@ async def _end(
         ended.append(sensor_id)
     await _publish(services, items)
     for sensor_id in ended:
-        services.state.apply_maintenance(sensor_id, None)
+        services.feed.handler.operation(topics.maintenance(sensor_id), b"")
     return ended
 
 

@@ -94,8 +94,11 @@ class Alerting:
                 events.append(AlertEvent.from_influx(tags, doc))
         since = rebuild_window_start(events, now)
         readings = self._stored_readings(since)
-        state = rebuild(self.registry, events, readings, since, now, self.time_scale)
+        registry = self.registry
+        state = rebuild(registry, events, readings, since, now, self.time_scale)
         with self._lock:
+            if self.registry is not registry:  # an operator's change came in meanwhile
+                state = reconfigure(state, self.registry, now)
             self._state = state
         for sensor_id in self.registry.sensors:
             self._publish(self.topics.alert(sensor_id), sensor_payload(state, sensor_id), True)

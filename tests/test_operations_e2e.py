@@ -36,6 +36,9 @@ from tests.test_notify_e2e import SECRET, Notifier
 pytestmark = pytest.mark.services
 
 
+QH09: dict[str, str | int] = {"s": "qh-09"}
+
+
 def _until(seconds: float) -> str:
     return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
 
@@ -160,6 +163,49 @@ def test_calibration_retirement_and_maintenance_reach_ingest_and_are_audited(
                 "the retired sensor's dead letter",
             )
 
+            # Added: ingest accepts its readings (its broker login is an administrator's job;
+            # the admin user publishes here).
+            qh09 = {
+                "id": "qh-09",
+                "name": "Quốc Hương, cuối đường",
+                "street": "Quốc Hương",
+                "ward": "An Khánh",
+                "kind": "street",
+                "lon": 106.7365,
+                "lat": 10.8055,
+                "reason": "new sensor at the market",
+            }
+            response = client.post("/v1/registry/sensors", json=qh09, headers=op)
+            assert response.status_code == 201, response.text
+            assert response.json()["name_en"] == "Quoc Huong, cuoi duong"
+            again = client.post("/v1/registry/sensors", json=qh09, headers=op)
+            assert again.status_code == 409
+            wait_until(lambda: _logged(ingest, b"registry changed (qh-09)"), 10, "the new sensor")
+            publish(pub, f"{unique}/v1/sensors/qh-09/reading", {"level_cm": 4.0})
+            wait_until(
+                lambda: (
+                    _rows(influx, 'SELECT * FROM "water_level" WHERE "sensor" = $s', {"s": "qh-09"})
+                    != []
+                ),
+                20,
+                "the new sensor's reading stored",
+            )
+
+            # A street: every sensor of it in force (qh-04 is retired).
+            street = "/v1/maintenance/streets/Quoc Huong"
+            response = client.post(
+                street, json={"reason": "nạo vét cống", "until": _until(600)}, headers=op
+            )
+            assert response.status_code == 200, response.text
+            assert [m["sensor"] for m in response.json()["maintenance"]] == [
+                "qh-01",
+                "qh-02",
+                "qh-03",
+                "qh-09",
+            ]
+            response = client.delete(street, params={"reason": "xong"}, headers=op)
+            assert response.status_code == 200, response.text
+
             # Maintenance: validated, shown in /v1/sensors with the reason, ended.
             viewer = bearer(keys.viewer)
             url = "/v1/maintenance/sensors/qh-02"
@@ -198,13 +244,25 @@ def test_calibration_retirement_and_maintenance_reach_ingest_and_are_audited(
                 items = client.get("/v1/changes", headers=viewer).json()["changes"]
                 return sorted((c["sensor"], c["change"], c["who"], c["why"]) for c in items)
 
-            wanted = [
-                ("d12-02", "calibrated", "otto", "bracket lowered"),
-                ("qh-02", "maintenance_ended", "otto", "done"),
-                ("qh-02", "maintenance_started", "otto", "thay pin"),
-                ("qh-04", "sensor_retired", "otto", "stolen"),
+            street_changes = [
+                (sensor, change, "otto", why)
+                for sensor in ("qh-01", "qh-02", "qh-03", "qh-09")
+                for change, why in (
+                    ("maintenance_ended", "xong"),
+                    ("maintenance_started", "nạo vét cống"),
+                )
             ]
-            wait_until(lambda: changes() == wanted, 20, "the four changes stored by ingest")
+            wanted = sorted(
+                [
+                    ("d12-02", "calibrated", "otto", "bracket lowered"),
+                    ("qh-02", "maintenance_ended", "otto", "done"),
+                    ("qh-02", "maintenance_started", "otto", "thay pin"),
+                    ("qh-04", "sensor_retired", "otto", "stolen"),
+                    ("qh-09", "sensor_added", "otto", "new sensor at the market"),
+                    *street_changes,
+                ]
+            )
+            wait_until(lambda: changes() == wanted, 20, "every change stored by ingest")
             [calibrated] = client.get(
                 "/v1/changes", params={"sensor": "d12-02"}, headers=viewer
             ).json()["changes"]

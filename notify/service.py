@@ -42,7 +42,7 @@ from notify.escalation import (
 from notify.model import AlertFacts, Send, facts_from_episode, facts_from_event, facts_from_retained
 from notify.plan import alert_doc, event_from_payload, iso, outgoing, plan
 from notify.routing import Routing
-from notify.store import DEAD, DELIVERED, PENDING, Delivery, Store
+from notify.store import DEAD, DELIVERED, PENDING, SUPPRESSED, Delivery, Store
 
 log = logging.getLogger("notify")
 
@@ -542,9 +542,13 @@ class Notifier:
             ),
             Metric(
                 "floodwatch_notify_notifications",
-                "Notifications in the state file by status (dead: the dead letters).",
+                "Notifications in the state file by status (dead: the dead letters; "
+                "suppressed: not sent, the sensor was under maintenance).",
                 "gauge",
-                [({"status": st}, counts.get(st, 0)) for st in (PENDING, DELIVERED, DEAD)],
+                [
+                    ({"status": st}, counts.get(st, 0))
+                    for st in (PENDING, DELIVERED, DEAD, SUPPRESSED)
+                ],
             ),
             Metric(
                 "floodwatch_notify_oldest_pending_seconds",

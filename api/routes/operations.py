@@ -43,6 +43,7 @@ from floodwatch.operations import (
     start_maintenance,
 )
 from floodwatch.registry import RESERVED_IDS, sensor_as_properties
+from floodwatch.topics import Topics
 
 router = APIRouter(tags=["operations"])
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ async def _publish(services: Services, items: list[tuple[str, bytes, bool]]) -> 
         raise BrokerUnavailable(f"the change was not published: {exc}") from exc
 
 
-def _topics(services: Services) -> Any:
+def _topics(services: Services) -> Topics:
     return services.feed.topics
 
 

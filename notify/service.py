@@ -1,12 +1,12 @@
 """The notifier's running process: follows alert events over MQTT, decides with the pure cores,
 queues on disk, delivers per destination, and publishes each alert's notification history.
 
-| thread                 | owns                                  | talks to                        |
-|------------------------|---------------------------------------|---------------------------------|
-| paho network thread    | nothing                               | puts deliveries on `inbox`      |
-| router (`run`)         | escalation tracks, maintenance, registry | store (commit), broker (ack) |
-| sender, one per dest   | its destination's backoff             | store (due, mark), its channel  |
-| history publisher      | the last record sent per alert        | store (read), broker (retained) |
+| thread               | owns                            | talks to                           |
+|----------------------|---------------------------------|------------------------------------|
+| paho network thread  | nothing                         | puts deliveries on `inbox`         |
+| router (`run`)       | tracks, maintenance, registry   | store (commit), broker (ack)       |
+| sender, one per dest | its destination's backoff       | store, its channel, maintenance (r) |
+| history publisher    | the last record sent per alert  | store (read), broker (retained)    |
 
 Events are acknowledged to the broker only after the notifications they cause are committed
 to the store, so a crash of the notifier loses nothing (the broker redelivers, the ids dedupe).
@@ -85,8 +85,10 @@ class Sender:
         on_change: Callable[[set[str]], None],
         stop: threading.Event,
         clock: Callable[[], int] = time.time_ns,
+        silenced: Callable[[str], str] = lambda alert_id: "",
     ) -> None:
         self.dest = dest
+        self.silenced = silenced
         self.adapter = adapter
         self.store = store
         self.options = options
@@ -103,6 +105,15 @@ class Sender:
         while not self.stop.is_set():
             now = self.clock()
             ready, later = self.store.due(self.dest, now, max(self.options.batch, self.concurrency))
+            # Checked again just before sending: a notification queued before its sensor went
+            # under maintenance (waiting for a receiver that was down) goes to nobody either.
+            held = [(item, self.silenced(item.alert_id)) for item in ready]
+            quiet = [(item, why) for item, why in held if why]
+            if quiet:
+                for why in {w for _, w in quiet}:
+                    self.store.suppress([i.id for i, w in quiet if w == why], why)
+                self.on_change({i.alert_id for i, _ in quiet})
+                continue
             if self.failures and ready:
                 # After a failure one notification probes the destination before the rest
                 # follow; a different alert's each time, so one bad notification cannot
@@ -256,6 +267,7 @@ class Notifier:
                         self.mark_dirty,
                         self.stop,
                         self.clock,
+                        self.silence_reason,
                     )
                     self.senders[dest] = sender
                     sender.thread.start()
@@ -376,11 +388,22 @@ class Notifier:
                 if registry is not None:
                     self.registry = registry
 
+    def silence_reason(self, alert_id: str) -> str:
+        """Senders' threads: why a queued notification of this alert must go to nobody now
+        ("" when it may go). Reads the router's maintenance map: a dict read is atomic."""
+        record = self.maintenance.get(alert_id.split(":", 1)[0])
+        if record is None or not record.active_at(self.clock()):
+            return ""
+        return self._why(record)
+
+    def _why(self, m: Maintenance) -> str:
+        return f"under maintenance until {m.to_dict()['until']} ({m.who}: {m.reason})"
+
     def silenced(self, now: int) -> dict[str, str]:
         """Sensors whose notifications go to nobody now, with why (their maintenance)."""
         return {
-            sensor_id: f"under maintenance until {m.to_dict()['until']} ({m.who}: {m.reason})"
-            for sensor_id, m in self.maintenance.items()
+            sensor_id: self._why(m)
+            for sensor_id, m in list(self.maintenance.items())
             if m.active_at(now)
         }
 

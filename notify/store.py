@@ -267,6 +267,17 @@ class Store:
             for i, error in failures
         )
 
+    def suppress(self, ids: Sequence[int], reason: str) -> None:
+        """Queued notifications that must now go to nobody (their sensor went under
+        maintenance while they waited): kept for the history, never sent."""
+        self._write(
+            (
+                "UPDATE deliveries SET status = ?, last_error = ? WHERE id = ? AND status = ?",
+                (SUPPRESSED, reason, i, PENDING),
+            )
+            for i in ids
+        )
+
     def abandon(self, dest: str, reason: str) -> int:
         """Every undelivered notification of a destination becomes a dead letter."""
         with self._lock:

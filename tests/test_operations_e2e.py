@@ -7,6 +7,7 @@ until it expires."""
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,7 +23,7 @@ from api.config import ApiOptions
 from floodwatch.influx import InfluxClient
 from floodwatch.localservices import Service
 from tests.conftest import IngestProcess, wait_until
-from tests.notify_servers import HttpReceiver
+from tests.notify_servers import Answer, HttpReceiver, Request
 from tests.test_api_support import (
     TestClient,
     api_settings,
@@ -464,5 +465,64 @@ def test_a_restarted_notifier_reads_the_maintenance_before_its_queued_events(
 
             wait_until(lambda: statuses() == ["suppressed"], 10, "qh-02's raise suppressed")
             assert not any(b'"qh-02"' in r.body for r in receiver.requests)
+    finally:
+        receiver.stop()
+
+
+def test_a_notification_waiting_for_its_receiver_goes_to_nobody_once_maintenance_begins(
+    broker: Service,
+    influxd: Service,
+    unique: str,
+    tmp_path: Path,
+    notifiers: list[Notifier],
+) -> None:
+    """qh-02's raise is queued while the receiver answers 503; the sensor goes under
+    maintenance; when the receiver is back the notification is not sent but suppressed (the
+    notifier checks maintenance again just before each send), while qh-03's goes out."""
+    down = threading.Event()
+    down.set()
+
+    def answer(request: Request) -> Answer:
+        return (503, {}, b"{}") if down.is_set() else (200, {}, b'{"ok": true}')
+
+    receiver = HttpReceiver(answer).start()
+    try:
+        notifier = Notifier(broker, unique, ROUTING.replace("{url}", receiver.url), tmp_path)
+        notifiers.append(notifier.start())
+        keys = write_keys(tmp_path / "keys")
+        app = create_app(api_settings(broker, influxd, unique), ApiOptions(api_keys=keys.path))
+        with TestClient(app) as client, publisher(broker) as pub:
+            now = time.time_ns()
+            e = _event("qh-02", "raised", 1, now, now)
+            publish(pub, f"{unique}/v1/events/qh-02", e.to_json())
+            receiver.wait_for(lambda _: len(receiver.requests) >= 1, 20, "a refused attempt")
+            response = client.post(
+                "/v1/maintenance/sensors/qh-02",
+                json={"reason": "thay pin", "until": _until(3600)},
+                headers=bearer(keys.operator),
+            )
+            assert response.status_code == 200, response.text
+            wait_until(
+                lambda: b"qh-02 under maintenance" in notifier.log.read_bytes(),
+                10,
+                "the notifier to read the maintenance",
+            )
+            down.clear()
+            control = _event("qh-03", "raised", 1, now, now)
+            publish(pub, f"{unique}/v1/events/qh-03", control.to_json())
+            receiver.wait_for(
+                lambda _: any(b'"qh-03"' in r.body for r in receiver.accepted),
+                20,
+                "qh-03's raise once the receiver is back",
+            )
+
+            def statuses() -> list[str]:
+                response = client.get(
+                    f"/v1/alerts/qh-02:flood:{now}/notifications", headers=bearer(keys.viewer)
+                )
+                return [n["status"] for n in response.json()["notifications"]]
+
+            wait_until(lambda: statuses() == ["suppressed"], 10, "qh-02's raise suppressed")
+            assert not any(b'"qh-02"' in r.body for r in receiver.accepted)
     finally:
         receiver.stop()

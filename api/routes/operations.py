@@ -10,7 +10,6 @@ notifier and other API instances apply the retained record when it reaches them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import datetime
 from typing import Annotated, Any
@@ -302,8 +301,12 @@ async def expire_maintenance(services: Services, period_s: float = 1.0) -> None:
         due = [m.sensor_id for m in services.state.maintenance_records() if m.until_ns <= now_ns]
         if not due or not services.feed.connected:
             continue
-        with contextlib.suppress(BrokerUnavailable):
+        try:
             await _end(services, due, SYSTEM, "maintenance time is up", expired=True)
+        except BrokerUnavailable as exc:
+            log.warning("maintenance expiry not published yet: %s", exc)
+        except Exception:  # the loop must outlive one bad record
+            log.exception("maintenance expiry failed; retrying")
 
 
 # ---- calibration and the registry ---------------------------------------------------------------

@@ -193,7 +193,7 @@ def test_calibration_retirement_and_maintenance_reach_ingest_and_are_audited(
             )
 
             # A street: every sensor of it in force (qh-04 is retired).
-            street = "/v1/maintenance/streets/Quoc Huong"
+            street = "/v1/maintenance/streets/quốc hương"  # accents and case as typed
             response = client.post(
                 street, json={"reason": "nạo vét cống", "until": _until(600)}, headers=op
             )

@@ -41,7 +41,7 @@ from floodwatch.operations import (
     override_sensor,
     start_maintenance,
 )
-from floodwatch.registry import RESERVED_IDS, sensor_as_properties
+from floodwatch.registry import RESERVED_IDS, search_key, sensor_as_properties
 from floodwatch.topics import Topics
 
 router = APIRouter(tags=["operations"])
@@ -197,7 +197,13 @@ def _until_ns(until: datetime) -> int:
 
 
 def _street_sensors(services: Services, street: str) -> tuple[str, list[str]]:
-    matches = [s for s in services.registry.sensors.values() if street in (s.street, s.street_en)]
+    # Accents and case ignored, as the search does: "quoc huong" is Quốc Hương.
+    wanted = search_key(street)
+    matches = [
+        s
+        for s in services.registry.sensors.values()
+        if wanted in (search_key(s.street), search_key(s.street_en))
+    ]
     if not matches:
         raise _refuse(404, f"no sensor is on a street named {street[:80]!r}; see GET /v1/streets")
     return matches[0].street, [s.id for s in matches]

@@ -85,7 +85,9 @@ def rebuild(
     fresh = new_state(registry, since_ns, time_scale)
     fault_ns = timers(time_scale).obstruction_fault_ns
     cfg = fresh.config
-    alert_events = _alert_events(events)
+    # Events of a sensor this registry lacks (added by an operator at run time, whose
+    # override arrives after the restart: alerts.reconfigure) are left out.
+    alert_events = [e for e in _alert_events(events) if e.sensor_id in cfg.index]
     alerts = _open_alerts(alert_events)
     active = {(a.sensor_id, a.kind): a.alert_id for a in alerts.values() if a.active}
 

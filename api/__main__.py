@@ -32,7 +32,10 @@ DESCRIPTION = """\
 Serve Floodwatch's HTTP API (OpenAPI at /docs) and the IOC page at /: current sensor state
 kept live from MQTT, time series and alert history from InfluxDB, live events on /v1/stream,
 plus /healthz (the process is alive), /readyz (the MQTT broker and InfluxDB are reachable;
-503 with the problems listed when not) and /metrics.
+503 with the problems listed when not) and /metrics. Operators put sensors or streets under
+maintenance, change calibration and thresholds, add and retire sensors (/v1/maintenance,
+/v1/sensors/{id}/calibration, /v1/registry/sensors); every change is published on the broker,
+applies everywhere without a restart, and is listed at /v1/changes.
 
 Manage API keys with `python -m api keys add --role viewer|operator --name NAME` (prints the
 new key once and appends its hash to --api-keys) and `python -m api keys list`.

@@ -40,7 +40,7 @@ from api.feed import FeedHandler, LiveFeed
 from api.geo import SensorsBody, StreetsBody
 from api.live import LiveState
 from api.metrics import Metrics, MetricsMiddleware
-from api.routes import alerts, events, health, metrics, page, sensors, stream, streets
+from api.routes import alerts, events, health, metrics, operations, page, sensors, stream, streets
 from api.schemas import ErrorOut
 from api.security import SecurityHeaders, configured_image_origins
 from api.streamlimit import StreamLimit
@@ -282,7 +282,6 @@ def create_app(
         services = Services(
             settings=settings,
             options=options,
-            registry=registry,
             state=state,
             events=event_log,
             metrics=metrics_,
@@ -305,14 +304,18 @@ def create_app(
         # Serve once the snapshot is loaded or its first attempt failed (it retries then).
         tried = asyncio.Event()
         snapshot = asyncio.create_task(_load_snapshot(influx, registry, state, tried))
+        expiry = asyncio.create_task(operations.expire_maintenance(services))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(tried.wait(), QUERY_TIMEOUT_S)
         try:
             yield
         finally:
             snapshot.cancel()
+            expiry.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await snapshot
+            with contextlib.suppress(asyncio.CancelledError):
+                await expiry
             await anyio.to_thread.run_sync(feed.stop)
             if isinstance(services.alerts, EngineAlerts):
                 await anyio.to_thread.run_sync(services.alerts.close)
@@ -349,7 +352,7 @@ def create_app(
     )
     _install_error_handlers(app)
     _document_errors(app)
-    for module in (health, metrics, sensors, streets, alerts, events, stream, page):
+    for module in (health, metrics, sensors, streets, alerts, events, stream, page, operations):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=page.STATIC), name="static")
     app.add_middleware(MetricsMiddleware, metrics=metrics_)

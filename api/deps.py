@@ -64,7 +64,6 @@ class Services:
 
     settings: Settings
     options: ApiOptions
-    registry: Registry
     state: LiveState
     events: EventLog
     metrics: Metrics
@@ -75,6 +74,11 @@ class Services:
     sensors_body: SensorsBody
     streets_body: BodyCache
     clock: Callable[[], int]
+
+    @property
+    def registry(self) -> Registry:
+        """The registry in force: the file plus operators' overrides (the live state's)."""
+        return self.state.registry
 
 
 def _services(request: Request) -> Services:

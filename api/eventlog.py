@@ -28,7 +28,7 @@ BATCH = 256
 class StreamEvent:
     seq: int
     id: str
-    event: str  # "reading" or "alert"
+    event: str  # "reading", "alert" or "sensor"
     data: str  # one line of JSON
     # The event as text/event-stream bytes, encoded once for every client that is sent it.
     encoded: bytes = b""

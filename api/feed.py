@@ -27,6 +27,7 @@ from api.metrics import Metrics
 from floodwatch.decode import decode_message
 from floodwatch.errors import BrokerError
 from floodwatch.mqtt import Delivery, MqttConnection
+from floodwatch.operations import LiveRegistry, Maintenance
 from floodwatch.registry import Registry
 from floodwatch.settings import MqttEndpoint
 from floodwatch.topics import Topics
@@ -51,16 +52,26 @@ class FeedHandler:
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self.topics = topics
-        self.registry = registry
         self.state = state
+        # The base registry plus operators' overrides (floodwatch.operations).
+        self.live_registry = LiveRegistry(registry)
         self.events = events
         self.metrics = metrics
         self._clock = clock
         self._alerts_prefix = f"{topics.base}/alerts/"
+        self._maintenance_prefix = topics.maintenance("")
+        self._registry_prefix = topics.registry_override("")
+        self._notifications_prefix = topics.notifications("")
+
+    @property
+    def registry(self) -> Registry:
+        return self.state.registry
 
     def handle(self, topic: str, payload: bytes, retained: bool, received_at_ns: int) -> None:
         if topic.startswith(self._alerts_prefix):
             self.alerts(topic[len(self._alerts_prefix) :], payload, received_at_ns)
+            return
+        if self.operation(topic, payload):
             return
         decoded = decode_message(
             self.topics, self.registry, topic, payload, received_at_ns, retained
@@ -85,6 +96,47 @@ class FeedHandler:
             assert now is not None
             data = orjson.dumps(sensor_properties(now, now_ns)).decode()
             self.events.publish("reading", data)
+
+    def operation(self, topic: str, payload: bytes) -> bool:
+        """Maintenance, registry overrides and the notifier's records; False for others."""
+        topics = self.topics
+        sensor_id = topics.last_level(topic, self._maintenance_prefix)
+        if sensor_id is not None:
+            record = Maintenance.from_json(sensor_id, payload)
+            if self.state.apply_maintenance(sensor_id, record):
+                self.sensor_changed(sensor_id)
+            self.metrics.mqtt_messages.inc(("maintenance",))
+            return True
+        sensor_id = topics.last_level(topic, self._registry_prefix)
+        if sensor_id is not None:
+            registry = self.live_registry.apply(sensor_id, payload)
+            for problem in self.live_registry.problems:
+                log.error("registry override skipped: %s", problem)
+            if registry is not None:
+                self.state.apply_registry(registry)
+                self.sensor_changed(sensor_id)
+            self.metrics.mqtt_messages.inc(("registry",))
+            return True
+        if topic.startswith(self._notifications_prefix):
+            alert_id = topic[len(self._notifications_prefix) :]
+            if payload:
+                self.state.notifications[alert_id] = payload
+            else:
+                self.state.notifications.pop(alert_id, None)
+            self.metrics.mqtt_messages.inc(("notifications",))
+            return True
+        return False
+
+    def sensor_changed(self, sensor_id: str) -> None:
+        """A `sensor` stream event: the sensor as /v1/sensors shows it now (maintenance,
+        calibration, an added sensor), or `{"id", "retired": true}` when it left."""
+        now = self.state.get(sensor_id)
+        data: dict[str, object] = (
+            {"id": sensor_id, "retired": True}
+            if now is None
+            else sensor_properties(now, self._clock())
+        )
+        self.events.publish("sensor", orjson.dumps(data).decode())
 
     def alerts(self, sensor_id: str, payload: bytes, received_at_ns: int) -> None:
         """A retained `alerts/{id}` payload replaces that sensor's alerts."""
@@ -135,10 +187,16 @@ class LiveFeed:
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.endpoint = endpoint
+        self.topics = topics
+        self.handler = handler
         self._subscriptions = [
             (topics.all_readings, 1),
             (topics.all_statuses, 1),
             (f"{topics.base}/alerts/+", 1),
+            # Operators' changes and the notifier's records (floodwatch.operations).
+            (topics.maintenance("+"), 1),
+            (topics.registry_override("+"), 1),
+            (topics.notifications("+"), 1),
         ]
         self._handler = handler
         self._loop = loop
@@ -173,6 +231,15 @@ class LiveFeed:
             self._thread.join(ATTEMPT_TIMEOUT_S + 1)
         if self._conn is not None:
             self._conn.stop()
+
+    def publish(self, topic: str, payload: bytes, retain: bool) -> None:
+        """Publish and wait for the broker's acknowledgement (operators' changes); raises
+        BrokerError when the feed is not connected or the broker refuses."""
+        conn = self._conn
+        if conn is None or not conn.connected:
+            raise BrokerError(f"the MQTT broker at {self.endpoint} is not connected; try again")
+        if not conn.publish_and_wait(topic, payload, qos=1, retain=retain, timeout_s=5.0):
+            raise BrokerError(f"the MQTT broker at {self.endpoint} did not acknowledge {topic!r}")
 
     def _broker_accepts(self) -> bool:
         try:

@@ -28,6 +28,7 @@ from api.live import (
 )
 from api.times import iso
 from floodwatch.contract import STREET_LEVEL_NAMES, TIDE_LEVEL_NAMES
+from floodwatch.operations import Maintenance
 from floodwatch.registry import STREET_THRESHOLDS_CM, Street
 
 # Level-change and hold times repeat on every rebuild of a sensor or street: format each once.
@@ -80,6 +81,22 @@ def sensor_properties(now: SensorNow, now_ns: int) -> dict[str, Any]:
         "stale": stale,
         "interval_s": sensor.interval_s,
         "thresholds_cm": list(sensor.thresholds_cm),
+        "mount_height_mm": sensor.mount_height_mm,
+        "maintenance": maintenance_json(now.under_maintenance(now_ns)),
+    }
+
+
+def maintenance_json(record: Maintenance | None) -> dict[str, Any] | None:
+    """A sensor's maintenance as /v1/sensors and /v1/maintenance show it (None: not under)."""
+    if record is None:
+        return None
+    return {
+        "who": record.who,
+        "reason": record.reason,
+        "since": iso(record.since_ns),
+        "until": iso(record.until_ns),
+        "scope": record.scope,
+        "street": record.street or None,
     }
 
 
@@ -208,7 +225,7 @@ class SensorsBody:
     """The /v1/sensors body, rebuilt from per-sensor serialised Features as they change."""
 
     def __init__(self) -> None:
-        self._pieces: dict[str, tuple[tuple[int, bool], bytes]] = {}
+        self._pieces: dict[str, tuple[tuple[int, bool, bool], bytes]] = {}
         self._key: tuple[int, int] | None = None
         self._body = b""
 
@@ -218,7 +235,8 @@ class SensorsBody:
             return self._body
         pieces: list[bytes] = []
         for now in state:
-            version = (now.version, now.stale(now_ns))
+            # Maintenance ends with the clock too: its expiry changes the Feature.
+            version = (now.version, now.stale(now_ns), now.under_maintenance(now_ns) is None)
             held = self._pieces.get(now.sensor.id)
             if held is None or held[0] != version:
                 held = (version, orjson.dumps(sensor_feature(now, now_ns)))

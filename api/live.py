@@ -32,6 +32,7 @@ from floodwatch.contract import (
     Reading,
     StatusChange,
 )
+from floodwatch.operations import Maintenance
 from floodwatch.registry import Registry, Sensor
 
 Alert = Mapping[str, Any]
@@ -205,6 +206,12 @@ class SensorNow:
     # The active flood alert's levels as this process saw them change: (level, since_ns).
     history: tuple[tuple[int, int], ...] = ()
     flood_alert_id: str | None = None
+    # The sensor's maintenance record (floodwatch.operations), None when there is none.
+    maintenance: Maintenance | None = None
+
+    def under_maintenance(self, now_ns: int) -> Maintenance | None:
+        record = self.maintenance
+        return record if record is not None and record.active_at(now_ns) else None
 
     def stale(self, now_ns: int) -> bool:
         """Stale when the alert engine says so, or when silent for more than 3 reporting
@@ -229,6 +236,7 @@ class LiveState:
 
     def __init__(self, registry: Registry, time_scale: float = 1.0) -> None:
         self.registry = registry
+        self.time_scale = time_scale
         self._sensors = {
             sid: SensorNow(sensor, time_scale=time_scale)
             for sid, sensor in registry.sensors.items()
@@ -239,6 +247,52 @@ class LiveState:
             if sensor.kind == "street":
                 self._members.setdefault(sensor.street, []).append(sid)
         self._street_history: dict[str, tuple[tuple[int, int], ...]] = {}
+        # The notifier's retained record per alert (`notifications/{alert_id}`), as JSON.
+        self.notifications: dict[str, bytes] = {}
+        # Maintenance records of sensors not (or not yet) in the registry in force.
+        self._maintenance_elsewhere: dict[str, Maintenance] = {}
+
+    def apply_registry(self, registry: Registry) -> None:
+        """An operator changed the registry: sensors change, appear, or leave (retired)."""
+        sensors: dict[str, SensorNow] = {}
+        for sid, sensor in registry.sensors.items():
+            now = self._sensors.get(sid)
+            if now is None:
+                now = SensorNow(sensor, time_scale=self.time_scale)
+                now.maintenance = self._maintenance_elsewhere.pop(sid, None)
+            now.sensor = sensor
+            now.version += 1
+            sensors[sid] = now
+        for sid, gone in self._sensors.items():
+            if sid not in sensors and gone.maintenance is not None:
+                self._maintenance_elsewhere[sid] = gone.maintenance
+        self._sensors = sensors
+        self.registry = registry
+        self._members = {}
+        for sid, sensor in registry.sensors.items():
+            if sensor.kind == "street":
+                self._members.setdefault(sensor.street, []).append(sid)
+        self.version += 1
+
+    def apply_maintenance(self, sensor_id: str, record: Maintenance | None) -> bool:
+        """Keep the sensor's maintenance record; True if a shown sensor changed."""
+        now = self._sensors.get(sensor_id)
+        if now is None:
+            if record is None:
+                self._maintenance_elsewhere.pop(sensor_id, None)
+            else:
+                self._maintenance_elsewhere[sensor_id] = record
+            return False
+        if now.maintenance == record:
+            return False
+        now.maintenance = record
+        now.version += 1
+        self.version += 1
+        return True
+
+    def maintenance_records(self) -> list[Maintenance]:
+        held = [n.maintenance for n in self._sensors.values() if n.maintenance is not None]
+        return held + list(self._maintenance_elsewhere.values())
 
     def __iter__(self) -> Iterator[SensorNow]:
         return iter(self._sensors.values())

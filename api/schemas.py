@@ -69,6 +69,19 @@ class LevelChange(BaseModel):
     at: datetime = Field(description=f"When it was entered; {TIME}")
 
 
+class MaintenanceInfo(BaseModel):
+    """Who put a sensor under maintenance, why, and until when."""
+
+    who: str = Field(description="The operator who put it under maintenance.")
+    reason: str = Field(description="Why, in the operator's words.")
+    since: datetime = Field(description=f"Start of the maintenance; {TIME}")
+    until: datetime = Field(description=f"When it ends by itself unless ended before; {TIME}")
+    scope: Literal["sensor", "street"] = Field(
+        description="`street` when the whole street was put under maintenance."
+    )
+    street: str | None = Field(description="The street, for a street's maintenance.")
+
+
 class SensorProperties(BaseModel):
     """A sensor's registry facts and its current state (from the live feed, not InfluxDB)."""
 
@@ -139,6 +152,14 @@ class SensorProperties(BaseModel):
     )
     interval_s: float = Field(description="Expected reporting interval, seconds.")
     thresholds_cm: list[float] = Field(description="The sensor's alert ladder, cm, ascending.")
+    mount_height_mm: float | None = Field(
+        description="A distance sensor's height above the dry road, mm, as now calibrated "
+        "(depth = (mount height - distance) / 10); null for a sensor that sends its depth."
+    )
+    maintenance: MaintenanceInfo | None = Field(
+        description="Set while the sensor is under maintenance (its readings are still stored "
+        "and judged, its alerts notify nobody); null otherwise."
+    )
 
 
 class SensorFeature(BaseModel):

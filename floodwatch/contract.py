@@ -50,6 +50,7 @@ RejectionCode = Literal[
     "bad_status",
     "influx_refused",  # decoded, but InfluxDB refused the point
     "conflicting_reading",  # the same (sensor, ts) as a stored reading, with other values
+    "retired_sensor",  # an operator retired the sensor (floodwatch.operations)
 ]
 REJECTION_CODES: tuple[RejectionCode, ...] = get_args(RejectionCode)
 

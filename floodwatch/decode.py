@@ -78,6 +78,14 @@ def decode_message(
         )
     sensor_id, channel = parsed
     sensor = registry.get(sensor_id)
+    if sensor is None and sensor_id in registry.retired:
+        return _reject(
+            topic,
+            payload,
+            received_at_ns,
+            "retired_sensor",
+            f"sensor {sensor_id[:80]!r} is retired: take it down, or restore it in the registry",
+        )
     if sensor is None:
         return _reject(
             topic,

@@ -76,6 +76,9 @@ class Registry:
     sensors: Mapping[str, Sensor]
     streets: tuple[Street, ...]
     source: str = ""
+    # Sensors an operator retired (floodwatch.operations): no longer judged or shown; their
+    # readings are dead-lettered as `retired_sensor`.
+    retired: Mapping[str, Sensor] = dataclasses.field(default_factory=dict)
 
     def get(self, sensor_id: str) -> Sensor | None:
         return self.sensors.get(sensor_id)
@@ -272,6 +275,30 @@ def _sensor(where: str, props: dict[str, object], coordinates: object) -> Sensor
         mount_height_mm=mount_height_mm,
         sends="distance_mm" if sends == "distance_mm" else "level_cm",
     )
+
+
+def sensor_from_properties(where: str, props: Mapping[str, object], coordinates: object) -> Sensor:
+    """One sensor from GeoJSON-style properties and `[lon, lat]`, validated as the file's are
+    (registry overrides and added sensors go through here); raises RegistryError."""
+    return _sensor(where, dict(props), coordinates)
+
+
+def sensor_as_properties(sensor: Sensor) -> dict[str, object]:
+    """A sensor's registry properties, as the GeoJSON file writes them (the inverse of
+    `sensor_from_properties`, coordinates aside)."""
+    return {
+        "id": sensor.id,
+        "name": sensor.name,
+        "name_en": sensor.name_en,
+        "street": sensor.street,
+        "street_en": sensor.street_en,
+        "ward": sensor.ward,
+        "kind": sensor.kind,
+        "sends": sensor.sends,
+        "mount_height_mm": sensor.mount_height_mm,
+        "thresholds_cm": list(sensor.thresholds_cm),
+        "interval_s": sensor.interval_s,
+    }
 
 
 def _street(where: str, props: dict[str, object], coordinates: object) -> Street:

@@ -44,6 +44,26 @@ class Topics:
         """The notifier's record of who was told of an alert, and when (retained)."""
         return f"{self.base}/notifications/{alert_id}"
 
+    def maintenance(self, sensor_id: str) -> str:
+        """A sensor's maintenance record (retained; empty when it is not under maintenance)."""
+        return f"{self.base}/maintenance/{sensor_id}"
+
+    def registry_override(self, sensor_id: str) -> str:
+        """An operator's change to a sensor's registry entry (retained; empty: the file's)."""
+        return f"{self.base}/registry/{sensor_id}"
+
+    def sensor_changes(self, sensor_id: str) -> str:
+        """Each operator change to a sensor (maintenance, calibration, ...), for the audit."""
+        return f"{self.base}/changes/{sensor_id}"
+
+    def last_level(self, topic: str, prefix_of: str) -> str | None:
+        """The sensor id ending `topic` if it is `prefix_of`'s topic for some id, else None:
+        `last_level(t, self.maintenance(""))`."""
+        if not topic.startswith(prefix_of):
+            return None
+        rest = topic[len(prefix_of) :]
+        return rest if rest and "/" not in rest else None
+
     @property
     def ack_commands(self) -> str:
         """Operators' acknowledgements, for the ingest process that owns the alert state."""

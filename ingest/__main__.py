@@ -29,7 +29,7 @@ from floodwatch.errors import (
 from floodwatch.influx import InfluxClient
 from floodwatch.metrics import serve as serve_metrics
 from floodwatch.mqtt import Delivery, MqttConnection, Subscription
-from floodwatch.registry import load_registry
+from floodwatch.registry import Registry, load_registry
 from floodwatch.settings import (
     TIME_SCALE,
     command_parser,
@@ -44,6 +44,7 @@ from floodwatch.settings import (
 from floodwatch.topics import Topics
 from ingest.alerting import Alerting
 from ingest.metrics import ingest_metrics
+from ingest.operations import OperationsFollower, registry_in_force
 from ingest.outbox import Outbox
 from ingest.pipeline import Ingest
 
@@ -111,6 +112,12 @@ Stored readings go through the alert engine (CONTRACT section 3): each alert eve
 in the `alert_event` measurement and published on {root}/v1/events/{sensor}, the sensor's
 current alerts stay retained on {root}/v1/alerts/{sensor}, and finished flood episodes go to
 `flood_episode` and {root}/v1/episodes. At start the alert state is rebuilt from InfluxDB.
+
+Operators' registry changes made through the API (a new mount height or thresholds, a sensor
+added or retired; retained on {root}/v1/registry/{sensor}) apply at once, without a restart:
+a reading's depth is computed with the mount height in force when it arrives, a retired
+sensor's readings are dead letters `retired_sensor`. Each change ({root}/v1/changes/{sensor})
+is stored in the `sensor_change` measurement.
 
 `python -m ingest ack ALERT_ID --who NAME [--note TEXT]` acknowledges an alert.
 """
@@ -291,6 +298,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         else InfluxClient(read_endpoint, settings.influx_db)
     )
     stop = threading.Event()
+    try:
+        # Operators' registry overrides in force before the first reading (ingest/operations.py).
+        live = registry_in_force(settings.mqtt, topics, registry)
+    except FloodwatchError as exc:
+        print(f"ingest: {exc}", file=sys.stderr)
+        return 1
+    registry = live.current
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
         stop.set()
@@ -352,10 +366,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ingest.on_stored = alerting.judge
     commands: queue.Queue[Delivery] = queue.Queue()
 
+    def apply_registry(changed: Registry) -> None:
+        ingest.registry = changed  # the decoder reads it per batch
+        alerting.reconfigure(changed)
+
+    operations = OperationsFollower(topics, live, apply_registry, ingest.store_lines, ack, stop)
+
     def route(delivery: Delivery) -> None:
         # Operators' acknowledgements go to their own thread; readings to the pipeline.
         if delivery.topic == topics.ack_commands:
             commands.put(delivery)
+        elif operations.wants(delivery.topic):
+            operations.deliver(delivery)
         else:
             ingest.deliver(delivery)
 
@@ -370,6 +392,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             Subscription(topics.all_readings, 1, replay_retained=False, flag_retained=True),
             Subscription(topics.all_statuses, 1, replay_retained=False),
             (topics.ack_commands, 1),
+            # Operators' registry overrides (retained) and their audit (ingest/operations.py).
+            (topics.registry_override("+"), 1),
+            (topics.sensor_changes("+"), 1),
         ],
         on_delivery=route,
         session_expiry_s=session_expiry,
@@ -385,6 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         name="ingest-commands",
     ).start()
     ingest.start()
+    operations.thread.start()
     try:
         mqtt.start(timeout_s=30)
     except FloodwatchError as exc:

@@ -28,6 +28,7 @@ from alerts import (
     sensor_payload,
     step,
 )
+from alerts.reconfigure import reconfigure
 from floodwatch.contract import ALERT_MEASUREMENT, EVENT_MEMORY_NS
 from floodwatch.errors import InfluxError
 from floodwatch.influx import InfluxClient
@@ -93,8 +94,11 @@ class Alerting:
                 events.append(AlertEvent.from_influx(tags, doc))
         since = rebuild_window_start(events, now)
         readings = self._stored_readings(since)
-        state = rebuild(self.registry, events, readings, since, now, self.time_scale)
+        registry = self.registry
+        state = rebuild(registry, events, readings, since, now, self.time_scale)
         with self._lock:
+            if self.registry is not registry:  # an operator's change came in meanwhile
+                state = reconfigure(state, self.registry, now)
             self._state = state
         for sensor_id in self.registry.sensors:
             self._publish(self.topics.alert(sensor_id), sensor_payload(state, sensor_id), True)
@@ -159,6 +163,14 @@ class Alerting:
             state = self._state
         self._emit(state, events)
         return events
+
+    def reconfigure(self, registry: Registry) -> None:
+        """An operator changed the registry (ingest/operations.py): judge with it from now on;
+        no event is made by the change itself (alerts.reconfigure)."""
+        with self._lock:
+            if self._state is not None:
+                self._state = reconfigure(self._state, registry, self._clock())
+            self.registry = registry
 
     def acknowledge(self, alert_id: str, who: str, note: str) -> list[Event]:
         """Raises alerts.UnknownAlert when no open alert has this id."""

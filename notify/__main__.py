@@ -19,6 +19,7 @@ from floodwatch.errors import FloodwatchError
 from floodwatch.metrics import serve as serve_metrics
 from floodwatch.mqtt import MqttConnection
 from floodwatch.registry import load_registry
+from floodwatch.retained import read_retained
 from floodwatch.settings import (
     COMMON_OPTIONS,
     add_options,
@@ -95,6 +96,10 @@ everyone told. Notifications wait in a durable queue on disk (--notify-state) an
 with capped exponential backoff, in order per alert; what cannot be delivered becomes a dead
 letter. Each alert's notification history is published retained on
 {root}/v1/notifications/{alert_id}.
+
+A sensor under maintenance ({root}/v1/maintenance/{sensor}, put there through the API) notifies
+nobody, escalations included (recorded as `suppressed`); when the maintenance ends, its alerts
+still open and unacknowledged are announced once and their escalation starts again.
 
 Operators: `python -m notify deadletters` lists the dead letters, `python -m notify replay
 [ID ...] | --all` queues them again, `python -m notify check --routing FILE` validates a
@@ -253,6 +258,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     notifier.mqtt = mqtt
     try:
+        # Maintenance and registry overrides in force before the first event is judged: a
+        # persistent session may deliver queued events before the retained records.
+        notifier.prime(
+            read_retained(settings.mqtt, [topics.maintenance("+"), topics.registry_override("+")])
+        )
         mqtt.start(timeout_s=30)
     except FloodwatchError as exc:
         print(f"notify: {exc}", file=sys.stderr)

@@ -16,6 +16,12 @@ Rules, in the order the code applies them:
    unacknowledged >= its `after_min`) is told, once, that nobody acknowledged it.
 8. A finished flood episode is summarised to the first recipients of the flood rules its
    streets and highest level match; it has no escalation.
+9. Maintenance (floodwatch.operations): rules 1-7 run as ever, but what they send about a
+   sensor under maintenance goes to nobody (the shell records it as suppressed). When the
+   maintenance ends (ended by an operator, or expired), each of the sensor's alerts still open
+   and unacknowledged is announced (`maintenance_over`) to its first recipients, and its
+   ladder starts again from that moment: the crew is told once the sensor counts again.
+   An acknowledged or cleared alert stays quiet.
 
 Time is passed in (`now_ns`), never read here.
 """
@@ -176,6 +182,27 @@ def next_due_ns(tracks: Tracks) -> int | None:
         if t.pending and t.unack_since_ns is not None and t.closed_ns is None
     ]
     return min(due) if due else None
+
+
+def on_maintenance_end(
+    tracks: Tracks, sensor_id: str, routing: Routing, now_ns: int
+) -> tuple[dict[str, Track], list[Send]]:
+    """Rule 9: the sensor's maintenance ended at `now_ns`."""
+    changed: dict[str, Track] = {}
+    sends: list[Send] = []
+    for alert_id, track in sorted(tracks.items()):
+        if track.facts.sensor_id != sensor_id or track.closed_ns is not None:
+            continue
+        if track.unack_since_ns is None:
+            continue
+        first, pending, quiet = _ladder(routing, track.facts, now_ns, ())
+        if not first and not pending:
+            continue
+        track = replace(track, told=first, pending=pending, unack_since_ns=now_ns, quiet=quiet)
+        changed[alert_id] = track
+        cause = f"{alert_id}:maintenance_over:{now_ns}"
+        sends.extend(Send(r, "maintenance_over", 0, track.facts, quiet, cause=cause) for r in first)
+    return changed, sends
 
 
 def on_episode(facts: AlertFacts, routing: Routing) -> list[Send]:

@@ -12,7 +12,14 @@ from floodwatch.registry import Registry
 # What a notification announces: the alert was raised, its level went up or down, nobody
 # acknowledged it in time (sent to the next tier), it was acknowledged, it cleared.
 MessageKind = Literal[
-    "raised", "escalated", "deescalated", "unacknowledged", "acknowledged", "cleared", "episode"
+    "raised",
+    "escalated",
+    "deescalated",
+    "unacknowledged",
+    "acknowledged",
+    "cleared",
+    "episode",
+    "maintenance_over",  # the sensor's maintenance ended with this alert still unacknowledged
 ]
 MESSAGE_KINDS: tuple[MessageKind, ...] = (
     "raised",
@@ -22,6 +29,7 @@ MESSAGE_KINDS: tuple[MessageKind, ...] = (
     "acknowledged",
     "cleared",
     "episode",
+    "maintenance_over",
 )
 
 
@@ -110,6 +118,7 @@ class Send:
     facts: AlertFacts
     quiet: bool  # may wait for the end of quiet hours (never for flood or rising)
     unacked_min: float | None = None  # `unacknowledged`: minutes nobody acknowledged it
+    cause: str = ""  # the notification id's cause when no event is behind it (maintenance_over)
 
 
 def facts_from_retained(doc: object, registry: Registry, now_ns: int) -> list[AlertFacts]:

@@ -3,7 +3,7 @@ the recipient's language, with a deterministic notification id and quiet hours a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import orjson
 
@@ -21,6 +21,8 @@ WEBHOOK_TYPE = "floodwatch.notification"
 def notification_id(send: Send, channel: str) -> str:
     """The same event for the same recipient and channel always gets the same id."""
     facts = send.facts
+    if send.cause:
+        return f"{send.cause}|{send.recipient}|{channel}"
     cause = (
         f"{facts.alert_id}:unacknowledged:{send.tier}"
         if send.message == "unacknowledged"
@@ -81,8 +83,18 @@ def address_of(recipient: Recipient, channel_type: str) -> str:
     return "" if field is None else str(getattr(recipient, field))
 
 
-def plan(sends: Sequence[Send], routing: Routing, page_url: str, now_ns: int) -> list[NewDelivery]:
-    """Queued deliveries for these sends (a recipient no longer in the file is skipped)."""
+def plan(
+    sends: Sequence[Send],
+    routing: Routing,
+    page_url: str,
+    now_ns: int,
+    suppressed: Mapping[str, str] | None = None,
+) -> list[NewDelivery]:
+    """Queued deliveries for these sends (a recipient no longer in the file is skipped).
+
+    `suppressed`: sensor id -> why its notifications go to nobody (maintenance); those are
+    recorded, never sent."""
+    suppressed = suppressed or {}
     held_until = quiet_until(routing, now_ns)
     out: list[NewDelivery] = []
     for send in sends:
@@ -118,6 +130,7 @@ def plan(sends: Sequence[Send], routing: Routing, page_url: str, now_ns: int) ->
                     tier=send.tier,
                     payload=orjson.dumps(payload),
                     not_before_ns=held_until if (send.quiet and held_until) else 0,
+                    suppressed=suppressed.get(send.facts.sensor_id, ""),
                 )
             )
     return out

@@ -149,7 +149,7 @@ def render(send: Send, language: str, timezone: str, page_url: str) -> Message:
     if facts.kind in ("flood", "rising") or facts.depth_cm is not None:
         wanted += ["depth", "level"]
     wanted += ["since"]
-    if send.message in ("unacknowledged", "acknowledged", "cleared", "episode"):
+    if send.message in ("unacknowledged", "acknowledged", "cleared", "episode", "maintenance_over"):
         wanted.append(send.message)
     wanted += ["action"]
     if page_url:

@@ -1,12 +1,12 @@
 """The notifier's running process: follows alert events over MQTT, decides with the pure cores,
 queues on disk, delivers per destination, and publishes each alert's notification history.
 
-| thread                 | owns                                  | talks to                        |
-|------------------------|---------------------------------------|---------------------------------|
-| paho network thread    | nothing                               | puts deliveries on `inbox`      |
-| router (`run`)         | escalation tracks                     | store (commit), broker (ack)    |
-| sender, one per dest   | its destination's backoff             | store (due, mark), its channel  |
-| history publisher      | the last record sent per alert        | store (read), broker (retained) |
+| thread               | owns                            | talks to                           |
+|----------------------|---------------------------------|------------------------------------|
+| paho network thread  | nothing                         | puts deliveries on `inbox`         |
+| router (`run`)       | tracks, maintenance, registry   | store (commit), broker (ack)       |
+| sender, one per dest | its destination's backoff       | store, its channel, maintenance (r) |
+| history publisher    | the last record sent per alert  | store (read), broker (retained)    |
 
 Events are acknowledged to the broker only after the notifications they cause are committed
 to the store, so a crash of the notifier loses nothing (the broker redelivers, the ids dedupe).
@@ -27,14 +27,22 @@ import orjson
 from floodwatch.metrics import Metric
 from floodwatch.mqtt import Delivery as MqttDelivery
 from floodwatch.mqtt import MqttConnection
+from floodwatch.operations import LiveRegistry, Maintenance
 from floodwatch.registry import Registry
 from floodwatch.topics import Topics
 from notify.channels import Adapter, Outcome, adapter_for
-from notify.escalation import Track, next_due_ns, on_episode, on_event, on_tick
+from notify.escalation import (
+    Track,
+    next_due_ns,
+    on_episode,
+    on_event,
+    on_maintenance_end,
+    on_tick,
+)
 from notify.model import AlertFacts, Send, facts_from_episode, facts_from_event, facts_from_retained
 from notify.plan import alert_doc, event_from_payload, iso, outgoing, plan
 from notify.routing import Routing
-from notify.store import DEAD, DELIVERED, PENDING, Delivery, Store
+from notify.store import DEAD, DELIVERED, PENDING, SUPPRESSED, Delivery, Store
 
 log = logging.getLogger("notify")
 
@@ -77,8 +85,10 @@ class Sender:
         on_change: Callable[[set[str]], None],
         stop: threading.Event,
         clock: Callable[[], int] = time.time_ns,
+        silenced: Callable[[str], str] = lambda alert_id: "",
     ) -> None:
         self.dest = dest
+        self.silenced = silenced
         self.adapter = adapter
         self.store = store
         self.options = options
@@ -95,6 +105,15 @@ class Sender:
         while not self.stop.is_set():
             now = self.clock()
             ready, later = self.store.due(self.dest, now, max(self.options.batch, self.concurrency))
+            # Checked again just before sending: a notification queued before its sensor went
+            # under maintenance (waiting for a receiver that was down) goes to nobody either.
+            held = [(item, self.silenced(item.alert_id)) for item in ready]
+            quiet = [(item, why) for item, why in held if why]
+            if quiet:
+                for why in {w for _, w in quiet}:
+                    self.store.suppress([i.id for i, w in quiet if w == why], why)
+                self.on_change({i.alert_id for i, _ in quiet})
+                continue
             if self.failures and ready:
                 # After a failure one notification probes the destination before the rest
                 # follow; a different alert's each time, so one bad notification cannot
@@ -185,6 +204,11 @@ class Notifier:
     ) -> None:
         self.routing = routing
         self.registry = registry
+        # Operators' changes (floodwatch.operations), applied by the router as they arrive.
+        self.live_registry = LiveRegistry(registry)
+        self.maintenance: dict[str, Maintenance] = {}
+        self._maintenance_prefix = topics.maintenance("")
+        self._registry_prefix = topics.registry_override("")
         self.topics = topics
         self.store = store
         self.options = options
@@ -243,6 +267,7 @@ class Notifier:
                         self.mark_dirty,
                         self.stop,
                         self.clock,
+                        self.silence_reason,
                     )
                     self.senders[dest] = sender
                     sender.thread.start()
@@ -254,6 +279,8 @@ class Notifier:
             (self.topics.all_alert_events, 1),
             (self.topics.alert("+"), 1),
             (self.topics.episodes, 1),
+            (self.topics.maintenance("+"), 1),
+            (self.topics.registry_override("+"), 1),
         ]
 
     def deliver(self, delivery: MqttDelivery) -> None:
@@ -269,6 +296,8 @@ class Notifier:
         sends: list[Send] = []
         view = dict(self.tracks)
         for message in batch:
+            if self._operation(message, now, view, changed, sends):
+                continue
             if not message.payload:
                 continue  # a sensor's retained state cleared: nothing to announce
             if message.topic == self.topics.episodes:
@@ -296,7 +325,7 @@ class Notifier:
                 view.update(updated)
                 changed.update(updated)
                 sends.extend(new_sends)
-        deliveries = plan(sends, self.routing, self.options.page_url, now)
+        deliveries = plan(sends, self.routing, self.options.page_url, now, self.silenced(now))
         self.store.commit(changed, [], deliveries, now)
         self.tracks = view
         if self.mqtt is not None:
@@ -305,8 +334,103 @@ class Notifier:
             self.ensure_senders()
         self.mark_dirty(set(changed))
 
+    def _operation(
+        self,
+        message: MqttDelivery,
+        now: int,
+        view: dict[str, Track],
+        changed: dict[str, Track],
+        sends: list[Send],
+    ) -> bool:
+        """Apply a maintenance record or a registry override; False for any other message."""
+        sensor_id = self.topics.last_level(message.topic, self._maintenance_prefix)
+        if sensor_id is not None:
+            record = Maintenance.from_json(sensor_id, message.payload)
+            held = self.maintenance.pop(sensor_id, None)
+            if record is not None and record.until_ns > now:
+                self.maintenance[sensor_id] = record
+                log.info("%s under maintenance until %s", sensor_id, record.to_dict()["until"])
+            elif held is not None or record is not None:
+                # Ended by an operator, or a record that expired while nobody listened.
+                ended_ns = now if record is None else record.until_ns
+                updated, new_sends = on_maintenance_end(view, sensor_id, self.routing, ended_ns)
+                view.update(updated)
+                changed.update(updated)
+                sends.extend(new_sends)
+                log.info("%s: maintenance over", sensor_id)
+            # The history records show the sensor's maintenance: republish them.
+            self.mark_dirty({a for a, t in view.items() if t.facts.sensor_id == sensor_id})
+            return True
+        sensor_id = self.topics.last_level(message.topic, self._registry_prefix)
+        if sensor_id is not None:
+            registry = self.live_registry.apply(sensor_id, message.payload)
+            if registry is not None:
+                self.registry = registry
+            for problem in self.live_registry.problems:
+                log.error("registry override skipped: %s", problem)
+            return True
+        return False
+
+    def prime(self, held: dict[str, bytes]) -> None:
+        """Apply the retained maintenance records and registry overrides read before the
+        subscriptions start (notify/__main__.py); an expired record is left to `handle`."""
+        now = self.clock()
+        for topic, payload in sorted(held.items()):
+            sensor_id = self.topics.last_level(topic, self._maintenance_prefix)
+            if sensor_id is not None:
+                record = Maintenance.from_json(sensor_id, payload)
+                if record is not None and record.until_ns > now:
+                    self.maintenance[sensor_id] = record
+                continue
+            sensor_id = self.topics.last_level(topic, self._registry_prefix)
+            if sensor_id is not None:
+                registry = self.live_registry.apply(sensor_id, payload)
+                if registry is not None:
+                    self.registry = registry
+
+    def silence_reason(self, alert_id: str) -> str:
+        """Senders' threads: why a queued notification of this alert must go to nobody now
+        ("" when it may go). Reads the router's maintenance map: a dict read is atomic."""
+        record = self.maintenance.get(alert_id.split(":", 1)[0])
+        if record is None or not record.active_at(self.clock()):
+            return ""
+        return self._why(record)
+
+    def _why(self, m: Maintenance) -> str:
+        return f"under maintenance until {m.to_dict()['until']} ({m.who}: {m.reason})"
+
+    def silenced(self, now: int) -> dict[str, str]:
+        """Sensors whose notifications go to nobody now, with why (their maintenance)."""
+        return {
+            sensor_id: self._why(m)
+            for sensor_id, m in list(self.maintenance.items())
+            if m.active_at(now)
+        }
+
+    def _expire_maintenance(self, now: int) -> tuple[dict[str, Track], list[Send]]:
+        changed: dict[str, Track] = {}
+        sends: list[Send] = []
+        for sensor_id, record in sorted(self.maintenance.items()):
+            if record.until_ns > now:
+                continue
+            del self.maintenance[sensor_id]
+            view = {**self.tracks, **changed}
+            updated, new_sends = on_maintenance_end(view, sensor_id, self.routing, record.until_ns)
+            changed.update(updated)
+            sends.extend(new_sends)
+            log.info("%s: maintenance expired", sensor_id)
+        return changed, sends
+
     def tick(self) -> None:
         now = self.clock()
+        expired, over = self._expire_maintenance(now)
+        if expired or over:
+            deliveries = plan(over, self.routing, self.options.page_url, now, self.silenced(now))
+            self.store.commit(expired, [], deliveries, now)
+            self.tracks = {**self.tracks, **expired}
+            if deliveries:
+                self.ensure_senders()
+            self.mark_dirty(set(expired))
         if now - self._pruned_ns > 3600 * _S:
             self._pruned_ns = now
             self.store.prune(now - int(self.options.keep_history_s * _S))
@@ -317,7 +441,7 @@ class Notifier:
         changed, sends, forget = on_tick(self.tracks, now)
         if not changed and not forget:
             return
-        deliveries = plan(sends, self.routing, self.options.page_url, now)
+        deliveries = plan(sends, self.routing, self.options.page_url, now, self.silenced(now))
         self.store.commit(changed, forget, deliveries, now)
         self.tracks = {k: v for k, v in {**self.tracks, **changed}.items() if k not in forget}
         if deliveries:
@@ -363,6 +487,11 @@ class Notifier:
         track = self.tracks.get(alert_id)
         rows = self.store.history(alert_id)
         doc: dict[str, object] = {"alert_id": alert_id, "updated_at": iso(self.clock())}
+        sensor_id = track.facts.sensor_id if track is not None else alert_id.split(":", 1)[0]
+        under = self.maintenance.get(sensor_id)
+        doc["maintenance"] = (
+            under.to_dict() if under is not None and under.active_at(self.clock()) else None
+        )
         if track is not None:
             doc["alert"] = alert_doc(track.facts)
             doc["escalation"] = {
@@ -436,9 +565,13 @@ class Notifier:
             ),
             Metric(
                 "floodwatch_notify_notifications",
-                "Notifications in the state file by status (dead: the dead letters).",
+                "Notifications in the state file by status (dead: the dead letters; "
+                "suppressed: not sent, the sensor was under maintenance).",
                 "gauge",
-                [({"status": st}, counts.get(st, 0)) for st in (PENDING, DELIVERED, DEAD)],
+                [
+                    ({"status": st}, counts.get(st, 0))
+                    for st in (PENDING, DELIVERED, DEAD, SUPPRESSED)
+                ],
             ),
             Metric(
                 "floodwatch_notify_oldest_pending_seconds",

@@ -23,6 +23,8 @@ from floodwatch.errors import FloodwatchError
 from notify.escalation import Track
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
+# Not sent: the sensor was under maintenance (kept for the history, never delivered).
+SUPPRESSED = "suppressed"
 
 
 class StoreError(FloodwatchError):
@@ -40,6 +42,7 @@ class NewDelivery:
     tier: int
     payload: bytes  # the rendered notification (JSON)
     not_before_ns: int  # quiet hours hold non-urgent notifications until then
+    suppressed: str = ""  # why it goes to nobody (maintenance): recorded, never sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,8 +180,8 @@ class Store:
         statements += [
             (
                 "INSERT OR IGNORE INTO deliveries (notification_id, dest, channel, recipient, "
-                "alert_id, message, tier, payload, created_ns, next_ns, status) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "alert_id, message, tier, payload, created_ns, next_ns, status, last_error) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     d.notification_id,
                     d.dest,
@@ -190,7 +193,8 @@ class Store:
                     d.payload,
                     now_ns,
                     max(now_ns, d.not_before_ns),
-                    PENDING,
+                    SUPPRESSED if d.suppressed else PENDING,
+                    d.suppressed,
                 ),
             )
             for d in deliveries
@@ -263,6 +267,17 @@ class Store:
             for i, error in failures
         )
 
+    def suppress(self, ids: Sequence[int], reason: str) -> None:
+        """Queued notifications that must now go to nobody (their sensor went under
+        maintenance while they waited): kept for the history, never sent."""
+        self._write(
+            (
+                "UPDATE deliveries SET status = ?, last_error = ? WHERE id = ? AND status = ?",
+                (SUPPRESSED, reason, i, PENDING),
+            )
+            for i in ids
+        )
+
     def abandon(self, dest: str, reason: str) -> int:
         """Every undelivered notification of a destination becomes a dead letter."""
         with self._lock:
@@ -321,10 +336,11 @@ class Store:
         return {str(s): int(n) for s, n in rows}
 
     def prune(self, before_ns: int) -> int:
-        """Forget delivered notifications older than `before_ns`."""
+        """Forget delivered (and suppressed) notifications older than `before_ns`."""
         with self._lock:
             cur = self._db.execute(
-                "DELETE FROM deliveries WHERE status = ? AND delivered_ns < ?",
-                (DELIVERED, before_ns),
+                "DELETE FROM deliveries WHERE (status = ? AND delivered_ns < ?) "
+                "OR (status = ? AND created_ns < ?)",
+                (DELIVERED, before_ns, SUPPRESSED, before_ns),
             )
             return int(cur.rowcount)

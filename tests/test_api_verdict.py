@@ -163,3 +163,94 @@ def test_streets_body_rebuilds_only_what_changed_and_matches_the_collection() ->
     later = NOW + 2 * 10**9
     assert orjson.loads(body.get(state, later)) == streets_collection(state, later)
     assert street(state, QH, later)["level"] == 2
+
+
+def test_since_and_history_are_the_engines_reading_times_not_arrival() -> None:
+    """Issue 10: the page tells the story the engine judged. An alert heard an hour after its
+    readings (a replay, a slow feed) shows the raise's and the escalation's reading times, not
+    when this process heard them nor the engine's `changed_at` (its wall clock)."""
+    state = LiveState(REGISTRY)
+    late = NOW + 60 * MIN
+    state.apply_reading(Reading("qh-02", NOW + 3 * MIN, 25.0), late)
+    raised, escalated = iso(NOW), iso(NOW + 3 * MIN)
+    state.apply_alerts("qh-02", (flood("q:1", 1, raised_at=raised, reading_time=raised),), late)
+    item = flood("q:1", 2, raised_at=raised, reading_time=escalated, changed_at=iso(late + MIN))
+    state.apply_alerts("qh-02", (item,), late + MIN)
+    p = props(state, "qh-02", late + MIN)
+    assert [(h["level"], h["at"]) for h in p["history"]] == [(1, raised), (2, escalated)]
+    assert p["since"] == escalated
+    qh = street(state, QH, late + MIN)
+    assert qh["since"] == escalated
+    assert [(h["level"], h["at"]) for h in qh["history"]] == [(1, raised), (2, escalated)]
+
+
+def test_an_older_engine_without_item_times_uses_the_sensors_reading_time() -> None:
+    """Without the item's `reading_time`, the payload's `reading_time` (the sensor's last
+    water reading, the one behind the change) dates an escalation; arrival never does."""
+    state = LiveState(REGISTRY)
+    late = NOW + 60 * MIN
+    state.apply_alerts("d12-01", (flood("d:1", 1, raised_at=iso(NOW)),), late)
+    envelope = {"sensor": "d12-01", "reading_time": iso(NOW + 2 * MIN)}
+    state.apply_alerts("d12-01", (flood("d:1", 2, raised_at=iso(NOW)),), late + MIN, envelope)
+    history = props(state, "d12-01", late + MIN)["history"]
+    assert [h["at"] for h in history] == [iso(NOW), iso(NOW + 2 * MIN)]
+
+
+def test_history_after_a_restart_comes_from_the_stored_events() -> None:
+    """A restarted API reads the engine's `alert_event` rows at start: the whole escalation
+    history, whether the retained alerts arrive before or after them."""
+    rows: list[dict[str, Any]] = [
+        {"alert_id": "q:1", "kind": "flood", "change": "raised", "level": 1, "time": NOW},
+        {"alert_id": "q:1", "kind": "flood", "change": "escalated", "level": 2, "time": NOW + MIN},
+        {"alert_id": "q:1", "kind": "flood", "change": "acknowledged", "level": 2, "time": NOW},
+        {
+            "alert_id": "q:1",
+            "kind": "flood",
+            "change": "escalated",
+            "level": 3,
+            "time": NOW + 4 * MIN,
+        },
+        {"alert_id": "r:1", "kind": "rising", "change": "raised", "time": NOW},
+    ]
+    item = flood("q:1", 3, raised_at=iso(NOW), reading_time=iso(NOW + 4 * MIN))
+    want = [(1, iso(NOW)), (2, iso(NOW + MIN)), (3, iso(NOW + 4 * MIN))]
+    for seed_first in (True, False):
+        state = LiveState(REGISTRY)
+        if seed_first:
+            state.seed_history(rows)
+        state.apply_alerts("qh-02", (item,), NOW + 60 * MIN)
+        if not seed_first:
+            # Retained items alone know only the current level since its last change.
+            history = props(state, "qh-02")["history"]
+            assert [(h["level"], h["at"]) for h in history] == want[-1:]
+            assert state.seed_history(rows) == 1
+        history = props(state, "qh-02")["history"]
+        assert [(h["level"], h["at"]) for h in history] == want
+        assert street(state, QH)["since"] == iso(NOW + 4 * MIN)
+
+
+def test_street_history_is_the_worst_level_over_its_sensors() -> None:
+    """Two sensors of one street escalate in turn: the street's history is the running worst,
+    each step at the reading time it began."""
+    state = LiveState(REGISTRY)
+    state.apply_alerts("qh-01", (flood("a", 1, raised_at=iso(NOW)),), NOW + 9 * MIN)
+    state.apply_alerts("qh-03", (flood("b", 2, raised_at=iso(NOW + 2 * MIN)),), NOW + 9 * MIN)
+    item = flood("a", 3, raised_at=iso(NOW), reading_time=iso(NOW + 5 * MIN))
+    state.apply_alerts("qh-01", (item,), NOW + 9 * MIN)
+    history = street(state, QH)["history"]
+    assert [(h["level"], h["at"]) for h in history] == [
+        (1, iso(NOW)),
+        (2, iso(NOW + 2 * MIN)),
+        (3, iso(NOW + 5 * MIN)),
+    ]
+
+
+def test_the_hold_runs_at_the_engines_time_scale() -> None:
+    """--time-scale 60: the engine's 10-minute hold is 10 s of reading time, as on the page."""
+    state = LiveState(REGISTRY, time_scale=60.0)
+    state.apply_reading(Reading("qh-02", NOW, 35.0))
+    state.apply_alerts("qh-02", (flood("q:1", 3, raised_at=iso(NOW)),), NOW)
+    state.apply_reading(Reading("qh-02", NOW + 10**9, 4.0))
+    p = props(state, "qh-02", NOW + 2 * 10**9)
+    assert p["verdict_note"] == "draining"
+    assert p["hold_until"] == iso(NOW + 10**9 + 10 * 10**9)

@@ -161,8 +161,11 @@ def test_the_river_gauge_speaks_in_metres_of_a_river(lang: str, falling: str) ->
         text = catalogue[key]
         assert "cm" not in text and "{depth}" not in text, (key, text)
         assert "rút" not in text and "drain" not in text, (key, text)
+    # The card shows the stage just before: a falling river is said without repeating it.
     for key in ("verdict.tide_falling", "verdict.tide_falling_open"):
-        assert catalogue[key].startswith(falling) and "{stage} m" in catalogue[key]
+        assert catalogue[key].startswith(falling) and "{stage}" not in catalogue[key]
+    for key in ("verdict.tide_unconfirmed", "verdict.tide_stale", "verdict.tide_fault"):
+        assert "{stage} m" in catalogue[key]
     assert catalogue["chart.unit_m"] == "m"
     # The page words a gauge's verdict with these keys, never the street ones.
     body = APP_JS[APP_JS.index("function tideVerdictText") :]

@@ -417,8 +417,8 @@
     const stage = p.level_cm === null || p.level_cm === undefined ? "–" : stageText(p.level_cm);
     switch (p.verdict_note) {
       case "draining":
-        return p.hold_until ? t("verdict.tide_falling", { stage, time: hhmm(p.hold_until) }) :
-          t("verdict.tide_falling_open", { stage });
+        return p.hold_until ? t("verdict.tide_falling", { time: hhmm(p.hold_until) }) :
+          t("verdict.tide_falling_open");
       case "unconfirmed": return t("verdict.tide_unconfirmed", { stage });
       case "stale": return t("verdict.tide_stale", { stage, time: hhmm(p.time) });
       case "fault": return t("verdict.tide_fault", { stage });

@@ -229,6 +229,7 @@ class LiveState:
 
     def __init__(self, registry: Registry, time_scale: float = 1.0) -> None:
         self.registry = registry
+        self.time_scale = time_scale
         self._sensors = {
             sid: SensorNow(sensor, time_scale=time_scale)
             for sid, sensor in registry.sensors.items()
@@ -280,7 +281,7 @@ class LiveState:
             return False
         now.reading = reading
         now.fresh_ns = heard
-        _track_below(now, reading)
+        _track_below(now, reading.level_cm, reading.time_ns)
         now.version += 1
         self.version += 1
         return True
@@ -334,6 +335,29 @@ class LiveState:
             if flood_alert(self._sensors[sid].alerts) is not None
         )
 
+    def replay_below(self, levels: Iterable[tuple[str, int, float]]) -> int:
+        """Rule 5's runs below each threshold from stored (sensor, time, level_cm) readings up
+        to each sensor's newest, so a restarted API's "holds until" is the engine's, not one
+        counted from its own first reading. Returns how many sensors it set."""
+        by_sensor: dict[str, list[tuple[int, float]]] = {}
+        for sensor_id, time_ns, level_cm in levels:
+            by_sensor.setdefault(sensor_id, []).append((time_ns, level_cm))
+        changed = 0
+        for sensor_id, points in by_sensor.items():
+            now = self._sensors.get(sensor_id)
+            if now is None or now.reading is None:
+                continue
+            held = now.reading
+            now.below_since = []
+            for time_ns, level_cm in sorted(p for p in points if p[0] < held.time_ns):
+                _track_below(now, level_cm, time_ns)
+            _track_below(now, held.level_cm, held.time_ns)
+            now.version += 1
+            changed += 1
+        if changed:
+            self.version += 1
+        return changed
+
     def seed_history(self, events: Sequence[Mapping[str, Any]]) -> int:
         """Flood alerts' level changes from the engine's stored `alert_event` rows (oldest
         first), so a restarted API shows the whole escalation history, not only what it saw
@@ -358,15 +382,15 @@ class LiveState:
                 yield now, alert
 
 
-def _track_below(now: SensorNow, reading: Reading) -> None:
+def _track_below(now: SensorNow, level_cm: float, time_ns: int) -> None:
     """Rule 5's runs below each threshold minus 3 cm, from this sensor's newest readings."""
     thresholds = now.sensor.thresholds_cm
     if len(now.below_since) != len(thresholds):
         now.below_since = [None] * len(thresholds)
     for j, limit in enumerate(thresholds):
-        if reading.level_cm < limit - HYSTERESIS_CM:
+        if level_cm < limit - HYSTERESIS_CM:
             if now.below_since[j] is None:
-                now.below_since[j] = reading.time_ns
+                now.below_since[j] = time_ns
         else:
             now.below_since[j] = None
 

@@ -3,16 +3,34 @@ verdict, the latest depth sits beside it, and where they differ the reason is na
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from alerts.events import AlertEvent
+from api.app import create_app
+from api.config import ApiOptions
 from api.geo import sensor_properties, streets_collection
 from api.live import LiveState
 from api.routes.streets import find_street, open_floods
 from api.times import iso
-from floodwatch.contract import Reading
+from floodwatch.contract import STREET_LEVEL_NAMES, Reading
+from floodwatch.influx import InfluxClient
+from floodwatch.localservices import Service
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry
+from ingest.line_protocol import encode_point
+from tests.test_api_support import (
+    TestClient,
+    api_settings,
+    bearer,
+    publish,
+    publisher,
+    wait_for,
+    write_keys,
+    write_readings,
+)
 
 REGISTRY = load_registry(SHIPPED_REGISTRY)
 NOW = 1_795_000_000 * 10**9
@@ -254,3 +272,63 @@ def test_the_hold_runs_at_the_engines_time_scale() -> None:
     p = props(state, "qh-02", NOW + 2 * 10**9)
     assert p["verdict_note"] == "draining"
     assert p["hold_until"] == iso(NOW + 10**9 + 10 * 10**9)
+
+
+@pytest.mark.services
+def test_a_restarted_api_shows_the_engines_history_and_hold(
+    broker: Service, influxd: Service, influx: InfluxClient, unique: str, tmp_path: Path
+) -> None:
+    """An API started in the middle of a flood reads the engine's stored flood events and the
+    last readings once: the whole escalation history at its reading times, and the hold
+    counted from the first reading below the threshold, not from its own first reading."""
+    t0 = time.time_ns() - 5 * MIN - 30 * 10**9  # its last reading 30 s ago: not stale
+    alert_id = f"qh-02:flood:{t0}"
+    steps = [("raised", 1, t0), ("escalated", 2, t0 + MIN), ("escalated", 3, t0 + 3 * MIN)]
+    influx.write(
+        [
+            encode_point(
+                *AlertEvent(
+                    event_id=f"{alert_id}:{change}:{t}",
+                    alert_id=alert_id,
+                    seq=n + 1,
+                    sensor_id="qh-02",
+                    street=QH,
+                    kind="flood",
+                    change=change,  # type: ignore[arg-type]
+                    state="active_unack",
+                    level=level,
+                    level_name=STREET_LEVEL_NAMES[level],
+                    at_ns=t + 10**9,
+                    reading_time_ns=t,
+                    raised_ns=t0,
+                ).influx_point()
+            )
+            for n, (change, level, t) in enumerate(steps)
+        ]
+    )
+    # 35 cm at the escalation, then below 30 - 3 cm from t0 + 4 min: the hold ends 10 min on.
+    write_readings(
+        influx, "qh-02", [(t0 + 3 * MIN, 35.0), (t0 + 4 * MIN, 4.0), (t0 + 5 * MIN, 3.0)]
+    )
+    item = flood(alert_id, 3, raised_at=iso(t0), reading_time=iso(t0 + 3 * MIN))
+    payload = {"sensor": "qh-02", "level": 3, "alerts": [item]}
+    keys = write_keys(tmp_path / "keys")
+    with publisher(broker) as pub:
+        publish(pub, f"{unique}/v1/alerts/qh-02", payload, retain=True)
+        app = create_app(api_settings(broker, influxd, unique), ApiOptions(api_keys=keys.path))
+        with TestClient(app) as client:
+
+            def qh02() -> dict[str, Any]:
+                got = client.get("/v1/sensors/qh-02", headers=bearer(keys.viewer)).json()
+                found: dict[str, Any] = got["properties"]
+                return found
+
+            wait_for(lambda: len(qh02()["history"]) == 3, 10, "the stored history")
+            p = qh02()
+        publish(pub, f"{unique}/v1/alerts/qh-02", b"", retain=True)
+    assert [(h["level"], h["at"]) for h in p["history"]] == [
+        (level, iso(t)) for _, level, t in steps
+    ]
+    assert p["since"] == iso(t0 + 3 * MIN)
+    assert p["verdict_note"] == "draining"
+    assert p["hold_until"] == iso(t0 + 4 * MIN + 10 * MIN)

@@ -8,8 +8,11 @@ which only `level`, `level_name`, `state`, `alert_id`, `kind` and their times ar
 One truth (issue 10 section 1): a sensor's `level` is the engine's verdict, the level of its
 active flood alert, never the raw rung of its latest reading. Where the two differ the
 `Verdict` says why in a word (draining, unconfirmed, stale, fault), and for draining water
-when the engine's hold (rule 5: 10 minutes below the threshold minus 3 cm) ends, from the
-readings this process saw.
+when the engine's hold (rule 5: 10 minutes below the threshold minus 3 cm, at --time-scale)
+ends, from the readings' own times (replayed from InfluxDB at start). Every time shown is
+the engine's reading time, never when this process heard of it: "since" and the escalation
+history come from the alert items' `raised_at` and `reading_time` and, after a restart, the
+engine's stored `alert_event` rows.
 """
 
 from __future__ import annotations

@@ -96,6 +96,9 @@ def sensor_payload(state: EngineState, sensor_id: str) -> bytes:
             "changed_at": iso_time(
                 alert.raised_ns if alert.changed_ns is None else alert.changed_ns
             ),
+            # The reading behind its last raise, escalation or de-escalation: when the page's
+            # "since" and escalation history say the water got there (changed_at is our now).
+            "reading_time": iso_time(alert.reading_time_ns),
         }
         if alert.detail:
             item["detail"] = alert.detail

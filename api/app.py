@@ -29,6 +29,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from alerts.engine import timers
 from api import history, problems
 from api.alerts import AlertSource, EngineAlerts
 from api.auth import KeyStore
@@ -57,6 +58,10 @@ QUERY_TIMEOUT_S = 10.0
 # How long start-up waits for the broker before serving anyway (it keeps retrying).
 FIRST_CONNECT_WAIT_S = 1.0
 SNAPSHOT_RETRY_S = 5.0
+# How far back the start-up snapshot reads flood alert events (an open flood is younger).
+HISTORY_WINDOW_NS = 2 * 86_400 * 10**9
+# Readings read back at start beyond two holds: a sensor's reporting interval and clock skew.
+HOLD_MARGIN_NS = 5 * 60 * 10**9
 # The only body the API takes is an acknowledgement: a note of at most 1,000 characters.
 MAX_BODY_BYTES = 16_384
 
@@ -221,8 +226,36 @@ async def _load_snapshot(
         now = time.time_ns()
         applied = sum(state.apply_reading(r, min(r.time_ns, now)) for r in readings)
         log.info("start-up snapshot: %d sensors' last readings from InfluxDB", applied)
+        await _load_flood_history(influx, state, now)
         tried.set()
         return
+
+
+async def _load_flood_history(influx: InfluxClient, state: LiveState, now_ns: int) -> None:
+    """Flood alerts' escalation steps from the engine's stored events (one query, the last
+    HISTORY_WINDOW_NS), so the page's history survives an API restart; without them each
+    alert starts from its retained item (its raise, or its current level since its last
+    change)."""
+    try:
+        rows = await anyio.to_thread.run_sync(
+            history.alert_events, influx, now_ns - HISTORY_WINDOW_NS, None, ("flood",)
+        )
+    except InfluxError as exc:
+        log.warning("flood alert history from InfluxDB not read (%s); shown as seen live", exc)
+        return
+    changed = state.seed_history(rows)
+    log.info("start-up snapshot: %d flood alert events, %d histories", len(rows), changed)
+    # The engine's hold (rule 5) counts from the first reading of a run below a threshold:
+    # the stored readings of the last hold (at --time-scale), with a margin, replay the runs.
+    hold_ns = timers(state.time_scale).hold_ns
+    try:
+        levels = await anyio.to_thread.run_sync(
+            history.recent_levels, influx, now_ns - 2 * hold_ns - HOLD_MARGIN_NS
+        )
+    except InfluxError as exc:
+        log.warning("recent readings not read (%s); holds count from the snapshot", exc)
+        return
+    state.replay_below(levels)
 
 
 def _register_gauges(app: FastAPI, metrics_: Metrics) -> None:

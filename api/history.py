@@ -202,6 +202,27 @@ def latest_readings(influx: InfluxClient, registry: Registry) -> list[Reading]:
     return readings
 
 
+def recent_levels(influx: InfluxClient, since_ns: int) -> list[tuple[str, int, float]]:
+    """Every sensor's stored (sensor, time, level_cm) since `since_ns`, oldest first per
+    sensor: the runs below each threshold behind the engine's hold, at start."""
+    found = _query(
+        influx,
+        'SELECT "level_cm" FROM "water_level" WHERE time >= $since GROUP BY "sensor"',
+        {"since": since_ns},
+    )
+    out: list[tuple[str, int, float]] = []
+    for s in found:
+        sensor_id = s.get("tags", {}).get("sensor")
+        if not isinstance(sensor_id, str):
+            continue
+        out.extend(
+            (sensor_id, int(t), float(level))
+            for t, level in s.get("values", [])
+            if level is not None
+        )
+    return out
+
+
 def _rows(found: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Flatten series (one per tag set) into dicts of tags and columns, time in epoch ns."""
     rows: list[dict[str, Any]] = []

@@ -8,22 +8,25 @@ which only `level`, `level_name`, `state`, `alert_id`, `kind` and their times ar
 One truth (issue 10 section 1): a sensor's `level` is the engine's verdict, the level of its
 active flood alert, never the raw rung of its latest reading. Where the two differ the
 `Verdict` says why in a word (draining, unconfirmed, stale, fault), and for draining water
-when the engine's hold (rule 5: 10 minutes below the threshold minus 3 cm) ends, from the
-readings this process saw.
+when the engine's hold (rule 5: 10 minutes below the threshold minus 3 cm, at --time-scale)
+ends, from the readings' own times (replayed from InfluxDB at start). Every time shown is
+the engine's reading time, never when this process heard of it: "since" and the escalation
+history come from the alert items' `raised_at` and `reading_time` and, after a restart, the
+engine's stored `alert_event` rows.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
 import orjson
 
-from alerts.engine import HOLD_NS, HYSTERESIS_CM
+from alerts.engine import HYSTERESIS_CM, timers
 from floodwatch import contract
 from floodwatch.contract import (
     ACTIVE_STATES,
@@ -176,7 +179,7 @@ def verdict(now: SensorNow, stale: bool) -> Verdict:
         note = "draining"
         below = now.below_since[level - 1] if level - 1 < len(now.below_since) else None
         # The engine's hold, at the same --time-scale as its timers (rule 5).
-        hold_until = below + int(HOLD_NS / now.time_scale) if below is not None else None
+        hold_until = below + timers(now.time_scale).hold_ns if below is not None else None
     elif raw is not None and level is not None and raw > level:
         note = "unconfirmed"
     return Verdict(level, since, alert, raw, note, hold_until)
@@ -246,7 +249,8 @@ class LiveState:
         for sid, sensor in registry.sensors.items():
             if sensor.kind == "street":
                 self._members.setdefault(sensor.street, []).append(sid)
-        self._street_history: dict[str, tuple[tuple[int, int], ...]] = {}
+        # Flood alerts' level changes read back from the engine's stored events at start.
+        self._seeded: dict[str, tuple[tuple[int, int], ...]] = {}
         # The notifier's retained record per alert (`notifications/{alert_id}`), as JSON.
         self.notifications: dict[str, bytes] = {}
         # Maintenance records of sensors not (or not yet) in the registry in force.
@@ -333,7 +337,7 @@ class LiveState:
             return False
         now.reading = reading
         now.fresh_ns = heard
-        _track_below(now, reading)
+        _track_below(now, reading.level_cm, reading.time_ns)
         now.version += 1
         self.version += 1
         return True
@@ -371,31 +375,62 @@ class LiveState:
         now.alerts = alerts
         now.alerts_envelope = envelope
         now.alerts_at_ns = at_ns
-        _track_history(now, at_ns)
+        _track_history(now, at_ns, self._seeded)
         now.version += 1
         self.version += 1
-        self._track_street(now.sensor.street, at_ns)
         return True
 
     def street_history(self, street: str) -> tuple[tuple[int, int], ...]:
         """The street's worst flood level as it changed during the current flood: (level,
-        since_ns), oldest first; empty while no flood alert is active on it."""
-        return self._street_history.get(street, ())
+        since_ns), oldest first, in the engine's reading times; empty while no flood alert is
+        active on it. Made from its sensors' histories, so it is as right after a restart as
+        they are."""
+        return street_history(
+            self._sensors[sid].history
+            for sid in self._members.get(street, ())
+            if flood_alert(self._sensors[sid].alerts) is not None
+        )
 
-    def _track_street(self, street: str, at_ns: int) -> None:
-        level = 0
-        since = at_ns
-        for sid in self._members.get(street, ()):
-            now = self._sensors[sid]
-            alert = flood_alert(now.alerts)
-            if alert is not None and (alert_level(alert) or 0) > level:
-                level = alert_level(alert) or 0
-                since = now.history[-1][1] if now.history else at_ns
-        held = self._street_history.get(street, ())
-        if level == 0:
-            self._street_history.pop(street, None)
-        elif not held or held[-1][0] != level:
-            self._street_history[street] = (*held, (level, since))
+    def replay_below(self, levels: Iterable[tuple[str, int, float]]) -> int:
+        """Rule 5's runs below each threshold from stored (sensor, time, level_cm) readings up
+        to each sensor's newest, so a restarted API's "holds until" is the engine's, not one
+        counted from its own first reading. Returns how many sensors it set."""
+        by_sensor: dict[str, list[tuple[int, float]]] = {}
+        for sensor_id, time_ns, level_cm in levels:
+            by_sensor.setdefault(sensor_id, []).append((time_ns, level_cm))
+        changed = 0
+        for sensor_id, points in by_sensor.items():
+            now = self._sensors.get(sensor_id)
+            if now is None or now.reading is None:
+                continue
+            held = now.reading
+            now.below_since = []
+            for time_ns, level_cm in sorted(p for p in points if p[0] < held.time_ns):
+                _track_below(now, level_cm, time_ns)
+            _track_below(now, held.level_cm, held.time_ns)
+            now.version += 1
+            changed += 1
+        if changed:
+            self.version += 1
+        return changed
+
+    def seed_history(self, events: Sequence[Mapping[str, Any]]) -> int:
+        """Flood alerts' level changes from the engine's stored `alert_event` rows (oldest
+        first), so a restarted API shows the whole escalation history, not only what it saw
+        since. Returns how many sensors' shown histories changed."""
+        for alert_id, steps in history_from_events(events).items():
+            self._seeded[alert_id] = steps
+        changed = 0
+        for now in self._sensors.values():
+            if now.flood_alert_id in self._seeded:
+                merged = _merge(self._seeded[now.flood_alert_id], now.history)
+                if merged != now.history:
+                    now.history = merged
+                    now.version += 1
+                    changed += 1
+        if changed:
+            self.version += 1
+        return changed
 
     def alerts(self) -> Iterator[tuple[SensorNow, Alert]]:
         for now in self._sensors.values():
@@ -403,35 +438,105 @@ class LiveState:
                 yield now, alert
 
 
-def _track_below(now: SensorNow, reading: Reading) -> None:
+def _track_below(now: SensorNow, level_cm: float, time_ns: int) -> None:
     """Rule 5's runs below each threshold minus 3 cm, from this sensor's newest readings."""
     thresholds = now.sensor.thresholds_cm
     if len(now.below_since) != len(thresholds):
         now.below_since = [None] * len(thresholds)
     for j, limit in enumerate(thresholds):
-        if reading.level_cm < limit - HYSTERESIS_CM:
+        if level_cm < limit - HYSTERESIS_CM:
             if now.below_since[j] is None:
-                now.below_since[j] = reading.time_ns
+                now.below_since[j] = time_ns
         else:
             now.below_since[j] = None
 
 
-def _track_history(now: SensorNow, at_ns: int) -> None:
-    """The flood alert's level changes: a new alert starts the list, a new level extends it."""
+def _track_history(
+    now: SensorNow, at_ns: int, seeded: Mapping[str, tuple[tuple[int, int], ...]]
+) -> None:
+    """The flood alert's level changes, each at the time of the reading the engine judged it
+    on (never when this process heard of it): a new alert starts the list, a new level
+    extends it. `at_ns` (arrival) stands in only when the engine sent no time at all."""
     alert = flood_alert(now.alerts)
     if alert is None:
         now.history, now.flood_alert_id = (), None
         return
     level = alert_level(alert) or 0
     alert_id = str(alert.get("alert_id"))
+    # The reading behind the alert's latest level change (the item's own `reading_time`);
+    # an older engine sends only the sensor's last reading, which is the same reading when
+    # the payload follows the change at once.
+    changed = alert_time_ns(alert, "reading_time") or alert_time_ns(
+        now.alerts_envelope or {}, "reading_time"
+    )
+    raised = alert_time_ns(alert, "raised_at")
     if alert_id != now.flood_alert_id or not now.history:
-        # The engine's changed_at (set on escalation) when it sends one, else when raised.
-        since = alert_time_ns(alert, "changed_at", "raised_at") or at_ns
-        now.history, now.flood_alert_id = ((level, since),), alert_id
+        now.flood_alert_id = alert_id
+        known = seeded.get(alert_id, ())
+        if known and known[-1][0] == level:
+            now.history = known
+        elif known:
+            now.history = _merge(known, ((level, changed or at_ns),))
+        elif raised is not None and (changed is None or changed <= raised):
+            now.history = ((level, raised),)
+        else:
+            # Seen first mid-flood (a restart without stored events): the current level since
+            # its last change; the steps before it are not known.
+            now.history = ((level, changed or raised or at_ns),)
     elif now.history[-1][0] != level:
-        # The engine's changed_at when it sends one; else the time of the reading behind the
-        # change (the envelope's last water reading), so every time shown is a reading time.
-        envelope = now.alerts_envelope or {}
-        changed = alert_time_ns(alert, "changed_at") or alert_time_ns(envelope, "reading_time")
         since = max(changed or at_ns, now.history[-1][1])
         now.history = (*now.history, (level, since))
+
+
+def _merge(
+    known: tuple[tuple[int, int], ...], seen: tuple[tuple[int, int], ...]
+) -> tuple[tuple[int, int], ...]:
+    """Stored level changes, then those seen live after them; a repeated level is dropped."""
+    out = list(known)
+    last_t = out[-1][1] if out else None
+    for level, t in seen:
+        if last_t is not None and t < last_t:
+            continue
+        if not out or out[-1][0] != level:
+            out.append((level, t))
+    return tuple(out)
+
+
+def history_from_events(
+    events: Sequence[Mapping[str, Any]],
+) -> dict[str, tuple[tuple[int, int], ...]]:
+    """Each flood alert's (level, reading time) steps from `alert_event` rows (`alert_id`,
+    `change`, `level`, `time`: the reading behind the change), oldest first (pure)."""
+    out: dict[str, list[tuple[int, int]]] = {}
+    for row in sorted(events, key=lambda r: int(r.get("time") or 0)):
+        if row.get("kind", "flood") != "flood" or row.get("change") not in (
+            "raised",
+            "escalated",
+            "deescalated",
+        ):
+            continue
+        alert_id, level, t = row.get("alert_id"), row.get("level"), row.get("time")
+        if not isinstance(alert_id, str) or type(level) is not int or type(t) is not int:
+            continue
+        steps = out.setdefault(alert_id, [])
+        if not steps or steps[-1][0] != level:
+            steps.append((level, t))
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def street_history(
+    histories: Iterable[tuple[tuple[int, int], ...]],
+) -> tuple[tuple[int, int], ...]:
+    """The worst level over several sensors' level histories as it changed (pure)."""
+    timelines = [h for h in histories if h]
+    moments = sorted({t for h in timelines for _, t in h})
+    out: list[tuple[int, int]] = []
+    for t in moments:
+        worst = 0
+        for h in timelines:
+            at = [lv for lv, since in h if since <= t]
+            if at:
+                worst = max(worst, at[-1])
+        if worst and (not out or out[-1][0] != worst):
+            out.append((worst, t))
+    return tuple(out)

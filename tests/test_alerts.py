@@ -637,8 +637,18 @@ def test_changed_at_moves_with_every_change_and_raised_at_stays() -> None:
         "2026-11-26T12:04:00.000+00:00",
         "2026-11-26T12:06:00.000+00:00",
     )
+    # The reading behind the escalation, for the page's "since" and history (issue 10).
+    assert item["reading_time"] == "2026-11-26T12:06:00.000+00:00"
     state, _ = acknowledge(state, alert_id, "op", "", T0 + 8 * M)
     assert state.alerts[alert_id].changed_ns == T0 + 8 * M
+    (item,) = [
+        a for a in orjson.loads(sensor_payload(state, "s1"))["alerts"] if a["kind"] == "flood"
+    ]
+    # An acknowledgement is a change, not a reading: reading_time stays the escalation's.
+    assert (item["changed_at"], item["reading_time"]) == (
+        "2026-11-26T12:08:00.000+00:00",
+        "2026-11-26T12:06:00.000+00:00",
+    )
 
 
 def test_only_flood_alerts_carry_a_level_name() -> None:

@@ -145,3 +145,29 @@ def test_app_js_shows_no_literal_words() -> None:
     """Strings set as text in app.js come from t(): no textContent = "words" anywhere."""
     assert not re.search(r"""textContent\s*=\s*["'`][^"'`]*[A-Za-z]{3}""", APP_JS)
     assert "prompt(" not in APP_JS and "alert(" not in APP_JS.replace("Alert(", "")
+
+
+@pytest.mark.parametrize(
+    ("lang", "falling"), [("vi", "mực nước đang xuống"), ("en", "river falling")]
+)
+def test_the_river_gauge_speaks_in_metres_of_a_river(lang: str, falling: str) -> None:
+    """A river stage is shown in metres, and it falls: a street's "draining" and centimetres
+    never appear in what the gauge's card, label or chart say."""
+    catalogue = CATALOGUES[lang]
+    tide_keys = [k for k in catalogue if k.startswith("verdict.tide_")]
+    assert len(tide_keys) == 5
+    tide_keys += ["tide.stage", "map.gauge", "map.offscreen", "detail.facts_stage"]
+    for key in tide_keys:
+        text = catalogue[key]
+        assert "cm" not in text and "{depth}" not in text, (key, text)
+        assert "rút" not in text and "drain" not in text, (key, text)
+    # The card shows the stage just before: a falling river is said without repeating it.
+    for key in ("verdict.tide_falling", "verdict.tide_falling_open"):
+        assert catalogue[key].startswith(falling) and "{stage}" not in catalogue[key]
+    for key in ("verdict.tide_unconfirmed", "verdict.tide_stale", "verdict.tide_fault"):
+        assert "{stage} m" in catalogue[key]
+    assert catalogue["chart.unit_m"] == "m"
+    # The page words a gauge's verdict with these keys, never the street ones.
+    body = APP_JS[APP_JS.index("function tideVerdictText") :]
+    body = body[: body.index("\n  }\n")]
+    assert "verdict.draining" not in body and "depth" not in body

@@ -358,9 +358,20 @@ def run_flood(
             wall.wait_for_function(
                 "Number(document.querySelector('#chart').dataset.points) >= 8", timeout=5000
             )
+            assert_sensor_rows_readable(pages)
+            assert_gauge_in_metres(pages)
             shoot(pages, "peak")
         if step == ACK_STEP:
             acknowledge_street(wall, other_wall, pipeline)
+            assert_reading_times(wall, pipeline, base_ms)
+            # The river falls (152 -> 148 cm) under its held alarm level: said as a river, in m.
+            for name, falling in (("wall-vi", "mực nước đang xuống"), ("wall-en", "river falling")):
+                pages[name].wait_for_function(
+                    "w => document.querySelector('#tide-time').textContent.includes(w)",
+                    arg=falling,
+                    timeout=5000,
+                )
+            assert_gauge_in_metres(pages)
             shoot(pages, "acked")
     for street in STREETS:
         wait_engine(engine, street, 0, timeout_s=20)
@@ -380,6 +391,59 @@ def assert_wall_fits(page: Any) -> None:
         assert box is not None and box["height"] > 20, selector
         assert box["y"] >= 0 and box["y"] + box["height"] <= 1080, (selector, box)
         assert box["x"] >= 0 and box["x"] + box["width"] <= 1920, (selector, box)
+
+
+def assert_sensor_rows_readable(pages: dict[str, Any]) -> None:
+    """Every sensor alert row names its place in full: no "…", nothing cut off or wider than
+    its row, on the wall and on the phone."""
+    for name, page in pages.items():
+        rows = page.eval_on_selector_all(
+            ".other-row",
+            "els => els.map(e => { const p = e.querySelector('.place'); return [e.dataset.alertId,"
+            " p.textContent, p.scrollWidth <= p.clientWidth + 1,"
+            " p.getBoundingClientRect().right <= e.getBoundingClientRect().right + 1,"
+            " e.getBoundingClientRect().right <= window.innerWidth] })",
+        )
+        assert rows, f"{name}: no sensor alert rows at the peak"
+        for alert_id, text, fits, inside, on_screen in rows:
+            sensor = REGISTRY.sensors[alert_id.split(":", 1)[0]]
+            assert text in (sensor.name, sensor.name_en), (name, alert_id, text)
+            assert "…" not in text and fits and inside and on_screen, (name, alert_id, text)
+
+
+def assert_gauge_in_metres(pages: dict[str, Any]) -> None:
+    """The river gauge's card and map label give its stage in metres, never centimetres."""
+    for name, page in pages.items():
+        card = page.inner_text("#tide")
+        label = page.eval_on_selector_all(
+            ".gauge-label, .gauge-hint", "els => els.map(e => e.textContent).join(' | ')"
+        )
+        for text in (card, label):
+            assert " m" in text and "cm" not in text, (name, text)
+            assert "rút" not in text and "draining" not in text, (name, text)
+
+
+def assert_reading_times(page: Any, pipeline: Pipeline, base_ms: int) -> None:
+    """A street's "since" and escalation history are the engine's reading times (the flood
+    was played from `base_ms`, half an hour ago), not when the API heard of them; the row
+    shows the same minutes."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    streets = httpx.get(f"{pipeline.url}/v1/streets", headers=bearer(pipeline.keys.viewer))
+    qh = next(f["properties"] for f in streets.json()["features"] if f["id"] == QH)
+    played_until_ms = base_ms + STEPS * MINUTE_MS
+    times = [qh["since"], *(h["at"] for h in qh["history"])]
+    assert [h["level"] for h in qh["history"]] == [1, 2, 3, 4], qh["history"]
+    for text in times:
+        at_ms = datetime.fromisoformat(text).timestamp() * 1000
+        assert base_ms <= at_ms <= base_ms + (PEAK_STEP + 1) * MINUTE_MS < played_until_ms, qh
+    assert qh["since"] == qh["history"][-1]["at"]
+    zone = ZoneInfo("Asia/Ho_Chi_Minh")
+    row = page.inner_text(f'li.flood-row[data-street="{QH}"]')
+    for text in times:
+        hhmm = datetime.fromisoformat(text).astimezone(zone).strftime("%H:%M")
+        assert hhmm in row, (hhmm, row)
 
 
 def wait_engine(engine: EngineWatch, street: str, level: int, timeout_s: float = 15) -> None:

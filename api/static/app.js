@@ -67,6 +67,8 @@
   const hhmm = (iso) => (iso ? new Intl.DateTimeFormat(locale(), {
     timeZone: ZONE, hour: "2-digit", minute: "2-digit", hour12: false,
   }).format(new Date(iso)) : "–");
+  // River stage: stored in cm like every depth, shown in metres (two decimals) as gauges read.
+  const stageText = (cm) => num(cm / 100, 2);
   const ladderOf = (props) => (props.kind === "tide" ? "tide" : "street");
   const levelText = (ladder, name) => (name ? t(`level.${ladder}.${name}`) : "–");
   const kindText = (kind) => t(`kind.${["flood", "rising", "stale", "battery_low", "fault"]
@@ -289,10 +291,10 @@
       el.setAttribute("data-stale", String(p.stale));
     }
     if (p.kind === "tide") {
-      const stage = p.level_cm === null ? "–" : num(p.level_cm / 100, 2);
-      const text = t("map.gauge", {
-        name: placeName(p), stage, level: levelText("tide", p.level_name),
-      });
+      const text = p.level_cm === null ? t("map.gauge_nodata", { name: placeName(p) }) :
+        t("map.gauge", {
+          name: placeName(p), stage: stageText(p.level_cm), level: levelText("tide", p.level_name),
+        });
       entry.label.setContent(text);
       if (entry.label.getElement()) entry.label.getElement().dataset.level = String(p.level || 0);
       showTide(p);
@@ -316,8 +318,8 @@
     const lat = Math.min(Math.max(gauge.latlng[0], pad.getSouth()), pad.getNorth());
     const lon = Math.min(Math.max(gauge.latlng[1], pad.getWest()), pad.getEast());
     const p = gauge.props;
-    const stage = p.level_cm === null ? "–" : num(p.level_cm / 100, 2);
-    const text = t("map.offscreen", { name: placeName(p), stage });
+    const text = p.level_cm === null ? t("map.offscreen_nodata", { name: placeName(p) }) :
+      t("map.offscreen", { name: placeName(p), stage: stageText(p.level_cm) });
     if (!gaugeHint) {
       gaugeHint = L.tooltip({ permanent: true, direction: "right", className: "map-label gauge-hint" })
         .setLatLng([lat, lon]).addTo(labelLayer);
@@ -385,18 +387,19 @@
     document.getElementById("tide").hidden = false;
     document.getElementById("tide-title").textContent = t("tide.title", { name: placeName(p) });
     document.getElementById("tide-stage").textContent =
-      p.level_cm === null ? "–" : t("tide.stage", { stage: num(p.level_cm / 100, 2) });
+      p.level_cm === null ? t("detail.no_reading") : t("tide.stage", { stage: stageText(p.level_cm) });
     const badge = document.getElementById("tide-level");
     badge.textContent = levelText("tide", p.level_name);
     badge.dataset.level = String(p.level || 0);
     badge.hidden = p.level === null || p.level === undefined;
     const note = verdictText(p);
     document.getElementById("tide-time").textContent =
-      [hhmm(p.time), note].filter(Boolean).join(" · ");
+      [p.time ? hhmm(p.time) : "", note].filter(Boolean).join(" · ");
   }
 
   // --- the alert list ---------------------------------------------------------------------
   function verdictText(p) {
+    if (p.kind === "tide") return tideVerdictText(p);
     const depth = p.level_cm === null || p.level_cm === undefined ? "–" : num(p.level_cm, 1);
     switch (p.verdict_note) {
       case "draining":
@@ -405,6 +408,20 @@
       case "unconfirmed": return t("verdict.unconfirmed", { depth });
       case "stale": return t("verdict.stale", { depth, time: hhmm(p.time) });
       case "fault": return t("verdict.fault", { depth });
+      default: return "";
+    }
+  }
+
+  // A river gauge's stage is in metres and its water falls rather than drains off a road.
+  function tideVerdictText(p) {
+    const stage = p.level_cm === null || p.level_cm === undefined ? "–" : stageText(p.level_cm);
+    switch (p.verdict_note) {
+      case "draining":
+        return p.hold_until ? t("verdict.tide_falling", { time: hhmm(p.hold_until) }) :
+          t("verdict.tide_falling_open");
+      case "unconfirmed": return t("verdict.tide_unconfirmed", { stage });
+      case "stale": return t("verdict.tide_stale", { stage, time: hhmm(p.time) });
+      case "fault": return t("verdict.tide_fault", { stage });
       default: return "";
     }
   }
@@ -483,9 +500,10 @@
     const sensor = sensors.get(a.sensor);
     const name = sensor ? placeName(sensor.props) : a.sensor;
     const head = el("div", "row-head");
-    head.append(el("span", `badge kind-${a.kind}`, kindText(a.kind)),
-      el("span", "what", t("row.sensor", { sensor: a.sensor, name })));
+    head.append(el("span", `badge kind-${a.kind}`, kindText(a.kind)), el("span", "what", a.sensor));
     li.append(head);
+    // The place in full on its own line (wrapping if it must), never cut off with "…".
+    const place = el("span", "place", name);
     const payload = a.payload || {};
     const facts = [];
     if (payload.raised_at) facts.push(t("row.since", { time: hhmm(payload.raised_at) }));
@@ -501,10 +519,11 @@
     if (a.state === "active_unack" && role === "operator") {
       const foot = el("div", "row-foot");
       foot.append(ackButton(() => openAck({
-        alert: a.alert_id, what: `${kindText(a.kind)} · ${a.sensor}`,
+        alert: a.alert_id, what: t("row.sensor", { sensor: `${kindText(a.kind)} · ${a.sensor}`, name }),
       })));
       li.append(foot);
     }
+    li.append(place);
     li.addEventListener("click", (event) => {
       if (!event.target.closest("button")) selectSensor(a.sensor, true);
     });
@@ -614,7 +633,8 @@
     const p = entry.props;
     title.textContent = t("detail.title", { name: placeName(p), street: streetName(p.street) });
     const facts = [];
-    facts.push(p.level_cm === null ? t("detail.no_reading") :
+    facts.push(p.level_cm === null ? t("detail.no_reading") : p.kind === "tide" ?
+      t("detail.facts_stage", { stage: stageText(p.level_cm), time: hhmm(p.time) }) :
       t("detail.facts", { depth: num(p.level_cm, 1), time: hhmm(p.time) }));
     if (p.level_name) facts.push(levelText(ladderOf(p), p.level_name));
     if (p.battery_v !== null && p.battery_v !== undefined) {
@@ -700,9 +720,10 @@
         class: "threshold", x1: left, x2: W - right, y1: y(limit), y2: y(limit),
         stroke: levelColor(i + 1),
       });
-      add("text", { x: left - 4, y: y(limit) + 4, class: "tick" }, num(limit, 0));
+      add("text", { x: left - 4, y: y(limit) + 4, class: "tick" },
+        tide ? stageText(limit) : num(limit, 0));
     });
-    add("text", { x: left - 4, y: top + 10, class: "tick" }, t("chart.unit"));
+    add("text", { x: left - 4, y: top + 10, class: "tick" }, t(tide ? "chart.unit_m" : "chart.unit"));
     for (let k = 0; k <= 4; k += 1) {
       const time = t0 + (k * (t1 - t0)) / 4;
       const anchor = k === 0 ? "start" : k === 4 ? "end" : "middle";

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
+import queue
 import random
 import shutil
 import signal
@@ -15,15 +17,23 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 
-from floodwatch.credentials import DYNSEC_FILE, MOSQUITTO_ACL, Credentials, setup_influx_users
+from floodwatch.credentials import (
+    DYNSEC_FILE,
+    Credentials,
+    bound_client_id,
+    new_password,
+    setup_influx_users,
+)
 from floodwatch.errors import FloodwatchError
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry
 from floodwatch.settings import MqttEndpoint
 
 MOSQUITTO_CONF = Path(__file__).resolve().parent.parent / "config" / "mosquitto.conf"
+_DYNSEC_TOPIC = "$CONTROL/dynamic-security/v1"
 
 
 class ServiceError(FloodwatchError):
@@ -91,17 +101,10 @@ def dynsec_plugin() -> str:
 
 
 def mosquitto_config(
-    port: int,
-    data_dir: Path,
-    password_file: Path,
-    acl_file: Path = MOSQUITTO_ACL,
-    source: Path = MOSQUITTO_CONF,
-    dynsec_file: Path | None = None,
+    port: int, data_dir: Path, dynsec_file: Path, source: Path = MOSQUITTO_CONF
 ) -> str:
     """The shipped configuration with the listener port, data directory and the paths of the
-    password file, ACL and dynamic-security plugin and file replaced (by default the file
-    next to the password file)."""
-    dynsec = dynsec_file or password_file.parent / DYNSEC_FILE
+    dynamic-security plugin and its file replaced."""
     lines = []
     # Started as root, mosquitto would drop to the `mosquitto` user, which cannot reach a
     # private temporary directory; the tests and the local stack keep it as the caller.
@@ -111,14 +114,10 @@ def mosquitto_config(
             line = f"listener {port} 127.0.0.1"
         elif line.startswith("persistence_location "):
             line = f"persistence_location {data_dir}/"
-        elif line.startswith("password_file "):
-            line = f"password_file {password_file}"
-        elif line.startswith("acl_file "):
-            line = f"acl_file {acl_file}"
         elif line.startswith("plugin "):
             line = f"plugin {dynsec_plugin()}"
         elif line.startswith("plugin_opt_config_file "):
-            line = f"plugin_opt_config_file {dynsec}"
+            line = f"plugin_opt_config_file {dynsec_file}"
         lines.append(line)
     return "\n".join(lines + run_as) + "\n"
 
@@ -136,17 +135,59 @@ class Service:
     after_start: Callable[[], None] | None = field(default=None, repr=False)
     # influxd's RPC port (backup and restore, no password: loopback only); 0 for mosquitto.
     rpc_port: int = 0
+    # Broker logins added while it runs (add_login): login -> password.
+    logins: dict[str, str] = field(default_factory=dict, repr=False)
 
     def url(self, user: str = "admin") -> str:
         """This service's URL as `user` (broker users, or InfluxDB admin/writer/reader)."""
         if self.name == "mosquitto":
+            if user in self.logins:
+                password = quote(self.logins[user], safe="")
+                return f"mqtt://{quote(user, safe='')}:{password}@127.0.0.1:{self.port}"
             return self.credentials.mqtt_url(user, "127.0.0.1", self.port)
         return self.credentials.influx_url(user, "127.0.0.1", self.port)
 
     def endpoint(self, user: str = "admin") -> MqttEndpoint:
         """The broker as `user`; a sensor id logs in with its own password."""
-        password = self.credentials.mqtt.get(user) or self.credentials.sensors[user]
+        creds = self.credentials
+        password = self.logins.get(user) or creds.mqtt.get(user) or creds.sensors[user]
         return MqttEndpoint("127.0.0.1", self.port, user, password)
+
+    def add_login(self, login: str, role: str, *, bound: bool = True) -> MqttEndpoint:
+        """A new broker login holding `role` (ingest, api, notify), bound to its own name as
+        client id: one per instance where several run (the tests' ingest processes), since the
+        broker binds `ingest` to the single id `floodwatch-ingest`. Created as `admin` through
+        the dynamic-security plugin's API; the broker's file keeps it. `bound=False` leaves it
+        free to choose any client id (only for tests of what a role may publish)."""
+        from floodwatch.mqtt import MqttConnection  # paho only where a login is added
+
+        password = new_password()
+        command = {
+            "command": "createClient",
+            "username": login,
+            "password": password,
+            "clientid": bound_client_id(login) if bound else None,
+            "roles": [{"rolename": role}],
+        }
+        answers: queue.Queue[bytes] = queue.Queue()
+        admin = MqttConnection(
+            self.endpoint("admin"),
+            subscriptions=[(f"{_DYNSEC_TOPIC}/response", 1)],
+            on_delivery=lambda d: answers.put(d.payload),
+        )
+        admin.start()
+        try:
+            admin.publish_and_wait(_DYNSEC_TOPIC, json.dumps({"commands": [command]}).encode())
+            answer = json.loads(answers.get(timeout=10))
+        except queue.Empty:
+            raise ServiceError(f"the broker did not answer createClient {login!r}") from None
+        finally:
+            admin.stop()
+        error = answer["responses"][0].get("error")
+        if error:
+            raise ServiceError(f"the broker refused to create the login {login!r}: {error}")
+        self.logins[login] = password
+        return self.endpoint(login)
 
     def start(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -203,18 +244,16 @@ def local_credentials(workdir: Path) -> Credentials:
 def mosquitto_service(
     workdir: Path, port: int | None = None, credentials: Credentials | None = None
 ) -> Service:
-    """Mosquitto with the shipped configuration and ACL, and a password file for `credentials`
+    """Mosquitto with the shipped configuration and a dynamic-security file for `credentials`
     (by default ones made once in `workdir/credentials`)."""
     port = port or free_port()
     creds = credentials or local_credentials(workdir)
     data = workdir / "mosquitto-data"
     data.mkdir(parents=True, exist_ok=True)
-    passwords = workdir / "mosquitto.passwd"
-    creds.write_password_file(passwords)
     dynsec = workdir / DYNSEC_FILE
     creds.write_dynsec_file(dynsec)
     conf = workdir / "mosquitto.conf"
-    conf.write_text(mosquitto_config(port, data, passwords, dynsec_file=dynsec))
+    conf.write_text(mosquitto_config(port, data, dynsec))
     return Service(
         "mosquitto",
         port,

@@ -106,12 +106,17 @@ def process_env(
     broker: Service, influxd: Service, db: str, root: str, role: str = "ingest"
 ) -> dict[str, str]:
     """The environment of a Floodwatch process with the least rights of `role` (ingest, api,
-    or admin for operators' tools); the database is created and granted first."""
+    or admin for operators' tools); the database is created and granted first. The API gets a
+    login of its own (its client id), so several APIs never take over each other's connection;
+    ingest gets the shared `ingest` login (client id `floodwatch-ingest`) unless `own_login`
+    gives it one."""
     grant(influxd, db)
     env = dict(os.environ)
     influx_user = {"ingest": "writer", "api": "reader"}.get(role, "admin")
     env.update(
-        FLOODWATCH_MQTT_URL=broker.url(role),
+        FLOODWATCH_MQTT_URL=broker.url(fresh_login(broker, "api").username or "")
+        if role == "api"
+        else broker.url(role),
         FLOODWATCH_INFLUX_URL=influxd.url(influx_user),
         FLOODWATCH_INFLUX_READ_URL=influxd.url("reader"),
         FLOODWATCH_SENSOR_CREDENTIALS=str(sensor_credentials_file(broker)),
@@ -198,10 +203,26 @@ class IngestProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
+def own_login(broker: Service, env: dict[str, str], client_id: str, role: str = "ingest") -> None:
+    """Give the process `env` is for a broker login of its own named `client_id` (made once),
+    bound to that client id: the broker binds the shared `ingest` login to `floodwatch-ingest`
+    alone, and each test's ingest (or notifier) runs its own session beside the others."""
+    if client_id not in broker.logins:
+        broker.add_login(client_id, role)
+    env["FLOODWATCH_MQTT_URL"] = broker.url(client_id)
+    env["FLOODWATCH_CLIENT_ID"] = client_id
+
+
+def fresh_login(broker: Service, role: str) -> MqttEndpoint:
+    """A new login holding `role`, bound to its own (unique) name as client id: for the API,
+    which uses the one client id its login is bound to, and for a test's own connections."""
+    return broker.add_login(f"{role}-{uuid.uuid4().hex[:10]}", role)
+
+
 @pytest.fixture
 def ingest_env(broker: Service, influxd: Service, unique: str) -> dict[str, str]:
     env = process_env(broker, influxd, unique, unique)
-    env["FLOODWATCH_CLIENT_ID"] = f"ingest-{unique}"
+    own_login(broker, env, f"ingest-{unique}")
     return env
 
 

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import json
 import os
-import queue
 import random
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -24,7 +22,7 @@ import httpx
 from floodwatch.credentials import (
     DYNSEC_FILE,
     Credentials,
-    bound_client_id,
+    Instance,
     new_password,
     setup_influx_users,
 )
@@ -33,7 +31,6 @@ from floodwatch.registry import SHIPPED_REGISTRY, load_registry
 from floodwatch.settings import MqttEndpoint
 
 MOSQUITTO_CONF = Path(__file__).resolve().parent.parent / "config" / "mosquitto.conf"
-_DYNSEC_TOPIC = "$CONTROL/dynamic-security/v1"
 
 
 class ServiceError(FloodwatchError):
@@ -135,59 +132,42 @@ class Service:
     after_start: Callable[[], None] | None = field(default=None, repr=False)
     # influxd's RPC port (backup and restore, no password: loopback only); 0 for mosquitto.
     rpc_port: int = 0
-    # Broker logins added while it runs (add_login): login -> password.
-    logins: dict[str, str] = field(default_factory=dict, repr=False)
+    # The broker's logins for single instances (take_login), and those handed out.
+    instances: Sequence[Instance] = ()
+    taken: set[str] = field(default_factory=set, repr=False)
 
     def url(self, user: str = "admin") -> str:
         """This service's URL as `user` (broker users, or InfluxDB admin/writer/reader)."""
         if self.name == "mosquitto":
-            if user in self.logins:
-                password = quote(self.logins[user], safe="")
-                return f"mqtt://{quote(user, safe='')}:{password}@127.0.0.1:{self.port}"
+            own = self._instance_password(user)
+            if own is not None:
+                return f"mqtt://{quote(user, safe='')}:{quote(own, safe='')}@127.0.0.1:{self.port}"
             return self.credentials.mqtt_url(user, "127.0.0.1", self.port)
         return self.credentials.influx_url(user, "127.0.0.1", self.port)
 
     def endpoint(self, user: str = "admin") -> MqttEndpoint:
         """The broker as `user`; a sensor id logs in with its own password."""
         creds = self.credentials
-        password = self.logins.get(user) or creds.mqtt.get(user) or creds.sensors[user]
+        password = self._instance_password(user) or creds.mqtt.get(user) or creds.sensors[user]
         return MqttEndpoint("127.0.0.1", self.port, user, password)
 
-    def add_login(self, login: str, role: str, *, bound: bool = True) -> MqttEndpoint:
-        """A new broker login holding `role` (ingest, api, notify), bound to its own name as
-        client id: one per instance where several run (the tests' ingest processes), since the
-        broker binds `ingest` to the single id `floodwatch-ingest`. Created as `admin` through
-        the dynamic-security plugin's API; the broker's file keeps it. `bound=False` leaves it
-        free to choose any client id (only for tests of what a role may publish)."""
-        from floodwatch.mqtt import MqttConnection  # paho only where a login is added
+    def _instance_password(self, login: str) -> str | None:
+        return next((i.password for i in self.instances if i.login == login), None)
 
-        password = new_password()
-        command = {
-            "command": "createClient",
-            "username": login,
-            "password": password,
-            "clientid": bound_client_id(login) if bound else None,
-            "roles": [{"rolename": role}],
-        }
-        answers: queue.Queue[bytes] = queue.Queue()
-        admin = MqttConnection(
-            self.endpoint("admin"),
-            subscriptions=[(f"{_DYNSEC_TOPIC}/response", 1)],
-            on_delivery=lambda d: answers.put(d.payload),
+    def take_login(self, role: str, *, bound: bool = True) -> MqttEndpoint:
+        """An unused login of this broker's `instances` holding `role`, bound to its own name
+        as client id (`bound=False`: one free to choose any id). Several instances of a service
+        run at once in the tests, and the broker binds the shared `ingest` and `api` logins to
+        one client id each."""
+        for instance in self.instances:
+            kind = (instance.role, instance.bound)
+            if kind == (role, bound) and instance.login not in self.taken:
+                self.taken.add(instance.login)
+                return self.endpoint(instance.login)
+        raise ServiceError(
+            f"every {role} login of this broker is in use; start it with more instances "
+            "(mosquitto_service's `instances`)"
         )
-        admin.start()
-        try:
-            admin.publish_and_wait(_DYNSEC_TOPIC, json.dumps({"commands": [command]}).encode())
-            answer = json.loads(answers.get(timeout=10))
-        except queue.Empty:
-            raise ServiceError(f"the broker did not answer createClient {login!r}") from None
-        finally:
-            admin.stop()
-        error = answer["responses"][0].get("error")
-        if error:
-            raise ServiceError(f"the broker refused to create the login {login!r}: {error}")
-        self.logins[login] = password
-        return self.endpoint(login)
 
     def start(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -242,16 +222,27 @@ def local_credentials(workdir: Path) -> Credentials:
 
 
 def mosquitto_service(
-    workdir: Path, port: int | None = None, credentials: Credentials | None = None
+    workdir: Path,
+    port: int | None = None,
+    credentials: Credentials | None = None,
+    instances: Mapping[str, int] | None = None,
 ) -> Service:
     """Mosquitto with the shipped configuration and a dynamic-security file for `credentials`
-    (by default ones made once in `workdir/credentials`)."""
+    (by default ones made once in `workdir/credentials`), and `instances[role]` logins of their
+    own per role (`ingest-001`, ... each bound to its name as client id; see take_login), plus
+    one unbound login per role (`ingest-free`), for the test suite."""
     port = port or free_port()
     creds = credentials or local_credentials(workdir)
     data = workdir / "mosquitto-data"
     data.mkdir(parents=True, exist_ok=True)
+    own = [
+        Instance(f"{role}-{k:03d}", role, new_password())
+        for role, count in (instances or {}).items()
+        for k in range(1, count + 1)
+    ]
+    own += [Instance(f"{role}-free", role, new_password(), False) for role in instances or {}]
     dynsec = workdir / DYNSEC_FILE
-    creds.write_dynsec_file(dynsec)
+    creds.write_dynsec_file(dynsec, own)
     conf = workdir / "mosquitto.conf"
     conf.write_text(mosquitto_config(port, data, dynsec))
     return Service(
@@ -261,6 +252,7 @@ def mosquitto_service(
         [_require("mosquitto", "mosquitto"), "-c", str(conf)],
         workdir / "mosquitto.log",
         creds,
+        instances=own,
     )
 
 

@@ -51,8 +51,11 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service
     shipped ACL, InfluxDB users); tests isolate by topic root and db."""
     workdir = tmp_path_factory.mktemp("services")
     creds = local_credentials(workdir)
+    # Logins of their own for the test's ingest processes, APIs and notifiers (take_login).
+    instances = {"ingest": 300, "api": 400, "notify": 60}
     with running(
-        mosquitto_service(workdir, credentials=creds), influxd_service(workdir, credentials=creds)
+        mosquitto_service(workdir, credentials=creds, instances=instances),
+        influxd_service(workdir, credentials=creds),
     ) as (broker, influxd):
         yield broker, influxd
 
@@ -203,26 +206,26 @@ class IngestProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
-def own_login(broker: Service, env: dict[str, str], client_id: str, role: str = "ingest") -> None:
-    """Give the process `env` is for a broker login of its own named `client_id` (made once),
-    bound to that client id: the broker binds the shared `ingest` login to `floodwatch-ingest`
-    alone, and each test's ingest (or notifier) runs its own session beside the others."""
-    if client_id not in broker.logins:
-        broker.add_login(client_id, role)
-    env["FLOODWATCH_MQTT_URL"] = broker.url(client_id)
-    env["FLOODWATCH_CLIENT_ID"] = client_id
+def own_login(broker: Service, env: dict[str, str], role: str = "ingest") -> None:
+    """Give the process `env` is for a broker login of its own (`ingest-007`), with that name
+    as its client id: the broker binds the shared `ingest` login to `floodwatch-ingest` alone,
+    and each test's ingest (or notifier) runs its own session beside the others."""
+    login = fresh_login(broker, role).username
+    assert login is not None
+    env["FLOODWATCH_MQTT_URL"] = broker.url(login)
+    env["FLOODWATCH_CLIENT_ID"] = login
 
 
 def fresh_login(broker: Service, role: str) -> MqttEndpoint:
-    """A new login holding `role`, bound to its own (unique) name as client id: for the API,
-    which uses the one client id its login is bound to, and for a test's own connections."""
-    return broker.add_login(f"{role}-{uuid.uuid4().hex[:10]}", role)
+    """An unused login of the session's broker holding `role`, bound to its own name as client
+    id: for the API (which uses the one id its login is bound to) and a test's connections."""
+    return broker.take_login(role)
 
 
 @pytest.fixture
 def ingest_env(broker: Service, influxd: Service, unique: str) -> dict[str, str]:
     env = process_env(broker, influxd, unique, unique)
-    own_login(broker, env, f"ingest-{unique}")
+    own_login(broker, env)
     return env
 
 

@@ -159,7 +159,7 @@ def engine_alert(broker: Service, influxd: Service, root: str, workdir: Path) ->
     from tests.conftest import IngestProcess, admin_endpoint, mosquitto_pub, own_login, process_env
 
     env = process_env(broker, influxd, root, root)
-    own_login(broker, env, f"ingest-{root}")
+    own_login(broker, env)
     ingest = IngestProcess(env, workdir)
     ingest.start()
     retained: list[bytes] = []

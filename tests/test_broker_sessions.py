@@ -74,7 +74,7 @@ def test_each_service_login_is_bound_to_its_own_client_id(broker: Service, uniqu
     """The API's and the notifier's logins (and an ingest instance's own login) cannot connect
     as `floodwatch-ingest`, nor the API's or ingest's as `floodwatch-notify`, nor under a
     broker-assigned id; each connects under the one id it is bound to. Only admin is free."""
-    instance = broker.add_login(f"ingest-{unique}", "ingest").username
+    instance = fresh_login(broker, "ingest").username
     assert instance is not None
     own = {"api": "floodwatch-api", "notify": "floodwatch-notify", instance: instance}
     for login, client_id in own.items():
@@ -101,7 +101,7 @@ def test_no_other_login_can_take_over_or_wipe_ingests_session(
     assert env["FLOODWATCH_MQTT_URL"] == broker.url("ingest")
     client_id = "floodwatch-ingest"
     root = env["FLOODWATCH_TOPIC_ROOT"]
-    other_instance = broker.add_login(f"ingest-{unique}", "ingest").username
+    other_instance = fresh_login(broker, "ingest").username
     assert other_instance is not None
     attackers = ("api", "notify", "qh-02", other_instance)
     ingest = IngestProcess(env, tmp_path)
@@ -201,11 +201,14 @@ def test_the_api_feed_reconnects_after_its_connection_is_taken_over(
         wait_for(arrived, 30, what="a reading after the takeover")
 
 
-def test_a_tests_notifier_gets_its_own_login(broker: Service, unique: str) -> None:
-    """own_login gives a notifier instance a login bound to its client id, as for ingest."""
+def test_a_tests_instances_get_logins_of_their_own(broker: Service, unique: str) -> None:
+    """own_login gives a test's notifier (as its ingest) a login bound to its own name."""
     env: dict[str, str] = {}
-    own_login(broker, env, f"notify-{unique}", "notify")
-    assert env["FLOODWATCH_CLIENT_ID"] == f"notify-{unique}"
-    assert _refused(broker, f"notify-{unique}", "floodwatch-notify")
-    login = fresh_login(broker, "api")
-    assert login.username is not None and not _refused(broker, login.username, login.username)
+    own_login(broker, env, "notify")
+    login = env["FLOODWATCH_CLIENT_ID"]
+    assert login.startswith("notify-") and f"//{login}:" in env["FLOODWATCH_MQTT_URL"]
+    assert _refused(broker, login, "floodwatch-notify")
+    assert _refused(broker, login, f"notify-{unique}")
+    assert not _refused(broker, login, login)
+    api = fresh_login(broker, "api").username
+    assert api is not None and not _refused(broker, api, api)

@@ -50,7 +50,7 @@ def test_the_demo_at_180x_shows_raise_escalate_ack_drain_clear_episode_and_cance
     spawn: Any,
 ) -> None:
     env = process_env(broker, influxd, unique, unique)
-    own_login(broker, env, f"ingest-{unique}")
+    own_login(broker, env)
     env["FLOODWATCH_TIME_SCALE"] = str(SPEED)
     ingest = IngestProcess(env, tmp_path)
     ingest.start()

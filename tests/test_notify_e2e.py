@@ -95,7 +95,7 @@ class Notifier:
             "FLOODWATCH_PAGE_URL": "http://ioc.example.vn/?sensor={sensor}",
             "PYTHONUNBUFFERED": "1",
         }
-        own_login(broker, self.env, f"notify-{root}", "notify")
+        own_login(broker, self.env, "notify")
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 

@@ -126,7 +126,7 @@ buffer = 20
 @pytest.fixture
 def env(broker: Service, influxd: Service, unique: str) -> dict[str, str]:
     environment = process_env(broker, influxd, unique, unique)
-    own_login(broker, environment, f"{unique}-ingest")
+    own_login(broker, environment)
     return environment
 
 

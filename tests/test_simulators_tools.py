@@ -45,7 +45,7 @@ def _simulators(
 @pytest.fixture
 def env(broker: Service, influxd: Service, unique: str) -> dict[str, str]:
     environment = process_env(broker, influxd, unique, unique)
-    own_login(broker, environment, f"{unique}-ingest")
+    own_login(broker, environment)
     return environment
 
 
@@ -168,7 +168,7 @@ def test_load_counts_publishes_the_broker_refused(
     authorized, and `load` reports them refused (exit 1), none acknowledged. (A sensor's login
     is refused earlier, at CONNECT, under any client id but its own.)"""
     # An api-role login free to choose client ids: the shared `api` login is bound to one.
-    login = broker.add_login(f"api-{unique}-load", "api", bound=False)
+    login = broker.take_login("api", bound=False)
     sensor_env = {**env, "FLOODWATCH_MQTT_URL": broker.url(login.username or "")}
     result = _simulators(
         "load", "--sensors", "5", "--rate", "500", "--duration", "1", "--processes", "1",

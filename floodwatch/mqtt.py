@@ -195,9 +195,9 @@ class MqttConnection:
                 )
                 raise LoginRefused(
                     f"MQTT broker {self.endpoint} did not accept the login "
-                    f"{user if user is not None else '(anonymous)'!r} with {client_id}: "
-                    f"{refused} (0x{refused.value:02x}); check the user name and password, and "
-                    "that this login is bound to this client id (README, Users and permissions)",
+                    f"{user if user is not None else '(anonymous)'!r}: {refused} "
+                    f"(0x{refused.value:02x}); check the user name and password, and that the "
+                    f"broker binds this login to {client_id} (README, Users and permissions)",
                     refused.value,
                 )
             if time.monotonic() >= deadline:

@@ -48,7 +48,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, Service]]:
     """One broker and one database for the whole session, both with authentication (the
-    shipped ACL, InfluxDB users); tests isolate by topic root and db."""
+    logins and roles of floodwatch/credentials.py, InfluxDB users); tests isolate by topic
+    root and db."""
     workdir = tmp_path_factory.mktemp("services")
     creds = local_credentials(workdir)
     # Logins of their own for the test's ingest processes, APIs and notifiers (take_login).

@@ -1,4 +1,4 @@
-"""floodwatch/credentials.py: passwords made once and kept, a hashed password file, sensor
+"""floodwatch/credentials.py: passwords made once and kept, hashed broker logins, sensor
 logins for the simulators, and the settings that read them."""
 
 from __future__ import annotations

@@ -672,7 +672,7 @@ def test_one_failing_notification_does_not_hold_up_other_alerts(
 
 
 def test_the_notifier_login_may_publish_only_its_records(broker: Service, unique: str) -> None:
-    """The shipped ACL lets `notify` write notification records and nothing the engine owns."""
+    """The `notify` role lets `notify` write notification records and nothing the engine owns."""
     login = fresh_login(broker, "notify")
     conn = MqttConnection(login, login.username or "")
     conn.start()

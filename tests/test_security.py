@@ -1,5 +1,5 @@
-"""Least privilege on the broker (password file, the shipped ACL) and in InfluxDB (users with
-only WRITE or READ), on the session's real mosquitto and influxd."""
+"""Least privilege on the broker (each login's role in the dynamic-security file) and in
+InfluxDB (users with only WRITE or READ), on the session's real mosquitto and influxd."""
 
 from __future__ import annotations
 

@@ -247,6 +247,9 @@ def test_replay_reports_publishes_the_broker_refused(
     csv = tmp_path / "two.csv"
     csv.write_text(f"sensor,ts,level_cm\nqh-02,{_ms(5)},3\nqh-03,{_ms(5)},4\n")
     as_ingest = {k: v for k, v in env.items() if k != "FLOODWATCH_SENSOR_CREDENTIALS"}
+    # An ingest-role login free to choose client ids: every other ingest login is bound to one.
+    login = broker.take_login("ingest", bound=False).username or ""
+    as_ingest["FLOODWATCH_MQTT_URL"] = broker.url(login)
     result = _simulators("replay", str(csv), env=as_ingest)
     assert result.returncode == 1, result.stderr
     assert "the broker REFUSED 2 of those messages (Not authorized (0x87))" in result.stderr

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import queue
-import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
-from typing import Any, Literal, Protocol, assert_never
+from typing import TYPE_CHECKING, Any, Literal, Protocol, assert_never
 
 import anyio.to_thread
 import orjson
@@ -30,11 +29,14 @@ from api.errors import AlertConflict, AlertNotFound, BadParameter, BrokerUnavail
 from api.live import Alert, LiveState, alert_level, alert_state, level_name
 from api.times import iso, to_ns
 from floodwatch.contract import ACTIVE_STATES
+from floodwatch.errors import BrokerError
 from floodwatch.influx import InfluxClient
-from floodwatch.mqtt import Delivery, MqttConnection
+from floodwatch.mqtt import Delivery
 from floodwatch.registry import Sensor
-from floodwatch.settings import MqttEndpoint
 from floodwatch.topics import Topics
+
+if TYPE_CHECKING:  # api.feed imports this module
+    from api.feed import LiveFeed
 
 StateFilter = Literal["active", "all"]
 # Payload keys tried, in order, for the time an alert last changed (the engine's retained
@@ -295,7 +297,7 @@ class EngineAlerts(RetainedAlerts):
         self,
         state: LiveState,
         influx: InfluxClient | None,
-        mqtt: MqttEndpoint,
+        feed: LiveFeed,
         topics: Topics,
         timeout_s: float = ACK_TIMEOUT_S,
     ) -> None:
@@ -304,13 +306,10 @@ class EngineAlerts(RetainedAlerts):
         self._timeout_s = timeout_s
         self._replies: dict[str, queue.Queue[bytes]] = {}
         self._reply_base = f"{topics.ack_commands}/reply/api-{uuid.uuid4().hex[:12]}"
-        self._mqtt = MqttConnection(
-            mqtt,
-            subscriptions=[(self._reply_base + "/+", 1)],
-            on_delivery=self._on_reply,
-        )
-        self._started = False
-        self._lock = threading.Lock()
+        # The live feed's connection carries the requests and replies: the broker binds the
+        # API's login to one client id, so a second connection would take over the first.
+        self._feed = feed
+        feed.route(self._reply_base + "/+", self._on_reply)
 
     def _on_reply(self, delivery: Delivery) -> None:
         waiting = self._replies.get(delivery.topic.rsplit("/", 1)[1])
@@ -318,16 +317,15 @@ class EngineAlerts(RetainedAlerts):
             waiting.put(delivery.payload)
 
     def _ask(self, alert_id: str, ack: Acknowledgement) -> AckReply:
-        with self._lock:
-            if not self._started:
-                self._mqtt.start(timeout_s=5)
-                self._started = True
         request_id = uuid.uuid4().hex
         answers: queue.Queue[bytes] = queue.Queue()
         self._replies[request_id] = answers
         try:
             request = AckRequest(alert_id, ack.by, ack.note, f"{self._reply_base}/{request_id}")
-            self._mqtt.publish(self._topics.ack_commands, request.to_json(), qos=1)
+            try:
+                self._feed.publish(self._topics.ack_commands, request.to_json())
+            except BrokerError as exc:
+                raise BrokerUnavailable(f"{exc}; try again once it is back") from None
             try:
                 payload = answers.get(timeout=self._timeout_s)
             except queue.Empty:
@@ -386,5 +384,4 @@ class EngineAlerts(RetainedAlerts):
         return record_from_payload(event.sensor_id, payload, ack.at_ns)
 
     def close(self) -> None:
-        if self._started:
-            self._mqtt.stop()
+        """Nothing of its own to close: the live feed owns the connection."""

@@ -76,6 +76,7 @@ class AlertContext:
     state: LiveState
     influx: InfluxClient
     mqtt: MqttEndpoint
+    feed: LiveFeed  # the API's one MQTT connection (the broker binds its login to one id)
 
 
 AlertSourceFactory = Callable[[AlertContext], AlertSource]
@@ -83,7 +84,7 @@ AlertSourceFactory = Callable[[AlertContext], AlertSource]
 
 def engine_alerts(context: AlertContext) -> AlertSource:
     """Reads from the retained state and InfluxDB; acknowledgements through the engine."""
-    return EngineAlerts(context.state, context.influx, context.mqtt, context.topics)
+    return EngineAlerts(context.state, context.influx, context.feed, context.topics)
 
 
 def _version() -> str:
@@ -311,7 +312,7 @@ def create_app(
         handler = FeedHandler(topics, registry, state, event_log, metrics_, clock)
         feed = LiveFeed(settings.mqtt, topics, handler, asyncio.get_running_loop())
 
-        context = AlertContext(registry, topics, state, influx, settings.mqtt)
+        context = AlertContext(registry, topics, state, influx, settings.mqtt, feed)
         services = Services(
             settings=settings,
             options=options,

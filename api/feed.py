@@ -18,12 +18,14 @@ from collections import deque
 from collections.abc import Callable
 
 import orjson
+from paho.mqtt.client import topic_matches_sub
 
 from api.alerts import alert_json, record_from_payload
 from api.eventlog import EventLog
 from api.geo import sensor_properties
 from api.live import LiveState, parse_alert_payload, summarise_alerts
 from api.metrics import Metrics
+from floodwatch.credentials import bound_client_id
 from floodwatch.decode import decode_message
 from floodwatch.errors import BrokerError
 from floodwatch.mqtt import Delivery, MqttConnection
@@ -172,11 +174,13 @@ class FeedHandler:
 
 
 class LiveFeed:
-    """Subscribes to readings, statuses and alerts; reconnects by itself; reads only.
+    """Subscribes to readings, statuses and alerts; reconnects by itself.
 
     Until the first connection, a background thread checks that the broker accepts TCP
     connections before each MQTT attempt, with capped backoff; once connected, paho
-    reconnects by itself.
+    reconnects by itself. It is the API's only MQTT connection: the broker binds the `api`
+    login to the one client id `floodwatch-api` (README, Users and permissions), so the
+    acknowledgement requests go out on it too (`route`, `publish`).
     """
 
     def __init__(
@@ -200,6 +204,9 @@ class LiveFeed:
         ]
         self._handler = handler
         self._loop = loop
+        # The one id the broker lets this login use; admin is unbound and gets an assigned one.
+        self._client_id = bound_client_id(endpoint.username) or ""
+        self._routes: list[tuple[str, Callable[[Delivery], None]]] = []
         self._inbox: deque[Delivery] = deque()
         self._drain_scheduled = False
         self._stop = threading.Event()
@@ -207,6 +214,12 @@ class LiveFeed:
         self._tried = threading.Event()
         self._conn: MqttConnection | None = None
         self._thread: threading.Thread | None = None
+
+    def route(self, topic_filter: str, on_delivery: Callable[[Delivery], None]) -> None:
+        """Subscribe to `topic_filter` too, and hand its messages to `on_delivery` on the
+        network thread instead of the live state. Call before `start`."""
+        self._subscriptions.append((topic_filter, 1))
+        self._routes.append((topic_filter, on_delivery))
 
     @property
     def connected(self) -> bool:
@@ -232,9 +245,10 @@ class LiveFeed:
         if self._conn is not None:
             self._conn.stop()
 
-    def publish(self, topic: str, payload: bytes, retain: bool) -> None:
-        """Publish and wait for the broker's acknowledgement (operators' changes); raises
-        BrokerError when the feed is not connected or the broker refuses."""
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """Publish at QoS 1 on the API's one connection and wait for the broker's
+        acknowledgement (acknowledgement requests, operators' changes); raises BrokerError
+        when the feed is not connected or the broker refuses."""
         conn = self._conn
         if conn is None or not conn.connected:
             raise BrokerError(f"the MQTT broker at {self.endpoint} is not connected; try again")
@@ -254,7 +268,10 @@ class LiveFeed:
             if self._broker_accepts():
                 # A fresh client per attempt: a failed paho client is dropped whole.
                 conn = MqttConnection(
-                    self.endpoint, subscriptions=self._subscriptions, on_delivery=self._deliver
+                    self.endpoint,
+                    self._client_id,
+                    subscriptions=self._subscriptions,
+                    on_delivery=self._deliver,
                 )
                 try:
                     conn.start(timeout_s=ATTEMPT_TIMEOUT_S)
@@ -271,6 +288,10 @@ class LiveFeed:
             delay = min(delay * 2, MAX_RETRY_DELAY_S)
 
     def _deliver(self, delivery: Delivery) -> None:
+        for topic_filter, on_delivery in self._routes:
+            if topic_matches_sub(topic_filter, delivery.topic):
+                on_delivery(delivery)
+                return
         # paho's network thread: queue, and wake the event loop unless a wake-up is pending.
         self._inbox.append(delivery)
         if not self._drain_scheduled:

@@ -168,12 +168,14 @@ def run_ingest(
     chunks = build_chunks(n, per_message, int(time.time() * 1000) - 86_400_000)
     influx = InfluxClient(parse_influx_url(influxd.url("admin")), root)
     log_path = workdir / f"ingest-{root}.log"
+    # A login of its own per run: the broker binds the shared `ingest` login to one client id.
+    login = broker.take_login("ingest").username or ""
     env = {
-        "FLOODWATCH_MQTT_URL": broker.url("ingest"),
+        "FLOODWATCH_MQTT_URL": broker.url(login),
         "FLOODWATCH_INFLUX_URL": influxd.url("admin"),
         "FLOODWATCH_INFLUX_DB": root,
         "FLOODWATCH_TOPIC_ROOT": root,
-        "FLOODWATCH_CLIENT_ID": f"bench-{root}",
+        "FLOODWATCH_CLIENT_ID": login,
         "FLOODWATCH_STATS_INTERVAL": "0",
         "FLOODWATCH_METRICS_PORT": "0",
         "FLOODWATCH_OUTBOX": str(workdir / f"outbox-{root}.sqlite"),
@@ -254,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[RunResult]] = {k: [] for k in kinds}
     with tempfile.TemporaryDirectory(prefix="fw-bench-") as tmp:
         workdir = Path(tmp)
-        with running(mosquitto_service(workdir), influxd_service(workdir)) as (broker, influxd):
+        broker_service = mosquitto_service(workdir, instances={"ingest": 200})
+        with running(broker_service, influxd_service(workdir)) as (broker, influxd):
             for run in range(args.runs):
                 for kind in kinds:
                     root = f"b{kind}{run}"

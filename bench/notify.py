@@ -83,13 +83,15 @@ class Run:
         self.state = work / f"{name}.sqlite"
         (work / f"{name}.toml").write_text(routing(url, concurrency))
         self.log = work / f"{name}.log"
+        # A login of its own per notifier: the broker binds `notify` to one client id.
+        login = broker.take_login("notify").username or ""
         env = {
             "PATH": "/usr/bin:/bin",
-            "FLOODWATCH_MQTT_URL": broker.url("notify"),
+            "FLOODWATCH_MQTT_URL": broker.url(login),
             "FLOODWATCH_TOPIC_ROOT": name,
             "FLOODWATCH_ROUTING": str(work / f"{name}.toml"),
             "FLOODWATCH_NOTIFY_STATE": str(self.state),
-            "FLOODWATCH_CLIENT_ID": f"notify-{name}",
+            "FLOODWATCH_CLIENT_ID": login,
             "FLOODWATCH_REGISTRY": str(work / "registry.geojson"),
             "FLOODWATCH_RETRY_MAX": "2",
             "FLOODWATCH_STATS_INTERVAL": "0",
@@ -211,7 +213,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fw-notify-") as tmp:
         work = Path(tmp)
         registry_file(work / "registry.geojson", SENSORS)
-        with running(mosquitto_service(work)) as (broker,):
+        with running(mosquitto_service(work, instances={"notify": 50})) as (broker,):
             for label, rate in (("burst", 0.0), ("200/s", 200.0)):
                 results = [
                     storm(broker, work, f"storm{label[0]}{n}", args.concurrency, rate)

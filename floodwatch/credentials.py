@@ -10,12 +10,13 @@ Broker users:
     SENSOR   each sensor logs in with its registry id, must use that id as its MQTT client id
              and may publish only its own topics
 
-The service logins live in Mosquitto's password file, with config/mosquitto.acl for their
-rights. The sensors live in the dynamic-security plugin's file (`dynamic-security.json`): one
-client per sensor, bound to its client id, so a sensor's password can neither take over nor
-wipe another connection's session (ingest's queued readings), and one role per sensor with its
-two topics. Both files are hashed here (PBKDF2-SHA512, Mosquitto's own format), so no
-`mosquitto_passwd` is needed. `python -m floodwatch.credentials` writes them for compose.
+Every login lives in the dynamic-security plugin's file (`dynamic-security.json`), bound to
+one client id (`bound_client_id`: ingest `floodwatch-ingest`, the API `floodwatch-api`, the
+notifier `floodwatch-notify`, a sensor or an instance's own login its own name; `admin`
+none), so a leaked password can neither take over nor wipe another login's session (ingest's
+queued readings). Each service login holds the role of its name (SERVICE_ACLS), each sensor a
+role with its two topics. Passwords are hashed here (PBKDF2-SHA512, Mosquitto's own format).
+`python -m floodwatch.credentials` writes the file for compose.
 
 InfluxDB users:
     admin    creates databases and users (setup only)
@@ -51,7 +52,6 @@ INFLUX_ADMIN = "admin"
 INFLUX_WRITER = "writer"
 INFLUX_READER = "reader"
 INFLUX_USERS = (INFLUX_ADMIN, INFLUX_WRITER, INFLUX_READER)
-MOSQUITTO_ACL = Path(__file__).resolve().parent.parent / "config" / "mosquitto.acl"
 DYNSEC_FILE = "dynamic-security.json"
 # Mosquitto's default PBKDF2 rounds: each sensor connection costs one hash at the broker.
 _PBKDF2_ROUNDS = 101
@@ -68,7 +68,7 @@ def new_password() -> str:
 
 @dataclass(frozen=True, slots=True)
 class Credentials:
-    mqtt: Mapping[str, str]  # broker user -> password (admin, ingest, api)
+    mqtt: Mapping[str, str]  # broker user -> password (admin, ingest, api, notify)
     influx: Mapping[str, str]  # InfluxDB user -> password (admin, writer, reader)
     sensors: Mapping[str, str]  # sensor id -> broker password
 
@@ -83,8 +83,8 @@ class Credentials:
     # -- files -------------------------------------------------------------------------------
 
     def save(self, directory: Path) -> None:
-        """Write credentials.json, sensors.json (for --sensor-credentials), the password file
-        and the dynamic-security file."""
+        """Write credentials.json, sensors.json (for --sensor-credentials) and the
+        dynamic-security file."""
         directory.mkdir(parents=True, exist_ok=True)
         directory.chmod(0o700)
         _write_private(
@@ -92,7 +92,6 @@ class Credentials:
             json.dumps({"mqtt": dict(self.mqtt), "influx": dict(self.influx)}, indent=2),
         )
         _write_private(self.sensor_file(directory), json.dumps(dict(self.sensors), indent=2))
-        self.write_password_file(self.password_file(directory))
         self.write_dynsec_file(self.dynsec_file(directory))
 
     @classmethod
@@ -120,10 +119,6 @@ class Credentials:
         return found
 
     @staticmethod
-    def password_file(directory: Path) -> Path:
-        return directory / "mosquitto.passwd"
-
-    @staticmethod
     def sensor_file(directory: Path) -> Path:
         return directory / "sensors.json"
 
@@ -131,13 +126,11 @@ class Credentials:
     def dynsec_file(directory: Path) -> Path:
         return directory / DYNSEC_FILE
 
-    def write_password_file(self, path: Path) -> None:
-        """Mosquitto's password file for the service logins (admin, ingest, api), hashed."""
-        _write_private(path, "".join(f"{u}:{_mosquitto_hash(pw)}\n" for u, pw in self.mqtt.items()))
-
-    def write_dynsec_file(self, path: Path) -> None:
-        """The dynamic-security plugin's file: every sensor bound to its own client id."""
-        _write_private(path, json.dumps(dynsec_document(self.sensors), indent=1))
+    def write_dynsec_file(self, path: Path, instances: Sequence[Instance] = ()) -> None:
+        """The dynamic-security plugin's file: every login, each bound to its client id, and
+        the `instances`' own logins."""
+        doc = dynsec_document(self.mqtt, self.sensors, instances)
+        _write_private(path, json.dumps(doc, indent=1))
 
     # -- URLs for each process ---------------------------------------------------------------
 
@@ -173,45 +166,134 @@ def _pbkdf2(password: str) -> tuple[str, str]:
     return base64.b64encode(salt).decode(), base64.b64encode(digest).decode()
 
 
-def _mosquitto_hash(password: str) -> str:
-    """A password-file hash as `mosquitto_passwd` writes it ($7$: PBKDF2-SHA512)."""
+# The client id the broker binds each shipped service login to: ingest's and the notifier's
+# persistent sessions, the API's one connection. Any other login (a sensor, an instance's own
+# login such as a test's `ingest-t1234`) is bound to its own name; `admin` to none.
+SERVICE_CLIENT_IDS = {
+    "ingest": "floodwatch-ingest",
+    "api": "floodwatch-api",
+    "notify": "floodwatch-notify",
+}
+
+
+def bound_client_id(login: str | None) -> str | None:
+    """The one client id the broker lets `login` use, or None for the unbound `admin`."""
+    if login is None or login == "admin":
+        return None
+    return SERVICE_CLIENT_IDS.get(login, login)
+
+
+def _read(topic: str) -> list[dict[str, Any]]:
+    return [
+        {"acltype": "subscribePattern", "topic": topic, "allow": True},
+        {"acltype": "publishClientReceive", "topic": topic, "allow": True},
+    ]
+
+
+def _write(topic: str) -> list[dict[str, Any]]:
+    return [{"acltype": "publishClientSend", "topic": topic, "allow": True}]
+
+
+# Each service role's rights. The first topic level is the topic root (`floodwatch`, or a
+# unique root per test), hence the `+`; anything not granted is denied (a denied QoS 1 publish
+# gets PUBACK 0x87 over MQTT v5).
+SERVICE_ACLS: dict[str, list[dict[str, Any]]] = {
+    # Operators' tools and the tests: everything, and the broker's $SYS statistics. Not the
+    # plugin's $CONTROL API: on Mosquitto 2.0.11 with `memory_limit` a few changes through it
+    # leave the broker "out of memory" for every client; logins change by rewriting the file.
+    "admin": [*_read("#"), *_write("#"), *_read("$SYS/#")],
+    # Readings, statuses and acknowledgement requests in; alerts, events, episodes, dead letters
+    # and acknowledgement replies out.
+    "ingest": [
+        *_read("+/v1/sensors/+/reading"),
+        *_read("+/v1/sensors/+/status"),
+        *_read("+/v1/commands/ack"),
+        *_write("+/v1/alerts/+"),
+        *_write("+/v1/events/+"),
+        *_write("+/v1/episodes"),
+        *_write("+/v1/deadletter"),
+        *_write("+/v1/commands/ack/reply/#"),
+        # Operators' registry overrides (retained) and their audit events: applied and stored.
+        *_read("+/v1/registry/+"),
+        *_read("+/v1/changes/+"),
+    ],
+    # Reads everything under the root (live feed, alerts, replies); asks ingest to acknowledge.
+    # Operators act through it alone: it publishes maintenance records and registry overrides
+    # (retained) and each change's audit event. It cannot create broker logins: a new sensor's
+    # login is made with `python -m floodwatch.credentials` (README "Maintenance").
+    "api": [
+        *_read("+/v1/#"),
+        *_write("+/v1/commands/ack"),
+        *_write("+/v1/maintenance/+"),
+        *_write("+/v1/registry/+"),
+        *_write("+/v1/changes/+"),
+    ],
+    # Follows alert events, alert states, episodes, maintenance and the registry; publishes
+    # each alert's retained notification record.
+    "notify": [
+        *_read("+/v1/events/+"),
+        *_read("+/v1/alerts/+"),
+        *_read("+/v1/episodes"),
+        *_read("+/v1/maintenance/+"),
+        *_read("+/v1/registry/+"),
+        *_write("+/v1/notifications/#"),
+    ],
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """A login of its own for one instance of a service where several run at once (the test
+    suite's ingest processes and APIs): named as its client id, holding the service's role.
+    `bound=False` leaves it free to choose client ids (only for tests of a role's rights)."""
+
+    login: str
+    role: str
+    password: str
+    bound: bool = True
+
+
+def dynsec_client(login: str, password: str, role: str, bound: bool = True) -> dict[str, Any]:
+    """One login of the plugin, bound to its client id (`bound_client_id`), holding `role`."""
     salt, digest = _pbkdf2(password)
-    return f"$7${_PBKDF2_ROUNDS}${salt}${digest}"
+    client: dict[str, Any] = {
+        "username": login,
+        "password": digest,
+        "salt": salt,
+        "iterations": _PBKDF2_ROUNDS,
+        "roles": [{"rolename": role}],
+    }
+    client_id = bound_client_id(login)
+    if client_id is not None and bound:
+        client["clientid"] = client_id
+    return client
 
 
-def dynsec_document(sensors: Mapping[str, str]) -> dict[str, Any]:
-    """The dynamic-security plugin's configuration for the sensors' logins.
+def dynsec_document(
+    services: Mapping[str, str], sensors: Mapping[str, str], instances: Sequence[Instance] = ()
+) -> dict[str, Any]:
+    """The dynamic-security plugin's configuration: every login the broker knows.
 
-    Each sensor is a client whose `clientid` must equal its login (the plugin refuses any other
-    id at CONNECT), with one role allowing only its reading and status topics. Logins the plugin
-    does not know (admin, ingest, api) fall through to the password file and the ACL file.
+    Each login is a client whose `clientid` the plugin enforces at CONNECT (any other id is
+    refused "not authorized"): a sensor its own id, ingest `floodwatch-ingest`, the API
+    `floodwatch-api`, the notifier `floodwatch-notify`; only `admin`, who can rewrite the
+    bindings through the plugin's API anyway, is unbound. Each service login holds the role of
+    the same name (SERVICE_ACLS), each sensor a role with only its reading and status topics.
     """
-    clients = []
-    roles = []
+    clients = [dynsec_client(user, pw, user) for user, pw in sorted(services.items())]
+    clients += [dynsec_client(i.login, i.password, i.role, i.bound) for i in instances]
+    roles = [{"rolename": name, "acls": acls} for name, acls in SERVICE_ACLS.items()]
     for sensor_id, password in sorted(sensors.items()):
-        salt, digest = _pbkdf2(password)
         role = f"sensor-{sensor_id}"
-        clients.append(
-            {
-                "username": sensor_id,
-                "clientid": sensor_id,
-                "password": digest,
-                "salt": salt,
-                "iterations": _PBKDF2_ROUNDS,
-                "roles": [{"rolename": role}],
-            }
-        )
+        clients.append(dynsec_client(sensor_id, password, role))
         # The first topic level is the topic root (`floodwatch`, a test's own root).
         roles.append(
             {
                 "rolename": role,
                 "acls": [
-                    {
-                        "acltype": "publishClientSend",
-                        "topic": f"+/v1/sensors/{sensor_id}/{kind}",
-                        "allow": True,
-                    }
+                    acl
                     for kind in ("reading", "status")
+                    for acl in _write(f"+/v1/sensors/{sensor_id}/{kind}")
                 ],
             }
         )
@@ -219,7 +301,7 @@ def dynsec_document(sensors: Mapping[str, str]) -> dict[str, Any]:
         "clients": clients,
         "roles": roles,
         "groups": [],
-        # A sensor publishes; it never subscribes nor receives.
+        # What no role grants is denied: a sensor publishes; it never subscribes nor receives.
         "defaultACLAccess": {
             "publishClientSend": False,
             "publishClientReceive": False,
@@ -300,12 +382,12 @@ _SIMULATOR_UID = 10001
 def write_broker_files(
     out: Path, service_passwords: Mapping[str, str], sensor_ids: Iterable[str]
 ) -> dict[str, str]:
-    """The broker's password file and dynamic-security file, and sensors.json for the
-    simulator; every sensor gets a fresh random password. Returns the sensor logins."""
+    """The broker's dynamic-security file (the service logins and every sensor), and
+    sensors.json for the simulator; every sensor gets a fresh random password. Returns the
+    sensor logins."""
     sensors = {sid: new_password() for sid in sensor_ids}
     creds = Credentials(mqtt=dict(service_passwords), influx={}, sensors=sensors)
     out.mkdir(parents=True, exist_ok=True)
-    creds.write_password_file(Credentials.password_file(out))
     creds.write_dynsec_file(Credentials.dynsec_file(out))
     _write_private(Credentials.sensor_file(out), json.dumps(sensors, indent=2))
     return sensors
@@ -314,10 +396,12 @@ def write_broker_files(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m floodwatch.credentials",
-        description="Write the broker's logins for docker-compose: mosquitto.passwd (admin, "
-        "ingest, api from $MQTT_ADMIN_PASSWORD, $MQTT_INGEST_PASSWORD, $MQTT_API_PASSWORD), "
-        "dynamic-security.json (every registry sensor, bound to its own client id, with a "
-        "fresh random password) and sensors.json (those passwords, for the simulator).",
+        description="Write the broker's logins for docker-compose: dynamic-security.json "
+        "(admin, ingest, api, notify from $MQTT_ADMIN_PASSWORD, $MQTT_INGEST_PASSWORD, "
+        "$MQTT_API_PASSWORD, $MQTT_NOTIFY_PASSWORD, ingest bound to client id "
+        "floodwatch-ingest, the API to floodwatch-api, the notifier to floodwatch-notify; every "
+        "registry sensor bound to its own id, with a fresh random password) and sensors.json "
+        "(those passwords, for the simulator).",
     )
     parser.add_argument("--out", type=Path, default=Path("/credentials"), help="directory")
     parser.add_argument(
@@ -336,8 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     passwords = {user: os.environ[var] for user, var in _ENV_PASSWORDS.items()}
     write_broker_files(args.out, passwords, registry.sensors)
     if os.geteuid() == 0:
-        for name in ("mosquitto.passwd", DYNSEC_FILE):
-            os.chown(args.out / name, _BROKER_UID, _BROKER_UID)
+        os.chown(args.out / DYNSEC_FILE, _BROKER_UID, _BROKER_UID)
         os.chown(Credentials.sensor_file(args.out), _SIMULATOR_UID, _SIMULATOR_UID)
     print(f"credentials: wrote {len(registry.sensors)} sensor logins to {args.out}")
     return 0

@@ -12,13 +12,20 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 
-from floodwatch.credentials import DYNSEC_FILE, MOSQUITTO_ACL, Credentials, setup_influx_users
+from floodwatch.credentials import (
+    DYNSEC_FILE,
+    Credentials,
+    Instance,
+    new_password,
+    setup_influx_users,
+)
 from floodwatch.errors import FloodwatchError
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry
 from floodwatch.settings import MqttEndpoint
@@ -91,17 +98,10 @@ def dynsec_plugin() -> str:
 
 
 def mosquitto_config(
-    port: int,
-    data_dir: Path,
-    password_file: Path,
-    acl_file: Path = MOSQUITTO_ACL,
-    source: Path = MOSQUITTO_CONF,
-    dynsec_file: Path | None = None,
+    port: int, data_dir: Path, dynsec_file: Path, source: Path = MOSQUITTO_CONF
 ) -> str:
     """The shipped configuration with the listener port, data directory and the paths of the
-    password file, ACL and dynamic-security plugin and file replaced (by default the file
-    next to the password file)."""
-    dynsec = dynsec_file or password_file.parent / DYNSEC_FILE
+    dynamic-security plugin and its file replaced."""
     lines = []
     # Started as root, mosquitto would drop to the `mosquitto` user, which cannot reach a
     # private temporary directory; the tests and the local stack keep it as the caller.
@@ -111,14 +111,10 @@ def mosquitto_config(
             line = f"listener {port} 127.0.0.1"
         elif line.startswith("persistence_location "):
             line = f"persistence_location {data_dir}/"
-        elif line.startswith("password_file "):
-            line = f"password_file {password_file}"
-        elif line.startswith("acl_file "):
-            line = f"acl_file {acl_file}"
         elif line.startswith("plugin "):
             line = f"plugin {dynsec_plugin()}"
         elif line.startswith("plugin_opt_config_file "):
-            line = f"plugin_opt_config_file {dynsec}"
+            line = f"plugin_opt_config_file {dynsec_file}"
         lines.append(line)
     return "\n".join(lines + run_as) + "\n"
 
@@ -136,17 +132,42 @@ class Service:
     after_start: Callable[[], None] | None = field(default=None, repr=False)
     # influxd's RPC port (backup and restore, no password: loopback only); 0 for mosquitto.
     rpc_port: int = 0
+    # The broker's logins for single instances (take_login), and those handed out.
+    instances: Sequence[Instance] = ()
+    taken: set[str] = field(default_factory=set, repr=False)
 
     def url(self, user: str = "admin") -> str:
         """This service's URL as `user` (broker users, or InfluxDB admin/writer/reader)."""
         if self.name == "mosquitto":
+            own = self._instance_password(user)
+            if own is not None:
+                return f"mqtt://{quote(user, safe='')}:{quote(own, safe='')}@127.0.0.1:{self.port}"
             return self.credentials.mqtt_url(user, "127.0.0.1", self.port)
         return self.credentials.influx_url(user, "127.0.0.1", self.port)
 
     def endpoint(self, user: str = "admin") -> MqttEndpoint:
         """The broker as `user`; a sensor id logs in with its own password."""
-        password = self.credentials.mqtt.get(user) or self.credentials.sensors[user]
+        creds = self.credentials
+        password = self._instance_password(user) or creds.mqtt.get(user) or creds.sensors[user]
         return MqttEndpoint("127.0.0.1", self.port, user, password)
+
+    def _instance_password(self, login: str) -> str | None:
+        return next((i.password for i in self.instances if i.login == login), None)
+
+    def take_login(self, role: str, *, bound: bool = True) -> MqttEndpoint:
+        """An unused login of this broker's `instances` holding `role`, bound to its own name
+        as client id (`bound=False`: one free to choose any id). Several instances of a service
+        run at once in the tests, and the broker binds the shared `ingest` and `api` logins to
+        one client id each."""
+        for instance in self.instances:
+            kind = (instance.role, instance.bound)
+            if kind == (role, bound) and instance.login not in self.taken:
+                self.taken.add(instance.login)
+                return self.endpoint(instance.login)
+        raise ServiceError(
+            f"every {role} login of this broker is in use; start it with more instances "
+            "(mosquitto_service's `instances`)"
+        )
 
     def start(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -201,20 +222,29 @@ def local_credentials(workdir: Path) -> Credentials:
 
 
 def mosquitto_service(
-    workdir: Path, port: int | None = None, credentials: Credentials | None = None
+    workdir: Path,
+    port: int | None = None,
+    credentials: Credentials | None = None,
+    instances: Mapping[str, int] | None = None,
 ) -> Service:
-    """Mosquitto with the shipped configuration and ACL, and a password file for `credentials`
-    (by default ones made once in `workdir/credentials`)."""
+    """Mosquitto with the shipped configuration and a dynamic-security file for `credentials`
+    (by default ones made once in `workdir/credentials`), and `instances[role]` logins of their
+    own per role (`ingest-001`, ... each bound to its name as client id; see take_login), plus
+    one unbound login per role (`ingest-free`), for the test suite."""
     port = port or free_port()
     creds = credentials or local_credentials(workdir)
     data = workdir / "mosquitto-data"
     data.mkdir(parents=True, exist_ok=True)
-    passwords = workdir / "mosquitto.passwd"
-    creds.write_password_file(passwords)
+    own = [
+        Instance(f"{role}-{k:03d}", role, new_password())
+        for role, count in (instances or {}).items()
+        for k in range(1, count + 1)
+    ]
+    own += [Instance(f"{role}-free", role, new_password(), False) for role in instances or {}]
     dynsec = workdir / DYNSEC_FILE
-    creds.write_dynsec_file(dynsec)
+    creds.write_dynsec_file(dynsec, own)
     conf = workdir / "mosquitto.conf"
-    conf.write_text(mosquitto_config(port, data, passwords, dynsec_file=dynsec))
+    conf.write_text(mosquitto_config(port, data, dynsec))
     return Service(
         "mosquitto",
         port,
@@ -222,6 +252,7 @@ def mosquitto_service(
         [_require("mosquitto", "mosquitto"), "-c", str(conf)],
         workdir / "mosquitto.log",
         creds,
+        instances=own,
     )
 
 

@@ -122,6 +122,7 @@ class MqttConnection:
         ]
         self._on_delivery = on_delivery
         self._session_expiry_s = session_expiry_s
+        self._client_id = client_id
         self._connected = threading.Event()
         # Held while acknowledging and while a connection is marked lost, so no
         # acknowledgement of an old connection's message id is sent on a new connection.
@@ -186,10 +187,17 @@ class MqttConnection:
             if refused is not None:
                 self._client.loop_stop()
                 user = self.endpoint.username
+                # The broker binds each login to one client id, and refuses any other.
+                client_id = (
+                    f"client id {self._client_id!r}"
+                    if self._client_id
+                    else "a broker-assigned client id"
+                )
                 raise LoginRefused(
                     f"MQTT broker {self.endpoint} did not accept the login "
                     f"{user if user is not None else '(anonymous)'!r}: {refused} "
-                    f"(0x{refused.value:02x}); check the user name and password",
+                    f"(0x{refused.value:02x}); check the user name and password, and that the "
+                    f"broker binds this login to {client_id} (README, Users and permissions)",
                     refused.value,
                 )
             if time.monotonic() >= deadline:

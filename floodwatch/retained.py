@@ -9,6 +9,8 @@ import threading
 import time
 from collections.abc import Sequence
 
+from paho.mqtt.client import topic_matches_sub
+
 from floodwatch.mqtt import Delivery, MqttConnection
 from floodwatch.settings import MqttEndpoint
 
@@ -22,14 +24,25 @@ def read_retained(
     topic_filters: Sequence[str],
     settle_s: float = SETTLE_S,
     timeout_s: float = 30.0,
+    *,
+    client_id: str = "",
+    session_expiry_s: int | None = None,
 ) -> dict[str, bytes]:
     """{topic: payload} of every non-empty retained message matching the filters; raises
-    BrokerError when the broker cannot be reached within `timeout_s`."""
+    BrokerError when the broker cannot be reached within `timeout_s`.
+
+    The broker binds each service login to one client id (floodwatch/credentials.py), so a
+    process with a persistent session reads through that session (`client_id`,
+    `session_expiry_s`): it resumes the session, never acknowledges what else the session
+    delivers (queued readings or events, redelivered to the main connection that follows),
+    and a clean start never wipes it."""
     held: dict[str, bytes] = {}
     lock = threading.Lock()
     last = [time.monotonic()]
 
     def keep(delivery: Delivery) -> None:
+        if not any(topic_matches_sub(f, delivery.topic) for f in topic_filters):
+            return  # the session's own queued messages: left unacknowledged for later
         with lock:
             if delivery.payload:
                 held[delivery.topic] = delivery.payload
@@ -37,8 +50,14 @@ def read_retained(
                 held.pop(delivery.topic, None)
             last[0] = time.monotonic()
 
-    # A clean session with a broker-assigned client id: it takes nobody's session.
-    conn = MqttConnection(endpoint, subscriptions=[(f, 1) for f in topic_filters], on_delivery=keep)
+    conn = MqttConnection(
+        endpoint,
+        client_id,
+        subscriptions=[(f, 1) for f in topic_filters],
+        on_delivery=keep,
+        session_expiry_s=session_expiry_s,
+        manual_ack=session_expiry_s is not None,
+    )
     conn.start(timeout_s=timeout_s)
     try:
         deadline = time.monotonic() + timeout_s

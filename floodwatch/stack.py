@@ -1,6 +1,6 @@
 """`python -m floodwatch.stack`: the whole pipeline on this machine, for demos and development.
 
-Starts Mosquitto (with config/mosquitto.conf and config/mosquitto.acl) and InfluxDB (with
+Starts Mosquitto (with config/mosquitto.conf and the dynamic-security file) and InfluxDB (with
 authentication), then ingest, the API and the street simulator, each as its own process with
 its log under the data directory and its own least-privileged logins (passwords generated once
 into DATA/credentials/). Ctrl-C (or SIGTERM) stops them in reverse order. `scripts/stack`
@@ -333,7 +333,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "directory": str(creds_dir),
                         "services": str(creds_dir / "credentials.json"),
                         "sensors": str(Credentials.sensor_file(creds_dir)),
-                        "mosquitto_passwords": str(Credentials.password_file(creds_dir)),
                         "mosquitto_dynamic_security": str(Credentials.dynsec_file(creds_dir)),
                         "api_keys": str(data / "api-keys"),
                         "operator_key": str(data / "operator-key"),

@@ -19,6 +19,7 @@ from types import FrameType
 from alerts.commands import AckReply, AckRequest, parse_ack_request
 from alerts.errors import UnknownAlert
 from alerts.events import AlertEvent
+from floodwatch.credentials import bound_client_id
 from floodwatch.errors import (
     FloodwatchError,
     InfluxAccessDenied,
@@ -59,7 +60,9 @@ INGEST_OPTIONS = (
         "--client-id",
         "floodwatch-ingest",
         "MQTT client id; the broker keeps this id's session (and queues readings for it) "
-        "while ingest is down, so give each ingest instance its own",
+        "while ingest is down. The broker binds each login to one client id (the `ingest` "
+        "login to floodwatch-ingest), so a second instance needs a login of its own, named "
+        "as its client id",
     ),
     option(
         "--session-expiry",
@@ -208,6 +211,8 @@ def ack_main(argv: Sequence[str]) -> int:
     answers: queue.Queue[bytes] = queue.Queue()
     conn = MqttConnection(
         settings.mqtt,
+        # A login other than admin must use the one client id the broker binds it to.
+        bound_client_id(settings.mqtt.username) or "",
         subscriptions=[(reply_to, 1)],
         on_delivery=lambda d: answers.put(d.payload),
     )
@@ -286,6 +291,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"--client-id {args.client_id!r} is a sensor's id in the registry, so that "
                 "sensor could take over ingest's session; choose another (FLOODWATCH_CLIENT_ID)"
             )
+        bound = bound_client_id(settings.mqtt.username)
+        if bound is not None and args.client_id != bound:
+            raise SettingsError(
+                f"--client-id {args.client_id!r} is not the client id the broker binds the login "
+                f"{settings.mqtt.username!r} to ({bound!r}), so the broker would refuse it; use "
+                f"--client-id {bound} (FLOODWATCH_CLIENT_ID), or give this instance a login of "
+                "its own (README, Users and permissions)"
+            )
     except FloodwatchError as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         return 2
@@ -300,7 +313,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
     try:
         # Operators' registry overrides in force before the first reading (ingest/operations.py).
-        live = registry_in_force(settings.mqtt, topics, registry)
+        live = registry_in_force(
+            settings.mqtt,
+            topics,
+            registry,
+            client_id=args.client_id,
+            session_expiry_s=session_expiry,
+        )
     except FloodwatchError as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         return 1

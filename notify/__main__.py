@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from floodwatch.errors import FloodwatchError
+from floodwatch.credentials import bound_client_id
+from floodwatch.errors import FloodwatchError, SettingsError
 from floodwatch.metrics import serve as serve_metrics
 from floodwatch.mqtt import MqttConnection
 from floodwatch.registry import load_registry
@@ -49,7 +50,8 @@ CLIENT_ID_OPTION = option(
     "--client-id",
     "floodwatch-notify",
     "MQTT client id; the broker keeps this id's session (and queues alert events for it) "
-    "while the notifier is down",
+    "while the notifier is down. The broker binds each login to one client id (the `notify` "
+    "login to floodwatch-notify)",
 )
 NOTIFY_OPTIONS = (
     option(
@@ -230,6 +232,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(settings.log_level, "notify")
         routing = routing_from(args.routing)
         registry = load_registry(settings.registry_path)
+        bound = bound_client_id(settings.mqtt.username)
+        if bound is not None and args.client_id != bound:
+            raise SettingsError(
+                f"--client-id {args.client_id!r} is not the client id the broker binds the login "
+                f"{settings.mqtt.username!r} to ({bound!r}), so the broker would refuse it; use "
+                f"--client-id {bound} (FLOODWATCH_CLIENT_ID), or give this instance a login of "
+                "its own (README, Users and permissions)"
+            )
         store = Store(state_path(args.notify_state, args.client_id))
     except FloodwatchError as exc:
         print(f"notify: {exc}", file=sys.stderr)
@@ -261,7 +271,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Maintenance and registry overrides in force before the first event is judged: a
         # persistent session may deliver queued events before the retained records.
         notifier.prime(
-            read_retained(settings.mqtt, [topics.maintenance("+"), topics.registry_override("+")])
+            read_retained(
+                settings.mqtt,
+                [topics.maintenance("+"), topics.registry_override("+")],
+                client_id=args.client_id,
+                session_expiry_s=session_expiry,
+            )
         )
         mqtt.start(timeout_s=30)
     except FloodwatchError as exc:

@@ -48,11 +48,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, Service]]:
     """One broker and one database for the whole session, both with authentication (the
-    shipped ACL, InfluxDB users); tests isolate by topic root and db."""
+    logins and roles of floodwatch/credentials.py, InfluxDB users); tests isolate by topic
+    root and db."""
     workdir = tmp_path_factory.mktemp("services")
     creds = local_credentials(workdir)
+    # Logins of their own for the test's ingest processes, APIs and notifiers (take_login).
+    instances = {"ingest": 300, "api": 400, "notify": 60}
     with running(
-        mosquitto_service(workdir, credentials=creds), influxd_service(workdir, credentials=creds)
+        mosquitto_service(workdir, credentials=creds, instances=instances),
+        influxd_service(workdir, credentials=creds),
     ) as (broker, influxd):
         yield broker, influxd
 
@@ -106,12 +110,17 @@ def process_env(
     broker: Service, influxd: Service, db: str, root: str, role: str = "ingest"
 ) -> dict[str, str]:
     """The environment of a Floodwatch process with the least rights of `role` (ingest, api,
-    or admin for operators' tools); the database is created and granted first."""
+    or admin for operators' tools); the database is created and granted first. The API gets a
+    login of its own (its client id), so several APIs never take over each other's connection;
+    ingest gets the shared `ingest` login (client id `floodwatch-ingest`) unless `own_login`
+    gives it one."""
     grant(influxd, db)
     env = dict(os.environ)
     influx_user = {"ingest": "writer", "api": "reader"}.get(role, "admin")
     env.update(
-        FLOODWATCH_MQTT_URL=broker.url(role),
+        FLOODWATCH_MQTT_URL=broker.url(fresh_login(broker, "api").username or "")
+        if role == "api"
+        else broker.url(role),
         FLOODWATCH_INFLUX_URL=influxd.url(influx_user),
         FLOODWATCH_INFLUX_READ_URL=influxd.url("reader"),
         FLOODWATCH_SENSOR_CREDENTIALS=str(sensor_credentials_file(broker)),
@@ -198,10 +207,26 @@ class IngestProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
+def own_login(broker: Service, env: dict[str, str], role: str = "ingest") -> None:
+    """Give the process `env` is for a broker login of its own (`ingest-007`), with that name
+    as its client id: the broker binds the shared `ingest` login to `floodwatch-ingest` alone,
+    and each test's ingest (or notifier) runs its own session beside the others."""
+    login = fresh_login(broker, role).username
+    assert login is not None
+    env["FLOODWATCH_MQTT_URL"] = broker.url(login)
+    env["FLOODWATCH_CLIENT_ID"] = login
+
+
+def fresh_login(broker: Service, role: str) -> MqttEndpoint:
+    """An unused login of the session's broker holding `role`, bound to its own name as client
+    id: for the API (which uses the one id its login is bound to) and a test's connections."""
+    return broker.take_login(role)
+
+
 @pytest.fixture
 def ingest_env(broker: Service, influxd: Service, unique: str) -> dict[str, str]:
     env = process_env(broker, influxd, unique, unique)
-    env["FLOODWATCH_CLIENT_ID"] = f"ingest-{unique}"
+    own_login(broker, env)
     return env
 
 

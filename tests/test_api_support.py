@@ -47,9 +47,12 @@ def api_settings(
 ) -> Settings:
     """Settings for a test: its own database and topic root, both named `unique`, with the
     API's own users (broker `api`, InfluxDB `reader`) where a service runs."""
-    from tests.conftest import grant
+    from tests.conftest import fresh_login, grant
 
-    mqtt = MqttEndpoint("127.0.0.1", broker) if isinstance(broker, int) else broker.endpoint("api")
+    # The API's own login: the broker binds it to one client id, which the API then uses.
+    mqtt = (
+        MqttEndpoint("127.0.0.1", broker) if isinstance(broker, int) else fresh_login(broker, "api")
+    )
     if isinstance(influxd, int):
         influx = parse_influx_url(f"http://127.0.0.1:{influxd}")
     else:
@@ -153,10 +156,10 @@ def get_json(client: TestClient | httpx.Client, url: str, key: str) -> object:
 def engine_alert(broker: Service, influxd: Service, root: str, workdir: Path) -> Iterator[str]:
     """A running `python -m ingest` (which owns the alert engine) and a real `hazard` flood
     alert it raised on DEPTH_SENSOR from two readings; yields the alert's id."""
-    from tests.conftest import IngestProcess, admin_endpoint, mosquitto_pub, process_env
+    from tests.conftest import IngestProcess, admin_endpoint, mosquitto_pub, own_login, process_env
 
     env = process_env(broker, influxd, root, root)
-    env["FLOODWATCH_CLIENT_ID"] = f"ingest-{root}"
+    own_login(broker, env)
     ingest = IngestProcess(env, workdir)
     ingest.start()
     retained: list[bytes] = []

@@ -25,7 +25,8 @@ import yaml
 from jsonschema import Draft7Validator, Draft201909Validator, Draft202012Validator
 from jsonschema.protocols import Validator
 
-from floodwatch.errors import BrokerError
+from floodwatch.credentials import DYNSEC_FILE
+from floodwatch.errors import BrokerError, LoginRefused
 from floodwatch.localservices import free_port, mosquitto_config
 from floodwatch.mqtt import MqttConnection
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry
@@ -263,16 +264,16 @@ def test_dockerfile_pins_the_base_names_the_registry_and_drops_root() -> None:
     assert users and users[-1] not in ("root", "0"), "the image should not run as root"
 
 
-def test_broker_runs_the_shipped_acl_with_a_generated_password_file(compose: Doc) -> None:
-    """Mosquitto mounts config/mosquitto.acl, and the password file and dynamic-security file
-    the `credentials` one-shot writes, and starts only after that service completed."""
+def test_broker_runs_the_generated_dynamic_security_file(compose: Doc) -> None:
+    """Mosquitto reads every login from the dynamic-security file the `credentials` one-shot
+    writes (no password file, no ACL file), and starts only after that service completed."""
     services = _services(compose)
     mosquitto = services["mosquitto"]
     mounts = _volume_mounts(mosquitto)
-    assert ("./config/mosquitto.acl", "/mosquitto/config/mosquitto.acl", "ro") in mounts
     assert ("credentials", "/mosquitto/credentials", "ro") in mounts
+    assert not any("acl" in source or "passwd" in source for source, _, _ in mounts)
     command = " ".join(mosquitto["command"])
-    assert "password_file /mosquitto/credentials/mosquitto.passwd" in command
+    assert "password_file" not in command and "acl_file" not in command
     assert "plugin_opt_config_file /mosquitto/credentials/dynamic-security.json" in command
     assert _depends_on(mosquitto)["credentials"] == "service_completed_successfully"
     assert "allow_anonymous false" in MOSQUITTO_CONF.read_text().splitlines()
@@ -299,10 +300,10 @@ def test_each_process_logs_in_as_its_own_user_with_passwords_from_env(compose: D
 
 @pytest.mark.services
 def test_the_credentials_service_gives_each_sensor_its_own_bound_login(tmp_path: Path) -> None:
-    """compose's `credentials` service, run here: a real mosquitto with its password file,
-    dynamic-security file and the shipped ACL accepts each sensor with its own password and
-    client id, refuses it with another sensor's password or another client id, and the service
-    logins come from the environment."""
+    """compose's `credentials` service, run here: a real mosquitto with its dynamic-security
+    file accepts each sensor with its own password and client id, refuses it with another
+    sensor's password or another client id, and the service logins come from the environment,
+    each bound to its own client id."""
     out = tmp_path / "credentials"
     env = {
         "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
@@ -326,7 +327,7 @@ def test_the_credentials_service_gives_each_sensor_its_own_bound_login(tmp_path:
     conf = tmp_path / "mosquitto.conf"
     data = tmp_path / "data"
     data.mkdir()
-    conf.write_text(mosquitto_config(port, data, out / "mosquitto.passwd"))
+    conf.write_text(mosquitto_config(port, data, out / DYNSEC_FILE))
     broker = subprocess.Popen(
         ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -347,6 +348,15 @@ def test_the_credentials_service_gives_each_sensor_its_own_bound_login(tmp_path:
         admin = MqttConnection(MqttEndpoint("127.0.0.1", port, "admin", "admin-pw"))
         admin.start(timeout_s=5)
         admin.stop()
+        for login, client_id in (("ingest", "floodwatch-ingest"), ("api", "floodwatch-api")):
+            service = MqttEndpoint("127.0.0.1", port, login, f"{login}-pw")
+            bound = MqttConnection(service, client_id)
+            bound.start(timeout_s=5)
+            bound.stop()
+        for login in ("api", "notify"):
+            service = MqttEndpoint("127.0.0.1", port, login, f"{login}-pw")
+            with pytest.raises(LoginRefused, match="Not authorized"):
+                MqttConnection(service, "floodwatch-ingest").start(timeout_s=3)
     finally:
         broker.terminate()
         broker.wait(10)

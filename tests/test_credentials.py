@@ -1,4 +1,4 @@
-"""floodwatch/credentials.py: passwords made once and kept, a hashed password file, sensor
+"""floodwatch/credentials.py: passwords made once and kept, hashed broker logins, sensor
 logins for the simulators, and the settings that read them."""
 
 from __future__ import annotations
@@ -23,24 +23,34 @@ def test_credentials_are_made_once_and_new_sensors_get_theirs(tmp_path: Path) ->
     assert again.mqtt == first.mqtt and again.influx == first.influx
     assert again.sensors["qh-01"] == first.sensors["qh-01"]
     assert again.sensors["qh-02"] and again.sensors["qh-02"] != first.sensors["qh-01"]
-    for name in ("credentials.json", "sensors.json", "mosquitto.passwd"):
+    for name in ("credentials.json", "sensors.json", "dynamic-security.json"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
 
 
 def test_the_broker_files_hold_hashes_not_passwords(tmp_path: Path) -> None:
-    """Every service login has a line of the password file, every sensor a client of the
-    dynamic-security file bound to its own client id; no password is written in clear."""
+    """Every login is a client of the dynamic-security file, bound to its client id (admin
+    alone unbound) and holding its own role; no password is written in clear."""
     creds = Credentials.generate(["qh-01"])
     creds.save(tmp_path)
-    text = Credentials.password_file(tmp_path).read_text()
-    users = {line.split(":", 1)[0] for line in text.splitlines()}
-    assert users == {"admin", "ingest", "api", "notify"}
     dynsec_text = Credentials.dynsec_file(tmp_path).read_text()
-    [client] = json.loads(dynsec_text)["clients"]
-    assert (client["username"], client["clientid"]) == ("qh-01", "qh-01")
+    doc = json.loads(dynsec_text)
+    bindings = {c["username"]: c.get("clientid") for c in doc["clients"]}
+    assert bindings == {
+        "admin": None,
+        "ingest": "floodwatch-ingest",
+        "api": "floodwatch-api",
+        "notify": "floodwatch-notify",
+        "qh-01": "qh-01",
+    }
+    roles = {c["username"]: [r["rolename"] for r in c["roles"]] for c in doc["clients"]}
+    assert roles["ingest"] == ["ingest"] and roles["qh-01"] == ["sensor-qh-01"]
+    assert {r["rolename"] for r in doc["roles"]} == {
+        "admin", "ingest", "api", "notify", "sensor-qh-01"
+    }  # fmt: skip
     assert stat.S_IMODE(Credentials.dynsec_file(tmp_path).stat().st_mode) == 0o600
     for password in [*creds.mqtt.values(), *creds.sensors.values()]:
-        assert password not in text and password not in dynsec_text
+        assert password not in dynsec_text
+    assert not (tmp_path / "mosquitto.passwd").exists()
 
 
 def test_urls_carry_each_users_login(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from api.config import ApiOptions
 from floodwatch.influx import InfluxClient
 from floodwatch.localservices import Service
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry
-from tests.conftest import IngestProcess, process_env
+from tests.conftest import IngestProcess, own_login, process_env
 from tests.test_api_support import TestClient, api_settings, bearer, wait_for, write_keys
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -50,7 +50,7 @@ def test_the_demo_at_180x_shows_raise_escalate_ack_drain_clear_episode_and_cance
     spawn: Any,
 ) -> None:
     env = process_env(broker, influxd, unique, unique)
-    env["FLOODWATCH_CLIENT_ID"] = f"ingest-{unique}"
+    own_login(broker, env)
     env["FLOODWATCH_TIME_SCALE"] = str(SPEED)
     ingest = IngestProcess(env, tmp_path)
     ingest.start()

@@ -26,7 +26,7 @@ from notify.channels import Outgoing, ZnsAdapter
 from notify.render import Message
 from notify.routing import Channel
 from notify.signing import verify
-from tests.conftest import ROOT, admin_endpoint, wait_until
+from tests.conftest import ROOT, admin_endpoint, fresh_login, own_login, wait_until
 from tests.notify_servers import Answer, HttpReceiver, Request, SmtpServer, TlsSmtpServer
 
 pytestmark = pytest.mark.services
@@ -84,7 +84,7 @@ class Notifier:
         self.extra = extra
         self.env = {
             "PATH": "/usr/bin:/bin",
-            "FLOODWATCH_MQTT_URL": broker.url("notify"),
+            "FLOODWATCH_MQTT_URL": "",  # own_login below
             "FLOODWATCH_TOPIC_ROOT": root,
             "FLOODWATCH_ROUTING": str(self.routing_file),
             "FLOODWATCH_NOTIFY_STATE": str(self.state),
@@ -95,6 +95,7 @@ class Notifier:
             "FLOODWATCH_PAGE_URL": "http://ioc.example.vn/?sensor={sensor}",
             "PYTHONUNBUFFERED": "1",
         }
+        own_login(broker, self.env, "notify")
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -231,8 +232,10 @@ def test_webhooks_are_signed_in_order_and_recorded(
     assert first["link"] == "http://ioc.example.vn/?sensor=qh-01"
 
     records: dict[str, dict[str, object]] = {}
+    api_login = fresh_login(broker, "api")
     api = MqttConnection(
-        broker.endpoint("api"),
+        api_login,
+        api_login.username or "",
         subscriptions=[(f"{unique}/v1/notifications/#", 1)],
         on_delivery=lambda d: records.__setitem__(d.topic, orjson.loads(d.payload)),
     )
@@ -669,8 +672,9 @@ def test_one_failing_notification_does_not_hold_up_other_alerts(
 
 
 def test_the_notifier_login_may_publish_only_its_records(broker: Service, unique: str) -> None:
-    """The shipped ACL lets `notify` write notification records and nothing the engine owns."""
-    conn = MqttConnection(broker.endpoint("notify"))
+    """The `notify` role lets `notify` write notification records and nothing the engine owns."""
+    login = fresh_login(broker, "notify")
+    conn = MqttConnection(login, login.username or "")
     conn.start()
     try:
         assert conn.publish_and_wait(f"{unique}/v1/notifications/x:flood:1", b"{}", retain=True)

@@ -357,7 +357,11 @@ def test_broker_restart_with_sigterm_keeps_queued_readings(
     start_ingest: Callable[..., IngestProcess],
 ) -> None:
     """Readings queued for a stopped ingest survive a broker SIGTERM restart (saved on exit)."""
-    env = {"FLOODWATCH_MQTT_URL": own_broker.url("ingest")}
+    # A broker of its own: ingest as shipped, under the id its login is bound to.
+    env = {
+        "FLOODWATCH_MQTT_URL": own_broker.url("ingest"),
+        "FLOODWATCH_CLIENT_ID": "floodwatch-ingest",
+    }
     ingest = start_ingest(**env)
     topic = f"{unique}/v1/sensors/qh-03/reading"
     first, keys_a = readings("qh-03", 0, 5_000)
@@ -400,7 +404,11 @@ def test_broker_sigkill_loses_at_most_what_came_after_the_last_autosave(
     """The shipped config saves every 30 s: a broker SIGKILL keeps what was queued before the
     last save and may lose what was queued after it, and nothing else."""
     topic = f"{unique}/v1/sensors/qh-04/reading"
-    env = {"FLOODWATCH_MQTT_URL": own_broker.url("ingest")}
+    # A broker of its own: ingest as shipped, under the id its login is bound to.
+    env = {
+        "FLOODWATCH_MQTT_URL": own_broker.url("ingest"),
+        "FLOODWATCH_CLIENT_ID": "floodwatch-ingest",
+    }
     ingest = start_ingest(**env)
     ingest.stop(signal.SIGTERM)  # ingest's session now exists and queues for it
     saved, keys_saved = readings("qh-04", 0, 10_000)

@@ -1,5 +1,5 @@
-"""Least privilege on the broker (password file, the shipped ACL) and in InfluxDB (users with
-only WRITE or READ), on the session's real mosquitto and influxd."""
+"""Least privilege on the broker (each login's role in the dynamic-security file) and in
+InfluxDB (users with only WRITE or READ), on the session's real mosquitto and influxd."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from floodwatch.influx import InfluxClient
 from floodwatch.localservices import Service
 from floodwatch.mqtt import MqttConnection
 from floodwatch.settings import MqttEndpoint, parse_influx_url
-from tests.conftest import ROOT, IngestProcess, grant, wait_until
+from tests.conftest import ROOT, IngestProcess, fresh_login, grant, wait_until
 
 READING = orjson.dumps({"ts": 1795000000000, "level_cm": 12.5})
 
@@ -79,7 +79,8 @@ def test_ingest_cannot_publish_sensor_readings(
 ) -> None:
     """Ingest's user may publish alerts and dead letters, never a sensor's reading; the denied
     publish is also logged, for the publishers that do not wait for their PUBACK."""
-    conn = MqttConnection(broker.endpoint("ingest"))
+    login = fresh_login(broker, "ingest")
+    conn = MqttConnection(login, login.username or "")
     conn.start()
     try:
         with (

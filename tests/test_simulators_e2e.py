@@ -22,7 +22,7 @@ from simulators.messages import TimeMap, build_messages
 from simulators.physics import simulate_world
 from simulators.scenario import Scenario, find_scenario, load_scenario, shipped_scenarios
 from simulators.sensors import report
-from tests.conftest import ROOT, process_env, wait_until
+from tests.conftest import ROOT, own_login, process_env, wait_until
 
 pytestmark = [
     pytest.mark.services,
@@ -126,7 +126,7 @@ buffer = 20
 @pytest.fixture
 def env(broker: Service, influxd: Service, unique: str) -> dict[str, str]:
     environment = process_env(broker, influxd, unique, unique)
-    environment["FLOODWATCH_CLIENT_ID"] = f"{unique}-ingest"
+    own_login(broker, environment)
     return environment
 
 

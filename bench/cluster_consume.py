@@ -1,0 +1,286 @@
+"""The clustered mode's two ways for a worker to consume its partitions (docs/CLUSTER.md):
+
+  mqtt  one persistent MQTT 3.1.1 session (paho, QoS 1, clean_session false) per partition,
+        subscribed to its wards; acknowledged by paho after the message is stored in memory
+  js    a durable JetStream pull consumer (nats-py) on its partitions' subjects, batches of
+        --batch, one acknowledgement per batch (AckAll) after the batch is stored in memory
+
+Usage: python -m bench.cluster_consume [--readings 20000] [--runs 3] [--rate 500]
+
+Starts its own 3-node NATS cluster and HAProxy. Per run: sensors' readings are published with
+MQTT QoS 1 through HAProxy while both consumers are away (the persistent session queues them,
+the READINGS stream stores them), then each consumer drains the backlog alone (readings/s,
+the order alternating between runs); then each, alone and live, receives readings published
+at --rate from another process (publish -> consume latency). Prints medians and js/mqtt
+ratios. One worker here is one Python process: the rates are per worker (per core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import nats
+import orjson
+import paho.mqtt.client as paho
+from nats.js.api import AckPolicy, ConsumerConfig
+from paho.mqtt.enums import CallbackAPIVersion
+
+from floodwatch.cluster import (
+    LocalCluster,
+    ensure_readings_stream,
+    local_cluster,
+    stream_name,
+)
+from floodwatch.localservices import local_credentials
+from floodwatch.registry import SHIPPED_REGISTRY, load_registry
+
+PARTITIONS = 8
+WARDS = [f"ward-{k}" for k in range(16)]
+SENSORS_PER_WARD = 64
+
+
+def _client(client_id: str, user: str, password: str, clean: bool) -> paho.Client:
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=paho.MQTTv311,  # NATS's MQTT listener refuses v5
+        clean_session=clean,
+    )
+    client.username_pw_set(user, password)
+    client.max_inflight_messages_set(0)  # no paho-side cap, as floodwatch/mqtt.py
+    client.max_queued_messages_set(0)
+    return client
+
+
+def _connect(client: paho.Client, port: int) -> None:
+    connected = threading.Event()
+    client.on_connect = lambda *_: connected.set()
+    client.connect("127.0.0.1", port, keepalive=60)
+    client.loop_start()
+    if not connected.wait(20):
+        raise TimeoutError("no CONNACK from the MQTT front door")
+
+
+def _payload(n: int) -> bytes:
+    ward = WARDS[n % len(WARDS)]
+    sensor = f"{ward}-s{n % SENSORS_PER_WARD}"
+    return orjson.dumps(
+        {"sensor_id": sensor, "seq": n, "level_cm": n % 60, "sent_ns": time.time_ns()}
+    )
+
+
+def _topic(root: str, n: int) -> str:
+    ward = WARDS[n % len(WARDS)]
+    return f"{root}/v1/ward/{ward}/{ward}-s{n % SENSORS_PER_WARD}/reading"
+
+
+def publish(port: int, password: str, root: str, count: int, rate: float = 0.0) -> float:
+    """Publish `count` readings QoS 1 as admin; at `rate`/s if given. Returns the rate the broker
+    acknowledged."""
+    client = _client(f"pub{uuid.uuid4().hex[:8]}", "admin", password, clean=True)
+    _connect(client, port)
+    started = time.monotonic()
+    infos = []
+    for n in range(count):
+        if rate:
+            ahead = started + n / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        infos.append(client.publish(_topic(root, n), _payload(n), qos=1))
+    for info in infos:
+        info.wait_for_publish(60)
+    elapsed = time.monotonic() - started
+    client.disconnect()
+    client.loop_stop()
+    return count / elapsed
+
+
+def _publish_process(port: int, password: str, root: str, count: int, rate: float) -> None:
+    publish(port, password, root, count, rate)
+
+
+class MqttConsumer:
+    """One persistent session for all wards (one worker holding every partition)."""
+
+    def __init__(self, cluster: LocalCluster, root: str) -> None:
+        self.port = cluster.front.port
+        self.password = cluster.credentials.mqtt["admin"]
+        self.client_id = f"worker{uuid.uuid4().hex[:8]}"
+        self.topic = f"{root}/v1/ward/+/+/reading"
+        self.latencies_ns: list[int] = []
+        self.count = 0
+        self.target = 0
+        self.done = threading.Event()
+
+    def subscribe_once(self) -> None:
+        client = _client(self.client_id, "admin", self.password, clean=False)
+        _connect(client, self.port)
+        subscribed = threading.Event()
+        client.on_subscribe = lambda *_: subscribed.set()
+        client.subscribe(self.topic, qos=1)
+        if not subscribed.wait(20):
+            raise TimeoutError("no SUBACK")
+        client.disconnect()
+        client.loop_stop()
+
+    def receive(self, target: int, live: bool) -> float:
+        """Connect, take `target` messages; the seconds from CONNACK to the last one."""
+        self.count, self.target = 0, target
+        self.latencies_ns = []
+        self.done.clear()
+
+        def on_message(_c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
+            reading = orjson.loads(msg.payload)  # "stored": decoded and kept
+            if live:
+                self.latencies_ns.append(time.time_ns() - reading["sent_ns"])
+            self.count += 1
+            if self.count >= self.target:
+                self.done.set()
+
+        client = _client(self.client_id, "admin", self.password, clean=False)
+        client.on_message = on_message
+        _connect(client, self.port)
+        started = time.monotonic()
+        if not self.done.wait(300):
+            raise TimeoutError(f"mqtt consumer got {self.count} of {target}")
+        elapsed = time.monotonic() - started
+        client.disconnect()
+        client.loop_stop()
+        return elapsed
+
+
+class JetStreamConsumer:
+    """A durable pull consumer over every partition of the stream."""
+
+    def __init__(self, cluster: LocalCluster, root: str, batch: int) -> None:
+        self.urls = cluster.nats_urls("ingest")
+        self.stream = stream_name(root)
+        self.durable = f"worker{uuid.uuid4().hex[:8]}"
+        self.filter = f"{root}.v1.part.>"
+        self.batch = batch
+        self.latencies_ns: list[int] = []
+
+    async def create(self) -> None:
+        nc = await nats.connect(servers=self.urls)
+        await nc.jetstream().add_consumer(
+            self.stream,
+            ConsumerConfig(
+                durable_name=self.durable,
+                filter_subject=self.filter,
+                ack_policy=AckPolicy.ALL,
+                max_ack_pending=-1,
+                ack_wait=60.0,
+            ),
+        )
+        await nc.close()
+
+    async def receive(self, target: int, live: bool) -> float:
+        self.latencies_ns = []
+        nc = await nats.connect(servers=self.urls)
+        sub = await nc.jetstream().pull_subscribe_bind(self.durable, stream=self.stream)
+        count = 0
+        started = time.monotonic()
+        while count < target:
+            try:
+                msgs = await sub.fetch(min(self.batch, target - count), timeout=1)
+            except nats.errors.TimeoutError:
+                continue
+            now = time.time_ns()
+            for msg in msgs:
+                reading = orjson.loads(msg.data)
+                if live:
+                    self.latencies_ns.append(now - reading["sent_ns"])
+            count += len(msgs)
+            await msgs[-1].ack_sync()  # after the batch is "stored"
+        elapsed = time.monotonic() - started
+        await nc.close()
+        return elapsed
+
+
+def _pct(values: list[int], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.cluster_consume")
+    parser.add_argument("--readings", type=int, default=20_000, help="backlog drained per run")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=500.0, help="live readings/s for latency")
+    parser.add_argument("--seconds", type=float, default=6.0, help="live phase length")
+    parser.add_argument("--batch", type=int, default=1000, help="JetStream fetch batch")
+    args = parser.parse_args()
+    drain: dict[str, list[float]] = {"mqtt": [], "js": []}
+    p50: dict[str, list[float]] = {"mqtt": [], "js": []}
+    p99: dict[str, list[float]] = {"mqtt": [], "js": []}
+    spawn = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        registry = load_registry(SHIPPED_REGISTRY)
+        with local_cluster(workdir, local_credentials(workdir), registry) as cluster:
+            port, password = cluster.front.port, cluster.credentials.mqtt["admin"]
+            for run in range(args.runs):
+                root = f"b{uuid.uuid4().hex[:8]}"
+                asyncio.run(ensure_readings_stream(cluster.nats_urls(), root, PARTITIONS))
+                mqtt_consumer = MqttConsumer(cluster, root)
+                js_consumer = JetStreamConsumer(cluster, root, args.batch)
+                mqtt_consumer.subscribe_once()
+                asyncio.run(js_consumer.create())
+                published = publish(port, password, root, args.readings)
+                order = ["mqtt", "js"] if run % 2 == 0 else ["js", "mqtt"]
+                for design in order:
+                    if design == "mqtt":
+                        elapsed = mqtt_consumer.receive(args.readings, live=False)
+                    else:
+                        elapsed = asyncio.run(js_consumer.receive(args.readings, live=False))
+                    drain[design].append(args.readings / elapsed)
+                live = int(args.rate * args.seconds)
+                for design in order:
+                    sender = spawn.Process(
+                        target=_publish_process, args=(port, password, root, live, args.rate)
+                    )
+                    sender.start()
+                    if design == "mqtt":
+                        # The other consumer's backlog grows meanwhile; it drains it below.
+                        mqtt_consumer.receive(live, live=True)
+                        latencies = mqtt_consumer.latencies_ns
+                    else:
+                        asyncio.run(js_consumer.receive(live, live=True))
+                        latencies = js_consumer.latencies_ns
+                    sender.join()
+                    p50[design].append(_pct(latencies, 0.5))
+                    p99[design].append(_pct(latencies, 0.99))
+                    # Catch the other design up on what this phase published.
+                    if design == order[0]:
+                        if order[1] == "mqtt":
+                            mqtt_consumer.receive(live, live=False)
+                        else:
+                            asyncio.run(js_consumer.receive(live, live=False))
+                print(
+                    f"run {run + 1}: published {published:,.0f}/s (MQTT QoS 1 via HAProxy); "
+                    f"drain mqtt {drain['mqtt'][-1]:,.0f}/s, js {drain['js'][-1]:,.0f}/s; "
+                    f"latency p50/p99 mqtt {p50['mqtt'][-1]:.1f}/{p99['mqtt'][-1]:.1f} ms, "
+                    f"js {p50['js'][-1]:.1f}/{p99['js'][-1]:.1f} ms",
+                    flush=True,
+                )
+    med = {k: statistics.median(v) for k, v in drain.items()}
+    print(
+        f"median of {args.runs}: drain mqtt {med['mqtt']:,.0f}/s, js {med['js']:,.0f}/s "
+        f"(js/mqtt {med['js'] / med['mqtt']:.2f}); latency at {args.rate:g}/s p50 "
+        f"mqtt {statistics.median(p50['mqtt']):.1f} ms, js {statistics.median(p50['js']):.1f} ms;"
+        f" p99 mqtt {statistics.median(p99['mqtt']):.1f} ms, js {statistics.median(p99['js']):.1f}"
+        " ms"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

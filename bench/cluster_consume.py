@@ -2,15 +2,16 @@
 
   mqtt  one persistent MQTT 3.1.1 session (paho, QoS 1, clean_session false) per partition,
         subscribed to its wards; acknowledged by paho after the message is stored in memory
-  js    a durable JetStream pull consumer (nats-py) on its partitions' subjects, batches of
-        --batch, one acknowledgement per batch (AckAll) after the batch is stored in memory
+  js    a durable JetStream pull consumer (nats-py) on the MQTT listener's QoS 1 store
+        ($MQTT_msgs), filtered on its partitions' wards, batches of --batch, one
+        acknowledgement per batch (AckAll) after the batch is stored in memory
 
 Usage: python -m bench.cluster_consume [--readings 20000] [--runs 3] [--rate 500]
 
 Starts its own 3-node NATS cluster and HAProxy. Per run: sensors' readings are published with
-MQTT QoS 1 through HAProxy while both consumers are away (the persistent session queues them,
-the READINGS stream stores them), then each consumer drains the backlog alone (readings/s,
-the order alternating between runs); then each, alone and live, receives readings published
+MQTT QoS 1 through HAProxy while both consumers are away (the session and the pull consumer
+both keep them), then each consumer drains the backlog alone (readings/s, the order
+alternating between runs); then each, alone and live, receives readings published
 at --rate from another process (publish -> consume latency). Prints medians and js/mqtt
 ratios. One worker here is one Python process: the rates are per worker (per core).
 """
@@ -30,19 +31,18 @@ from pathlib import Path
 import nats
 import orjson
 import paho.mqtt.client as paho
-from nats.js.api import AckPolicy, ConsumerConfig
 from paho.mqtt.enums import CallbackAPIVersion
 
 from floodwatch.cluster import (
+    MQTT_MSGS_STREAM,
     LocalCluster,
-    ensure_readings_stream,
+    connect,
+    ensure_partition_consumer,
     local_cluster,
-    stream_name,
 )
 from floodwatch.localservices import local_credentials
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry
 
-PARTITIONS = 8
 WARDS = [f"ward-{k}" for k in range(16)]
 SENSORS_PER_WARD = 64
 
@@ -158,34 +158,25 @@ class MqttConsumer:
 
 
 class JetStreamConsumer:
-    """A durable pull consumer over every partition of the stream."""
+    """A partition's durable pull consumer on the MQTT listener's QoS 1 store, holding every
+    ward (one worker owning all partitions), as floodwatch.cluster.ensure_partition_consumer."""
 
     def __init__(self, cluster: LocalCluster, root: str, batch: int) -> None:
         self.urls = cluster.nats_urls("ingest")
-        self.stream = stream_name(root)
-        self.durable = f"worker{uuid.uuid4().hex[:8]}"
-        self.filter = f"{root}.v1.part.>"
+        self.root = root
+        self.durable = ""
         self.batch = batch
         self.latencies_ns: list[int] = []
 
     async def create(self) -> None:
-        nc = await nats.connect(servers=self.urls)
-        await nc.jetstream().add_consumer(
-            self.stream,
-            ConsumerConfig(
-                durable_name=self.durable,
-                filter_subject=self.filter,
-                ack_policy=AckPolicy.ALL,
-                max_ack_pending=-1,
-                ack_wait=60.0,
-            ),
+        self.durable = await ensure_partition_consumer(
+            self.urls, self.root, 0, WARDS, ack_wait_s=60.0
         )
-        await nc.close()
 
     async def receive(self, target: int, live: bool) -> float:
         self.latencies_ns = []
-        nc = await nats.connect(servers=self.urls)
-        sub = await nc.jetstream().pull_subscribe_bind(self.durable, stream=self.stream)
+        nc = await connect(self.urls)
+        sub = await nc.jetstream().pull_subscribe_bind(self.durable, stream=MQTT_MSGS_STREAM)
         count = 0
         started = time.monotonic()
         while count < target:
@@ -199,7 +190,8 @@ class JetStreamConsumer:
                 if live:
                     self.latencies_ns.append(now - reading["sent_ns"])
             count += len(msgs)
-            await msgs[-1].ack_sync()  # after the batch is "stored"
+            if msgs:  # a fetch may end empty
+                await msgs[-1].ack_sync()  # after the batch is "stored"
         elapsed = time.monotonic() - started
         await nc.close()
         return elapsed
@@ -229,7 +221,6 @@ def main() -> int:
             port, password = cluster.front.port, cluster.credentials.mqtt["admin"]
             for run in range(args.runs):
                 root = f"b{uuid.uuid4().hex[:8]}"
-                asyncio.run(ensure_readings_stream(cluster.nats_urls(), root, PARTITIONS))
                 mqtt_consumer = MqttConsumer(cluster, root)
                 js_consumer = JetStreamConsumer(cluster, root, args.batch)
                 mqtt_consumer.subscribe_once()

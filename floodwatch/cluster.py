@@ -4,16 +4,20 @@
 Subjects. A sensor keeps publishing MQTT `ROOT/v1/sensors/ID/reading|status`; NATS's MQTT
 listener turns `/` into `.`. One account mapping per registry sensor (made here from the
 registry, since the broker cannot know a sensor's ward) moves it to
-`ROOT.v1.ward.WARD.ID.CHANNEL`, and the READINGS stream's subject transform adds the partition,
-`ROOT.v1.part.P.WARD.ID.CHANNEL`, with NATS's `partition(N, ward)`. `partition()` below is the
-same function in Python (FNV-1a 32 of the key, modulo N) for the single-node Mosquitto path,
-where a worker subscribes to the sensors of its partitions' wards.
+`ROOT.v1.ward.WARD.ID.CHANNEL`. The MQTT listener stores each QoS 1 publish, R3, under
+`$MQTT.msgs.ROOT.v1.ward.WARD.ID.CHANNEL` before its PUBACK; a worker's partition is a durable
+pull consumer there filtered on its wards (ensure_partition_consumer). `partition()` assigns
+wards to partitions: FNV-1a 32 of the ward modulo N, as NATS's `{{partition(N, i)}}` transform
+computes it (the READINGS stream of JetStream publishers uses that transform; tests compare
+the two), and as the single-node Mosquitto path will, with a worker subscribing to the sensors
+of its partitions' wards.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -25,8 +29,19 @@ from urllib.parse import quote
 
 import httpx
 import nats
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig, SubjectTransform
+import paho.mqtt.client as paho
+from nats.aio.client import Client as NatsClient
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    SubjectTransform,
+)
 from nats.js.errors import BadRequestError
+from paho.mqtt.enums import CallbackAPIVersion
 
 from floodwatch.credentials import Credentials, new_password
 from floodwatch.errors import FloodwatchError
@@ -38,6 +53,10 @@ from floodwatch.registry import Registry, Sensor, ward_key
 # partitions, so it is a deployment-time choice (docs/CLUSTER.md).
 DEFAULT_PARTITIONS = 8
 STREAM = "READINGS"
+# NATS's MQTT listener stores every QoS 1 publish in this stream (R = mqtt.stream_replicas)
+# under `$MQTT.msgs.SUBJECT` before it sends the PUBACK.
+MQTT_MSGS_STREAM = "$MQTT_msgs"
+MQTT_MSGS_PREFIX = "$MQTT.msgs."
 ACCOUNT = "FLOODWATCH"
 # JetStream fsyncs every write before acknowledging it (default: every 2 minutes), so a power
 # cut of all three machines at once loses no acknowledged reading; costs measured in
@@ -47,6 +66,9 @@ REPLICAS = 3
 
 _FNV32_OFFSET = 0x811C9DC5
 _FNV32_PRIME = 0x01000193
+
+
+log = logging.getLogger("floodwatch.cluster")
 
 
 class ClusterError(FloodwatchError):
@@ -389,7 +411,25 @@ def local_cluster(
     with running(*(svc for svc, _ in pairs)):
         wait_cluster_ready([node for _, node in pairs])
         with running(front):
+            _create_mqtt_store(front.port, credentials)
             yield LocalCluster(pairs, front, credentials)
+
+
+def _create_mqtt_store(port: int, credentials: Credentials) -> None:
+    """The MQTT listener creates its streams ($MQTT_msgs, sessions) at an account's first MQTT
+    connection; workers' consumers need them before any sensor has connected."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="floodwatch-setup")
+    client.username_pw_set("admin", credentials.mqtt["admin"])
+    try:
+        client.connect("127.0.0.1", port, keepalive=10)
+        deadline = time.monotonic() + 30
+        while not client.is_connected() and time.monotonic() < deadline:
+            client.loop(0.1)  # the CONNACK comes once the streams exist
+    except OSError as exc:
+        raise ClusterError(f"the MQTT front door on port {port} is unreachable: {exc}") from exc
+    if not client.is_connected():
+        raise ClusterError(f"no MQTT CONNACK within 30 s through port {port}; see the nodes' logs")
+    client.disconnect()
 
 
 # -- JetStream ----------------------------------------------------------------------------------
@@ -398,10 +438,14 @@ def local_cluster(
 async def ensure_readings_stream(
     servers: Sequence[str], root: str, partitions: int, replicas: int = REPLICAS
 ) -> None:
-    """Create (or update) the READINGS stream: R`replicas`, file storage, partition transform.
+    """Create (or update) the READINGS stream for JetStream publishers (NATS protocol, with
+    publish acknowledgements): R`replicas`, file storage, the ward partition transform.
 
-    Deduplication by message id over 2 minutes catches a publisher's own retries; QoS 1
-    redeliveries from MQTT carry no id, so workers write idempotently (docs/CLUSTER.md).
+    Not for MQTT sensors: a stream capturing their subjects drops what arrives while it has no
+    leader, although the sensor got its PUBACK, and sourcing from the MQTT store loses too
+    (both measured, docs/CLUSTER.md); workers read MQTT readings from the MQTT store itself
+    (ensure_partition_consumer). Deduplication by message id over 2 minutes catches a
+    publisher's own retries.
     """
     source, destination = stream_transform(root, partitions)
     config = StreamConfig(
@@ -414,7 +458,7 @@ async def ensure_readings_stream(
         max_age=7 * 24 * 3600.0,
         duplicate_window=120.0,
     )
-    nc = await nats.connect(servers=list(servers), connect_timeout=5, max_reconnect_attempts=5)
+    nc = await connect(servers)
     try:
         js = nc.jetstream(timeout=10)
         try:
@@ -423,6 +467,60 @@ async def ensure_readings_stream(
             await js.update_stream(config)
     finally:
         await nc.close()
+
+
+async def connect(servers: Sequence[str]) -> NatsClient:
+    """A NATS connection that fails over between the nodes, retrying for ever; errors seen
+    while a node is down (refused connections, a node still loading) are logged, not raised."""
+
+    async def log_error(exc: Exception) -> None:
+        log.info("NATS connection: %s", exc)
+
+    return await nats.connect(
+        servers=list(servers),
+        connect_timeout=5,
+        reconnect_time_wait=0.1,
+        max_reconnect_attempts=-1,
+        error_cb=log_error,
+    )
+
+
+def partition_consumer_name(root: str, part: int) -> str:
+    return f"ingest_{_subject_root(root).replace('.', '_')}_p{part}"
+
+
+def mqtt_store_filters(root: str, wards: Iterable[str]) -> list[str]:
+    """The MQTT store's subjects of the readings and statuses of `wards`."""
+    return [f"{MQTT_MSGS_PREFIX}{_subject_root(root)}.v1.ward.{ward}.>" for ward in sorted(wards)]
+
+
+async def ensure_partition_consumer(
+    servers: Sequence[str], root: str, part: int, wards: Iterable[str], ack_wait_s: float = 30.0
+) -> str:
+    """A durable pull consumer of one partition on the MQTT listener's QoS 1 store: every
+    reading a sensor got a PUBACK for is there (R3) before the PUBACK, and stays until this
+    consumer acknowledges it (the store keeps messages while a consumer is interested).
+
+    The consumer acknowledges all up to a message (AckAll), so a worker acknowledges a batch
+    once, after storing it; unacknowledged readings come back after `ack_wait_s`, possibly out
+    of order. Returns the consumer's name.
+    """
+    name = partition_consumer_name(root, part)
+    config = ConsumerConfig(
+        durable_name=name,
+        filter_subjects=mqtt_store_filters(root, wards),
+        ack_policy=AckPolicy.ALL,
+        ack_wait=ack_wait_s,
+        max_ack_pending=-1,
+        deliver_policy=DeliverPolicy.ALL,
+    )
+    nc = await connect(servers)
+    try:
+        js = nc.jetstream(timeout=10)
+        await js.add_consumer(MQTT_MSGS_STREAM, config)
+    finally:
+        await nc.close()
+    return name
 
 
 def stream_name(root: str) -> str:

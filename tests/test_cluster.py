@@ -7,9 +7,10 @@ import asyncio
 import itertools
 import random
 import threading
+import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import nats
@@ -22,8 +23,11 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from paho.mqtt.enums import CallbackAPIVersion
 
 from floodwatch.cluster import (
+    MQTT_MSGS_STREAM,
     LocalCluster,
     accounts_config,
+    connect,
+    ensure_partition_consumer,
     ensure_readings_stream,
     local_cluster,
     partition,
@@ -37,6 +41,7 @@ from floodwatch.errors import RegistryError
 from floodwatch.localservices import local_credentials
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry, ward_key, ward_slug
 from floodwatch.topics import Topics
+from tests.conftest import wait_until
 
 PARTITIONS = 8
 REGISTRY = load_registry(SHIPPED_REGISTRY)
@@ -117,11 +122,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 
 @pytest.fixture
-def root(cluster: LocalCluster) -> str:
+def unique_root() -> str:
+    return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def root(cluster: LocalCluster, unique_root: str) -> str:
     """A topic root of this test's own, with its own READINGS stream (R3)."""
-    name = "t" + uuid.uuid4().hex[:10]
-    asyncio.run(ensure_readings_stream(cluster.nats_urls(), name, PARTITIONS))
-    return name
+    asyncio.run(ensure_readings_stream(cluster.nats_urls(), unique_root, PARTITIONS))
+    return unique_root
 
 
 async def _drain(
@@ -129,7 +138,7 @@ async def _drain(
 ) -> list[tuple[str, bytes]]:
     """(subject, payload) of the stream's first `expected` messages, through a pull consumer;
     fails if they have not all arrived within `timeout_s`."""
-    nc = await nats.connect(servers=cluster.nats_urls())
+    nc = await connect(cluster.nats_urls())
     try:
         js = nc.jetstream()
         sub = await js.pull_subscribe(f"{root}.v1.part.>", durable=None, stream=stream_name(root))
@@ -151,16 +160,22 @@ async def _drain(
 
 
 class MqttSensor:
-    """A paho MQTT 3.1.1 client (NATS refuses v5) logged in as a sensor through the front door."""
+    """A paho MQTT 3.1.1 client (NATS refuses v5) logged in as a sensor through the front door;
+    its session persists, so paho sends unacknowledged publishes again after a reconnect."""
 
     def __init__(self, cluster: LocalCluster, user: str) -> None:
-        password = cluster.credentials.sensors[user]
+        password = cluster.credentials.sensors.get(user) or cluster.credentials.mqtt[user]
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"{user}-{uuid.uuid4().hex[:8]}",
             protocol=mqtt.MQTTv311,
+            clean_session=False,
         )
         self.client.username_pw_set(user, password)
+        self.client.reconnect_delay_set(1, 2)
+        self.client.max_inflight_messages_set(200)
+        self.acknowledged: set[int] = set()  # message ids the broker PUBACKed
+        self.client.on_publish = lambda _c, _u, mid, _rc, _p: self.acknowledged.add(mid)
         connected = threading.Event()
         self.refused: list[str] = []
 
@@ -193,7 +208,7 @@ def _reading(sensor_id: str, n: int) -> bytes:
 
 def test_three_nodes_form_a_cluster_with_an_r3_stream(cluster: LocalCluster, root: str) -> None:
     async def check() -> None:
-        nc = await nats.connect(servers=cluster.nats_urls())
+        nc = await connect(cluster.nats_urls())
         try:
             info = await nc.jetstream().stream_info(stream_name(root))
         finally:
@@ -247,7 +262,7 @@ def test_nats_partition_agrees_with_python_for_random_keys(
     }
 
     async def publish() -> None:
-        nc = await nats.connect(servers=cluster.nats_urls())
+        nc = await connect(cluster.nats_urls())
         js = nc.jetstream()
         try:
             for key in sorted(keys):
@@ -269,13 +284,8 @@ async def _publish_and_consume_killing_the_leader(
     in. Returns what was acknowledged to the publisher and what the consumer stored."""
     loop = asyncio.get_running_loop()
     stream = stream_name(root)
-    options: dict[str, object] = {
-        "servers": cluster.nats_urls(),
-        "reconnect_time_wait": 0.1,
-        "max_reconnect_attempts": -1,
-    }
-    pub_nc = await nats.connect(**options)  # type: ignore[arg-type]
-    sub_nc = await nats.connect(**options)  # type: ignore[arg-type]
+    pub_nc = await connect(cluster.nats_urls())
+    sub_nc = await connect(cluster.nats_urls())
     js = pub_nc.jetstream(timeout=2)
     acked: set[int] = set()
     stored: Counter[int] = Counter()
@@ -321,7 +331,8 @@ async def _publish_and_consume_killing_the_leader(
                 for msg in batch:
                     stored[int(msg.data)] += 1  # "stored" before the acknowledgement
                 # One acknowledgement per batch acknowledges everything up to its last message.
-                await batch[-1].ack_sync(timeout=2)
+                if batch:  # a fetch may end empty
+                    await batch[-1].ack_sync(timeout=2)
             except (nats.errors.Error, TimeoutError):
                 continue
 
@@ -361,3 +372,120 @@ def test_killing_the_stream_leader_under_load_loses_no_acknowledged_reading(
     for service, _ in cluster.nodes:
         service.start()
     wait_cluster_ready([node for _, node in cluster.nodes], timeout_s=60)
+
+
+async def _consume_partition(
+    cluster: LocalCluster,
+    consumer: str,
+    until: Callable[[Counter[str]], bool],
+    timeout_s: float = 30.0,
+) -> Counter[str]:
+    """Payloads a partition's pull consumer takes from the MQTT store, a batch at a time,
+    acknowledged once per batch after they are counted, until `until(counted)` holds."""
+    nc = await connect(cluster.nats_urls("ingest"))
+    try:
+        sub = await nc.jetstream(timeout=2).pull_subscribe_bind(consumer, stream=MQTT_MSGS_STREAM)
+        counted: Counter[str] = Counter()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not until(counted) and loop.time() < deadline:
+            try:
+                batch = await sub.fetch(500, timeout=1)
+                for msg in batch:
+                    counted[msg.data.decode()] += 1
+                if batch:  # a fetch may end empty
+                    await batch[-1].ack_sync(timeout=2)
+            except (nats.errors.Error, TimeoutError):
+                continue
+        return counted
+    finally:
+        await nc.close()
+
+
+def test_a_partition_consumer_takes_exactly_its_wards_from_the_mqtt_store(
+    cluster: LocalCluster, unique_root: str
+) -> None:
+    root = unique_root
+    wards = [f"ward-{k}" for k in range(24)] + ["an-khanh"]
+    mine = partition("an-khanh", PARTITIONS)
+    my_wards = [w for w in wards if partition(w, PARTITIONS) == mine]
+    consumer = asyncio.run(ensure_partition_consumer(cluster.nats_urls(), root, mine, my_wards))
+    admin = MqttSensor(cluster, "admin")
+    for ward in wards:
+        admin.publish(f"{root}/v1/ward/{ward}/probe/reading", ward.encode())
+    admin.close()
+    # A shipped sensor's own topic reaches its ward's partition through the mapping.
+    sensor = MqttSensor(cluster, "qh-02")
+    sensor.publish(Topics(root).reading("qh-02"), b"qh-02")
+    sensor.close()
+    expected = Counter(my_wards) + Counter(["qh-02"])
+    got = asyncio.run(_consume_partition(cluster, consumer, lambda c: c == expected, 10))
+    assert got == expected
+
+
+@pytest.mark.slow
+def test_killing_the_mqtt_store_leader_loses_no_reading_a_sensor_got_a_puback_for(
+    cluster: LocalCluster, unique_root: str
+) -> None:
+    """Sensors publish QoS 1 through HAProxy while the MQTT store's leader is SIGKILLed: the
+    partition's consumer receives every reading the broker acknowledged."""
+    root = unique_root
+    per_sensor = 1000
+    sensor_ids = ["d12-01", "qh-01", "nvh-01", "phu-an"]
+    consumer = asyncio.run(
+        ensure_partition_consumer(cluster.nats_urls(), root, 0, ["an-khanh"], ack_wait_s=5)
+    )
+    sent: dict[str, list[tuple[str, mqtt.MQTTMessageInfo]]] = {s: [] for s in sensor_ids}
+    sensors = {s: MqttSensor(cluster, s) for s in sensor_ids}
+    killed = threading.Event()
+
+    def publish(sensor_id: str) -> None:
+        topic = Topics(root).reading(sensor_id)
+        for n in range(per_sensor):
+            payload = f"{sensor_id}/{n}"
+            sent[sensor_id].append((payload, sensors[sensor_id].client.publish(topic, payload, 1)))
+            if n == per_sensor // 3 and sensor_id == sensor_ids[0]:
+                killed.set()
+            time.sleep(0.002)  # a few hundred readings per second in all
+
+    def acknowledged() -> set[str]:
+        return {
+            payload
+            for s in sensor_ids
+            for payload, info in sent[s]
+            if info.mid in sensors[s].acknowledged
+        }
+
+    threads = [threading.Thread(target=publish, args=(s,)) for s in sensor_ids]
+    for thread in threads:
+        thread.start()
+    assert killed.wait(60)
+    leader = asyncio.run(_stream_leader(cluster, MQTT_MSGS_STREAM))
+    cluster.node(leader)[0].kill()
+    for thread in threads:
+        thread.join()
+    everything = {f"{s}/{n}" for s in sensor_ids for n in range(per_sensor)}
+    wait_until(lambda: acknowledged() == everything, 60, "every publish to be acknowledged")
+    got = asyncio.run(
+        _consume_partition(cluster, consumer, lambda c: everything <= set(c), timeout_s=60)
+    )
+    for sensor in sensors.values():
+        sensor.close()
+    assert not everything - set(got), f"{len(everything - set(got))} acknowledged readings lost"
+    print(
+        f"MQTT store leader {leader} killed: {len(everything)} acknowledged, {len(got)} received, "
+        f"{sum(got.values()) - len(got)} duplicates"
+    )
+    for service, _ in cluster.nodes:
+        service.start()
+    wait_cluster_ready([node for _, node in cluster.nodes], timeout_s=60)
+
+
+async def _stream_leader(cluster: LocalCluster, stream: str) -> str:
+    nc = await connect(cluster.nats_urls())
+    try:
+        info = await nc.jetstream().stream_info(stream)
+    finally:
+        await nc.close()
+    assert info.cluster is not None and info.cluster.leader is not None
+    return info.cluster.leader

@@ -37,7 +37,7 @@ from floodwatch.cluster import (
     MQTT_MSGS_STREAM,
     LocalCluster,
     connect,
-    ensure_partition_consumer,
+    ensure_partition_consumers,
     local_cluster,
 )
 from floodwatch.localservices import local_credentials
@@ -79,7 +79,9 @@ def _payload(n: int) -> bytes:
 
 def _topic(root: str, n: int) -> str:
     ward = WARDS[n % len(WARDS)]
-    return f"{root}/v1/ward/{ward}/{ward}-s{n % SENSORS_PER_WARD}/reading"
+    # As a registered sensor's publish lands after the account's mapping (partition 0 holds
+    # every ward here: one worker owning all partitions).
+    return f"{root}/v1/part/0/{ward}/{ward}-s{n % SENSORS_PER_WARD}/reading"
 
 
 def publish(port: int, password: str, root: str, count: int, rate: float = 0.0) -> float:
@@ -114,7 +116,7 @@ class MqttConsumer:
         self.port = cluster.front.port
         self.password = cluster.credentials.mqtt["admin"]
         self.client_id = f"worker{uuid.uuid4().hex[:8]}"
-        self.topic = f"{root}/v1/ward/+/+/reading"
+        self.topic = f"{root}/v1/part/0/+/+/reading"
         self.latencies_ns: list[int] = []
         self.count = 0
         self.target = 0
@@ -158,8 +160,8 @@ class MqttConsumer:
 
 
 class JetStreamConsumer:
-    """A partition's durable pull consumer on the MQTT listener's QoS 1 store, holding every
-    ward (one worker owning all partitions), as floodwatch.cluster.ensure_partition_consumer."""
+    """A partition's durable pull consumer on the MQTT listener's QoS 1 store
+    (floodwatch.cluster.ensure_partition_consumers), the one partition holding every ward."""
 
     def __init__(self, cluster: LocalCluster, root: str, batch: int) -> None:
         self.urls = cluster.nats_urls("ingest")
@@ -169,9 +171,8 @@ class JetStreamConsumer:
         self.latencies_ns: list[int] = []
 
     async def create(self) -> None:
-        self.durable = await ensure_partition_consumer(
-            self.urls, self.root, 0, WARDS, ack_wait_s=60.0
-        )
+        names = await ensure_partition_consumers(self.urls, self.root, 1, ack_wait_s=60.0)
+        self.durable = names[0]
 
     async def receive(self, target: int, live: bool) -> float:
         self.latencies_ns = []

@@ -4,13 +4,15 @@
 Subjects. A sensor keeps publishing MQTT `ROOT/v1/sensors/ID/reading|status`; NATS's MQTT
 listener turns `/` into `.`. One account mapping per registry sensor (made here from the
 registry, since the broker cannot know a sensor's ward) moves it to
-`ROOT.v1.ward.WARD.ID.CHANNEL`. The MQTT listener stores each QoS 1 publish, R3, under
-`$MQTT.msgs.ROOT.v1.ward.WARD.ID.CHANNEL` before its PUBACK; a worker's partition is a durable
-pull consumer there filtered on its wards (ensure_partition_consumer). `partition()` assigns
-wards to partitions: FNV-1a 32 of the ward modulo N, as NATS's `{{partition(N, i)}}` transform
-computes it (the READINGS stream of JetStream publishers uses that transform; tests compare
-the two), and as the single-node Mosquitto path will, with a worker subscribing to the sensors
-of its partitions' wards.
+`ROOT.v1.part.P.WARD.ID.CHANNEL`, P being its ward's partition. The MQTT listener stores each
+QoS 1 publish, R3, under `$MQTT.msgs.` + that subject before its PUBACK; each partition is a
+durable pull consumer there (ensure_partition_consumers), which a worker owns.
+
+`partition()` assigns wards to partitions: FNV-1a 32 of the ward modulo N, which is what NATS's
+`{{partition(N, i)}}` transform computes (the READINGS stream, for JetStream publishers, uses
+that transform on `ROOT.v1.ward.WARD.ID.CHANNEL`; the tests compare the two on the real
+server). The single-node Mosquitto path will use it too: a worker subscribes to the sensors of
+its partitions' wards.
 """
 
 from __future__ import annotations
@@ -103,12 +105,13 @@ def partition_plan(registry: Registry, partitions: int) -> dict[int, list[str]]:
 # -- subjects ----------------------------------------------------------------------------------
 
 
-def ward_subject(root: str, ward: str, sensor_id: str, channel: str) -> str:
-    return f"{_subject_root(root)}.v1.ward.{ward}.{sensor_id}.{channel}"
+def partition_subject(root: str, part: int, ward: str, sensor_id: str, channel: str) -> str:
+    """Where a sensor's publish lands after the account's mapping (and in READINGS)."""
+    return f"{_subject_root(root)}.v1.part.{part}.{ward}.{sensor_id}.{channel}"
 
 
 def partition_filter(root: str, part: int) -> str:
-    """The stream subjects of one partition (a pull consumer's filter)."""
+    """The subjects of one partition (READINGS' consumers)."""
     return f"{_subject_root(root)}.v1.part.{part}.>"
 
 
@@ -156,8 +159,10 @@ def _permissions(publish: Iterable[str], subscribe: Iterable[str]) -> str:
     return f"{{{pub_part}, {sub_part}}}"
 
 
-def accounts_config(credentials: Credentials, registry: Registry, system_password: str) -> str:
-    """Users, permissions and the per-sensor ward mappings, as in the single-node ACL
+def accounts_config(
+    credentials: Credentials, registry: Registry, partitions: int, system_password: str
+) -> str:
+    """Users, permissions and the per-sensor partition mappings, as in the single-node ACL
     (config/mosquitto.acl): each sensor publishes only its own subjects; services have theirs.
 
     The first subject token is the topic root (`floodwatch`, or a test's own), hence the `*`.
@@ -168,8 +173,8 @@ def accounts_config(credentials: Credentials, registry: Registry, system_passwor
         f"{{user: admin, password: {_q(credentials.mqtt['admin'])}, "
         f"permissions: {_permissions(['>'], ['>'])}}}"
     )
-    # Ingest workers: the partitioned stream through the JetStream API (pull, ack), the MQTT
-    # listener's session subjects for the per-partition MQTT design, and what ingest
+    # Ingest workers: their partitions' pull consumers through the JetStream API (pull, ack),
+    # the MQTT listener's session subjects for an MQTT 3.1.1 connection, and what ingest
     # publishes today (alerts, events, episodes, dead letters, ack replies).
     ingest_pub = [
         "$JS.API.>",
@@ -181,7 +186,7 @@ def accounts_config(credentials: Credentials, registry: Registry, system_passwor
         "*.v1.deadletter",
         "*.v1.commands.ack.reply.>",
     ]
-    ingest_sub = ["_INBOX.>", "$MQTT.>", "*.v1.ward.>", "*.v1.part.>", "*.v1.commands.ack"]
+    ingest_sub = ["_INBOX.>", "$MQTT.>", "*.v1.part.>", "*.v1.commands.ack"]
     users.append(
         f"{{user: ingest, password: {_q(credentials.mqtt['ingest'])}, "
         f"permissions: {_permissions(ingest_pub, ingest_sub)}}}"
@@ -197,11 +202,12 @@ def accounts_config(credentials: Credentials, registry: Registry, system_passwor
         if sensor is None:
             continue  # a login for a sensor no longer registered gets no account
         ward = ward_key(sensor)
+        mapped = f"part.{sensor_partition(sensor, partitions)}.{ward}"
         # NATS checks an MQTT publish twice, against the subject as published and after the
         # account's mapping, so a sensor is allowed both forms of its own subjects only.
         own = [
             f"*.v1.{middle}.{sensor_id}.{channel}"
-            for middle in ("sensors", f"ward.{ward}")
+            for middle in ("sensors", mapped)
             for channel in ("reading", "status")
         ]
         # Sensors subscribe to nothing; MQTT-only, so a stolen sensor password cannot be used
@@ -212,7 +218,7 @@ def accounts_config(credentials: Credentials, registry: Registry, system_passwor
         )
         mappings.append(
             f"  {_q(f'*.v1.sensors.{sensor_id}.*')}: "
-            f"{_q(f'{{{{wildcard(1)}}}}.v1.ward.{ward}.{sensor_id}.{{{{wildcard(2)}}}}')}"
+            f"{_q(f'{{{{wildcard(1)}}}}.v1.{mapped}.{sensor_id}.{{{{wildcard(2)}}}}')}"
         )
     user_lines = "\n      ".join(users)
     mapping_lines = "\n    ".join(mappings)
@@ -282,7 +288,11 @@ def nats_binary() -> str:
 
 
 def nats_cluster_services(
-    workdir: Path, credentials: Credentials, registry: Registry, size: int = 3
+    workdir: Path,
+    credentials: Credentials,
+    registry: Registry,
+    size: int = 3,
+    partitions: int = DEFAULT_PARTITIONS,
 ) -> list[tuple[Service, NatsNode]]:
     """`size` NATS nodes (nats-1..) routed to each other, each with its own data directory and
     MQTT listener. A Service's `port` is its MQTT port, so `Service.endpoint(user)` is an MQTT
@@ -291,7 +301,7 @@ def nats_cluster_services(
     accounts = workdir / "nats-accounts.conf"
     accounts.touch(mode=0o600, exist_ok=True)
     accounts.chmod(0o600)  # plain-text passwords, as credentials.json beside it
-    accounts.write_text(accounts_config(credentials, registry, system_password=new_password()))
+    accounts.write_text(accounts_config(credentials, registry, partitions, new_password()))
     nodes = [
         NatsNode(f"nats-{i + 1}", free_port(), free_port(), free_port(), free_port())
         for i in range(size)
@@ -402,11 +412,15 @@ class LocalCluster:
 
 @contextlib.contextmanager
 def local_cluster(
-    workdir: Path, credentials: Credentials, registry: Registry, size: int = 3
+    workdir: Path,
+    credentials: Credentials,
+    registry: Registry,
+    size: int = 3,
+    partitions: int = DEFAULT_PARTITIONS,
 ) -> Iterator[LocalCluster]:
     """Start `size` NATS nodes and HAProxy in front of their MQTT listeners, wait until
     JetStream is healthy on every node, and stop everything afterwards."""
-    pairs = nats_cluster_services(workdir, credentials, registry, size)
+    pairs = nats_cluster_services(workdir, credentials, registry, size, partitions)
     front = haproxy_service(workdir, credentials, {node.name: node.mqtt_port for _, node in pairs})
     with running(*(svc for svc, _ in pairs)):
         wait_cluster_ready([node for _, node in pairs])
@@ -444,7 +458,7 @@ async def ensure_readings_stream(
     Not for MQTT sensors: a stream capturing their subjects drops what arrives while it has no
     leader, although the sensor got its PUBACK, and sourcing from the MQTT store loses too
     (both measured, docs/CLUSTER.md); workers read MQTT readings from the MQTT store itself
-    (ensure_partition_consumer). Deduplication by message id over 2 minutes catches a
+    (ensure_partition_consumers). Deduplication by message id over 2 minutes catches a
     publisher's own retries.
     """
     source, destination = stream_transform(root, partitions)
@@ -489,38 +503,43 @@ def partition_consumer_name(root: str, part: int) -> str:
     return f"ingest_{_subject_root(root).replace('.', '_')}_p{part}"
 
 
-def mqtt_store_filters(root: str, wards: Iterable[str]) -> list[str]:
-    """The MQTT store's subjects of the readings and statuses of `wards`."""
-    return [f"{MQTT_MSGS_PREFIX}{_subject_root(root)}.v1.ward.{ward}.>" for ward in sorted(wards)]
+def mqtt_store_filter(root: str, part: int) -> str:
+    """One partition's readings and statuses in the MQTT listener's QoS 1 store."""
+    return f"{MQTT_MSGS_PREFIX}{partition_filter(root, part)}"
 
 
-async def ensure_partition_consumer(
-    servers: Sequence[str], root: str, part: int, wards: Iterable[str], ack_wait_s: float = 30.0
-) -> str:
-    """A durable pull consumer of one partition on the MQTT listener's QoS 1 store: every
-    reading a sensor got a PUBACK for is there (R3) before the PUBACK, and stays until this
-    consumer acknowledges it (the store keeps messages while a consumer is interested).
+async def ensure_partition_consumers(
+    servers: Sequence[str], root: str, partitions: int, ack_wait_s: float = 30.0
+) -> list[str]:
+    """One durable pull consumer per partition on the MQTT listener's QoS 1 store; names in
+    partition order. Every sensor's publish is there (R3) before its PUBACK, and the store keeps
+    a message while a consumer is interested in it and has not acknowledged it, so all
+    partitions' consumers must exist before sensors publish: a message no consumer covers is
+    dropped at once (interest retention). Each partition is a fixed subject prefix, so the
+    consumers cover every registered sensor, wards added later included.
 
-    The consumer acknowledges all up to a message (AckAll), so a worker acknowledges a batch
-    once, after storing it; unacknowledged readings come back after `ack_wait_s`, possibly out
-    of order. Returns the consumer's name.
+    AckAll: a worker acknowledges a batch once, after storing it; unacknowledged readings come
+    back after `ack_wait_s`, possibly out of order (judge by reading time, write idempotently).
     """
-    name = partition_consumer_name(root, part)
-    config = ConsumerConfig(
-        durable_name=name,
-        filter_subjects=mqtt_store_filters(root, wards),
-        ack_policy=AckPolicy.ALL,
-        ack_wait=ack_wait_s,
-        max_ack_pending=-1,
-        deliver_policy=DeliverPolicy.ALL,
-    )
     nc = await connect(servers)
+    names = []
     try:
         js = nc.jetstream(timeout=10)
-        await js.add_consumer(MQTT_MSGS_STREAM, config)
+        for part in range(partitions):
+            name = partition_consumer_name(root, part)
+            config = ConsumerConfig(
+                durable_name=name,
+                filter_subject=mqtt_store_filter(root, part),
+                ack_policy=AckPolicy.ALL,
+                ack_wait=ack_wait_s,
+                max_ack_pending=-1,
+                deliver_policy=DeliverPolicy.ALL,
+            )
+            await js.add_consumer(MQTT_MSGS_STREAM, config)
+            names.append(name)
     finally:
         await nc.close()
-    return name
+    return names
 
 
 def stream_name(root: str) -> str:

@@ -4,6 +4,7 @@ cluster with JetStream behind HAProxy, started on free loopback ports."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import random
 import threading
@@ -23,16 +24,17 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from paho.mqtt.enums import CallbackAPIVersion
 
 from floodwatch.cluster import (
+    MQTT_MSGS_PREFIX,
     MQTT_MSGS_STREAM,
     LocalCluster,
     accounts_config,
     connect,
-    ensure_partition_consumer,
+    ensure_partition_consumers,
     ensure_readings_stream,
     local_cluster,
     partition,
     partition_plan,
-    sensor_partition,
+    partition_subject,
     stream_name,
     wait_cluster_ready,
 )
@@ -103,7 +105,7 @@ def test_registry_ward_id_is_optional_explicit_and_validated(tmp_path: Path) -> 
 
 
 def test_every_sensor_may_publish_only_its_own_subjects() -> None:
-    conf = accounts_config(Credentials.generate(REGISTRY.sensors), REGISTRY, system_password="x")
+    conf = accounts_config(Credentials.generate(REGISTRY.sensors), REGISTRY, PARTITIONS, "x")
     for sensor_id in REGISTRY.sensors:
         line = next(x for x in conf.splitlines() if f'user: "{sensor_id}"' in x)
         others = [o for o in REGISTRY.sensors if o != sensor_id and f".{o}." in line]
@@ -223,33 +225,54 @@ def test_three_nodes_form_a_cluster_with_an_r3_stream(cluster: LocalCluster, roo
 
 
 def test_every_shipped_sensor_lands_in_its_wards_partition_through_haproxy(
-    cluster: LocalCluster, root: str
+    cluster: LocalCluster, unique_root: str
 ) -> None:
+    root = unique_root
+    consumers = asyncio.run(ensure_partition_consumers(cluster.nats_urls(), root, PARTITIONS))
     topics = Topics(root)
     for sensor_id in REGISTRY.sensors:
         sensor = MqttSensor(cluster, sensor_id)
         sensor.publish(topics.reading(sensor_id), _reading(sensor_id, 1))
         sensor.close()
-    got = asyncio.run(_drain(cluster, root, len(REGISTRY.sensors)))
-    subjects = {subject for subject, _ in got}
-    assert subjects == {
-        f"{root}.v1.part.{sensor_partition(s, PARTITIONS)}.{ward_key(s)}.{s.id}.reading"
-        for s in REGISTRY.sensors.values()
+    mine = partition("an-khanh", PARTITIONS)
+    got = asyncio.run(
+        _consume_partition(cluster, consumers[mine], lambda c: len(c) >= len(REGISTRY.sensors))
+    )
+    assert {subject for subject, _ in got} == {
+        MQTT_MSGS_PREFIX + partition_subject(root, mine, "an-khanh", sensor_id, "reading")
+        for sensor_id in REGISTRY.sensors
     }
+    pending = asyncio.run(_pending(cluster, consumers))
+    assert pending == [0] * PARTITIONS, "readings left in a partition no shipped ward is in"
 
 
-def test_a_sensor_cannot_publish_as_another(cluster: LocalCluster, root: str) -> None:
+def test_a_sensor_cannot_publish_as_another(cluster: LocalCluster, unique_root: str) -> None:
+    root = unique_root
+    consumers = asyncio.run(ensure_partition_consumers(cluster.nats_urls(), root, PARTITIONS))
     topics = Topics(root)
     sensor = MqttSensor(cluster, "d12-01")
     # MQTT 3.1.1 has no refusal code: NATS acknowledges the denied publish and drops it.
     sensor.publish(topics.reading("d12-02"), _reading("d12-02", 1))
     sensor.publish(topics.status("qh-01"), b'{"state": "offline"}')
+    sensor.publish(f"{root}/v1/part/0/an-khanh/d12-02/reading", _reading("d12-02", 1))
     # Its own reading, after those on the same connection, so it arrives last if they do.
     sensor.publish(topics.reading("d12-01"), _reading("d12-01", 2))
     sensor.close()
-    got = asyncio.run(_drain(cluster, root, 1))
-    assert [subject.rsplit(".", 2)[1] for subject, _ in got] == ["d12-01"]
-    assert orjson.loads(got[0][1])["level_cm"] == 2
+    mine = partition("an-khanh", PARTITIONS)
+    got = asyncio.run(_consume_partition(cluster, consumers[mine], lambda c: len(c) >= 1))
+    assert [subject.split(".")[-2] for subject, _ in got] == ["d12-01"]
+    assert orjson.loads(next(iter(got))[1])["level_cm"] == 2
+    assert asyncio.run(_pending(cluster, consumers)) == [0] * PARTITIONS
+
+
+async def _pending(cluster: LocalCluster, consumers: list[str]) -> list[int]:
+    """Messages waiting for each consumer."""
+    nc = await connect(cluster.nats_urls())
+    try:
+        js = nc.jetstream()
+        return [(await js.consumer_info(MQTT_MSGS_STREAM, c)).num_pending or 0 for c in consumers]
+    finally:
+        await nc.close()
 
 
 def test_nats_partition_agrees_with_python_for_random_keys(
@@ -350,7 +373,15 @@ async def _publish_and_consume_killing_the_leader(
     return {"acked": acked, "stored": stored, "retries": retries, "pause_s": max(gaps)}
 
 
+# nats-py leaves the socket of a connection attempt to the killed node unclosed (a
+# ResourceWarning when it is collected); collected within the test, where it is ignored.
+_KILLED_NODE_SOCKETS = pytest.mark.filterwarnings(
+    "ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning"
+)
+
+
 @pytest.mark.slow
+@_KILLED_NODE_SOCKETS
 def test_killing_the_stream_leader_under_load_loses_no_acknowledged_reading(
     cluster: LocalCluster, root: str
 ) -> None:
@@ -372,27 +403,28 @@ def test_killing_the_stream_leader_under_load_loses_no_acknowledged_reading(
     for service, _ in cluster.nodes:
         service.start()
     wait_cluster_ready([node for _, node in cluster.nodes], timeout_s=60)
+    gc.collect()
 
 
 async def _consume_partition(
     cluster: LocalCluster,
     consumer: str,
-    until: Callable[[Counter[str]], bool],
+    until: Callable[[Counter[tuple[str, str]]], bool],
     timeout_s: float = 30.0,
-) -> Counter[str]:
-    """Payloads a partition's pull consumer takes from the MQTT store, a batch at a time,
-    acknowledged once per batch after they are counted, until `until(counted)` holds."""
+) -> Counter[tuple[str, str]]:
+    """(subject, payload) a partition's pull consumer takes from the MQTT store, a batch at a
+    time, acknowledged once per batch after they are counted, until `until(counted)` holds."""
     nc = await connect(cluster.nats_urls("ingest"))
     try:
         sub = await nc.jetstream(timeout=2).pull_subscribe_bind(consumer, stream=MQTT_MSGS_STREAM)
-        counted: Counter[str] = Counter()
+        counted: Counter[tuple[str, str]] = Counter()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while not until(counted) and loop.time() < deadline:
             try:
                 batch = await sub.fetch(500, timeout=1)
                 for msg in batch:
-                    counted[msg.data.decode()] += 1
+                    counted[msg.subject, msg.data.decode()] += 1
                 if batch:  # a fetch may end empty
                     await batch[-1].ack_sync(timeout=2)
             except (nats.errors.Error, TimeoutError):
@@ -402,28 +434,8 @@ async def _consume_partition(
         await nc.close()
 
 
-def test_a_partition_consumer_takes_exactly_its_wards_from_the_mqtt_store(
-    cluster: LocalCluster, unique_root: str
-) -> None:
-    root = unique_root
-    wards = [f"ward-{k}" for k in range(24)] + ["an-khanh"]
-    mine = partition("an-khanh", PARTITIONS)
-    my_wards = [w for w in wards if partition(w, PARTITIONS) == mine]
-    consumer = asyncio.run(ensure_partition_consumer(cluster.nats_urls(), root, mine, my_wards))
-    admin = MqttSensor(cluster, "admin")
-    for ward in wards:
-        admin.publish(f"{root}/v1/ward/{ward}/probe/reading", ward.encode())
-    admin.close()
-    # A shipped sensor's own topic reaches its ward's partition through the mapping.
-    sensor = MqttSensor(cluster, "qh-02")
-    sensor.publish(Topics(root).reading("qh-02"), b"qh-02")
-    sensor.close()
-    expected = Counter(my_wards) + Counter(["qh-02"])
-    got = asyncio.run(_consume_partition(cluster, consumer, lambda c: c == expected, 10))
-    assert got == expected
-
-
 @pytest.mark.slow
+@_KILLED_NODE_SOCKETS
 def test_killing_the_mqtt_store_leader_loses_no_reading_a_sensor_got_a_puback_for(
     cluster: LocalCluster, unique_root: str
 ) -> None:
@@ -432,9 +444,10 @@ def test_killing_the_mqtt_store_leader_loses_no_reading_a_sensor_got_a_puback_fo
     root = unique_root
     per_sensor = 1000
     sensor_ids = ["d12-01", "qh-01", "nvh-01", "phu-an"]
-    consumer = asyncio.run(
-        ensure_partition_consumer(cluster.nats_urls(), root, 0, ["an-khanh"], ack_wait_s=5)
+    consumers = asyncio.run(
+        ensure_partition_consumers(cluster.nats_urls(), root, PARTITIONS, ack_wait_s=5)
     )
+    consumer = consumers[partition("an-khanh", PARTITIONS)]
     sent: dict[str, list[tuple[str, mqtt.MQTTMessageInfo]]] = {s: [] for s in sensor_ids}
     sensors = {s: MqttSensor(cluster, s) for s in sensor_ids}
     killed = threading.Event()
@@ -466,9 +479,12 @@ def test_killing_the_mqtt_store_leader_loses_no_reading_a_sensor_got_a_puback_fo
         thread.join()
     everything = {f"{s}/{n}" for s in sensor_ids for n in range(per_sensor)}
     wait_until(lambda: acknowledged() == everything, 60, "every publish to be acknowledged")
-    got = asyncio.run(
-        _consume_partition(cluster, consumer, lambda c: everything <= set(c), timeout_s=60)
+    counted = asyncio.run(
+        _consume_partition(
+            cluster, consumer, lambda c: everything <= {p for _, p in c}, timeout_s=60
+        )
     )
+    got = Counter(payload for (_, payload), n in counted.items() for _ in range(n))
     for sensor in sensors.values():
         sensor.close()
     assert not everything - set(got), f"{len(everything - set(got))} acknowledged readings lost"
@@ -479,6 +495,7 @@ def test_killing_the_mqtt_store_leader_loses_no_reading_a_sensor_got_a_puback_fo
     for service, _ in cluster.nodes:
         service.start()
     wait_cluster_ready([node for _, node in cluster.nodes], timeout_s=60)
+    gc.collect()
 
 
 async def _stream_leader(cluster: LocalCluster, stream: str) -> str:

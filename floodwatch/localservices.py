@@ -117,7 +117,8 @@ class Service:
 
     def url(self, user: str = "admin") -> str:
         """This service's URL as `user` (broker users, or InfluxDB admin/writer/reader)."""
-        if self.name == "mosquitto":
+        # The clustered mode's NATS nodes and their front door are MQTT brokers too.
+        if self.name in ("mosquitto", "mqtt-front") or self.name.startswith("nats-"):
             return self.credentials.mqtt_url(user, "127.0.0.1", self.port)
         return self.credentials.influx_url(user, "127.0.0.1", self.port)
 

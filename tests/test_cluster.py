@@ -208,6 +208,12 @@ def _reading(sensor_id: str, n: int) -> bytes:
     )
 
 
+def test_nodes_and_front_door_are_mqtt_services(cluster: LocalCluster) -> None:
+    for service in [svc for svc, _ in cluster.nodes] + [cluster.front]:
+        assert service.url("ingest").startswith("mqtt://ingest:")
+        assert service.endpoint("d12-01").port == service.port
+
+
 def test_three_nodes_form_a_cluster_with_an_r3_stream(cluster: LocalCluster, root: str) -> None:
     async def check() -> None:
         nc = await connect(cluster.nats_urls())

@@ -341,9 +341,11 @@ def nats_url(node: NatsNode, credentials: Credentials, user: str = "admin") -> s
 
 def haproxy_config(front_port: int, backends: Sequence[NatsNode], stats_port: int) -> str:
     """TCP mode in front of the MQTT listeners; a sensor reconnects to the front port and lands
-    on a live node. The health check asks each node's monitoring port for /healthz, which fails
-    while its JetStream is not current (starting, catching up after a restart, no quorum), so
-    no sensor is sent where its QoS 1 publishes could not be stored."""
+    on a live node. The health check asks each node's monitoring port whether the node is
+    current with JetStream's meta leader (starting, cut off, no quorum: down), so no sensor is
+    sent where its QoS 1 publishes could not be stored. Only the server: a full /healthz also
+    fails while any one stream or consumer catches up (one is created, say), and shutting every
+    sensor's session then would do harm."""
     servers = "\n".join(
         f"    server {node.name} 127.0.0.1:{node.mqtt_port} check port {node.monitor_port} "
         "inter 500ms fall 2 rise 2 on-marked-down shutdown-sessions"
@@ -365,7 +367,7 @@ frontend mqtt
     default_backend nats_mqtt
 backend nats_mqtt
     balance leastconn
-    option httpchk GET /healthz
+    option httpchk GET /healthz?js-meta-only=true
 {servers}
 frontend stats
     mode http

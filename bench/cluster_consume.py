@@ -3,8 +3,9 @@
   mqtt  one persistent MQTT 3.1.1 session (paho, QoS 1, clean_session false) per partition,
         subscribed to its wards; acknowledged by paho after the message is stored in memory
   js    a durable JetStream pull consumer (nats-py) on the MQTT listener's QoS 1 store
-        ($MQTT_msgs), filtered on its partitions' wards, batches of --batch, one
-        acknowledgement per batch (AckAll) after the batch is stored in memory
+        ($MQTT_msgs), its partition's subjects, as a member of the partition's priority group
+        (floodwatch.cluster.PartitionPull), batches of --batch, each reading acknowledged
+        after the batch is stored in memory (floodwatch.cluster.acknowledge)
 
 Usage: python -m bench.cluster_consume [--readings 20000] [--runs 3] [--rate 500]
                                        [--batch 1000] [--sync-interval always|2m]
@@ -29,14 +30,14 @@ import time
 import uuid
 from pathlib import Path
 
-import nats
 import orjson
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from floodwatch.cluster import (
-    MQTT_MSGS_STREAM,
     LocalCluster,
+    PartitionPull,
+    acknowledge,
     connect,
     ensure_partition_consumers,
     local_cluster,
@@ -168,6 +169,7 @@ class JetStreamConsumer:
         self.urls = cluster.nats_urls("ingest")
         self.root = root
         self.durable = ""
+        self.pin: str | None = None
         self.batch = batch
         self.latencies_ns: list[int] = []
 
@@ -178,23 +180,23 @@ class JetStreamConsumer:
     async def receive(self, target: int, live: bool) -> float:
         self.latencies_ns = []
         nc = await connect(self.urls)
-        sub = await nc.jetstream().pull_subscribe_bind(self.durable, stream=MQTT_MSGS_STREAM)
+        pull = PartitionPull(nc, self.durable)
+        # The same worker again (a new connection, since each phase runs its own event loop):
+        # with its pin id the server need not wait for the old pin to time out.
+        pull.pin = self.pin
         count = 0
         started = time.monotonic()
         while count < target:
-            try:
-                msgs = await sub.fetch(min(self.batch, target - count), timeout=1)
-            except nats.errors.TimeoutError:
-                continue
+            msgs = await pull.fetch(min(self.batch, target - count))
             now = time.time_ns()
             for msg in msgs:
                 reading = orjson.loads(msg.data)
                 if live:
                     self.latencies_ns.append(now - reading["sent_ns"])
             count += len(msgs)
-            if msgs:  # a fetch may end empty
-                await msgs[-1].ack_sync()  # after the batch is "stored"
+            await acknowledge(msgs)  # after the batch is "stored"
         elapsed = time.monotonic() - started
+        self.pin = pull.pin
         await nc.close()
         return elapsed
 

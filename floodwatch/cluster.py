@@ -33,10 +33,8 @@ import httpx
 import nats
 import paho.mqtt.client as paho
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DeliverPolicy,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -65,6 +63,11 @@ ACCOUNT = "FLOODWATCH"
 # docs/CLUSTER.md.
 SYNC_INTERVAL = "always"
 REPLICAS = 3
+# Workers pulling a partition form this priority group; the server moves the pin to another
+# worker when the pinned one has not pulled for PIN_TIMEOUT_S (the issue asks failover within
+# 10 s; rebuilding the partition's state takes the rest).
+PRIORITY_GROUP = "workers"
+PIN_TIMEOUT_S = 5.0
 
 _FNV32_OFFSET = 0x811C9DC5
 _FNV32_PRIME = 0x01000193
@@ -564,7 +567,11 @@ def mqtt_store_filter(root: str, part: int) -> str:
 
 
 async def ensure_partition_consumers(
-    servers: Sequence[str], root: str, partitions: int, ack_wait_s: float = 30.0
+    servers: Sequence[str],
+    root: str,
+    partitions: int,
+    ack_wait_s: float = 30.0,
+    pin_timeout_s: float = PIN_TIMEOUT_S,
 ) -> list[str]:
     """One durable pull consumer per partition on the MQTT listener's QoS 1 store; names in
     partition order. Every sensor's publish is there (R3) before its PUBACK, and the store keeps
@@ -573,28 +580,129 @@ async def ensure_partition_consumers(
     dropped at once (interest retention). Each partition is a fixed subject prefix, so the
     consumers cover every registered sensor, wards added later included.
 
-    AckAll: a worker acknowledges a batch once, after storing it; unacknowledged readings come
-    back after `ack_wait_s`, possibly out of order (judge by reading time, write idempotently).
+    Explicit acknowledgements (`acknowledge(batch)` after storing it); unacknowledged readings
+    come back after `ack_wait_s`, possibly out of order (judge by reading time, write
+    idempotently). Not AckAll, although it costs one message per batch instead of one per
+    reading: an acknowledgement of a later reading acknowledges every earlier one of the whole
+    consumer, so the worker taking over a partition would acknowledge the batch its dead
+    predecessor never stored (the failover test lost it that way).
+
+    Failover: each consumer has the priority group `workers` with the pinned-client policy.
+    Any number of workers may pull a partition (PartitionPull); the server delivers to one, the
+    pinned one, and pins another when it has not pulled for `pin_timeout_s`; the old one is then
+    refused (fenced). nats-py has no fields for priority groups, hence the raw API request.
     """
     nc = await connect(servers)
     names = []
     try:
-        js = nc.jetstream(timeout=10)
         for part in range(partitions):
             name = partition_consumer_name(root, part)
-            config = ConsumerConfig(
-                durable_name=name,
-                filter_subject=mqtt_store_filter(root, part),
-                ack_policy=AckPolicy.ALL,
-                ack_wait=ack_wait_s,
-                max_ack_pending=-1,
-                deliver_policy=DeliverPolicy.ALL,
+            config = {
+                "durable_name": name,
+                "filter_subject": mqtt_store_filter(root, part),
+                "ack_policy": "explicit",
+                "ack_wait": int(ack_wait_s * 1e9),
+                "max_ack_pending": -1,
+                "deliver_policy": "all",
+                "priority_groups": [PRIORITY_GROUP],
+                "priority_policy": "pinned_client",
+                "priority_timeout": int(pin_timeout_s * 1e9),
+            }
+            request = {"stream_name": MQTT_MSGS_STREAM, "config": config}
+            answer = await nc.request(
+                f"$JS.API.CONSUMER.CREATE.{MQTT_MSGS_STREAM}.{name}",
+                json.dumps(request).encode(),
+                timeout=10,
             )
-            await js.add_consumer(MQTT_MSGS_STREAM, config)
+            error = json.loads(answer.data).get("error")
+            if error:
+                raise ClusterError(
+                    f"JetStream refused partition {part}'s consumer {name}: "
+                    f"{error.get('description', error)}; check the cluster's health (/healthz)."
+                )
             names.append(name)
     finally:
         await nc.close()
     return names
+
+
+class Unpinned(ClusterError):
+    """Another worker holds the partition (the server pinned it after this one went quiet)."""
+
+
+class PartitionPull:
+    """Pulls batches of one partition as a member of its priority group: the server delivers
+    only to the pinned worker; the others' pulls wait until it stops pulling."""
+
+    def __init__(self, nc: NatsClient, consumer: str) -> None:
+        self.nc = nc
+        self.consumer = consumer
+        self.pin: str | None = None  # the server's id for this worker while pinned
+
+    async def fetch(self, batch: int, expires_s: float = 1.0) -> list[Msg]:
+        """Up to `batch` messages: what is waiting, else the first to arrive within `expires_s`
+        and what came with it (none if nothing came). Raises Unpinned when the server has
+        pinned another worker. `acknowledge` them once stored."""
+        msgs = await self._pull(batch, None)
+        if msgs:
+            return msgs
+        # Nothing waiting: wait for one, so a quiet partition's reading is taken at once.
+        msgs = await self._pull(1, expires_s)
+        if msgs and batch > 1:
+            msgs += await self._pull(batch - 1, None)
+        return msgs
+
+    async def _pull(self, batch: int, expires_s: float | None) -> list[Msg]:
+        """One pull request: without `expires_s` it answers at once with what is there."""
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        request: dict[str, object] = {"batch": batch, "group": PRIORITY_GROUP}
+        if expires_s is None:
+            request["no_wait"] = True
+        else:
+            request["expires"] = int(expires_s * 1e9)
+        if self.pin is not None:
+            request["id"] = self.pin
+        msgs: list[Msg] = []
+        try:
+            await self.nc.publish(
+                f"$JS.API.CONSUMER.MSG.NEXT.{MQTT_MSGS_STREAM}.{self.consumer}",
+                json.dumps(request).encode(),
+                reply=inbox,
+            )
+            deadline = time.monotonic() + (expires_s or 0.0) + 2.0
+            while len(msgs) < batch:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    msg = await sub.next_msg(timeout=remaining)
+                except nats.errors.TimeoutError:
+                    break
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status is None:
+                    self.pin = headers.get("Nats-Pin-Id", self.pin)
+                    msgs.append(msg)
+                elif status == "423":  # Nats-Pin-Id mismatch
+                    self.pin = None
+                    raise Unpinned(
+                        f"partition consumer {self.consumer} is pinned to another worker"
+                    )
+                elif status != "100":  # 404/408 no (more) messages, 409 leader change
+                    break
+        finally:
+            await sub.unsubscribe()
+        return msgs
+
+
+async def acknowledge(batch: Sequence[Msg]) -> None:
+    """Acknowledge a stored batch: every message, the last one confirmed by the server (the
+    acknowledgements travel in order on one connection, so the earlier ones are in too)."""
+    for msg in batch[:-1]:
+        await msg.ack()
+    if batch:
+        await batch[-1].ack_sync(timeout=5)
 
 
 def stream_name(root: str) -> str:

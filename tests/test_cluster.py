@@ -27,7 +27,10 @@ from floodwatch.cluster import (
     MQTT_MSGS_PREFIX,
     MQTT_MSGS_STREAM,
     LocalCluster,
+    PartitionPull,
+    Unpinned,
     accounts_config,
+    acknowledge,
     connect,
     ensure_partition_consumers,
     ensure_readings_stream,
@@ -422,17 +425,16 @@ async def _consume_partition(
     time, acknowledged once per batch after they are counted, until `until(counted)` holds."""
     nc = await connect(cluster.nats_urls("ingest"))
     try:
-        sub = await nc.jetstream(timeout=2).pull_subscribe_bind(consumer, stream=MQTT_MSGS_STREAM)
+        pull = PartitionPull(nc, consumer)
         counted: Counter[tuple[str, str]] = Counter()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while not until(counted) and loop.time() < deadline:
             try:
-                batch = await sub.fetch(500, timeout=1)
+                batch = await pull.fetch(500)
                 for msg in batch:
                     counted[msg.subject, msg.data.decode()] += 1
-                if batch:  # a fetch may end empty
-                    await batch[-1].ack_sync(timeout=2)
+                await acknowledge(batch)
             except (nats.errors.Error, TimeoutError):
                 continue
         return counted
@@ -512,3 +514,63 @@ async def _stream_leader(cluster: LocalCluster, stream: str) -> str:
         await nc.close()
     assert info.cluster is not None and info.cluster.leader is not None
     return info.cluster.leader
+
+
+@pytest.mark.slow
+def test_a_partition_fails_over_to_a_waiting_worker_with_nothing_lost(
+    cluster: LocalCluster, unique_root: str
+) -> None:
+    """Two workers pull one partition: only the pinned one receives; when it goes quiet with a
+    batch unacknowledged, the other is pinned and receives that batch again and the rest, and
+    the first is refused from then on."""
+    root = unique_root
+    part = partition("an-khanh", PARTITIONS)
+    consumer = asyncio.run(
+        ensure_partition_consumers(
+            cluster.nats_urls(), root, PARTITIONS, ack_wait_s=2, pin_timeout_s=1
+        )
+    )[part]
+    admin = MqttSensor(cluster, "admin")
+    for n in range(30):
+        admin.publish(f"{root}/v1/part/{part}/an-khanh/probe/reading", str(n).encode())
+    admin.close()
+
+    async def scenario() -> tuple[list[int], list[int], list[int], list[int], float]:
+        nc_a = await connect(cluster.nats_urls("ingest"))
+        nc_b = await connect(cluster.nats_urls("ingest"))
+        try:
+            a, b = PartitionPull(nc_a, consumer), PartitionPull(nc_b, consumer)
+            first = await a.fetch(10)
+            await acknowledge(first)  # stored
+            waiting = await b.fetch(10, expires_s=0.5)  # a holds the pin
+            unacked = await a.fetch(10)  # then a dies before acknowledging these
+            quiet_since = time.monotonic()
+            taken: list[int] = []
+            refused = False
+            while len(set(taken)) < 20 and time.monotonic() - quiet_since < 30:
+                batch = await b.fetch(50)
+                taken += [int(m.data) for m in batch]
+                await acknowledge(batch)
+                if taken and not refused:
+                    # b holds the pin now: a, back from the dead, is fenced off.
+                    with pytest.raises(Unpinned):
+                        await a.fetch(10, expires_s=0.5)
+                    refused = True
+            took_s = time.monotonic() - quiet_since
+            return (
+                [int(m.data) for m in first],
+                [int(m.data) for m in waiting],
+                [int(m.data) for m in unacked],
+                taken,
+                took_s,
+            )
+        finally:
+            await nc_a.close()
+            await nc_b.close()
+
+    first, waiting, unacked, taken, took_s = asyncio.run(scenario())
+    assert first == list(range(10))
+    assert waiting == [], "a worker that is not pinned received readings"
+    assert unacked == list(range(10, 20))
+    assert set(taken) == set(range(10, 30)), "the second worker lost or re-read readings"
+    print(f"partition taken over: its 20 outstanding readings received within {took_s:.1f} s")

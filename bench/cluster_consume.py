@@ -37,6 +37,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from floodwatch.cluster import (
     LocalCluster,
     PartitionPull,
+    Unpinned,
     acknowledge,
     connect,
     ensure_partition_consumers,
@@ -187,7 +188,12 @@ class JetStreamConsumer:
         count = 0
         started = time.monotonic()
         while count < target:
-            msgs = await pull.fetch(min(self.batch, target - count))
+            try:
+                msgs = await pull.fetch(min(self.batch, target - count))
+            except Unpinned:
+                # Idle past the pin timeout while the other design ran: pull again, unpinned,
+                # and the server pins this worker anew (no other pulls this partition).
+                continue
             now = time.time_ns()
             for msg in msgs:
                 reading = orjson.loads(msg.data)

@@ -11,8 +11,8 @@ durable pull consumer there (ensure_partition_consumers), which a worker owns.
 `partition()` assigns wards to partitions: FNV-1a 32 of the ward modulo N, which is what NATS's
 `{{partition(N, i)}}` transform computes (the READINGS stream, for JetStream publishers, uses
 that transform on `ROOT.v1.ward.WARD.ID.CHANNEL`; the tests compare the two on the real
-server). The single-node Mosquitto path will use it too: a worker subscribes to the sensors of
-its partitions' wards.
+server). The single-node Mosquitto path uses it too: a worker subscribes to the sensors of its
+partitions' wards (mosquitto_subscriptions).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from floodwatch.credentials import Credentials, new_password
 from floodwatch.errors import FloodwatchError
 from floodwatch.localservices import Service, free_port, running
 from floodwatch.registry import Registry, Sensor, ward_key
+from floodwatch.topics import Topics
 
 # One partition per worker is the smallest useful number; more partitions than workers lets a
 # worker's partitions spread over the survivors when it dies. Changing it moves wards between
@@ -103,6 +104,21 @@ def partition_plan(registry: Registry, partitions: int) -> dict[int, list[str]]:
     for sensor in registry.sensors.values():
         plan.setdefault(sensor_partition(sensor, partitions), []).append(sensor.id)
     return {p: sorted(ids) for p, ids in sorted(plan.items())}
+
+
+def mosquitto_subscriptions(
+    registry: Registry, topics: Topics, parts: Iterable[int], partitions: int
+) -> list[str]:
+    """The single-node (Mosquitto) path: the topics a worker owning `parts` subscribes to, the
+    reading and status topics of every sensor in those partitions' wards, so that one bigger
+    machine can run a worker per core with the same ward ownership as the cluster."""
+    owned = set(parts)
+    return [
+        topic
+        for sensor in sorted(registry.sensors.values(), key=lambda s: s.id)
+        if sensor_partition(sensor, partitions) in owned
+        for topic in (topics.reading(sensor.id), topics.status(sensor.id))
+    ]
 
 
 # -- subjects ----------------------------------------------------------------------------------

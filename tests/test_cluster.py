@@ -35,6 +35,7 @@ from floodwatch.cluster import (
     ensure_partition_consumers,
     ensure_readings_stream,
     local_cluster,
+    mosquitto_subscriptions,
     partition,
     partition_plan,
     partition_subject,
@@ -85,6 +86,19 @@ def test_shipped_sensors_are_all_in_an_khanh_and_one_partition() -> None:
     plan = partition_plan(REGISTRY, PARTITIONS)
     assert list(plan) == [partition("an-khanh", PARTITIONS)]
     assert plan[partition("an-khanh", PARTITIONS)] == sorted(REGISTRY.sensors)
+
+
+def test_mosquitto_workers_split_the_sensors_by_ward_without_overlap() -> None:
+    topics = Topics("floodwatch")
+    everything = mosquitto_subscriptions(REGISTRY, topics, range(PARTITIONS), PARTITIONS)
+    assert len(everything) == 2 * len(REGISTRY.sensors)
+    halves = [
+        mosquitto_subscriptions(REGISTRY, topics, range(k, PARTITIONS, 2), PARTITIONS)
+        for k in (0, 1)
+    ]
+    assert sorted(halves[0] + halves[1]) == sorted(everything)
+    mine = partition("an-khanh", PARTITIONS)
+    assert mosquitto_subscriptions(REGISTRY, topics, [mine], PARTITIONS) == everything
 
 
 def _registry_with(tmp_path: Path, props: dict[str, object]) -> Path:

@@ -225,12 +225,14 @@ def _reading(sensor_id: str, n: int) -> bytes:
     )
 
 
+@pytest.mark.services  # a real NATS cluster and HAProxy
 def test_nodes_and_front_door_are_mqtt_services(cluster: LocalCluster) -> None:
     for service in [svc for svc, _ in cluster.nodes] + [cluster.front]:
         assert service.url("ingest").startswith("mqtt://ingest:")
         assert service.endpoint("d12-01").port == service.port
 
 
+@pytest.mark.services  # a real NATS cluster and HAProxy
 def test_three_nodes_form_a_cluster_with_an_r3_stream(cluster: LocalCluster, root: str) -> None:
     async def check() -> None:
         nc = await connect(cluster.nats_urls())
@@ -247,6 +249,7 @@ def test_three_nodes_form_a_cluster_with_an_r3_stream(cluster: LocalCluster, roo
     asyncio.run(check())
 
 
+@pytest.mark.services  # a real NATS cluster and HAProxy
 def test_every_shipped_sensor_lands_in_its_wards_partition_through_haproxy(
     cluster: LocalCluster, unique_root: str
 ) -> None:
@@ -269,6 +272,7 @@ def test_every_shipped_sensor_lands_in_its_wards_partition_through_haproxy(
     assert pending == [0] * PARTITIONS, "readings left in a partition no shipped ward is in"
 
 
+@pytest.mark.services  # a real NATS cluster and HAProxy
 def test_a_sensor_cannot_publish_as_another(cluster: LocalCluster, unique_root: str) -> None:
     root = unique_root
     consumers = asyncio.run(ensure_partition_consumers(cluster.nats_urls(), root, PARTITIONS))
@@ -298,6 +302,7 @@ async def _pending(cluster: LocalCluster, consumers: list[str]) -> list[int]:
         await nc.close()
 
 
+@pytest.mark.services  # a real NATS cluster and HAProxy
 def test_nats_partition_agrees_with_python_for_random_keys(
     cluster: LocalCluster, root: str
 ) -> None:
@@ -403,6 +408,7 @@ _KILLED_NODE_SOCKETS = pytest.mark.filterwarnings(
 )
 
 
+@pytest.mark.services  # a real NATS cluster and HAProxy
 @pytest.mark.slow
 @_KILLED_NODE_SOCKETS
 def test_killing_the_stream_leader_under_load_loses_no_acknowledged_reading(
@@ -456,6 +462,7 @@ async def _consume_partition(
         await nc.close()
 
 
+@pytest.mark.services  # a real NATS cluster and HAProxy
 @pytest.mark.slow
 @_KILLED_NODE_SOCKETS
 def test_killing_the_mqtt_store_leader_loses_no_reading_a_sensor_got_a_puback_for(
@@ -530,6 +537,7 @@ async def _stream_leader(cluster: LocalCluster, stream: str) -> str:
     return info.cluster.leader
 
 
+@pytest.mark.services  # a real NATS cluster and HAProxy
 @pytest.mark.slow
 def test_a_partition_fails_over_to_a_waiting_worker_with_nothing_lost(
     cluster: LocalCluster, unique_root: str

@@ -17,16 +17,19 @@ partitions' wards (mosquitto_subscriptions).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import json
 import logging
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -40,7 +43,7 @@ from nats.js.api import (
     StreamConfig,
     SubjectTransform,
 )
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, ServiceUnavailableError
 from paho.mqtt.enums import CallbackAPIVersion
 
 from floodwatch.credentials import Credentials, new_password
@@ -75,6 +78,7 @@ _FNV32_PRIME = 0x01000193
 
 
 log = logging.getLogger("floodwatch.cluster")
+T = TypeVar("T")
 
 
 class ClusterError(FloodwatchError):
@@ -550,11 +554,27 @@ async def ensure_readings_stream(
     try:
         js = nc.jetstream(timeout=10)
         try:
-            await js.add_stream(config)
+            await retrying(lambda: js.add_stream(config), "the stream's creation")
         except BadRequestError:
-            await js.update_stream(config)
+            await retrying(lambda: js.update_stream(config), "the stream's update")
     finally:
         await nc.close()
+
+
+async def retrying(call: Callable[[], Awaitable[T]], what: str, timeout_s: float = 30.0) -> T:
+    """`call()` again while JetStream's API is briefly unavailable (a leader election, a node
+    catching up: no responders, 503, a timeout), for up to `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await call()
+        except (ServiceUnavailableError, nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"JetStream did not answer {what} within {timeout_s:g} s; check the "
+                    "cluster's health (/healthz on each node's monitoring port)."
+                ) from None
+            await asyncio.sleep(0.2)
 
 
 async def connect(servers: Sequence[str]) -> NatsClient:
@@ -625,10 +645,14 @@ async def ensure_partition_consumers(
                 "priority_timeout": int(pin_timeout_s * 1e9),
             }
             request = {"stream_name": MQTT_MSGS_STREAM, "config": config}
-            answer = await nc.request(
-                f"$JS.API.CONSUMER.CREATE.{MQTT_MSGS_STREAM}.{name}",
-                json.dumps(request).encode(),
-                timeout=10,
+            answer = await retrying(
+                functools.partial(
+                    nc.request,
+                    f"$JS.API.CONSUMER.CREATE.{MQTT_MSGS_STREAM}.{name}",
+                    json.dumps(request).encode(),
+                    timeout=10,
+                ),
+                f"partition {part}'s consumer creation",
             )
             error = json.loads(answer.data).get("error")
             if error:

@@ -4,6 +4,8 @@ cluster with JetStream behind HAProxy, started on free loopback ports."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import gc
 import itertools
 import random
@@ -37,8 +39,10 @@ from floodwatch.cluster import (
     local_cluster,
     mosquitto_subscriptions,
     partition,
+    partition_consumer_name,
     partition_plan,
     partition_subject,
+    retrying,
     stream_name,
     wait_cluster_ready,
 )
@@ -141,8 +145,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 
 @pytest.fixture
-def unique_root() -> str:
-    return "t" + uuid.uuid4().hex[:10]
+def unique_root(cluster: LocalCluster) -> Iterator[str]:
+    """A topic root of this test's own; its stream and partition consumers are deleted
+    afterwards, so a node restarted by a later test has little to catch up."""
+    name = "t" + uuid.uuid4().hex[:10]
+    yield name
+    asyncio.run(_forget(cluster, name))
 
 
 @pytest.fixture
@@ -150,6 +158,22 @@ def root(cluster: LocalCluster, unique_root: str) -> str:
     """A topic root of this test's own, with its own READINGS stream (R3)."""
     asyncio.run(ensure_readings_stream(cluster.nats_urls(), unique_root, PARTITIONS))
     return unique_root
+
+
+async def _forget(cluster: LocalCluster, root: str) -> None:
+    """Best effort: a cleanup that JetStream cannot serve right now is left to the cluster's
+    deletion at the end of the module."""
+    nc = await connect(cluster.nats_urls())
+    try:
+        js = nc.jetstream(timeout=10)
+        with contextlib.suppress(nats.errors.Error):
+            await js.delete_stream(stream_name(root))
+        with contextlib.suppress(nats.errors.Error):
+            for consumer in await js.consumers_info(MQTT_MSGS_STREAM):
+                if consumer.name.startswith(partition_consumer_name(root, 0)[:-1]):
+                    await js.delete_consumer(MQTT_MSGS_STREAM, consumer.name)
+    finally:
+        await nc.close()
 
 
 async def _drain(
@@ -160,7 +184,10 @@ async def _drain(
     nc = await connect(cluster.nats_urls())
     try:
         js = nc.jetstream()
-        sub = await js.pull_subscribe(f"{root}.v1.part.>", durable=None, stream=stream_name(root))
+        sub = await retrying(
+            lambda: js.pull_subscribe(f"{root}.v1.part.>", durable=None, stream=stream_name(root)),
+            "a consumer's creation",
+        )
         got: list[tuple[str, bytes]] = []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -297,7 +324,11 @@ async def _pending(cluster: LocalCluster, consumers: list[str]) -> list[int]:
     nc = await connect(cluster.nats_urls())
     try:
         js = nc.jetstream()
-        return [(await js.consumer_info(MQTT_MSGS_STREAM, c)).num_pending or 0 for c in consumers]
+        infos = [
+            await retrying(functools.partial(js.consumer_info, MQTT_MSGS_STREAM, c), "info")
+            for c in consumers
+        ]
+        return [info.num_pending or 0 for info in infos]
     finally:
         await nc.close()
 
@@ -431,7 +462,7 @@ def test_killing_the_stream_leader_under_load_loses_no_acknowledged_reading(
     # The killed node comes back and catches up: all three replicas current again.
     for service, _ in cluster.nodes:
         service.start()
-    wait_cluster_ready([node for _, node in cluster.nodes], timeout_s=60)
+    wait_cluster_ready([node for _, node in cluster.nodes], timeout_s=120)
     gc.collect()
 
 
@@ -523,14 +554,14 @@ def test_killing_the_mqtt_store_leader_loses_no_reading_a_sensor_got_a_puback_fo
     )
     for service, _ in cluster.nodes:
         service.start()
-    wait_cluster_ready([node for _, node in cluster.nodes], timeout_s=60)
+    wait_cluster_ready([node for _, node in cluster.nodes], timeout_s=120)
     gc.collect()
 
 
 async def _stream_leader(cluster: LocalCluster, stream: str) -> str:
     nc = await connect(cluster.nats_urls())
     try:
-        info = await nc.jetstream().stream_info(stream)
+        info = await retrying(functools.partial(nc.jetstream().stream_info, stream), "info")
     finally:
         await nc.close()
     assert info.cluster is not None and info.cluster.leader is not None

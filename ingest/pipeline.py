@@ -1,9 +1,31 @@
-"""The ingest loop: deliveries from the broker, judged in batches, stored, then acknowledged.
+"""The ingest pipeline: deliveries decoded, judged for alerts at once, then stored and
+acknowledged.
 
-At least once, and no more than needed: a QoS 1 message is acknowledged to the broker only
-after InfluxDB accepted its readings (or its dead letter). While InfluxDB is down the batch is
-retried with capped backoff and nothing is acknowledged, so the broker keeps (and after a
-crash redelivers) everything; a redelivered reading overwrites itself in InfluxDB.
+Threads, and the one owner of each piece of state:
+
+thread               owns                                  talks to
+-------------------  ------------------------------------  -------------------------------------
+MQTT network (paho)  the broker socket                     inbox (readings); alert owner (acks)
+ingest-decode        the inbox's head                      alert owner (decoded batches)
+ingest-alerts        the alert engine's state; every       store queue (readings with the alert
+  (ingest/alerting)  publish on alerts/, events/, episodes   events judged from them)
+ingest-store         InfluxDB writes, outbox appends       finish queue
+ingest-finish        acknowledgements, stored counters     broker (dead letters, PUBACKs)
+ingest-outbox        the outbox's oldest batch             InfluxDB
+ingest-restore       one rebuild from InfluxDB at a time   alert owner (the rebuilt state)
+main                 signals, the stale clock              alert owner (a tick a second); stop()
+
+Alerts do not wait for the database: a batch is judged as soon as it is decoded, while its
+messages are still unacknowledged (the broker keeps them). Its readings and the alert events
+judged from them are written in one request, and only then are its messages acknowledged (a
+spilled batch: once on disk in the outbox). So what a restart finds stored is consistent:
+either a batch and its events, or neither, in which case the broker redelivers the batch and
+the engine, rebuilt without it, judges it again into the same deterministic ids (rule 12 of
+alerts/engine.py): an event is at least once on MQTT, once in InfluxDB.
+
+At least once, and no more than needed: while InfluxDB is down a batch is retried with capped
+backoff and nothing is acknowledged, so the broker keeps (and after a crash redelivers)
+everything; a redelivered reading overwrites itself in InfluxDB. Every wait wakes on stop().
 """
 
 from __future__ import annotations
@@ -14,9 +36,9 @@ import queue
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from floodwatch.errors import BrokerError, InfluxError, InfluxUnavailable, LineProtocolError
 from floodwatch.influx import DatabaseMissing, InfluxClient
@@ -129,12 +151,53 @@ def judge(topics: Topics, registry: Registry, deliveries: list[Delivery]) -> Bat
     return Batch(lines, readings, statuses, rejections, origins)
 
 
+EMPTY_BATCH = Batch([], [], 0, [], [])
+
+
+def merge(batches: list[Batch]) -> Batch:
+    """Consecutive batches as one (pure): one engine step, or one write, for all of them."""
+    if len(batches) == 1:
+        return batches[0]
+    lines: list[str] = []
+    readings: list[Reading] = []
+    rejections: list[Rejection] = []
+    origins: list[tuple[str, bytes, int]] = []
+    statuses = 0
+    for b in batches:
+        lines.extend(b.lines)
+        readings.extend(b.readings)
+        rejections.extend(b.rejections)
+        origins.extend(b.origins)
+        statuses += b.statuses
+    return Batch(lines, readings, statuses, rejections, origins)
+
+
 @dataclass(frozen=True, slots=True)
-class Stored:
-    """One batch safe in InfluxDB (or the outbox), waiting to be acknowledged and judged."""
+class ToStore:
+    """A judged batch on its way to InfluxDB: its deliveries are acknowledged once its lines
+    and the alert events judged from it are stored (an acknowledgement command: once its
+    event is)."""
 
     deliveries: list[Delivery]
-    readings: list[Reading]
+    batch: Batch
+    alert_lines: list[str] = field(default_factory=list)
+
+
+class AlertStage(Protocol):
+    """The alert owner as the pipeline sees it (ingest.alerting.Alerting)."""
+
+    def submit(self, deliveries: list[Delivery], batch: Batch) -> None:
+        """Judge a decoded batch, then hand it on with its events (`Ingest.store_later`)."""
+
+    def flush(self, deadline: float) -> None:
+        """Return once everything submitted has been handed on, or at `deadline` (monotonic)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """One batch safe in InfluxDB (or the outbox), waiting to be acknowledged."""
+
+    deliveries: list[Delivery]
     rejections: list[Rejection]
     readings_stored: int
     statuses_stored: int
@@ -148,14 +211,14 @@ SPILLED = Spilled()
 
 
 class Ingest:
-    """Three threads after the network thread: one judges batches, one stores them, and one
-    finishes them (dead letters published, acknowledgement, alert engine, counters).
+    """The decoding, storing, finishing and outbox-draining threads (see the table above).
 
-    Judging and finishing (CPU) overlap with storing (waiting on InfluxDB), so under load the
-    next write is on its way while the last one is finished. Small queues between them
-    push back: while InfluxDB is slow, deliveries pile up in the inbox and the next batch
-    is larger, so the write rate adapts without tuning. The inbox itself is bounded by the
-    broker's in-flight window: the broker sends no more until ingest acknowledges.
+    Decoding and judging (CPU) overlap with storing (waiting on InfluxDB). While a write is in
+    flight the next batches queue up and go in the next request together, so the write rate
+    adapts to InfluxDB without tuning. Nothing upstream of the store waits for it: while
+    InfluxDB is slow or down, batches are still decoded and judged, and wait, unacknowledged,
+    in the store queue, which the broker bounds: it sends no more than its in-flight window
+    (max_inflight_messages) until ingest acknowledges, or the outbox takes them.
     """
 
     def __init__(
@@ -172,7 +235,7 @@ class Ingest:
         linger_s: float = 0.02,
         outbox: Outbox | None = None,
         outbox_after_s: float = 10.0,
-        on_stored: Callable[[list[Reading]], object] | None = None,
+        alerts: AlertStage | None = None,
     ) -> None:
         self.topics = topics
         self.registry = registry
@@ -189,8 +252,11 @@ class Ingest:
         # _closing: flush what is in hand, then stop; _stopping: stop now (the deadline).
         self._closing = threading.Event()
         self._stopping = threading.Event()
-        self._judged_done = threading.Event()
-        self._judged: queue.Queue[tuple[list[Delivery], Batch]] = queue.Queue(maxsize=2)
+        # Set once nothing more will be queued for the store (decoder and alert owner done).
+        self._upstream_done = threading.Event()
+        # Unbounded: the broker's in-flight window bounds what is unacknowledged, and the
+        # alert owner must never wait for the store.
+        self._to_store: queue.SimpleQueue[ToStore] = queue.SimpleQueue()
         self._stored_done = threading.Event()
         self._stored: queue.Queue[Stored] = queue.Queue(maxsize=2)
         self._threads: list[threading.Thread] = []
@@ -198,9 +264,7 @@ class Ingest:
         self._deadletter_seq = 0
         self.outbox = outbox
         self.outbox_after_s = outbox_after_s
-        # Called with each batch's readings once they are stored (or safe in the outbox):
-        # the alert engine judges them there.
-        self.on_stored = on_stored
+        self.alerts = alerts
         # When the current InfluxDB outage began (monotonic), or None while it answers.
         self._down_since: float | None = None
 
@@ -211,9 +275,13 @@ class Ingest:
         if not self._wake.is_set():
             self._wake.set()
 
+    def store_later(self, item: ToStore) -> None:
+        """Queue a judged batch (or alert events) for the store thread; never waits."""
+        self._to_store.put(item)
+
     def start(self) -> None:
         loops = [
-            (self._judge_loop, "ingest-judge"),
+            (self._decode_loop, "ingest-decode"),
             (self._store_loop, "ingest-store"),
             (self._finish_loop, "ingest-finish"),
         ]
@@ -240,25 +308,35 @@ class Ingest:
         return run
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Flush what is in hand, within `timeout_s`, then stop.
+        """Flush what is in hand, then stop, all within `timeout_s`.
 
-        Deliveries already received are judged, stored and acknowledged while the deadline
-        allows (the MQTT connection must stay up meanwhile, for the acknowledgements). What
-        is left at the deadline, or arrives after, stays unacknowledged: the broker keeps it
-        for the next ingest.
+        Deliveries already received are decoded, judged, stored and acknowledged while the
+        deadline allows (the MQTT connection must stay up meanwhile, for the
+        acknowledgements). What is left at the deadline, or arrives after, stays
+        unacknowledged: the broker keeps it for the next ingest. Every wait wakes at the
+        deadline; a write still in flight then (a paused influxd) is abandoned with its
+        daemon thread, and its batch stays unacknowledged.
         """
-        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
+        # The last part of the budget is for stopping itself (joins, closing connections).
+        deadline = started + timeout_s - min(0.5, timeout_s / 5)
         self._closing.set()
         self._wake.set()
-        for thread in self._threads[:3]:  # the judge, the store, then the finish
+        if self._threads:
+            self._threads[0].join(max(0.0, deadline - time.monotonic()))  # the decoder
+        if self.alerts is not None:
+            self.alerts.flush(deadline)
+        self._upstream_done.set()
+        for thread in self._threads[1:3]:  # the store, then the finish
             thread.join(max(0.0, deadline - time.monotonic()))
         self._stopping.set()
+        self._wake.set()
         for thread in self._threads:
-            thread.join(max(0.0, deadline + 1.0 - time.monotonic()))
+            thread.join(max(0.0, min(0.2, started + timeout_s - time.monotonic())))
 
     @property
     def backlog(self) -> int:
-        return len(self._inbox) + self._judged.qsize() + self._stored.qsize()
+        return len(self._inbox) + self._to_store.qsize() + self._stored.qsize()
 
     def _take(self) -> list[Delivery]:
         inbox, size = self._inbox, 0
@@ -270,48 +348,70 @@ class Ingest:
             size += len(d.payload)
         return batch
 
-    def _judge_loop(self) -> None:
-        last_take = 0.0
-        last_size = 0
+    def _decode_loop(self) -> None:
+        """Decode whatever has arrived, at once: an alert waits for no batch to fill."""
+        alerts = self.alerts
         try:
             while not self._stopping.is_set():
                 if not self._inbox:
                     if self._closing.is_set():
-                        return  # all received is judged: the flush is done
+                        return  # all received is decoded: the flush is done
                     self._wake.clear()
                     if not self._inbox:
                         self._wake.wait(0.5)
                     continue
-                # Under load (the last batch was large), gather for a few milliseconds rather
-                # than write tiny batches: each request costs InfluxDB and this process far
-                # more than each line in it. At everyday rates batches are small and nothing
-                # waits, so an alert is not held back.
-                if (
-                    last_size >= LINGER_AFTER_BATCH
-                    and len(self._inbox) < self.max_batch
-                    and not self._closing.is_set()
-                ):
+                deliveries = self._take()
+                batch = judge(self.topics, self.registry, deliveries)
+                if alerts is not None:
+                    alerts.submit(deliveries, batch)
+                else:
+                    self._to_store.put(ToStore(deliveries, batch))
+        finally:
+            if alerts is None:
+                self._upstream_done.set()
+
+    def _gather(self, first: ToStore) -> list[ToStore]:
+        """`first` and whatever else is queued, up to a request's worth (max_batch messages,
+        max_batch_bytes of payload)."""
+        items = [first]
+        messages = len(first.deliveries)
+        size = sum(len(d.payload) for d in first.deliveries)
+        get = self._to_store.get_nowait
+        while messages < self.max_batch and size < self.max_batch_bytes:
+            try:
+                item = get()
+            except queue.Empty:
+                break
+            items.append(item)
+            messages += len(item.deliveries)
+            size += sum(len(d.payload) for d in item.deliveries)
+        return items
+
+    def _store_loop(self) -> None:
+        last_take = 0.0
+        last_size = 0
+        try:
+            while not self._stopping.is_set():
+                try:
+                    first = self._to_store.get(timeout=0.1)
+                except queue.Empty:
+                    if self._upstream_done.is_set() and self._to_store.empty():
+                        return  # flushed
+                    continue
+                # Under load (the last request was large), gather for a few milliseconds
+                # rather than write tiny requests: each costs InfluxDB and this process far
+                # more than each line in it. Alerts are already out; only storing waits.
+                if last_size >= LINGER_AFTER_BATCH and not self._closing.is_set():
                     pause = last_take + self.linger_s - time.monotonic()
                     if pause > 0 and self._stopping.wait(pause):
                         return
                 last_take = time.monotonic()
-                deliveries = self._take()
+                items = self._gather(first)
+                deliveries = [d for item in items for d in item.deliveries]
                 last_size = len(deliveries)
-                batch = judge(self.topics, self.registry, deliveries)
-                self._hand_on(self._judged, (deliveries, batch))
-        finally:
-            self._judged_done.set()
-
-    def _store_loop(self) -> None:
-        try:
-            while not self._stopping.is_set():
-                try:
-                    deliveries, batch = self._judged.get(timeout=0.1)
-                except queue.Empty:
-                    if self._judged_done.is_set() and self._judged.empty():
-                        return  # flushed
-                    continue
-                stored = self._persist(deliveries, batch)
+                batch = merge([item.batch for item in items])
+                alert_lines = [line for item in items for line in item.alert_lines]
+                stored = self._persist(deliveries, batch, alert_lines)
                 if stored is not None:
                     self._hand_on(self._stored, stored)
         finally:
@@ -337,22 +437,28 @@ class Ingest:
                 continue
 
     def process(self, deliveries: list[Delivery]) -> None:
-        """Judge, store, dead-letter and acknowledge one batch, on the caller's thread."""
+        """Decode, store, dead-letter and acknowledge one batch on the caller's thread
+        (no alerts)."""
         self.store(deliveries, judge(self.topics, self.registry, deliveries))
 
-    def store(self, deliveries: list[Delivery], judged: Batch) -> None:
-        """Store a judged batch, dead-letter what was refused, then acknowledge it all."""
-        stored = self._persist(deliveries, judged)
+    def store(
+        self, deliveries: list[Delivery], judged: Batch, alert_lines: Sequence[str] = ()
+    ) -> None:
+        """Store a decoded batch, dead-letter what was refused, then acknowledge it all."""
+        stored = self._persist(deliveries, judged, list(alert_lines))
         if stored is not None:
             self._finish(stored)
 
-    def _persist(self, deliveries: list[Delivery], judged: Batch) -> Stored | None:
-        """Write a judged batch and its dead letters; None if asked to stop before InfluxDB
-        (or the outbox) took it, in which case nothing may be acknowledged."""
+    def _persist(
+        self, deliveries: list[Delivery], judged: Batch, alert_lines: list[str]
+    ) -> Stored | None:
+        """Write a decoded batch, the alert events judged from it and its dead letters in one
+        request; None if asked to stop before InfluxDB (or the outbox) took it, in which case
+        nothing may be acknowledged."""
         rejections = list(judged.rejections)
         lines = judged.lines
         dead_lines = [self._deadletter_line(rej) for rej in rejections]
-        outcome = self._write(lines + dead_lines, spill=True)
+        outcome = self._write(lines + alert_lines + dead_lines, spill=True)
         if outcome is None:
             return None
         stored_readings = len(judged.readings)
@@ -360,14 +466,18 @@ class Ingest:
         refused: list[RefusedLine] = []
         if isinstance(outcome, Spilled):
             # On disk, durably: the drainer stores it, and counts it, when InfluxDB returns.
-            self.counters.outbox_spilled += len(lines) + len(dead_lines)
+            self.counters.outbox_spilled += len(lines) + len(alert_lines) + len(dead_lines)
             stored_readings = stored_statuses = 0
         else:
             refused = outcome
         late: list[str] = []
         for bad in refused:
-            if bad.index >= len(lines):
+            if bad.index >= len(lines) + len(alert_lines):
                 log.error("InfluxDB refused a dead letter: %s", bad.message)
+                continue
+            if bad.index >= len(lines):
+                line = alert_lines[bad.index - len(lines)]
+                log.error("InfluxDB refused an alert event %r: %s", line[:200], bad.message)
                 continue
             topic, payload, received = judged.origins[bad.index]
             rej = Rejection(
@@ -385,10 +495,10 @@ class Ingest:
                 stored_statuses -= 1
         if late and self._write(late, spill=False) is None:
             return None
-        return Stored(deliveries, judged.readings, rejections, stored_readings, stored_statuses)
+        return Stored(deliveries, rejections, stored_readings, stored_statuses)
 
     def _finish(self, stored: Stored) -> None:
-        """After the write: publish dead letters, acknowledge, judge alerts, count."""
+        """After the write: publish dead letters, acknowledge, count."""
         for rej in stored.rejections:
             self.counters.count_deadletter(rej.code)
             try:
@@ -396,11 +506,6 @@ class Ingest:
             except BrokerError as exc:  # it is stored in InfluxDB all the same; go on
                 log.warning("could not publish a dead letter on MQTT: %s", exc)
         self._ack(stored.deliveries)
-        if self.on_stored is not None and stored.readings:
-            try:
-                self.on_stored(stored.readings)
-            except Exception:  # a fault in judging must never stop storing
-                log.exception("judging a stored batch failed")
         c = self.counters
         c.messages += len(stored.deliveries)
         c.readings_stored += stored.readings_stored
@@ -450,14 +555,6 @@ class Ingest:
                 return None
             backoff = min(backoff * 2, self.max_backoff_s)
 
-    def store_lines(self, lines: list[str]) -> None:
-        """Write lines that must be kept (alert events) the way readings are: retried while
-        InfluxDB is down, to the outbox after a long outage."""
-        outcome = self._write(lines, spill=True)
-        if isinstance(outcome, list):
-            for bad in outcome:
-                log.error("InfluxDB refused %r: %s", lines[bad.index][:200], bad.message)
-
     def _create_database(self) -> None:
         """InfluxDB came back without the database (it was down at start, or wiped)."""
         try:
@@ -481,38 +578,67 @@ class Ingest:
         log.error("outbox %s is full; holding the batch unacknowledged", outbox.path)
         return False
 
-    def _drain_loop(self) -> None:
-        """Write the outbox's batches to InfluxDB, oldest first, whenever it answers."""
+    def busy(self) -> bool:
+        """Whether a thread is still running (after stop(): stuck in a write)."""
+        return any(thread.is_alive() for thread in self._threads)
+
+    def drain_outbox_now(self) -> bool:
+        """Write the whole outbox to InfluxDB on the caller's thread (at start, before the
+        threads run, so the alert restore sees what the last run spilled); False if InfluxDB
+        did not take it all."""
+        try:
+            while self._drain_one():
+                pass
+        except InfluxError as exc:
+            log.warning("outbox: InfluxDB unavailable (%s); draining later", exc)
+            return False
+        return True
+
+    def _drain_one(self) -> bool:
+        """Write the outbox's oldest batch; False when it is empty. Raises InfluxError."""
         outbox = self.outbox
-        assert outbox is not None
-        backoff = 0.1
-        while not self._stopping.is_set():
-            item = outbox.oldest()
-            if item is None:
-                self._stopping.wait(0.2)
-                continue
-            batch_id, lines = item
+        if outbox is None:
+            return False
+        item = outbox.oldest()
+        if item is None:
+            return False
+        batch_id, lines = item
+        while True:
             try:
                 refused = write_keeping_good_lines(self.influx, lines)
-                if refused:
-                    dead = [
-                        self._deadletter_line(
-                            Rejection(
-                                "(outbox)",
-                                lines[bad.index].encode(),
-                                "influx_refused",
-                                f"InfluxDB refused the point: {bad.message}",
-                                time.time_ns(),
-                            )
-                        )
-                        for bad in refused
-                    ]
-                    write_keeping_good_lines(self.influx, dead)
-                    for _ in refused:
-                        self.counters.count_deadletter("influx_refused")
             except DatabaseMissing:
                 self._create_database()
+                if self._stopping.is_set():
+                    raise
                 continue
+            break
+        if refused:
+            dead = [
+                self._deadletter_line(
+                    Rejection(
+                        "(outbox)",
+                        lines[bad.index].encode(),
+                        "influx_refused",
+                        f"InfluxDB refused the point: {bad.message}",
+                        time.time_ns(),
+                    )
+                )
+                for bad in refused
+            ]
+            write_keeping_good_lines(self.influx, dead)
+            for _ in refused:
+                self.counters.count_deadletter("influx_refused")
+        self._down_since = None
+        outbox.remove(batch_id)
+        self.counters.outbox_drained += len(lines)
+        return True
+
+    def _drain_loop(self) -> None:
+        """Write the outbox's batches to InfluxDB, oldest first, whenever it answers."""
+        backoff = 0.1
+        while not self._stopping.is_set():
+            try:
+                drained = self._drain_one()
             except InfluxError as exc:
                 log.warning("outbox: InfluxDB still unavailable (%s); retrying", exc)
                 if self._stopping.wait(backoff):
@@ -520,6 +646,5 @@ class Ingest:
                 backoff = min(backoff * 2, self.max_backoff_s)
                 continue
             backoff = 0.1
-            self._down_since = None
-            outbox.remove(batch_id)
-            self.counters.outbox_drained += len(lines)
+            if not drained:
+                self._stopping.wait(0.2)

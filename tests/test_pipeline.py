@@ -7,12 +7,12 @@ import time
 
 import orjson
 
+from alerts import new_state
 from floodwatch.errors import BrokerError, InfluxUnavailable
 from floodwatch.influx import WriteRefused
 from floodwatch.mqtt import Delivery
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry
 from floodwatch.topics import Topics
-from alerts import new_state
 from ingest.alerting import Alerting
 from ingest.pipeline import Ingest
 

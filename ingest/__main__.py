@@ -42,7 +42,7 @@ from floodwatch.settings import (
     whole_number,
 )
 from floodwatch.topics import Topics
-from ingest.alerting import Alerting, ack_request
+from ingest.alerting import Alerting, Restored, ack_request
 from ingest.metrics import ingest_metrics
 from ingest.outbox import Outbox
 from ingest.pipeline import Ingest
@@ -169,20 +169,31 @@ def ingest_settings(args: argparse.Namespace) -> IngestSettings:
 
 
 def restore_until_ready(
-    alerting: Alerting, outbox: Outbox | None, stop: threading.Event, log: logging.Logger
+    alerting: Alerting,
+    ingest: Ingest,
+    outbox: Outbox | None,
+    stop: threading.Event,
+    log: logging.Logger,
 ) -> None:
     """Rebuild the alert state as soon as InfluxDB answers and holds what the outbox held
-    (ingest-restore thread); readings decoded meanwhile are stored unjudged, and the rebuild
-    replays them."""
+    (ingest-restore thread), and queue it for the owner; readings decoded meanwhile are
+    stored unjudged, and the rebuild replays what was stored."""
     while not alerting.ready and not stop.is_set():
         if outbox is not None and not outbox.empty:
             stop.wait(0.5)
             continue
         try:
-            alerting.restore()
+            restored = alerting.rebuild_state()
         except InfluxError as exc:
             log.warning("alerts wait for InfluxDB to restore their state: %s", exc)
             stop.wait(2.0)
+            continue
+
+        def adopt(restored: Restored = restored) -> None:
+            alerting.adopt(restored)
+
+        ingest.call(adopt)
+        return
 
 
 def outbox_path(setting: str, client_id: str) -> Path:
@@ -344,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         outbox=outbox,
         outbox_after_s=config.outbox_after_s,
     )
-    alerting = Alerting(registry, topics, influx_read, publish, ingest.store_later)
+    alerting = Alerting(registry, topics, influx_read, publish)
     ingest.alerts = alerting
     if outbox is not None and not outbox.empty:
         log.info(
@@ -354,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def route(delivery: Delivery) -> None:
         # Operators' acknowledgements go to the alert owner; readings to the pipeline.
         if delivery.topic == topics.ack_commands:
-            alerting.command(delivery)
+            ingest.call(lambda: alerting.answer(delivery))
         else:
             ingest.deliver(delivery)
 
@@ -377,16 +388,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     restored = False
     if outbox is None or ingest.drain_outbox_now():
         try:
-            alerting.restore()
+            alerting.adopt(alerting.rebuild_state())
             restored = True
         except InfluxError as exc:
             log.warning("alerts wait for InfluxDB to restore their state: %s", exc)
     ingest.start()
-    alerting.start()
     if not restored:
         threading.Thread(
             target=restore_until_ready,
-            args=(alerting, outbox, stop, log),
+            args=(alerting, ingest, outbox, stop, log),
             daemon=True,
             name="ingest-restore",
         ).start()
@@ -395,7 +405,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FloodwatchError as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         ingest.stop(min(config.shutdown_timeout_s, 2.0))
-        alerting.stop()
         return 1
     metrics_server = None
     if config.metrics_port:
@@ -405,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 config.metrics_port,
                 lambda: ingest_metrics(
                     ingest.counters,
-                    ingest.backlog + alerting.backlog,
+                    ingest.backlog,
                     outbox.status() if outbox else None,
                     dict(alerting.events_by_kind),
                 ),
@@ -425,12 +434,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The main loop never waits on InfluxDB or the broker: it only queues ticks, so a signal
     # is always seen within STALE_CHECK_S.
     while not stop.wait(STALE_CHECK_S):
-        if ingest.failed.is_set() or alerting.failed.is_set():
+        if ingest.failed.is_set():
             break  # logged where it happened; exit non-zero so a supervisor restarts ingest
-        alerting.tick()
+        ingest.call(alerting.check_stale)
         if stats_interval and time.monotonic() >= next_stats:
             next_stats += stats_interval
-            state = f" backlog={ingest.backlog} alert_backlog={alerting.backlog}"
+            state = f" backlog={ingest.backlog}"
             if outbox is not None and not outbox.empty:
                 st = outbox.status()
                 state += f" outbox_lines={st.lines} outbox_oldest={st.oldest_age_s:.0f}s"
@@ -438,12 +447,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("stopping: storing what is in hand (at most %g s)", config.shutdown_timeout_s)
     stop.set()
     ingest.stop(config.shutdown_timeout_s)
-    alerting.stop(0.2)
     mqtt.stop()
     if metrics_server is not None:
         metrics_server.shutdown()
     log.info("stopped; %s", ingest.counters.summary())
-    failed = ingest.failed.is_set() or alerting.failed.is_set()
+    failed = ingest.failed.is_set()
     if ingest.busy():
         # A write still waits on InfluxDB (paused or unreachable): its batch stays with the
         # broker. Exit now rather than wait for the HTTP timeout.

@@ -1,21 +1,19 @@
 """Where readings are decided, in the running pipeline: the thin shell around the pure alert
-engine (alerts/), and the one owner of its state.
+engine (alerts/) that the owner thread (`ingest-alerts`, see ingest/pipeline.py) drives.
 
-One thread (`ingest-alerts`) applies, one at a time and in the order they were queued, the
-batches ingest has decoded, the periodic stale tick, operators' acknowledgements and the
-state rebuilt at start. It alone publishes the retained `alerts/{id}` states, `events/{id}`
-and episodes, right after each change, so they go out in the order of the state changes and
-the last retained message is always the current state. It then hands each batch's readings,
-with the events judged from them, to the store (ingest.pipeline): nothing here waits for
-InfluxDB. At start the state is rebuilt from what InfluxDB holds (alerts.rebuild).
+Only the owner thread calls `judge`, `check_stale`, `answer` and `adopt`, in the order their
+work was queued: the batches ingest has decoded, the periodic stale tick, operators'
+acknowledgements and the state rebuilt at start. Each publishes the retained `alerts/{id}`
+states, `events/{id}` and episodes right after its change, so they go out in the order of the
+state changes and the last retained message is always the current state, and returns the
+events as line protocol for the store: nothing here waits for InfluxDB. `rebuild_state` (any
+thread) rebuilds the state from what InfluxDB holds (alerts.rebuild).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,49 +40,23 @@ from floodwatch.influx import InfluxClient
 from floodwatch.mqtt import Delivery
 from floodwatch.registry import Registry
 from floodwatch.topics import Topics
+from ingest.decode import Reading
 from ingest.line_protocol import encode_point
-from ingest.pipeline import EMPTY_BATCH, Batch, ToStore
+from ingest.pipeline import EMPTY_BATCH, ToStore
 
 log = logging.getLogger(__name__)
 
 
 Publish = Callable[[str, bytes, bool], None]  # topic, payload, retain
-Store = Callable[[ToStore], None]
-
-# Consecutive queued batches are judged in one engine step up to this many readings: one step
-# costs about the same for 1 reading as for hundreds.
-MAX_STEP_READINGS = 50_000
 
 
 @dataclass(frozen=True, slots=True)
-class _Judge:
-    deliveries: list[Delivery]
-    batch: Batch
+class Restored:
+    """An engine state rebuilt from InfluxDB, for the owner to adopt."""
 
-
-@dataclass(frozen=True, slots=True)
-class _Tick:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class _Command:
-    delivery: Delivery
-
-
-@dataclass(frozen=True, slots=True)
-class _Restored:
     state: EngineState
     events: int
     readings: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Flush:
-    done: threading.Event
-
-
-_Item = _Judge | _Tick | _Command | _Restored | _Flush
 
 
 class Alerting:
@@ -94,7 +66,6 @@ class Alerting:
         topics: Topics,
         influx: InfluxClient,
         publish: Publish,
-        store: Store,
         clock: Callable[[], int] = time.time_ns,
         state: EngineState | None = None,
     ) -> None:
@@ -102,16 +73,9 @@ class Alerting:
         self.topics = topics
         self.influx = influx
         self._publish = publish
-        self._store = store
         self._clock = clock
-        # Given (a fresh engine, in tests and tools) or restored from InfluxDB at start.
+        # Given (a fresh engine, in tests and tools) or rebuilt from InfluxDB at start.
         self._state: EngineState | None = state
-        self._items: deque[_Item] = deque()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._restoring = threading.Lock()
-        self.failed = threading.Event()  # the owner thread died of an unexpected error
         # (kind, change, level name) -> events emitted, for the metrics.
         self.events_by_kind: dict[tuple[str, str, str], int] = {}
 
@@ -123,119 +87,31 @@ class Alerting:
     def state(self) -> EngineState | None:
         return self._state
 
-    @property
-    def backlog(self) -> int:
-        return len(self._items)
-
-    # -- the owner thread -------------------------------------------------------------------
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="ingest-alerts", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 1.0) -> None:
-        """Stop the owner thread (after Ingest.stop has flushed the batches through it)."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-
-    def _put(self, item: _Item) -> None:
-        self._items.append(item)
-        if not self._wake.is_set():
-            self._wake.set()
-
-    def submit(self, deliveries: list[Delivery], batch: Batch) -> None:
-        """A decoded batch, to judge and then hand to the store (any thread)."""
-        self._put(_Judge(deliveries, batch))
-
-    def tick(self) -> None:
-        """Time passed: check for stale sensors (the main loop, once a second)."""
-        self._put(_Tick())
-
-    def command(self, delivery: Delivery) -> None:
-        """An operator's acknowledgement request (the MQTT network thread)."""
-        self._put(_Command(delivery))
-
-    def flush(self, deadline: float) -> None:
-        """Return once everything queued before this call has been applied, or at
-        `deadline` (time.monotonic)."""
-        if self._thread is None or not self._thread.is_alive():
-            return
-        done = threading.Event()
-        self._put(_Flush(done))
-        done.wait(max(0.0, deadline - time.monotonic()))
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                if not self._items:
-                    self._wake.clear()
-                    if not self._items:
-                        self._wake.wait(0.5)
-                    continue
-                self._apply(self._items.popleft())
-        except Exception:
-            log.exception("the alert owner failed; stopping ingest")
-            self.failed.set()
-
-    def _apply(self, item: _Item) -> None:
-        if isinstance(item, _Judge):
-            group = [item]
-            readings = len(item.batch.readings)
-            items = self._items
-            # Only the owner takes from the left, so a peek then a take is safe.
-            while items and isinstance(items[0], _Judge) and readings < MAX_STEP_READINGS:
-                nxt = items.popleft()
-                assert isinstance(nxt, _Judge)
-                group.append(nxt)
-                readings += len(nxt.batch.readings)
-            self._judge(group)
-        elif isinstance(item, _Tick):
-            self._check_stale()
-        elif isinstance(item, _Command):
-            self._answer(item.delivery)
-        elif isinstance(item, _Restored):
-            self._adopt(item)
-        else:
-            item.done.set()
-
     # -- the ways the state changes (owner thread only) --------------------------------------
 
-    def _judge(self, group: list[_Judge]) -> None:
-        lines: list[str] = []
-        # Before the restore, readings are only stored: the restore's replay covers them.
-        if self._state is not None:
-            readings = [r for item in group for r in item.batch.readings]
-            if readings:
-                try:
-                    arrays = readings_to_arrays(readings, self._state.sensor_index)
-                    self._state, events = step(self._state, arrays, self._clock())
-                    lines = self._emit(self._state, events)
-                except Exception:  # a fault in judging must never stop storing
-                    log.exception("judging a batch failed; its readings are stored all the same")
-        # The group's events go with its first batch: an event is never stored after the
-        # readings behind it (a restart that found those readings without their event would
-        # replay them silently and lose the alert).
-        for item in group:
-            self._store(ToStore(item.deliveries, item.batch, lines))
-            lines = []
+    def judge(self, readings: list[Reading]) -> list[str]:
+        """A decoded batch's readings through the engine; the events as line protocol."""
+        if self._state is None or not readings:
+            return []  # before the restore: the restore's replay covers stored readings
+        arrays = readings_to_arrays(readings, self._state.sensor_index)
+        self._state, events = step(self._state, arrays, self._clock())
+        return self._emit(self._state, events)
 
-    def _check_stale(self) -> None:
+    def check_stale(self) -> ToStore | None:
+        """The stale tick; its events, if any, for the store."""
         if self._state is None:
-            return
+            return None
         self._state, events = check_stale(self._state, self._clock())
         lines = self._emit(self._state, events)
-        if lines:
-            self._store(ToStore([], EMPTY_BATCH, lines))
+        return ToStore([], EMPTY_BATCH, lines) if lines else None
 
-    def _answer(self, delivery: Delivery) -> None:
+    def answer(self, delivery: Delivery) -> ToStore:
         """Apply one acknowledgement request and answer it on its reply topic; the request is
         acknowledged to the broker once its event is stored."""
         reply_to, answer, lines = self._apply_ack(delivery.payload)
         if reply_to:
             self._publish(reply_to, orjson.dumps(answer), False)
-        self._store(ToStore([delivery], EMPTY_BATCH, lines))
+        return ToStore([delivery], EMPTY_BATCH, lines)
 
     def _apply_ack(self, payload: bytes) -> tuple[str, dict[str, object], list[str]]:
         """(reply topic, answer, event lines) for one request; never raises."""
@@ -258,7 +134,10 @@ class Alerting:
         }
         return parsed.reply_to, answer, lines
 
-    def _adopt(self, restored: _Restored) -> None:
+    def adopt(self, restored: Restored) -> None:
+        """Take the rebuilt state (unless one is held already) and republish every sensor's."""
+        if self._state is not None:
+            return
         state = restored.state
         self._state = state
         for sensor_id in self.registry.sensors:
@@ -272,38 +151,27 @@ class Alerting:
 
     # -- start -------------------------------------------------------------------------------
 
-    def restore(self) -> None:
-        """Rebuild the engine from stored events and readings, and give the state to the owner
-        (queued behind what is already queued, or at once before the owner starts). Raises
-        InfluxError if InfluxDB cannot answer."""
-        with self._restoring:
-            if self._state is not None:
-                return
-            now = self._clock()
-            rows = self.influx.query(
-                f'SELECT * FROM "{ALERT_MEASUREMENT}" WHERE time >= $since',
-                {"since": now - EVENT_MEMORY_NS},
-                epoch="ns",
-            )
-            events: list[Event] = []
-            for series in rows:
-                columns = series["columns"]
-                for row in series["values"]:
-                    doc = {k: v for k, v in zip(columns, row, strict=True) if v is not None}
-                    tags = {k: str(doc.pop(k)) for k in ("sensor", "kind", "change")}
-                    doc.pop("time", None)
-                    events.append(AlertEvent.from_influx(tags, doc))
-            since = rebuild_window_start(events, now)
-            readings = self._stored_readings(since)
-            state = rebuild(self.registry, events, readings, since, now)
-            restored = _Restored(state, len(events), len(readings))
-            if self._thread is None:
-                self._adopt(restored)
-            else:
-                self._put(restored)
-                # Until the owner adopts it, another restore must not start.
-                while self._state is None and not self._stop.wait(0.01):
-                    pass
+    def rebuild_state(self) -> Restored:
+        """The engine state rebuilt from stored events and readings (any thread; the owner
+        adopts it). Raises InfluxError if InfluxDB cannot answer."""
+        now = self._clock()
+        rows = self.influx.query(
+            f'SELECT * FROM "{ALERT_MEASUREMENT}" WHERE time >= $since',
+            {"since": now - EVENT_MEMORY_NS},
+            epoch="ns",
+        )
+        events: list[Event] = []
+        for series in rows:
+            columns = series["columns"]
+            for row in series["values"]:
+                doc = {k: v for k, v in zip(columns, row, strict=True) if v is not None}
+                tags = {k: str(doc.pop(k)) for k in ("sensor", "kind", "change")}
+                doc.pop("time", None)
+                events.append(AlertEvent.from_influx(tags, doc))
+        since = rebuild_window_start(events, now)
+        readings = self._stored_readings(since)
+        state = rebuild(self.registry, events, readings, since, now)
+        return Restored(state, len(events), len(readings))
 
     def _stored_readings(self, since_ns: int) -> ReadingArrays:
         rows = self.influx.query(

@@ -5,15 +5,20 @@ Threads, and the one owner of each piece of state:
 
 thread               owns                                  talks to
 -------------------  ------------------------------------  -------------------------------------
-MQTT network (paho)  the broker socket                     inbox (readings); alert owner (acks)
-ingest-decode        the inbox's head                      alert owner (decoded batches)
-ingest-alerts        the alert engine's state; every       store queue (readings with the alert
-  (ingest/alerting)  publish on alerts/, events/, episodes   events judged from them)
+MQTT network (paho)  the broker socket                     the owner's queue (readings, acks)
+ingest-alerts        the owner's queue; the alert engine's  store queue (readings with the alert
+  (the owner)        state (ingest/alerting.py); every      events judged from them)
+                     publish on alerts/, events/, episodes
 ingest-store         InfluxDB writes, outbox appends       finish queue
 ingest-finish        acknowledgements, stored counters     broker (dead letters, PUBACKs)
 ingest-outbox        the outbox's oldest batch             InfluxDB
-ingest-restore       one rebuild from InfluxDB at a time   alert owner (the rebuilt state)
-main                 signals, the stale clock              alert owner (a tick a second); stop()
+ingest-restore       one rebuild from InfluxDB at a time   the owner's queue (the rebuilt state)
+main                 signals, the stale clock              the owner's queue (a tick a second)
+
+The owner takes, in arrival order, from one queue: deliveries (decoded and judged in batches
+of what has arrived), operators' acknowledgements, stale ticks and the rebuilt state. Only it
+changes the engine's state, and it publishes right after each change, so retained
+`alerts/{id}` messages go out in the order of the state changes.
 
 Alerts do not wait for the database: a batch is judged as soon as it is decoded, while its
 messages are still unacknowledged (the broker keeps them). Its readings and the alert events
@@ -184,13 +189,19 @@ class ToStore:
 
 
 class AlertStage(Protocol):
-    """The alert owner as the pipeline sees it (ingest.alerting.Alerting)."""
+    """The alert engine's shell as the owner thread uses it (ingest.alerting.Alerting)."""
 
-    def submit(self, deliveries: list[Delivery], batch: Batch) -> None:
-        """Judge a decoded batch, then hand it on with its events (`Ingest.store_later`)."""
+    def judge(self, readings: list[Reading]) -> list[str]:
+        """Step the engine, publish what changed; the events as line protocol."""
 
-    def flush(self, deadline: float) -> None:
-        """Return once everything submitted has been handed on, or at `deadline` (monotonic)."""
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Work for the owner thread, queued among the deliveries: a stale tick, an operator's
+    acknowledgement, the rebuilt state. What it returns (alert events, and a command to
+    acknowledge once they are stored) goes to the store."""
+
+    run: Callable[[], ToStore | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +258,7 @@ class Ingest:
         self.max_backoff_s = max_backoff_s
         self.linger_s = linger_s
         self.counters = IngestCounters()
-        self._inbox: deque[Delivery] = deque()
+        self._inbox: deque[Delivery | Call] = deque()
         self._wake = threading.Event()
         # _closing: flush what is in hand, then stop; _stopping: stop now (the deadline).
         self._closing = threading.Event()
@@ -275,13 +286,15 @@ class Ingest:
         if not self._wake.is_set():
             self._wake.set()
 
-    def store_later(self, item: ToStore) -> None:
-        """Queue a judged batch (or alert events) for the store thread; never waits."""
-        self._to_store.put(item)
+    def call(self, work: Callable[[], ToStore | None]) -> None:
+        """Queue work for the owner thread, behind what has arrived (any thread)."""
+        self._inbox.append(Call(work))
+        if not self._wake.is_set():
+            self._wake.set()
 
     def start(self) -> None:
         loops = [
-            (self._decode_loop, "ingest-decode"),
+            (self._owner_loop, "ingest-alerts"),
             (self._store_loop, "ingest-store"),
             (self._finish_loop, "ingest-finish"),
         ]
@@ -323,9 +336,7 @@ class Ingest:
         self._closing.set()
         self._wake.set()
         if self._threads:
-            self._threads[0].join(max(0.0, deadline - time.monotonic()))  # the decoder
-        if self.alerts is not None:
-            self.alerts.flush(deadline)
+            self._threads[0].join(max(0.0, deadline - time.monotonic()))  # the owner
         self._upstream_done.set()
         for thread in self._threads[1:3]:  # the store, then the finish
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -339,36 +350,56 @@ class Ingest:
         return len(self._inbox) + self._to_store.qsize() + self._stored.qsize()
 
     def _take(self) -> list[Delivery]:
+        """The deliveries at the head of the queue, up to the first Call, max_batch messages
+        or max_batch_bytes."""
         inbox, size = self._inbox, 0
         batch: list[Delivery] = []
         popleft = inbox.popleft
         while inbox and len(batch) < self.max_batch and size < self.max_batch_bytes:
+            if type(inbox[0]) is Call:
+                break
             d = popleft()
+            assert type(d) is Delivery
             batch.append(d)
             size += len(d.payload)
         return batch
 
-    def _decode_loop(self) -> None:
-        """Decode whatever has arrived, at once: an alert waits for no batch to fill."""
+    def _owner_loop(self) -> None:
+        """Decode and judge whatever has arrived, at once (an alert waits for no batch to
+        fill), and run the queued calls in their turn."""
         alerts = self.alerts
+        inbox = self._inbox
         try:
             while not self._stopping.is_set():
-                if not self._inbox:
+                if not inbox:
                     if self._closing.is_set():
-                        return  # all received is decoded: the flush is done
+                        return  # all received is judged: the flush is done
                     self._wake.clear()
-                    if not self._inbox:
+                    if not inbox:
                         self._wake.wait(0.5)
+                    continue
+                head = inbox[0]
+                if type(head) is Call:
+                    inbox.popleft()
+                    try:
+                        item = head.run()
+                    except Exception:  # a failed tick or command must not stop ingest
+                        log.exception("alert work failed")
+                        continue
+                    if item is not None:
+                        self._to_store.put(item)
                     continue
                 deliveries = self._take()
                 batch = judge(self.topics, self.registry, deliveries)
-                if alerts is not None:
-                    alerts.submit(deliveries, batch)
-                else:
-                    self._to_store.put(ToStore(deliveries, batch))
+                lines: list[str] = []
+                if alerts is not None and batch.readings:
+                    try:
+                        lines = alerts.judge(batch.readings)
+                    except Exception:  # a fault in judging must never stop storing
+                        log.exception("judging a batch failed; its readings are stored anyway")
+                self._to_store.put(ToStore(deliveries, batch, lines))
         finally:
-            if alerts is None:
-                self._upstream_done.set()
+            self._upstream_done.set()
 
     def _gather(self, first: ToStore) -> list[ToStore]:
         """`first` and whatever else is queued, up to a request's worth (max_batch messages,

@@ -178,7 +178,7 @@ class Published:
         return [orjson.loads(p) for t, p, _ in self.messages if "/events/" in t]
 
 
-def with_alerts(twin: InfluxTwin) -> tuple[Ingest, Alerting, list[int], Published]:
+def with_alerts(twin: InfluxTwin) -> tuple[Ingest, list[int], Published]:
     ingest, acked, _ = make(twin)
     published = Published()
     alerting = Alerting(
@@ -186,12 +186,11 @@ def with_alerts(twin: InfluxTwin) -> tuple[Ingest, Alerting, list[int], Publishe
         TOPICS,
         twin,  # type: ignore[arg-type]
         published,
-        ingest.store_later,
         clock=lambda: NOW,
         state=new_state(REGISTRY, NOW),
     )
     ingest.alerts = alerting
-    return ingest, alerting, acked, published
+    return ingest, acked, published
 
 
 def flood_reading(i: int, level_cm: float) -> Delivery:
@@ -208,20 +207,18 @@ def test_the_threads_judge_store_and_acknowledge_every_batch_in_delivery_order()
     stored and acknowledged once and in order, every alert event published is stored with
     the readings, and stop() flushes what was received."""
     twin = InfluxTwin()
-    ingest, alerting, acked, published = with_alerts(twin)
+    ingest, acked, published = with_alerts(twin)
     ingest.max_batch = 7  # many small batches, so the threads overlap
-    alerting.start()
     ingest.start()
     n = 500
     for i in range(n):
         # Two floods: 100-199 and 300-399 at 12 cm, dry in between for over 10 minutes.
         ingest.deliver(flood_reading(i, 12.0 if (i // 100) % 2 else 1.0))
     ingest.stop(timeout_s=10)
-    alerting.stop()
     assert acked == list(range(n))
     assert ingest.counters.readings_stored == n and ingest.counters.messages == n
     assert ingest.counters.batches >= 2
-    assert ingest.backlog == 0 and alerting.backlog == 0
+    assert ingest.backlog == 0
     events = published.events()
     assert [(e["kind"], e["change"]) for e in events if e["kind"] == "flood"] == [
         ("flood", "raised"),
@@ -237,19 +234,15 @@ def test_alerts_are_published_while_influx_is_down_and_stored_when_it_returns() 
     until the readings and the alert event are stored together."""
     twin = InfluxTwin()
     twin.down = True
-    ingest, alerting, acked, published = with_alerts(twin)
-    alerting.start()
+    ingest, acked, published = with_alerts(twin)
     ingest.start()
-    try:
-        ingest.deliver(flood_reading(0, 12.0))
-        ingest.deliver(flood_reading(1, 14.0))
-        assert published.alert.wait(10), "no alert while InfluxDB was down"
-        assert [e["change"] for e in published.events()] == ["raised"]
-        assert acked == [] and twin.points == {}
-        twin.down = False
-        ingest.stop(timeout_s=10)
-    finally:
-        alerting.stop()
+    ingest.deliver(flood_reading(0, 12.0))
+    ingest.deliver(flood_reading(1, 14.0))
+    assert published.alert.wait(10), "no alert while InfluxDB was down"
+    assert [e["change"] for e in published.events()] == ["raised"]
+    assert acked == [] and twin.points == {}
+    twin.down = False
+    ingest.stop(timeout_s=10)
     assert acked == [0, 1]
     [event] = stored_events(twin)
     assert event.startswith("alert_event,change=raised,kind=flood,sensor=qh-02 ")
@@ -260,8 +253,7 @@ def test_stop_wakes_every_wait_while_influx_is_down() -> None:
     wait included) and acknowledges nothing: the broker keeps the batch."""
     twin = InfluxTwin()
     twin.down = True
-    ingest, alerting, acked, published = with_alerts(twin)
-    alerting.start()
+    ingest, acked, published = with_alerts(twin)
     ingest.start()
     ingest.deliver(flood_reading(0, 12.0))
     ingest.deliver(flood_reading(1, 14.0))
@@ -269,7 +261,6 @@ def test_stop_wakes_every_wait_while_influx_is_down() -> None:
     while twin.calls < 2:
         time.sleep(0.01)
     ingest.stop(timeout_s=1)
-    alerting.stop()
     assert not ingest.busy()
     assert acked == []
 

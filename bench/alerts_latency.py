@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+import psutil
 
 from bench.pipeline import start_ingest
 from floodwatch.localservices import influxd_service, mosquitto_service, running
@@ -75,6 +76,7 @@ class Run:
     label: str
     latencies_ms: list[float]  # sorted
     probes: int
+    cpu_s: float  # ingest's CPU time while the probes ran
 
     @property
     def p50(self) -> float:
@@ -98,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         "--compare", type=Path, help="another checkout whose ingest runs in alternate runs"
     )
     parser.add_argument(
+        "--dump", type=Path, help="append each run's latencies, in probe order, as JSON lines"
+    )
+    parser.add_argument(
         "--background", nargs=2, metavar=("MQTT_URL", "RATE"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
@@ -110,11 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[Run] = []
     for k in range(args.runs):
         for label, tree in trees:
-            run = one_run(label, tree, args.probes)
+            run, in_order = one_run(label, tree, args.probes)
             runs.append(run)
+            if args.dump is not None:
+                with args.dump.open("ab") as out:
+                    out.write(orjson.dumps({"label": label, "ms": in_order}) + b"\n")
             print(
                 f"  run {k + 1} {label}: {len(run.latencies_ms)} of {run.probes} alerts, "
-                f"p50 {run.p50:.1f} ms, p99 {run.p99:.1f} ms, max {run.latencies_ms[-1]:.1f} ms",
+                f"p50 {run.p50:.1f} ms, p99 {run.p99:.1f} ms, max {run.latencies_ms[-1]:.1f} ms, "
+                f"ingest CPU {run.cpu_s:.1f} s",
                 flush=True,
             )
     print(
@@ -139,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def one_run(label: str, tree: Path, probes: int) -> Run:
+def one_run(label: str, tree: Path, probes: int) -> tuple[Run, list[float]]:
     with tempfile.TemporaryDirectory(prefix="fw-latency-") as tmp:
         work = Path(tmp)
         registry = work / "sensors.geojson"
@@ -155,11 +164,14 @@ def one_run(label: str, tree: Path, probes: int) -> Run:
             }
             ingest = start_ingest(env, work / "ingest.log", tree)
             try:
+                ps = psutil.Process(ingest.pid)
+                cpu_before = sum(ps.cpu_times()[:2])
                 latencies = measure(broker.url("admin"), probes)
+                cpu = sum(ps.cpu_times()[:2]) - cpu_before
             finally:
                 ingest.terminate()
                 ingest.wait(30)
-    return Run(label, sorted(latencies), probes)
+    return Run(label, sorted(latencies), probes, cpu), latencies
 
 
 def background(url: str, rate: int) -> None:

@@ -271,3 +271,101 @@ def test_a_kill_after_the_alert_went_out_but_before_it_was_stored_raises_it_once
     floods = [a for a in state["alerts"] if a["kind"] == "flood"]
     assert [a["alert_id"] for a in floods] == [raised["alert_id"]]
     print(f"\nkill -9 before storing: {len(again)} raise(s) on MQTT, all {raised['event_id']}")
+
+
+def test_concurrent_acks_stale_ticks_and_batches_leave_the_latest_state_retained(
+    broker: Service,
+    unique: str,
+    tmp_path: Path,
+    ingest_env: dict[str, str],
+    watches: Callable[[str], Watch],
+    publisher: MqttConnection,
+    ingests: list[IngestProcess],
+) -> None:
+    """Readings escalating and easing a flood, a stream of acknowledgements of it and a
+    silence long enough for the stale tick, all at once: afterwards the retained
+    `alerts/{id}` message is the engine's last state (each alert's latest event by seq, the
+    sensor's level and stale flag), never an older one published late."""
+    topics = Topics(unique)
+    events = watches(f"{unique}/v1/events/+")
+    env = {
+        **ingest_env,
+        "FLOODWATCH_REGISTRY": str(registry(tmp_path / "sensors.geojson")),
+        "FLOODWATCH_OUTBOX": "off",
+    }
+    ingest = IngestProcess(env, tmp_path)
+    ingests.append(ingest)
+    ingest.start()
+    start_ms = int(time.time() * 1000) - 6 * 3600 * 1000
+    # Two minutes apart in reading time: up, up a level (escalation; rises under 15 cm, so
+    # no obstruction), then down for over ten minutes (de-escalation), again and again.
+    cycle = [12.0, 12.5, 22.0, 22.6, 12.0, 12.2, 12.4, 12.6, 12.8, 13.0, 13.2]
+    send(publisher, topics, cycle[0], start_ms)
+    send(publisher, topics, cycle[1], start_ms + 120_000)
+    wait_until(lambda: bool(events.events("raised")), 20, "the flood alert")
+    [(_, first)] = events.events("raised")
+    alert_id = str(first["alert_id"])
+    done = threading.Event()
+
+    def acknowledge() -> None:
+        conn = MqttConnection(admin_endpoint(broker))
+        conn.start()
+        request = orjson.dumps({"alert_id": alert_id, "who": "Lan (IOC)", "note": ""})
+        while not done.is_set():
+            conn.publish(topics.ack_commands, request)
+            time.sleep(0.002)
+        conn.stop()
+
+    acker = threading.Thread(target=acknowledge)
+    acker.start()
+    try:
+        k = 2
+        for burst in range(3):
+            ends = time.monotonic() + 1.5
+            while time.monotonic() < ends:
+                send(publisher, topics, cycle[k % len(cycle)], start_ms + k * 120_000)
+                k += 1
+                time.sleep(0.01)
+            if burst == 1:
+                time.sleep(3.5)  # more than 3 intervals of silence: the tick raises stale
+    finally:
+        done.set()
+        acker.join(10)
+    changes = {str(e["change"]) for _, e in events.events()}
+    assert {"escalated", "acknowledged", "deescalated"} <= changes, changes
+    assert any(e["kind"] == "stale" for _, e in events.events("raised"))
+
+    def settled() -> bool:
+        count = len(events.events())
+        time.sleep(1.0)
+        return len(events.events()) == count
+
+    wait_until(settled, 20, "ingest to finish the storm")
+    latest: dict[str, dict[str, object]] = {}
+    for _, e in events.events():
+        if e["sensor_id"] != LIVE:
+            continue
+        seq = e["seq"]
+        assert isinstance(seq, int)
+        held = latest.get(str(e["alert_id"]))
+        if held is None or seq > int(str(held["seq"])):
+            latest[str(e["alert_id"])] = e
+    active = {
+        (alert_id, str(e["state"]))
+        for alert_id, e in latest.items()
+        if str(e["state"]).startswith("active")
+    }
+    last_flood = max(
+        (e for e in latest.values() if e["kind"] == "flood"), key=lambda e: int(str(e["seq"]))
+    )
+
+    fresh = Watch(broker, topics.alert(LIVE))  # a new subscriber gets the retained message
+    try:
+        wait_until(lambda: topics.alert(LIVE) in fresh.latest, 10, "the retained state")
+        retained = orjson.loads(fresh.latest[topics.alert(LIVE)])
+    finally:
+        fresh.conn.stop()
+    assert {(a["alert_id"], a["state"]) for a in retained["alerts"]} == active
+    assert retained["level"] == last_flood["level"]
+    assert retained["stale"] == any(a["kind"] == "stale" for a in retained["alerts"])
+    print(f"\nstorm: {len(events.events())} events, retained state is the latest: {active}")

@@ -626,7 +626,8 @@ class Ingest:
         return True
 
     def _drain_one(self) -> bool:
-        """Write the outbox's oldest batch; False when it is empty. Raises InfluxError."""
+        """Write the outbox's oldest batch; False when it is empty. Raises InfluxError
+        (DatabaseMissing when InfluxDB lost the database)."""
         outbox = self.outbox
         if outbox is None:
             return False
@@ -634,15 +635,7 @@ class Ingest:
         if item is None:
             return False
         batch_id, lines = item
-        while True:
-            try:
-                refused = write_keeping_good_lines(self.influx, lines)
-            except DatabaseMissing:
-                self._create_database()
-                if self._stopping.is_set():
-                    raise
-                continue
-            break
+        refused = write_keeping_good_lines(self.influx, lines)
         if refused:
             dead = [
                 self._deadletter_line(
@@ -670,6 +663,9 @@ class Ingest:
         while not self._stopping.is_set():
             try:
                 drained = self._drain_one()
+            except DatabaseMissing:
+                self._create_database()
+                continue
             except InfluxError as exc:
                 log.warning("outbox: InfluxDB still unavailable (%s); retrying", exc)
                 if self._stopping.wait(backoff):

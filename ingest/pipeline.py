@@ -66,6 +66,8 @@ T = TypeVar("T")
 
 # Batches of at least this many messages mean load: the next batch lingers to grow.
 LINGER_AFTER_BATCH = 32
+# The alert owner waits this many times its last batch's cost before the next batch.
+PACE = 2.0
 WRITE_SECONDS_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -369,6 +371,8 @@ class Ingest:
         fill), and run the queued calls in their turn."""
         alerts = self.alerts
         inbox = self._inbox
+        # When the last batch ended and what it cost (decoding and one engine step).
+        last_end = last_cost = 0.0
         try:
             while not self._stopping.is_set():
                 if not inbox:
@@ -378,6 +382,14 @@ class Ingest:
                     if not inbox:
                         self._wake.wait(0.5)
                     continue
+                # An engine step costs about the same for 1 reading as for hundreds: under
+                # load, let readings gather for PACE times what the last batch cost, so
+                # stepping takes at most a third of the time (at 1,000 readings/s that is
+                # about a millisecond; an alert waits no longer).
+                pause = last_end + PACE * last_cost - time.perf_counter()
+                if pause > 0 and len(inbox) < self.max_batch and not self._closing.is_set():
+                    if self._stopping.wait(min(pause, self.linger_s)):
+                        return
                 head = inbox[0]
                 if type(head) is Call:
                     inbox.popleft()
@@ -389,6 +401,7 @@ class Ingest:
                     if item is not None:
                         self._to_store.put(item)
                     continue
+                started = time.perf_counter()
                 deliveries = self._take()
                 batch = judge(self.topics, self.registry, deliveries)
                 lines: list[str] = []
@@ -398,6 +411,8 @@ class Ingest:
                     except Exception:  # a fault in judging must never stop storing
                         log.exception("judging a batch failed; its readings are stored anyway")
                 self._to_store.put(ToStore(deliveries, batch, lines))
+                last_end = time.perf_counter()
+                last_cost = last_end - started
         finally:
             self._upstream_done.set()
 

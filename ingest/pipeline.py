@@ -66,8 +66,10 @@ T = TypeVar("T")
 
 # Batches of at least this many messages mean load: the next batch lingers to grow.
 LINGER_AFTER_BATCH = 32
-# The alert owner waits this many times its last batch's cost before the next batch.
+# The alert owner waits this many times its last batch's cost before the next batch, at most
+# PACE_MAX_S: enough to amortise an engine step's fixed cost, short for an alert.
 PACE = 2.0
+PACE_MAX_S = 0.002
 WRITE_SECONDS_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -383,12 +385,12 @@ class Ingest:
                         self._wake.wait(0.5)
                     continue
                 # An engine step costs about the same for 1 reading as for hundreds: under
-                # load, let readings gather for PACE times what the last batch cost, so
-                # stepping takes at most a third of the time (at 1,000 readings/s that is
-                # about a millisecond; an alert waits no longer).
-                pause = last_end + PACE * last_cost - time.perf_counter()
+                # load, let readings gather for PACE times what the last batch cost, at most
+                # PACE_MAX_S, so tiny batches do not spend the CPU on steps (at 1,000
+                # readings/s an alert waits about a millisecond more).
+                pause = min(last_end + PACE * last_cost - time.perf_counter(), PACE_MAX_S)
                 if pause > 0 and len(inbox) < self.max_batch and not self._closing.is_set():
-                    if self._stopping.wait(min(pause, self.linger_s)):
+                    if self._stopping.wait(pause):
                         return
                 head = inbox[0]
                 if type(head) is Call:

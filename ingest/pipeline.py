@@ -66,8 +66,8 @@ T = TypeVar("T")
 
 # Batches of at least this many messages mean load: the next batch lingers to grow.
 LINGER_AFTER_BATCH = 32
-# The alert owner waits this many times its last batch's cost before the next batch, at most
-# PACE_MAX_S: enough to amortise an engine step's fixed cost, short for an alert.
+# Out of load, the alert owner waits this many times its last batch's cost before the next
+# batch, at most PACE_MAX_S: enough to amortise an engine step's fixed cost, short for an alert.
 PACE = 2.0
 PACE_MAX_S = 0.002
 WRITE_SECONDS_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -373,8 +373,9 @@ class Ingest:
         fill), and run the queued calls in their turn."""
         alerts = self.alerts
         inbox = self._inbox
-        # When the last batch ended and what it cost (decoding and one engine step).
-        last_end = last_cost = 0.0
+        # When the last batch began and ended (decoding and one engine step), and its size.
+        last_start = last_end = 0.0
+        last_size = 0
         try:
             while not self._stopping.is_set():
                 if not inbox:
@@ -384,14 +385,19 @@ class Ingest:
                     if not inbox:
                         self._wake.wait(0.5)
                     continue
-                # An engine step costs about the same for 1 reading as for hundreds: under
-                # load, let readings gather for PACE times what the last batch cost, at most
-                # PACE_MAX_S, so tiny batches do not spend the CPU on steps (at 1,000
-                # readings/s an alert waits about a millisecond more).
-                pause = min(last_end + PACE * last_cost - time.perf_counter(), PACE_MAX_S)
-                if pause > 0 and len(inbox) < self.max_batch and not self._closing.is_set():
-                    if self._stopping.wait(pause):
-                        return
+                # An engine step costs about the same for 1 reading as for hundreds, so tiny
+                # batches must not take the CPU: let readings gather for PACE times what the
+                # last batch cost, at most PACE_MAX_S (at 1,000 readings/s an alert waits
+                # about a millisecond more), and under load (the last batch was large) until
+                # half the store's linger has passed since the last batch began.
+                now = time.perf_counter()
+                if last_size >= LINGER_AFTER_BATCH:
+                    pause = last_start + self.linger_s / 2 - now
+                else:
+                    pause = min(last_end + PACE * (last_end - last_start) - now, PACE_MAX_S)
+                calm = len(inbox) < self.max_batch and not self._closing.is_set()
+                if pause > 0 and calm and self._stopping.wait(pause):
+                    return
                 head = inbox[0]
                 if type(head) is Call:
                     inbox.popleft()
@@ -403,8 +409,9 @@ class Ingest:
                     if item is not None:
                         self._to_store.put(item)
                     continue
-                started = time.perf_counter()
+                last_start = time.perf_counter()
                 deliveries = self._take()
+                last_size = len(deliveries)
                 batch = judge(self.topics, self.registry, deliveries)
                 lines: list[str] = []
                 if alerts is not None and batch.readings:
@@ -414,7 +421,6 @@ class Ingest:
                         log.exception("judging a batch failed; its readings are stored anyway")
                 self._to_store.put(ToStore(deliveries, batch, lines))
                 last_end = time.perf_counter()
-                last_cost = last_end - started
         finally:
             self._upstream_done.set()
 

@@ -388,11 +388,11 @@ class Ingest:
                 # An engine step costs about the same for 1 reading as for hundreds, so tiny
                 # batches must not take the CPU: let readings gather for PACE times what the
                 # last batch cost, at most PACE_MAX_S (at 1,000 readings/s an alert waits
-                # about a millisecond more), and under load (the last batch was large) until
-                # half the store's linger has passed since the last batch began.
+                # about a millisecond more), and under load (the last batch was large) for
+                # linger_s from the start of the last batch, as the store does.
                 now = time.perf_counter()
                 if last_size >= LINGER_AFTER_BATCH:
-                    pause = last_start + self.linger_s / 2 - now
+                    pause = last_start + self.linger_s - now
                 else:
                     pause = min(last_end + PACE * (last_end - last_start) - now, PACE_MAX_S)
                 calm = len(inbox) < self.max_batch and not self._closing.is_set()

@@ -520,7 +520,8 @@ class Ingest:
         refused: list[RefusedLine] = []
         if isinstance(outcome, Spilled):
             # On disk, durably: the drainer stores it, and counts it, when InfluxDB returns.
-            self.counters.outbox_spilled += len(lines) + len(alert_lines) + len(dead_lines)
+            # (Readings, statuses and dead letters; the alert events with them are not counted.)
+            self.counters.outbox_spilled += len(lines) + len(dead_lines)
             stored_readings = stored_statuses = 0
         else:
             refused = outcome

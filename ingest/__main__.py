@@ -274,11 +274,14 @@ def settle_garbage_collector() -> None:
     CPython's defaults the collector walks the young objects every 700 of them, and the
     whole heap, modules and all, every so often. Freezing what start-up made takes it out of
     every later walk, and a larger young generation lets most of a batch come and go between
-    walks. Measured with bench.ingest: about a tenth more readings per second.
+    walks. Measured with bench.ingest: about a tenth more readings per second. Not too large
+    a one, though: each young walk stops every thread, and at 20,000 objects a walk took
+    5-10 ms (seen with gc.callbacks during bench.alerts_latency), the size of the alerts'
+    p99; at 5,000 a walk is a quarter of that, with the same throughput within noise.
     """
     gc.collect()
     gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
+    gc.set_threshold(5_000, 20, 20)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -290,6 +290,12 @@ class Ingest:
         if not self._wake.is_set():
             self._wake.set()
 
+    def store_lines(self, lines: list[str]) -> None:
+        """Queue lines that must be kept (events made outside a batch) for the store thread,
+        in order with the batches; never waits (any thread)."""
+        if lines:
+            self._to_store.put(ToStore([], EMPTY_BATCH, list(lines)))
+
     def call(self, work: Callable[[], ToStore | None]) -> None:
         """Queue work for the owner thread, behind what has arrived (any thread)."""
         self._inbox.append(Call(work))

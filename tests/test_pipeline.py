@@ -281,3 +281,19 @@ def test_a_thread_that_fails_stops_ingest_instead_of_stalling_it() -> None:
     ingest.stop(timeout_s=2)
     assert all(not t.is_alive() for t in ingest._threads)
     assert ingest.counters.messages == 0
+
+
+def test_lines_stored_outside_a_batch_are_written_in_turn_and_acknowledge_nothing() -> None:
+    """store_lines (events made outside a batch) queues for the store thread without waiting,
+    even while InfluxDB is down, and the lines are written once it answers."""
+    twin = InfluxTwin()
+    twin.down = True
+    ingest, acked, _ = make(twin)
+    ingest.start()
+    ingest.store_lines(['sensor_change,sensor=qh-02 reason="moved" 1795000000000000000'])
+    while twin.calls < 2:
+        time.sleep(0.01)
+    twin.down = False
+    ingest.stop(timeout_s=10)
+    assert acked == []
+    assert [line.split(",")[0] for line in twin.lines] == ["sensor_change"]

@@ -14,11 +14,14 @@ ingest-finish        acknowledgements, stored counters     broker (dead letters,
 ingest-outbox        the outbox's oldest batch             InfluxDB
 ingest-restore       one rebuild from InfluxDB at a time   the owner's queue (the rebuilt state)
 main                 signals, the stale clock              the owner's queue (a tick a second)
+ingest-operations    operators' registry overrides         the owner's queue (a changed registry
+  (operations.py)                                          for decoder and engine), the store
 
 The owner takes, in arrival order, from one queue: deliveries (decoded and judged in batches
-of what has arrived), operators' acknowledgements, stale ticks and the rebuilt state. Only it
-changes the engine's state, and it publishes right after each change, so retained
-`alerts/{id}` messages go out in the order of the state changes.
+of what has arrived), operators' acknowledgements, stale ticks, registry changes and the
+rebuilt state. Only it changes the engine's state and the conflicting-reading guard, and it
+publishes right after each change, so retained `alerts/{id}` messages go out in the order of
+the state changes.
 
 Alerts do not wait for the database: a batch is judged as soon as it is decoded, while its
 messages are still unacknowledged (the broker keeps them). Its readings and the alert events

@@ -165,6 +165,7 @@ class Alerting:
     def rebuild_state(self) -> Restored:
         """The engine state rebuilt from stored events and readings (any thread; the owner
         adopts it). Raises InfluxError if InfluxDB cannot answer."""
+        registry = self.registry  # read once: the owner may change it meanwhile
         now = self._clock()
         rows = self.influx.query(
             f'SELECT * FROM "{ALERT_MEASUREMENT}" WHERE time >= $since',
@@ -180,18 +181,18 @@ class Alerting:
                 doc.pop("time", None)
                 events.append(AlertEvent.from_influx(tags, doc))
         since = rebuild_window_start(events, now)
-        readings = self._stored_readings(since)
-        state = rebuild(self.registry, events, readings, since, now, self.time_scale)
-        return Restored(state, len(events), len(readings), self.registry)
+        readings = self._stored_readings(since, registry)
+        state = rebuild(registry, events, readings, since, now, self.time_scale)
+        return Restored(state, len(events), len(readings), registry)
 
-    def _stored_readings(self, since_ns: int) -> ReadingArrays:
+    def _stored_readings(self, since_ns: int, registry: Registry) -> ReadingArrays:
         rows = self.influx.query(
             'SELECT "level_cm", "battery_v" FROM "water_level" WHERE time >= $since '
             'GROUP BY "sensor"',
             {"since": since_ns},
             epoch="ns",
         )
-        index = self._index()
+        index = {sensor_id: i for i, sensor_id in enumerate(registry.sensors)}
         sensors: list[int] = []
         times: list[int] = []
         levels: list[float] = []
@@ -211,9 +212,6 @@ class Alerting:
             np.array(levels, dtype=np.float64),
             np.array(batteries, dtype=np.float64),
         )
-
-    def _index(self) -> dict[str, int]:
-        return {sensor_id: i for i, sensor_id in enumerate(self.registry.sensors)}
 
     # -- output (owner thread) ---------------------------------------------------------------
 

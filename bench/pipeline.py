@@ -13,12 +13,13 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_ingest(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start ingest with `env` (FLOODWATCH_* and PATH) and wait until it has subscribed."""
+def start_ingest(env: dict[str, str], log_path: Path, root: Path = ROOT) -> subprocess.Popen[bytes]:
+    """Start ingest with `env` (FLOODWATCH_* and PATH) from the checkout at `root` (another
+    one for A/B runs) and wait until it has subscribed."""
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "ingest"],
-            cwd=ROOT,
+            cwd=root,
             env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", **env},
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -13,12 +13,11 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from alerts.commands import AckReply, AckRequest, parse_ack_request
-from alerts.errors import UnknownAlert
-from alerts.events import AlertEvent
+from alerts.commands import AckReply, AckRequest
 from floodwatch.credentials import bound_client_id
 from floodwatch.errors import (
     FloodwatchError,
@@ -33,6 +32,8 @@ from floodwatch.mqtt import Delivery, MqttConnection, Subscription
 from floodwatch.registry import Registry, load_registry
 from floodwatch.settings import (
     TIME_SCALE,
+    InfluxEndpoint,
+    Settings,
     command_parser,
     configure_logging,
     option,
@@ -43,7 +44,7 @@ from floodwatch.settings import (
     whole_number,
 )
 from floodwatch.topics import Topics
-from ingest.alerting import Alerting
+from ingest.alerting import Alerting, Restored
 from ingest.metrics import ingest_metrics
 from ingest.operations import OperationsFollower, registry_in_force
 from ingest.outbox import Outbox
@@ -103,18 +104,21 @@ INGEST_OPTIONS = (
 DESCRIPTION = """\
 Subscribe to {root}/v1/sensors/+/reading and /status on the MQTT broker (QoS 1, persistent
 session), decode and validate each message against the sensor registry, and write the
-readings to InfluxDB. A message is acknowledged to the broker only after InfluxDB has stored
-it, so nothing is lost if ingest or InfluxDB stops. Invalid messages are published on
-{root}/v1/deadletter with a reason and kept in the `deadletter` measurement; so is a second
-reading for a sensor and ts that contradicts the first (`conflicting_reading`). Retained
-messages are never replayed to ingest; a reading published retained is counted and logged.
-If the database or its retention policy is gone, ingest says once how to restore it
+readings to InfluxDB. A message is acknowledged to the broker only after InfluxDB (or the disk
+outbox) has stored it, so nothing is lost if ingest or InfluxDB stops. Invalid messages are
+published on {root}/v1/deadletter with a reason and kept in the `deadletter` measurement; so is
+a second reading for a sensor and ts that contradicts the first (`conflicting_reading`).
+Retained messages are never replayed to ingest; a reading published retained is counted and
+logged. If the database or its retention policy is gone, ingest says once how to restore it
 (scripts/restore) and holds the readings until it is back.
 
-Stored readings go through the alert engine (CONTRACT section 3): each alert event is stored
-in the `alert_event` measurement and published on {root}/v1/events/{sensor}, the sensor's
-current alerts stay retained on {root}/v1/alerts/{sensor}, and finished flood episodes go to
-`flood_episode` and {root}/v1/episodes. At start the alert state is rebuilt from InfluxDB.
+Readings go through the alert engine (CONTRACT section 3) as soon as they are decoded, before
+they are stored, so a slow or stopped InfluxDB delays no alert: each alert event is published
+on {root}/v1/events/{sensor}, the sensor's current alerts stay retained on
+{root}/v1/alerts/{sensor}, finished flood episodes go to {root}/v1/episodes, and the events
+are stored (`alert_event`, `flood_episode`) in the same write as the readings they came from.
+At start the alert state is rebuilt from InfluxDB. SIGTERM stores what is in hand within
+--shutdown-timeout and stops, whether InfluxDB answers or not.
 
 Operators' registry changes made through the API (a new mount height or thresholds, a sensor
 added or retired; retained on {root}/v1/registry/{sensor}) apply at once, without a restart:
@@ -133,43 +137,79 @@ def build_parser() -> argparse.ArgumentParser:
 STALE_CHECK_S = 1.0
 
 
-def try_restore(alerting: Alerting, log: logging.Logger) -> None:
-    try:
-        alerting.restore()
-    except InfluxError as exc:
-        log.warning("alerts wait for InfluxDB to restore their state: %s", exc)
+@dataclass(frozen=True, slots=True)
+class IngestSettings:
+    """Ingest's own options, checked once at start (the shared ones are in `shared`)."""
+
+    shared: Settings
+    influx_read: InfluxEndpoint  # the restore's queries
+    client_id: str
+    session_expiry_s: int
+    max_batch: int
+    outbox: Path | None  # None: --outbox off
+    outbox_after_s: float
+    outbox_max_bytes: int
+    shutdown_timeout_s: float
+    metrics_host: str
+    metrics_port: int  # 0: no endpoint
+    stats_interval_s: int  # 0: no progress lines
 
 
-def answer_commands(
-    commands: queue.Queue[Delivery],
+def ingest_settings(args: argparse.Namespace) -> IngestSettings:
+    """Every option of `python -m ingest`, checked; SettingsError names the one to fix."""
+    shared = settings_from_args(args)
+    client_id = str(args.client_id)
+    if not client_id or len(client_id.encode()) > 65535:
+        raise SettingsError(
+            f"--client-id {client_id[:40]!r} must be 1 to 65535 bytes; fix --client-id or "
+            "FLOODWATCH_CLIENT_ID."
+        )
+    return IngestSettings(
+        shared=shared,
+        influx_read=(
+            parse_influx_url(str(args.influx_read_url), "--influx-read-url")
+            if args.influx_read_url
+            else shared.influx
+        ),
+        client_id=client_id,
+        session_expiry_s=whole_number(args.session_expiry, "--session-expiry", minimum=1),
+        max_batch=whole_number(args.max_batch, "--max-batch", minimum=1),
+        outbox=None if args.outbox == "off" else outbox_path(str(args.outbox), client_id),
+        outbox_after_s=real_number(args.outbox_after, "--outbox-after", positive=False),
+        outbox_max_bytes=whole_number(args.outbox_max_mb, "--outbox-max-mb", minimum=1) * 2**20,
+        shutdown_timeout_s=real_number(args.shutdown_timeout, "--shutdown-timeout", positive=True),
+        metrics_host=str(args.metrics_host),
+        metrics_port=whole_number(args.metrics_port, "--metrics-port", 0, 65535),
+        stats_interval_s=whole_number(args.stats_interval, "--stats-interval"),
+    )
+
+
+def restore_until_ready(
     alerting: Alerting,
-    mqtt: MqttConnection,
+    ingest: Ingest,
+    outbox: Outbox | None,
     stop: threading.Event,
+    log: logging.Logger,
 ) -> None:
-    """Apply operators' acknowledgements one at a time and answer each on its reply topic."""
-    while not stop.is_set():
-        try:
-            delivery = commands.get(timeout=0.5)
-        except queue.Empty:
+    """Rebuild the alert state as soon as InfluxDB answers and holds what the outbox held
+    (ingest-restore thread), and queue it for the owner; readings decoded meanwhile are
+    stored unjudged, and the rebuild replays what was stored."""
+    while not alerting.ready and not stop.is_set():
+        if outbox is not None and not outbox.empty:
+            stop.wait(0.5)
             continue
-        reply_to, answer = parse_and_apply_ack(delivery.payload, alerting)
-        if reply_to:
-            mqtt.publish(reply_to, answer.to_json(), qos=1)
-        mqtt.ack_many([delivery])
+        try:
+            restored = alerting.rebuild_state()
+        except InfluxError as exc:
+            log.warning("alerts wait for InfluxDB to restore their state: %s", exc)
+            stop.wait(2.0)
+            continue
 
+        def adopt(restored: Restored = restored) -> None:
+            alerting.adopt(restored)
 
-def parse_and_apply_ack(payload: bytes, alerting: Alerting) -> tuple[str, AckReply]:
-    """(reply topic, answer) for one acknowledgement request; never raises."""
-    reply_to, request = parse_ack_request(payload)
-    if isinstance(request, AckReply):
-        return reply_to, request
-    try:
-        events = alerting.acknowledge(request.alert_id, request.who, request.note)
-    except UnknownAlert as exc:
-        return reply_to, AckReply.refused("unknown_alert", str(exc))
-    except FloodwatchError as exc:
-        return reply_to, AckReply.refused("not_ready", str(exc))
-    return reply_to, AckReply(True, tuple(e for e in events if isinstance(e, AlertEvent)))
+        ingest.call(adopt)
+        return
 
 
 def outbox_path(setting: str, client_id: str) -> Path:
@@ -254,11 +294,14 @@ def settle_garbage_collector() -> None:
     CPython's defaults the collector walks the young objects every 700 of them, and the
     whole heap, modules and all, every so often. Freezing what start-up made takes it out of
     every later walk, and a larger young generation lets most of a batch come and go between
-    walks. Measured with bench.ingest: about a tenth more readings per second.
+    walks. Measured with bench.ingest: about a tenth more readings per second. Not too large
+    a one, though: each young walk stops every thread, and at 20,000 objects a walk took
+    5-10 ms (seen with gc.callbacks during bench.alerts_latency), the size of the alerts'
+    p99; at 5,000 a walk is a quarter of that, with the same throughput within noise.
     """
     gc.collect()
     gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
+    gc.set_threshold(5_000, 20, 20)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -267,34 +310,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ack_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        settings = settings_from_args(args)
-        session_expiry = whole_number(args.session_expiry, "--session-expiry", minimum=1)
-        max_batch = whole_number(args.max_batch, "--max-batch", minimum=1)
-        stats_interval = whole_number(args.stats_interval, "--stats-interval")
-        metrics_port = whole_number(args.metrics_port, "--metrics-port", 0, 65535)
-        shutdown_timeout = real_number(args.shutdown_timeout, "--shutdown-timeout", positive=True)
-        outbox_after = real_number(args.outbox_after, "--outbox-after", positive=False)
-        outbox_max = whole_number(args.outbox_max_mb, "--outbox-max-mb", minimum=1)
-        read_endpoint = (
-            parse_influx_url(str(args.influx_read_url), "--influx-read-url")
-            if args.influx_read_url
-            else settings.influx
-        )
+        config = ingest_settings(args)
+        settings = config.shared
         outbox = None
-        if args.outbox != "off":
-            outbox = Outbox(outbox_path(args.outbox, args.client_id), outbox_max * 2**20)
+        if config.outbox is not None:
+            outbox = Outbox(config.outbox, config.outbox_max_bytes)
         configure_logging(settings.log_level, "ingest")
         registry = load_registry(settings.registry_path)
-        if args.client_id in registry.sensors:
+        if config.client_id in registry.sensors:
             # The broker lets that sensor's login connect under exactly this id.
             raise SettingsError(
-                f"--client-id {args.client_id!r} is a sensor's id in the registry, so that "
+                f"--client-id {config.client_id!r} is a sensor's id in the registry, so that "
                 "sensor could take over ingest's session; choose another (FLOODWATCH_CLIENT_ID)"
             )
         bound = bound_client_id(settings.mqtt.username)
-        if bound is not None and args.client_id != bound:
+        if bound is not None and config.client_id != bound:
             raise SettingsError(
-                f"--client-id {args.client_id!r} is not the client id the broker binds the login "
+                f"--client-id {config.client_id!r} is not the client id the broker binds the login "
                 f"{settings.mqtt.username!r} to ({bound!r}), so the broker would refuse it; use "
                 f"--client-id {bound} (FLOODWATCH_CLIENT_ID), or give this instance a login of "
                 "its own (README, Users and permissions)"
@@ -307,8 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     influx = InfluxClient(settings.influx, settings.influx_db)
     influx_read = (
         influx
-        if read_endpoint == settings.influx
-        else InfluxClient(read_endpoint, settings.influx_db)
+        if config.influx_read == settings.influx
+        else InfluxClient(config.influx_read, settings.influx_db)
     )
     stop = threading.Event()
     try:
@@ -317,8 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.mqtt,
             topics,
             registry,
-            client_id=args.client_id,
-            session_expiry_s=session_expiry,
+            client_id=config.client_id,
+            session_expiry_s=config.session_expiry_s,
         )
     except FloodwatchError as exc:
         print(f"ingest: {exc}", file=sys.stderr)
@@ -359,42 +391,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         assert mqtt is not None
         return mqtt.ack_many(deliveries)
 
+    def publish(topic: str, payload: bytes, retain: bool) -> None:
+        assert mqtt is not None
+        mqtt.publish(topic, payload, qos=1, retain=retain)
+
     ingest = Ingest(
         topics,
         registry,
         influx,
         ack,
         publish_deadletter,
-        max_batch=max_batch,
+        max_batch=config.max_batch,
         outbox=outbox,
-        outbox_after_s=outbox_after,
+        outbox_after_s=config.outbox_after_s,
     )
+    log.log(*time_scale_notice(settings.time_scale))
+    alerting = Alerting(registry, topics, influx_read, publish, time_scale=settings.time_scale)
+    ingest.alerts = alerting
     if outbox is not None and not outbox.empty:
         log.info(
             "outbox %s holds %d readings from before; draining", outbox.path, outbox.status().lines
         )
 
-    def publish(topic: str, payload: bytes, retain: bool) -> None:
-        assert mqtt is not None
-        mqtt.publish(topic, payload, qos=1, retain=retain)
-
-    log.log(*time_scale_notice(settings.time_scale))
-    alerting = Alerting(
-        registry, topics, influx_read, publish, ingest.store_lines, time_scale=settings.time_scale
-    )
-    ingest.on_stored = alerting.judge
-    commands: queue.Queue[Delivery] = queue.Queue()
-
     def apply_registry(changed: Registry) -> None:
-        ingest.registry = changed  # the decoder reads it per batch
-        alerting.reconfigure(changed)
+        """ingest-operations: the change is applied on the owner thread, in order with the
+        deliveries (the decoder reads ingest.registry per batch; the engine reconfigures)."""
+
+        def apply() -> None:
+            ingest.registry = changed
+            alerting.reconfigure(changed)
+
+        ingest.call(apply)
 
     operations = OperationsFollower(topics, live, apply_registry, ingest.store_lines, ack, stop)
 
     def route(delivery: Delivery) -> None:
-        # Operators' acknowledgements go to their own thread; readings to the pipeline.
+        # Operators' acknowledgements go to the alert owner; readings to the pipeline.
         if delivery.topic == topics.ack_commands:
-            commands.put(delivery)
+            ingest.call(lambda: alerting.answer(delivery))
         elif operations.wants(delivery.topic):
             operations.deliver(delivery)
         else:
@@ -402,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     mqtt = MqttConnection(
         settings.mqtt,
-        args.client_id,
+        config.client_id,
         # No retained message is replayed at (re)subscription: a retained reading would be
         # judged again at every reconnect, and a retained status is an old one. Readings keep
         # their retain flag, so one published retained is counted (the pipeline's
@@ -416,32 +450,41 @@ def main(argv: Sequence[str] | None = None) -> int:
             (topics.sensor_changes("+"), 1),
         ],
         on_delivery=route,
-        session_expiry_s=session_expiry,
+        session_expiry_s=config.session_expiry_s,
         manual_ack=True,
     )
-    # Alerts must be restored before the first reading is judged; the broker connection is
-    # made after, so no delivery can overtake the restore.
-    try_restore(alerting, log)
-    threading.Thread(
-        target=answer_commands,
-        args=(commands, alerting, mqtt, stop),
-        daemon=True,
-        name="ingest-commands",
-    ).start()
+    # Alerts are restored before the first reading is judged when InfluxDB answers at start:
+    # the broker connection is made after, so no delivery can overtake the restore. Events
+    # and readings spilled to the outbox by the last run go to InfluxDB first, so the restore
+    # sees them. Otherwise a thread restores as soon as InfluxDB answers.
+    restored = False
+    if outbox is None or ingest.drain_outbox_now():
+        try:
+            alerting.adopt(alerting.rebuild_state())
+            restored = True
+        except InfluxError as exc:
+            log.warning("alerts wait for InfluxDB to restore their state: %s", exc)
     ingest.start()
     operations.thread.start()
+    if not restored:
+        threading.Thread(
+            target=restore_until_ready,
+            args=(alerting, ingest, outbox, stop, log),
+            daemon=True,
+            name="ingest-restore",
+        ).start()
     try:
         mqtt.start(timeout_s=30)
     except FloodwatchError as exc:
         print(f"ingest: {exc}", file=sys.stderr)
-        ingest.stop()
+        ingest.stop(min(config.shutdown_timeout_s, 2.0))
         return 1
     metrics_server = None
-    if metrics_port:
+    if config.metrics_port:
         try:
             metrics_server = serve_metrics(
-                args.metrics_host,
-                metrics_port,
+                config.metrics_host,
+                config.metrics_port,
                 lambda: ingest_metrics(
                     ingest.counters,
                     ingest.backlog,
@@ -450,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ),
             )
         except OSError as exc:
-            log.warning("no metrics endpoint on port %d: %s", metrics_port, exc)
+            log.warning("no metrics endpoint on port %d: %s", config.metrics_port, exc)
     settle_garbage_collector()
     log.info(
         "ingesting %d sensors from %s into %s/%s",
@@ -459,13 +502,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.influx,
         settings.influx_db,
     )
+    stats_interval = config.stats_interval_s
     next_stats = time.monotonic() + stats_interval
+    # The main loop never waits on InfluxDB or the broker: it only queues ticks, so a signal
+    # is always seen within STALE_CHECK_S.
     while not stop.wait(STALE_CHECK_S):
         if ingest.failed.is_set():
             break  # logged where it happened; exit non-zero so a supervisor restarts ingest
-        if not alerting.ready:
-            try_restore(alerting, log)
-        alerting.check_stale()
+        ingest.call(alerting.check_stale)
         if stats_interval and time.monotonic() >= next_stats:
             next_stats += stats_interval
             state = f" backlog={ingest.backlog}"
@@ -473,17 +517,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                 st = outbox.status()
                 state += f" outbox_lines={st.lines} outbox_oldest={st.oldest_age_s:.0f}s"
             log.info("%s%s", ingest.counters.summary(), state)
-    log.info("stopping: storing what is in hand (at most %g s)", shutdown_timeout)
-    ingest.stop(shutdown_timeout)
+    log.info("stopping: storing what is in hand (at most %g s)", config.shutdown_timeout_s)
+    stop.set()
+    ingest.stop(config.shutdown_timeout_s)
     mqtt.stop()
-    influx.close()
-    influx_read.close()
     if metrics_server is not None:
         metrics_server.shutdown()
+    log.info("stopped; %s", ingest.counters.summary())
+    failed = ingest.failed.is_set()
+    if ingest.busy():
+        # A write still waits on InfluxDB (paused or unreachable): its batch stays with the
+        # broker. Exit now rather than wait for the HTTP timeout.
+        logging.shutdown()
+        os._exit(1 if failed else 0)
+    influx.close()
+    influx_read.close()
     if outbox is not None:
         outbox.close()
-    log.info("stopped; %s", ingest.counters.summary())
-    return 1 if ingest.failed.is_set() else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -1,16 +1,21 @@
 """Where readings are decided, in the running pipeline: the thin shell around the pure alert
-engine (alerts/). It owns the engine state and applies, one at a time, the batches ingest has
-stored, the periodic stale check and operators' acknowledgements; it stores every event in
-InfluxDB, republishes the sensor's retained state on `alerts/{id}`, and publishes each event
-on `events/{id}`. At start it rebuilds the state from what InfluxDB holds (alerts.rebuild).
+engine (alerts/) that the owner thread (`ingest-alerts`, see ingest/pipeline.py) drives.
+
+Only the owner thread calls `judge`, `check_stale`, `answer` and `adopt`, in the order their
+work was queued: the batches ingest has decoded, the periodic stale tick, operators'
+acknowledgements and the state rebuilt at start. Each publishes the retained `alerts/{id}`
+states, `events/{id}` and episodes right after its change, so they go out in the order of the
+state changes and the last retained message is always the current state, and returns the
+events as line protocol for the store: nothing here waits for InfluxDB. `rebuild_state` (any
+thread) rebuilds the state from what InfluxDB holds (alerts.rebuild).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,19 +33,31 @@ from alerts import (
     sensor_payload,
     step,
 )
+from alerts.commands import AckReply, parse_ack_request
+from alerts.errors import UnknownAlert
 from alerts.reconfigure import reconfigure
-from floodwatch.contract import ALERT_MEASUREMENT, EVENT_MEMORY_NS
-from floodwatch.errors import InfluxError
+from floodwatch.contract import ALERT_MEASUREMENT, EVENT_MEMORY_NS, Reading
 from floodwatch.influx import InfluxClient
+from floodwatch.mqtt import Delivery
 from floodwatch.registry import Registry
 from floodwatch.topics import Topics
 from ingest.line_protocol import encode_point
+from ingest.pipeline import EMPTY_BATCH, ToStore
 
 log = logging.getLogger(__name__)
 
 
 Publish = Callable[[str, bytes, bool], None]  # topic, payload, retain
-StoreLines = Callable[[list[str]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """An engine state rebuilt from InfluxDB, for the owner to adopt."""
+
+    state: EngineState
+    events: int
+    readings: int
+    registry: Registry  # the one it was rebuilt with
 
 
 class Alerting:
@@ -50,19 +67,18 @@ class Alerting:
         topics: Topics,
         influx: InfluxClient,
         publish: Publish,
-        store_lines: StoreLines,
         clock: Callable[[], int] = time.time_ns,
         time_scale: float = 1.0,  # --time-scale: the engine's timers run this much faster
+        state: EngineState | None = None,
     ) -> None:
         self.registry = registry
         self.time_scale = time_scale
         self.topics = topics
         self.influx = influx
         self._publish = publish
-        self._store_lines = store_lines
         self._clock = clock
-        self._lock = threading.Lock()
-        self._state: EngineState | None = None
+        # Given (a fresh engine, in tests and tools) or rebuilt from InfluxDB at start.
+        self._state: EngineState | None = state
         # (kind, change, level name) -> events emitted, for the metrics.
         self.events_by_kind: dict[tuple[str, str, str], int] = {}
 
@@ -74,10 +90,82 @@ class Alerting:
     def state(self) -> EngineState | None:
         return self._state
 
-    # -- start ------------------------------------------------------------------------------
+    # -- the ways the state changes (owner thread only) --------------------------------------
 
-    def restore(self) -> None:
-        """Rebuild the engine from stored events and readings; raises InfluxError if it can't."""
+    def judge(self, readings: list[Reading]) -> list[str]:
+        """A decoded batch's readings through the engine; the events as line protocol."""
+        if self._state is None or not readings:
+            return []  # before the restore: the restore's replay covers stored readings
+        arrays = readings_to_arrays(readings, self._state.sensor_index)
+        self._state, events = step(self._state, arrays, self._clock())
+        return self._emit(self._state, events)
+
+    def check_stale(self) -> ToStore | None:
+        """The stale tick; its events, if any, for the store."""
+        if self._state is None:
+            return None
+        self._state, events = check_stale(self._state, self._clock())
+        lines = self._emit(self._state, events)
+        return ToStore([], EMPTY_BATCH, lines) if lines else None
+
+    def answer(self, delivery: Delivery) -> ToStore:
+        """Apply one acknowledgement request and answer it on its reply topic; the request is
+        acknowledged to the broker once its event is stored."""
+        reply_to, reply, lines = self.apply_ack(delivery.payload)
+        if reply_to:
+            self._publish(reply_to, reply.to_json(), False)
+        return ToStore([delivery], EMPTY_BATCH, lines)
+
+    def apply_ack(self, payload: bytes) -> tuple[str, AckReply, list[str]]:
+        """(reply topic, answer, event lines) for one request (alerts/commands.py); never
+        raises."""
+        reply_to, request = parse_ack_request(payload)
+        if isinstance(request, AckReply):
+            return reply_to, request, []
+        if self._state is None:
+            error = "alerts are not restored yet (InfluxDB unreachable); retry"
+            return reply_to, AckReply.refused("not_ready", error), []
+        try:
+            self._state, events = acknowledge(
+                self._state, request.alert_id, request.who, request.note, self._clock()
+            )
+        except UnknownAlert as exc:
+            return reply_to, AckReply.refused("unknown_alert", str(exc)), []
+        lines = self._emit(self._state, events)
+        acked = tuple(e for e in events if isinstance(e, AlertEvent))
+        return reply_to, AckReply(True, acked), lines
+
+    def reconfigure(self, registry: Registry) -> None:
+        """An operator changed the registry (ingest/operations.py): judge with it from now on;
+        no event is made by the change itself (alerts.reconfigure). Owner thread only: it is
+        queued with `Ingest.call`, in order with the deliveries."""
+        if self._state is not None:
+            self._state = reconfigure(self._state, registry, self._clock())
+        self.registry = registry
+
+    def adopt(self, restored: Restored) -> None:
+        """Take the rebuilt state (unless one is held already) and republish every sensor's."""
+        if self._state is not None:
+            return
+        state = restored.state
+        if restored.registry is not self.registry:  # an operator's change came in meanwhile
+            state = reconfigure(state, self.registry, self._clock())
+        self._state = state
+        for sensor_id in self.registry.sensors:
+            self._publish(self.topics.alert(sensor_id), sensor_payload(state, sensor_id), True)
+        log.info(
+            "alerts restored: %d open from %d stored events, rules replayed over %d readings",
+            len(state.alerts),
+            restored.events,
+            restored.readings,
+        )
+
+    # -- start -------------------------------------------------------------------------------
+
+    def rebuild_state(self) -> Restored:
+        """The engine state rebuilt from stored events and readings (any thread; the owner
+        adopts it). Raises InfluxError if InfluxDB cannot answer."""
+        registry = self.registry  # read once: the owner may change it meanwhile
         now = self._clock()
         rows = self.influx.query(
             f'SELECT * FROM "{ALERT_MEASUREMENT}" WHERE time >= $since',
@@ -93,30 +181,18 @@ class Alerting:
                 doc.pop("time", None)
                 events.append(AlertEvent.from_influx(tags, doc))
         since = rebuild_window_start(events, now)
-        readings = self._stored_readings(since)
-        registry = self.registry
+        readings = self._stored_readings(since, registry)
         state = rebuild(registry, events, readings, since, now, self.time_scale)
-        with self._lock:
-            if self.registry is not registry:  # an operator's change came in meanwhile
-                state = reconfigure(state, self.registry, now)
-            self._state = state
-        for sensor_id in self.registry.sensors:
-            self._publish(self.topics.alert(sensor_id), sensor_payload(state, sensor_id), True)
-        log.info(
-            "alerts restored: %d open from %d stored events, rules replayed over %d readings",
-            len(state.alerts),
-            len(events),
-            len(readings),
-        )
+        return Restored(state, len(events), len(readings), registry)
 
-    def _stored_readings(self, since_ns: int) -> ReadingArrays:
+    def _stored_readings(self, since_ns: int, registry: Registry) -> ReadingArrays:
         rows = self.influx.query(
             'SELECT "level_cm", "battery_v" FROM "water_level" WHERE time >= $since '
             'GROUP BY "sensor"',
             {"since": since_ns},
             epoch="ns",
         )
-        index = self._index()
+        index = {sensor_id: i for i, sensor_id in enumerate(registry.sensors)}
         sensors: list[int] = []
         times: list[int] = []
         levels: list[float] = []
@@ -137,57 +213,13 @@ class Alerting:
             np.array(batteries, dtype=np.float64),
         )
 
-    def _index(self) -> dict[str, int]:
-        return {sensor_id: i for i, sensor_id in enumerate(self.registry.sensors)}
+    # -- output (owner thread) ---------------------------------------------------------------
 
-    # -- the three ways the state changes ----------------------------------------------------
-
-    def judge(self, readings: Sequence[object]) -> list[Event]:
-        """A stored batch's readings (floodwatch.contract.Reading values) through the engine."""
-        if not readings:
-            return []
-        with self._lock:
-            if self._state is None:
-                return []  # not restored yet: the restore's replay will cover these
-            arrays = readings_to_arrays(readings, self._state.sensor_index)  # type: ignore[arg-type]
-            self._state, events = step(self._state, arrays, self._clock())
-            state = self._state
-        self._emit(state, events)
-        return events
-
-    def check_stale(self) -> list[Event]:
-        with self._lock:
-            if self._state is None:
-                return []
-            self._state, events = check_stale(self._state, self._clock())
-            state = self._state
-        self._emit(state, events)
-        return events
-
-    def reconfigure(self, registry: Registry) -> None:
-        """An operator changed the registry (ingest/operations.py): judge with it from now on;
-        no event is made by the change itself (alerts.reconfigure)."""
-        with self._lock:
-            if self._state is not None:
-                self._state = reconfigure(self._state, registry, self._clock())
-            self.registry = registry
-
-    def acknowledge(self, alert_id: str, who: str, note: str) -> list[Event]:
-        """Raises alerts.UnknownAlert when no open alert has this id."""
-        with self._lock:
-            if self._state is None:
-                raise InfluxError("alerts are not restored yet (InfluxDB unreachable); retry")
-            self._state, events = acknowledge(self._state, alert_id, who, note, self._clock())
-            state = self._state
-        self._emit(state, events)
-        return events
-
-    # -- output -------------------------------------------------------------------------------
-
-    def _emit(self, state: EngineState, events: list[Event]) -> None:
+    def _emit(self, state: EngineState, events: list[Event]) -> list[str]:
+        """Publish the events and the touched sensors' retained states; return the events as
+        line protocol, for the store."""
         if not events:
-            return
-        self._store_lines([encode_point(*e.influx_point()) for e in events])
+            return []
         touched: list[str] = []
         for e in events:
             if isinstance(e, AlertEvent):
@@ -200,3 +232,4 @@ class Alerting:
                 self._publish(self.topics.episodes, e.to_json(), False)
         for sensor_id in touched:
             self._publish(self.topics.alert(sensor_id), sensor_payload(state, sensor_id), True)
+        return [encode_point(*e.influx_point()) for e in events]

@@ -4,7 +4,7 @@ published on `changes/{id}` is stored as a `sensor_change` row (ingest is the on
 
 | thread              | owns                         | talks to                                   |
 |---------------------|------------------------------|--------------------------------------------|
-| `ingest-operations` | the LiveRegistry (overrides) | pipeline + engine (apply), InfluxDB, broker |
+| `ingest-operations` | the LiveRegistry (overrides) | the owner's queue (apply), InfluxDB, broker |
 """
 
 from __future__ import annotations

@@ -1,9 +1,39 @@
-"""The ingest loop: deliveries from the broker, judged in batches, stored, then acknowledged.
+"""The ingest pipeline: deliveries decoded, judged for alerts at once, then stored and
+acknowledged.
 
-At least once, and no more than needed: a QoS 1 message is acknowledged to the broker only
-after InfluxDB accepted its readings (or its dead letter). While InfluxDB is down the batch is
-retried with capped backoff and nothing is acknowledged, so the broker keeps (and after a
-crash redelivers) everything; a redelivered reading overwrites itself in InfluxDB.
+Threads, and the one owner of each piece of state:
+
+thread               owns                                  talks to
+-------------------  ------------------------------------  -------------------------------------
+MQTT network (paho)  the broker socket                     the owner's queue (readings, acks)
+ingest-alerts        the owner's queue; the alert engine's  store queue (readings with the alert
+  (the owner)        state (ingest/alerting.py); every      events judged from them)
+                     publish on alerts/, events/, episodes
+ingest-store         InfluxDB writes, outbox appends       finish queue
+ingest-finish        acknowledgements, stored counters     broker (dead letters, PUBACKs)
+ingest-outbox        the outbox's oldest batch             InfluxDB
+ingest-restore       one rebuild from InfluxDB at a time   the owner's queue (the rebuilt state)
+main                 signals, the stale clock              the owner's queue (a tick a second)
+ingest-operations    operators' registry overrides         the owner's queue (a changed registry
+  (operations.py)                                          for decoder and engine), the store
+
+The owner takes, in arrival order, from one queue: deliveries (decoded and judged in batches
+of what has arrived), operators' acknowledgements, stale ticks, registry changes and the
+rebuilt state. Only it changes the engine's state and the conflicting-reading guard, and it
+publishes right after each change, so retained `alerts/{id}` messages go out in the order of
+the state changes.
+
+Alerts do not wait for the database: a batch is judged as soon as it is decoded, while its
+messages are still unacknowledged (the broker keeps them). Its readings and the alert events
+judged from them are written in one request, and only then are its messages acknowledged (a
+spilled batch: once on disk in the outbox). So what a restart finds stored is consistent:
+either a batch and its events, or neither, in which case the broker redelivers the batch and
+the engine, rebuilt without it, judges it again into the same deterministic ids (rule 12 of
+alerts/engine.py): an event is at least once on MQTT, once in InfluxDB.
+
+At least once, and no more than needed: while InfluxDB is down a batch is retried with capped
+backoff and nothing is acknowledged, so the broker keeps (and after a crash redelivers)
+everything; a redelivered reading overwrites itself in InfluxDB. Every wait wakes on stop().
 """
 
 from __future__ import annotations
@@ -14,9 +44,9 @@ import queue
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from floodwatch.contract import Reading, Rejection, iso_time
 from floodwatch.decode import decode_message
@@ -46,6 +76,10 @@ T = TypeVar("T")
 
 # Batches of at least this many messages mean load: the next batch lingers to grow.
 LINGER_AFTER_BATCH = 32
+# Out of load, the alert owner waits this many times its last batch's cost before the next
+# batch, at most PACE_MAX_S: enough to amortise an engine step's fixed cost, short for an alert.
+PACE = 2.0
+PACE_MAX_S = 0.002
 WRITE_SECONDS_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -221,12 +255,59 @@ def judge(
     return Batch(lines, readings, statuses, rejections, origins)
 
 
+EMPTY_BATCH = Batch([], [], 0, [], [])
+
+
+def merge(batches: list[Batch]) -> Batch:
+    """Consecutive batches as one (pure): one engine step, or one write, for all of them."""
+    if len(batches) == 1:
+        return batches[0]
+    lines: list[str] = []
+    readings: list[Reading] = []
+    rejections: list[Rejection] = []
+    origins: list[tuple[str, bytes, int]] = []
+    statuses = 0
+    for b in batches:
+        lines.extend(b.lines)
+        readings.extend(b.readings)
+        rejections.extend(b.rejections)
+        origins.extend(b.origins)
+        statuses += b.statuses
+    return Batch(lines, readings, statuses, rejections, origins)
+
+
 @dataclass(frozen=True, slots=True)
-class Stored:
-    """One batch safe in InfluxDB (or the outbox), waiting to be acknowledged and judged."""
+class ToStore:
+    """A judged batch on its way to InfluxDB: its deliveries are acknowledged once its lines
+    and the alert events judged from it are stored (an acknowledgement command: once its
+    event is)."""
 
     deliveries: list[Delivery]
-    readings: list[Reading]
+    batch: Batch
+    alert_lines: list[str] = field(default_factory=list)
+
+
+class AlertStage(Protocol):
+    """The alert engine's shell as the owner thread uses it (ingest.alerting.Alerting)."""
+
+    def judge(self, readings: list[Reading]) -> list[str]:
+        """Step the engine, publish what changed; the events as line protocol."""
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Work for the owner thread, queued among the deliveries: a stale tick, an operator's
+    acknowledgement, the rebuilt state. What it returns (alert events, and a command to
+    acknowledge once they are stored) goes to the store."""
+
+    run: Callable[[], ToStore | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """One batch safe in InfluxDB (or the outbox), waiting to be acknowledged."""
+
+    deliveries: list[Delivery]
     rejections: list[Rejection]
     readings_stored: int
     statuses_stored: int
@@ -240,14 +321,14 @@ SPILLED = Spilled()
 
 
 class Ingest:
-    """Three threads after the network thread: one judges batches, one stores them, and one
-    finishes them (dead letters published, acknowledgement, alert engine, counters).
+    """The decoding, storing, finishing and outbox-draining threads (see the table above).
 
-    Judging and finishing (CPU) overlap with storing (waiting on InfluxDB), so under load the
-    next write is on its way while the last one is finished. Small queues between them
-    push back: while InfluxDB is slow, deliveries pile up in the inbox and the next batch
-    is larger, so the write rate adapts without tuning. The inbox itself is bounded by the
-    broker's in-flight window: the broker sends no more until ingest acknowledges.
+    Decoding and judging (CPU) overlap with storing (waiting on InfluxDB). While a write is in
+    flight the next batches queue up and go in the next request together, so the write rate
+    adapts to InfluxDB without tuning. Nothing upstream of the store waits for it: while
+    InfluxDB is slow or down, batches are still decoded and judged, and wait, unacknowledged,
+    in the store queue, which the broker bounds: it sends no more than its in-flight window
+    (max_inflight_messages) until ingest acknowledges, or the outbox takes them.
     """
 
     def __init__(
@@ -264,7 +345,7 @@ class Ingest:
         linger_s: float = 0.02,
         outbox: Outbox | None = None,
         outbox_after_s: float = 10.0,
-        on_stored: Callable[[list[Reading]], object] | None = None,
+        alerts: AlertStage | None = None,
     ) -> None:
         self.topics = topics
         self.registry = registry
@@ -276,28 +357,29 @@ class Ingest:
         self.max_backoff_s = max_backoff_s
         self.linger_s = linger_s
         self.counters = IngestCounters()
-        self._inbox: deque[Delivery] = deque()
+        self._inbox: deque[Delivery | Call] = deque()
         self._wake = threading.Event()
         # _closing: flush what is in hand, then stop; _stopping: stop now (the deadline).
         self._closing = threading.Event()
         self._stopping = threading.Event()
-        self._judged_done = threading.Event()
-        self._judged: queue.Queue[tuple[list[Delivery], Batch]] = queue.Queue(maxsize=2)
+        # Set once nothing more will be queued for the store (decoder and alert owner done).
+        self._upstream_done = threading.Event()
+        # Unbounded: the broker's in-flight window bounds what is unacknowledged, and the
+        # alert owner must never wait for the store.
+        self._to_store: queue.SimpleQueue[ToStore] = queue.SimpleQueue()
         self._stored_done = threading.Event()
         self._stored: queue.Queue[Stored] = queue.Queue(maxsize=2)
         self._threads: list[threading.Thread] = []
         self.failed = threading.Event()  # a thread died of an unexpected error
         self._deadletter_seq = 0
         self._retained_warned: set[str] = set()  # topics whose retained reading was logged
-        self._recent = RecentReadings()  # the judging thread's (see judge)
+        self._recent = RecentReadings()  # the owner thread's (see judge)
         # Set while the database or its retention policy is gone (logged once, see _lost_once).
         self._lost = False
         self._lost_lock = threading.Lock()
         self.outbox = outbox
         self.outbox_after_s = outbox_after_s
-        # Called with each batch's readings once they are stored (or safe in the outbox):
-        # the alert engine judges them there.
-        self.on_stored = on_stored
+        self.alerts = alerts
         # When the current InfluxDB outage began (monotonic), or None while it answers.
         self._down_since: float | None = None
 
@@ -308,9 +390,21 @@ class Ingest:
         if not self._wake.is_set():
             self._wake.set()
 
+    def store_lines(self, lines: list[str]) -> None:
+        """Queue lines that must be kept (events made outside a batch) for the store thread,
+        in order with the batches; never waits (any thread)."""
+        if lines:
+            self._to_store.put(ToStore([], EMPTY_BATCH, list(lines)))
+
+    def call(self, work: Callable[[], ToStore | None]) -> None:
+        """Queue work for the owner thread, behind what has arrived (any thread)."""
+        self._inbox.append(Call(work))
+        if not self._wake.is_set():
+            self._wake.set()
+
     def start(self) -> None:
         loops = [
-            (self._judge_loop, "ingest-judge"),
+            (self._owner_loop, "ingest-alerts"),
             (self._store_loop, "ingest-store"),
             (self._finish_loop, "ingest-finish"),
         ]
@@ -337,78 +431,147 @@ class Ingest:
         return run
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Flush what is in hand, within `timeout_s`, then stop.
+        """Flush what is in hand, then stop, all within `timeout_s`.
 
-        Deliveries already received are judged, stored and acknowledged while the deadline
-        allows (the MQTT connection must stay up meanwhile, for the acknowledgements). What
-        is left at the deadline, or arrives after, stays unacknowledged: the broker keeps it
-        for the next ingest.
+        Deliveries already received are decoded, judged, stored and acknowledged while the
+        deadline allows (the MQTT connection must stay up meanwhile, for the
+        acknowledgements). What is left at the deadline, or arrives after, stays
+        unacknowledged: the broker keeps it for the next ingest. Every wait wakes at the
+        deadline; a write still in flight then (a paused influxd) is abandoned with its
+        daemon thread, and its batch stays unacknowledged.
         """
-        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
+        # The last part of the budget is for stopping itself (joins, closing connections).
+        deadline = started + timeout_s - min(0.5, timeout_s / 5)
         self._closing.set()
         self._wake.set()
-        for thread in self._threads[:3]:  # the judge, the store, then the finish
+        if self._threads:
+            self._threads[0].join(max(0.0, deadline - time.monotonic()))  # the owner
+        self._upstream_done.set()
+        for thread in self._threads[1:3]:  # the store, then the finish
             thread.join(max(0.0, deadline - time.monotonic()))
         self._stopping.set()
+        self._wake.set()
         for thread in self._threads:
-            thread.join(max(0.0, deadline + 1.0 - time.monotonic()))
+            thread.join(max(0.0, min(0.2, started + timeout_s - time.monotonic())))
 
     @property
     def backlog(self) -> int:
-        return len(self._inbox) + self._judged.qsize() + self._stored.qsize()
+        return len(self._inbox) + self._to_store.qsize() + self._stored.qsize()
 
     def _take(self) -> list[Delivery]:
+        """The deliveries at the head of the queue, up to the first Call, max_batch messages
+        or max_batch_bytes."""
         inbox, size = self._inbox, 0
         batch: list[Delivery] = []
         popleft = inbox.popleft
         while inbox and len(batch) < self.max_batch and size < self.max_batch_bytes:
+            if type(inbox[0]) is Call:
+                break
             d = popleft()
+            assert type(d) is Delivery
             batch.append(d)
             size += len(d.payload)
         return batch
 
-    def _judge_loop(self) -> None:
+    def _owner_loop(self) -> None:
+        """Decode and judge whatever has arrived, at once (an alert waits for no batch to
+        fill), and run the queued calls in their turn."""
+        alerts = self.alerts
+        inbox = self._inbox
+        # When the last batch began and ended (decoding and one engine step), and its size.
+        last_start = last_end = 0.0
+        last_size = 0
+        try:
+            while not self._stopping.is_set():
+                if not inbox:
+                    if self._closing.is_set():
+                        return  # all received is judged: the flush is done
+                    self._wake.clear()
+                    if not inbox:
+                        self._wake.wait(0.5)
+                    continue
+                # An engine step costs about the same for 1 reading as for hundreds, so tiny
+                # batches must not take the CPU: let readings gather for PACE times what the
+                # last batch cost, at most PACE_MAX_S (at 1,000 readings/s an alert waits
+                # about a millisecond more), and under load (the last batch was large) for
+                # linger_s from the start of the last batch, as the store does.
+                now = time.perf_counter()
+                if last_size >= LINGER_AFTER_BATCH:
+                    pause = last_start + self.linger_s - now
+                else:
+                    pause = min(last_end + PACE * (last_end - last_start) - now, PACE_MAX_S)
+                calm = len(inbox) < self.max_batch and not self._closing.is_set()
+                if pause > 0 and calm and self._stopping.wait(pause):
+                    return
+                head = inbox[0]
+                if type(head) is Call:
+                    inbox.popleft()
+                    try:
+                        item = head.run()
+                    except Exception:  # a failed tick or command must not stop ingest
+                        log.exception("alert work failed")
+                        continue
+                    if item is not None:
+                        self._to_store.put(item)
+                    continue
+                last_start = time.perf_counter()
+                deliveries = self._take()
+                last_size = len(deliveries)
+                batch = judge(self.topics, self.registry, deliveries, self._recent)
+                lines: list[str] = []
+                if alerts is not None and batch.readings:
+                    try:
+                        lines = alerts.judge(batch.readings)
+                    except Exception:  # a fault in judging must never stop storing
+                        log.exception("judging a batch failed; its readings are stored anyway")
+                self._to_store.put(ToStore(deliveries, batch, lines))
+                last_end = time.perf_counter()
+        finally:
+            self._upstream_done.set()
+
+    def _gather(self, first: ToStore) -> list[ToStore]:
+        """`first` and whatever else is queued, up to a request's worth (max_batch messages,
+        max_batch_bytes of payload)."""
+        items = [first]
+        messages = len(first.deliveries)
+        size = sum(len(d.payload) for d in first.deliveries)
+        get = self._to_store.get_nowait
+        while messages < self.max_batch and size < self.max_batch_bytes:
+            try:
+                item = get()
+            except queue.Empty:
+                break
+            items.append(item)
+            messages += len(item.deliveries)
+            size += sum(len(d.payload) for d in item.deliveries)
+        return items
+
+    def _store_loop(self) -> None:
         last_take = 0.0
         last_size = 0
         try:
             while not self._stopping.is_set():
-                if not self._inbox:
-                    if self._closing.is_set():
-                        return  # all received is judged: the flush is done
-                    self._wake.clear()
-                    if not self._inbox:
-                        self._wake.wait(0.5)
+                try:
+                    first = self._to_store.get(timeout=0.1)
+                except queue.Empty:
+                    if self._upstream_done.is_set() and self._to_store.empty():
+                        return  # flushed
                     continue
-                # Under load (the last batch was large), gather for a few milliseconds rather
-                # than write tiny batches: each request costs InfluxDB and this process far
-                # more than each line in it. At everyday rates batches are small and nothing
-                # waits, so an alert is not held back.
-                if (
-                    last_size >= LINGER_AFTER_BATCH
-                    and len(self._inbox) < self.max_batch
-                    and not self._closing.is_set()
-                ):
+                # Under load (the last request was large), gather for a few milliseconds
+                # rather than write tiny requests: each costs InfluxDB and this process far
+                # more than each line in it. Alerts are already out; only storing waits.
+                if last_size >= LINGER_AFTER_BATCH and not self._closing.is_set():
                     pause = last_take + self.linger_s - time.monotonic()
                     if pause > 0 and self._stopping.wait(pause):
                         return
                 last_take = time.monotonic()
-                deliveries = self._take()
+                items = self._gather(first)
+                deliveries = [d for item in items for d in item.deliveries]
                 last_size = len(deliveries)
-                batch = judge(self.topics, self.registry, deliveries, self._recent)
-                self._hand_on(self._judged, (deliveries, batch))
-        finally:
-            self._judged_done.set()
-
-    def _store_loop(self) -> None:
-        try:
-            while not self._stopping.is_set():
-                try:
-                    deliveries, batch = self._judged.get(timeout=0.1)
-                except queue.Empty:
-                    if self._judged_done.is_set() and self._judged.empty():
-                        return  # flushed
-                    continue
-                stored = self._persist(deliveries, batch)
+                batch = merge([item.batch for item in items])
+                alert_lines = [line for item in items for line in item.alert_lines]
+                stored = self._persist(deliveries, batch, alert_lines)
                 if stored is not None:
                     self._hand_on(self._stored, stored)
         finally:
@@ -434,22 +597,28 @@ class Ingest:
                 continue
 
     def process(self, deliveries: list[Delivery]) -> None:
-        """Judge, store, dead-letter and acknowledge one batch, on the caller's thread."""
+        """Decode, store, dead-letter and acknowledge one batch on the caller's thread
+        (no alerts; only while the threads are not running, as `recent` is theirs)."""
         self.store(deliveries, judge(self.topics, self.registry, deliveries, self._recent))
 
-    def store(self, deliveries: list[Delivery], judged: Batch) -> None:
-        """Store a judged batch, dead-letter what was refused, then acknowledge it all."""
-        stored = self._persist(deliveries, judged)
+    def store(
+        self, deliveries: list[Delivery], judged: Batch, alert_lines: Sequence[str] = ()
+    ) -> None:
+        """Store a decoded batch, dead-letter what was refused, then acknowledge it all."""
+        stored = self._persist(deliveries, judged, list(alert_lines))
         if stored is not None:
             self._finish(stored)
 
-    def _persist(self, deliveries: list[Delivery], judged: Batch) -> Stored | None:
-        """Write a judged batch and its dead letters; None if asked to stop before InfluxDB
-        (or the outbox) took it, in which case nothing may be acknowledged."""
+    def _persist(
+        self, deliveries: list[Delivery], judged: Batch, alert_lines: list[str]
+    ) -> Stored | None:
+        """Write a decoded batch, the alert events judged from it and its dead letters in one
+        request; None if asked to stop before InfluxDB (or the outbox) took it, in which case
+        nothing may be acknowledged."""
         rejections = list(judged.rejections)
         lines = judged.lines
         dead_lines = [self._deadletter_line(rej) for rej in rejections]
-        outcome = self._write(lines + dead_lines, spill=True)
+        outcome = self._write(lines + alert_lines + dead_lines, spill=True)
         if outcome is None:
             return None
         stored_readings = len(judged.readings)
@@ -457,14 +626,19 @@ class Ingest:
         refused: list[RefusedLine] = []
         if isinstance(outcome, Spilled):
             # On disk, durably: the drainer stores it, and counts it, when InfluxDB returns.
+            # (Readings, statuses and dead letters; the alert events with them are not counted.)
             self.counters.outbox_spilled += len(lines) + len(dead_lines)
             stored_readings = stored_statuses = 0
         else:
             refused = outcome
         late: list[str] = []
         for bad in refused:
-            if bad.index >= len(lines):
+            if bad.index >= len(lines) + len(alert_lines):
                 log.error("InfluxDB refused a dead letter: %s", bad.message)
+                continue
+            if bad.index >= len(lines):
+                line = alert_lines[bad.index - len(lines)]
+                log.error("InfluxDB refused an alert event %r: %s", line[:200], bad.message)
                 continue
             topic, payload, received = judged.origins[bad.index]
             rej = Rejection(
@@ -482,10 +656,10 @@ class Ingest:
                 stored_statuses -= 1
         if late and self._write(late, spill=False) is None:
             return None
-        return Stored(deliveries, judged.readings, rejections, stored_readings, stored_statuses)
+        return Stored(deliveries, rejections, stored_readings, stored_statuses)
 
     def _finish(self, stored: Stored) -> None:
-        """After the write: publish dead letters, acknowledge, judge alerts, count."""
+        """After the write: publish dead letters, acknowledge, count."""
         for rej in stored.rejections:
             self.counters.count_deadletter(rej.code)
             try:
@@ -496,11 +670,6 @@ class Ingest:
         for d in stored.deliveries:
             if d.retained:
                 self._count_retained(d.topic)
-        if self.on_stored is not None and stored.readings:
-            try:
-                self.on_stored(stored.readings)
-            except Exception:  # a fault in judging must never stop storing
-                log.exception("judging a stored batch failed")
         c = self.counters
         c.messages += len(stored.deliveries)
         c.readings_stored += stored.readings_stored
@@ -574,14 +743,6 @@ class Ingest:
                 return None
             backoff = min(backoff * 2, self.max_backoff_s)
 
-    def store_lines(self, lines: list[str]) -> None:
-        """Write lines that must be kept (alert events) the way readings are: retried while
-        InfluxDB is down, to the outbox after a long outage."""
-        outcome = self._write(lines, spill=True)
-        if isinstance(outcome, list):
-            for bad in outcome:
-                log.error("InfluxDB refused %r: %s", lines[bad.index][:200], bad.message)
-
     def _create_database(self) -> None:
         """InfluxDB came back without the database (it was down at start, or wiped)."""
         try:
@@ -627,35 +788,60 @@ class Ingest:
         log.error("outbox %s is full; holding the batch unacknowledged", outbox.path)
         return False
 
+    def busy(self) -> bool:
+        """Whether a thread is still running (after stop(): stuck in a write)."""
+        return any(thread.is_alive() for thread in self._threads)
+
+    def drain_outbox_now(self) -> bool:
+        """Write the whole outbox to InfluxDB on the caller's thread (at start, before the
+        threads run, so the alert restore sees what the last run spilled); False if InfluxDB
+        did not take it all."""
+        try:
+            while self._drain_one():
+                pass
+        except InfluxError as exc:
+            log.warning("outbox: InfluxDB unavailable (%s); draining later", exc)
+            return False
+        return True
+
+    def _drain_one(self) -> bool:
+        """Write the outbox's oldest batch; False when it is empty. Raises InfluxError
+        (DatabaseMissing when InfluxDB lost the database)."""
+        outbox = self.outbox
+        if outbox is None:
+            return False
+        item = outbox.oldest()
+        if item is None:
+            return False
+        batch_id, lines = item
+        refused = write_keeping_good_lines(self.influx, lines)
+        if refused:
+            dead = [
+                self._deadletter_line(
+                    Rejection(
+                        "(outbox)",
+                        lines[bad.index].encode(),
+                        "influx_refused",
+                        f"InfluxDB refused the point: {bad.message}",
+                        time.time_ns(),
+                    )
+                )
+                for bad in refused
+            ]
+            write_keeping_good_lines(self.influx, dead)
+            for _ in refused:
+                self.counters.count_deadletter("influx_refused")
+        self._down_since = None
+        outbox.remove(batch_id)
+        self.counters.outbox_drained += len(lines)
+        return True
+
     def _drain_loop(self) -> None:
         """Write the outbox's batches to InfluxDB, oldest first, whenever it answers."""
-        outbox = self.outbox
-        assert outbox is not None
         backoff = 0.1
         while not self._stopping.is_set():
-            item = outbox.oldest()
-            if item is None:
-                self._stopping.wait(0.2)
-                continue
-            batch_id, lines = item
             try:
-                refused = write_keeping_good_lines(self.influx, lines)
-                if refused:
-                    dead = [
-                        self._deadletter_line(
-                            Rejection(
-                                "(outbox)",
-                                lines[bad.index].encode(),
-                                "influx_refused",
-                                f"InfluxDB refused the point: {bad.message}",
-                                time.time_ns(),
-                            )
-                        )
-                        for bad in refused
-                    ]
-                    write_keeping_good_lines(self.influx, dead)
-                    for _ in refused:
-                        self.counters.count_deadletter("influx_refused")
+                drained = self._drain_one()
             except DatabaseMissing:
                 self._create_database()
                 continue
@@ -671,6 +857,5 @@ class Ingest:
                 backoff = min(backoff * 2, self.max_backoff_s)
                 continue
             backoff = 0.1
-            self._down_since = None
-            outbox.remove(batch_id)
-            self.counters.outbox_drained += len(lines)
+            if not drained:
+                self._stopping.wait(0.2)

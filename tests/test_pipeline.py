@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import orjson
 
+from alerts import new_state
 from floodwatch.errors import BrokerError, InfluxUnavailable
 from floodwatch.influx import WriteRefused
 from floodwatch.mqtt import Delivery
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry
 from floodwatch.topics import Topics
+from ingest.alerting import Alerting
 from ingest.pipeline import Ingest
 
 TOPICS = Topics("floodwatch")
@@ -159,25 +162,107 @@ def test_a_dead_letter_the_broker_will_not_take_does_not_stop_acknowledging() ->
     assert ingest.counters.deadlettered == {"unknown_sensor": 1, "bad_level": 1}
 
 
-def test_the_threads_acknowledge_and_judge_every_batch_in_delivery_order() -> None:
-    """With the judging, storing and finishing threads running, every delivery is stored,
-    acknowledged once and in order, and every stored reading reaches the alert engine's hook
-    in order; stop() flushes what was received."""
+class Published:
+    """What the alert owner published, in order, with an event per alert seen."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.alert = threading.Event()
+
+    def __call__(self, topic: str, payload: bytes, retain: bool) -> None:
+        self.messages.append((topic, payload, retain))
+        if "/events/" in topic:
+            self.alert.set()
+
+    def events(self) -> list[dict[str, object]]:
+        return [orjson.loads(p) for t, p, _ in self.messages if "/events/" in t]
+
+
+def with_alerts(twin: InfluxTwin) -> tuple[Ingest, list[int], Published]:
+    ingest, acked, _ = make(twin)
+    published = Published()
+    alerting = Alerting(
+        REGISTRY,
+        TOPICS,
+        twin,  # type: ignore[arg-type]
+        published,
+        clock=lambda: NOW,
+        state=new_state(REGISTRY, NOW),
+    )
+    ingest.alerts = alerting
+    return ingest, acked, published
+
+
+def flood_reading(i: int, level_cm: float) -> Delivery:
+    """Reading i of qh-02, one minute after reading i - 1."""
+    return delivery("qh-02", {"ts": 1795000000000 + i * 60_000, "level_cm": level_cm, "seq": i}, i)
+
+
+def stored_events(twin: InfluxTwin) -> list[str]:
+    return sorted(line for line in twin.lines if line.startswith("alert_event,"))
+
+
+def test_the_threads_judge_store_and_acknowledge_every_batch_in_delivery_order() -> None:
+    """With the decoding, alert, storing and finishing threads running, every delivery is
+    stored and acknowledged once and in order, every alert event published is stored with
+    the readings, and stop() flushes what was received."""
     twin = InfluxTwin()
-    ingest, acked, dead = make(twin)
-    judged: list[int] = []
-    ingest.on_stored = lambda readings: judged.extend(r.seq or 0 for r in readings)
-    ingest.max_batch = 7  # many small batches, so the three threads overlap
+    ingest, acked, published = with_alerts(twin)
+    ingest.max_batch = 7  # many small batches, so the threads overlap
     ingest.start()
     n = 500
     for i in range(n):
-        ingest.deliver(delivery("qh-02", {"ts": 1795000000000 + i, "level_cm": 1.0, "seq": i}, i))
+        # Two floods: 100-199 and 300-399 at 12 cm, dry in between for over 10 minutes.
+        ingest.deliver(flood_reading(i, 12.0 if (i // 100) % 2 else 1.0))
     ingest.stop(timeout_s=10)
     assert acked == list(range(n))
-    assert judged == list(range(n))
     assert ingest.counters.readings_stored == n and ingest.counters.messages == n
-    assert ingest.counters.batches >= n // 7
-    assert ingest.backlog == 0 and not dead
+    assert ingest.counters.batches >= 2
+    assert ingest.backlog == 0
+    events = published.events()
+    assert [(e["kind"], e["change"]) for e in events if e["kind"] == "flood"] == [
+        ("flood", "raised"),
+        ("flood", "cleared"),
+        ("flood", "raised"),
+        ("flood", "cleared"),
+    ]
+    assert len(stored_events(twin)) == len(events)
+
+
+def test_alerts_are_published_while_influx_is_down_and_stored_when_it_returns() -> None:
+    """A flood raises its alert while InfluxDB refuses every write; nothing is acknowledged
+    until the readings and the alert event are stored together."""
+    twin = InfluxTwin()
+    twin.down = True
+    ingest, acked, published = with_alerts(twin)
+    ingest.start()
+    ingest.deliver(flood_reading(0, 12.0))
+    ingest.deliver(flood_reading(1, 14.0))
+    assert published.alert.wait(10), "no alert while InfluxDB was down"
+    assert [e["change"] for e in published.events()] == ["raised"]
+    assert acked == [] and twin.points == {}
+    twin.down = False
+    ingest.stop(timeout_s=10)
+    assert acked == [0, 1]
+    [event] = stored_events(twin)
+    assert event.startswith("alert_event,change=raised,kind=flood,sensor=qh-02 ")
+
+
+def test_stop_wakes_every_wait_while_influx_is_down() -> None:
+    """Without an outbox and with InfluxDB down, stop() ends every thread (the store's retry
+    wait included) and acknowledges nothing: the broker keeps the batch."""
+    twin = InfluxTwin()
+    twin.down = True
+    ingest, acked, published = with_alerts(twin)
+    ingest.start()
+    ingest.deliver(flood_reading(0, 12.0))
+    ingest.deliver(flood_reading(1, 14.0))
+    assert published.alert.wait(10)
+    while twin.calls < 2:
+        time.sleep(0.01)
+    ingest.stop(timeout_s=1)
+    assert not ingest.busy()
+    assert acked == []
 
 
 def test_a_thread_that_fails_stops_ingest_instead_of_stalling_it() -> None:
@@ -196,3 +281,19 @@ def test_a_thread_that_fails_stops_ingest_instead_of_stalling_it() -> None:
     ingest.stop(timeout_s=2)
     assert all(not t.is_alive() for t in ingest._threads)
     assert ingest.counters.messages == 0
+
+
+def test_lines_stored_outside_a_batch_are_written_in_turn_and_acknowledge_nothing() -> None:
+    """store_lines (events made outside a batch) queues for the store thread without waiting,
+    even while InfluxDB is down, and the lines are written once it answers."""
+    twin = InfluxTwin()
+    twin.down = True
+    ingest, acked, _ = make(twin)
+    ingest.start()
+    ingest.store_lines(['sensor_change,sensor=qh-02 reason="moved" 1795000000000000000'])
+    while twin.calls < 2:
+        time.sleep(0.01)
+    twin.down = False
+    ingest.stop(timeout_s=10)
+    assert acked == []
+    assert [line.split(",")[0] for line in twin.lines] == ["sensor_change"]

@@ -35,18 +35,19 @@ the API take it from FLOODWATCH_TIME_SCALE / --time-scale, and production keeps 
     reading opens an obstruction, unless one is open, when it rises more than a step above the
     higher of the two previous readings (both known; an obstructed one does not count), a step being
     40 cm, or 25 cm per minute since the previous reading if longer (at most 80 cm, below any car's
-    roof), and it is not within 15 cm of the deepest last known water depth of another sensor of its
-    street, as of the batch's start (a flash flood reaching this sensor after its neighbours). Its
-    base is the level before the jump. Any smaller rise, 15-25 cm a reading included, is water from
-    its first reading, whether it keeps rising or then lies still to the millimetre. The obstruction
-    closes at the first later reading back within a step of its base (the object left), or that,
-    like the reading before it, moved more than 0.5 cm and less than a step (water moving: a roof
-    does not). Another object taking the place of the first keeps it open; a jump never closes it.
-    Blind spots, by design: an object lower than a step above the water (a cart, a kerb-high board)
-    is taken for water, so a long one can raise a flood an operator dismisses; and a car under a
-    sensor's second reading ever is not recognised (no history to measure it from). The river stage
-    and rain are not the engine's to see (no rain gauge in the registry; the tide gauge's stage is
-    not a street depth), so the street's own water is the context.
+    roof), and it is not within 15 cm of the deepest latest reading, before it, of another sensor of
+    its street (a flash flood reaching this sensor after its neighbours; whatever batch that reading
+    came in, so a restart judges as the running engine did). Its base is the level before the jump.
+    Any smaller rise, 15-25 cm a reading included, is water from its first reading, whether it keeps
+    rising or then lies still to the millimetre. The obstruction closes at the first later reading
+    back within a step of its base (the object left), or that, like the reading before it, moved
+    more than 0.5 cm and less than a step (water moving: a roof does not). Another object taking the
+    place of the first keeps it open; a jump never closes it. Blind spots, by design: an object
+    lower than a step above the water (a cart, a kerb-high board) is taken for water, so a long one
+    can raise a flood an operator dismisses; and a car under a sensor's second reading ever is not
+    recognised (no history to measure it from). The river stage and rain are not the engine's to see
+    (no rain gauge in the registry; the tide gauge's stage is not a street depth), so the street's
+    own water is the context.
  4. Ladder and debounce. A water reading's raw level is how many of its sensor's thresholds
     (CONTRACT ladder or the registry's override) are at or below its depth. Level L is entered
     when two consecutive water readings both have raw level >= L, so one spike never raises;
@@ -139,6 +140,7 @@ BATTERY_CLEAR_V = 3.4
 SURGE_CM = 40.0
 SURGE_CM_PER_MIN = 25.0
 SURGE_MAX_CM = 80.0
+MAX_CONTEXT_PASSES = 8  # rule 3: chains of witnesses longer than this are cut short
 NEAR_WATER_CM = 15.0  # "that deep": within this of a street sensor's last water depth
 MOVING_CM = 0.5  # a change a parked car's roof never makes, and rising water does
 OBSTRUCTION_FAULT_NS = 15 * MINUTE_NS  # rule 9
@@ -357,20 +359,34 @@ def _advance(
     if busy.any():
         pick = np.flatnonzero(np.repeat(busy, seg.lengths))
         sub = Segments.of(s[pick])
-        # Context: a jump to about the depth the street's water already has is water.
-        near_water = d[pick] <= _street_water_cm(cfg, old)[s[pick]] + NEAR_WATER_CM
-        found, found_prev, found_base, found_since = _obstructions(
-            sub,
-            old,
-            street[pick],
-            d[pick],
-            t[pick],
-            prev_d[pick],
-            prev2_d[pick],
-            allowed[pick],
-            moving[pick],
-            near_water,
-        )
+        # Context: a jump to about the depth the street's water already has is water. The
+        # water of this batch counts as much as that of earlier ones, so how readings were
+        # batched changes no verdict (a restart replays its window in one batch): the context
+        # of a reading comes only from earlier readings, so judging again with the water found
+        # by the previous pass settles, in as many passes as the longest chain of witnesses.
+        ranged = (d >= cfg.range_lo[s]) & (d <= cfg.range_hi[s])
+        trusted = ranged
+        for _ in range(MAX_CONTEXT_PASSES):
+            near_water = (
+                d[pick] <= _street_water_before(cfg, old, s, t, d, trusted, pick) + NEAR_WATER_CM
+            )
+            found, found_prev, found_base, found_since = _obstructions(
+                sub,
+                old,
+                street[pick],
+                d[pick],
+                t[pick],
+                prev_d[pick],
+                prev2_d[pick],
+                allowed[pick],
+                moving[pick],
+                near_water,
+            )
+            settled = ranged.copy()
+            settled[pick] &= ~found
+            if np.array_equal(settled, trusted):
+                break
+            trusted = settled
         obst, prev_obst = obst.copy(), obst.copy()
         obst[pick], prev_obst[pick] = found, found_prev
         base, obst_since = d.copy(), t.copy()
@@ -753,26 +769,36 @@ def _stuck(
     return arrays.evolve(fault_on=fault_on), changes
 
 
-def _street_water_cm(cfg: EngineConfig, old: SensorArrays) -> Floats:
-    """Per sensor: the deepest last known water depth among the other sensors of its street,
-    as of the batch's start (-inf where none is known); tide gauges have no street depth. Its
-    own depth is left out: water it read before is no witness for the jump it reads now."""
-    depth = np.where(cfg.tide | np.isnan(old.last_water_cm), -np.inf, old.last_water_cm)
-    # Deepest first within each street: the first of a street is its deepest, the second the
-    # deepest of the others for that one sensor.
-    order = np.lexsort((-depth, cfg.street_of))
-    streets = cfg.street_of[order]
-    first = np.ones(len(order), dtype=np.bool_)
-    first[1:] = streets[1:] != streets[:-1]
-    deepest = np.full(len(cfg.streets), -np.inf)
-    deepest[streets[first]] = depth[order[first]]
-    second = np.full(len(cfg.streets), -np.inf)
-    runner_up = np.zeros(len(order), dtype=np.bool_)
-    runner_up[1:] = first[:-1] & ~first[1:]
-    second[streets[runner_up]] = depth[order[runner_up]]
-    out: Floats = deepest[cfg.street_of]
-    top = order[first]
-    out[top] = second[cfg.street_of[top]]
+def _street_water_before(
+    cfg: EngineConfig,
+    old: SensorArrays,
+    s: NDArray[Any],
+    t: Ints,
+    d: Floats,
+    water: Bools,
+    pick: NDArray[Any],
+) -> Floats:
+    """Per picked reading: the deepest last known water depth, strictly before it, among the
+    other sensors of its street (-inf where none is known; tide gauges have no street depth):
+    from this batch's readings taken as water (`water`) or, before them, the last water reading
+    of earlier batches. Its own depth is left out: water it read before is no witness for the
+    jump it reads now."""
+    out = np.full(len(pick), -np.inf)
+    pick_s, pick_t = s[pick], t[pick]
+    for street in np.unique(cfg.street_of[pick_s]).tolist():
+        here = np.flatnonzero(cfg.street_of[pick_s] == street)
+        for j in np.flatnonzero((cfg.street_of == street) & ~cfg.tide).tolist():
+            mine = (s == j) & water
+            times, depths = t[mine], d[mine]
+            if not np.isnan(old.last_water_cm[j]):
+                times = np.concatenate(([old.last_water_ns[j]], times))
+                depths = np.concatenate(([old.last_water_cm[j]], depths))
+            if len(times) == 0:
+                continue
+            k = np.searchsorted(times, pick_t[here], side="left") - 1
+            seen = (k >= 0) & (pick_s[here] != j)
+            value = np.where(seen, depths[np.clip(k, 0, None)], -np.inf)
+            out[here] = np.maximum(out[here], value)
     return out
 
 

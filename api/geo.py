@@ -43,6 +43,24 @@ def _history(history: tuple[tuple[int, int], ...], tide: bool) -> list[dict[str,
     ]
 
 
+def collection_body(pieces: list[bytes], now_ns: int) -> bytes:
+    """A FeatureCollection's JSON from its features' JSON, each encoded once and kept."""
+    count = str(len(pieces)).encode()
+    return b"".join(
+        (
+            b'{"type":"FeatureCollection","generated_at":',
+            orjson.dumps(iso(now_ns)),
+            b',"numberMatched":',
+            count,
+            b',"numberReturned":',
+            count,
+            b',"features":[',
+            b",".join(pieces),
+            b"]}",
+        )
+    )
+
+
 def sensor_properties(now: SensorNow, now_ns: int) -> dict[str, Any]:
     """A sensor's map properties: registry facts, the engine's verdict (level, since when, and
     why the latest reading may differ from it) and the latest reading beside it."""
@@ -242,20 +260,7 @@ class SensorsBody:
                 held = (version, orjson.dumps(sensor_feature(now, now_ns)))
                 self._pieces[now.sensor.id] = held
             pieces.append(held[1])
-        count = str(len(pieces)).encode()
-        self._body = b"".join(
-            (
-                b'{"type":"FeatureCollection","generated_at":',
-                orjson.dumps(iso(now_ns)),
-                b',"numberMatched":',
-                count,
-                b',"numberReturned":',
-                count,
-                b',"features":[',
-                b",".join(pieces),
-                b"]}",
-            )
-        )
+        self._body = collection_body(pieces, now_ns)
         self._key = key
         return self._body
 
@@ -304,19 +309,6 @@ class StreetsBody(BodyCache):
                 held = (version, orjson.dumps(feature))
                 self._pieces[street.name] = held
             pieces.append(held[1])
-        count = str(len(pieces)).encode()
-        self._body = b"".join(
-            (
-                b'{"type":"FeatureCollection","generated_at":',
-                orjson.dumps(iso(now_ns)),
-                b',"numberMatched":',
-                count,
-                b',"numberReturned":',
-                count,
-                b',"features":[',
-                b",".join(pieces),
-                b"]}",
-            )
-        )
+        self._body = collection_body(pieces, now_ns)
         self._key = key
         return self._body

@@ -183,6 +183,19 @@ def bound_client_id(login: str | None) -> str | None:
     return SERVICE_CLIENT_IDS.get(login, login)
 
 
+def check_client_id(login: str | None, client_id: str) -> None:
+    """Raise SettingsError, before connecting, when the broker would refuse `client_id` for
+    `login` (each login is bound to one client id)."""
+    bound = bound_client_id(login)
+    if bound is not None and client_id != bound:
+        raise SettingsError(
+            f"--client-id {client_id!r} is not the client id the broker binds the login "
+            f"{login!r} to ({bound!r}), so the broker would refuse it; use "
+            f"--client-id {bound} (FLOODWATCH_CLIENT_ID), or give this instance a login of "
+            "its own (README, Users and permissions)"
+        )
+
+
 def _read(topic: str) -> list[dict[str, Any]]:
     return [
         {"acltype": "subscribePattern", "topic": topic, "allow": True},

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 from alerts.commands import AckReply, AckRequest
-from floodwatch.credentials import bound_client_id
+from floodwatch.credentials import bound_client_id, check_client_id
 from floodwatch.errors import (
     FloodwatchError,
     InfluxAccessDenied,
@@ -323,14 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"--client-id {config.client_id!r} is a sensor's id in the registry, so that "
                 "sensor could take over ingest's session; choose another (FLOODWATCH_CLIENT_ID)"
             )
-        bound = bound_client_id(settings.mqtt.username)
-        if bound is not None and config.client_id != bound:
-            raise SettingsError(
-                f"--client-id {config.client_id!r} is not the client id the broker binds the login "
-                f"{settings.mqtt.username!r} to ({bound!r}), so the broker would refuse it; use "
-                f"--client-id {bound} (FLOODWATCH_CLIENT_ID), or give this instance a login of "
-                "its own (README, Users and permissions)"
-            )
+        check_client_id(settings.mqtt.username, config.client_id)
     except FloodwatchError as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         return 2

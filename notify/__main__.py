@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from floodwatch.credentials import bound_client_id
-from floodwatch.errors import FloodwatchError, SettingsError
+from floodwatch.credentials import check_client_id
+from floodwatch.errors import FloodwatchError
 from floodwatch.metrics import serve as serve_metrics
 from floodwatch.mqtt import MqttConnection
 from floodwatch.registry import load_registry
@@ -232,14 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(settings.log_level, "notify")
         routing = routing_from(args.routing)
         registry = load_registry(settings.registry_path)
-        bound = bound_client_id(settings.mqtt.username)
-        if bound is not None and args.client_id != bound:
-            raise SettingsError(
-                f"--client-id {args.client_id!r} is not the client id the broker binds the login "
-                f"{settings.mqtt.username!r} to ({bound!r}), so the broker would refuse it; use "
-                f"--client-id {bound} (FLOODWATCH_CLIENT_ID), or give this instance a login of "
-                "its own (README, Users and permissions)"
-            )
+        check_client_id(settings.mqtt.username, args.client_id)
         store = Store(state_path(args.notify_state, args.client_id))
     except FloodwatchError as exc:
         print(f"notify: {exc}", file=sys.stderr)

@@ -1,17 +1,43 @@
-"""The thin I/O shells that deliver one notification: webhook (httpx), e-mail (smtplib), SMS
-and Zalo ZNS (httpx), and the log. Each answers an `Outcome`: delivered, retry later (the
-destination is down or rate-limits us), or dead (retrying cannot help: a dead letter).
+"""The thin I/O shells that deliver one notification: webhook (httpx), e-mail (smtplib), SMS,
+Zalo ZNS and Zalo Official Account messages (httpx), and the log. Each answers an `Outcome`:
+delivered, retry later (the destination is down or rate-limits us), or dead (retrying cannot
+help: a dead letter an operator sees and can replay).
 
-How answers map to outcomes (pure, in `http_outcome`, `zns_outcome`, `smtp_outcome`):
+How answers map to outcomes (pure, in `http_outcome`, `zalo_outcome`, `smtp_outcome`):
 
-    HTTP 2xx                                   delivered (ZNS: only with "error": 0)
+    HTTP 2xx                                   delivered (Zalo: only with "error": 0)
     HTTP 408, 425, 429, 5xx; no connection     retry (Retry-After honoured)
     other HTTP 4xx                             dead (the request is wrong or not allowed)
-    ZNS error in rate_limit_codes (-32)        retry after `rate_limit_s`
-    ZNS error in retry_codes (-100)            retry
-    any other ZNS error (-108 phone, -109 template, -112 data, -124 token, ...)   dead
+    Zalo error in rate_limit_codes             retry after `rate_limit_s`
+    Zalo error in retry_codes                  retry
+    any other Zalo error                       dead (the tables below say which codes mean what)
     SMTP 4xx, connection lost                  retry
     SMTP 5xx (recipient refused, login failed) dead
+
+Zalo's codes, and where each default comes from (a channel may override both lists with
+`rate_limit_codes` / `retry_codes` when its contract with Zalo says otherwise):
+
+ZNS, https://zalo.cloud/zns/guidelines/handle-error-code ("Cách xử lý mã lỗi"):
+     0   Success                                       delivered
+  -100   Unknown error, "try again later"              retry
+  -101..-105  application invalid / not existing / not activated / bad secret / no OA linked
+  -106   method unsupported;   -107 message id invalid
+  -108   phone number invalid (84xxx, 0xxx accepted);  -109 template id invalid
+  -110   Zalo version unsupported (the user must update the app)
+  -111   template data empty;  -112 template data invalid          all dead
+  -32    rate limit: NOT on the part of that page we could read; kept as the default rate-limit
+         code from the earlier adapter, configurable (see the report of branch notify13).
+
+Zalo OA consultation ("tư vấn") text message, POST {url} with header `access_token` and body
+{"recipient": {"user_id"}, "message": {"text"}}, text at most 2,000 characters; answer
+{"error": 0, "message": "Success", "data": {...}}. Zalo's page is
+https://developers.zalo.me/docs/official-account/tin-nhan/tin-tu-van/gui-tin-tu-van-dang-van-ban
+(its text could not be read here); the shape, the limit and the answer are as restated by
+https://developers-zns.goby.vn/zalo-follower-api/gui-tin-nhan-van-ban.
+Zalo's own OA error table could not be read either, so no OA code is assumed to be worth
+retrying: error 0 is delivered, -32 (the rate-limit default shared with ZNS, unverified) is
+retried after `rate_limit_s`, HTTP 429/5xx are retried, and every other code is a dead letter
+an operator sees (with Zalo's message) and can replay, or adds to `retry_codes`.
 """
 
 from __future__ import annotations
@@ -31,16 +57,25 @@ from typing import Literal, Protocol
 import httpx
 import orjson
 
-from notify.render import Message, sms_text, zalo_phone, zns_template_data
+from notify.render import (
+    ZALO_OA_TEXT_MAX,
+    Message,
+    sms_text,
+    zalo_oa_text,
+    zalo_phone,
+    zns_template_data,
+)
 from notify.routing import Channel
 from notify.signing import HEADER_DELIVERY, HEADER_SIGNATURE, HEADER_TIMESTAMP, signature
 
 log = logging.getLogger("notify")
 
 Status = Literal["delivered", "retry", "dead"]
-DEFAULT_ZNS_URL = "https://business.openapi.zalo.me/message/template"
+# The tables in the module docstring say where each default comes from.
 ZNS_RATE_LIMIT_CODES = (-32,)
 ZNS_RETRY_CODES = (-100,)
+ZALO_OA_RATE_LIMIT_CODES = (-32,)
+ZALO_OA_RETRY_CODES: tuple[int, ...] = ()
 ZNS_TRACKING_ID_MAX = 48
 USER_AGENT = "floodwatch-notify/0.1"
 
@@ -93,18 +128,20 @@ def http_outcome(status: int, body: str, retry_after: str | None) -> Outcome:
     return Outcome("dead", detail)
 
 
-def zns_outcome(
+def zalo_outcome(
     doc: object,
-    rate_limit_codes: tuple[int, ...] = ZNS_RATE_LIMIT_CODES,
-    retry_codes: tuple[int, ...] = ZNS_RETRY_CODES,
+    service: str,
+    rate_limit_codes: tuple[int, ...],
+    retry_codes: tuple[int, ...],
     rate_limit_s: float = 60.0,
 ) -> Outcome:
+    """A Zalo answer (ZNS or OA: both carry `error`, 0 for success, and `message`)."""
     if not isinstance(doc, dict) or not isinstance(doc.get("error"), int):
-        return Outcome("retry", f"ZNS answered without an error code: {str(doc)[:200]}")
+        return Outcome("retry", f"{service} answered without an error code: {str(doc)[:200]}")
     code = int(doc["error"])
     if code == 0:
         return DELIVERED
-    detail = f"ZNS error {code}: {doc.get('message', '')}"
+    detail = f"{service} error {code}: {doc.get('message', '')}"
     if code in rate_limit_codes:
         return Outcome("retry", detail + " (rate limited)", rate_limit_s)
     if code in retry_codes:
@@ -203,12 +240,26 @@ def zns_request(channel: Channel, item: Outgoing) -> dict[str, object]:
     }
 
 
-class ZnsAdapter(_Http):
-    """Zalo Notification Service: a pre-approved template with named, length-limited params.
+def zalo_oa_request(channel: Channel, item: Outgoing) -> dict[str, object]:
+    """An OA consultation text message to a follower's user_id, within the text limit."""
+    limit = int(channel.number("max_length", ZALO_OA_TEXT_MAX))
+    return {
+        "recipient": {"user_id": item.address},
+        "message": {"text": zalo_oa_text(item.message, limit)},
+    }
+
+
+class _ZaloAdapter(_Http):
+    """What ZNS and OA messages share: the OA's access token in the `access_token` header, a
+    JSON body, and an answer with Zalo's `error` code.
 
     An Official Account's access token lasts about a day; with `access_token_file` the token is
     read from that file whenever the file changes, so whatever refreshes it (a cron job with
     the OA's refresh token) needs no restart of the notifier."""
+
+    service = "Zalo"
+    rate_limit_codes: tuple[int, ...] = ()
+    retry_codes: tuple[int, ...] = ()
 
     def __init__(self, channel: Channel) -> None:
         super().__init__(channel)
@@ -226,13 +277,16 @@ class ZnsAdapter(_Http):
                     self._token = f.read().strip()
                 self._token_mtime = mtime
         except OSError as exc:
-            log.warning("cannot read the ZNS access token file %s: %s", self._token_file, exc)
+            log.warning("cannot read the Zalo access token file %s: %s", self._token_file, exc)
         return self._token
 
+    def request(self, item: Outgoing) -> dict[str, object]:
+        raise NotImplementedError
+
     def send(self, item: Outgoing) -> Outcome:
-        body = orjson.dumps(zns_request(self.channel, item))
+        body = orjson.dumps(self.request(item))
         headers = {"Content-Type": "application/json", "access_token": self.token()}
-        answer = self.post(self.channel.text("url", DEFAULT_ZNS_URL), body, headers)
+        answer = self.post(self.channel.text("url"), body, headers)
         if isinstance(answer, Outcome):
             return answer
         if not 200 <= answer.status_code < 300:
@@ -240,13 +294,39 @@ class ZnsAdapter(_Http):
         try:
             doc = orjson.loads(answer.content)
         except orjson.JSONDecodeError:
-            return Outcome("retry", f"ZNS answered with something not JSON: {answer.text[:200]}")
-        return zns_outcome(
+            return Outcome(
+                "retry", f"{self.service} answered with something not JSON: {answer.text[:200]}"
+            )
+        return zalo_outcome(
             doc,
-            _ints(self.channel.options.get("rate_limit_codes"), ZNS_RATE_LIMIT_CODES),
-            _ints(self.channel.options.get("retry_codes"), ZNS_RETRY_CODES),
+            self.service,
+            _ints(self.channel.options.get("rate_limit_codes"), self.rate_limit_codes),
+            _ints(self.channel.options.get("retry_codes"), self.retry_codes),
             self.channel.number("rate_limit_s", 60.0),
         )
+
+
+class ZnsAdapter(_ZaloAdapter):
+    """Zalo Notification Service: a pre-approved template with named, length-limited params,
+    to a phone number."""
+
+    service = "ZNS"
+    rate_limit_codes = ZNS_RATE_LIMIT_CODES
+    retry_codes = ZNS_RETRY_CODES
+
+    def request(self, item: Outgoing) -> dict[str, object]:
+        return zns_request(self.channel, item)
+
+
+class ZaloOaAdapter(_ZaloAdapter):
+    """A Zalo Official Account's consultation text message to a user who follows the OA."""
+
+    service = "Zalo OA"
+    rate_limit_codes = ZALO_OA_RATE_LIMIT_CODES
+    retry_codes = ZALO_OA_RETRY_CODES
+
+    def request(self, item: Outgoing) -> dict[str, object]:
+        return zalo_oa_request(self.channel, item)
 
 
 class EmailAdapter:
@@ -320,6 +400,8 @@ def adapter_for(channel: Channel) -> Adapter:
         return SmsAdapter(channel)
     if channel.type == "zalo_zns":
         return ZnsAdapter(channel)
+    if channel.type == "zalo_oa":
+        return ZaloOaAdapter(channel)
     if channel.type == "email":
         return EmailAdapter(channel)
     return LogAdapter(channel)

@@ -7,7 +7,7 @@ from typing import Literal
 
 from alerts.events import AlertEvent
 from floodwatch.contract import level_name
-from floodwatch.registry import Registry
+from floodwatch.registry import Registry, ascii_name, search_key
 
 # What a notification announces: the alert was raised, its level went up or down, nobody
 # acknowledged it in time (sent to the next tier), it was acknowledged, it cleared.
@@ -77,15 +77,31 @@ def raised_ns(alert_id: str, fallback: int) -> int:
     return int(tail) if tail.isdigit() else fallback
 
 
+def street_names(registry: Registry, name: str) -> tuple[str, str]:
+    """A street's Vietnamese name (with diacritics) and English name from the registry, found by
+    either form, accents and case ignored; (name, name without marks) if the registry has none."""
+    key = search_key(name)
+    for street in registry.streets:
+        if key in (search_key(street.name), search_key(street.name_en)):
+            return street.name, street.name_en
+    for sensor in registry.sensors.values():
+        if key in (search_key(sensor.street), search_key(sensor.street_en)):
+            return sensor.street, sensor.street_en
+    return name, ascii_name(name)
+
+
 def facts_from_event(event: AlertEvent, registry: Registry) -> AlertFacts:
     sensor = registry.get(event.sensor_id)
+    street, street_en = (
+        (sensor.street, sensor.street_en) if sensor else street_names(registry, event.street)
+    )
     return AlertFacts(
         alert_id=event.alert_id,
         event_id=event.event_id,
         seq=event.seq,
         sensor_id=event.sensor_id,
         sensor_name=sensor.name if sensor else event.sensor_id,
-        street=event.street,
+        street=street,
         ward=sensor.ward if sensor else "",
         kind=event.kind,
         change=event.change,
@@ -103,8 +119,8 @@ def facts_from_event(event: AlertEvent, registry: Registry) -> AlertFacts:
         peak_cm=event.peak_cm,
         who=event.who,
         note=event.note,
-        sensor_name_en=str(getattr(sensor, "name_en", "") or ""),
-        street_en=str(getattr(sensor, "street_en", "") or ""),
+        sensor_name_en=sensor.name_en if sensor else "",
+        street_en=street_en,
     )
 
 
@@ -131,6 +147,11 @@ def facts_from_retained(doc: object, registry: Registry, now_ns: int) -> list[Al
     sensor = registry.get(sensor_id)
     tide = bool(sensor and sensor.kind == "tide")
     depth = doc.get("depth_cm")
+    street, street_en = (
+        (sensor.street, sensor.street_en)
+        if sensor
+        else street_names(registry, str(doc.get("street", "")))
+    )
     out = []
     for item in doc["alerts"]:
         if not isinstance(item, dict) or item.get("state") != "active_unack":
@@ -146,7 +167,7 @@ def facts_from_retained(doc: object, registry: Registry, now_ns: int) -> list[Al
                 seq=0,
                 sensor_id=sensor_id,
                 sensor_name=sensor.name if sensor else sensor_id,
-                street=str(doc.get("street", "")),
+                street=street,
                 ward=sensor.ward if sensor else "",
                 kind=kind,
                 change="raised",
@@ -158,6 +179,8 @@ def facts_from_retained(doc: object, registry: Registry, now_ns: int) -> list[Al
                 depth_cm=float(depth) if isinstance(depth, int | float) else None,
                 tide=tide,
                 detail=str(item.get("detail", "")),
+                sensor_name_en=sensor.name_en if sensor else "",
+                street_en=street_en,
             )
         )
     return out
@@ -177,13 +200,14 @@ def facts_from_episode(doc: object, registry: Registry) -> AlertFacts | None:
     except (KeyError, TypeError, ValueError):
         return None
     sensor = registry.get(peak_sensor)
+    names = [street_names(registry, s) for s in streets]
     return AlertFacts(
         alert_id=episode_id,
         event_id=f"{episode_id}:ended",
         seq=1,
         sensor_id=peak_sensor,
         sensor_name=sensor.name if sensor else peak_sensor,
-        street=", ".join(streets),
+        street=", ".join(vi for vi, _ in names),
         ward=sensor.ward if sensor else "",
         kind="flood",
         change="episode",
@@ -194,4 +218,6 @@ def facts_from_episode(doc: object, registry: Registry) -> AlertFacts | None:
         since_ns=start_ns,
         depth_cm=peak_cm,
         peak_cm=peak_cm,
+        sensor_name_en=sensor.name_en if sensor else "",
+        street_en=", ".join(en for _, en in names),
     )

@@ -1,9 +1,11 @@
 """Notification text from an alert, in the recipient's language, and the shapes each service
 needs (webhook JSON, e-mail text and HTML, SMS text, Zalo ZNS template parameters). Pure.
 
-User-facing strings live in one catalogue per language, `notify/messages/{vi,en}.json`
-(separate from the IOC page's catalogues in api/static/i18n). `places.json` gives proper names
-their diacritics when the registry spells them without.
+User-facing strings live in one catalogue per language, `notify/messages/{vi,en}.json`, except
+the names of the alert levels: those come from the IOC page's catalogues (`level.*` keys of
+api/static/i18n/{vi,en}.json, through floodwatch.i18n), so an operator and a field crew read the
+same words. Proper names (streets, sensors, the ward) come from the registry, with their
+diacritics (`name`, `street`) or in English (`name_en`, `street_en`), in AlertFacts.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from floodwatch.i18n import level_label
 from notify.model import AlertFacts, MessageKind, Send
 
 MESSAGES = Path(__file__).resolve().parent / "messages"
@@ -48,13 +51,6 @@ def catalogue(language: str) -> Mapping[str, object]:
     return doc
 
 
-@functools.cache
-def places() -> Mapping[str, str]:
-    doc: dict[str, str] = json.loads((MESSAGES / "places.json").read_text("utf-8"))
-    doc.pop("_why", None)
-    return doc
-
-
 def _section(cat: Mapping[str, object], name: str) -> Mapping[str, object]:
     value = cat[name]
     assert isinstance(value, dict)
@@ -80,10 +76,6 @@ class Message:
     html: str
     sms: str  # one short line
     fields: Mapping[str, str]  # MESSAGE_FIELDS, for webhooks and ZNS templates
-
-
-def place(name: str) -> str:
-    return places().get(name, name)
 
 
 def local_time(time_ns: int, timezone: str, fmt: str) -> str:
@@ -121,18 +113,19 @@ def render(send: Send, language: str, timezone: str, page_url: str) -> Message:
         """The registry's English form of a name, for English messages only."""
         return name if language == "en" else ""
 
-    levels = _section(cat, "levels")
     fmt = _str(cat, "time_format")
     minutes = f"{send.unacked_min:g}" if send.unacked_min is not None else ""
     kind_names = _section(cat, "kinds_tide") if facts.tide else {}
     fields: dict[str, str] = {
         "kind": str(kind_names.get(facts.kind) or _str(cat, "kinds", facts.kind)),
-        "street": english(facts.street_en) or ", ".join(map(place, facts.street.split(", "))),
-        "ward": place(facts.ward),
+        "street": english(facts.street_en) or facts.street,
+        "ward": facts.ward,
         "sensor": facts.sensor_id,
-        "sensor_name": english(facts.sensor_name_en) or place(facts.sensor_name),
+        "sensor_name": english(facts.sensor_name_en) or facts.sensor_name,
         "depth": _depth(cat, facts.depth_cm),
-        "level_name": str(levels.get(facts.level_name, facts.level_name)),
+        "level_name": level_label(
+            "en" if language == "en" else "vi", "tide" if facts.tide else "street", facts.level_name
+        ),
         "since": local_time(facts.since_ns, timezone, fmt),
         "at": local_time(facts.at_ns, timezone, fmt),
         "action": _action(cat, facts, send.message),
@@ -221,6 +214,16 @@ def zns_template_data(message: Message, params: Mapping[str, object]) -> dict[st
         limit = int(spec.get("max", 30))
         data[name] = clip(message.fields.get(str(spec["field"]), ""), limit)
     return data
+
+
+# Zalo's limit for an Official Account's consultation text message (notify/channels.py says
+# where it comes from).
+ZALO_OA_TEXT_MAX = 2000
+
+
+def zalo_oa_text(message: Message, max_length: int) -> str:
+    """The plain-text notification, several lines, within Zalo's and the channel's limit."""
+    return clip(message.text, min(max_length, ZALO_OA_TEXT_MAX))
 
 
 def zalo_phone(phone: str) -> str:

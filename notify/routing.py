@@ -3,7 +3,7 @@
 The file has four parts (README "The notifier" documents each key):
 
     [settings]             language, timezone, quiet hours for the non-urgent kinds
-    [channels.NAME]        how to reach people: webhook, email, sms, zalo_zns or log
+    [channels.NAME]        how to reach people: webhook, email, sms, zalo_zns, zalo_oa or log
     [recipients.NAME]      a person or a system: name, language, addresses, channels
     [[rules]]              which alerts (kinds, minimum level, streets, wards, sensors) go to
                            which recipients, and who is told next if nobody acknowledges
@@ -27,10 +27,10 @@ from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from floodwatch.errors import FloodwatchError
-from notify.render import MESSAGE_FIELDS
+from notify.render import MESSAGE_FIELDS, ZALO_OA_TEXT_MAX
 
-ChannelType = Literal["webhook", "email", "sms", "zalo_zns", "log"]
-CHANNEL_TYPES: tuple[ChannelType, ...] = ("webhook", "email", "sms", "zalo_zns", "log")
+ChannelType = Literal["webhook", "email", "sms", "zalo_zns", "zalo_oa", "log"]
+CHANNEL_TYPES: tuple[ChannelType, ...] = ("webhook", "email", "sms", "zalo_zns", "zalo_oa", "log")
 LANGUAGES = ("vi", "en")
 ALERT_KINDS = ("flood", "rising", "stale", "battery_low", "fault")
 # Floods and rising water reach people at any hour; quiet hours only delay the others.
@@ -42,6 +42,7 @@ ADDRESS_FIELD: Mapping[ChannelType, str | None] = {
     "email": "email",
     "sms": "phone",
     "zalo_zns": "phone",
+    "zalo_oa": "zalo_user_id",  # the id of a user who follows the Official Account
     "log": None,
 }
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -87,6 +88,7 @@ class Recipient:
     channels: tuple[str, ...]
     email: str = ""
     phone: str = ""
+    zalo_user_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,6 +389,7 @@ class _Validator:
             "email": ("smtp_host", "from"),
             "sms": ("url",),
             "zalo_zns": ("url", "template_id", "params"),
+            "zalo_oa": ("url",),
             "log": (),
         }[kind]
         for key in required:
@@ -398,12 +401,30 @@ class _Validator:
                 raise self.fail(table, key, f"{key} must start with http:// or https://.")
         if kind == "zalo_zns":
             self._zns_params(table, options["params"])
+        if kind in ("zalo_zns", "zalo_oa"):
             if not options.get("access_token") and not options.get("access_token_file"):
                 raise self.fail(
                     table,
                     None,
-                    f"channels.{name} (zalo_zns) needs access_token = ... or access_token_file "
+                    f"channels.{name} ({kind}) needs access_token = ... or access_token_file "
                     "= ... (a file your token refresh writes).",
+                )
+            for key in ("rate_limit_codes", "retry_codes"):
+                codes = options.get(key, [])
+                if not isinstance(codes, list) or not all(
+                    isinstance(c, int) and not isinstance(c, bool) for c in codes
+                ):
+                    raise self.fail(table, key, f"{key} must be a list of Zalo error codes.")
+        if kind == "zalo_oa":
+            limit = options.get("max_length", ZALO_OA_TEXT_MAX)
+            if isinstance(limit, bool) or not isinstance(limit, int):
+                limit = 0
+            if not 1 <= limit <= ZALO_OA_TEXT_MAX:
+                raise self.fail(
+                    table,
+                    "max_length",
+                    f"max_length must be from 1 to {ZALO_OA_TEXT_MAX} (Zalo's limit for a "
+                    "consultation text message).",
                 )
         return Channel(name, kind, options)
 
@@ -446,7 +467,7 @@ class _Validator:
         if not isinstance(body, dict):
             raise self.fail(table, None, f"recipients.{name} must be a table.")
         for key in body:
-            if key not in ("name", "language", "channels", "email", "phone"):
+            if key not in ("name", "language", "channels", "email", "phone", "zalo_user_id"):
                 raise self.fail(table, key, f"unknown key {key!r} for a recipient.")
         lang = self._text(table, body, "language", language)
         if lang not in LANGUAGES:
@@ -456,6 +477,7 @@ class _Validator:
             raise self.fail(table, "channels", f"recipients.{name} needs channels = [...].")
         email = self._text(table, body, "email")
         phone = self._text(table, body, "phone")
+        zalo_user_id = self._text(table, body, "zalo_user_id")
         for channel_name in names:
             channel = channels.get(channel_name)
             if channel is None:
@@ -469,6 +491,13 @@ class _Validator:
                 raise self.fail(
                     table, "phone", f'{channel_name} needs phone = "+8490..." (digits, 9-15).'
                 )
+            if needed == "zalo_user_id" and not re.fullmatch(r"[0-9]{1,32}", zalo_user_id):
+                raise self.fail(
+                    table,
+                    "zalo_user_id",
+                    f'{channel_name} needs zalo_user_id = "..." (the digits Zalo gives a user '
+                    "who follows the Official Account).",
+                )
         return Recipient(
             name=name,
             display=self._text(table, body, "name", name),
@@ -476,6 +505,7 @@ class _Validator:
             channels=names,
             email=email,
             phone=phone,
+            zalo_user_id=zalo_user_id,
         )
 
     def rule(self, index: int, body: object, recipients: Mapping[str, Recipient]) -> Rule:

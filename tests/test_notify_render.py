@@ -12,11 +12,26 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from notify.channels import Outcome, Outgoing, http_outcome, smtp_outcome, zns_outcome, zns_request
-from notify.model import AlertFacts, Send
+from alerts.events import AlertEvent
+from floodwatch.registry import load_registry
+from notify.channels import (
+    ZALO_OA_RATE_LIMIT_CODES,
+    ZALO_OA_RETRY_CODES,
+    ZNS_RATE_LIMIT_CODES,
+    ZNS_RETRY_CODES,
+    Outcome,
+    Outgoing,
+    http_outcome,
+    smtp_outcome,
+    zalo_oa_request,
+    zalo_outcome,
+    zns_request,
+)
+from notify.model import AlertFacts, Send, facts_from_episode, facts_from_event, street_names
 from notify.plan import notification_id, outgoing, plan
 from notify.render import (
     MESSAGES,
+    Message,
     clip,
     render,
     sms_text,
@@ -33,24 +48,29 @@ T0 = 1_796_000_000 * 10**9  # 2026-11-30 00:53:20 UTC, 07:53 in Ho Chi Minh City
 PAGE = "http://ioc.example.vn/?sensor={sensor}"
 
 
-def flood(level: int = 2, change: str = "raised", street: str = "Nguyen Van Huong") -> AlertFacts:
-    return AlertFacts(
-        alert_id=f"nvh-03:flood:{T0}",
-        event_id=f"nvh-03:flood:{T0}:{change}:{T0}",
+REGISTRY = load_registry(ROOT / "sensors.geojson")
+
+
+def flood(level: int = 2, change: str = "raised", sensor: str = "nvh-03") -> AlertFacts:
+    """The facts the notifier makes of an engine event: names from the shipped registry (the
+    event spells the street without diacritics, as a registry without them would)."""
+    event = AlertEvent(
+        event_id=f"{sensor}:flood:{T0}:{change}:{T0}",
+        alert_id=f"{sensor}:flood:{T0}",
         seq=1,
-        sensor_id="nvh-03",
-        sensor_name="Nguyen Van Huong middle",
-        street=street,
-        ward="An Khanh",
+        sensor_id=sensor,
+        street="Nguyen Van Huong",
         kind="flood",
-        change=change,
+        change=change,  # type: ignore[arg-type]
         state="active_unack",
         level=level,
         level_name=("normal", "flooded", "hazard", "impassable", "closed")[level],
         at_ns=T0,
-        since_ns=T0,
+        raised_ns=T0,
+        reading_time_ns=T0,
         depth_cm=23.5,
     )
+    return facts_from_event(event, REGISTRY)
 
 
 def test_vietnamese_is_the_default_with_full_diacritics() -> None:
@@ -59,7 +79,8 @@ def test_vietnamese_is_the_default_with_full_diacritics() -> None:
     assert m.title == "Ngập tại Nguyễn Văn Hưởng"
     assert "Tuyến đường: Nguyễn Văn Hưởng (phường An Khánh)" in m.text
     assert "Độ sâu: 23,5 cm" in m.text
-    assert "Mức cảnh báo: mức 2 (nguy hiểm)" in m.text
+    # The page's words for the level (api/static/i18n/vi.json `level.street.hazard`).
+    assert "Mức cảnh báo: Ngập nguy hiểm" in m.text
     assert "Từ lúc: 07:53 ngày 30/11/2026" in m.text
     assert "Cần làm: Bật đèn cảnh báo; hướng dẫn xe máy tránh tuyến đường." in m.text
     assert "http://ioc.example.vn/?sensor=nvh-03" in m.text
@@ -70,17 +91,15 @@ def test_vietnamese_is_the_default_with_full_diacritics() -> None:
 def test_english_and_other_streets() -> None:
     """English for recipients who want it; Đường 12 and Quốc Hương get their diacritics."""
     m = render(
-        Send("chief", "unacknowledged", 1, flood(3, street="Duong 12"), False, 10),
+        Send("chief", "unacknowledged", 1, flood(3, sensor="d12-01"), False, 10),
         "en",
         "Asia/Ho_Chi_Minh",
         PAGE,
     )
-    assert m.title == "Not acknowledged after 10 min: Flooding on Đường 12"
-    assert "Depth: 23.5 cm" in m.text and "level 3 (impassable)" in m.text
+    assert m.title == "Not acknowledged after 10 min: Flooding on Duong 12"
+    assert "Depth: 23.5 cm" in m.text and "Alert level: Impassable" in m.text
     assert "Nobody acknowledged this alert within 10 minutes" in m.text
-    vi = render(
-        Send("x", "cleared", 0, flood(street="Quoc Huong"), False), "vi", "Asia/Ho_Chi_Minh", ""
-    )
+    vi = render(Send("x", "cleared", 0, flood(sensor="qh-02"), False), "vi", "Asia/Ho_Chi_Minh", "")
     assert vi.title == "Đã hết cảnh báo: Ngập tại Quốc Hương"
 
 
@@ -136,6 +155,21 @@ def test_zns_request_has_the_documented_shape_within_limits() -> None:
     assert zalo_phone("+84912345678") == "84912345678"
 
 
+def test_zalo_oa_request_has_the_documented_shape_within_the_text_limit() -> None:
+    """recipient.user_id and message.text (the plain-text notification), at most 2,000
+    characters whatever max_length says."""
+    m = render(Send("crew", "raised", 0, flood(), False), "vi", "Asia/Ho_Chi_Minh", PAGE)
+    long = Message(m.language, m.title, m.text * 40, m.html, m.sms, m.fields)
+    channel = Channel("oa", "zalo_oa", {"url": "http://127.0.0.1:9/cs", "max_length": 5000})
+    request = zalo_oa_request(channel, Outgoing("n-1", "1234567890123456789", long, b"{}"))
+    assert request["recipient"] == {"user_id": "1234567890123456789"}
+    message = request["message"]
+    assert isinstance(message, dict) and set(message) == {"text"}
+    assert len(message["text"]) == 2000 and message["text"].startswith(m.title)
+    short = Channel("oa", "zalo_oa", {"url": "http://127.0.0.1:9/cs"})
+    assert zalo_oa_request(short, Outgoing("n-1", "1", m, b"{}"))["message"] == {"text": m.text}
+
+
 @given(st.text(max_size=200), st.integers(1, 100))
 def test_clip_never_exceeds_the_limit(text: str, limit: int) -> None:
     """Any text clipped to a limit fits it, and text that fits is untouched."""
@@ -177,6 +211,14 @@ def test_readme_verification_snippet_works() -> None:
     assert not check(body + b" ", headers, "s3cret", now=1_796_000_010)
 
 
+def zns(doc: object) -> Outcome:
+    return zalo_outcome(doc, "ZNS", ZNS_RATE_LIMIT_CODES, ZNS_RETRY_CODES)
+
+
+def oa(doc: object) -> Outcome:
+    return zalo_outcome(doc, "Zalo OA", ZALO_OA_RATE_LIMIT_CODES, ZALO_OA_RETRY_CODES)
+
+
 OUTCOMES = [
     (http_outcome(200, "", None), "delivered", None),
     (http_outcome(204, "", None), "delivered", None),
@@ -184,12 +226,21 @@ OUTCOMES = [
     (http_outcome(503, "", None), "retry", None),
     (http_outcome(400, "bad phone", None), "dead", None),
     (http_outcome(401, "", None), "dead", None),
-    (zns_outcome({"error": 0, "message": "Success"}), "delivered", None),
-    (zns_outcome({"error": -32, "message": "Exceed limit"}), "retry", 60.0),
-    (zns_outcome({"error": -100, "message": "Unknown error"}), "retry", None),
-    (zns_outcome({"error": -108, "message": "Phone number invalid"}), "dead", None),
-    (zns_outcome({"error": -124, "message": "Access token invalid"}), "dead", None),
-    (zns_outcome("garbage"), "retry", None),
+    # ZNS, https://zalo.cloud/zns/guidelines/handle-error-code
+    (zns({"error": 0, "message": "Success"}), "delivered", None),
+    (zns({"error": -32, "message": "Exceed limit"}), "retry", 60.0),
+    (zns({"error": -100, "message": "Unknown error"}), "retry", None),
+    (zns({"error": -103, "message": "Application not activated"}), "dead", None),
+    (zns({"error": -108, "message": "Phone number invalid"}), "dead", None),
+    (zns({"error": -109, "message": "Template ID invalid"}), "dead", None),
+    (zns({"error": -110, "message": "Zalo version unsupported"}), "dead", None),
+    (zns({"error": -112, "message": "Template data invalid"}), "dead", None),
+    (zns("garbage"), "retry", None),
+    # Zalo OA: only 0 is known for sure; -32 is the shared rate-limit default
+    (oa({"error": 0, "message": "Success"}), "delivered", None),
+    (oa({"error": -32, "message": "Exceed limit"}), "retry", 60.0),
+    (oa({"error": -213, "message": "User has not followed OA"}), "dead", None),
+    (oa({"message": "no code"}), "retry", None),
     (smtp_outcome(451, "try later"), "retry", None),
     (smtp_outcome(550, "no such user"), "dead", None),
 ]
@@ -244,17 +295,15 @@ notify = ["gis"]
     )
     item = outgoing(row)
     body = orjson.loads(item.body)
-    assert body["language"] == "en" and body["title"] == "Flooding on Nguyễn Văn Hưởng"
-    assert body["alert"]["street"] == "Nguyen Van Huong" and body["alert"]["depth_cm"] == 23.5
+    assert body["language"] == "en" and body["title"] == "Flooding on Nguyen Van Huong"
+    assert body["alert"]["street"] == "Nguyễn Văn Hưởng" and body["alert"]["depth_cm"] == 23.5
 
 
 def test_tide_gauge_and_stale_sensor_wording() -> None:
     """The Phu An gauge speaks of high tide and river stage; a silent sensor's SMS has no
     empty depth."""
     tide = replace(
-        flood(),
-        sensor_id="phu-an",
-        street="Saigon River",
+        flood(sensor="phu-an"),
         tide=True,
         depth_cm=152.0,
         level=2,
@@ -262,27 +311,71 @@ def test_tide_gauge_and_stale_sensor_wording() -> None:
     )
     m = render(Send("x", "raised", 0, tide, False), "vi", "Asia/Ho_Chi_Minh", "")
     assert m.title == "Triều cường tại Sông Sài Gòn"
-    assert "Mực nước sông: 152 cm" in m.text and "Mức cảnh báo: báo động II" in m.text
+    assert "Mực nước sông: 152 cm" in m.text and "Mức cảnh báo: Báo động II" in m.text
     assert m.sms.startswith("[Floodwatch] Triều cường tại Sông Sài Gòn. Mực nước 152 cm, từ 07:53")
     stale = replace(flood(), kind="stale", depth_cm=None)
     sms = render(Send("x", "raised", 0, stale, True), "en", "Asia/Ho_Chi_Minh", "").sms
     assert sms == (
-        "[Floodwatch] Sensor silent on Nguyễn Văn Hưởng. Since 07:53 on 2026-11-30. "
+        "[Floodwatch] Sensor silent on Nguyen Van Huong. Since 07:53 on 2026-11-30. "
         "Check the sensor's power and connection."
     )
 
 
 def test_english_messages_use_the_registrys_english_names_when_it_has_them() -> None:
     """With `name_en`/`street_en` in the registry, English says them; Vietnamese never does."""
-    named = replace(
-        flood(street="Nguyễn Văn Hưởng"),
-        street_en="Nguyen Van Huong",
-        sensor_name="Nguyễn Văn Hưởng, giữa",
-        sensor_name_en="Nguyen Van Huong middle",
-    )
+    named = flood()
     en = render(Send("x", "raised", 0, named, False), "en", "Asia/Ho_Chi_Minh", "")
     vi = render(Send("x", "raised", 0, named, False), "vi", "Asia/Ho_Chi_Minh", "")
     assert en.title == "Flooding on Nguyen Van Huong"
     assert "Sensor: Nguyen Van Huong middle (nvh-03)" in en.text
     assert vi.title == "Ngập tại Nguyễn Văn Hưởng"
-    assert "Cảm biến: Nguyễn Văn Hưởng, giữa (nvh-03)" in vi.text
+    assert "Cảm biến: Nguyễn Văn Hưởng, đoạn giữa (nvh-03)" in vi.text
+
+
+def test_names_come_from_the_registry_whichever_way_a_message_spells_them() -> None:
+    """A street the engine or an episode spells without marks is the registry's, with its
+    diacritics in Vietnamese and its `name_en` in English; an unknown name is kept as is."""
+    assert street_names(REGISTRY, "quoc huong") == ("Quốc Hương", "Quoc Huong")
+    assert street_names(REGISTRY, "Sông Sài Gòn") == ("Sông Sài Gòn", "Saigon River")
+    assert street_names(REGISTRY, "Lê Lợi") == ("Lê Lợi", "Le Loi")
+    facts = flood(sensor="phu-an")
+    assert (facts.street, facts.street_en, facts.ward) == (
+        "Sông Sài Gòn",
+        "Saigon River",
+        "An Khánh",
+    )
+    episode = facts_from_episode(
+        {
+            "episode_id": "ep-1",
+            "streets": ["Quoc Huong", "Duong 12"],
+            "peak_sensor_id": "qh-02",
+            "start_ns": T0,
+            "end_ns": T0 + 3600 * 10**9,
+            "max_level": 2,
+            "peak_cm": 31.0,
+        },
+        REGISTRY,
+    )
+    assert episode is not None
+    assert (episode.street, episode.street_en) == ("Quốc Hương, Đường 12", "Quoc Huong, Duong 12")
+    vi = render(Send("x", "episode", 0, episode, False), "vi", "Asia/Ho_Chi_Minh", "")
+    assert vi.title == "Đợt ngập đã kết thúc: Quốc Hương, Đường 12"
+
+
+def test_level_names_are_the_pages_words_in_both_languages() -> None:
+    """Every level a notification can name reads as the IOC page's catalogue says (one set of
+    words for the operator and the field crew), and titles name them."""
+    page = {
+        lang: json.loads((ROOT / "api/static/i18n" / f"{lang}.json").read_text())
+        for lang in ("vi", "en")
+    }
+    for lang in ("vi", "en"):
+        for level in range(1, 5):
+            m = render(Send("x", "escalated", 0, flood(level), False), lang, "Asia/Ho_Chi_Minh", "")
+            name = ("normal", "flooded", "hazard", "impassable", "closed")[level]
+            assert m.fields["level_name"] == page[lang][f"level.street.{name}"]
+            assert m.title.endswith(page[lang][f"level.street.{name}"])
+    en = render(Send("x", "escalated", 0, flood(2), False), "en", "Asia/Ho_Chi_Minh", "")
+    assert en.title == "Flooding on Nguyen Van Huong rose to: Hazardous"
+    vi = render(Send("x", "deescalated", 0, flood(1), False), "vi", "Asia/Ho_Chi_Minh", "")
+    assert vi.title == "Ngập tại Nguyễn Văn Hưởng giảm xuống mức: Ngập"

@@ -77,7 +77,13 @@ def test_shipped_routing_files_validate() -> None:
     example = load_routing(ROOT / "config" / "notify-routing.example.toml")
     demo = load_routing(ROOT / "config" / "notify-routing.demo.toml")
     assert example.rules and demo.rules
-    assert {c.type for c in example.channels.values()} == {"webhook", "email", "sms", "zalo_zns"}
+    assert {c.type for c in example.channels.values()} == {
+        "webhook",
+        "email",
+        "sms",
+        "zalo_zns",
+        "zalo_oa",
+    }
     assert {c.type for c in demo.channels.values()} == {"log"}
 
 
@@ -146,6 +152,27 @@ MISTAKES = [
         'params.duong = { field = "street", max = 30 }\n',
         "access_token_file",
         "[channels.z]",
+    ),
+    (
+        "zalo oa recipient without a user id",
+        '[channels.oa]\ntype = "zalo_oa"\nurl = "http://x/"\naccess_token = "t"\n'
+        '[recipients.crew]\nchannels = ["oa"]\nphone = "0912345678"\n',
+        "zalo_user_id",
+        "[recipients.crew]",
+    ),
+    (
+        "zalo oa text longer than zalo takes",
+        '[channels.oa]\ntype = "zalo_oa"\nurl = "http://x/"\naccess_token = "t"\n'
+        "max_length = 5000\n",
+        "2000",
+        "max_length",
+    ),
+    (
+        "zalo codes not a list of numbers",
+        '[channels.oa]\ntype = "zalo_oa"\nurl = "http://x/"\naccess_token = "t"\n'
+        'retry_codes = ["-100"]\n',
+        "list of Zalo error codes",
+        "retry_codes",
     ),
     (
         "unset env value",

@@ -12,7 +12,7 @@ Pure: no I/O, no clock (times are passed in).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -20,7 +20,13 @@ import orjson
 
 from floodwatch.contract import iso_time
 from floodwatch.errors import RegistryError
-from floodwatch.registry import Registry, Sensor, sensor_as_properties, sensor_from_properties
+from floodwatch.registry import (
+    Registry,
+    Sensor,
+    search_key,
+    sensor_as_properties,
+    sensor_from_properties,
+)
 
 # A maintenance window is bounded: a forgotten one must end by itself.
 MAINTENANCE_MAX_S = 14 * 24 * 3600
@@ -144,6 +150,28 @@ def start_maintenance(
             "put the sensor under maintenance again when that runs out."
         )
     return Maintenance(sensor_id, who, reason, now_ns, until_ns, scope, street)
+
+
+def street_maintenance_for(
+    records: Iterable[Maintenance], sensor: Sensor, now_ns: int
+) -> Maintenance | None:
+    """The maintenance a sensor added to (or restored on) a street under maintenance takes on:
+    a ward operator who puts a street under maintenance means the street, so a sensor that
+    joins it during the works is silenced too, until the street's expiry and by the same
+    who and why. None when the street is not under maintenance now, or when the sensor holds
+    a maintenance of its own (which stands)."""
+    active = [r for r in records if r.active_at(now_ns)]
+    if any(r.sensor_id == sensor.id for r in active):
+        return None
+    names = {search_key(sensor.street), search_key(sensor.street_en)}
+    street = [r for r in active if r.scope == "street" and search_key(r.street) in names]
+    if not street:
+        return None
+    # Several sensors carry the street's record; the one that runs longest covers the others.
+    held = max(street, key=lambda r: (r.until_ns, r.since_ns))
+    return Maintenance(
+        sensor.id, held.who, held.reason, now_ns, held.until_ns, "street", held.street
+    )
 
 
 def under_maintenance(

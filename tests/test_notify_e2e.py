@@ -22,7 +22,7 @@ from alerts.events import AlertEvent
 from floodwatch.errors import PublishDenied
 from floodwatch.localservices import Service, free_port
 from floodwatch.mqtt import MqttConnection
-from notify.channels import Outgoing, ZnsAdapter
+from notify.channels import Outgoing, ZaloOaAdapter, ZnsAdapter
 from notify.render import Message
 from notify.routing import Channel
 from notify.signing import verify
@@ -501,6 +501,37 @@ def zns_gateway() -> tuple[HttpReceiver, list[str]]:
     return HttpReceiver(answer), problems
 
 
+OA_USER = "2512345678901234567"
+
+
+def zalo_oa_gateway(codes: list[int] | None = None) -> tuple[HttpReceiver, list[str]]:
+    """A Zalo OA consultation message as documented: POST with the `access_token` header and a
+    JSON body of exactly {"recipient": {"user_id"}, "message": {"text"}}, text at most 2,000
+    characters; answers each request with the next of `codes` (Zalo's `error`), then 0. A
+    wrong token is refused as Zalo would (an error code, HTTP 200)."""
+    problems: list[str] = []
+    todo = list(codes if codes is not None else [-32])
+
+    def answer(request: Request) -> Answer:
+        if request.headers.get("access_token") != "oa-token":
+            return 200, {}, b'{"error": -216, "message": "Access token is invalid"}'
+        if not request.headers.get("Content-Type", "").startswith("application/json"):
+            problems.append(f"content type {request.headers.get('Content-Type')}")
+        doc = orjson.loads(request.body)
+        if set(doc) != {"recipient", "message"} or set(doc["message"]) != {"text"}:
+            problems.append(f"fields {doc}")
+        elif doc["recipient"] != {"user_id": OA_USER}:
+            problems.append(f"recipient {doc['recipient']}")
+        elif not 0 < len(doc["message"]["text"]) <= 2000:
+            problems.append(f"text of {len(doc['message']['text'])} characters")
+        code = todo.pop(0) if todo else 0
+        if code == 0:
+            return 200, {}, b'{"error": 0, "message": "Success", "data": {"message_id": "m1"}}'
+        return 200, {}, orjson.dumps({"error": code, "message": f"error {code}"})
+
+    return HttpReceiver(answer), problems
+
+
 def test_sms_and_zalo_follow_the_documented_shapes_and_errors(
     broker: Service,
     unique: str,
@@ -508,12 +539,15 @@ def test_sms_and_zalo_follow_the_documented_shapes_and_errors(
     publisher: MqttConnection,
     notifiers: list[Notifier],
 ) -> None:
-    """SMS and ZNS requests have their documented shape and limits; a rate limit is retried; a
-    refused number becomes a dead letter that `deadletters` lists and `replay` sends again."""
+    """SMS, ZNS and Zalo OA requests have their documented shape and limits; a rate limit is
+    retried; a refused number becomes a dead letter that `deadletters` lists and `replay` sends
+    again."""
     sms, sms_problems = sms_gateway(max_length=120)
     zns, zns_problems = zns_gateway()
+    oa, oa_problems = zalo_oa_gateway()
     sms.start()
     zns.start()
+    oa.start()
     routing = f"""
 [channels.sms]
 type = "sms"
@@ -533,9 +567,16 @@ params.duong = {{ field = "street", max = 30 }}
 params.do_sau = {{ field = "depth", max = 10 }}
 params.can_lam = {{ field = "action", max = 40 }}
 
+[channels.oa]
+type = "zalo_oa"
+url = "{oa.url}"
+access_token = "oa-token"
+rate_limit_s = 1
+
 [recipients.crew]
-channels = ["sms", "zalo"]
+channels = ["sms", "zalo", "oa"]
 phone = "0912345678"
+zalo_user_id = "{OA_USER}"
 
 [recipients.unserved]
 channels = ["sms"]
@@ -551,7 +592,13 @@ notify = ["crew", "unserved"]
     zns.wait_for(lambda got: len(got) >= 2, 30, "the ZNS message after its rate limit")
     sms.wait_for(lambda got: len(got) >= 1, 30, "the crew's SMS after the rate limit")
     wait_until(lambda: "1 dead letters" in notifier.tool("deadletters").stderr, 30, "a dead letter")
-    assert not sms_problems and not zns_problems
+    oa.wait_for(lambda got: len(got) >= 1, 30, "the OA message after its rate limit")
+    assert not sms_problems and not zns_problems and not oa_problems
+    assert len(oa.requests) == 2 and oa.requests[0].body == oa.requests[1].body
+    oa_text = orjson.loads(oa.accepted[0].body)["message"]["text"]
+    assert (
+        oa_text.startswith("Ngập tại Quốc Hương\n") and "Mức cảnh báo: Không thể đi qua" in oa_text
+    )
     first, retry = (orjson.loads(r.body) for r in zns.requests)
     assert len(zns.requests) == 2 and first == retry  # the same request, sent again
     listed = notifier.tool("deadletters").stdout
@@ -718,3 +765,44 @@ def test_zns_reads_a_refreshed_access_token_without_a_restart(tmp_path: Path) ->
         adapter.close()
         gateway.stop()
     assert tokens == ["token-1", "token-2"]
+
+
+def test_zalo_oa_answers_map_to_retry_rate_limit_and_dead_letters(tmp_path: Path) -> None:
+    """Against a real gateway: a rate-limit code waits `rate_limit_s`, a configured retry code
+    and HTTP 429 are retried (Retry-After honoured), an unknown code or a refused token is a
+    dead letter with Zalo's message, success is delivered; the text is cut to max_length."""
+    gateway, problems = zalo_oa_gateway([-32, -100, -213])
+    gateway.start()
+    options: dict[str, object] = {
+        "url": gateway.url,
+        "access_token": "oa-token",
+        "max_length": 300,
+        "rate_limit_s": 7,
+        "retry_codes": [-100],
+    }
+    adapter = ZaloOaAdapter(Channel("oa", "zalo_oa", options))
+    long = Message("vi", "t", "Ngập tại Quốc Hương\n" * 100, "<p>t</p>", "t", {})
+    item = Outgoing("n-1", OA_USER, long, b"{}")
+    try:
+        outcomes = [adapter.send(item) for _ in range(4)]
+        gateway.responder = lambda request: (429, {"Retry-After": "3"}, b"{}")
+        throttled = adapter.send(item)
+        wrong = ZaloOaAdapter(Channel("oa", "zalo_oa", {**options, "access_token": "old"}))
+        gateway.responder = zalo_oa_gateway()[0].responder
+        refused = wrong.send(item)
+        wrong.close()
+    finally:
+        adapter.close()
+        gateway.stop()
+    assert [(o.status, o.retry_after_s) for o in outcomes] == [
+        ("retry", 7.0),
+        ("retry", None),
+        ("dead", None),
+        ("delivered", None),
+    ]
+    assert "Zalo OA error -213" in outcomes[2].detail
+    assert (throttled.status, throttled.retry_after_s) == ("retry", 3.0)
+    assert refused.status == "dead" and "-216" in refused.detail
+    assert not problems
+    texts = {len(orjson.loads(r.body)["message"]["text"]) for r in gateway.requests[:4]}
+    assert texts == {300}

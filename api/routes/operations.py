@@ -40,8 +40,9 @@ from floodwatch.operations import (
     check_text,
     override_sensor,
     start_maintenance,
+    street_maintenance_for,
 )
-from floodwatch.registry import RESERVED_IDS, search_key, sensor_as_properties
+from floodwatch.registry import RESERVED_IDS, Sensor, search_key, sensor_as_properties
 from floodwatch.topics import Topics
 
 router = APIRouter(tags=["operations"])
@@ -190,6 +191,14 @@ async def _end(
     for sensor_id in ended:
         services.feed.handler.operation(topics.maintenance(sensor_id), b"")
     return ended
+
+
+async def _join_street_maintenance(services: Services, sensor: Sensor, who: str) -> None:
+    """A sensor joining a street under maintenance (added, or restored) is put under the
+    street's maintenance before it joins, so no process knows it without its maintenance."""
+    record = street_maintenance_for(services.state.maintenance_records(), sensor, services.clock())
+    if record is not None:
+        await _begin(services, [record], who, record.reason)
 
 
 def _until_ns(until: datetime) -> int:
@@ -402,6 +411,7 @@ async def add_sensor(body: SensorIn, services: ServicesDep, operator: OperatorDe
         raise _refuse(422, str(exc)) from exc
     detail = {**sensor_as_properties(sensor), "coordinates": [sensor.lon, sensor.lat]}
     change = SensorChange(body.id, "sensor_added", operator.name, reason, services.clock(), detail)
+    await _join_street_maintenance(services, sensor, operator.name)
     await _change_registry(services, override, body.id, change)
     return _json(_sensor_json(services, body.id), 201)
 
@@ -454,6 +464,9 @@ async def restore_sensor(
     change = SensorChange(
         sensor_id, "sensor_restored", operator.name, _reason(reason), services.clock()
     )
+    restored = override_sensor(base, keep) if keep is not None else base.get(sensor_id)
+    if restored is not None:
+        await _join_street_maintenance(services, restored, operator.name)
     await _change_registry(services, keep, sensor_id, change)
     return _json(_sensor_json(services, sensor_id))
 

@@ -1,4 +1,4 @@
-"""`python -m notify`: tell people about alerts (webhooks, e-mail, SMS, Zalo ZNS), with
+"""`python -m notify`: tell people about alerts (webhooks, e-mail, SMS, Zalo ZNS and OA), with
 escalation; `deadletters`, `replay` and `check` for operators."""
 
 from __future__ import annotations
@@ -92,16 +92,20 @@ Follow the alert engine's events ({root}/v1/events/+, QoS 1, persistent session)
 sensors' retained alert states ({root}/v1/alerts/+: alerts raised before the notifier first
 started) and finished flood episodes ({root}/v1/episodes: a summary), and tell the people and
 systems named in the routing file: webhooks (JSON signed with HMAC-SHA256),
-e-mail (SMTP), SMS and Zalo ZNS (HTTP APIs). An alert nobody acknowledges is sent to the next
-tier of its rule's escalation; acknowledging or clearing it stops that and is announced to
-everyone told. Notifications wait in a durable queue on disk (--notify-state) and are retried
-with capped exponential backoff, in order per alert; what cannot be delivered becomes a dead
-letter. Each alert's notification history is published retained on
-{root}/v1/notifications/{alert_id}.
+e-mail (SMTP), SMS, Zalo ZNS templates and Zalo Official Account text messages to users who
+follow the OA (channel type zalo_oa; HTTP APIs). Streets, sensors and the ward are named as the
+registry spells them (English from its name_en/street_en), and alert levels in the IOC page's
+own words (api/static/i18n, level.*), so the crew reads what the operator sees. An alert nobody
+acknowledges is sent to the next tier of its rule's escalation; acknowledging or clearing it
+stops that and is announced to everyone told. Notifications wait in a durable queue on disk
+(--notify-state) and are retried with capped exponential backoff, in order per alert; what
+cannot be delivered becomes a dead letter. Each alert's notification history is published
+retained on {root}/v1/notifications/{alert_id}.
 
 A sensor under maintenance ({root}/v1/maintenance/{sensor}, put there through the API) notifies
 nobody, escalations included (recorded as `suppressed`); when the maintenance ends, its alerts
-still open and unacknowledged are announced once and their escalation starts again.
+still open and unacknowledged are announced once and their escalation starts again. A sensor
+added to a street under maintenance (or restored on it) gets the street's maintenance too.
 
 Operators: `python -m notify deadletters` lists the dead letters, `python -m notify replay
 [ID ...] | --all` queues them again, `python -m notify check --routing FILE` validates a

@@ -6,7 +6,6 @@ its alert reaches nobody, while another street's alert goes out."""
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -117,31 +116,21 @@ def test_a_sensor_joining_a_street_takes_on_its_maintenance(
     assert street_maintenance_for(records, sensor, now) == wanted
 
 
-@pytest.fixture
-def notifiers() -> Iterator[list[Notifier]]:
-    started: list[Notifier] = []
-    yield started
-    for n in started:
-        if n.proc is not None and n.proc.poll() is None:
-            n.kill(signal.SIGTERM)
-
-
 @pytest.mark.services
 def test_a_sensor_added_to_a_street_under_maintenance_notifies_nobody(
     broker: Service,
     influxd: Service,
     unique: str,
     tmp_path: Path,
-    notifiers: list[Notifier],
 ) -> None:
     """Quốc Hương under maintenance, then qh-09 added on it and the retired qh-04 restored: both
     are listed under the street's maintenance (same who, why and expiry), qh-09's raise is
     recorded as suppressed and reaches no one, Đường 12's raise goes out; ending the street's
     maintenance ends theirs too."""
     receiver = HttpReceiver().start()
+    notifier = Notifier(broker, unique, ROUTING.replace("{url}", receiver.url), tmp_path)
     try:
-        notifier = Notifier(broker, unique, ROUTING.replace("{url}", receiver.url), tmp_path)
-        notifiers.append(notifier.start())
+        notifier.start()
         keys = write_keys(tmp_path / "keys")
         app = create_app(api_settings(broker, influxd, unique), ApiOptions(api_keys=keys.path))
         op, viewer = bearer(keys.operator), bearer(keys.viewer)
@@ -223,4 +212,6 @@ def test_a_sensor_added_to_a_street_under_maintenance_notifies_nobody(
             assert {"qh-04", "qh-09"} <= set(response.json()["ended"])
             assert listed() == {}
     finally:
+        if notifier.proc is not None and notifier.proc.poll() is None:
+            notifier.kill(signal.SIGTERM)
         receiver.stop()

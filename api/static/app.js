@@ -236,7 +236,11 @@
     const swatch = document.createElement("i");
     swatch.className = "swatch stale";
     stale.append(swatch, t("legend.stale"));
-    list.append(stale);
+    const maint = document.createElement("li");
+    const grey = document.createElement("i");
+    grey.className = "swatch maint";
+    maint.append(grey, t("legend.maintenance"));
+    list.append(stale, maint);
     const note = document.createElement("p");
     note.className = "legend-note";
     note.textContent = t("legend.note");
@@ -378,7 +382,7 @@
     const maint = streetMaintenance(p.name);
     entry.line.setStyle({
       color: maint.all ? color("--maint") : known ? levelColor(p.level) : color("--stale"),
-      dashArray: maint.all ? "2 14" : null,
+      dashArray: maint.all ? "14 10" : null,
     });
     const path = entry.line.getElement();
     if (path) {
@@ -459,9 +463,9 @@
     const day = (d) => new Intl.DateTimeFormat("en-CA", { timeZone: ZONE }).format(d);
     const at = new Date(iso);
     if (day(at) === day(new Date())) return hhmm(iso);
-    return new Intl.DateTimeFormat(locale(), {
-      timeZone: ZONE, day: "2-digit", month: "2-digit", hour: "2-digit", minute: "2-digit", hour12: false,
-    }).format(at);
+    const date = new Intl.DateTimeFormat(locale(), { timeZone: ZONE, day: "2-digit", month: "2-digit" })
+      .format(at);
+    return t("maint.when_day", { time: hhmm(iso), date });
   }
 
   function maintText(m) {
@@ -524,7 +528,7 @@
       .sort((a, b) => String(a.next_at).localeCompare(String(b.next_at)))[0];
     if (next) parts.push(t("notify.next", { tier: next.next_tier, time: hhmm(next.next_at) }));
     if (!parts.length) parts.push(t("notify.none"));
-    return { text: parts.join(" · "), bad, told: delivered.length };
+    return { text: parts.join(" · "), bad, shown: items.length > 0 || Boolean(next) };
   }
 
   function notifyLine(target, alertIds) {
@@ -534,7 +538,9 @@
     const button = el("button", "history", t("notify.open"));
     button.type = "button";
     button.addEventListener("click", () => openHistory(target));
-    line.append(text, button);
+    // Nothing to list (nobody told, nothing waiting): the summary alone says so.
+    line.append(text);
+    if (summary.shown) line.append(button);
     return line;
   }
 
@@ -788,7 +794,8 @@
       el("span", "h-channel", `${channel} · ${mask(item.channel)}`),
       el("span", "h-msg", message),
       el("span", "h-tier", item.tier ? t("notify.tier", { tier: item.tier }) : t("notify.tier_first")),
-      el("span", `badge status status-${item.status}`, statusText(item.status)),
+      el("span", `badge h-status status-${item.status}`, statusText(item.status)),
+      el("span", "h-break"), // a phone puts channel, message and tier on a line of their own
     );
     if (item.error && item.status !== "delivered") {
       li.append(el("span", "h-error", t("notify.error", { attempts: item.attempts, error: mask(item.error) })));
@@ -799,9 +806,13 @@
   function escalationText(e) {
     if (!e) return "";
     if (e.waiting && e.next_at) {
-      return t("notify.escalation_next", {
-        tier: e.next_tier, time: hhmm(e.next_at), who: (e.next_notify || []).map(mask).join(", ") || "–",
-      });
+      // The record names the next tier by recipient id; a name is known once one was told.
+      const names = new Map();
+      for (const r of notifications.values()) {
+        for (const i of r.notifications || []) names.set(i.recipient, i.recipient_name || i.recipient);
+      }
+      const who = (e.next_notify || []).map((id) => mask(names.get(id) || id)).join(", ");
+      return t("notify.escalation_next", { tier: e.next_tier, time: hhmm(e.next_at), who: who || "–" });
     }
     if (e.stopped_by === "acknowledged") return t("notify.escalation_acked");
     if (e.stopped_by === "cleared") return t("notify.escalation_cleared");

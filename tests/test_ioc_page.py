@@ -715,9 +715,7 @@ def flood_quoc_huong(pub: MqttConnection, pipeline: Pipeline) -> None:
             ("qh-02", {"ts": ts, "level_cm": 25 + step, "battery_v": 3.8}),
             ("nvh-05", {"ts": ts, "level_cm": 0.0, "battery_v": 3.2}),
         ):
-            pub.publish(
-                f"{pipeline.root}/v1/sensors/{sensor_id}/reading", orjson.dumps(doc), qos=1
-            )
+            pub.publish(f"{pipeline.root}/v1/sensors/{sensor_id}/reading", orjson.dumps(doc), qos=1)
 
 
 def check_notification_history(pages: dict[str, Any], pipeline: Pipeline) -> None:
@@ -795,7 +793,10 @@ def check_maintenance(pages: dict[str, Any]) -> None:
     phone.wait_for_selector("#maint-custom:not([hidden])")
     phone.click("#maint-confirm")
     phone.wait_for_selector("#maint-dialog:not([open])", state="attached", timeout=10000)
-    flags = {"vi": "Đang bảo trì — không gửi thông báo", "en": "Under maintenance — no notifications"}
+    flags = {
+        "vi": "Đang bảo trì — không gửi thông báo",
+        "en": "Under maintenance — no notifications",
+    }
     for name, page in pages.items():
         lang = name.rsplit("-", 1)[1]
         page.wait_for_selector(f'{street_path}[data-maintenance="true"]', timeout=5000)
@@ -829,7 +830,7 @@ def check_maintenance(pages: dict[str, Any]) -> None:
     phone.wait_for_selector("#maint-dialog:not([open])", state="attached", timeout=10000)
     for page in pages.values():
         page.wait_for_selector(f'{street_path}[data-maintenance="false"]', timeout=5000)
-        page.wait_for_selector(f'{battery_row}:not([data-maintenance])', timeout=5000)
+        page.wait_for_selector(f"{battery_row}:not([data-maintenance])", timeout=5000)
         level = int(page.get_attribute(street_path, "data-level") or "0")
         assert page.get_attribute(street_path, "stroke") == COLOURS[level]
         assert page.locator(f"{street_row} .maint-line").count() == 0

@@ -1292,7 +1292,9 @@
     for (const a of alertPage.alerts) alerts.set(a.alert_id, a);
     for (const entry of streets.values()) styleStreet(entry); // a street's maintenance
     renderAlerts();
-    // Each open alert's notification record, once; the stream keeps them current.
+    // Each open alert's notification record, once; the stream keeps them current. Records
+    // of alerts no longer open are forgotten.
+    for (const id of notifications.keys()) if (!alerts.has(id)) notifications.delete(id);
     await fetchNotifications([...alerts.keys()], false);
     renderAlerts();
     renderHistory();

@@ -786,11 +786,13 @@ def check_maintenance(pages: dict[str, Any]) -> None:
     wall.click("#maint-confirm")
     assert wall.inner_text("#maint-error") == "Hãy ghi lý do."
     wall.fill("#maint-reason", "thay cảm biến sau ngập")
+    wall.screenshot(path=str(ARTEFACTS / "ioc-maintenance-dialog-wall-vi.png"))
     wall.click("#maint-confirm")
     wall.wait_for_selector("#maint-dialog:not([open])", state="attached", timeout=10000)
     # From the phone (operator, English): one sensor, with a custom end time.
     maintain(phone, f"{battery_row} .what", "maint-start-sensor", "battery swap", "custom")
     phone.wait_for_selector("#maint-custom:not([hidden])")
+    phone.screenshot(path=str(ARTEFACTS / "ioc-maintenance-dialog-phone-en.png"))
     phone.click("#maint-confirm")
     phone.wait_for_selector("#maint-dialog:not([open])", state="attached", timeout=10000)
     flags = {

@@ -395,7 +395,10 @@
       p.level_cm === null ? t("map.label_nodata") :
         t("map.label_state", { depth: num(p.level_cm, 0), level: levelText("street", p.level_name) })));
     if (maint.all) {
-      content.append(" ", el("span", "label-maint", t("maint.label", { until: whenText(maint.record.until) })));
+      // The phone's narrow map shows only "bảo trì"; the row below says until when.
+      const flag = el("span", "label-maint", t("maint.label"));
+      flag.append(el("span", "label-until", ` ${t("maint.label_until", { until: whenText(maint.record.until) })}`));
+      content.append(" ", flag);
     }
     entry.label.setContent(content);
     const labelEl = entry.label.getElement();
@@ -463,9 +466,11 @@
     const day = (d) => new Intl.DateTimeFormat("en-CA", { timeZone: ZONE }).format(d);
     const at = new Date(iso);
     if (day(at) === day(new Date())) return hhmm(iso);
-    const date = new Intl.DateTimeFormat(locale(), { timeZone: ZONE, day: "2-digit", month: "2-digit" })
-      .format(at);
-    return t("maint.when_day", { time: hhmm(iso), date });
+    // Day/month as both languages write it here (06/12), whatever the locale's separator.
+    const parts = new Intl.DateTimeFormat("en-GB", { timeZone: ZONE, day: "2-digit", month: "2-digit" })
+      .formatToParts(at);
+    const part = (type) => (parts.find((p) => p.type === type) || {}).value;
+    return t("maint.when_day", { time: hhmm(iso), date: `${part("day")}/${part("month")}` });
   }
 
   function maintText(m) {
@@ -959,6 +964,9 @@
     radio.addEventListener("change", presetChanged);
   }
   document.getElementById("maint-custom").addEventListener("input", presetChanged);
+  document.getElementById("maint-reason").addEventListener("input", () => {
+    document.getElementById("maint-error").textContent = "";
+  });
 
   async function sendMaintenance(event) {
     event.preventDefault();

@@ -762,10 +762,13 @@
   const MESSAGES = ["raised", "escalated", "deescalated", "unacknowledged", "acknowledged",
     "cleared", "episode", "maintenance_over"];
 
+  // The alerts the panel opened with stay in it after they clear (so their "cleared"
+  // announcements show), with any the street raised since.
   function historyAlertIds(target) {
     if (target.alert) return [target.alert];
     const entry = streets.get(target.street);
-    return entry && entry.props.alerts ? entry.props.alerts : [];
+    const now = entry && entry.props.alerts ? entry.props.alerts : [];
+    return [...new Set([...(target.ids || []), ...now])];
   }
 
   async function fetchNotifications(ids, force) {
@@ -779,10 +782,10 @@
   }
 
   async function openHistory(target) {
-    historyTarget = target;
+    historyTarget = Object.assign({}, target, { ids: historyAlertIds(target) });
     if (!historyDialog.open) historyDialog.showModal();
     renderHistory();
-    await fetchNotifications(historyAlertIds(target), true);
+    await fetchNotifications(historyAlertIds(historyTarget), true);
     renderHistory();
     renderAlerts();
   }
@@ -1302,7 +1305,10 @@
     renderAlerts();
     // Each open alert's notification record, once; the stream keeps them current. Records
     // of alerts no longer open are forgotten.
-    for (const id of notifications.keys()) if (!alerts.has(id)) notifications.delete(id);
+    const shown = historyTarget ? historyAlertIds(historyTarget) : [];
+    for (const id of notifications.keys()) {
+      if (!alerts.has(id) && !shown.includes(id)) notifications.delete(id);
+    }
     await fetchNotifications([...alerts.keys()], false);
     renderAlerts();
     renderHistory();

@@ -737,6 +737,7 @@ def check_notification_history(pages: dict[str, Any], pipeline: Pipeline) -> Non
     assert "Nền tảng GIS" in panel and MASKED_OFFICER in panel and OFFICER not in panel, panel
     assert "Webhook" in panel and "Đã gửi" in panel and "Phát cảnh báo" in panel, panel
     assert "nâng cấp 1 lúc" in panel and "ioc_chief" in panel, panel  # the next tier
+    wall.screenshot(path=str(ARTEFACTS / "ioc-notify-history-waiting-wall-vi.png"))
     # Acknowledged on another screen: its announcement appears in the open panel, live.
     answer = httpx.post(
         f"{pipeline.url}/v1/streets/{QH}/acknowledge",
@@ -751,6 +752,8 @@ def check_notification_history(pages: dict[str, Any], pipeline: Pipeline) -> Non
         timeout=15000,
     )
     assert "Đã xác nhận: dừng nâng cấp." in wall.inner_text("#history-dialog")
+    for page in pages.values():  # the rows behind the panel follow the acknowledgement too
+        page.wait_for_selector(f'{row}[data-state="active_ack"]', timeout=5000)
     for name, page in pages.items():
         if name != "wall-vi":
             page.click(f"{row} button.history")

@@ -690,7 +690,7 @@ def test_notification_history_and_maintenance_from_the_page(
                 }
                 flood_quoc_huong(pub, pipeline)
                 check_notification_history(pages, pipeline)
-                check_maintenance(pages)
+                check_maintenance(pages, pub, pipeline)
                 for name, page in pages.items():
                     missing = page.evaluate("[...window.floodwatchMissingKeys]")
                     assert missing == [], f"{name}: missing catalogue keys {missing}"
@@ -775,7 +775,7 @@ def maintain(page: Any, opener: str, button: str, reason: str, preset: str = "8"
         page.check(f'input[name="maint-preset"][value="{preset}"]')
 
 
-def check_maintenance(pages: dict[str, Any]) -> None:
+def check_maintenance(pages: dict[str, Any], pub: MqttConnection, pipeline: Pipeline) -> None:
     wall, other, viewer, phone = (pages[n] for n in ("wall-vi", "wall-en", "phone-vi", "phone-en"))
     street_row = f'li.flood-row[data-street="{QH}"]'
     street_path = f'path.street[data-street="{QH}"]'
@@ -798,6 +798,19 @@ def check_maintenance(pages: dict[str, Any]) -> None:
     phone.screenshot(path=str(ARTEFACTS / "ioc-maintenance-dialog-phone-en.png"))
     phone.click("#maint-confirm")
     phone.wait_for_selector("#maint-dialog:not([open])", state="attached", timeout=10000)
+    # The water rises on the street under maintenance: judged (impassable), told to nobody.
+    now_ms = int(time.time() * 1000)
+    for ago_ms in (20_000, 10_000):
+        doc = {"ts": now_ms - ago_ms, "level_cm": 36.0, "battery_v": 3.8}
+        pub.publish(f"{pipeline.root}/v1/sensors/qh-02/reading", orjson.dumps(doc), qos=1)
+    unsent = {"vi": "2 không gửi (bảo trì)", "en": "2 not sent (maintenance)"}
+    for name, page in pages.items():
+        page.wait_for_function(
+            "([row, w]) => (document.querySelector(row + ' .notify-text') || {}).textContent"
+            "?.includes(w)",
+            arg=[street_row, unsent[name.rsplit("-", 1)[1]]],
+            timeout=15000,
+        )
     flags = {
         "vi": "Đang bảo trì — không gửi thông báo",
         "en": "Under maintenance — no notifications",

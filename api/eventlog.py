@@ -28,7 +28,7 @@ BATCH = 256
 class StreamEvent:
     seq: int
     id: str
-    event: str  # "reading", "alert" or "sensor"
+    event: str  # "reading", "alert", "sensor" or "notification"
     data: str  # one line of JSON
     # The event as text/event-stream bytes, encoded once for every client that is sent it.
     encoded: bytes = b""

@@ -122,10 +122,13 @@ class FeedHandler:
         if topic.startswith(self._notifications_prefix):
             alert_id = topic[len(self._notifications_prefix) :]
             if payload:
+                changed = self.state.notifications.get(alert_id) != payload
                 self.state.notifications[alert_id] = payload
             else:
-                self.state.notifications.pop(alert_id, None)
+                changed = self.state.notifications.pop(alert_id, None) is not None
             self.metrics.mqtt_messages.inc(("notifications",))
+            if changed:
+                self.notification_changed(alert_id, payload)
             return True
         return False
 
@@ -139,6 +142,19 @@ class FeedHandler:
             else sensor_properties(now, self._clock())
         )
         self.events.publish("sensor", orjson.dumps(data).decode())
+
+    def notification_changed(self, alert_id: str, payload: bytes) -> None:
+        """A `notification` stream event: the alert's notification record as
+        /v1/alerts/{id}/notifications serves it, or `{"alert_id", "notifications": null}`
+        when the notifier dropped it (a replayed, unchanged record sends nothing)."""
+        try:
+            doc = orjson.loads(payload) if payload else None
+        except orjson.JSONDecodeError:
+            log.warning("notification record for %r is not JSON; not streamed", alert_id[:80])
+            return
+        if not isinstance(doc, dict):
+            doc = {"alert_id": alert_id, "notifications": None}
+        self.events.publish("notification", orjson.dumps(doc).decode())
 
     def alerts(self, sensor_id: str, payload: bytes, received_at_ns: int) -> None:
         """A retained `alerts/{id}` payload replaces that sensor's alerts."""

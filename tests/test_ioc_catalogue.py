@@ -12,6 +12,8 @@ import orjson
 import pytest
 
 from floodwatch.contract import KINDS, LIFECYCLES, STREET_LEVEL_NAMES, TIDE_LEVEL_NAMES
+from notify.model import MESSAGE_KINDS
+from notify.routing import CHANNEL_TYPES
 
 STATIC = Path(__file__).resolve().parent.parent / "api" / "static"
 LANGS = ("vi", "en")
@@ -27,6 +29,10 @@ DYNAMIC = (
     + [f"kind.{k}" for k in (*KINDS, "unknown")]
     + [f"state.{s}" for s in LIFECYCLES]
     + [f"row.detail.{d}" for d in ("out_of_range", "obstructed", "stuck")]
+    # The notifier's record: what each notification announced, its channel, its status.
+    + [f"notify.message.{m}" for m in MESSAGE_KINDS]
+    + [f"notify.channel.{c}" for c in CHANNEL_TYPES]
+    + [f"notify.status.{s}" for s in ("delivered", "pending", "held", "dead", "suppressed")]
 )
 SHARED = {
     "vi": {
@@ -56,6 +62,7 @@ SHARED = {
 
 FAMILIES = (
     "app|lang|key|status|banner|map|legend|tide|alerts|row|action|ack|error|verdict|detail|chart"
+    "|notify|maint"
 )
 
 

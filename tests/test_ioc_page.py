@@ -614,3 +614,241 @@ def test_a_failed_acknowledgement_says_exactly_why(
             pub.publish_and_wait(topic, b"", qos=1, retain=True)
         finally:
             browser.close()
+
+
+# ---- issue 13: notification history and maintenance on the page ------------------------------
+
+# A phone number in a recipient's name: the page shows it in part only.
+OFFICER = "Anh Tuấn, trực phường (0903 123 456)"
+MASKED_OFFICER = "Anh Tuấn, trực phường (090•••••56)"
+HISTORY_ROUTING = """
+[channels.gis]
+type = "webhook"
+url = "{url}"
+secret = "webhook-secret-for-tests"
+
+[channels.duty]
+type = "webhook"
+url = "{url}"
+secret = "webhook-secret-for-tests"
+
+[recipients.ioc_gis]
+name = "Nền tảng GIS"
+channels = ["gis"]
+
+[recipients.ward_officer]
+name = "{officer}"
+channels = ["duty"]
+
+[recipients.ioc_chief]
+name = "Trưởng ca IOC"
+channels = ["duty"]
+
+[[rules]]
+kinds = ["flood"]
+min_level = 1
+notify = ["ioc_gis", "ward_officer"]
+escalate = [{{ after_min = 30, notify = ["ioc_chief"] }}]
+
+[[rules]]
+kinds = ["battery_low"]
+notify = ["ward_officer"]
+"""
+MAINT_GREY = "#6f7c88"  # --maint in api/static/app.css
+
+
+def test_notification_history_and_maintenance_from_the_page(
+    pipeline: Pipeline, broker: Service, tmp_path: Path
+) -> None:
+    """With a real notifier delivering to a real webhook receiver: each alert row says who was
+    told and when, the history panel lists each notification and updates live (the
+    acknowledgement's announcement appears while it is open); an operator puts a street and a
+    sensor under maintenance from the page, every page (a second one too) draws them grey with
+    why, who and until when and marks their alerts as notifying nobody; a refusal says why;
+    ending it from the page brings the colours back; a viewer has no controls."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.notify_servers import HttpReceiver
+    from tests.test_notify_e2e import Notifier
+
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    receiver = HttpReceiver().start()
+    routing = HISTORY_ROUTING.format(url=receiver.url, officer=OFFICER)
+    (tmp_path / "notify").mkdir()
+    notifier = Notifier(broker, pipeline.root, routing, tmp_path / "notify")
+    errors: list[str] = []
+    try:
+        notifier.start()
+        with sync_playwright() as playwright, publisher(broker) as pub:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+            try:
+                pages = {
+                    "wall-vi": open_page(browser, pipeline, "operator", "vi", (1920, 1080), errors),
+                    "wall-en": open_page(browser, pipeline, "operator", "en", (1920, 1080), errors),
+                    "phone-vi": open_page(browser, pipeline, "viewer", "vi", (390, 844), errors),
+                    "phone-en": open_page(browser, pipeline, "operator", "en", (390, 844), errors),
+                }
+                flood_quoc_huong(pub, pipeline)
+                check_notification_history(pages, pipeline)
+                check_maintenance(pages, pub, pipeline)
+                for name, page in pages.items():
+                    missing = page.evaluate("[...window.floodwatchMissingKeys]")
+                    assert missing == [], f"{name}: missing catalogue keys {missing}"
+            finally:
+                browser.close()
+    finally:
+        if notifier.proc is not None and notifier.proc.poll() is None:
+            notifier.kill(15)
+        receiver.stop()
+    # The one refusal asked for (ending a maintenance already ended) is the browser's only
+    # complaint: a 404, which the page words as "not under maintenance any more".
+    refused = [e for e in errors if "404 (Not Found)" in e]
+    assert len(refused) == 1 and len(errors) == 1, errors
+
+
+def flood_quoc_huong(pub: MqttConnection, pipeline: Pipeline) -> None:
+    """qh-02 at 25 cm for three minutes (a confirmed hazard), nvh-05's battery low."""
+    now_ms = int(time.time() * 1000)
+    for step in range(3):
+        ts = now_ms - (3 - step) * MINUTE_MS
+        for sensor_id, doc in (
+            ("qh-02", {"ts": ts, "level_cm": 25 + step, "battery_v": 3.8}),
+            ("nvh-05", {"ts": ts, "level_cm": 0.0, "battery_v": 3.2}),
+        ):
+            pub.publish(f"{pipeline.root}/v1/sensors/{sensor_id}/reading", orjson.dumps(doc), qos=1)
+
+
+def check_notification_history(pages: dict[str, Any], pipeline: Pipeline) -> None:
+    row = f'li.flood-row[data-street="{QH}"]'
+    told = {"vi": "Đã báo 2 người", "en": "Notified 2 people"}
+    for name, page in pages.items():
+        page.wait_for_function(
+            "([row, w]) => (document.querySelector(row + ' .notify-text') || {}).textContent"
+            "?.includes(w)",
+            arg=[row, told[name.rsplit("-", 1)[1]]],
+            timeout=20000,
+        )
+        # The sensor alert row (battery) has its own line: one officer told.
+        page.wait_for_selector('li.other-row[data-kind="battery_low"] .notify-text', timeout=10000)
+    wall = pages["wall-vi"]
+    wall.click(f"{row} button.history")
+    wall.wait_for_selector("#history-dialog[open] li.history-item")
+    panel = wall.inner_text("#history-dialog")
+    assert "Nền tảng GIS" in panel and MASKED_OFFICER in panel and OFFICER not in panel, panel
+    assert "Webhook" in panel and "Đã gửi" in panel and "Phát cảnh báo" in panel, panel
+    assert "nâng cấp 1 lúc" in panel and "ioc_chief" in panel, panel  # the next tier
+    wall.screenshot(path=str(ARTEFACTS / "ioc-notify-history-waiting-wall-vi.png"))
+    # Acknowledged on another screen: its announcement appears in the open panel, live.
+    answer = httpx.post(
+        f"{pipeline.url}/v1/streets/{QH}/acknowledge",
+        headers=bearer(pipeline.keys.operator),
+        json={"note": "đã cử đội ứng cứu"},
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+    wall.wait_for_selector(
+        '#history-dialog[open] li.history-item[data-message="acknowledged"]'
+        '[data-status="delivered"]',
+        timeout=15000,
+    )
+    assert "Đã xác nhận: dừng nâng cấp." in wall.inner_text("#history-dialog")
+    for page in pages.values():  # the rows behind the panel follow the acknowledgement too
+        page.wait_for_selector(f'{row}[data-state="active_ack"]', timeout=5000)
+    for name, page in pages.items():
+        if name != "wall-vi":
+            page.click(f"{row} button.history")
+            page.wait_for_selector(
+                '#history-dialog[open] li.history-item[data-message="acknowledged"]'
+            )
+        page.mouse.move(2, 2)
+        page.screenshot(path=str(ARTEFACTS / f"ioc-notify-history-{name}.png"))
+        page.click("#history-close")
+
+
+def maintain(page: Any, opener: str, button: str, reason: str, preset: str = "8") -> None:
+    """Select a row's sensor, press a maintenance button in its detail card, fill the dialog."""
+    page.click(opener)
+    page.click(f"#detail-maint button.{button}")
+    page.wait_for_selector("#maint-dialog[open]")
+    page.fill("#maint-reason", reason)
+    if preset:
+        page.check(f'input[name="maint-preset"][value="{preset}"]')
+
+
+def check_maintenance(pages: dict[str, Any], pub: MqttConnection, pipeline: Pipeline) -> None:
+    wall, other, viewer, phone = (pages[n] for n in ("wall-vi", "wall-en", "phone-vi", "phone-en"))
+    street_row = f'li.flood-row[data-street="{QH}"]'
+    street_path = f'path.street[data-street="{QH}"]'
+    battery_row = 'li.other-row[data-kind="battery_low"]'
+    # A viewer sees the detail card, never a maintenance control.
+    viewer.click(f"{street_row} .what")
+    viewer.wait_for_selector("#detail-title")
+    assert viewer.locator("#detail-maint button").count() == 0
+    # The reason is required: said, and nothing sent.
+    maintain(wall, f"{street_row} .what", "maint-start-street", "")
+    wall.click("#maint-confirm")
+    assert wall.inner_text("#maint-error") == "Hãy ghi lý do."
+    wall.fill("#maint-reason", "thay cảm biến sau ngập")
+    wall.screenshot(path=str(ARTEFACTS / "ioc-maintenance-dialog-wall-vi.png"))
+    wall.click("#maint-confirm")
+    wall.wait_for_selector("#maint-dialog:not([open])", state="attached", timeout=10000)
+    # From the phone (operator, English): one sensor, with a custom end time.
+    maintain(phone, f"{battery_row} .what", "maint-start-sensor", "battery swap", "custom")
+    phone.wait_for_selector("#maint-custom:not([hidden])")
+    phone.screenshot(path=str(ARTEFACTS / "ioc-maintenance-dialog-phone-en.png"))
+    phone.click("#maint-confirm")
+    phone.wait_for_selector("#maint-dialog:not([open])", state="attached", timeout=10000)
+    # The water rises on the street under maintenance: judged (impassable), told to nobody.
+    now_ms = int(time.time() * 1000)
+    for ago_ms in (20_000, 10_000):
+        doc = {"ts": now_ms - ago_ms, "level_cm": 36.0, "battery_v": 3.8}
+        pub.publish(f"{pipeline.root}/v1/sensors/qh-02/reading", orjson.dumps(doc), qos=1)
+    unsent = {"vi": "2 không gửi (bảo trì)", "en": "2 not sent (maintenance)"}
+    for name, page in pages.items():
+        page.wait_for_function(
+            "([row, w]) => (document.querySelector(row + ' .notify-text') || {}).textContent"
+            "?.includes(w)",
+            arg=[street_row, unsent[name.rsplit("-", 1)[1]]],
+            timeout=15000,
+        )
+    flags = {
+        "vi": "Đang bảo trì — không gửi thông báo",
+        "en": "Under maintenance — no notifications",
+    }
+    for name, page in pages.items():
+        lang = name.rsplit("-", 1)[1]
+        page.wait_for_selector(f'{street_path}[data-maintenance="true"]', timeout=5000)
+        assert page.get_attribute(street_path, "stroke") == MAINT_GREY
+        page.wait_for_selector(f'{street_row}[data-maintenance="true"]')
+        text = page.inner_text(street_row)
+        assert flags[lang].lower() in text.lower() and "thay cảm biến sau ngập" in text, text
+        assert "otto" in text, text  # who: the operator key's name
+        page.wait_for_selector('path.sensor-qh-02[data-maintenance="true"]')
+        page.wait_for_selector(f'{battery_row}[data-maintenance="true"]', timeout=5000)
+        assert "battery swap" in page.inner_text(battery_row)
+        page.mouse.move(2, 2)
+        page.screenshot(path=str(ARTEFACTS / f"ioc-maintenance-{name}.png"))
+    assert viewer.locator("#detail-maint button").count() == 0
+    assert viewer.locator("button.maint-end").count() == 0
+    # The second wall opens "end" too late: the first ends it, the second is told exactly why.
+    other.click(f"{street_row} .what")
+    other.click("#detail-maint button.maint-end")
+    other.wait_for_selector("#maint-dialog[open]")
+    other.fill("#maint-reason", "done")
+    maintain(wall, f"{street_row} .what", "maint-end", "đã thay xong", preset="")
+    wall.click("#maint-confirm")
+    wall.wait_for_selector("#maint-dialog:not([open])", state="attached", timeout=10000)
+    other.click("#maint-confirm")
+    other.wait_for_function(
+        "document.querySelector('#maint-error').textContent.includes('Not under maintenance')"
+    )
+    other.click("#maint-cancel")
+    maintain(phone, f"{battery_row} .what", "maint-end", "battery swapped", preset="")
+    phone.click("#maint-confirm")
+    phone.wait_for_selector("#maint-dialog:not([open])", state="attached", timeout=10000)
+    for page in pages.values():
+        page.wait_for_selector(f'{street_path}[data-maintenance="false"]', timeout=5000)
+        page.wait_for_selector(f"{battery_row}:not([data-maintenance])", timeout=5000)
+        level = int(page.get_attribute(street_path, "data-level") or "0")
+        assert page.get_attribute(street_path, "stroke") == COLOURS[level]
+        assert page.locator(f"{street_row} .maint-line").count() == 0

@@ -26,6 +26,10 @@ Server-Sent Events (`text/event-stream`), each with an `id`:
 - `alert`: a sensor's alerts changed (retained `alerts/{id}` message); `data` has `sensor`,
   `alert_level`, `alert_state`, `alerts` (as in /v1/alerts) and `properties` (the sensor as
   in /v1/sensors, whose stale flag the engine's verdict can change).
+- `sensor`: an operator changed the sensor (maintenance, calibration, added); `data` is the
+  sensor as in /v1/sensors, or `{"id", "retired": true}`.
+- `notification`: the notifier's record of an alert changed; `data` is the record as
+  /v1/alerts/{id}/notifications serves it (`notifications` null: the record was dropped).
 - `gap`: sent first when `Last-Event-ID` asks for events the server no longer holds (it keeps
   the last `--stream-buffer` events, 10,000 by default, and forgets them on restart), or when
   a slow client falls behind that buffer; `data` says why and how many were missed (when

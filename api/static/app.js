@@ -39,6 +39,7 @@
   const sensors = new Map(); // id -> {props, marker}
   const streets = new Map(); // registry name -> {props, line, label}
   const alerts = new Map(); // alert_id -> alert (active ones)
+  const notifications = new Map(); // alert_id -> the notifier's record (who was told, when)
   let selected = null;
   let userSelected = false;
   let chartPoints = [];
@@ -103,6 +104,7 @@
     for (const entry of sensors.values()) styleSensor(entry);
     renderAlerts();
     renderDetail();
+    renderHistory();
     drawChart();
     renderWho();
     renderStatus();
@@ -144,9 +146,11 @@
     return response;
   }
 
-  // Exactly why an action failed, in the operator's language.
-  function failure(error) {
+  // Exactly why an action failed, in the operator's language; `own` words an action's own
+  // refusals (status -> key), e.g. a 404 when ending a maintenance that already ended.
+  function failure(error, own) {
     const status = error instanceof ApiError ? error.status : 0;
+    if (own && own[status]) return { key: own[status] };
     if (status === 0) return { key: "error.network" };
     if (status === 401) return { key: apiKey ? "error.wrong_key" : "error.no_key" };
     if (status === 403) return { key: "error.viewer_key" };
@@ -232,7 +236,11 @@
     const swatch = document.createElement("i");
     swatch.className = "swatch stale";
     stale.append(swatch, t("legend.stale"));
-    list.append(stale);
+    const maint = document.createElement("li");
+    const grey = document.createElement("i");
+    grey.className = "swatch maint";
+    maint.append(grey, t("legend.maintenance"));
+    list.append(stale, maint);
     const note = document.createElement("p");
     note.className = "legend-note";
     note.textContent = t("legend.note");
@@ -242,7 +250,8 @@
   function sensorTooltip(p) {
     const depth = p.level_cm === null ? t("detail.no_reading") :
       t("row.depth", { depth: num(p.level_cm, 1) });
-    return `${placeName(p)} (${p.id}) · ${depth} · ${levelText(ladderOf(p), p.level_name)}`;
+    const text = `${placeName(p)} (${p.id}) · ${depth} · ${levelText(ladderOf(p), p.level_name)}`;
+    return p.maintenance ? `${text} · ${maintText(p.maintenance)}` : text;
   }
 
   function upsertSensor(p) {
@@ -280,15 +289,18 @@
   function styleSensor(entry) {
     const p = entry.props;
     const known = p.level !== null && p.level !== undefined;
+    // Under maintenance: grey (its readings are still judged, but it tells nobody).
     entry.marker.setStyle({
-      fillColor: !known || p.stale ? color("--stale") : levelColor(p.level),
-      dashArray: p.stale ? "3 3" : null,
+      fillColor: p.maintenance ? color("--maint") :
+        !known || p.stale ? color("--stale") : levelColor(p.level),
+      dashArray: p.stale || p.maintenance ? "3 3" : null,
     });
     entry.marker.setTooltipContent(sensorTooltip(p));
     const el = entry.marker.getElement();
     if (el) {
       el.setAttribute("data-level", known ? String(p.level) : "");
       el.setAttribute("data-stale", String(p.stale));
+      el.setAttribute("data-maintenance", String(Boolean(p.maintenance)));
     }
     if (p.kind === "tide") {
       const text = p.level_cm === null ? t("map.gauge_nodata", { name: placeName(p) }) :
@@ -367,19 +379,33 @@
   function styleStreet(entry) {
     const p = entry.props;
     const known = p.level !== null && p.level !== undefined;
-    entry.line.setStyle({ color: known ? levelColor(p.level) : color("--stale") });
+    const maint = streetMaintenance(p.name);
+    entry.line.setStyle({
+      color: maint.all ? color("--maint") : known ? levelColor(p.level) : color("--stale"),
+      dashArray: maint.all ? "14 10" : null,
+    });
     const path = entry.line.getElement();
-    if (path) path.setAttribute("data-level", known ? String(p.level) : "");
+    if (path) {
+      path.setAttribute("data-level", known ? String(p.level) : "");
+      path.setAttribute("data-maintenance", String(maint.all));
+    }
     // "Quốc Hương 52 cm · Cấm lưu thông": the name, then the depth and the engine's level.
     const content = el("span", "label-text");
     content.append(el("span", "label-name", placeName(p)), " ", el("span", "label-state",
       p.level_cm === null ? t("map.label_nodata") :
         t("map.label_state", { depth: num(p.level_cm, 0), level: levelText("street", p.level_name) })));
+    if (maint.all) {
+      // The phone's narrow map shows only "bảo trì"; the row below says until when.
+      const flag = el("span", "label-maint", t("maint.label"));
+      flag.append(el("span", "label-until", ` ${t("maint.label_until", { until: whenText(maint.record.until) })}`));
+      content.append(" ", flag);
+    }
     entry.label.setContent(content);
     const labelEl = entry.label.getElement();
     if (labelEl) {
       labelEl.dataset.level = known ? String(p.level) : "";
       labelEl.dataset.street = p.name;
+      labelEl.dataset.maintenance = String(maint.all);
     }
   }
 
@@ -431,6 +457,96 @@
     if (className) node.className = className;
     if (text !== undefined) node.textContent = text;
     return node;
+  }
+
+  // --- maintenance and notifications on the rows -------------------------------------------
+  // A time today as 14:02; another day with its date, so "until" is never ambiguous.
+  function whenText(iso) {
+    if (!iso) return "–";
+    const day = (d) => new Intl.DateTimeFormat("en-CA", { timeZone: ZONE }).format(d);
+    const at = new Date(iso);
+    if (day(at) === day(new Date())) return hhmm(iso);
+    // Day/month as both languages write it here (06/12), whatever the locale's separator.
+    const parts = new Intl.DateTimeFormat("en-GB", { timeZone: ZONE, day: "2-digit", month: "2-digit" })
+      .formatToParts(at);
+    const part = (type) => (parts.find((p) => p.type === type) || {}).value;
+    return t("maint.when_day", { time: hhmm(iso), date: `${part("day")}/${part("month")}` });
+  }
+
+  function maintText(m) {
+    return t("maint.text", { reason: m.reason, who: m.who, until: whenText(m.until) });
+  }
+
+  // A street is under maintenance when every sensor on it is (how the API puts a street
+  // under); `some` lists the sensors under their own maintenance.
+  function streetMaintenance(name) {
+    const members = [...sensors.values()].map((s) => s.props).filter((p) => p.street === name);
+    const under = members.filter((p) => p.maintenance);
+    const all = members.length > 0 && under.length === members.length;
+    return { all, record: all ? under[0].maintenance : null, some: all ? [] : under };
+  }
+
+  function maintLine(text) {
+    const line = el("div", "maint-line");
+    line.append(el("span", "maint-flag", t("maint.silenced")), " ", el("span", "maint-why", text));
+    return line;
+  }
+
+  // Phone numbers and e-mail addresses are shown in part only: the page is on a wall screen.
+  function mask(text) {
+    if (text === null || text === undefined) return "";
+    return String(text)
+      .replace(/([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)/g,
+        (m, first, domain) => `${first}•••@${domain}`)
+      .replace(/\+?\d[\d .-]{6,}\d/g, (m) => {
+        const digits = m.replace(/\D/g, "");
+        return digits.length < 8 ? m : `${digits.slice(0, 3)}${"•".repeat(digits.length - 5)}${digits.slice(-2)}`;
+      });
+  }
+
+  const STATUSES = ["delivered", "pending", "held", "dead", "suppressed"];
+  const statusText = (status) => t(`notify.status.${STATUSES.includes(status) ? status : "pending"}`);
+
+  // "Đã báo 3 người · 14:02", what waits, what failed, and the next escalation step.
+  function notifySummary(alertIds) {
+    const records = alertIds.map((id) => notifications.get(id)).filter(Boolean);
+    const items = records.flatMap((r) => r.notifications || []);
+    const parts = [];
+    let bad = false;
+    const delivered = items.filter((i) => i.status === "delivered");
+    if (delivered.length) {
+      const people = new Set(delivered.map((i) => i.recipient)).size;
+      const last = delivered.map((i) => i.delivered_at || i.queued_at).sort().pop();
+      parts.push(t(people === 1 ? "notify.told_one" : "notify.told", { count: people, time: hhmm(last) }));
+    }
+    const count = (statuses) => items.filter((i) => statuses.includes(i.status)).length;
+    const waiting = count(["pending", "held"]);
+    if (waiting) parts.push(t("notify.waiting", { count: waiting }));
+    const dead = count(["dead"]);
+    if (dead) {
+      parts.push(t("notify.failed", { count: dead }));
+      bad = true;
+    }
+    const suppressed = count(["suppressed"]);
+    if (suppressed) parts.push(t("notify.suppressed", { count: suppressed }));
+    const next = records.map((r) => r.escalation).filter((e) => e && e.waiting && e.next_at)
+      .sort((a, b) => String(a.next_at).localeCompare(String(b.next_at)))[0];
+    if (next) parts.push(t("notify.next", { tier: next.next_tier, time: hhmm(next.next_at) }));
+    if (!parts.length) parts.push(t("notify.none"));
+    return { text: parts.join(" · "), bad, shown: items.length > 0 || Boolean(next) };
+  }
+
+  function notifyLine(target, alertIds) {
+    const line = el("div", "notify-line");
+    const summary = notifySummary(alertIds);
+    const text = el("span", summary.bad ? "notify-text bad" : "notify-text", summary.text);
+    const button = el("button", "history", t("notify.open"));
+    button.type = "button";
+    button.addEventListener("click", () => openHistory(target));
+    // Nothing to list (nobody told, nothing waiting): the summary alone says so.
+    line.append(text);
+    if (summary.shown) line.append(button);
+    return line;
   }
 
   function ackButton(onClick) {
@@ -485,6 +601,15 @@
       })).join(" → ");
       li.append(el("div", "meta history", t("row.history", { steps })));
     }
+    const maint = streetMaintenance(p.name);
+    if (maint.all) {
+      li.dataset.maintenance = "true";
+      li.append(maintLine(maintText(maint.record)));
+    }
+    for (const s of maint.some) {
+      li.append(maintLine(t("maint.sensor_text", { sensor: s.id, text: maintText(s.maintenance) })));
+    }
+    if (p.alerts && p.alerts.length) li.append(notifyLine({ street: p.name }, p.alerts));
     li.addEventListener("click", (event) => {
       if (event.target.closest("button")) return;
       if (p.worst_sensor) selectSensor(p.worst_sensor, true);
@@ -524,6 +649,15 @@
       li.append(foot);
     }
     li.append(place);
+    if (sensor && sensor.props.maintenance) {
+      li.dataset.maintenance = "true";
+      const line = maintLine(maintText(sensor.props.maintenance));
+      line.classList.add("wide");
+      li.append(line);
+    }
+    const notify = notifyLine({ alert: a.alert_id }, [a.alert_id]);
+    notify.classList.add("wide");
+    li.append(notify);
     li.addEventListener("click", (event) => {
       if (!event.target.closest("button")) selectSensor(a.sensor, true);
     });
@@ -620,6 +754,273 @@
     ackDialog.close();
   });
 
+  // --- notification history ---------------------------------------------------------------
+  // A panel over the page (the live feed keeps running behind it), re-drawn as records come.
+  const historyDialog = document.getElementById("history-dialog");
+  let historyTarget = null; // {street} or {alert}
+  const CHANNELS = ["webhook", "email", "sms", "zalo_zns", "log"];
+  const MESSAGES = ["raised", "escalated", "deescalated", "unacknowledged", "acknowledged",
+    "cleared", "episode", "maintenance_over"];
+
+  // The alerts the panel opened with stay in it after they clear (so their "cleared"
+  // announcements show), with any the street raised since.
+  function historyAlertIds(target) {
+    if (target.alert) return [target.alert];
+    const entry = streets.get(target.street);
+    const now = entry && entry.props.alerts ? entry.props.alerts : [];
+    return [...new Set([...(target.ids || []), ...now])];
+  }
+
+  async function fetchNotifications(ids, force) {
+    const wanted = ids.filter((id) => force || !notifications.has(id));
+    await Promise.all(wanted.map(async (id) => {
+      try {
+        const response = await api(`/v1/alerts/${encodeURIComponent(id)}/notifications`);
+        notifications.set(id, await response.json());
+      } catch (e) { /* the stream brings it later */ }
+    }));
+  }
+
+  async function openHistory(target) {
+    historyTarget = Object.assign({}, target, { ids: historyAlertIds(target) });
+    if (!historyDialog.open) historyDialog.showModal();
+    renderHistory();
+    await fetchNotifications(historyAlertIds(historyTarget), true);
+    renderHistory();
+    renderAlerts();
+  }
+
+  function historyItem(item) {
+    const li = el("li", "history-item");
+    li.dataset.status = item.status;
+    li.dataset.message = item.message;
+    const channel = t(`notify.channel.${CHANNELS.includes(item.channel_type) ? item.channel_type : "log"}`);
+    const message = t(`notify.message.${MESSAGES.includes(item.message) ? item.message : "raised"}`);
+    li.append(
+      el("span", "h-time", hhmm(item.delivered_at || item.queued_at)),
+      el("span", "h-who", mask(item.recipient_name || item.recipient)),
+      el("span", "h-channel", `${channel} · ${mask(item.channel)}`),
+      el("span", "h-msg", message),
+      el("span", "h-tier", item.tier ? t("notify.tier", { tier: item.tier }) : t("notify.tier_first")),
+      el("span", `badge h-status status-${item.status}`, statusText(item.status)),
+      el("span", "h-break"), // a phone puts channel, message and tier on a line of their own
+    );
+    if (item.error && item.status !== "delivered") {
+      li.append(el("span", "h-error", t("notify.error", { attempts: item.attempts, error: mask(item.error) })));
+    }
+    return li;
+  }
+
+  function escalationText(e) {
+    if (!e) return "";
+    if (e.waiting && e.next_at) {
+      // The record names the next tier by recipient id; a name is known once one was told.
+      const names = new Map();
+      for (const r of notifications.values()) {
+        for (const i of r.notifications || []) names.set(i.recipient, i.recipient_name || i.recipient);
+      }
+      const who = (e.next_notify || []).map((id) => mask(names.get(id) || id)).join(", ");
+      return t("notify.escalation_next", { tier: e.next_tier, time: hhmm(e.next_at), who: who || "–" });
+    }
+    if (e.stopped_by === "acknowledged") return t("notify.escalation_acked");
+    if (e.stopped_by === "cleared") return t("notify.escalation_cleared");
+    return "";
+  }
+
+  function renderHistory() {
+    if (!historyTarget || !historyDialog.open) return;
+    const ids = historyAlertIds(historyTarget);
+    const first = notifications.get(ids[0]) || {};
+    const what = historyTarget.street ? streetName(historyTarget.street) :
+      (alerts.get(ids[0]) || (first.alert || {})).sensor || ids[0];
+    document.getElementById("history-title").textContent = t("notify.title", { what });
+    const body = document.getElementById("history-body");
+    const sections = ids.map((id) => {
+      const record = notifications.get(id) || {};
+      const alert = alerts.get(id) || record.alert || {};
+      const sensorId = alert.sensor || id.split(":")[0];
+      const sensor = sensors.get(sensorId);
+      const section = el("section", "history-alert");
+      section.dataset.alertId = id;
+      const head = [kindText(alert.kind), sensorId];
+      if (sensor) head.push(placeName(sensor.props));
+      if (alert.state) head.push(stateText(alert.state));
+      section.append(el("h3", "", head.join(" · ")));
+      const under = sensor && sensor.props.maintenance ? sensor.props.maintenance : record.maintenance;
+      if (under) section.append(maintLine(maintText(under)));
+      const escalation = escalationText(record.escalation);
+      if (escalation) section.append(el("p", "escalation", escalation));
+      const items = (record.notifications || []).slice()
+        .sort((a, b) => String(a.queued_at).localeCompare(String(b.queued_at)));
+      if (items.length) {
+        const list = el("ol", "history-list");
+        list.append(...items.map(historyItem));
+        section.append(list);
+      } else {
+        section.append(el("p", "muted", t(under ? "notify.empty_maint" : "notify.empty")));
+      }
+      return section;
+    });
+    if (!sections.length) sections.push(el("p", "muted", t("notify.no_alerts")));
+    body.replaceChildren(...sections);
+  }
+
+  function closeHistory() {
+    historyTarget = null;
+    if (historyDialog.open) historyDialog.close();
+  }
+  document.getElementById("history-close").addEventListener("click", closeHistory);
+  historyDialog.addEventListener("close", () => { historyTarget = null; });
+
+  function applyNotification(record) {
+    if (!record || !record.alert_id) return;
+    if (record.notifications === null) notifications.delete(record.alert_id);
+    else notifications.set(record.alert_id, record);
+    renderAlerts();
+    renderHistory();
+  }
+
+  // --- maintenance ------------------------------------------------------------------------
+  // An operator puts the selected sensor, or its whole street, under maintenance (who comes
+  // from the key; why and until when are asked), and ends it. Viewers see no controls.
+  const maintDialog = document.getElementById("maint-dialog");
+  let maintTarget = null; // {sensor} or {street}, with end: true to end it
+  const ICT_OFFSET = "+07:00"; // Ho Chi Minh City keeps UTC+7 all year
+
+  function renderDetailMaintenance(p) {
+    const box = document.getElementById("detail-maint");
+    const parts = [];
+    if (p && p.maintenance) parts.push(maintLine(maintText(p.maintenance)));
+    if (p && role === "operator" && p.kind !== undefined) {
+      const buttons = el("div", "maint-buttons");
+      const add = (key, target, cls) => {
+        const button = el("button", cls, t(key, { street: streetName(p.street) }));
+        button.type = "button";
+        button.addEventListener("click", () => openMaintenance(target));
+        buttons.append(button);
+      };
+      if (!p.maintenance) {
+        add("maint.start_sensor", { sensor: p.id }, "maint-start-sensor");
+        if (p.kind !== "tide") add("maint.start_street", { street: p.street }, "maint-start-street");
+      } else if (p.maintenance.scope === "street") {
+        add("maint.end_street", { street: p.street, end: true }, "maint-end");
+      } else {
+        add("maint.end_sensor", { sensor: p.id, end: true }, "maint-end");
+      }
+      parts.push(buttons);
+    }
+    box.replaceChildren(...parts);
+    box.hidden = parts.length === 0;
+  }
+
+  function maintWhat(target) {
+    if (target.street) return streetName(target.street);
+    const entry = sensors.get(target.sensor);
+    return entry ? `${placeName(entry.props)} (${target.sensor})` : target.sensor;
+  }
+
+  function openMaintenance(target) {
+    maintTarget = target;
+    const what = maintWhat(target);
+    const kind = target.street ? "street" : "sensor";
+    document.getElementById("maint-title").textContent =
+      t(target.end ? `maint.end_title_${kind}` : `maint.title_${kind}`, { what });
+    document.getElementById("maint-body").textContent =
+      t(target.end ? "maint.end_body" : `maint.body_${kind}`, { who });
+    document.getElementById("maint-until-field").hidden = Boolean(target.end);
+    document.getElementById("maint-reason").value = "";
+    document.getElementById("maint-error").textContent = "";
+    document.getElementById("maint-confirm").disabled = false;
+    document.getElementById("maint-confirm").textContent = t(target.end ? "maint.end_confirm" : "maint.confirm");
+    if (!target.end) {
+      document.querySelector('input[name="maint-preset"][value="2"]').checked = true;
+      document.getElementById("maint-custom").value = "";
+      presetChanged();
+    }
+    if (!maintDialog.open) maintDialog.showModal();
+    document.getElementById("maint-reason").focus();
+  }
+
+  function chosenUntil() {
+    const preset = document.querySelector('input[name="maint-preset"]:checked').value;
+    if (preset !== "custom") return new Date(Date.now() + Number(preset) * 3600 * 1000);
+    const value = document.getElementById("maint-custom").value; // wall time in the city
+    if (!value) return null;
+    const at = new Date(`${value.length === 16 ? `${value}:00` : value}${ICT_OFFSET}`);
+    return Number.isNaN(at.getTime()) ? null : at;
+  }
+
+  function presetChanged() {
+    const custom = document.querySelector('input[name="maint-preset"]:checked').value === "custom";
+    const input = document.getElementById("maint-custom");
+    input.hidden = !custom;
+    if (custom && !input.value) {
+      // Start from 4 h ahead, in the city's wall time.
+      const ahead = new Date(Date.now() + 4 * 3600 * 1000 + 7 * 3600 * 1000);
+      input.value = ahead.toISOString().slice(0, 16);
+    }
+    const until = chosenUntil();
+    document.getElementById("maint-ends").textContent =
+      until ? t("maint.ends", { until: whenText(until.toISOString()) }) : "";
+  }
+  for (const radio of document.querySelectorAll('input[name="maint-preset"]')) {
+    radio.addEventListener("change", presetChanged);
+  }
+  document.getElementById("maint-custom").addEventListener("input", presetChanged);
+  document.getElementById("maint-reason").addEventListener("input", () => {
+    document.getElementById("maint-error").textContent = "";
+  });
+
+  async function sendMaintenance(event) {
+    event.preventDefault();
+    if (!maintTarget) return;
+    const target = maintTarget;
+    const reason = document.getElementById("maint-reason").value.trim();
+    const error = document.getElementById("maint-error");
+    if (!reason) {
+      error.textContent = t("maint.need_reason");
+      return;
+    }
+    let until = null;
+    if (!target.end) {
+      until = chosenUntil();
+      if (!until || until.getTime() <= Date.now()) {
+        error.textContent = t("maint.need_until");
+        return;
+      }
+    }
+    const confirm = document.getElementById("maint-confirm");
+    confirm.disabled = true;
+    error.textContent = t("ack.sending");
+    const path = target.street ?
+      `/v1/maintenance/streets/${encodeURIComponent(target.street)}` :
+      `/v1/maintenance/sensors/${encodeURIComponent(target.sensor)}`;
+    try {
+      const response = target.end ?
+        await api(`${path}?reason=${encodeURIComponent(reason)}`, { method: "DELETE" }) :
+        await api(path, {
+          method: "POST", headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ reason, until: until.toISOString() }),
+        });
+      await response.json();
+      maintDialog.close();
+      maintTarget = null;
+      setNotice(target.end ? "maint.done_end" : "maint.done_start", { what: maintWhat(target) }, "ok");
+      // The API streams each sensor's change; this catches up at once if the stream lags.
+      await loadAll().catch(() => {});
+    } catch (e) {
+      const why = failure(e, target.end ? { 403: "maint.viewer_key", 404: "maint.not_under" } :
+        { 403: "maint.viewer_key", 404: "maint.no_sensor", 422: "maint.refused" });
+      error.textContent = t(why.key, why.params || { detail: e.message });
+      confirm.disabled = false;
+    }
+  }
+  document.getElementById("maint-form").addEventListener("submit", sendMaintenance);
+  document.getElementById("maint-cancel").addEventListener("click", () => {
+    maintTarget = null;
+    maintDialog.close();
+  });
+
   // --- sensor detail and chart ------------------------------------------------------------
   function renderDetail() {
     const entry = selected ? sensors.get(selected) : null;
@@ -628,6 +1029,7 @@
       title.textContent = t("detail.select");
       document.getElementById("detail-facts").textContent = "";
       document.getElementById("detail-verdict").textContent = "";
+      renderDetailMaintenance(null);
       return;
     }
     const p = entry.props;
@@ -643,6 +1045,7 @@
     if (p.stale) facts.push(t("detail.stale"));
     document.getElementById("detail-facts").textContent = facts.join(" · ");
     document.getElementById("detail-verdict").textContent = verdictText(p);
+    renderDetailMaintenance(p);
   }
 
   async function selectSensor(id, byUser) {
@@ -807,8 +1210,21 @@
       replaceSensorAlerts(data.sensor, data.alerts);
       if (data.properties) mergeSensor(data.properties);
       renderAlerts();
+      renderHistory();
       scheduleStreets();
+      fetchNotifications(data.alerts.filter((a) => a.active).map((a) => a.alert_id), false)
+        .then(renderAlerts);
+    } else if (type === "sensor") {
+      // An operator's change: maintenance (grey, with why and until when), calibration.
+      if (data.retired) return scheduleStreets();
+      mergeSensor(data);
+      for (const entry of streets.values()) styleStreet(entry);
+      renderAlerts();
+      scheduleStreets();
+    } else if (type === "notification") {
+      applyNotification(data);
     } else if (type === "gap") {
+      notifications.clear();
       loadAll();
     }
   }
@@ -885,7 +1301,17 @@
     streetCollection.features.forEach(upsertStreet);
     alerts.clear();
     for (const a of alertPage.alerts) alerts.set(a.alert_id, a);
+    for (const entry of streets.values()) styleStreet(entry); // a street's maintenance
     renderAlerts();
+    // Each open alert's notification record, once; the stream keeps them current. Records
+    // of alerts no longer open are forgotten.
+    const shown = historyTarget ? historyAlertIds(historyTarget) : [];
+    for (const id of notifications.keys()) {
+      if (!alerts.has(id) && !shown.includes(id)) notifications.delete(id);
+    }
+    await fetchNotifications([...alerts.keys()], false);
+    renderAlerts();
+    renderHistory();
     if (!fitted && streetCollection.features.length) {
       // Fit the ward around its streets (the river beside them); the Phu An gauge may then
       // sit outside, shown by its hint at the edge. Room on the right for the labels.
@@ -915,6 +1341,7 @@
     who = me.name;
     renderWho();
     renderAlerts();
+    renderDetail();
   }
 
   async function start() {
@@ -962,6 +1389,7 @@
       keyDialog.close();
       renderWho();
       renderAlerts();
+      renderDetail();
       setNotice(null);
       if (changed || streamState !== "live") {
         await loadAll().catch(() => {});
@@ -980,6 +1408,7 @@
     document.getElementById("key-error").textContent = t("key.forgotten");
     renderWho();
     renderAlerts();
+    renderDetail();
   });
   document.getElementById("key-close").addEventListener("click", () => keyDialog.close());
   document.getElementById("key-button").addEventListener("click", () => askForKey(""));

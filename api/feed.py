@@ -189,6 +189,7 @@ class LiveFeed:
         topics: Topics,
         handler: FeedHandler,
         loop: asyncio.AbstractEventLoop,
+        client_id: str = "",
     ) -> None:
         self.endpoint = endpoint
         self.topics = topics
@@ -205,7 +206,8 @@ class LiveFeed:
         self._handler = handler
         self._loop = loop
         # The one id the broker lets this login use; admin is unbound and gets an assigned one.
-        self._client_id = bound_client_id(endpoint.username) or ""
+        # API replicas on a NATS cluster (which binds no ids) need one each (--client-id).
+        self._client_id = client_id or bound_client_id(endpoint.username) or ""
         self._routes: list[tuple[str, Callable[[Delivery], None]]] = []
         self._inbox: deque[Delivery] = deque()
         self._drain_scheduled = False

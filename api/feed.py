@@ -23,7 +23,7 @@ from paho.mqtt.client import topic_matches_sub
 from api.alerts import alert_json, record_from_payload
 from api.eventlog import EventLog
 from api.geo import sensor_properties
-from api.live import LiveState, parse_alert_payload, summarise_alerts
+from api.live import LiveState, alert_time_ns, parse_alert_payload, summarise_alerts
 from api.metrics import Metrics
 from floodwatch.credentials import bound_client_id
 from floodwatch.decode import decode_message
@@ -95,9 +95,12 @@ class FeedHandler:
         now_ns = self._clock()
         for sensor_id in sorted(newest):
             now = self.state.get(sensor_id)
-            assert now is not None
+            assert now is not None and now.reading is not None
             data = orjson.dumps(sensor_properties(now, now_ns)).decode()
-            self.events.publish("reading", data)
+            # Its id from the reading itself, so every API replica gives it the same one.
+            held = now.reading
+            source = f"{sensor_id} {held.time_ns} {held.level_cm!r}".encode()
+            self.events.publish("reading", data, held.time_ns, source)
 
     def operation(self, topic: str, payload: bytes) -> bool:
         """Maintenance, registry overrides and the notifier's records; False for others."""
@@ -106,7 +109,7 @@ class FeedHandler:
         if sensor_id is not None:
             record = Maintenance.from_json(sensor_id, payload)
             if self.state.apply_maintenance(sensor_id, record):
-                self.sensor_changed(sensor_id)
+                self.sensor_changed(sensor_id, payload)
             self.metrics.mqtt_messages.inc(("maintenance",))
             return True
         sensor_id = topics.last_level(topic, self._registry_prefix)
@@ -116,7 +119,7 @@ class FeedHandler:
                 log.error("registry override skipped: %s", problem)
             if registry is not None:
                 self.state.apply_registry(registry)
-                self.sensor_changed(sensor_id)
+                self.sensor_changed(sensor_id, payload)
             self.metrics.mqtt_messages.inc(("registry",))
             return True
         if topic.startswith(self._notifications_prefix):
@@ -129,16 +132,17 @@ class FeedHandler:
             return True
         return False
 
-    def sensor_changed(self, sensor_id: str) -> None:
+    def sensor_changed(self, sensor_id: str, payload: bytes) -> None:
         """A `sensor` stream event: the sensor as /v1/sensors shows it now (maintenance,
-        calibration, an added sensor), or `{"id", "retired": true}` when it left."""
+        calibration, an added sensor), or `{"id", "retired": true}` when it left. `payload`
+        is the operator's message behind it (the event's id)."""
+        now_ns = self._clock()
         now = self.state.get(sensor_id)
         data: dict[str, object] = (
-            {"id": sensor_id, "retired": True}
-            if now is None
-            else sensor_properties(now, self._clock())
+            {"id": sensor_id, "retired": True} if now is None else sensor_properties(now, now_ns)
         )
-        self.events.publish("sensor", orjson.dumps(data).decode())
+        source = sensor_id.encode() + b"\0" + payload
+        self.events.publish("sensor", orjson.dumps(data).decode(), now_ns, source)
 
     def alerts(self, sensor_id: str, payload: bytes, received_at_ns: int) -> None:
         """A retained `alerts/{id}` payload replaces that sensor's alerts."""
@@ -170,7 +174,10 @@ class FeedHandler:
             # stale flag as well as its alert level.
             "properties": sensor_properties(now, self._clock()),
         }
-        self.events.publish("alert", orjson.dumps(data).decode())
+        # Keyed by the engine's reading time, so every replica gives it the same id.
+        key_ns = alert_time_ns(parsed.envelope or {}, "reading_time") or received_at_ns
+        source = sensor_id.encode() + b"\0" + payload
+        self.events.publish("alert", orjson.dumps(data).decode(), key_ns, source)
 
 
 class LiveFeed:

@@ -5,8 +5,8 @@ threads. A client speaks MQTT v5, or 3.1.1 when its endpoint says so (`--mqtt-pr
 for NATS's MQTT listener in the clustered mode, which refuses v5). What 3.1.1 cannot express:
 
 - a session's expiry: a persistent session is `clean_session=False` and lives as long as the
-  broker's own setting says (Mosquitto's `persistent_client_expiration`, NATS: until a clean
-  connect), whatever `session_expiry_s` asks;
+  broker's own settings say (Mosquitto's `persistent_client_expiration`), whatever
+  `session_expiry_s` asks;
 - Retain Handling: `Subscription(replay_retained=False)` is done here, on the client: in 3.1.1
   a delivery carries the retain flag only when it was replayed from the broker's store at
   subscription, so such a delivery is acknowledged and dropped, and counted

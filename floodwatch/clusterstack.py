@@ -318,6 +318,8 @@ def start_cluster_stack(
                 "--cluster",
                 "--partitions",
                 str(partitions),
+                "--mqtt-protocol",
+                CLUSTER_MQTT_PROTOCOL,
                 "--client-id",
                 client_id,
             ]
@@ -337,7 +339,8 @@ def start_cluster_stack(
         for k in range(1, api_replicas + 1):
             name = f"api-{k}"
             port = free_port()
-            args = ["--port", str(port), "--client-id", f"floodwatch-api-{k}"]
+            args = ["--port", str(port), "--mqtt-protocol", CLUSTER_MQTT_PROTOCOL]
+            args += ["--client-id", f"floodwatch-api-{k}"]
             if api_keys is not None:
                 args += ["--api-keys", str(api_keys)]
             args.append("--anonymous-read")
@@ -360,7 +363,10 @@ def start_cluster_stack(
             street = _app(
                 "simulator",
                 "simulators",
-                ["run", "demo", "--speed", str(speed), "--timestamps", "wall", "--loop"],
+                [
+                    *("run", "demo", "--speed", str(speed), "--timestamps", "wall", "--loop"),
+                    *("--mqtt-protocol", CLUSTER_MQTT_PROTOCOL),
+                ],
                 {
                     **base_env,
                     "FLOODWATCH_MQTT_URL": f"mqtt://127.0.0.1:{front.port}",

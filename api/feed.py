@@ -23,7 +23,13 @@ from paho.mqtt.client import topic_matches_sub
 from api.alerts import alert_json, record_from_payload
 from api.eventlog import EventLog
 from api.geo import sensor_properties
-from api.live import LiveState, alert_time_ns, parse_alert_payload, summarise_alerts
+from api.live import (
+    AlertPayload,
+    LiveState,
+    alert_time_ns,
+    parse_alert_payload,
+    summarise_alerts,
+)
 from api.metrics import Metrics
 from floodwatch.credentials import bound_client_id
 from floodwatch.decode import decode_message
@@ -39,6 +45,17 @@ log = logging.getLogger(__name__)
 # How long an MQTT attempt waits for the broker's answer, and the cap on the wait between them.
 ATTEMPT_TIMEOUT_S = 5.0
 MAX_RETRY_DELAY_S = 10.0
+
+
+def alert_event_key(
+    sensor_id: str, parsed: AlertPayload, payload: bytes, previous: bytes, previous_key_ns: int
+) -> tuple[int, bytes]:
+    """(key_ns, source) of an `alert` stream event's id (api.eventlog.event_id): keyed by the
+    engine's reading time; a cleared (empty) payload has none and takes the previous payload's
+    key. The source holds the previous payload too, so each clearing differs. All of it is
+    what every replica heard, in the broker's order for the topic, so their ids agree."""
+    key_ns = alert_time_ns(parsed.envelope or {}, "reading_time") or previous_key_ns
+    return key_ns, b"\0".join((sensor_id.encode(), payload, previous))
 
 
 class FeedHandler:
@@ -64,6 +81,10 @@ class FeedHandler:
         self._maintenance_prefix = topics.maintenance("")
         self._registry_prefix = topics.registry_override("")
         self._notifications_prefix = topics.notifications("")
+        self._partition_prefix = f"{topics.base}/part/"
+        # The sensor's last alerts payload: the next one's event id is made with it, so that
+        # a cleared (empty) payload too gets the same id on every API replica.
+        self._alert_payloads: dict[str, tuple[bytes, int]] = {}
 
     @property
     def registry(self) -> Registry:
@@ -75,6 +96,7 @@ class FeedHandler:
             return
         if self.operation(topic, payload):
             return
+        topic = self.contract_topic(topic)
         decoded = decode_message(
             self.topics, self.registry, topic, payload, received_at_ns, retained
         )
@@ -101,6 +123,18 @@ class FeedHandler:
             held = now.reading
             source = f"{sensor_id} {held.time_ns} {held.level_cm!r}".encode()
             self.events.publish("reading", data, held.time_ns, source)
+
+    def contract_topic(self, topic: str) -> str:
+        """On a NATS cluster the account's mapping moves a sensor's publish to
+        `ROOT/v1/part/P/WARD/ID/reading|status` (docs/CLUSTER.md) before subscribers see it:
+        the contract's topic for it; any other topic unchanged."""
+        if not topic.startswith(self._partition_prefix):
+            return topic
+        levels = topic[len(self._partition_prefix) :].split("/")
+        if len(levels) != 4:
+            return topic
+        sensor_id, channel = levels[2], levels[3]
+        return f"{self.topics.base}/sensors/{sensor_id}/{channel}"
 
     def operation(self, topic: str, payload: bytes) -> bool:
         """Maintenance, registry overrides and the notifier's records; False for others."""
@@ -158,6 +192,9 @@ class FeedHandler:
             log.warning("alert payload ignored: %s", exc)
             return
         self.metrics.mqtt_messages.inc(("alert",))
+        previous, previous_key = self._alert_payloads.get(sensor_id, (b"", 0))
+        key_ns, source = alert_event_key(sensor_id, parsed, payload, previous, previous_key)
+        self._alert_payloads[sensor_id] = (payload, key_ns)
         alerts = parsed.alerts
         if not self.state.apply_alerts(sensor_id, alerts, received_at_ns, parsed.envelope):
             return
@@ -174,9 +211,6 @@ class FeedHandler:
             # stale flag as well as its alert level.
             "properties": sensor_properties(now, self._clock()),
         }
-        # Keyed by the engine's reading time, so every replica gives it the same id.
-        key_ns = alert_time_ns(parsed.envelope or {}, "reading_time") or received_at_ns
-        source = sensor_id.encode() + b"\0" + payload
         self.events.publish("alert", orjson.dumps(data).decode(), key_ns, source)
 
 
@@ -204,6 +238,9 @@ class LiveFeed:
         self._subscriptions = [
             (topics.all_readings, 1),
             (topics.all_statuses, 1),
+            # The same, on a NATS cluster (FeedHandler.contract_topic).
+            (f"{topics.base}/part/+/+/+/reading", 1),
+            (f"{topics.base}/part/+/+/+/status", 1),
             (f"{topics.base}/alerts/+", 1),
             # Operators' changes and the notifier's records (floodwatch.operations).
             (topics.maintenance("+"), 1),

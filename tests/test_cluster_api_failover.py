@@ -1,0 +1,287 @@
+"""Fault test 4 of issue 14: SIGKILL the API replica serving a page and an SSE client, on the
+clustered stack (floodwatch.clusterstack: 3 NATS nodes, HAProxy's MQTT and API fronts, 2 API
+replicas as real processes, influxd). Both continue through the front door: the SSE client
+resumes with Last-Event-ID and misses no event, the page shows the alerts raised after the kill
+and its feed-lost banner clears.
+
+No cluster ingest worker runs here (the `worker` branch builds it): a stand-in judges the
+readings with ingest's own engine (`alerts.step`) and decoder and publishes the retained
+`alerts/{id}` payloads with ingest's serialiser (`alerts.sensor_payload`) over MQTT 3.1.1
+through the MQTT front with the `ingest` login, as ingest does; the readings are published
+through the same front by each sensor with its own login.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+import httpx
+import orjson
+import pytest
+
+from alerts import AlertEvent, EngineState, new_state, readings_to_arrays, sensor_payload, step
+from api.eventlog import event_id
+from api.feed import alert_event_key
+from api.live import parse_alert_payload
+from floodwatch.clusterstack import ClusterStack, start_cluster_stack
+from floodwatch.decode import decode_message
+from floodwatch.mqtt import MqttConnection
+from floodwatch.registry import SHIPPED_REGISTRY, load_registry
+from floodwatch.settings import MQTT_V311
+from floodwatch.topics import Topics
+from tests.test_api_browser import CHROMIUM, LAUNCH_ARGS
+from tests.test_api_support import wait_for
+
+REGISTRY = load_registry(SHIPPED_REGISTRY)
+TOPICS = Topics("floodwatch")
+SENSORS = ("qh-02", "qh-03")  # one street: thresholds 10, 20, 30, 50 cm
+TIME_SCALE = 60.0
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterStack]:
+    data = tmp_path_factory.mktemp("clusterstack")
+    with start_cluster_stack(
+        data, workers=0, api_replicas=2, simulator=False, speed=str(TIME_SCALE)
+    ) as running:
+        yield running
+
+
+@dataclass
+class StandIn:
+    """The sensors and ingest's alert path, publishing through the MQTT front."""
+
+    stack: ClusterStack
+    state: EngineState = field(init=False)
+    sensors: dict[str, MqttConnection] = field(default_factory=dict)
+    ingest: MqttConnection | None = None
+    # Every alerts/{id} payload published, per sensor, in order.
+    published: dict[str, list[bytes]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.state = new_state(REGISTRY, time.time_ns(), TIME_SCALE)
+
+    def __enter__(self) -> StandIn:
+        front = self.stack.mqtt_front
+        for sensor_id in SENSORS:
+            conn = MqttConnection(replace(front.endpoint(sensor_id), protocol=MQTT_V311), sensor_id)
+            conn.start(timeout_s=20)
+            self.sensors[sensor_id] = conn
+        self.ingest = MqttConnection(
+            replace(front.endpoint("ingest"), protocol=MQTT_V311), "floodwatch-ingest-1"
+        )
+        self.ingest.start(timeout_s=20)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for conn in [*self.sensors.values(), *([self.ingest] if self.ingest else [])]:
+            conn.stop()
+
+    def readings(self, levels_cm: list[float]) -> None:
+        """Each level from every sensor, judged and published as ingest would."""
+        assert self.ingest is not None
+        for level in levels_cm:
+            batch = []
+            for sensor_id, conn in self.sensors.items():
+                topic = TOPICS.reading(sensor_id)
+                payload = orjson.dumps({"ts": time.time_ns() // 10**6, "level_cm": level})
+                assert conn.publish_and_wait(topic, payload, timeout_s=10)
+                decoded = decode_message(TOPICS, REGISTRY, topic, payload, time.time_ns())
+                batch.extend(decoded.readings)
+            arrays = readings_to_arrays(batch, self.state.config.index)
+            self.state, events = step(self.state, arrays, time.time_ns())
+            touched = sorted({e.sensor_id for e in events if isinstance(e, AlertEvent)})
+            for sensor_id in touched:
+                payload = sensor_payload(self.state, sensor_id)
+                topic = TOPICS.alert(sensor_id)
+                assert self.ingest.publish_and_wait(topic, payload, retain=True, timeout_s=10)
+                self.published.setdefault(sensor_id, []).append(payload)
+
+    def expected_ids(self) -> set[str]:
+        """The ids every API replica gives the alert events these payloads make."""
+        ids = set()
+        for sensor_id, payloads in self.published.items():
+            previous, previous_key = b"", 0
+            for payload in payloads:
+                parsed = parse_alert_payload(payload, sensor_id)
+                key, source = alert_event_key(sensor_id, parsed, payload, previous, previous_key)
+                if payload != previous:
+                    ids.add(event_id("alert", key, source))
+                previous, previous_key = payload, key
+        return ids
+
+
+class SseClient(threading.Thread):
+    """A plain SSE client through the API front: reconnects with Last-Event-ID when dropped."""
+
+    def __init__(self, url: str, comeback: threading.Event | None = None) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        # Set: reconnect at once after a drop; else wait until it is set (a client that was
+        # away a while).
+        self.comeback = comeback
+        self.events: list[tuple[str, str, dict[str, object]]] = []  # (id, event, data)
+        self.connections: list[tuple[float, str]] = []  # (when, replica)
+        self.sent_ids: list[str | None] = []  # Last-Event-ID of each connection
+        self.last_id: str | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
+            with (
+                contextlib.suppress(httpx.HTTPError),
+                httpx.stream(
+                    "GET", f"{self.url}/v1/stream", headers=headers, timeout=30
+                ) as response,
+            ):
+                replica = response.headers.get("x-floodwatch-replica", "?")
+                self.connections.append((time.monotonic(), replica))
+                self.sent_ids.append(self.last_id)
+                self._read(response)
+            self.stop.wait(0.1)  # EventSource waits its `retry`; a short one here
+            if self.comeback is not None:
+                self.comeback.wait(60)
+
+    def _read(self, response: httpx.Response) -> None:
+        event, eid, data = "message", None, list[str]()
+        for line in response.iter_lines():
+            if self.stop.is_set():
+                return
+            if not line:
+                if data:
+                    if eid is not None:
+                        self.last_id = eid
+                    self.events.append((eid or "", event, orjson.loads("\n".join(data))))
+                event, eid, data = "message", None, []
+            elif line.startswith(":"):
+                continue
+            else:
+                name, _, value = line.partition(":")
+                value = value.removeprefix(" ")
+                if name == "event":
+                    event = value
+                elif name == "id":
+                    eid = value
+                elif name == "data":
+                    data.append(value)
+
+    def alert_ids(self) -> list[str]:
+        return [eid for eid, event, _ in self.events if event == "alert"]
+
+
+def _rise(start: float, stop: float, steps: int) -> list[float]:
+    return [start + (stop - start) * k / (steps - 1) for k in range(steps)]
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+def test_killing_the_api_replica_serving_a_page_and_an_sse_client(
+    stack: ClusterStack,
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    # Both clients on api-1 (the front sends api-2 nothing new meanwhile), then api-2 takes
+    # new connections again, as after a rolling upgrade.
+    stack.set_api_state("api-2", "drain")
+    page_streams: list[tuple[float, str]] = []
+    with sync_playwright() as playwright, StandIn(stack) as street:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        sse = SseClient(stack.api_url)
+        comeback = threading.Event()
+        late = SseClient(stack.api_url, comeback)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900}, bypass_csp=True)
+            page.on(
+                "response",
+                lambda r: (
+                    page_streams.append(
+                        (time.monotonic(), r.headers.get("x-floodwatch-replica", "?"))
+                    )
+                    if r.url.endswith("/v1/stream")
+                    else None
+                ),
+            )
+            page.goto(stack.api_url + "/")
+            page.wait_for_selector("body[data-loaded=true]")
+            page.wait_for_selector("#status[data-state=live]")
+            # Every state the status banner takes from now on.
+            page.evaluate(
+                "window.__states = []; new MutationObserver(() => window.__states.push("
+                "document.getElementById('status').dataset.state)).observe("
+                "document.getElementById('status'), {attributes: true})"
+            )
+            sse.start()
+            late.start()
+            wait_for(
+                lambda: len(sse.connections) == len(late.connections) == 1, 20, "the SSE streams"
+            )
+            assert [r for _, r in page_streams] == ["api-1"]
+            assert sse.connections[0][1] == late.connections[0][1] == "api-1"
+            stack.set_api_state("api-2", "ready")
+
+            # A flood rises to level 2 (10 and 20 cm crossed) while both watch api-1.
+            street.readings(_rise(2.0, 24.0, 8))
+            before = street.expected_ids()
+            assert len(before) >= 2
+            wait_for(
+                lambda: before <= set(sse.alert_ids()) and before <= set(late.alert_ids()),
+                20,
+                "the alerts before the kill",
+            )
+
+            api1 = stack.api("api-1")
+            assert api1.proc is not None
+            with page.expect_response(
+                lambda r: r.url.endswith("/v1/stream"), timeout=30_000
+            ) as new_stream:
+                killed_at, killed_wall = time.monotonic(), time.time()
+                api1.proc.send_signal(signal.SIGKILL)
+                api1.proc.wait(10)
+                # The flood goes on to level 4 (30 and 50 cm) while the clients are cut off.
+                street.readings(_rise(26.0, 56.0, 8))
+            expected = street.expected_ids()
+            after = expected - before
+            assert len(after) >= 2
+            # The late client missed them all; it resumes now and gets them from api-2's buffer.
+            assert not after & set(late.alert_ids())
+            comeback.set()
+            wait_for(lambda: expected <= set(late.alert_ids()), 30, "the late client's replay")
+            assert late.connections[1][1] == "api-2" and late.sent_ids[1] is not None
+
+            wait_for(lambda: len(sse.connections) >= 2, 30, "the SSE client's new stream")
+            wait_for(lambda: expected <= set(sse.alert_ids()), 30, "every alert event")
+            resumed_s = sse.connections[1][0] - killed_at
+            assert sse.connections[1][1] == "api-2"
+            assert sse.sent_ids[1] is not None  # it resumed with Last-Event-ID
+            got = sse.alert_ids()
+            duplicates = len(got) - len(set(got))
+            assert not [e for c in (sse, late) for _, e, _ in c.events if e == "gap"]
+
+            # The page: reconnected through the front to api-2, the banner cleared, and the
+            # level-4 flood raised after the kill shown on its sensors.
+            response = new_stream.value
+            timing = response.request.timing  # ms: epoch start, then relative
+            page_resumed_s = (timing["startTime"] + timing["responseStart"]) / 1000 - killed_wall
+            assert response.headers.get("x-floodwatch-replica") == "api-2"
+            page.wait_for_selector("#status[data-state=live]", timeout=30_000)
+            for sensor_id in SENSORS:
+                page.wait_for_selector(f'path.sensor-{sensor_id}[data-level="4"]', timeout=30_000)
+            states = page.evaluate("window.__states")
+            assert "retrying" in states and states[-1] == "live", states
+        finally:
+            for client in (sse, late):
+                client.stop.set()
+            comeback.set()
+            browser.close()
+    print(
+        f"\nfault 4: SSE client resumed on api-2 {resumed_s:.2f} s after the SIGKILL, the page "
+        f"{page_resumed_s:.2f} s; alert events {len(before)} before and {len(after)} after the "
+        f"kill, all received; {duplicates} repeated on resume"
+    )

@@ -16,8 +16,11 @@ describes it all in the stack.json layout shared with the single-node stack.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import os
+import re
 import shutil
 import socket as socketlib
 import subprocess
@@ -33,17 +36,30 @@ from floodwatch.cluster import (
     DEFAULT_PARTITIONS,
     ClusterError,
     LocalCluster,
+    NatsNode,
+    _create_mqtt_store,
+    accounts_config,
     ensure_partition_consumers,
+    haproxy_config,
     local_cluster,
+    node_config,
 )
-from floodwatch.credentials import Credentials, grant_database
+from floodwatch.credentials import (
+    _ENV_PASSWORDS,
+    Credentials,
+    grant_database,
+    load_sensor_credentials,
+    new_password,
+)
+from floodwatch.errors import FloodwatchError
 from floodwatch.localservices import (
     Service,
     free_port,
     influxd_service,
     running,
 )
-from floodwatch.registry import SHIPPED_REGISTRY, load_registry
+from floodwatch.registry import SHIPPED_REGISTRY, Registry, load_registry
+from floodwatch.settings import MQTT_V311, MqttEndpoint, parse_mqtt_url
 
 ROOT = Path(__file__).resolve().parent.parent
 # NATS's MQTT listener speaks only 3.1.1 (docs/CLUSTER.md).
@@ -80,7 +96,6 @@ global
     stats socket {socket} mode 600 level admin
 defaults
     mode http
-    option httplog
     timeout connect 2s
     timeout http-request 10s
     timeout http-keep-alive 10s
@@ -422,3 +437,158 @@ def start_cluster_stack(
         with running(*apps):
             stack.wait_apis_up([svc.name for svc in api_svcs])
             yield stack
+
+
+# -- docker-compose's `cluster` profile -----------------------------------------------------------
+
+# Inside compose every node listens on the standard ports of its own container.
+COMPOSE_NATS_PORTS = {"client": 4222, "mqtt": 1883, "cluster": 6222, "monitor": 8222}
+COMPOSE_API_PORT = 8000
+COMPOSE_API_FRONT_PORT = 8080
+DOCKER_RESOLVERS = """resolvers docker
+    nameserver dns 127.0.0.11:53
+    hold valid 1s
+"""
+
+
+def cluster_service_names(workers: int, api_replicas: int, size: int = 3) -> list[str]:
+    """The services of the clustered mode, as stack.json and compose's `cluster` profile name
+    them (the street and one-shot set-up jobs aside)."""
+    return [
+        *(f"nats-{k}" for k in range(1, size + 1)),
+        "mqtt-front",
+        "influxd",
+        *(f"ingest-{k}" for k in range(1, workers + 1)),
+        *(f"api-{k}" for k in range(1, api_replicas + 1)),
+        "api-front",
+    ]
+
+
+def compose_cluster_files(
+    out: Path,
+    credentials: Credentials,
+    registry: Registry,
+    partitions: int = DEFAULT_PARTITIONS,
+    api_replicas: int = DEFAULT_API_REPLICAS,
+    size: int = 3,
+) -> list[Path]:
+    """Write the configuration compose's `cluster` profile mounts: each NATS node's, the
+    accounts (users, permissions, the partition mappings; mode 0600) and both HAProxy fronts,
+    made by the same functions as the local cluster's, with container host names for
+    loopback addresses."""
+    out.mkdir(parents=True, exist_ok=True)
+    ports = COMPOSE_NATS_PORTS
+    nodes = [
+        NatsNode(f"nats-{k}", ports["client"], ports["mqtt"], ports["cluster"], ports["monitor"])
+        for k in range(1, size + 1)
+    ]
+    accounts = out / "nats-accounts.conf"
+    accounts.touch(mode=0o600, exist_ok=True)
+    accounts.chmod(0o600)
+    accounts.write_text(accounts_config(credentials, registry, partitions, new_password()))
+    written = [accounts]
+    for node in nodes:
+        peers = [p for p in nodes if p is not node]
+        text = node_config(node, peers, Path("/data"), accounts)
+        routes = ", ".join(f'"nats-route://{p.name}:{p.cluster_port}"' for p in peers)
+        text = re.sub(r"routes: \[.*\]", f"routes: [{routes}]", text)
+        text = text.replace('"127.0.0.1:', '"0.0.0.0:')
+        path = out / f"{node.name}.conf"
+        path.write_text(text)
+        written.append(path)
+    mqtt = haproxy_config(ports["mqtt"], nodes, 8404)
+    mqtt = re.sub(r"server (nats-\d+) 127\.0\.0\.1:", r"server \1 \1:", mqtt)
+    mqtt = mqtt.replace("bind 127.0.0.1:", "bind :")
+    replicas = [(f"api-{k}", COMPOSE_API_PORT) for k in range(1, api_replicas + 1)]
+    api = api_front_config(COMPOSE_API_FRONT_PORT, replicas, 8405, Path("/tmp/api-front.sock"))
+    api = re.sub(r"server (api-\d+) 127\.0\.0\.1:", r"server \1 \1:", api)
+    api = api.replace("bind 127.0.0.1:", "bind :")
+    for name, text in (("mqtt-front.cfg", mqtt), ("api-front.cfg", api)):
+        # Containers get a new address when they restart: ask Docker's DNS again, and start
+        # even while a node's name does not resolve yet.
+        text = re.sub(
+            r"^(    server \S+ \S+ .*)$",
+            r"\1 resolvers docker init-addr last,libc,none",
+            text,
+            flags=re.M,
+        )
+        text += DOCKER_RESOLVERS
+        path = out / name
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
+def prepare_cluster(
+    nats_urls: Sequence[str],
+    mqtt: MqttEndpoint,
+    credentials: Credentials,
+    root: str,
+    partitions: int,
+) -> list[str]:
+    """Before any sensor publishes: the MQTT listener's store (made at an account's first MQTT
+    connection) and every partition's consumer on it. Returns the consumers' names."""
+    _create_mqtt_store(mqtt.port, credentials, host=mqtt.host)
+    return asyncio.run(ensure_partition_consumers(nats_urls, root, partitions))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m floodwatch.clusterstack",
+        description="docker-compose's `cluster` profile: `config` writes the NATS nodes', "
+        "accounts' and HAProxy fronts' configuration from the broker logins "
+        "($MQTT_ADMIN_PASSWORD, $MQTT_INGEST_PASSWORD, $MQTT_API_PASSWORD, "
+        "$MQTT_NOTIFY_PASSWORD) and the sensors' (sensors.json of `python -m "
+        "floodwatch.credentials`); `prepare` creates the MQTT store and the partitions' "
+        "consumers on the running cluster (FLOODWATCH_NATS_URL, FLOODWATCH_MQTT_URL as admin). "
+        "Locally, `scripts/stack --cluster` does all of this itself.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    config = sub.add_parser("config", help="write the cluster's configuration files")
+    config.add_argument("--credentials", type=Path, default=Path("/credentials"))
+    config.add_argument("--out", type=Path, default=Path("/cluster"))
+    prepare = sub.add_parser("prepare", help="create the MQTT store and partition consumers")
+    for command in (config, prepare):
+        command.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS)
+    config.add_argument("--api-replicas", type=int, default=DEFAULT_API_REPLICAS)
+    prepare.add_argument(
+        "--topic-root", default=os.environ.get("FLOODWATCH_TOPIC_ROOT", "floodwatch")
+    )
+    args = parser.parse_args(argv)
+    passwords = {user: os.environ.get(var, "") for user, var in _ENV_PASSWORDS.items()}
+    missing = [_ENV_PASSWORDS[user] for user, value in passwords.items() if not value]
+    if missing:
+        print(
+            f"clusterstack: set {', '.join(missing)} (copy .env.example to .env)", file=sys.stderr
+        )
+        return 2
+    try:
+        sensors = (
+            load_sensor_credentials(Credentials.sensor_file(args.credentials))
+            if args.command == "config"
+            else {}
+        )
+        creds = Credentials(mqtt=passwords, influx={}, sensors=sensors)
+        if args.command == "config":
+            written = compose_cluster_files(
+                args.out, creds, load_registry(SHIPPED_REGISTRY), args.partitions, args.api_replicas
+            )
+            print(f"clusterstack: wrote {', '.join(p.name for p in written)} to {args.out}")
+            return 0
+        urls = [
+            u.strip() for u in os.environ.get("FLOODWATCH_NATS_URL", "").split(",") if u.strip()
+        ]
+        mqtt = parse_mqtt_url(os.environ.get("FLOODWATCH_MQTT_URL", ""), MQTT_V311)
+        if not urls:
+            print("clusterstack: set FLOODWATCH_NATS_URL (the nodes, as admin)", file=sys.stderr)
+            return 2
+        names = prepare_cluster(urls, mqtt, creds, args.topic_root, args.partitions)
+        print(f"clusterstack: {len(names)} partition consumers ready")
+        return 0
+    except FloodwatchError as exc:
+        print(f"clusterstack: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

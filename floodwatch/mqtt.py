@@ -267,6 +267,17 @@ class MqttConnection:
             )
         return True
 
+    def subscribe(self, subscriptions: Sequence[tuple[str, int] | Subscription]) -> None:
+        """Add subscriptions now (if connected) and at every reconnect from now on (any
+        thread): a partitioned ingest worker follows sensors added to its wards."""
+        new = [
+            (sub if isinstance(sub, Subscription) else Subscription(*sub)).paho()
+            for sub in subscriptions
+        ]
+        self._subscriptions = self._subscriptions + new
+        if new and self._connected.is_set():
+            self._client.subscribe(new)
+
     def pending_publishes(self) -> int:
         """Outgoing messages the broker has not yet acknowledged."""
         return len(self._client._out_messages)

@@ -28,7 +28,7 @@ from floodwatch.errors import (
 )
 from floodwatch.influx import InfluxClient
 from floodwatch.metrics import serve as serve_metrics
-from floodwatch.mqtt import Delivery, MqttConnection, Subscription
+from floodwatch.mqtt import Delivery, MqttConnection
 from floodwatch.registry import Registry, load_registry
 from floodwatch.settings import (
     TIME_SCALE,
@@ -48,6 +48,14 @@ from ingest.alerting import Alerting, Restored
 from ingest.metrics import ingest_metrics
 from ingest.operations import OperationsFollower, registry_in_force
 from ingest.outbox import Outbox
+from ingest.partitions import (
+    PartitionedAlerting,
+    PartitionRestore,
+    add_partition_options,
+    partition_settings,
+    reading_subscriptions,
+    restore_owned,
+)
 from ingest.pipeline import Ingest
 
 INGEST_OPTIONS = (
@@ -131,7 +139,9 @@ is stored in the `sensor_change` measurement.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return command_parser("python -m ingest", DESCRIPTION, INGEST_OPTIONS)
+    parser = command_parser("python -m ingest", DESCRIPTION, INGEST_OPTIONS)
+    add_partition_options(parser)
+    return parser
 
 
 STALE_CHECK_S = 1.0
@@ -311,6 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = ingest_settings(args)
+        parts = partition_settings(args)
         settings = config.shared
         outbox = None
         if config.outbox is not None:
@@ -323,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"--client-id {config.client_id!r} is a sensor's id in the registry, so that "
                 "sensor could take over ingest's session; choose another (FLOODWATCH_CLIENT_ID)"
             )
-        check_client_id(settings.mqtt.username, config.client_id)
+        # NATS cannot bind a client id to a login: the cluster's workers share `ingest`.
+        check_client_id(settings.mqtt.username, config.client_id, broker_binds=not parts.cluster)
     except FloodwatchError as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         return 2
@@ -399,7 +411,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         outbox_after_s=config.outbox_after_s,
     )
     log.log(*time_scale_notice(settings.time_scale))
-    alerting = Alerting(registry, topics, influx_read, publish, time_scale=settings.time_scale)
+    alerting: Alerting | PartitionedAlerting
+    if parts.partitioned:
+        # One engine per owned partition (ingest/partitions.py).
+        alerting = PartitionedAlerting(
+            registry, parts.partitions, topics, influx_read, publish, time_scale=settings.time_scale
+        )
+    else:
+        alerting = Alerting(registry, topics, influx_read, publish, time_scale=settings.time_scale)
     ingest.alerts = alerting
     if outbox is not None and not outbox.empty:
         log.info(
@@ -415,7 +434,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             alerting.reconfigure(changed)
 
         ingest.call(apply)
+        if parts.own is not None:
+            # A sensor added to an owned ward: follow its topics too.
+            known = set(following)
+            added = [s for s in reading_subscriptions(changed, topics, parts) if s not in known]
+            following.extend(added)
+            if mqtt is not None and added:
+                mqtt.subscribe(added)
 
+    # Readings and statuses followed: every sensor's, or the owned partitions' sensors'.
+    following = reading_subscriptions(registry, topics, parts)
     operations = OperationsFollower(topics, live, apply_registry, ingest.store_lines, ack, stop)
 
     def route(delivery: Delivery) -> None:
@@ -430,13 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     mqtt = MqttConnection(
         settings.mqtt,
         config.client_id,
-        # No retained message is replayed at (re)subscription: a retained reading would be
-        # judged again at every reconnect, and a retained status is an old one. Readings keep
-        # their retain flag, so one published retained is counted (the pipeline's
-        # retained_readings); statuses are retained by design (the sensors' will).
         subscriptions=[
-            Subscription(topics.all_readings, 1, replay_retained=False, flag_retained=True),
-            Subscription(topics.all_statuses, 1, replay_retained=False),
+            *following,
             (topics.ack_commands, 1),
             # Operators' registry overrides (retained) and their audit (ingest/operations.py).
             (topics.registry_override("+"), 1),
@@ -451,7 +474,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     # and readings spilled to the outbox by the last run go to InfluxDB first, so the restore
     # sees them. Otherwise a thread restores as soon as InfluxDB answers.
     restored = False
-    if outbox is None or ingest.drain_outbox_now():
+    drained = outbox is None or ingest.drain_outbox_now()
+    unrestored: list[int] = []
+    if isinstance(alerting, PartitionedAlerting):
+        if parts.own is not None:
+            # Each owned partition rebuilt now if InfluxDB answers, else by ingest-restore.
+            alerting.claim(parts.own)
+            unrestored = restore_owned(
+                alerting, parts.own, alerting.adopt, stop, ready=lambda: drained, once=True
+            )
+    elif drained:
         try:
             alerting.adopt(alerting.rebuild_state())
             restored = True
@@ -459,10 +491,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.warning("alerts wait for InfluxDB to restore their state: %s", exc)
     ingest.start()
     operations.thread.start()
-    if not restored:
+    if isinstance(alerting, Alerting) and not restored:
         threading.Thread(
             target=restore_until_ready,
             args=(alerting, ingest, outbox, stop, log),
+            daemon=True,
+            name="ingest-restore",
+        ).start()
+    elif isinstance(alerting, PartitionedAlerting) and unrestored:
+        partitioned = alerting
+
+        def queue_adopt(rebuilt: PartitionRestore) -> None:
+            ingest.call(lambda: partitioned.adopt(rebuilt))
+
+        threading.Thread(
+            target=restore_owned,
+            args=(alerting, unrestored, queue_adopt, stop),
+            kwargs={"ready": lambda: outbox is None or outbox.empty},
             daemon=True,
             name="ingest-restore",
         ).start()

@@ -45,6 +45,7 @@ from floodwatch.settings import (
 )
 from floodwatch.topics import Topics
 from ingest.alerting import Alerting, Restored
+from ingest.cluster import NatsSource
 from ingest.metrics import ingest_metrics
 from ingest.operations import OperationsFollower, registry_in_force
 from ingest.outbox import Outbox
@@ -52,6 +53,7 @@ from ingest.partitions import (
     PartitionedAlerting,
     PartitionRestore,
     add_partition_options,
+    owned_partitions,
     partition_settings,
     reading_subscriptions,
     restore_owned,
@@ -392,8 +394,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         assert mqtt is not None
         mqtt.publish(topics.deadletter, payload, qos=1)
 
+    source: NatsSource | None = None  # --cluster: readings from NATS (ingest/cluster.py)
+
     def ack(deliveries: list[Delivery]) -> int:
         assert mqtt is not None
+        if source is not None:  # NATS's readings to NATS, commands and overrides to MQTT
+            return source.ack(deliveries) + mqtt.ack_many(deliveries)
         return mqtt.ack_many(deliveries)
 
     def publish(topic: str, payload: bytes, retain: bool) -> None:
@@ -513,6 +519,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         ).start()
     try:
         mqtt.start(timeout_s=30)
+        if isinstance(alerting, PartitionedAlerting) and parts.cluster:
+            source = NatsSource(
+                parts.nats_urls,
+                topics,
+                parts.partitions,
+                alerting,
+                ingest.deliver,
+                ingest.call,
+                ack_wait_s=parts.ack_wait_s,
+                pin_timeout_s=parts.pin_timeout_s,
+            )
+            source.start()
     except FloodwatchError as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         ingest.stop(min(config.shutdown_timeout_s, 2.0))
@@ -528,6 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ingest.backlog,
                     outbox.status() if outbox else None,
                     dict(alerting.events_by_kind),
+                    owned_partitions(alerting, parts.partitions),
                 ),
             )
         except OSError as exc:
@@ -557,7 +576,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("%s%s", ingest.counters.summary(), state)
     log.info("stopping: storing what is in hand (at most %g s)", config.shutdown_timeout_s)
     stop.set()
+    if source is not None:
+        source.stop_pulling()  # what is in hand is stored and acknowledged below
     ingest.stop(config.shutdown_timeout_s)
+    if source is not None:
+        source.close()
     mqtt.stop()
     if metrics_server is not None:
         metrics_server.shutdown()

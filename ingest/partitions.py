@@ -196,6 +196,14 @@ def owned_registry(registry: Registry, partitions: int, parts: Iterable[int]) ->
     )
 
 
+def owned_partitions(alerting: object, partitions: int) -> tuple[int, frozenset[int]] | None:
+    """(partition count, the owned ones) for the metrics, or None when ingest is not
+    partitioned."""
+    if isinstance(alerting, PartitionedAlerting):
+        return partitions, alerting.owned
+    return None
+
+
 def alert_sensor(alert_id: str) -> str:
     """The sensor an alert id belongs to (`{sensor}:{kind}:{t}`)."""
     return alert_id.split(":", 1)[0]

@@ -72,8 +72,9 @@ INGEST_OPTIONS = (
         "floodwatch-ingest",
         "MQTT client id; the broker keeps this id's session (and queues readings for it) "
         "while ingest is down. The broker binds each login to one client id (the `ingest` "
-        "login to floodwatch-ingest), so a second instance needs a login of its own, named "
-        "as its client id",
+        "login to floodwatch-ingest, a partitioned worker's login ingest-K to "
+        "floodwatch-ingest-K), so a second instance needs a login of its own; with --cluster "
+        "(NATS binds none) every worker logs in as `ingest` with floodwatch-ingest-K",
     ),
     option(
         "--session-expiry",
@@ -135,6 +136,13 @@ added or retired; retained on {root}/v1/registry/{sensor}) apply at once, withou
 a reading's depth is computed with the mount height in force when it arrives, a retired
 sensor's readings are dead letters `retired_sensor`. Each change ({root}/v1/changes/{sensor})
 is stored in the `sensor_change` measurement.
+
+Several workers may share the sensors by ward ("partitioned workers" below; README,
+Partitioned ingest): `--partitions N --own 0,3,5` on one Mosquitto (the worker subscribes to
+those partitions' sensors only, judges them and answers their acknowledgements), or
+`--cluster --nats-url URL[,URL...]` on NATS, where NATS gives each partition to one worker and
+moves it to another within --pin-timeout when that worker dies; the new owner rebuilds the
+partition's alert state from InfluxDB before judging. Each worker logs `owns partitions [..]`.
 
 `python -m ingest ack ALERT_ID --who NAME [--note TEXT]` acknowledges an alert.
 """

@@ -8,8 +8,6 @@ import asyncio
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -34,7 +32,8 @@ from floodwatch.registry import Registry, load_registry
 from floodwatch.topics import Topics
 from ingest.cluster import mqtt_topic
 from ingest.partitions import owned_registry
-from tests.conftest import ROOT, IngestProcess, admin_influx, grant, wait_until
+from tests.conftest import IngestProcess, admin_influx, grant, wait_until
+from tests.test_alerts_e2e import ack
 from tests.test_cluster import MqttSensor
 from tests.test_partitions import city_registry
 
@@ -285,20 +284,13 @@ def test_a_worker_killed_mid_flood_hands_its_partitions_over(
         # The survivor answers acknowledgements of the flooding ward's alerts now.
         raised = sorted(e for e in got if ":flood:" in e and ":raised:" in e)
         alert_id = ":".join(raised[0].split(":")[:3])
-        operator = dict(workers[1].env, FLOODWATCH_MQTT_URL=cluster.front.url("api"))
-        done = subprocess.run(
-            [sys.executable, "-m", "ingest", "ack", alert_id, "--who", "Lan (IOC)"],
-            env=operator,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = ack(workers[1].env, alert_id, "--who", "Lan (IOC)", broker=cluster.front)
         assert done.returncode == 0, done.stderr
         assert not lost, f"{len(lost)} acknowledged readings lost"
         assert resume_s < 10, f"the flooding ward resumed {resume_s:.1f} s after the kill"
         assert flood_part in owned(workers[1])
         assert not missing and not extra, (sorted(missing)[:5], sorted(extra)[:5])
+        assert workers[1].stop(signal.SIGTERM) == 0, "the survivor did not stop cleanly"
     finally:
         for sensor in sensors.values():
             sensor.close()

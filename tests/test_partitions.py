@@ -8,8 +8,6 @@ import argparse
 import json
 import re
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,7 +48,6 @@ from ingest.partitions import (
 )
 from ingest.pipeline import IngestCounters
 from tests.conftest import (
-    ROOT,
     IngestProcess,
     admin_endpoint,
     admin_influx,
@@ -59,7 +56,7 @@ from tests.conftest import (
     process_env,
     wait_until,
 )
-from tests.test_alerts_e2e import Watch
+from tests.test_alerts_e2e import Watch, ack
 
 # -- a city of several wards -----------------------------------------------------------------
 
@@ -375,15 +372,7 @@ def test_two_static_workers_store_and_judge_each_ward_once(
         assert stored[0]["values"][0][1] == sum(expected)
         # Acknowledged by the owner alone: one answer, and the one worker's event.
         alert_id = next(e["alert_id"] for e in raised)
-        operator = dict(procs[0].env, FLOODWATCH_MQTT_URL=broker.url("api"))
-        done = subprocess.run(
-            [sys.executable, "-m", "ingest", "ack", alert_id, "--who", "Lan"],
-            env=operator,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = ack(procs[0].env, alert_id, "--who", "Lan", broker=broker)
         assert done.returncode == 0, done.stderr
         wait_until(lambda: len(floods()) == len(flooded) + 1, 10, "the acknowledged event")
         assert floods()[-1]["change"] == "acknowledged"

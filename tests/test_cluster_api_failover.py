@@ -1,14 +1,13 @@
-"""Fault test 4 of issue 14: SIGKILL the API replica serving a page and an SSE client, on the
-clustered stack (floodwatch.clusterstack: 3 NATS nodes, HAProxy's MQTT and API fronts, 2 API
-replicas as real processes, influxd). Both continue through the front door: the SSE client
-resumes with Last-Event-ID and misses no event, the page shows the alerts raised after the kill
-and its feed-lost banner clears.
+"""Fault test 4 of issue 14: SIGKILL the API replica serving a page and two SSE clients, on
+the clustered stack (floodwatch.clusterstack: 3 NATS nodes, HAProxy's MQTT and API fronts, an
+ingest worker `python -m ingest --cluster`, 2 API replicas, influxd, all real processes). Both
+continue through the front door: the SSE clients resume with Last-Event-ID and miss no event,
+the page shows the alerts raised after the kill and its feed-lost banner clears.
 
-No cluster ingest worker runs here (the `worker` branch builds it): a stand-in judges the
-readings with ingest's own engine (`alerts.step`) and decoder and publishes the retained
-`alerts/{id}` payloads with ingest's serialiser (`alerts.sensor_payload`) over MQTT 3.1.1
-through the MQTT front with the `ingest` login, as ingest does; the readings are published
-through the same front by each sensor with its own login.
+The sensors publish through the MQTT front with their own logins (MQTT 3.1.1); the worker
+judges them and publishes the retained `alerts/{id}` payloads; an admin subscriber records
+those payloads in the broker's order, from which the test computes the ids every replica
+gives their events.
 """
 
 from __future__ import annotations
@@ -24,13 +23,11 @@ import httpx
 import orjson
 import pytest
 
-from alerts import AlertEvent, EngineState, new_state, readings_to_arrays, sensor_payload, step
 from api.eventlog import event_id
 from api.feed import alert_event_key
 from api.live import parse_alert_payload
 from floodwatch.clusterstack import ClusterStack, start_cluster_stack
-from floodwatch.decode import decode_message
-from floodwatch.mqtt import MqttConnection
+from floodwatch.mqtt import Delivery, MqttConnection
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry
 from floodwatch.settings import MQTT_V311
 from floodwatch.topics import Topics
@@ -49,65 +46,67 @@ pytestmark = [pytest.mark.services, pytest.mark.slow]
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterStack]:
     data = tmp_path_factory.mktemp("clusterstack")
     with start_cluster_stack(
-        data, workers=0, api_replicas=2, simulator=False, speed=str(TIME_SCALE)
+        data, workers=1, api_replicas=2, simulator=False, speed=str(TIME_SCALE)
     ) as running:
         yield running
 
 
 @dataclass
-class StandIn:
-    """The sensors and ingest's alert path, publishing through the MQTT front."""
+class Street:
+    """The sensors, publishing through the MQTT front, and a watcher of ingest's alerts."""
 
     stack: ClusterStack
-    state: EngineState = field(init=False)
     sensors: dict[str, MqttConnection] = field(default_factory=dict)
-    ingest: MqttConnection | None = None
-    # Every alerts/{id} payload published, per sensor, in order.
+    watcher: MqttConnection | None = None
+    # Every alerts/{id} payload the worker published, per sensor, in the broker's order.
     published: dict[str, list[bytes]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def __post_init__(self) -> None:
-        self.state = new_state(REGISTRY, time.time_ns(), TIME_SCALE)
-
-    def __enter__(self) -> StandIn:
+    def __enter__(self) -> Street:
         front = self.stack.mqtt_front
+        self.watcher = MqttConnection(
+            replace(front.endpoint("admin"), protocol=MQTT_V311),
+            subscriptions=[(f"{TOPICS.base}/alerts/+", 1)],
+            on_delivery=self._alert,
+        )
+        self.watcher.start(timeout_s=20)
         for sensor_id in SENSORS:
             conn = MqttConnection(replace(front.endpoint(sensor_id), protocol=MQTT_V311), sensor_id)
             conn.start(timeout_s=20)
             self.sensors[sensor_id] = conn
-        self.ingest = MqttConnection(
-            replace(front.endpoint("ingest"), protocol=MQTT_V311), "floodwatch-ingest-1"
-        )
-        self.ingest.start(timeout_s=20)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for conn in [*self.sensors.values(), *([self.ingest] if self.ingest else [])]:
+        for conn in [*self.sensors.values(), *([self.watcher] if self.watcher else [])]:
             conn.stop()
 
+    def _alert(self, delivery: Delivery) -> None:
+        sensor_id = delivery.topic.rsplit("/", 1)[1]
+        with self.lock:
+            self.published.setdefault(sensor_id, []).append(delivery.payload)
+
     def readings(self, levels_cm: list[float]) -> None:
-        """Each level from every sensor, judged and published as ingest would."""
-        assert self.ingest is not None
+        """Each level from every sensor, acknowledged by the broker."""
         for level in levels_cm:
-            batch = []
             for sensor_id, conn in self.sensors.items():
-                topic = TOPICS.reading(sensor_id)
                 payload = orjson.dumps({"ts": time.time_ns() // 10**6, "level_cm": level})
-                assert conn.publish_and_wait(topic, payload, timeout_s=10)
-                decoded = decode_message(TOPICS, REGISTRY, topic, payload, time.time_ns())
-                batch.extend(decoded.readings)
-            arrays = readings_to_arrays(batch, self.state.config.index)
-            self.state, events = step(self.state, arrays, time.time_ns())
-            touched = sorted({e.sensor_id for e in events if isinstance(e, AlertEvent)})
-            for sensor_id in touched:
-                payload = sensor_payload(self.state, sensor_id)
-                topic = TOPICS.alert(sensor_id)
-                assert self.ingest.publish_and_wait(topic, payload, retain=True, timeout_s=10)
-                self.published.setdefault(sensor_id, []).append(payload)
+                assert conn.publish_and_wait(TOPICS.reading(sensor_id), payload, timeout_s=10)
+
+    def alert_levels(self) -> dict[str, int]:
+        """Each of our sensors' level in the worker's latest alerts payload."""
+        with self.lock:
+            latest = {sid: self.published.get(sid, [b""])[-1] for sid in SENSORS}
+        return {
+            sid: int(orjson.loads(payload).get("level", 0)) if payload else 0
+            for sid, payload in latest.items()
+        }
 
     def expected_ids(self) -> set[str]:
         """The ids every API replica gives the alert events these payloads make."""
         ids = set()
-        for sensor_id, payloads in self.published.items():
+        with self.lock:
+            published = {sid: list(payloads) for sid, payloads in self.published.items()}
+        for sensor_id, payloads in published.items():
             previous, previous_key = b"", 0
             for payload in payloads:
                 parsed = parse_alert_payload(payload, sensor_id)
@@ -191,7 +190,7 @@ def test_killing_the_api_replica_serving_a_page_and_an_sse_client(
     # new connections again, as after a rolling upgrade.
     stack.set_api_state("api-2", "drain")
     page_streams: list[tuple[float, str]] = []
-    with sync_playwright() as playwright, StandIn(stack) as street:
+    with sync_playwright() as playwright, Street(stack) as street:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
         sse = SseClient(stack.api_url)
         comeback = threading.Event()
@@ -226,8 +225,11 @@ def test_killing_the_api_replica_serving_a_page_and_an_sse_client(
             assert sse.connections[0][1] == late.connections[0][1] == "api-1"
             stack.set_api_state("api-2", "ready")
 
-            # A flood rises to level 2 (10 and 20 cm crossed) while both watch api-1.
+            # A flood rises to level 2 (10 and 20 cm crossed) while all watch api-1.
             street.readings(_rise(2.0, 24.0, 8))
+            wait_for(
+                lambda: street.alert_levels() == dict.fromkeys(SENSORS, 2), 30, "level 2 alerts"
+            )
             before = street.expected_ids()
             assert len(before) >= 2
             wait_for(
@@ -246,6 +248,11 @@ def test_killing_the_api_replica_serving_a_page_and_an_sse_client(
                 api1.proc.wait(10)
                 # The flood goes on to level 4 (30 and 50 cm) while the clients are cut off.
                 street.readings(_rise(26.0, 56.0, 8))
+                wait_for(
+                    lambda: street.alert_levels() == dict.fromkeys(SENSORS, 4),
+                    30,
+                    "level 4 alerts",
+                )
             expected = street.expected_ids()
             after = expected - before
             assert len(after) >= 2

@@ -32,6 +32,7 @@ from floodwatch.registry import SHIPPED_REGISTRY, load_registry
 from floodwatch.settings import MQTT_V311
 from floodwatch.topics import Topics
 from tests.test_api_browser import CHROMIUM, LAUNCH_ARGS
+from tests.test_api_live import SseReader
 from tests.test_api_support import wait_for
 
 REGISTRY = load_registry(SHIPPED_REGISTRY)
@@ -150,27 +151,15 @@ class SseClient(threading.Thread):
                 self.comeback.wait(60)
 
     def _read(self, response: httpx.Response) -> None:
-        event, eid, data = "message", None, list[str]()
-        for line in response.iter_lines():
-            if self.stop.is_set():
+        reader = SseReader(response.iter_lines())
+        while not self.stop.is_set():
+            try:
+                event = reader.next(timeout_s=3600)
+            except AssertionError:  # the stream ended: its replica is gone
                 return
-            if not line:
-                if data:
-                    if eid is not None:
-                        self.last_id = eid
-                    self.events.append((eid or "", event, orjson.loads("\n".join(data))))
-                event, eid, data = "message", None, []
-            elif line.startswith(":"):
-                continue
-            else:
-                name, _, value = line.partition(":")
-                value = value.removeprefix(" ")
-                if name == "event":
-                    event = value
-                elif name == "id":
-                    eid = value
-                elif name == "data":
-                    data.append(value)
+            if event.id is not None:
+                self.last_id = event.id
+            self.events.append((event.id or "", event.event, event.data))
 
     def alert_ids(self) -> list[str]:
         return [eid for eid, event, _ in self.events if event == "alert"]

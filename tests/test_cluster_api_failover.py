@@ -13,11 +13,13 @@ gives their events.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import httpx
 import orjson
@@ -26,10 +28,18 @@ import pytest
 from api.eventlog import event_id
 from api.feed import alert_event_key
 from api.live import parse_alert_payload
-from floodwatch.clusterstack import ClusterStack, start_cluster_stack
+from floodwatch.clusterstack import (
+    ClusterStack,
+    cluster_credential_files,
+    cluster_service_names,
+    stack_services,
+    start_cluster_stack,
+)
 from floodwatch.mqtt import Delivery, MqttConnection
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry
 from floodwatch.settings import MQTT_V311
+from floodwatch.stack import main as stack_main
+from floodwatch.stack import stack_document
 from floodwatch.topics import Topics
 from tests.test_api_browser import CHROMIUM, LAUNCH_ARGS
 from tests.test_api_live import SseReader
@@ -281,3 +291,32 @@ def test_killing_the_api_replica_serving_a_page_and_an_sse_client(
         f"{page_resumed_s:.2f} s; alert events {len(before)} before and {len(after)} after the "
         f"kill, all received; {duplicates} repeated on resume"
     )
+
+
+def test_stack_json_names_every_cluster_service(stack: ClusterStack) -> None:
+    """stack.json's cluster entries, written by the single-node stack's writer: every service
+    the issue names, with a live PID, its ports and URL, and the credential files."""
+    doc = stack_document(
+        "cluster", stack.data, stack_services(stack), cluster_credential_files(stack)
+    )
+    services = doc["services"]
+    assert isinstance(services, dict)
+    assert list(services) == cluster_service_names(workers=1, api_replicas=2)
+    for name, entry in services.items():
+        assert entry["name"] == name and entry["ports"] and entry["url"], entry
+    alive = [name for name, entry in services.items() if name != "api-1"]  # killed above, maybe
+    for name in alive:
+        os.kill(int(services[name]["pid"]), 0)  # raises if the process is gone
+    assert services["api-front"]["url"] == stack.api_url + "/"
+    assert services["nats-1"]["ports"].keys() == {"client", "mqtt", "cluster", "monitor"}
+    credentials = doc["credentials"]
+    assert isinstance(credentials, dict)
+    for key in ("services", "sensors", "nats_accounts"):
+        assert Path(credentials[key]).is_file(), key
+
+
+@pytest.mark.parametrize(
+    "argv", [["--workers", "-1"], ["--api-replicas", "0"], ["--partitions", "0"]]
+)
+def test_stack_cluster_refuses_impossible_counts(argv: list[str], tmp_path: Path) -> None:
+    assert stack_main(["--cluster", "--data", str(tmp_path), *argv]) == 2

@@ -65,6 +65,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # NATS's MQTT listener speaks only 3.1.1 (docs/CLUSTER.md).
 CLUSTER_MQTT_PROTOCOL = "3.1.1"
 DEFAULT_WORKERS = 2
+# `python -m ingest --ack-wait`'s default: the partition consumers are made with it.
+WORKER_ACK_WAIT_S = 4.0
 DEFAULT_API_REPLICAS = 2
 # HAProxy's checks of the API replicas (each one a line in the replica's access log): every
 # 2 s, every 0.5 s once one failed, so a dead replica is out within about 3 s; meanwhile a
@@ -337,7 +339,13 @@ def start_cluster_stack(
         grant_database(f"http://127.0.0.1:{influx_port}", creds.influx, "floodwatch")
         # Every partition's consumer before anything publishes: the MQTT store drops a
         # message that no consumer covers (interest retention, docs/CLUSTER.md).
-        asyncio.run(ensure_partition_consumers(cluster.nats_urls("admin"), root, partitions))
+        # With the workers' own settings (ingest's --ack-wait default), which each worker
+        # applies again at its start.
+        asyncio.run(
+            ensure_partition_consumers(
+                cluster.nats_urls("admin"), root, partitions, ack_wait_s=WORKER_ACK_WAIT_S
+            )
+        )
         front = cluster.front
         ports: dict[str, dict[str, int]] = {}
         urls: dict[str, str] = {}

@@ -208,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the clustered mode: 3 NATS nodes (JetStream, MQTT 3.1.1), HAProxy fronts for MQTT "
         "and the API, --workers ingest workers, --api-replicas API replicas, InfluxDB and the "
-        "street, all on free loopback ports (README, Architecture); --mqtt-port and --api-port "
-        "do not apply",
+        "street, all on free loopback ports (README, Architecture); --mqtt-port, --influx-port "
+        "and --api-port do not apply",
     )
     parser.add_argument(
         "--workers",
@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_PARTITIONS,
         help=f"--cluster: partitions of the readings, by ward (default {DEFAULT_PARTITIONS}); "
-        "more than workers, so a dead worker's spread over the others",
+        "more than workers, so a dead worker's partitions spread over the others",
     )
     parser.add_argument(
         "--mqtt-protocol",

@@ -507,3 +507,23 @@ def test_atom_feed_holds_one_cap_alert_per_chain() -> None:
     changes = [_event("a", 1, 2, "active_unack", NOW), _event("b", 1, 1, "active_unack", NOW)]
     root = ET.fromstring(atom_feed(cap_messages(changes, NOW, "s"), "s", REGISTRY, NOW))
     assert len(root.findall(f".//{{{CAP_NS}}}alert")) == 2
+
+
+def test_a_reading_on_a_nats_partition_topic_is_the_sensor_s_reading() -> None:
+    """On a NATS cluster subscribers see a sensor's publish on ROOT/v1/part/P/WARD/ID/reading
+    (docs/CLUSTER.md): the live feed takes it as the contract's topic, and every replica gives
+    its event the same id."""
+    ids = []
+    for _ in range(2):  # two replicas
+        state = LiveState(REGISTRY)
+        events = EventLog(10)
+        handler = FeedHandler(
+            Topics("floodwatch"), REGISTRY, state, events, Metrics(), clock=lambda: NOW
+        )
+        topic = "floodwatch/v1/part/3/an-khanh/qh-02/reading"
+        handler.handle(topic, orjson.dumps({"ts": NOW // 10**6, "level_cm": 12.5}), False, NOW)
+        now = state.get("qh-02")
+        assert now is not None and now.reading is not None and now.reading.level_cm == 12.5
+        [event] = events.after(0)[0]
+        ids.append(event.id)
+    assert ids[0] == ids[1]

@@ -38,7 +38,7 @@ from notify.store import Store
 SHARED = tuple(
     o
     for o in COMMON_OPTIONS
-    if o.flag in ("--mqtt-url", "--registry", "--topic-root", "--log-level")
+    if o.flag in ("--mqtt-url", "--mqtt-protocol", "--registry", "--topic-root", "--log-level")
 )
 STATE_OPTION = option(
     "--notify-state",
@@ -70,7 +70,8 @@ NOTIFY_OPTIONS = (
     option(
         "--session-expiry",
         "604800",
-        "seconds the broker keeps the session and its queued events after the notifier stops",
+        "seconds the broker keeps the session and its queued events after the notifier stops "
+        "(MQTT v5; over 3.1.1 the broker's own setting decides)",
     ),
     option("--retry-max", "300", "longest wait in seconds between retries to a destination"),
     option(

@@ -406,6 +406,7 @@ class PartitionedAlerting:
             clock=self._clock,
             time_scale=self.time_scale,
             state=state,
+            part_of_city=True,
         )
 
     def _changed(self) -> None:

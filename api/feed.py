@@ -248,7 +248,8 @@ class LiveFeed:
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         """Publish at QoS 1 on the API's one connection and wait for the broker's
         acknowledgement (acknowledgement requests, operators' changes); raises BrokerError
-        when the feed is not connected or the broker refuses."""
+        when the feed is not connected or the broker refuses (over MQTT 3.1.1 a refusal
+        cannot be seen: the broker acknowledges or drops a denied publish silently)."""
         conn = self._conn
         if conn is None or not conn.connected:
             raise BrokerError(f"the MQTT broker at {self.endpoint} is not connected; try again")

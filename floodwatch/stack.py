@@ -39,6 +39,7 @@ from floodwatch.localservices import (
     wait_influx_ready,
 )
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry
+from floodwatch.settings import MQTT_V5, mqtt_protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -169,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
         "FLOODWATCH_TIME_SCALE, so alert timers (10 min hold: 10 s) keep pace",
     )
     parser.add_argument(
+        "--mqtt-protocol",
+        default=os.environ.get("FLOODWATCH_MQTT_PROTOCOL", MQTT_V5),
+        help="MQTT version every service and the simulator speak: 5 or 3.1.1 (Mosquitto speaks "
+        "both; NATS only 3.1.1) [env FLOODWATCH_MQTT_PROTOCOL; default 5]",
+    )
+    parser.add_argument(
         "--for",
         dest="run_for",
         type=float,
@@ -180,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        protocol = mqtt_protocol(args.mqtt_protocol)
+    except FloodwatchError as exc:
+        print(f"floodwatch.stack: {exc}", file=sys.stderr)
+        return 2
     data: Path = args.data.resolve()
     logs = data / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -205,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         FLOODWATCH_OUTBOX=str(data / "ingest-outbox.sqlite"),
         # The street plays args.speed times faster: the alert timers must too (ingest, API).
         FLOODWATCH_TIME_SCALE=str(args.speed),
+        FLOODWATCH_MQTT_PROTOCOL=protocol,
         PYTHONUNBUFFERED="1",
     )
     services: list[Service] = []

@@ -79,7 +79,8 @@ INGEST_OPTIONS = (
     option(
         "--session-expiry",
         "604800",
-        "seconds the broker keeps the session and its queued readings after ingest disconnects",
+        "seconds the broker keeps the session and its queued readings after ingest disconnects "
+        "(MQTT v5; over 3.1.1 the broker's own setting decides)",
     ),
     option("--max-batch", "5000", "most messages written to InfluxDB in one request"),
     option(
@@ -278,7 +279,7 @@ def ack_main(argv: Sequence[str]) -> int:
     )
     try:
         conn.start()
-        time.sleep(0.2)  # let the subscription settle before asking
+        conn.wait_subscribed(5.0)  # the reply must not come before the subscription is made
         conn.publish(
             topics.ack_commands,
             AckRequest(args.alert_id, args.who, args.note, reply_to).to_json(),
@@ -287,8 +288,10 @@ def ack_main(argv: Sequence[str]) -> int:
         try:
             answer = AckReply.from_json(answers.get(timeout=timeout))
         except queue.Empty:
+            # Over MQTT 3.1.1 a request the broker denies is dropped without a word.
+            denied = "" if conn.refusals_visible else ", and may this login publish ack commands"
             print(
-                f"ingest ack: no answer from ingest within {timeout:g} s; is it running?",
+                f"ingest ack: no answer from ingest within {timeout:g} s; is it running{denied}?",
                 file=sys.stderr,
             )
             return 3

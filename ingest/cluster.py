@@ -218,12 +218,18 @@ class NatsSource:
             try:
                 msgs = await pull.fetch(batch, expires_s=expires_s)
                 if msgs and not owned:
+                    try:
+                        msgs = await self._gain(part, consumer, pull, nc, msgs)
+                    except BaseException:
+                        # Half gained (pin lost, NATS failing): give it up; the messages in
+                        # hand come back, and the next ones start the gain again.
+                        self._lose(part, "its takeover did not complete")
+                        raise
                     owned = True
-                    msgs = await self._gain(part, consumer, pull, nc, msgs)
             except Unpinned:
                 if owned:
                     owned = False
-                    self._lose(part)
+                    self._lose(part, "another worker holds it now")
                 continue
             except (nats.errors.Error, TimeoutError, ClusterError) as exc:
                 log.info("partition %d: pull failed (%s); pulling again", part, exc)
@@ -291,9 +297,9 @@ class NatsSource:
         ).start()
         return None
 
-    def _lose(self, part: int) -> None:
+    def _lose(self, part: int, why: str) -> None:
         self.owned = self.owned - {part}
-        log.info("partition %d lost: another worker holds it now", part)
+        log.info("partition %d given up: %s", part, why)
         self._call(functools.partial(self.alerting.forget, [part]))
 
     def _hand_over(self, msgs: list[Msg], prefix: str) -> None:

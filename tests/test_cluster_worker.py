@@ -163,14 +163,17 @@ def reference_alerts(registry: Registry, readings: list[tuple[str, int, float]])
 
 @pytest.mark.slow
 @pytest.mark.services  # a real NATS cluster, HAProxy and influxd
-def test_a_worker_killed_mid_flood_hands_its_partitions_over(
+@pytest.mark.parametrize("fault", ["kill", "pause"])
+def test_a_worker_lost_mid_flood_hands_its_partitions_over(
     cluster: LocalCluster,
     influxd: Service,
     city: tuple[Path, dict[str, str]],
     tmp_path: Path,
+    fault: str,
 ) -> None:
     """Fault test 3: two workers own the city's partitions; the one owning the flooding ward
-    is SIGKILLed mid-flood. Its partitions resume on the other within 10 s, no acknowledged
+    is SIGKILLed (or SIGSTOPped until the other took over, then let go on: it must give its
+    partitions up) mid-flood. Its partitions resume on the other within 10 s, no acknowledged
     reading is lost, and the flood's alerts are those of a run without the fault."""
     path, wards = city
     registry = load_registry(path)
@@ -240,11 +243,25 @@ def test_a_worker_killed_mid_flood_hands_its_partitions_over(
         assert halfway.wait(60)
         before_kill = count(db)
         killed_at.append(time.monotonic())
-        workers[0].stop(signal.SIGKILL)
+        first = workers[0].proc
+        assert first is not None
+        if fault == "kill":
+            workers[0].stop(signal.SIGKILL)
+        else:
+            first.send_signal(signal.SIGSTOP)
         # Resumed: the first reading of the flooding ward stored after the kill (only worker 2
         # can store it now).
         wait_until(lambda: count(db) > before_kill, 30, "the survivor to store a reading")
         resume_s = time.monotonic() - killed_at[0]
+        if fault == "pause":
+            # Back from the pause, worker 1 stores what it had in hand, is refused its next
+            # pull (fenced) and gives the partition up.
+            first.send_signal(signal.SIGCONT)
+            wait_until(
+                lambda: b"given up: another worker" in workers[0].log.read_bytes(),
+                20,
+                "the paused worker to give its partition up",
+            )
         for thread in threads:
             thread.join(60)
         wait_until(
@@ -271,9 +288,11 @@ def test_a_worker_killed_mid_flood_hands_its_partitions_over(
         flood_stored = acknowledged & stored
         # Alerts the flood raised after the kill (by reading time): the survivor's to make.
         kill_ns = (base_s + PER_SENSOR * 2 // 5) * 10**9
+        what = {"kill": "SIGKILL", "pause": f"SIGSTOP for {resume_s:.0f} s"}
         after_kill = sum(1 for e in expected if int(e.rsplit(":", 1)[1]) > kill_ns)
         print(
-            f"fault test 3 (worker SIGKILL mid-flood): published {len(published)}, acknowledged "
+            f"fault test 3 (worker {what[fault]} mid-flood): published {len(published)}, "
+            f"acknowledged "
             f"{len(acknowledged)}, stored {len(flood_stored)}, lost {len(lost)}, duplicated "
             f"{sum(returned)} (redelivered to the survivor, written idempotently), alerts "
             f"{len(got)} of {len(expected)} ({after_kill} after the kill): missing "
@@ -290,6 +309,9 @@ def test_a_worker_killed_mid_flood_hands_its_partitions_over(
         assert resume_s < 10, f"the flooding ward resumed {resume_s:.1f} s after the kill"
         assert flood_part in owned(workers[1])
         assert not missing and not extra, (sorted(missing)[:5], sorted(extra)[:5])
+        if fault == "pause":
+            assert flood_part not in owned(workers[0]), "the paused worker kept the partition"
+            assert workers[0].stop(signal.SIGTERM) == 0, "the paused worker did not stop cleanly"
         assert workers[1].stop(signal.SIGTERM) == 0, "the survivor did not stop cleanly"
     finally:
         for sensor in sensors.values():

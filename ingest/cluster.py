@@ -160,10 +160,6 @@ class NatsSource:
                 asyncio.run_coroutine_threadsafe(self._acknowledge(msgs), loop)
         return len(msgs)
 
-    @property
-    def in_hand(self) -> int:
-        return len(self._held)
-
     # -- the loop thread -------------------------------------------------------------------
 
     def _run(self) -> None:

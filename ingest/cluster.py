@@ -66,8 +66,8 @@ FETCH_BATCH = 1000
 MAX_IN_HAND = 20_000
 # A worker owning k partitions asks for one it does not own for SPREAD_ASK_S every
 # min(k * SPREAD_S, SPREAD_MAX_S) (a failover to it may take that much longer).
-SPREAD_S = 0.5
-SPREAD_MAX_S = 2.0
+SPREAD_S = 0.25
+SPREAD_MAX_S = 1.0
 SPREAD_ASK_S = 0.1
 
 

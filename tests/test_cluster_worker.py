@@ -39,8 +39,8 @@ from tests.test_partitions import city_registry
 
 PARTITIONS = 4
 FLOOD = ("d12-01", "d12-02", "d12-03", "d12-04")  # Đường 12: the flooding ward's sensors
-PER_SENSOR = 600  # readings each, one second apart in reading time
-RATE = 300  # readings per second published, all sensors together
+PER_SENSOR = 500  # readings each, one second apart in reading time
+RATE = 400  # readings per second published, all sensors together
 
 
 def test_store_subjects_become_the_contracts_topics() -> None:
@@ -142,8 +142,8 @@ def stored_alerts(db: InfluxClient) -> set[str]:
 
 
 def flood_levels(k: int, j: int) -> float:
-    """Sensor j's k-th reading: the water rises 6 cm a minute, each sensor a little higher."""
-    return round(2.0 + 0.1 * k + 0.5 * j, 2)
+    """Sensor j's k-th reading: the water rises 7.2 cm a minute, each sensor a little higher."""
+    return round(2.0 + 0.12 * k + 0.5 * j, 2)
 
 
 def reference_alerts(registry: Registry, readings: list[tuple[str, int, float]]) -> set[str]:
@@ -166,7 +166,7 @@ def reference_alerts(registry: Registry, readings: list[tuple[str, int, float]])
 
 @pytest.mark.slow
 @pytest.mark.services  # a real NATS cluster, HAProxy and influxd
-@pytest.mark.parametrize("fault", ["kill", "pause"])
+@pytest.mark.parametrize("fault", ["none", "kill", "pause"])
 def test_a_worker_lost_mid_flood_hands_its_partitions_over(
     cluster: LocalCluster,
     influxd: Service,
@@ -177,7 +177,8 @@ def test_a_worker_lost_mid_flood_hands_its_partitions_over(
     """Fault test 3: two workers own the city's partitions; the one owning the flooding ward
     is SIGKILLed (or SIGSTOPped until the other took over, then let go on: it must give its
     partitions up) mid-flood. Its partitions resume on the other within 10 s, no acknowledged
-    reading is lost, and the flood's alerts are those of a run without the fault."""
+    reading is lost, and the flood's alerts are those of the run without the fault (`none`),
+    which are those of the engine fed the same readings."""
     path, wards = city
     registry = load_registry(path)
     db_name = "t" + uuid.uuid4().hex[:10]
@@ -253,8 +254,9 @@ def test_a_worker_lost_mid_flood_hands_its_partitions_over(
         assert first is not None
         if fault == "kill":
             workers[0].stop(signal.SIGKILL)
-        else:
+        elif fault == "pause":
             first.send_signal(signal.SIGSTOP)
+        survivor = workers[0] if fault == "none" else workers[1]
         wait_until(lambda: count(db, cutoff_ns) > 0, 30, "the survivor to store a new reading")
         resume_s = time.monotonic() - killed_at[0]
         if fault == "pause":
@@ -277,7 +279,7 @@ def test_a_worker_lost_mid_flood_hands_its_partitions_over(
         wait_until(lambda: acknowledged <= stored_keys(db), 40, "every acknowledged reading stored")
         stored = stored_keys(db)
         lost = acknowledged - stored
-        survivor_log = workers[1].log.read_text()
+        survivor_log = survivor.log.read_text()
         returned = [int(n) for n in re.findall(r"held until (\d+) unacknowledged", survivor_log)]
         # The run without the fault: the same readings, the warm-up of the ward included.
         warmed = [(s, t * 10**9, 1.0) for s, t in warm if s in FLOOD]
@@ -292,31 +294,36 @@ def test_a_worker_lost_mid_flood_hands_its_partitions_over(
         flood_stored = acknowledged & stored
         # Alerts the flood raised after the kill (by reading time): the survivor's to make.
         kill_ns = (base_s + PER_SENSOR * 2 // 5) * 10**9
-        what = {"kill": "SIGKILL", "pause": f"SIGSTOP for {resume_s:.0f} s"}
+        what = {
+            "none": "no fault",
+            "kill": "worker SIGKILL",
+            "pause": f"worker SIGSTOP for {resume_s:.0f} s",
+        }
         after_kill = sum(1 for e in expected if int(e.rsplit(":", 1)[1]) > kill_ns)
         print(
-            f"fault test 3 (worker {what[fault]} mid-flood): published {len(published)}, "
+            f"fault test 3 ({what[fault]} mid-flood): published {len(published)}, "
             f"acknowledged "
             f"{len(acknowledged)}, stored {len(flood_stored)}, lost {len(lost)}, duplicated "
             f"{sum(returned)} (redelivered to the survivor, written idempotently), alerts "
-            f"{len(got)} of {len(expected)} ({after_kill} after the kill): missing "
+            f"{len(got)} of {len(expected)} ({after_kill} after the fault point): missing "
             f"{len(missing)}, doubled {len(extra)}, "
-            f"resumed {resume_s:.1f} s after the kill; ownership after: "
-            f"{sorted(owned(workers[1]))}"
+            f"resumed {resume_s:.1f} s after the fault; ownership after: "
+            f"{sorted(owned(survivor))}"
         )
         # The survivor answers acknowledgements of the flooding ward's alerts now.
         raised = sorted(e for e in got if ":flood:" in e and ":raised:" in e)
         alert_id = ":".join(raised[0].split(":")[:3])
-        done = ack(workers[1].env, alert_id, "--who", "Lan (IOC)", broker=cluster.front)
+        done = ack(survivor.env, alert_id, "--who", "Lan (IOC)", broker=cluster.front)
         assert done.returncode == 0, done.stderr
         assert not lost, f"{len(lost)} acknowledged readings lost"
         assert resume_s < 10, f"the flooding ward resumed {resume_s:.1f} s after the kill"
-        assert flood_part in owned(workers[1])
+        assert flood_part in owned(survivor)
         assert not missing and not extra, (sorted(missing)[:5], sorted(extra)[:5])
         if fault == "pause":
             assert flood_part not in owned(workers[0]), "the paused worker kept the partition"
-            assert workers[0].stop(signal.SIGTERM) == 0, "the paused worker did not stop cleanly"
-        assert workers[1].stop(signal.SIGTERM) == 0, "the survivor did not stop cleanly"
+        for proc in workers:
+            if proc.running():
+                assert proc.stop(signal.SIGTERM) == 0, "a worker did not stop cleanly"
     finally:
         for sensor in sensors.values():
             sensor.close()

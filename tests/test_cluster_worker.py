@@ -102,7 +102,8 @@ def worker(
         "FLOODWATCH_PARTITIONS": str(PARTITIONS),
         "FLOODWATCH_MQTT_URL": cluster.front.url("ingest"),
         "FLOODWATCH_MQTT_PROTOCOL": "3.1.1",
-        "FLOODWATCH_CLIENT_ID": f"floodwatch-ingest-{k}",
+        # A session of its own per test (the convention allows any suffix without a dot).
+        "FLOODWATCH_CLIENT_ID": f"floodwatch-ingest-{k}-{db}",
         "FLOODWATCH_INFLUX_URL": influxd.url("writer"),
         "FLOODWATCH_INFLUX_READ_URL": influxd.url("reader"),
         "FLOODWATCH_INFLUX_DB": db,

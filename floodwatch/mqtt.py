@@ -63,6 +63,10 @@ PROTOCOL_ADVICE = (
 )
 
 
+# One filter of a SUBSCRIBE: with v5 options, or with its QoS alone (3.1.1).
+_Asked = tuple[str, SubscribeOptions] | tuple[str, int]
+
+
 class Delivery(NamedTuple):
     """One message as the broker delivered it, with what is needed to acknowledge it later.
 
@@ -163,6 +167,10 @@ class MqttConnection:
         # Set when the broker answered the subscriptions made at the latest connect (SUBACK).
         self._subscribed = threading.Event()
         self._subscribe_mid: int | None = None
+        # SUBSCRIBE message id -> its filters, so a refused one can be asked for again (NATS
+        # refuses a QoS 1 subscription while it cannot create its consumer in time).
+        self._asked: dict[int, Sequence[_Asked]] = {}
+        self._resubscribe_s = 1.0
         # Held while acknowledging and while a connection is marked lost, so no
         # acknowledgement of an old connection's message id is sent on a new connection.
         self._ack_lock = threading.Lock()
@@ -345,6 +353,18 @@ class MqttConnection:
             )
         return True
 
+    def _ask(self, subscriptions: Sequence[_Asked]) -> int:
+        """Send one SUBSCRIBE; its message id (its filters kept until the SUBACK)."""
+        # paho takes a list of one kind; the filters of one connection are all of one kind.
+        result, mid = self._client.subscribe(list(subscriptions))  # type: ignore[arg-type]
+        if result == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+            self._asked[mid] = subscriptions
+        return mid if mid is not None else -1
+
+    def _ask_again(self, subscriptions: Sequence[_Asked]) -> None:
+        if self._connected.is_set():  # otherwise the next connect subscribes to everything
+            self._ask(subscriptions)
+
     def subscribe(self, subscriptions: Sequence[tuple[str, int] | Subscription]) -> None:
         """Add subscriptions now (if connected) and at every reconnect from now on (any
         thread): a partitioned ingest worker follows sensors added to its wards."""
@@ -359,12 +379,12 @@ class MqttConnection:
             self._replayed += [s.topic_filter for s in subs if s.replay_retained]
             self._subscriptions = [*self._subscriptions, *plain]
             if self._connected.is_set():
-                self._client.subscribe(plain)
+                self._ask(plain)
         else:
             options = [sub.paho() for sub in subs]
             self._subscriptions = [*self._subscriptions, *options]
             if self._connected.is_set():
-                self._client.subscribe(options)
+                self._ask(options)
 
     def pending_publishes(self) -> int:
         """Outgoing messages the broker has not yet acknowledged."""
@@ -425,7 +445,7 @@ class MqttConnection:
             self._pending_cap = min(MAX_PENDING, receive_maximum)
         if self._subscriptions:
             self._subscribed.clear()
-            self._subscribe_mid = client.subscribe(self._subscriptions)[1]
+            self._subscribe_mid = self._ask(list(self._subscriptions))
         log.info(
             "connected to MQTT broker %s (session present: %s)%s",
             self.endpoint,
@@ -462,13 +482,28 @@ class MqttConnection:
         reasons: list[ReasonCode],
         properties: Properties | None,
     ) -> None:
+        asked = self._asked.pop(mid, [])
+        failed = [sub for sub, reason in zip(asked, reasons, strict=False) if reason.is_failure]
         refused = [
-            f"{topic_filter!r}: {reason}"
-            for (topic_filter, _), reason in zip(self._subscriptions, reasons, strict=False)
+            f"{sub[0]!r}: {reason}"
+            for sub, reason in zip(asked, reasons, strict=False)
             if reason.is_failure
         ]
         if refused:
-            log.warning("MQTT broker %s refused subscriptions: %s", self.endpoint, refused)
+            log.warning(
+                "MQTT broker %s refused subscriptions: %s; asking again in %g s",
+                self.endpoint,
+                refused,
+                self._resubscribe_s,
+            )
+            # Asked again (backing off to a minute): a refusal may pass (NATS under load), and
+            # a service without its subscriptions (ingest's ack commands) must not stay so.
+            timer = threading.Timer(self._resubscribe_s, self._ask_again, args=(failed,))
+            timer.daemon = True
+            timer.start()
+            self._resubscribe_s = min(self._resubscribe_s * 2, 60.0)
+        else:
+            self._resubscribe_s = 1.0
         if mid == self._subscribe_mid:
             self._subscribed.set()
 

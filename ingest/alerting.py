@@ -70,8 +70,13 @@ class Alerting:
         clock: Callable[[], int] = time.time_ns,
         time_scale: float = 1.0,  # --time-scale: the engine's timers run this much faster
         state: EngineState | None = None,
+        *,
+        part_of_city: bool = False,
     ) -> None:
         self.registry = registry
+        # The registry is one partition's (ingest/partitions.py): the rebuild asks InfluxDB for
+        # its sensors only, so a partition's failover does not read the whole city's window.
+        self.part_of_city = part_of_city
         self.time_scale = time_scale
         self.topics = topics
         self.influx = influx
@@ -167,10 +172,12 @@ class Alerting:
         adopts it). Raises InfluxError if InfluxDB cannot answer."""
         registry = self.registry  # read once: the owner may change it meanwhile
         now = self._clock()
+        only, params = self._sensor_clause(registry)
         rows = self.influx.query(
-            f'SELECT * FROM "{ALERT_MEASUREMENT}" WHERE time >= $since',
-            {"since": now - EVENT_MEMORY_NS},
+            f'SELECT * FROM "{ALERT_MEASUREMENT}" WHERE time >= $since{only}',
+            {"since": now - EVENT_MEMORY_NS, **params},
             epoch="ns",
+            method="POST" if params else "GET",  # a long list of sensors: not in a URL
         )
         events: list[Event] = []
         for series in rows:
@@ -185,12 +192,23 @@ class Alerting:
         state = rebuild(registry, events, readings, since, now, self.time_scale)
         return Restored(state, len(events), len(readings), registry)
 
+    def _sensor_clause(self, registry: Registry) -> tuple[str, dict[str, str]]:
+        """` AND ("sensor" = $s0 OR ...)` with its bound values when the registry is one
+        partition's, else nothing."""
+        if not self.part_of_city:
+            return "", {}
+        ids = sorted({*registry.sensors, *registry.retired})
+        params = {f"s{k}": sensor_id for k, sensor_id in enumerate(ids)}
+        return " AND (" + " OR ".join(f'"sensor" = ${name}' for name in params) + ")", params
+
     def _stored_readings(self, since_ns: int, registry: Registry) -> ReadingArrays:
+        only, params = self._sensor_clause(registry)
         rows = self.influx.query(
-            'SELECT "level_cm", "battery_v" FROM "water_level" WHERE time >= $since '
+            f'SELECT "level_cm", "battery_v" FROM "water_level" WHERE time >= $since{only} '
             'GROUP BY "sensor"',
-            {"since": since_ns},
+            {"since": since_ns, **params},
             epoch="ns",
+            method="POST" if params else "GET",
         )
         index = {sensor_id: i for i, sensor_id in enumerate(registry.sensors)}
         sensors: list[int] = []

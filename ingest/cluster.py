@@ -66,8 +66,8 @@ FETCH_BATCH = 1000
 MAX_IN_HAND = 20_000
 # A worker owning k partitions asks for one it does not own for SPREAD_ASK_S every
 # min(k * SPREAD_S, SPREAD_MAX_S) (a failover to it may take that much longer).
-SPREAD_S = 0.5
-SPREAD_MAX_S = 2.0
+SPREAD_S = 0.25
+SPREAD_MAX_S = 1.0
 SPREAD_ASK_S = 0.1
 
 
@@ -160,10 +160,6 @@ class NatsSource:
                 asyncio.run_coroutine_threadsafe(self._acknowledge(msgs), loop)
         return len(msgs)
 
-    @property
-    def in_hand(self) -> int:
-        return len(self._held)
-
     # -- the loop thread -------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -218,12 +214,18 @@ class NatsSource:
             try:
                 msgs = await pull.fetch(batch, expires_s=expires_s)
                 if msgs and not owned:
+                    try:
+                        msgs = await self._gain(part, consumer, pull, nc, msgs)
+                    except BaseException:
+                        # Half gained (pin lost, NATS failing): give it up; the messages in
+                        # hand come back, and the next ones start the gain again.
+                        self._lose(part, "its takeover did not complete")
+                        raise
                     owned = True
-                    msgs = await self._gain(part, consumer, pull, nc, msgs)
             except Unpinned:
                 if owned:
                     owned = False
-                    self._lose(part)
+                    self._lose(part, "another worker holds it now")
                 continue
             except (nats.errors.Error, TimeoutError, ClusterError) as exc:
                 log.info("partition %d: pull failed (%s); pulling again", part, exc)
@@ -291,9 +293,9 @@ class NatsSource:
         ).start()
         return None
 
-    def _lose(self, part: int) -> None:
+    def _lose(self, part: int, why: str) -> None:
         self.owned = self.owned - {part}
-        log.info("partition %d lost: another worker holds it now", part)
+        log.info("partition %d given up: %s", part, why)
         self._call(functools.partial(self.alerting.forget, [part]))
 
     def _hand_over(self, msgs: list[Msg], prefix: str) -> None:

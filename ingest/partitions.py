@@ -239,7 +239,6 @@ class PartitionedAlerting:
         publish: Publish,
         clock: Callable[[], int] = time.time_ns,
         time_scale: float = 1.0,
-        on_change: Callable[[frozenset[int]], None] | None = None,
     ) -> None:
         self.registry = registry
         self.partitions = partitions
@@ -248,7 +247,6 @@ class PartitionedAlerting:
         self._publish = publish
         self._clock = clock
         self.time_scale = time_scale
-        self._on_change = on_change
         self._part_of = sensor_partitions(registry, partitions)
         # Claimed partitions (their acknowledgements are ours: "not ready" until adopted), and
         # the adopted ones' engines (None: a partition with no sensor).
@@ -406,12 +404,11 @@ class PartitionedAlerting:
             clock=self._clock,
             time_scale=self.time_scale,
             state=state,
+            part_of_city=True,
         )
 
     def _changed(self) -> None:
         log.info(describe(self.owned))
-        if self._on_change is not None:
-            self._on_change(self.owned)
 
 
 # -- the single-node (Mosquitto) path ---------------------------------------------------------

@@ -27,6 +27,9 @@ from floodwatch.credentials import (
     dynsec_document,
     worker_logins,
 )
+from floodwatch.credentials import (
+    main as credentials_main,
+)
 from floodwatch.errors import SettingsError
 from floodwatch.influx import InfluxClient
 from floodwatch.localservices import Service
@@ -419,3 +422,19 @@ def test_the_metrics_say_which_partitions_the_worker_owns() -> None:
         ("3", 1),
     ]
     assert not [m for m in ingest_metrics(IngestCounters(), 0, None) if "partition" in m.name]
+
+
+def test_compose_credentials_make_the_worker_logins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m floodwatch.credentials --ingest-workers 3` writes ingest-2 and ingest-3, bound
+    to their client ids, and asks for their passwords by name when they are missing."""
+    for user in ("ADMIN", "INGEST", "API", "NOTIFY", "INGEST_2"):
+        monkeypatch.setenv(f"MQTT_{user}_PASSWORD", f"pw-{user.lower()}")
+    assert credentials_main(["--out", str(tmp_path), "--ingest-workers", "3"]) == 2
+    monkeypatch.setenv("MQTT_INGEST_3_PASSWORD", "pw-3")
+    assert credentials_main(["--out", str(tmp_path), "--ingest-workers", "3"]) == 0
+    doc = json.loads(Credentials.dynsec_file(tmp_path).read_text())
+    bound = {c["username"]: c.get("clientid") for c in doc["clients"]}
+    assert bound["ingest-2"] == "floodwatch-ingest-2"
+    assert bound["ingest-3"] == "floodwatch-ingest-3"

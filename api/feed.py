@@ -196,6 +196,8 @@ class LiveFeed:
         self._subscriptions = [
             (topics.all_readings, 1),
             (topics.all_statuses, 1),
+            # The clustered mode's NATS delivers the sensors' messages here (Topics).
+            *((partitioned, 1) for partitioned in topics.all_partitioned),
             (f"{topics.base}/alerts/+", 1),
             # Operators' changes and the notifier's records (floodwatch.operations).
             (topics.maintenance("+"), 1),
@@ -279,6 +281,8 @@ class LiveFeed:
                 except BrokerError as exc:
                     log.warning("live feed: %s", exc)
                 else:
+                    # Subscribed only once the broker says so (NATS takes a moment).
+                    conn.wait_subscribed(ATTEMPT_TIMEOUT_S)
                     self._conn = conn
                     self._ready.set()
                     self._tried.set()
@@ -289,6 +293,9 @@ class LiveFeed:
             delay = min(delay * 2, MAX_RETRY_DELAY_S)
 
     def _deliver(self, delivery: Delivery) -> None:
+        topic = self.topics.unpartitioned(delivery.topic)
+        if topic is not delivery.topic:
+            delivery = delivery._replace(topic=topic)
         for topic_filter, on_delivery in self._routes:
             if topic_matches_sub(topic_filter, delivery.topic):
                 on_delivery(delivery)

@@ -5,6 +5,7 @@ NATS cluster behind HAProxy, whose MQTT listener refuses v5."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import queue
@@ -20,6 +21,10 @@ from pathlib import Path
 import pytest
 
 from api.__main__ import build_parser as api_parser
+from api.eventlog import EventLog
+from api.feed import FeedHandler, LiveFeed
+from api.live import LiveState
+from api.metrics import Metrics
 from floodwatch.cluster import DEFAULT_PARTITIONS, LocalCluster, local_cluster, partition
 from floodwatch.credentials import Credentials
 from floodwatch.errors import BrokerError, SettingsError
@@ -295,3 +300,42 @@ def test_a_retained_message_published_over_311_is_read_back_over_311(
     finally:
         publisher.publish_and_wait(topic, b"", retain=True)
         publisher.stop()
+
+
+@pytest.mark.services  # a real NATS cluster and HAProxy
+def test_the_api_feed_over_311_hears_a_sensor_on_its_partition_topic(
+    cluster: LocalCluster,
+) -> None:
+    """The API's live feed, as the `api` login over 3.1.1, applies a sensor's reading and then
+    its `offline` status although NATS delivers them on the partition topics, not the contract's."""
+    topics = Topics("t" + uuid.uuid4().hex[:10])
+    registry = load_registry(SHIPPED_REGISTRY)
+    state = LiveState(registry)
+    handler = FeedHandler(topics, registry, state, EventLog(10), Metrics())
+    sensor = MqttConnection(_front(cluster, "d12-01"), "d12-01")
+
+    def heard() -> bool:
+        now = state.get("d12-01")
+        return now is not None and now.reading is not None and now.online is False
+
+    async def scenario() -> None:
+        feed = LiveFeed(_front(cluster, "api"), topics, handler, asyncio.get_running_loop())
+        feed.start()
+        try:
+            assert await asyncio.to_thread(feed.wait_connected, 20), "the feed did not subscribe"
+            sensor.start()
+            reading = json.dumps({"ts": int(time.time() * 1000), "level_cm": 12.5})
+            assert sensor.publish_and_wait(topics.reading("d12-01"), reading)
+            assert sensor.publish_and_wait(topics.status("d12-01"), b"offline", retain=True)
+            for _ in range(200):  # the feed applies deliveries on this event loop
+                if heard():
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            sensor.stop()
+            await asyncio.to_thread(feed.stop)
+
+    asyncio.run(scenario())
+    now = state.get("d12-01")
+    assert now is not None and now.reading is not None, "no reading reached the live state"
+    assert now.reading.level_cm == 12.5 and now.online is False

@@ -26,10 +26,10 @@ from api.feed import FeedHandler, LiveFeed
 from api.live import LiveState
 from api.metrics import Metrics
 from floodwatch.cluster import DEFAULT_PARTITIONS, LocalCluster, local_cluster, partition
-from floodwatch.credentials import Credentials
-from floodwatch.errors import BrokerError, SettingsError
+from floodwatch.credentials import SERVICE_CLIENT_IDS, Credentials
+from floodwatch.errors import BrokerError, LoginRefused, SettingsError
 from floodwatch.localservices import Service, local_credentials
-from floodwatch.mqtt import Delivery, MqttConnection, Subscription, Will
+from floodwatch.mqtt import Delivery, MqttConnection, Subscription, Will, sensor_client_id
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry
 from floodwatch.retained import read_retained
 from floodwatch.settings import (
@@ -48,6 +48,7 @@ from simulators.__main__ import build_parser as simulators_parser
 from tests.conftest import ROOT, admin_endpoint, wait_until
 
 V311 = {"FLOODWATCH_MQTT_PROTOCOL": MQTT_V311}
+REGISTRY = load_registry(SHIPPED_REGISTRY)
 
 # -- the setting (pure) ---------------------------------------------------------------------
 
@@ -204,8 +205,7 @@ def test_a_311_connection_s_will_is_published_when_its_link_drops(
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     workdir = tmp_path_factory.mktemp("cluster311")
-    registry = load_registry(SHIPPED_REGISTRY)
-    with local_cluster(workdir, local_credentials(workdir), registry) as running_cluster:
+    with local_cluster(workdir, local_credentials(workdir), REGISTRY) as running_cluster:
         yield running_cluster
 
 
@@ -221,6 +221,16 @@ def test_a_v5_connect_to_nats_says_to_pass_mqtt_protocol_3_1_1(cluster: LocalClu
         conn = MqttConnection(cluster.front.endpoint(user), client_id)
         with pytest.raises(BrokerError, match=r"pass --mqtt-protocol 3\.1\.1 \(or FLOODWATCH_"):
             conn.start(timeout_s=20)
+
+
+@pytest.mark.services  # a real NATS cluster and HAProxy
+def test_nats_refuses_a_dot_in_a_client_id_and_the_error_says_so(cluster: LocalCluster) -> None:
+    """NATS refuses a `.` that Mosquitto accepts; the ids Floodwatch makes have none."""
+    with pytest.raises(LoginRefused, match=r"NATS refuses a '\.' in a client id"):
+        MqttConnection(_front(cluster), "floodwatch-sim.1").start(timeout_s=20)
+    made = {sensor_client_id(_front(cluster), sid, "sim", 12345) for sid in REGISTRY.sensors}
+    made |= set(REGISTRY.sensors) | set(SERVICE_CLIENT_IDS.values())
+    assert not [client_id for client_id in made if "." in client_id]
 
 
 @pytest.mark.services  # a real NATS cluster and HAProxy
@@ -309,9 +319,8 @@ def test_the_api_feed_over_311_hears_a_sensor_on_its_partition_topic(
     """The API's live feed, as the `api` login over 3.1.1, applies a sensor's reading and then
     its `offline` status although NATS delivers them on the partition topics, not the contract's."""
     topics = Topics("t" + uuid.uuid4().hex[:10])
-    registry = load_registry(SHIPPED_REGISTRY)
-    state = LiveState(registry)
-    handler = FeedHandler(topics, registry, state, EventLog(10), Metrics())
+    state = LiveState(REGISTRY)
+    handler = FeedHandler(topics, REGISTRY, state, EventLog(10), Metrics())
     sensor = MqttConnection(_front(cluster, "d12-01"), "d12-01")
 
     def heard() -> bool:

@@ -112,6 +112,26 @@ def test_every_command_that_talks_mqtt_takes_the_option() -> None:
     assert "--mqtt-protocol" not in subcommands["truth"].format_help()
 
 
+@pytest.mark.parametrize(
+    ("topic", "contract"),
+    [
+        ("fw/v1/part/7/an-khanh/d12-01/reading", "fw/v1/sensors/d12-01/reading"),
+        ("fw/v1/part/0/thu-duc/qh-02/status", "fw/v1/sensors/qh-02/status"),
+        ("fw/v1/sensors/d12-01/reading", "fw/v1/sensors/d12-01/reading"),
+        ("fw/v1/alerts/d12-01", "fw/v1/alerts/d12-01"),
+        ("fw/v1/part/7/an-khanh/reading", "fw/v1/part/7/an-khanh/reading"),
+        ("other/v1/part/7/an-khanh/d12-01/reading", "other/v1/part/7/an-khanh/d12-01/reading"),
+    ],
+)
+def test_a_partition_topic_reads_as_the_contract_s_sensor_topic(topic: str, contract: str) -> None:
+    """The clustered mode's `part/P/WARD/ID/CHANNEL` is `sensors/ID/CHANNEL`; others unchanged."""
+    topics = Topics("fw")
+    assert topics.unpartitioned(topic) == contract
+    assert topics.parse_sensor_topic(topics.unpartitioned(topic)) == (
+        topics.parse_sensor_topic(contract)
+    )
+
+
 # -- MqttConnection's 3.1.1 path on the real Mosquitto ----------------------------------------
 
 

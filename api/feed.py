@@ -81,7 +81,6 @@ class FeedHandler:
         self._maintenance_prefix = topics.maintenance("")
         self._registry_prefix = topics.registry_override("")
         self._notifications_prefix = topics.notifications("")
-        self._partition_prefix = f"{topics.base}/part/"
         # The sensor's last alerts payload: the next one's event id is made with it, so that
         # a cleared (empty) payload too gets the same id on every API replica.
         self._alert_payloads: dict[str, tuple[bytes, int]] = {}
@@ -96,7 +95,8 @@ class FeedHandler:
             return
         if self.operation(topic, payload):
             return
-        topic = self.contract_topic(topic)
+        # On a NATS cluster a sensor's publish arrives on its partition topic (Topics).
+        topic = self.topics.unpartitioned(topic)
         decoded = decode_message(
             self.topics, self.registry, topic, payload, received_at_ns, retained
         )
@@ -123,18 +123,6 @@ class FeedHandler:
             held = now.reading
             source = f"{sensor_id} {held.time_ns} {held.level_cm!r}".encode()
             self.events.publish("reading", data, held.time_ns, source)
-
-    def contract_topic(self, topic: str) -> str:
-        """On a NATS cluster the account's mapping moves a sensor's publish to
-        `ROOT/v1/part/P/WARD/ID/reading|status` (docs/CLUSTER.md) before subscribers see it:
-        the contract's topic for it; any other topic unchanged."""
-        if not topic.startswith(self._partition_prefix):
-            return topic
-        levels = topic[len(self._partition_prefix) :].split("/")
-        if len(levels) != 4:
-            return topic
-        sensor_id, channel = levels[2], levels[3]
-        return f"{self.topics.base}/sensors/{sensor_id}/{channel}"
 
     def operation(self, topic: str, payload: bytes) -> bool:
         """Maintenance, registry overrides and the notifier's records; False for others."""
@@ -256,9 +244,8 @@ class LiveFeed:
         self._subscriptions = [
             (topics.all_readings, 1),
             (topics.all_statuses, 1),
-            # The same, on a NATS cluster (FeedHandler.contract_topic).
-            (f"{topics.base}/part/+/+/+/reading", 1),
-            (f"{topics.base}/part/+/+/+/status", 1),
+            # The clustered mode's NATS delivers the sensors' messages here (Topics).
+            *((partitioned, 1) for partitioned in topics.all_partitioned),
             (f"{topics.base}/alerts/+", 1),
             # Operators' changes and the notifier's records (floodwatch.operations).
             (topics.maintenance("+"), 1),
@@ -343,6 +330,8 @@ class LiveFeed:
                 except BrokerError as exc:
                     log.warning("live feed: %s", exc)
                 else:
+                    # Subscribed only once the broker says so (NATS takes a moment).
+                    conn.wait_subscribed(ATTEMPT_TIMEOUT_S)
                     self._conn = conn
                     self._ready.set()
                     self._tried.set()
@@ -353,6 +342,9 @@ class LiveFeed:
             delay = min(delay * 2, MAX_RETRY_DELAY_S)
 
     def _deliver(self, delivery: Delivery) -> None:
+        topic = self.topics.unpartitioned(delivery.topic)
+        if topic is not delivery.topic:
+            delivery = delivery._replace(topic=topic)
         for topic_filter, on_delivery in self._routes:
             if topic_matches_sub(topic_filter, delivery.topic):
                 on_delivery(delivery)

@@ -250,13 +250,13 @@ class MqttConnection:
         deadline = time.monotonic() + timeout_s
         while not self._connected.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
             if self._protocol_refused:
-                self._client.loop_stop()
+                self._shut()
                 raise BrokerError(
                     f"MQTT broker {self.endpoint} refused the connection: {PROTOCOL_ADVICE}."
                 )
             refused = self._login_refused
             if refused is not None:
-                self._client.loop_stop()
+                self._shut()
                 user = self.endpoint.username
                 # The broker binds each login to one client id, and refuses any other.
                 client_id = (
@@ -281,7 +281,7 @@ class MqttConnection:
             if time.monotonic() >= deadline:
                 break
         if not self._connected.is_set():
-            self._client.loop_stop()
+            self._shut()
             raise BrokerError(
                 f"MQTT broker {self.endpoint} did not accept a connection within {timeout_s:g} s "
                 f"({self._last_error}); check that it runs and that --mqtt-url is right."
@@ -289,8 +289,17 @@ class MqttConnection:
 
     def stop(self) -> None:
         self._client.disconnect()
-        self._client.loop_stop()
+        self._shut()
         self._connected.clear()
+
+    def _shut(self) -> None:
+        """Stop the network thread and close paho's sockets now: paho closes its wake-up socket
+        pair only when the client is collected, and a collected cycle may finalise the sockets
+        first (a ResourceWarning)."""
+        network_thread = self._client._thread
+        self._client.loop_stop()
+        if network_thread is not threading.current_thread():  # else it is still running
+            self._client._reset_sockets()
 
     @property
     def connected(self) -> bool:

@@ -98,3 +98,21 @@ class Topics:
         if channel == "status":
             return sensor_id, "status"
         return None
+
+    # The clustered mode's NATS account rewrites each sensor's publish to
+    # `part/{partition}/{ward}/{id}/{channel}` before any subscriber sees it (docs/CLUSTER.md),
+    # so an MQTT subscriber there finds the sensors' messages under these filters instead.
+    @property
+    def all_partitioned(self) -> tuple[str, str]:
+        return f"{self.base}/part/+/+/+/reading", f"{self.base}/part/+/+/+/status"
+
+    def unpartitioned(self, topic: str) -> str:
+        """The contract's `sensors/{id}/{channel}` topic for a partition topic
+        `part/{partition}/{ward}/{id}/{channel}`; any other topic unchanged."""
+        prefix = self.base + "/part/"
+        if not topic.startswith(prefix):
+            return topic
+        levels = topic[len(prefix) :].split("/")
+        if len(levels) != 4:
+            return topic
+        return f"{self.base}/sensors/{levels[2]}/{levels[3]}"

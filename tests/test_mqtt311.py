@@ -5,6 +5,7 @@ NATS cluster behind HAProxy, whose MQTT listener refuses v5."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import queue
@@ -20,11 +21,15 @@ from pathlib import Path
 import pytest
 
 from api.__main__ import build_parser as api_parser
+from api.eventlog import EventLog
+from api.feed import FeedHandler, LiveFeed
+from api.live import LiveState
+from api.metrics import Metrics
 from floodwatch.cluster import DEFAULT_PARTITIONS, LocalCluster, local_cluster, partition
-from floodwatch.credentials import Credentials
-from floodwatch.errors import BrokerError, SettingsError
+from floodwatch.credentials import SERVICE_CLIENT_IDS, Credentials
+from floodwatch.errors import BrokerError, LoginRefused, SettingsError
 from floodwatch.localservices import Service, local_credentials
-from floodwatch.mqtt import Delivery, MqttConnection, Subscription, Will
+from floodwatch.mqtt import Delivery, MqttConnection, Subscription, Will, sensor_client_id
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry
 from floodwatch.retained import read_retained
 from floodwatch.settings import (
@@ -43,6 +48,7 @@ from simulators.__main__ import build_parser as simulators_parser
 from tests.conftest import ROOT, admin_endpoint, wait_until
 
 V311 = {"FLOODWATCH_MQTT_PROTOCOL": MQTT_V311}
+REGISTRY = load_registry(SHIPPED_REGISTRY)
 
 # -- the setting (pure) ---------------------------------------------------------------------
 
@@ -104,6 +110,26 @@ def test_every_command_that_talks_mqtt_takes_the_option() -> None:
     )
     # truth, plot and list publish nothing.
     assert "--mqtt-protocol" not in subcommands["truth"].format_help()
+
+
+@pytest.mark.parametrize(
+    ("topic", "contract"),
+    [
+        ("fw/v1/part/7/an-khanh/d12-01/reading", "fw/v1/sensors/d12-01/reading"),
+        ("fw/v1/part/0/thu-duc/qh-02/status", "fw/v1/sensors/qh-02/status"),
+        ("fw/v1/sensors/d12-01/reading", "fw/v1/sensors/d12-01/reading"),
+        ("fw/v1/alerts/d12-01", "fw/v1/alerts/d12-01"),
+        ("fw/v1/part/7/an-khanh/reading", "fw/v1/part/7/an-khanh/reading"),
+        ("other/v1/part/7/an-khanh/d12-01/reading", "other/v1/part/7/an-khanh/d12-01/reading"),
+    ],
+)
+def test_a_partition_topic_reads_as_the_contract_s_sensor_topic(topic: str, contract: str) -> None:
+    """The clustered mode's `part/P/WARD/ID/CHANNEL` is `sensors/ID/CHANNEL`; others unchanged."""
+    topics = Topics("fw")
+    assert topics.unpartitioned(topic) == contract
+    assert topics.parse_sensor_topic(topics.unpartitioned(topic)) == (
+        topics.parse_sensor_topic(contract)
+    )
 
 
 # -- MqttConnection's 3.1.1 path on the real Mosquitto ----------------------------------------
@@ -199,8 +225,7 @@ def test_a_311_connection_s_will_is_published_when_its_link_drops(
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     workdir = tmp_path_factory.mktemp("cluster311")
-    registry = load_registry(SHIPPED_REGISTRY)
-    with local_cluster(workdir, local_credentials(workdir), registry) as running_cluster:
+    with local_cluster(workdir, local_credentials(workdir), REGISTRY) as running_cluster:
         yield running_cluster
 
 
@@ -216,6 +241,16 @@ def test_a_v5_connect_to_nats_says_to_pass_mqtt_protocol_3_1_1(cluster: LocalClu
         conn = MqttConnection(cluster.front.endpoint(user), client_id)
         with pytest.raises(BrokerError, match=r"pass --mqtt-protocol 3\.1\.1 \(or FLOODWATCH_"):
             conn.start(timeout_s=20)
+
+
+@pytest.mark.services  # a real NATS cluster and HAProxy
+def test_nats_refuses_a_dot_in_a_client_id_and_the_error_says_so(cluster: LocalCluster) -> None:
+    """NATS refuses a `.` that Mosquitto accepts; the ids Floodwatch makes have none."""
+    with pytest.raises(LoginRefused, match=r"NATS refuses a '\.' in a client id"):
+        MqttConnection(_front(cluster), "floodwatch-sim.1").start(timeout_s=20)
+    made = {sensor_client_id(_front(cluster), sid, "sim", 12345) for sid in REGISTRY.sensors}
+    made |= set(REGISTRY.sensors) | set(SERVICE_CLIENT_IDS.values())
+    assert not [client_id for client_id in made if "." in client_id]
 
 
 @pytest.mark.services  # a real NATS cluster and HAProxy
@@ -295,3 +330,41 @@ def test_a_retained_message_published_over_311_is_read_back_over_311(
     finally:
         publisher.publish_and_wait(topic, b"", retain=True)
         publisher.stop()
+
+
+@pytest.mark.services  # a real NATS cluster and HAProxy
+def test_the_api_feed_over_311_hears_a_sensor_on_its_partition_topic(
+    cluster: LocalCluster,
+) -> None:
+    """The API's live feed, as the `api` login over 3.1.1, applies a sensor's reading and then
+    its `offline` status although NATS delivers them on the partition topics, not the contract's."""
+    topics = Topics("t" + uuid.uuid4().hex[:10])
+    state = LiveState(REGISTRY)
+    handler = FeedHandler(topics, REGISTRY, state, EventLog(10), Metrics())
+    sensor = MqttConnection(_front(cluster, "d12-01"), "d12-01")
+
+    def heard() -> bool:
+        now = state.get("d12-01")
+        return now is not None and now.reading is not None and now.online is False
+
+    async def scenario() -> None:
+        feed = LiveFeed(_front(cluster, "api"), topics, handler, asyncio.get_running_loop())
+        feed.start()
+        try:
+            assert await asyncio.to_thread(feed.wait_connected, 20), "the feed did not subscribe"
+            sensor.start()
+            reading = json.dumps({"ts": int(time.time() * 1000), "level_cm": 12.5})
+            assert sensor.publish_and_wait(topics.reading("d12-01"), reading)
+            assert sensor.publish_and_wait(topics.status("d12-01"), b"offline", retain=True)
+            for _ in range(200):  # the feed applies deliveries on this event loop
+                if heard():
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            sensor.stop()
+            await asyncio.to_thread(feed.stop)
+
+    asyncio.run(scenario())
+    now = state.get("d12-01")
+    assert now is not None and now.reading is not None, "no reading reached the live state"
+    assert now.reading.level_cm == 12.5 and now.online is False

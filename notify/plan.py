@@ -143,21 +143,15 @@ def outgoing(delivery: Delivery) -> Outgoing:
     return Outgoing(delivery.notification_id, doc["address"], message, doc["body"].encode())
 
 
-_TEXT_FIELDS = (
-    "event_id",
-    "alert_id",
-    "sensor_id",
-    "street",
-    "kind",
-    "change",
-    "state",
-    "level_name",
-)
-_INT_FIELDS = ("seq", "level", "at_ns")
+_TEXT_FIELDS = ("event_id", "alert_id", "sensor_id", "street", "kind", "change", "state")
+_INT_FIELDS = ("seq", "at_ns")
 
 
 def event_from_payload(payload: bytes) -> AlertEvent | None:
-    """An alert event from its MQTT payload, or None if it is not one (logged by the caller)."""
+    """An alert event from its MQTT payload, or None if it is not one (logged by the caller).
+
+    Only flood events carry `level` and `level_name` (CONTRACT section 3): a rising, stale,
+    battery or fault event has null there and is as much an alert event."""
     try:
         event = AlertEvent.from_json(payload)
     except (ValueError, TypeError):
@@ -165,5 +159,12 @@ def event_from_payload(payload: bytes) -> AlertEvent | None:
     if not all(isinstance(getattr(event, f), str) for f in _TEXT_FIELDS):
         return None
     if not all(type(getattr(event, f)) is int for f in _INT_FIELDS):
+        return None
+    level_ok = type(event.level) is int
+    name_ok = isinstance(event.level_name, str)
+    if event.kind != "flood":
+        level_ok = level_ok or event.level is None
+        name_ok = name_ok or event.level_name is None
+    if not (level_ok and name_ok):
         return None
     return event

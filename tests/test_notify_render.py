@@ -379,3 +379,34 @@ def test_level_names_are_the_pages_words_in_both_languages() -> None:
     assert en.title == "Flooding on Nguyen Van Huong rose to: Hazardous"
     vi = render(Send("x", "deescalated", 0, flood(1), False), "vi", "Asia/Ho_Chi_Minh", "")
     assert vi.title == "Ngập tại Nguyễn Văn Hưởng giảm xuống mức: Ngập"
+
+
+def test_every_kind_of_alert_event_the_engine_publishes_is_read_by_the_notifier() -> None:
+    """The engine's own events, through their JSON: rising, battery and stale events carry no
+    level (CONTRACT section 3) and must still reach the notifier (they were ignored once)."""
+    import numpy as np
+
+    from alerts import ReadingArrays, check_stale, new_state, step
+    from notify.plan import event_from_payload
+
+    sensor = REGISTRY.sensors["qh-02"]
+    index = list(REGISTRY.sensors).index("qh-02")
+    minute = 60 * 10**9
+    depths = [0.0, 0.0, 12.0, 24.0, 35.0, 35.0, 8.0, 2.0, 0.0, 0.0, 0.0, 0.0]
+    volts = [3.7, 3.2, 3.2, 3.2, 3.7, 3.7, 3.7, 3.7, 3.7, 3.7, 3.7, 3.7]
+    times = T0 + np.arange(len(depths), dtype=np.int64) * int(sensor.interval_s * 10**9)
+    batch = ReadingArrays(
+        np.full(len(depths), index, dtype=np.int32),
+        times,
+        np.array(depths, dtype=np.float64),
+        np.array(volts, dtype=np.float64),
+    )
+    state, events = step(new_state(REGISTRY, T0), batch, int(times[-1]) + 1)
+    _, stale = check_stale(state, int(times[-1]) + 60 * minute)
+    alert_events = [e for e in [*events, *stale] if isinstance(e, AlertEvent)]
+    kinds = {e.kind for e in alert_events}
+    assert {"flood", "battery_low", "stale"} <= kinds, kinds
+    for event in alert_events:
+        read = event_from_payload(event.to_json())
+        assert read == event, f"the notifier ignored a {event.kind} {event.change} event"
+    assert event_from_payload(b'{"kind": "flood"}') is None

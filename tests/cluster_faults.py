@@ -1,0 +1,533 @@
+"""The harness of the clustered fault tests (issue 14, "Fault tests" rows 1, 2, 5 and 6;
+tests/test_cluster_faults.py): a flood published by sensors over MQTT 3.1.1 QoS 1 through the
+front door, the accounting of what became of it, and a consumer-level stand-in for the
+workers.
+
+- The scenario is the shipped `flash-flood` (simulators/: physics, sensors, messages) for the
+  shipped sensors, with one ward per street (`ward-a` Đường 12, `ward-b` Quốc Hương, `ward-c`
+  Nguyễn Văn Hưởng and the river gauge), so the readings spread over three partitions. Its
+  timestamps are its own (October 2026): unique per sensor, in the past, the same in every run,
+  so alert event ids (deterministic in the readings) compare across runs.
+- `LoadPublisher`: one persistent MQTT 3.1.1 session per sensor login through HAProxy, paced
+  to a rate, recording which readings the broker acknowledged (PUBACK).
+- `EventWatch`: alert events as published, seen by two NATS connections on two different
+  nodes, so a node going down hides nothing from both.
+- `StoreWatch`: the stored readings' count over time (the time to resume).
+- `account`: published, acknowledged, stored, lost, duplicated, alerts missing or doubled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import nats
+import orjson
+import paho.mqtt.client as mqtt
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from alerts import AlertEvent, EngineState, new_state, readings_to_arrays, step
+from floodwatch.cluster import (
+    MQTT_MSGS_PREFIX,
+    MQTT_MSGS_STREAM,
+    LocalCluster,
+    PartitionPull,
+    Unpinned,
+    acknowledge,
+    connect,
+    partition_consumer_name,
+    partition_plan,
+    retrying,
+)
+from floodwatch.contract import ALERT_MEASUREMENT, READING_MEASUREMENT
+from floodwatch.decode import decode_readings
+from floodwatch.errors import FloodwatchError
+from floodwatch.influx import InfluxClient
+from floodwatch.registry import SHIPPED_REGISTRY, Registry
+from floodwatch.topics import Topics
+from ingest.line_protocol import encode_point
+from ingest.store import reading_line
+from simulators.messages import TimeMap, build_messages
+from simulators.physics import simulate_world
+from simulators.scenario import check_against_registry, find_scenario, load_scenario
+from simulators.sensors import report
+from tests.test_cluster import MqttSensor
+
+Key = tuple[str, int]  # (sensor, reading time in ns): one stored point
+SCENARIO = "flash-flood"
+# One ward per street: three wards in three different partitions of 8 (checked by the tests).
+WARD_OF_STREET = {
+    "Đường 12": "ward-a",
+    "Quốc Hương": "ward-b",
+    "Nguyễn Văn Hưởng": "ward-c",
+    "Sông Sài Gòn": "ward-c",
+}
+
+
+def ward_split_registry(dest: Path) -> Path:
+    """The shipped registry with one ward id per street, written to `dest`."""
+    doc = orjson.loads(SHIPPED_REGISTRY.read_bytes())
+    for feature in doc["features"]:
+        props = feature["properties"]
+        if "id" in props:  # a sensor (streets carry no id)
+            props["ward_id"] = WARD_OF_STREET[props["street"]]
+    dest.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    return dest
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """One reading message of the scenario, with the point it must become."""
+
+    sensor_id: str
+    payload: bytes
+    key: Key
+
+
+def flood_messages(registry: Registry, scenario_name: str = SCENARIO) -> list[Planned]:
+    """The scenario's readings in publishing order, stamped with the scenario's own times."""
+    scenario = load_scenario(find_scenario(scenario_name))
+    check_against_registry(scenario, registry)
+    sensors = tuple(registry.sensors.values())
+    world = simulate_world(scenario, scenario.seed)
+    reports, events = report(scenario, world, sensors, scenario.seed)
+    planned = []
+    for message in build_messages(reports, events, TimeMap(scenario.start_s, scenario.start_s)):
+        if message.channel != "reading" or message.readings != 1:
+            continue  # the flash flood has no statuses and no backfill arrays
+        sensor_id = sensors[message.sensor].id
+        planned.append(Planned(sensor_id, message.payload, (sensor_id, _ts_ns(message.payload))))
+    return planned
+
+
+def _ts_ns(payload: bytes) -> int:
+    """A reading's ISO `ts` (milliseconds) in epoch nanoseconds, exactly."""
+    moment = datetime.fromisoformat(orjson.loads(payload)["ts"])
+    return (int(moment.timestamp()) * 1000 + moment.microsecond // 1000) * 1_000_000
+
+
+# -- the sensors --------------------------------------------------------------------------------
+
+
+class LoadPublisher:
+    """Every sensor's login publishing its readings QoS 1 through the front door, at `rate`
+    readings per second in all, in the scenario's order (each sensor's in time order)."""
+
+    def __init__(
+        self, cluster: LocalCluster, root: str, messages: Sequence[Planned], rate: float
+    ) -> None:
+        self.topics = Topics(root)
+        self.messages = messages
+        self.rate = rate
+        ids = sorted({m.sensor_id for m in messages})
+        self.sensors = {s: MqttSensor(cluster, s) for s in ids}
+        self.sent: list[tuple[Planned, mqtt.MQTTMessageInfo]] = []
+        self.thread = threading.Thread(target=self._run, name="load-publisher", daemon=True)
+        self.started_s = 0.0
+
+    def start(self) -> None:
+        self.started_s = time.monotonic()
+        self.thread.start()
+
+    def _run(self) -> None:
+        for n, message in enumerate(self.messages):
+            delay = self.started_s + n / self.rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)  # pacing the load, not waiting for a result
+            sensor = self.sensors[message.sensor_id]
+            info = sensor.client.publish(
+                self.topics.reading(message.sensor_id), message.payload, qos=1
+            )
+            self.sent.append((message, info))
+
+    @property
+    def published(self) -> int:
+        return len(self.sent)
+
+    def acknowledged(self) -> set[Key]:
+        """Readings the broker PUBACKed (paho resends the others after a reconnect)."""
+        return {
+            m.key
+            for m, info in list(self.sent)
+            if info.mid in self.sensors[m.sensor_id].acknowledged
+        }
+
+    def wait_done(self, timeout_s: float) -> None:
+        self.thread.join(timeout_s)
+        assert not self.thread.is_alive(), "the publisher did not finish"
+
+    def close(self) -> None:
+        for sensor in self.sensors.values():
+            sensor.close()
+
+
+# -- what the pipeline made of it ---------------------------------------------------------------
+
+
+@dataclass
+class Seen:
+    """One copy of an alert event as published."""
+
+    event_id: str
+    at_ns: int  # the engine's decision time: two decisions differ here, two copies do not
+    received_s: float  # time.monotonic() at the watcher
+
+
+class EventWatch:
+    """Alert events on `ROOT.v1.events.>` as two NATS connections, each on its own node, see
+    them; a copy seen by both counts once (same payload)."""
+
+    def __init__(self, cluster: LocalCluster, root: str, nodes: Sequence[str]) -> None:
+        pairs = zip(cluster.nats_urls(), cluster.nodes, strict=True)
+        self.urls = [[url] for url, (_, node) in pairs if node.name in nodes]
+        self.subject = f"{root}.v1.events.>"
+        self.copies: list[list[Seen]] = [[] for _ in self.urls]
+        self.ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        assert self.ready.wait(30), "the event watchers did not subscribe"
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        conns: list[NatsClient] = []
+        for k, urls in enumerate(self.urls):
+            nc = await connect(urls)
+            conns.append(nc)
+
+            async def seen(msg: Msg, k: int = k) -> None:
+                doc = orjson.loads(msg.data)
+                self.copies[k].append(Seen(doc["event_id"], doc["at_ns"], time.monotonic()))
+
+            await nc.subscribe(self.subject, cb=seen)
+            await nc.flush()
+        self.ready.set()
+        await self._stop.wait()
+        for nc in conns:
+            await nc.close()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self.thread.join(10)
+
+    def decisions(self) -> dict[str, set[int]]:
+        """event id -> the distinct decision times it was published with."""
+        out: dict[str, set[int]] = {}
+        for seen in itertools.chain(*self.copies):
+            out.setdefault(seen.event_id, set()).add(seen.at_ns)
+        return out
+
+    def most_copies(self) -> Counter[str]:
+        """event id -> the most copies one watcher saw (QoS 1 may deliver a copy twice)."""
+        best: Counter[str] = Counter()
+        for copies in self.copies:
+            for event_id, n in Counter(s.event_id for s in copies).items():
+                best[event_id] = max(best[event_id], n)
+        return best
+
+    def first_after(self, t: float) -> float | None:
+        """When the first event after monotonic time `t` was seen."""
+        times = [s.received_s for s in itertools.chain(*self.copies) if s.received_s > t]
+        return min(times) if times else None
+
+
+class StoreWatch:
+    """Polls the stored readings' count (10 Hz), so a run can say when writes resumed."""
+
+    def __init__(self, db: InfluxClient) -> None:
+        self.db = db
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="store-watch", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            with contextlib.suppress(FloodwatchError, httpx.HTTPError):
+                self.samples.append((time.monotonic(), stored_count(self.db)))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(10)
+
+    def resumed_after(self, t: float) -> float:
+        """Seconds from `t` to the first growth of the count after its longest stall from `t`
+        on (a stall that never ended counts to the last sample)."""
+        after = [(s, n) for s, n in self.samples if s >= t]
+        if not after:
+            return float("nan")
+        resume, stall_start, best = after[0][0], t, 0.0
+        for (_, n0), (s1, n1) in itertools.pairwise(after):
+            if n1 > n0:
+                if s1 - stall_start > best:
+                    best, resume = s1 - stall_start, s1
+                stall_start = s1
+        return resume - t
+
+
+def stored_count(db: InfluxClient) -> int:
+    series = db.query(f'SELECT count("level_cm") FROM "{READING_MEASUREMENT}"')
+    return int(series[0]["values"][0][1]) if series else 0
+
+
+def stored_keys(db: InfluxClient, since_ns: int) -> list[Key]:
+    """Every stored reading's (sensor, time) from `since_ns` on (bound parameter)."""
+    series = db.query(
+        f'SELECT "level_cm", "sensor" FROM "{READING_MEASUREMENT}" WHERE time >= $since',
+        {"since": since_ns},
+        epoch="ns",
+    )
+    return [(row[2], int(row[0])) for s in series for row in s["values"]]
+
+
+def stored_event_ids(db: InfluxClient, since_ns: int) -> set[str]:
+    series = db.query(
+        f'SELECT "event_id" FROM "{ALERT_MEASUREMENT}" WHERE time >= $since', {"since": since_ns}
+    )
+    return {row[1] for s in series for row in s["values"]}
+
+
+# -- the accounting -----------------------------------------------------------------------------
+
+
+@dataclass
+class FaultRow:
+    """One row of RELIABILITY.md's clustered table."""
+
+    fault: str
+    action: str
+    published: int
+    acknowledged: int
+    stored: int
+    lost: int  # acknowledged, stored in the no-fault run, not stored in this one
+    duplicated: int  # deliveries to the workers beyond one per stored reading
+    alerts: int  # alert events in the no-fault run
+    alerts_missing: int
+    alerts_doubled: int  # one event decided twice (two decision times)
+    resume_s: float
+    notes: str = ""
+    level: str = "workers"  # or "consumer": the in-test stand-in, not `python -m ingest`
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    """What one run of the scenario produced."""
+
+    published: list[Key]
+    acknowledged: set[Key]
+    stored: list[Key]
+    decisions: dict[str, set[int]]  # published alert events
+    stored_events: set[str]
+    delivered: int | None  # readings delivered to the workers, if they tell
+    resume_s: float
+    notes: list[str] = field(default_factory=list)
+
+
+def account(fault: str, action: str, run: RunResult, baseline: RunResult, level: str) -> FaultRow:
+    """The row for a faulted run against the no-fault run of the same scenario."""
+    stored = set(run.stored)
+    expected = set(baseline.stored)  # what the pipeline stores when nothing fails
+    lost = (run.acknowledged & expected) - stored
+    events = set(run.decisions) | run.stored_events
+    reference = set(baseline.decisions) | baseline.stored_events
+    doubled = sum(1 for times in run.decisions.values() if len(times) > 1)
+    duplicated = (
+        max(0, run.delivered - len(stored))
+        if run.delivered is not None
+        else len(run.stored) - len(stored)
+    )
+    if lost:  # which ones, and where in the publishing order
+        order = {key: n for n, key in enumerate(run.published)}
+        print(f"lost: {sorted((order.get(k), k) for k in lost)[:10]}")
+    strays = sorted(events - reference)
+    missing = sorted(reference - events)
+    if missing or strays:  # which ones, for whoever reads a failure
+        print(f"alert events missing: {missing[:10]}; not in the no-fault run: {strays[:10]}")
+    return FaultRow(
+        fault=fault,
+        action=action,
+        published=len(run.published),
+        acknowledged=len(run.acknowledged),
+        stored=len(stored),
+        lost=len(lost),
+        duplicated=duplicated,
+        alerts=len(reference),
+        alerts_missing=len(reference - events),
+        alerts_doubled=doubled + len(events - reference),
+        resume_s=run.resume_s,
+        notes="; ".join(run.notes),
+        level=level,
+    )
+
+
+# -- the consumer-level stand-in for the workers -----------------------------------------------
+
+
+class ConsumerLevelWorkers:
+    """NOT `python -m ingest --cluster`: the in-test stand-in used while the workers are not
+    built. One PartitionPull per partition that holds sensors: decode, judge with the alert
+    engine (publishing the events on `ROOT.v1.events.SENSOR` before the database, as ingest
+    does), write readings and events to InfluxDB (retrying while it is down), then acknowledge.
+    Rows it produced are labelled "consumer level"."""
+
+    def __init__(
+        self,
+        cluster: LocalCluster,
+        root: str,
+        registry: Registry,
+        influx: InfluxClient,
+        partitions: int,
+    ) -> None:
+        self.urls = cluster.nats_urls("ingest")
+        self.root = root
+        self.registry = registry
+        self.influx = influx
+        self.plan = partition_plan(registry, partitions)
+        self.delivered = 0
+        self.ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._thread, name="consumer-level", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        assert self.ready.wait(30), "the consumer-level workers did not start"
+
+    def _thread(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # reported by stop(), which the test calls
+            self.error = exc
+            self.ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        nc = await connect(self.urls)
+        tasks = [asyncio.create_task(self._partition(nc, p)) for p in self.plan]
+        self.ready.set()
+        await self._stop.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await nc.close()
+
+    async def _partition(self, nc: NatsClient, part: int) -> None:
+        pull = PartitionPull(nc, partition_consumer_name(self.root, part))
+        state: EngineState = new_state(self.registry, time.time_ns())
+        while True:
+            try:
+                batch = await pull.fetch(500)
+            except (nats.errors.Error, TimeoutError, Unpinned):
+                await asyncio.sleep(0.1)
+                continue
+            if not batch:
+                continue
+            readings = []
+            for msg in batch:
+                sensor_id = msg.subject.removeprefix(MQTT_MSGS_PREFIX).split(".")[-2]
+                sensor = self.registry.sensors[sensor_id]
+                decoded = decode_readings(
+                    sensor, Topics(self.root).reading(sensor_id), msg.data, time.time_ns()
+                )
+                readings += decoded.readings
+            self.delivered += len(batch)
+            # Judged before the database, as ingest does: alerts flow while InfluxDB is down.
+            arrays = readings_to_arrays(readings, state.sensor_index)
+            state, events = step(state, arrays, time.time_ns())
+            lines = [reading_line(r) for r in readings]
+            for event in events:
+                if isinstance(event, AlertEvent):
+                    subject = f"{self.root}.v1.events.{event.sensor_id}"
+                    await nc.publish(subject, event.to_json())
+                lines.append(encode_point(*event.influx_point()))
+            await self._write(lines)
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await acknowledge(batch)  # else redelivered after ack_wait
+
+    async def _write(self, lines: list[str]) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.influx.write, lines)
+                return
+            except (FloodwatchError, httpx.HTTPError):
+                await asyncio.sleep(0.2)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self.thread.join(15)
+        if self.error is not None:
+            raise self.error
+
+
+# -- the cluster ------------------------------------------------------------------------------
+
+
+async def stream_leader(cluster: LocalCluster, stream: str = MQTT_MSGS_STREAM) -> str:
+    nc = await connect(cluster.nats_urls())
+    try:
+        info = await retrying(functools.partial(nc.jetstream().stream_info, stream), "info")
+    finally:
+        await nc.close()
+    assert info.cluster is not None and info.cluster.leader is not None
+    return info.cluster.leader
+
+
+async def consumer_leaders(cluster: LocalCluster, names: Iterable[str]) -> dict[str, str]:
+    """Consumer name -> the node leading it."""
+    nc = await connect(cluster.nats_urls())
+    out = {}
+    try:
+        js = nc.jetstream()
+        for name in names:
+            info = await retrying(
+                functools.partial(js.consumer_info, MQTT_MSGS_STREAM, name), "consumer info"
+            )
+            if info.cluster is not None and info.cluster.leader is not None:
+                out[name] = info.cluster.leader
+    finally:
+        await nc.close()
+    return out
+
+
+async def partition_consumers_exist(cluster: LocalCluster, root: str, partitions: int) -> bool:
+    nc = await connect(cluster.nats_urls())
+    try:
+        js = nc.jetstream()
+        names = {c.name for c in await js.consumers_info(MQTT_MSGS_STREAM)}
+    finally:
+        await nc.close()
+    return all(partition_consumer_name(root, p) in names for p in range(partitions))
+
+
+def scrape_counter(metrics_url: str, name: str) -> float | None:
+    """One counter from a Prometheus text page, or None when it is not there."""
+    try:
+        text = httpx.get(metrics_url, timeout=5).text
+    except httpx.HTTPError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None

@@ -329,7 +329,21 @@ def run_scenario(env: Env, fault: Fault | None, expected: int | None = None) -> 
         delivered=delivered,
         resume_s=store.resumed_after(fault_at) if fault else 0.0,
         notes=notes,
+        received=workers.stand_in.received if workers.stand_in else None,
     )
+    # A sensor reconnects when HAProxy shuts its node's sessions; paho resends what is unacked.
+    reconnected = [(round(t - began, 1), s) for t, s in publisher.reconnects if t > began]
+    if reconnected:
+        notes.append(f"{len(reconnected)} sensor reconnections")
+        print(f"reconnections (s after start, sensor): {reconnected}")
+    stored = set(result.stored)
+    lost_at = [
+        (round(publisher.sent_at[n] - began, 2), m.key)
+        for n, (m, _) in enumerate(publisher.sent)
+        if m.key not in stored
+    ]
+    if lost_at:
+        print(f"not stored (s after start, key): {lost_at[:12]}")
     db.close()
     return result
 

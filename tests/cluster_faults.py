@@ -37,6 +37,7 @@ import orjson
 import paho.mqtt.client as mqtt
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from alerts import AlertEvent, EngineState, new_state, readings_to_arrays, step
 from floodwatch.cluster import (
@@ -360,6 +361,7 @@ class RunResult:
     delivered: int | None  # readings delivered to the workers, if they tell
     resume_s: float
     received: set[Key] | None = None  # what the consumer-level stand-in was delivered
+    in_broker: set[Key] = field(default_factory=set)  # what the audit consumer found
     notes: list[str] = field(default_factory=list)
 
 
@@ -381,6 +383,7 @@ def account(fault: str, action: str, run: RunResult, baseline: RunResult, level:
         print(f"lost: {sorted((order.get(k), k) for k in lost)[:10]}")
         if run.received is not None:
             print(f"lost but delivered to the consumer: {len(lost & run.received)}")
+        print(f"lost but in the broker's store (audit consumer): {len(lost & run.in_broker)}")
     strays = sorted(events - reference)
     missing = sorted(reference - events)
     if missing or strays:  # which ones, for whoever reads a failure
@@ -544,6 +547,54 @@ async def partition_consumers_exist(cluster: LocalCluster, root: str, partitions
     finally:
         await nc.close()
     return all(partition_consumer_name(root, p) in names for p in range(partitions))
+
+
+def audit_consumer_name(root: str) -> str:
+    return f"audit_{root}"
+
+
+async def ensure_audit_consumer(cluster: LocalCluster, root: str) -> None:
+    """A second durable consumer on the run's readings in the MQTT store, read only at the end:
+    a reading the workers never stored but the audit has was in the broker (the workers' side
+    lost it); one the audit lacks too, the broker never kept (or dropped)."""
+    nc = await connect(cluster.nats_urls())
+    try:
+        js = nc.jetstream(timeout=10)
+        config = ConsumerConfig(
+            durable_name=audit_consumer_name(root),
+            filter_subject=f"{MQTT_MSGS_PREFIX}{root}.v1.part.>",
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            max_ack_pending=-1,
+        )
+        await retrying(lambda: js.add_consumer(MQTT_MSGS_STREAM, config), "the audit consumer")
+    finally:
+        await nc.close()
+
+
+async def audit(
+    cluster: LocalCluster, root: str, expected: int, timeout_s: float = 20.0
+) -> set[Key]:
+    """The readings (sensor, ts) the audit consumer holds: every copy the broker kept."""
+    nc = await connect(cluster.nats_urls())
+    keys: set[Key] = set()
+    try:
+        js = nc.jetstream(timeout=10)
+        sub = await js.pull_subscribe_bind(audit_consumer_name(root), stream=MQTT_MSGS_STREAM)
+        deadline = time.monotonic() + timeout_s
+        while len(keys) < expected and time.monotonic() < deadline:
+            try:
+                batch = await sub.fetch(1000, timeout=1)
+            except (nats.errors.Error, TimeoutError):
+                continue
+            for msg in batch:
+                sensor_id = msg.subject.split(".")[-2]
+                keys.add((sensor_id, _ts_ns(msg.data)))
+                await msg.ack()
+        await js.delete_consumer(MQTT_MSGS_STREAM, audit_consumer_name(root))
+    finally:
+        await nc.close()
+    return keys
 
 
 def scrape_counter(metrics_url: str, name: str) -> float | None:

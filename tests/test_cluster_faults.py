@@ -59,7 +59,9 @@ from tests.cluster_faults import (
     RunResult,
     StoreWatch,
     account,
+    audit,
     consumer_leaders,
+    ensure_audit_consumer,
     flood_messages,
     partition_consumers_exist,
     scrape_counter,
@@ -198,9 +200,9 @@ class Workers:
             self.procs.append((proc, log, port))
         for _, log, _ in self.procs:
             wait_until(
-                functools.partial(_says, log, b"owns partitions"),
+                functools.partial(_says, log, b"pulling "),
                 60,
-                f"a worker to take partitions (log {log})",
+                f"a worker to pull its partitions (log {log})",
             )
         # Sensors may publish only once every partition's consumer exists (interest retention).
         wait_until(
@@ -288,6 +290,7 @@ def run_scenario(env: Env, fault: Fault | None, expected: int | None = None) -> 
     db = InfluxClient(parse_influx_url(env.influxd.url("admin")), root, timeout_s=5)
     workers = Workers(env, root, root)
     workers.start()
+    asyncio.run(ensure_audit_consumer(env.cluster, root))
     events = EventWatch(env.cluster, root, [node.name for _, node in env.cluster.nodes])
     events.start()
     store = StoreWatch(db)
@@ -330,6 +333,7 @@ def run_scenario(env: Env, fault: Fault | None, expected: int | None = None) -> 
         resume_s=store.resumed_after(fault_at) if fault else 0.0,
         notes=notes,
         received=workers.stand_in.received if workers.stand_in else None,
+        in_broker=asyncio.run(audit(env.cluster, root, len(env.messages))),
     )
     # A sensor reconnects when HAProxy shuts its node's sessions; paho resends what is unacked.
     reconnected = [(round(t - began, 1), s) for t, s in publisher.reconnects if t > began]

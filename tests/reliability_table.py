@@ -1,6 +1,7 @@
 """Write RELIABILITY.md's table from the rows the fault suite recorded in its last run.
 
 Usage: .venv/bin/pytest tests/test_reliability.py && .venv/bin/python -m tests.reliability_table
+The clustered table (tests/test_cluster_faults.py): `... -m tests.reliability_table --cluster`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from tests.test_reliability import ARTEFACT
 
 DOC = ROOT / "RELIABILITY.md"
 BEGIN, END = "<!-- table: begin -->", "<!-- table: end -->"
+CLUSTER_BEGIN, CLUSTER_END = "<!-- cluster table: begin -->", "<!-- cluster table: end -->"
 
 
 def table() -> str:
@@ -33,13 +35,40 @@ def table() -> str:
     return "\n".join(out)
 
 
+def cluster_table() -> str:
+    """The clustered rows of the last suite run, then those of runs with a longer influxd
+    outage (FLOODWATCH_FAULT_OUTAGE_S)."""
+    from tests.test_cluster_faults import ARTEFACT as CLUSTER_ARTEFACT
+
+    rows = orjson.loads(CLUSTER_ARTEFACT.read_bytes())
+    for extra in sorted(CLUSTER_ARTEFACT.parent.glob(CLUSTER_ARTEFACT.stem + "-*.json")):
+        rows += [r for r in orjson.loads(extra.read_bytes()) if r["fault"].startswith("influxd")]
+    out = [
+        "| fault | what was done | published | acknowledged | stored | lost | duplicated | "
+        "alerts missing / doubled (of) | time to resume | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        level = "" if r["level"] == "workers" else " **(consumer level, not ingest)**"
+        out.append(
+            f"| {r['fault']}{level} | {r['action']} | {r['published']:,} | "
+            f"{r['acknowledged']:,} | {r['stored']:,} | {r['lost']:,} | {r['duplicated']:,} | "
+            f"{r['alerts_missing']} / {r['alerts_doubled']} ({r['alerts']}) | "
+            f"{r['resume_s']:.1f} s | {r['notes']} |"
+        )
+    return "\n".join(out)
+
+
 def main() -> int:
+    cluster = "--cluster" in sys.argv[1:]
+    begin, end = (CLUSTER_BEGIN, CLUSTER_END) if cluster else (BEGIN, END)
+    rows = cluster_table() if cluster else table()
     text = DOC.read_text()
     new = re.sub(
-        f"{re.escape(BEGIN)}.*?{re.escape(END)}", f"{BEGIN}\n{table()}\n{END}", text, flags=re.S
+        f"{re.escape(begin)}.*?{re.escape(end)}", f"{begin}\n{rows}\n{end}", text, flags=re.S
     )
     DOC.write_text(new)
-    print(table())
+    print(rows)
     return 0
 
 

@@ -125,13 +125,18 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             influxd,
             registry,
             registry_path,
-            flood_messages(registry),
+            # The same stamps for every run: the flood's six hours end a minute ago.
+            flood_messages(registry, float(int(time.time()) - 60)),
             workdir,
             workers_built(),
         )
     if _rows:
-        ARTEFACT.parent.mkdir(exist_ok=True)
-        ARTEFACT.write_bytes(orjson.dumps([asdict(r) for r in _rows], option=orjson.OPT_INDENT_2))
+        # A run with another outage keeps its rows apart: the table shows both.
+        path = ARTEFACT
+        if "FLOODWATCH_FAULT_OUTAGE_S" in os.environ:
+            path = ARTEFACT.with_name(f"{ARTEFACT.stem}-outage-{OUTAGE_S:g}s.json")
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(orjson.dumps([asdict(r) for r in _rows], option=orjson.OPT_INDENT_2))
 
 
 # -- one run of the scenario --------------------------------------------------------------------

@@ -348,6 +348,7 @@ class FaultRow:
     alerts: int  # alert events in the no-fault run
     alerts_missing: int
     alerts_doubled: int  # one event decided twice (two decision times)
+    alerts_extra: int  # decided in this run, not in the no-fault run (a clear at another time)
     resume_s: float
     notes: str = ""
     level: str = "workers"  # or "consumer": the in-test stand-in, not `python -m ingest`
@@ -411,7 +412,8 @@ def account(fault: str, action: str, run: RunResult, baseline: RunResult, level:
         duplicated=duplicated,
         alerts=len(reference),
         alerts_missing=len(reference - events),
-        alerts_doubled=doubled + len(events - reference),
+        alerts_doubled=doubled,
+        alerts_extra=len(events - reference),
         resume_s=run.resume_s,
         notes="; ".join(run.notes),
         level=level,

@@ -45,7 +45,7 @@ def cluster_table() -> str:
         rows += [r for r in orjson.loads(extra.read_bytes()) if r["fault"].startswith("influxd")]
     out = [
         "| fault | what was done | published | acknowledged | stored | lost | duplicated | "
-        "alerts missing / doubled (of) | time to resume | notes |",
+        "alerts missing / doubled / extra (of) | time to resume | notes |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -53,7 +53,8 @@ def cluster_table() -> str:
         out.append(
             f"| {r['fault']}{level} | {r['action']} | {r['published']:,} | "
             f"{r['acknowledged']:,} | {r['stored']:,} | {r['lost']:,} | {r['duplicated']:,} | "
-            f"{r['alerts_missing']} / {r['alerts_doubled']} ({r['alerts']}) | "
+            f"{r['alerts_missing']} / {r['alerts_doubled']} / {r['alerts_extra']} "
+            f"({r['alerts']}) | "
             f"{r['resume_s']:.1f} s | {r['notes']} |"
         )
     return "\n".join(out)

@@ -78,7 +78,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.services, _KILLED_NODE_SOCKETS]
 ARTEFACT = ROOT / "tests" / "artefacts" / "cluster_faults.json"
 PARTITIONS = 8
 WORKERS = 2
-RATE = 400.0  # readings per second, every sensor together
+RATE = 450.0  # readings per second, every sensor together
 OUTAGE_S = float(os.environ.get("FLOODWATCH_FAULT_OUTAGE_S", "8"))
 
 
@@ -311,11 +311,12 @@ def run_scenario(env: Env, fault: Fault | None, expected: int | None = None) -> 
         wait_until(lambda: publisher.acknowledged() == everything, 90, "every PUBACK")
         wait_until(lambda: _drained_now(env.cluster, root), 90, "the partitions to drain")
         if expected is not None:
-            # Redeliveries after the acknowledgement wait may still be on their way.
+            # Drained: nothing waits or is unacknowledged, and the workers acknowledge after
+            # storing, so what is missing now will not come; a moment for the last write.
             try:
-                wait_until(lambda: stored_count(db) >= expected, 45, "the readings stored")
+                wait_until(lambda: stored_count(db) >= expected, 5, "the readings stored")
             except AssertionError:
-                notes.append("not all stored within 45 s of draining")
+                notes.append("drained with readings missing")
         time.sleep(0.5)  # the last events of the last batch reach the watchers
         delivered = workers.delivered()
     finally:
@@ -397,6 +398,22 @@ def test_the_scenario_spreads_over_three_wards_in_three_partitions() -> None:
 # -- the rows -----------------------------------------------------------------------------------
 
 
+# What the rows found (RELIABILITY.md, "Clustered mode"); the assertions stay as the issue sets
+# them, so a fix turns these into passes (not strict: a run may miss the window).
+NATS_LOSES_ACKED = pytest.mark.xfail(
+    reason="NATS 2.15.1 PUBACKs a few readings around a node's kill or return that never reach "
+    "$MQTT_msgs (an audit consumer made before the load lacks them too)",
+    strict=False,
+)
+REBUILD_CHANGES_VERDICTS = pytest.mark.xfail(
+    reason="a partition moved between workers by a NATS fault is rebuilt from InfluxDB and "
+    "its floods clear a hold time late or merge with the next one (branch worker, alerts "
+    "rebuild)",
+    strict=False,
+)
+
+
+@NATS_LOSES_ACKED
 def test_row1_one_nats_node_killed_under_load_and_brought_back(
     env: Env, baseline: RunResult
 ) -> None:
@@ -429,6 +446,7 @@ def test_row1_one_nats_node_killed_under_load_and_brought_back(
     )
 
 
+@REBUILD_CHANGES_VERDICTS
 def test_row2_the_mqtt_store_leader_killed_under_load(env: Env, baseline: RunResult) -> None:
     victim: list[str] = []
 
@@ -457,9 +475,10 @@ def test_row2_the_mqtt_store_leader_killed_under_load(env: Env, baseline: RunRes
     )
 
 
+@NATS_LOSES_ACKED
 def test_row5_rolling_restart_of_all_three_nodes_under_load(env: Env, baseline: RunResult) -> None:
     def roll(load: Load) -> float:
-        load.reached(0.1)
+        load.reached(0.05)
         at = time.monotonic()
         for service, node in env.cluster.nodes:
             began = time.monotonic()
@@ -476,7 +495,7 @@ def test_row5_rolling_restart_of_all_three_nodes_under_load(env: Env, baseline: 
         account(
             "rolling restart of the 3 NATS nodes",
             "SIGTERM, start, wait until /healthz is ok on all three, node after node, "
-            "from 10% of the flood",
+            "from 5% of the flood",
             run,
             baseline,
             env.level,

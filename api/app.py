@@ -310,7 +310,9 @@ def create_app(
         state = LiveState(registry, settings.time_scale)
         event_log = EventLog(options.stream_buffer)
         handler = FeedHandler(topics, registry, state, event_log, metrics_, clock)
-        feed = LiveFeed(settings.mqtt, topics, handler, asyncio.get_running_loop())
+        feed = LiveFeed(
+            settings.mqtt, topics, handler, asyncio.get_running_loop(), options.client_id
+        )
 
         context = AlertContext(registry, topics, state, influx, settings.mqtt, feed)
         services = Services(

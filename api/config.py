@@ -14,6 +14,7 @@
 | --heartbeat | FLOODWATCH_HEARTBEAT | 15 | seconds between SSE heartbeats |
 | --max-streams | FLOODWATCH_MAX_STREAMS | 50 | concurrent /v1/stream clients; 503 past it |
 | --stream-send-timeout | FLOODWATCH_STREAM_SEND_TIMEOUT | 15 | drop a client that reads nothing |
+| --client-id | FLOODWATCH_CLIENT_ID | (the login's) | MQTT client id; one per API replica |
 """
 
 from __future__ import annotations
@@ -76,6 +77,13 @@ API_OPTIONS = (
         "seconds a /v1/stream client may take no data before it is dropped (it can resume "
         "with Last-Event-ID)",
     ),
+    option(
+        "--client-id",
+        "",
+        "MQTT client id; empty: the one the broker binds the login to (floodwatch-api for the "
+        "`api` login). Several API replicas on one NATS cluster need one each "
+        "(floodwatch-api-1, ...): a second connection with an id takes the first one's session",
+    ),
 )
 
 ANONYMOUS_READ_FLAG = "--anonymous-read"
@@ -95,6 +103,7 @@ class ApiOptions:
     heartbeat_s: float = 15.0
     max_streams: int = DEFAULT_MAX_STREAMS
     stream_send_timeout_s: float = DEFAULT_STREAM_SEND_TIMEOUT_S
+    client_id: str = ""  # empty: the login's bound client id
 
 
 def add_anonymous_read(parser: argparse.ArgumentParser) -> None:
@@ -166,4 +175,15 @@ def options_from_args(args: argparse.Namespace) -> ApiOptions:
         stream_send_timeout_s=real_number(
             args.stream_send_timeout, "--stream-send-timeout", positive=True
         ),
+        client_id=_client_id(str(args.client_id).strip()),
     )
+
+
+def _client_id(client_id: str) -> str:
+    # NATS's MQTT listener refuses a `.` in a client id (docs/CLUSTER.md).
+    if len(client_id.encode()) > 256 or any(ch in client_id for ch in "./#+ "):
+        raise SettingsError(
+            f"--client-id {client_id[:40]!r} must be at most 256 bytes with no '.', '/', '#', "
+            "'+' or space; fix --client-id or FLOODWATCH_CLIENT_ID, e.g. floodwatch-api-2."
+        )
+    return client_id

@@ -23,7 +23,13 @@ from paho.mqtt.client import topic_matches_sub
 from api.alerts import alert_json, record_from_payload
 from api.eventlog import EventLog
 from api.geo import sensor_properties
-from api.live import LiveState, parse_alert_payload, summarise_alerts
+from api.live import (
+    AlertPayload,
+    LiveState,
+    alert_time_ns,
+    parse_alert_payload,
+    summarise_alerts,
+)
 from api.metrics import Metrics
 from floodwatch.credentials import bound_client_id
 from floodwatch.decode import decode_message
@@ -39,6 +45,17 @@ log = logging.getLogger(__name__)
 # How long an MQTT attempt waits for the broker's answer, and the cap on the wait between them.
 ATTEMPT_TIMEOUT_S = 5.0
 MAX_RETRY_DELAY_S = 10.0
+
+
+def alert_event_key(
+    sensor_id: str, parsed: AlertPayload, payload: bytes, previous: bytes, previous_key_ns: int
+) -> tuple[int, bytes]:
+    """(key_ns, source) of an `alert` stream event's id (api.eventlog.event_id): keyed by the
+    engine's reading time; a cleared (empty) payload has none and takes the previous payload's
+    key. The source holds the previous payload too, so each clearing differs. All of it is
+    what every replica heard, in the broker's order for the topic, so their ids agree."""
+    key_ns = alert_time_ns(parsed.envelope or {}, "reading_time") or previous_key_ns
+    return key_ns, b"\0".join((sensor_id.encode(), payload, previous))
 
 
 class FeedHandler:
@@ -64,6 +81,10 @@ class FeedHandler:
         self._maintenance_prefix = topics.maintenance("")
         self._registry_prefix = topics.registry_override("")
         self._notifications_prefix = topics.notifications("")
+        self._partition_prefix = f"{topics.base}/part/"
+        # The sensor's last alerts payload: the next one's event id is made with it, so that
+        # a cleared (empty) payload too gets the same id on every API replica.
+        self._alert_payloads: dict[str, tuple[bytes, int]] = {}
 
     @property
     def registry(self) -> Registry:
@@ -75,6 +96,7 @@ class FeedHandler:
             return
         if self.operation(topic, payload):
             return
+        topic = self.contract_topic(topic)
         decoded = decode_message(
             self.topics, self.registry, topic, payload, received_at_ns, retained
         )
@@ -95,9 +117,24 @@ class FeedHandler:
         now_ns = self._clock()
         for sensor_id in sorted(newest):
             now = self.state.get(sensor_id)
-            assert now is not None
+            assert now is not None and now.reading is not None
             data = orjson.dumps(sensor_properties(now, now_ns)).decode()
-            self.events.publish("reading", data)
+            # Its id from the reading itself, so every API replica gives it the same one.
+            held = now.reading
+            source = f"{sensor_id} {held.time_ns} {held.level_cm!r}".encode()
+            self.events.publish("reading", data, held.time_ns, source)
+
+    def contract_topic(self, topic: str) -> str:
+        """On a NATS cluster the account's mapping moves a sensor's publish to
+        `ROOT/v1/part/P/WARD/ID/reading|status` (docs/CLUSTER.md) before subscribers see it:
+        the contract's topic for it; any other topic unchanged."""
+        if not topic.startswith(self._partition_prefix):
+            return topic
+        levels = topic[len(self._partition_prefix) :].split("/")
+        if len(levels) != 4:
+            return topic
+        sensor_id, channel = levels[2], levels[3]
+        return f"{self.topics.base}/sensors/{sensor_id}/{channel}"
 
     def operation(self, topic: str, payload: bytes) -> bool:
         """Maintenance, registry overrides and the notifier's records; False for others."""
@@ -106,7 +143,7 @@ class FeedHandler:
         if sensor_id is not None:
             record = Maintenance.from_json(sensor_id, payload)
             if self.state.apply_maintenance(sensor_id, record):
-                self.sensor_changed(sensor_id)
+                self.sensor_changed(sensor_id, payload)
             self.metrics.mqtt_messages.inc(("maintenance",))
             return True
         sensor_id = topics.last_level(topic, self._registry_prefix)
@@ -116,7 +153,7 @@ class FeedHandler:
                 log.error("registry override skipped: %s", problem)
             if registry is not None:
                 self.state.apply_registry(registry)
-                self.sensor_changed(sensor_id)
+                self.sensor_changed(sensor_id, payload)
             self.metrics.mqtt_messages.inc(("registry",))
             return True
         if topic.startswith(self._notifications_prefix):
@@ -129,16 +166,17 @@ class FeedHandler:
             return True
         return False
 
-    def sensor_changed(self, sensor_id: str) -> None:
+    def sensor_changed(self, sensor_id: str, payload: bytes) -> None:
         """A `sensor` stream event: the sensor as /v1/sensors shows it now (maintenance,
-        calibration, an added sensor), or `{"id", "retired": true}` when it left."""
+        calibration, an added sensor), or `{"id", "retired": true}` when it left. `payload`
+        is the operator's message behind it (the event's id)."""
+        now_ns = self._clock()
         now = self.state.get(sensor_id)
         data: dict[str, object] = (
-            {"id": sensor_id, "retired": True}
-            if now is None
-            else sensor_properties(now, self._clock())
+            {"id": sensor_id, "retired": True} if now is None else sensor_properties(now, now_ns)
         )
-        self.events.publish("sensor", orjson.dumps(data).decode())
+        source = sensor_id.encode() + b"\0" + payload
+        self.events.publish("sensor", orjson.dumps(data).decode(), now_ns, source)
 
     def alerts(self, sensor_id: str, payload: bytes, received_at_ns: int) -> None:
         """A retained `alerts/{id}` payload replaces that sensor's alerts."""
@@ -154,6 +192,9 @@ class FeedHandler:
             log.warning("alert payload ignored: %s", exc)
             return
         self.metrics.mqtt_messages.inc(("alert",))
+        previous, previous_key = self._alert_payloads.get(sensor_id, (b"", 0))
+        key_ns, source = alert_event_key(sensor_id, parsed, payload, previous, previous_key)
+        self._alert_payloads[sensor_id] = (payload, key_ns)
         alerts = parsed.alerts
         if not self.state.apply_alerts(sensor_id, alerts, received_at_ns, parsed.envelope):
             return
@@ -170,7 +211,7 @@ class FeedHandler:
             # stale flag as well as its alert level.
             "properties": sensor_properties(now, self._clock()),
         }
-        self.events.publish("alert", orjson.dumps(data).decode())
+        self.events.publish("alert", orjson.dumps(data).decode(), key_ns, source)
 
 
 class LiveFeed:
@@ -189,6 +230,7 @@ class LiveFeed:
         topics: Topics,
         handler: FeedHandler,
         loop: asyncio.AbstractEventLoop,
+        client_id: str = "",
     ) -> None:
         self.endpoint = endpoint
         self.topics = topics
@@ -196,6 +238,9 @@ class LiveFeed:
         self._subscriptions = [
             (topics.all_readings, 1),
             (topics.all_statuses, 1),
+            # The same, on a NATS cluster (FeedHandler.contract_topic).
+            (f"{topics.base}/part/+/+/+/reading", 1),
+            (f"{topics.base}/part/+/+/+/status", 1),
             (f"{topics.base}/alerts/+", 1),
             # Operators' changes and the notifier's records (floodwatch.operations).
             (topics.maintenance("+"), 1),
@@ -205,7 +250,8 @@ class LiveFeed:
         self._handler = handler
         self._loop = loop
         # The one id the broker lets this login use; admin is unbound and gets an assigned one.
-        self._client_id = bound_client_id(endpoint.username) or ""
+        # API replicas on a NATS cluster (which binds no ids) need one each (--client-id).
+        self._client_id = client_id or bound_client_id(endpoint.username) or ""
         self._routes: list[tuple[str, Callable[[Delivery], None]]] = []
         self._inbox: deque[Delivery] = deque()
         self._drain_scheduled = False
@@ -248,7 +294,8 @@ class LiveFeed:
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         """Publish at QoS 1 on the API's one connection and wait for the broker's
         acknowledgement (acknowledgement requests, operators' changes); raises BrokerError
-        when the feed is not connected or the broker refuses."""
+        when the feed is not connected or the broker refuses (over MQTT 3.1.1 a refusal
+        cannot be seen: the broker acknowledges or drops a denied publish silently)."""
         conn = self._conn
         if conn is None or not conn.connected:
             raise BrokerError(f"the MQTT broker at {self.endpoint} is not connected; try again")

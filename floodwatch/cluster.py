@@ -510,7 +510,9 @@ def wait_front_door(workdir: Path, nodes: int, timeout_s: float = 30.0) -> None:
     raise ClusterError(f"HAProxy sees {up} of {nodes} NATS nodes up after {timeout_s:g} s")
 
 
-def _create_mqtt_store(port: int, credentials: Credentials, timeout_s: float = 30.0) -> None:
+def _create_mqtt_store(
+    port: int, credentials: Credentials, timeout_s: float = 30.0, host: str = "127.0.0.1"
+) -> None:
     """The MQTT listener creates its streams ($MQTT_msgs, sessions) at an account's first MQTT
     connection; workers' consumers need them before any sensor has connected."""
     deadline = time.monotonic() + timeout_s
@@ -518,7 +520,7 @@ def _create_mqtt_store(port: int, credentials: Credentials, timeout_s: float = 3
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id="floodwatch-setup")
         client.username_pw_set("admin", credentials.mqtt["admin"])
         with contextlib.suppress(OSError):
-            client.connect("127.0.0.1", port, keepalive=10)
+            client.connect(host, port, keepalive=10)
             attempt_ends = time.monotonic() + 5
             # The CONNACK comes once the streams exist; a refused attempt is tried again.
             while not client.is_connected() and time.monotonic() < attempt_ends:

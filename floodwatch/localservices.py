@@ -135,6 +135,9 @@ class Service:
     # The broker's logins for single instances (take_login), and those handed out.
     instances: Sequence[Instance] = ()
     taken: set[str] = field(default_factory=set, repr=False)
+    # Extra environment for the process (the clustered stack's services get their logins
+    # there, not on the command line, which any local user can read).
+    env: Mapping[str, str] | None = field(default=None, repr=False)
 
     def url(self, user: str = "admin") -> str:
         """This service's URL as `user` (broker users, or InfluxDB admin/writer/reader)."""
@@ -181,9 +184,11 @@ class Service:
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
             start_new_session=True,
+            env=None if self.env is None else {**os.environ, **self.env},
         )
         out.close()
-        _wait_for_port(self.port, self.proc, self.name, self.log)
+        if self.port:  # 0: a process that listens on nothing (the street simulator)
+            _wait_for_port(self.port, self.proc, self.name, self.log)
         if self.after_start is not None:
             self.after_start()
 

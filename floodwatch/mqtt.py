@@ -5,8 +5,8 @@ threads. A client speaks MQTT v5, or 3.1.1 when its endpoint says so (`--mqtt-pr
 for NATS's MQTT listener in the clustered mode, which refuses v5). What 3.1.1 cannot express:
 
 - a session's expiry: a persistent session is `clean_session=False` and lives as long as the
-  broker's own setting says (Mosquitto's `persistent_client_expiration`, NATS: until a clean
-  connect), whatever `session_expiry_s` asks;
+  broker's own settings say (Mosquitto's `persistent_client_expiration`), whatever
+  `session_expiry_s` asks;
 - Retain Handling: `Subscription(replay_retained=False)` is done here, on the client: in 3.1.1
   a delivery carries the retain flag only when it was replayed from the broker's store at
   subscription, so such a delivery is acknowledged and dropped, and counted
@@ -160,6 +160,9 @@ class MqttConnection:
         self._session_expiry_s = session_expiry_s
         self._client_id = client_id
         self._connected = threading.Event()
+        # Set when the broker answered the subscriptions made at the latest connect (SUBACK).
+        self._subscribed = threading.Event()
+        self._subscribe_mid: int | None = None
         # Held while acknowledging and while a connection is marked lost, so no
         # acknowledgement of an old connection's message id is sent on a new connection.
         self._ack_lock = threading.Lock()
@@ -203,6 +206,7 @@ class MqttConnection:
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_publish = self._handle_publish
+        client.on_subscribe = self._handle_subscribe
         if on_delivery is not None:
             client.on_message = self._handle_message
         self._client = client
@@ -286,6 +290,12 @@ class MqttConnection:
 
     def wait_connected(self, timeout_s: float) -> bool:
         return self._connected.wait(timeout_s)
+
+    def wait_subscribed(self, timeout_s: float) -> bool:
+        """Wait until the broker granted (or refused) this connection's subscriptions: only
+        then does it route messages to them (NATS's listener takes a moment to create a QoS 1
+        subscription's consumer). True at once without subscriptions."""
+        return not self._subscriptions or self._subscribed.wait(timeout_s)
 
     # -- messages --------------------------------------------------------------------------
 
@@ -414,7 +424,8 @@ class MqttConnection:
         if isinstance(receive_maximum, int) and receive_maximum > 1:
             self._pending_cap = min(MAX_PENDING, receive_maximum)
         if self._subscriptions:
-            client.subscribe(self._subscriptions)
+            self._subscribed.clear()
+            self._subscribe_mid = client.subscribe(self._subscriptions)[1]
         log.info(
             "connected to MQTT broker %s (session present: %s)%s",
             self.endpoint,
@@ -442,6 +453,24 @@ class MqttConnection:
             self._last_error = f"disconnected: {reason}"
         if reason.value != 0 and self._login_refused is None and not self._protocol_refused:
             log.warning("MQTT connection to %s lost (%s); reconnecting", self.endpoint, reason)
+
+    def _handle_subscribe(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        refused = [
+            f"{topic_filter!r}: {reason}"
+            for (topic_filter, _), reason in zip(self._subscriptions, reasons, strict=False)
+            if reason.is_failure
+        ]
+        if refused:
+            log.warning("MQTT broker %s refused subscriptions: %s", self.endpoint, refused)
+        if mid == self._subscribe_mid:
+            self._subscribed.set()
 
     def _handle_publish(
         self,

@@ -307,7 +307,10 @@ def sensor_from_properties(where: str, props: Mapping[str, object], coordinates:
 def sensor_as_properties(sensor: Sensor) -> dict[str, object]:
     """A sensor's registry properties, as the GeoJSON file writes them (the inverse of
     `sensor_from_properties`, coordinates aside)."""
+    # ward_id only when given: an operator's override of a sensor keeps its ward's partition.
+    ward = {"ward_id": sensor.ward_id} if sensor.ward_id else {}
     return {
+        **ward,
         "id": sensor.id,
         "name": sensor.name,
         "name_en": sensor.name_en,

@@ -6,6 +6,12 @@ its log under the data directory and its own least-privileged logins (passwords 
 into DATA/credentials/). Ctrl-C (or SIGTERM) stops them in reverse order. `scripts/stack`
 installs what is missing and runs this.
 
+`--cluster` starts the clustered mode instead (docs/CLUSTER.md, README "Architecture"): three
+NATS nodes with JetStream and MQTT, HAProxy in front of their MQTT listeners (`mqtt-front`) and
+of the API replicas (`api-front`), InfluxDB, `--workers` ingest workers and `--api-replicas`
+API replicas, and the street publishing MQTT 3.1.1 through the front door
+(floodwatch.clusterstack, which tests and benchmarks reuse). No notifier in this mode yet.
+
 Once every service is up, DATA/stack.json says where each one is (name, URL, ports, PID, log)
 and where the credential files are, so tools and tests find a running stack without reading
 its banner; it is written atomically (a reader never sees half a file) and marked
@@ -29,6 +35,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
+from floodwatch.cluster import DEFAULT_PARTITIONS
+from floodwatch.clusterstack import (
+    cluster_credential_files,
+    stack_services,
+    start_cluster_stack,
+)
 from floodwatch.credentials import Credentials, grant_database
 from floodwatch.errors import FloodwatchError
 from floodwatch.localservices import (
@@ -39,6 +51,7 @@ from floodwatch.localservices import (
     wait_influx_ready,
 )
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry
+from floodwatch.settings import MQTT_V5, mqtt_protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,6 +115,27 @@ def stack_service(
     return {"name": name, "url": url, "ports": dict(ports or {}), "pid": pid, "log": str(log)}
 
 
+def stack_document(
+    mode: str,
+    data: Path,
+    services: Mapping[str, Mapping[str, object]],
+    credentials: Mapping[str, str],
+) -> dict[str, object]:
+    """stack.json's content, the same layout in both modes (`mode`: single or cluster)."""
+    return {
+        "version": STACK_FILE_VERSION,
+        "mode": mode,
+        "state": "running",
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "stopped_at": None,
+        "pid": os.getpid(),
+        "data_dir": str(data),
+        "logs": str(data / "logs"),
+        "services": dict(services),
+        "credentials": dict(credentials),
+    }
+
+
 def write_stack_file(path: Path, doc: Mapping[str, object]) -> None:
     """Write stack.json atomically: to a temporary file beside it, then renamed over it."""
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -136,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         epilog="Where everything runs is written to DATA/stack.json (each service's name,\n"
         "URL, ports, PID and log; the credential files), e.g.\n"
-        "  jq -r .services.api.url .stack/stack.json",
+        "  jq -r .services.api.url .stack/stack.json\n"
+        "  jq -r '.services[\"api-front\"].url' .stack/stack.json   (--cluster)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -169,6 +204,40 @@ def build_parser() -> argparse.ArgumentParser:
         "FLOODWATCH_TIME_SCALE, so alert timers (10 min hold: 10 s) keep pace",
     )
     parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="the clustered mode: 3 NATS nodes (JetStream, MQTT 3.1.1), HAProxy fronts for MQTT "
+        "and the API, --workers ingest workers, --api-replicas API replicas, InfluxDB and the "
+        "street, all on free loopback ports (README, Architecture); --mqtt-port, --influx-port "
+        "and --api-port do not apply",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="--cluster: ingest workers, each pulling every partition it is given (default 2)",
+    )
+    parser.add_argument(
+        "--api-replicas",
+        type=int,
+        default=2,
+        help="--cluster: API replicas behind the API front door (default 2)",
+    )
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=DEFAULT_PARTITIONS,
+        help=f"--cluster: partitions of the readings, by ward (default {DEFAULT_PARTITIONS}); "
+        "more than workers, so a dead worker's partitions spread over the others",
+    )
+    parser.add_argument(
+        "--mqtt-protocol",
+        default=os.environ.get("FLOODWATCH_MQTT_PROTOCOL", MQTT_V5),
+        help="MQTT version every service and the simulator speak: 5 or 3.1.1 (Mosquitto speaks "
+        "both; NATS only 3.1.1, so --cluster always uses 3.1.1) [env FLOODWATCH_MQTT_PROTOCOL; "
+        "default 5]",
+    )
+    parser.add_argument(
         "--for",
         dest="run_for",
         type=float,
@@ -178,11 +247,95 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop_on_signals() -> threading.Event:
+    """An event set by Ctrl-C or SIGTERM: the stack then stops everything in order."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    return stop
+
+
+def run_cluster(args: argparse.Namespace, data: Path) -> int:
+    """`--cluster`: the clustered pipeline (floodwatch.clusterstack) until stopped."""
+    for flag, value, least in (
+        ("--workers", args.workers, 0),
+        ("--api-replicas", args.api_replicas, 1),
+        ("--partitions", args.partitions, 1),
+    ):
+        if value < least:
+            print(f"stack: {flag} must be at least {least}, got {value}", file=sys.stderr)
+            return 2
+    stop = _stop_on_signals()
+    stack_file = data / STACK_FILE
+    stack_file.unlink(missing_ok=True)  # an earlier run's file would point at dead PIDs
+    logs = data / "logs"
+    try:
+        operator_key = _operator_key(data, dict(os.environ))
+        with start_cluster_stack(
+            data,
+            workers=args.workers,
+            api_replicas=args.api_replicas,
+            partitions=args.partitions,
+            speed=str(args.speed),
+            api_keys=data / "api-keys",
+        ) as stack:
+            write_stack_file(
+                stack_file,
+                stack_document(
+                    "cluster", data, stack_services(stack), cluster_credential_files(stack)
+                ),
+            )
+            replicas = ", ".join(f"{a.name} :{a.port}" for a in stack.apis)
+            print(
+                f"""Floodwatch (clustered) is running (Ctrl-C stops everything):
+  IOC page     {stack.api_url}/   through api-front (HAProxy) to {replicas}
+               operator key {operator_key} (kept in {data / "operator-key"})
+  MQTT front   127.0.0.1:{stack.mqtt_front.port}   (HAProxy to nats-1..3; MQTT 3.1.1 only)
+  NATS         {", ".join(stack.urls[s.name] for s, _ in stack.cluster.nodes)}
+  workers      {", ".join(w.name for w in stack.workers) or "none"} over {stack.partitions} \
+partitions
+  logs         {logs}/   (NATS nodes: {data / "nats"}/)
+  stack.json   {stack_file}   (each service's URL, ports and PID)""",
+                flush=True,
+            )
+            deadline = time.monotonic() + args.run_for if args.run_for else None
+            while not stop.wait(0.5):
+                ended = stack.exited()
+                if ended:
+                    for svc in ended:
+                        code = svc.proc.returncode if svc.proc else None
+                        print(
+                            f"stack: {svc.name} exited with {code}; see {svc.log}", file=sys.stderr
+                        )
+                    return 1
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+            print("stopping…", flush=True)
+        return 0
+    except FloodwatchError as exc:
+        print(f"stack: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        mark_stopped(stack_file, datetime.now(UTC))
+        print("stopped", flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        protocol = mqtt_protocol(args.mqtt_protocol)
+    except FloodwatchError as exc:
+        print(f"floodwatch.stack: {exc}", file=sys.stderr)
+        return 2
     data: Path = args.data.resolve()
     logs = data / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    if args.cluster:
+        return run_cluster(args, data)
     (data / "broker").mkdir(exist_ok=True)
     (data / "influxdb").mkdir(exist_ok=True)
     mqtt_port = _port_or_free(args.mqtt_port)
@@ -192,19 +345,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics_port = free_port()
     notify_metrics_port = free_port()
 
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    stop = _stop_on_signals()
 
     env = dict(
         os.environ,
         FLOODWATCH_OUTBOX=str(data / "ingest-outbox.sqlite"),
         # The street plays args.speed times faster: the alert timers must too (ingest, API).
         FLOODWATCH_TIME_SCALE=str(args.speed),
+        FLOODWATCH_MQTT_PROTOCOL=protocol,
         PYTHONUNBUFFERED="1",
     )
     services: list[Service] = []
@@ -279,65 +427,56 @@ def main(argv: Sequence[str] | None = None) -> int:
             apps.append((name, proc))
         if _wait_listening(api_port, stop):
             pids = {name: proc.pid for name, proc in apps}
+            services_doc = {
+                "mosquitto": stack_service(
+                    "mosquitto",
+                    broker.pid,
+                    broker.log,
+                    url=f"mqtt://127.0.0.1:{mqtt_port}",
+                    ports={"mqtt": mqtt_port},
+                ),
+                "influxd": stack_service(
+                    "influxd",
+                    influxd.pid,
+                    influxd.log,
+                    url=f"http://127.0.0.1:{influx_port}",
+                    ports={"http": influx_port},
+                ),
+                "ingest": stack_service(
+                    "ingest",
+                    pids["ingest"],
+                    logs / "ingest.log",
+                    url=f"http://127.0.0.1:{metrics_port}/metrics",
+                    ports={"metrics": metrics_port},
+                ),
+                "api": stack_service(
+                    "api",
+                    pids["api"],
+                    logs / "api.log",
+                    url=f"http://127.0.0.1:{api_port}/",
+                    ports={"http": api_port},
+                ),
+                "notify": stack_service(
+                    "notify",
+                    pids["notify"],
+                    logs / "notify.log",
+                    url=f"http://127.0.0.1:{notify_metrics_port}/metrics",
+                    ports={"metrics": notify_metrics_port},
+                ),
+                "simulator": stack_service(
+                    "simulator", pids["simulators"], logs / "simulators.log"
+                ),
+            }
+            credential_files = {
+                "directory": str(creds_dir),
+                "services": str(creds_dir / "credentials.json"),
+                "sensors": str(Credentials.sensor_file(creds_dir)),
+                "mosquitto_dynamic_security": str(Credentials.dynsec_file(creds_dir)),
+                "api_keys": str(data / "api-keys"),
+                "operator_key": str(data / "operator-key"),
+            }
             write_stack_file(
-                stack_file,
-                {
-                    "version": STACK_FILE_VERSION,
-                    "state": "running",
-                    "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                    "stopped_at": None,
-                    "pid": os.getpid(),
-                    "data_dir": str(data),
-                    "logs": str(logs),
-                    "services": {
-                        "mosquitto": stack_service(
-                            "mosquitto",
-                            broker.proc.pid if broker.proc else None,
-                            broker.log,
-                            url=f"mqtt://127.0.0.1:{mqtt_port}",
-                            ports={"mqtt": mqtt_port},
-                        ),
-                        "influxd": stack_service(
-                            "influxd",
-                            influxd.proc.pid if influxd.proc else None,
-                            influxd.log,
-                            url=f"http://127.0.0.1:{influx_port}",
-                            ports={"http": influx_port},
-                        ),
-                        "ingest": stack_service(
-                            "ingest",
-                            pids["ingest"],
-                            logs / "ingest.log",
-                            url=f"http://127.0.0.1:{metrics_port}/metrics",
-                            ports={"metrics": metrics_port},
-                        ),
-                        "api": stack_service(
-                            "api",
-                            pids["api"],
-                            logs / "api.log",
-                            url=f"http://127.0.0.1:{api_port}/",
-                            ports={"http": api_port},
-                        ),
-                        "notify": stack_service(
-                            "notify",
-                            pids["notify"],
-                            logs / "notify.log",
-                            url=f"http://127.0.0.1:{notify_metrics_port}/metrics",
-                            ports={"metrics": notify_metrics_port},
-                        ),
-                        "simulator": stack_service(
-                            "simulator", pids["simulators"], logs / "simulators.log"
-                        ),
-                    },
-                    "credentials": {
-                        "directory": str(creds_dir),
-                        "services": str(creds_dir / "credentials.json"),
-                        "sensors": str(Credentials.sensor_file(creds_dir)),
-                        "mosquitto_dynamic_security": str(Credentials.dynsec_file(creds_dir)),
-                        "api_keys": str(data / "api-keys"),
-                        "operator_key": str(data / "operator-key"),
-                    },
-                },
+                stack_file, stack_document("single", data, services_doc, credential_files)
             )
         print(
             f"""Floodwatch is running (Ctrl-C stops everything):

@@ -72,13 +72,15 @@ INGEST_OPTIONS = (
         "floodwatch-ingest",
         "MQTT client id; the broker keeps this id's session (and queues readings for it) "
         "while ingest is down. The broker binds each login to one client id (the `ingest` "
-        "login to floodwatch-ingest), so a second instance needs a login of its own, named "
-        "as its client id",
+        "login to floodwatch-ingest, a partitioned worker's login ingest-K to "
+        "floodwatch-ingest-K), so a second instance needs a login of its own; with --cluster "
+        "(NATS binds none) every worker logs in as `ingest` with floodwatch-ingest-K",
     ),
     option(
         "--session-expiry",
         "604800",
-        "seconds the broker keeps the session and its queued readings after ingest disconnects",
+        "seconds the broker keeps the session and its queued readings after ingest disconnects "
+        "(MQTT v5; over 3.1.1 the broker's own setting decides)",
     ),
     option("--max-batch", "5000", "most messages written to InfluxDB in one request"),
     option(
@@ -135,6 +137,13 @@ added or retired; retained on {root}/v1/registry/{sensor}) apply at once, withou
 a reading's depth is computed with the mount height in force when it arrives, a retired
 sensor's readings are dead letters `retired_sensor`. Each change ({root}/v1/changes/{sensor})
 is stored in the `sensor_change` measurement.
+
+Several workers may share the sensors by ward ("partitioned workers" below; README,
+Partitioned ingest): `--partitions N --own 0,3,5` on one Mosquitto (the worker subscribes to
+those partitions' sensors only, judges them and answers their acknowledgements), or
+`--cluster --nats-url URL[,URL...]` on NATS, where NATS gives each partition to one worker and
+moves it to another within --pin-timeout when that worker dies; the new owner rebuilds the
+partition's alert state from InfluxDB before judging. Each worker logs `owns partitions [..]`.
 
 `python -m ingest ack ALERT_ID --who NAME [--note TEXT]` acknowledges an alert.
 """
@@ -270,7 +279,7 @@ def ack_main(argv: Sequence[str]) -> int:
     )
     try:
         conn.start()
-        time.sleep(0.2)  # let the subscription settle before asking
+        conn.wait_subscribed(5.0)  # the reply must not come before the subscription is made
         conn.publish(
             topics.ack_commands,
             AckRequest(args.alert_id, args.who, args.note, reply_to).to_json(),
@@ -279,8 +288,10 @@ def ack_main(argv: Sequence[str]) -> int:
         try:
             answer = AckReply.from_json(answers.get(timeout=timeout))
         except queue.Empty:
+            # Over MQTT 3.1.1 a request the broker denies is dropped without a word.
+            denied = "" if conn.refusals_visible else ", and may this login publish ack commands"
             print(
-                f"ingest ack: no answer from ingest within {timeout:g} s; is it running?",
+                f"ingest ack: no answer from ingest within {timeout:g} s; is it running{denied}?",
                 file=sys.stderr,
             )
             return 3

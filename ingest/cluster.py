@@ -247,25 +247,27 @@ class NatsSource:
             functools.partial(nc.jetstream().consumer_info, MQTT_MSGS_STREAM, consumer),
             f"partition {part}'s consumer information",
         )
-        # Taken by the previous owner and never acknowledged: they come back after ack_wait.
+        # Taken by the previous owner and never acknowledged: they come back after ack_wait
+        # (those already in `first` are pending too, as is everything in it).
         outstanding = (info.num_ack_pending or 0) - len(first)
-        returned = sum(1 for m in first if m.metadata.num_delivered > 1)
+        returned = 0
         deadline = started + self.ack_wait_s + 1.0
         while (returned < outstanding and time.monotonic() < deadline) or not rebuilding.done():
             more = await pull.fetch(FETCH_BATCH, expires_s=0.25)
             held += more
             returned += sum(1 for m in more if m.metadata.num_delivered > 1)
+        returned += sum(1 for m in first if m.metadata.num_delivered > 1)
         rebuilt = await rebuilding
         if rebuilt is not None:
             self._call(functools.partial(self.alerting.adopt, rebuilt))
         held.sort(key=lambda m: m.metadata.sequence.stream)
         log.info(
-            "partition %d gained: %d readings held until %d of %d unacknowledged by its "
-            "previous owner came back (%.1f s)",
+            "partition %d gained: %d readings held until %d unacknowledged by its previous "
+            "owner came back (%d expected; %.1f s)",
             part,
             len(held),
             returned,
-            max(outstanding, 0),
+            max(outstanding, 0) + sum(1 for m in first if m.metadata.num_delivered > 1),
             time.monotonic() - started,
         )
         return held

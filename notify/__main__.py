@@ -70,7 +70,8 @@ NOTIFY_OPTIONS = (
     option(
         "--session-expiry",
         "604800",
-        "seconds the broker keeps the session and its queued events after the notifier stops",
+        "seconds the broker keeps the session and its queued events after the notifier stops "
+        "(MQTT v5; over 3.1.1 the broker's own setting decides)",
     ),
     option("--retry-max", "300", "longest wait in seconds between retries to a destination"),
     option(

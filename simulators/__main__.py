@@ -21,6 +21,7 @@ from floodwatch.errors import FloodwatchError, SettingsError
 from floodwatch.registry import Sensor, load_registry
 from floodwatch.settings import (
     COMMON_OPTIONS,
+    MQTT_V311,
     SENSOR_CREDENTIALS,
     add_options,
     configure_logging,
@@ -142,7 +143,8 @@ from several processes when one cannot keep up (--processes 0 picks enough, one 
 most), each with one MQTT connection and unlimited QoS 1 messages in flight. Prints what the
 broker acknowledged: readings/s and messages/s, from the first publish to the last PUBACK.
 Publishes the broker refused (a PUBACK reason code of 0x80 or more, e.g. 0x87 Not authorized
-when the login may not publish there) are counted and reported as refused, and exit 1.
+when the login may not publish there) are counted and reported as refused, and exit 1; over
+--mqtt-protocol 3.1.1 a refusal cannot be seen (the broker acknowledges or drops it silently).
 --mode array sends --batch readings per message (backfill shape); --mode single one each.
 --write-registry FILE writes a registry of the virtual sensors, for an ingest that should
 accept them (python -m ingest --registry FILE)."""
@@ -564,6 +566,8 @@ def _load(args: argparse.Namespace) -> int:
             f"; {result.refused_readings:,} readings in {result.refused_messages:,} messages "
             f"REFUSED by the broker ({result.refusal})"
             if result.refused_messages
+            else "; refusals cannot be seen over MQTT 3.1.1"
+            if settings.mqtt.protocol == MQTT_V311
             else ""
         )
         print(
@@ -584,6 +588,12 @@ def _refusals(devices: Devices) -> int:
     """Exit status 1, said in one line, when the broker refused any publish (0x87...)."""
     refused, reason = devices.refused()
     if not refused:
+        if not devices.refusals_visible():
+            log.info(
+                "over MQTT 3.1.1 the broker cannot say that it refused a publish: a message "
+                "its ACL denies counts as sent here; look for refusals in the broker's log "
+                "(NATS: Publish Violation)"
+            )
         return 0
     log.error(
         "the broker REFUSED %d of those messages (%s): they were not published; check that "

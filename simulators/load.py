@@ -4,7 +4,8 @@ Each publisher process has one MQTT connection with unlimited in-flight QoS 1 me
 publishes its share of the rate for its share of the sensors. A reading counts as published
 once the broker acknowledged it (PUBACK with a success code); one the broker refused (a
 reason code of 0x80 or more, e.g. 0x87 Not authorized when the login may not publish there)
-counts as refused, not published. The achieved rate is every process's acknowledged readings
+counts as refused, not published (over MQTT 3.1.1 the broker cannot say so: a denied publish
+counts as published there). The achieved rate is every process's acknowledged readings
 over the span from the first publish to the last acknowledgement.
 
 Readings are stamped in epoch milliseconds (CONTRACT section 2 allows it), one second apart

@@ -126,6 +126,10 @@ class Devices:
         reason = next((link.last_refusal for link in self.links if link.last_refusal), "")
         return count, reason
 
+    def refusals_visible(self) -> bool:
+        """False over MQTT 3.1.1, where a denied publish is acknowledged or dropped silently."""
+        return all(link.refusals_visible for link in self.links)
+
     def stop(self) -> None:
         for link in self._started:
             link.stop()

@@ -15,7 +15,7 @@ from api.alerts import AlertRecord, record_from_payload
 from api.auth import KeyStore, add_key, hash_key, new_key, parse_keys, read_keys
 from api.cap import CAP_NS, KEEP_CANCELLED_NS, atom_feed, cap_messages, cap_time, severity
 from api.errors import BadParameter, KeyFileError
-from api.eventlog import EventLog
+from api.eventlog import EventLog, StreamEvent
 from api.feed import FeedHandler
 from api.geo import BodyCache, SensorsBody, sensors_collection, streets_collection
 from api.history import MAX_BUCKETS, SeriesQuery, parse_every, series_influxql
@@ -233,10 +233,27 @@ def _run(coro: object) -> None:
     asyncio.run(coro)  # type: ignore[arg-type]
 
 
+class _Ticks:
+    """A monotonic clock that moves `step_ns` per reading."""
+
+    def __init__(self, step_ns: int) -> None:
+        self.now = 0
+        self.step_ns = step_ns
+
+    def __call__(self) -> int:
+        self.now += self.step_ns
+        return self.now
+
+
+def _publish(log: EventLog, n: int, event: str = "reading") -> StreamEvent:
+    return log.publish(event, f'{{"n": {n}}}', NOW + n, f"qh-02 {n}".encode())
+
+
 def test_event_log_resumes_after_the_last_event_id() -> None:
-    """A client resuming with an id gets exactly the events after it."""
-    log = EventLog(10, boot="0000abcd")
-    sent = [log.publish("reading", f'{{"n": {n}}}') for n in range(5)]
+    """A client resuming with an id gets exactly the events after it (events 10 s apart, so
+    the 2 s overlap holds none before it)."""
+    log = EventLog(10, clock=_Ticks(10 * 10**9), started_ns=0)
+    sent = [_publish(log, n) for n in range(5)]
     cursor, gap = log.resume(sent[1].id)
     assert gap is None
     events, gap = log.after(cursor)
@@ -245,24 +262,32 @@ def test_event_log_resumes_after_the_last_event_id() -> None:
     assert log.resume(None) == (5, None)
 
 
+def test_event_ids_are_made_from_the_event_not_the_process() -> None:
+    """Two processes give the same event the same id; different events differ."""
+    one, other = EventLog(10), EventLog(10)
+    assert _publish(one, 1).id == _publish(other, 1).id
+    assert _publish(one, 2).id != _publish(one, 3).id
+    assert _publish(one, 4, "alert").id != _publish(one, 4, "reading").id
+
+
 def test_event_log_reports_a_gap_when_events_were_dropped() -> None:
-    """Asking for more than the buffer holds yields a Gap with the count, then what is held."""
-    log = EventLog(3, boot="0000abcd")
-    sent = [log.publish("reading", "{}") for _ in range(8)]
+    """Asking for an event older than the buffer holds yields a Gap, then what is held."""
+    log = EventLog(3, clock=_Ticks(10 * 10**9), started_ns=0)
+    sent = [_publish(log, n) for n in range(8)]
     cursor, gap = log.resume(sent[0].id)
-    assert gap is not None and gap.missed == 4 and gap.oldest_event_id == sent[5].id
+    assert gap is not None and gap.oldest_event_id == sent[5].id
     events, _ = log.after(cursor)
     assert [e.id for e in events] == [e.id for e in sent[5:]]
-    # A slow reader that fell behind the buffer is told too.
+    # A slow reader that fell behind the buffer is told too, with the count.
     events, gap = log.after(1)
     assert gap is not None and gap.missed == 4
 
 
-@pytest.mark.parametrize("last_id", ["ffffffff-3", "garbage", "0000abcd-99"])
+@pytest.mark.parametrize("last_id", ["ffffffff-3", "garbage", f"{NOW - 1}-0123456789ab"])
 def test_event_log_gap_for_ids_it_cannot_place(last_id: str) -> None:
-    """Another process's id, a malformed id or one from the future all produce a Gap."""
-    log = EventLog(10, boot="0000abcd")
-    log.publish("alert", "{}")
+    """A malformed id, or one from before this process listened, produces a Gap."""
+    log = EventLog(10, started_ns=NOW)
+    _publish(log, 1, "alert")
     _, gap = log.resume(last_id)
     assert gap is not None and gap.reason
 
@@ -274,7 +299,7 @@ def test_event_log_wakes_waiting_clients() -> None:
         log = EventLog(10)
         waiter = asyncio.create_task(log.wait(0, timeout_s=30))
         await asyncio.sleep(0.01)
-        log.publish("reading", "{}")
+        _publish(log, 1)
         await asyncio.wait_for(waiter, 1)
 
     _run(scenario())
@@ -482,3 +507,23 @@ def test_atom_feed_holds_one_cap_alert_per_chain() -> None:
     changes = [_event("a", 1, 2, "active_unack", NOW), _event("b", 1, 1, "active_unack", NOW)]
     root = ET.fromstring(atom_feed(cap_messages(changes, NOW, "s"), "s", REGISTRY, NOW))
     assert len(root.findall(f".//{{{CAP_NS}}}alert")) == 2
+
+
+def test_a_reading_on_a_nats_partition_topic_is_the_sensor_s_reading() -> None:
+    """On a NATS cluster subscribers see a sensor's publish on ROOT/v1/part/P/WARD/ID/reading
+    (docs/CLUSTER.md): the live feed takes it as the contract's topic, and every replica gives
+    its event the same id."""
+    ids = []
+    for _ in range(2):  # two replicas
+        state = LiveState(REGISTRY)
+        events = EventLog(10)
+        handler = FeedHandler(
+            Topics("floodwatch"), REGISTRY, state, events, Metrics(), clock=lambda: NOW
+        )
+        topic = "floodwatch/v1/part/3/an-khanh/qh-02/reading"
+        handler.handle(topic, orjson.dumps({"ts": NOW // 10**6, "level_cm": 12.5}), False, NOW)
+        now = state.get("qh-02")
+        assert now is not None and now.reading is not None and now.reading.level_cm == 12.5
+        [event] = events.after(0)[0]
+        ids.append(event.id)
+    assert ids[0] == ids[1]

@@ -4,6 +4,7 @@ SIGKILLed in the middle of a flood."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -19,7 +20,12 @@ import pytest
 
 from alerts import AlertEvent, step
 from alerts.state import ReadingArrays, new_state
-from floodwatch.cluster import LocalCluster, local_cluster, partition
+from floodwatch.cluster import (
+    LocalCluster,
+    ensure_partition_consumers,
+    local_cluster,
+    partition,
+)
 from floodwatch.influx import InfluxClient
 from floodwatch.localservices import Service, local_credentials
 from floodwatch.registry import Registry, load_registry
@@ -27,6 +33,7 @@ from floodwatch.topics import Topics
 from ingest.cluster import mqtt_topic
 from ingest.partitions import owned_registry
 from tests.conftest import IngestProcess, admin_influx, grant, wait_until
+from tests.test_alerts_e2e import ack
 from tests.test_cluster import MqttSensor
 from tests.test_partitions import city_registry
 
@@ -48,6 +55,19 @@ def test_store_subjects_become_the_contracts_topics() -> None:
     assert mqtt_topic(topics, "$MQTT.msgs.a.b.v1.part.3.w.qh-01.other") == (
         "$MQTT.msgs.a.b.v1.part.3.w.qh-01.other"
     )
+
+
+@pytest.mark.services  # a real NATS cluster
+def test_workers_with_other_timeouts_share_the_consumers(cluster: LocalCluster) -> None:
+    """A worker started with another --ack-wait or --pin-timeout updates the partitions'
+    consumers rather than failing (a rolling change of the settings)."""
+    root = "t" + uuid.uuid4().hex[:10]
+    urls = cluster.nats_urls("ingest")
+    first = asyncio.run(ensure_partition_consumers(urls, root, PARTITIONS, ack_wait_s=4))
+    again = asyncio.run(
+        ensure_partition_consumers(urls, root, PARTITIONS, ack_wait_s=9, pin_timeout_s=3)
+    )
+    assert first == again
 
 
 # -- fault test 3 ----------------------------------------------------------------------------
@@ -237,7 +257,7 @@ def test_a_worker_killed_mid_flood_hands_its_partitions_over(
         stored = stored_keys(db)
         lost = acknowledged - stored
         survivor_log = workers[1].log.read_text()
-        returned = [int(n) for n in re.findall(r"held until (\d+) of", survivor_log)]
+        returned = [int(n) for n in re.findall(r"held until (\d+) unacknowledged", survivor_log)]
         # The run without the fault: the same readings, the warm-up of the ward included.
         warmed = [(s, t * 10**9, 1.0) for s, t in warm if s in FLOOD]
         expected = reference_alerts(
@@ -249,18 +269,28 @@ def test_a_worker_killed_mid_flood_hands_its_partitions_over(
         got = stored_alerts(db)
         missing, extra = expected - got, got - expected
         flood_stored = acknowledged & stored
+        # Alerts the flood raised after the kill (by reading time): the survivor's to make.
+        kill_ns = (base_s + PER_SENSOR * 2 // 5) * 10**9
+        after_kill = sum(1 for e in expected if int(e.rsplit(":", 1)[1]) > kill_ns)
         print(
             f"fault test 3 (worker SIGKILL mid-flood): published {len(published)}, acknowledged "
             f"{len(acknowledged)}, stored {len(flood_stored)}, lost {len(lost)}, duplicated "
             f"{sum(returned)} (redelivered to the survivor, written idempotently), alerts "
-            f"{len(got)} of {len(expected)}: missing {len(missing)}, doubled {len(extra)}, "
+            f"{len(got)} of {len(expected)} ({after_kill} after the kill): missing "
+            f"{len(missing)}, doubled {len(extra)}, "
             f"resumed {resume_s:.1f} s after the kill; ownership after: "
             f"{sorted(owned(workers[1]))}"
         )
+        # The survivor answers acknowledgements of the flooding ward's alerts now.
+        raised = sorted(e for e in got if ":flood:" in e and ":raised:" in e)
+        alert_id = ":".join(raised[0].split(":")[:3])
+        done = ack(workers[1].env, alert_id, "--who", "Lan (IOC)", broker=cluster.front)
+        assert done.returncode == 0, done.stderr
         assert not lost, f"{len(lost)} acknowledged readings lost"
         assert resume_s < 10, f"the flooding ward resumed {resume_s:.1f} s after the kill"
         assert flood_part in owned(workers[1])
         assert not missing and not extra, (sorted(missing)[:5], sorted(extra)[:5])
+        assert workers[1].stop(signal.SIGTERM) == 0, "the survivor did not stop cleanly"
     finally:
         for sensor in sensors.values():
             sensor.close()

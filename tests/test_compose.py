@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -25,7 +27,10 @@ import yaml
 from jsonschema import Draft7Validator, Draft201909Validator, Draft202012Validator
 from jsonschema.protocols import Validator
 
-from floodwatch.credentials import DYNSEC_FILE
+from floodwatch.cluster import nats_binary
+from floodwatch.clusterstack import cluster_service_names
+from floodwatch.credentials import _ENV_PASSWORDS as ENV_PASSWORDS
+from floodwatch.credentials import DYNSEC_FILE, Credentials
 from floodwatch.errors import BrokerError, LoginRefused
 from floodwatch.localservices import free_port, mosquitto_config
 from floodwatch.mqtt import MqttConnection
@@ -115,9 +120,9 @@ def _volume_mounts(service: Doc) -> list[tuple[str, str, str]]:
 
 
 @functools.cache
-def _help_text(module: str) -> str:
+def _help_text(module: str, *subcommand: str) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", module, "--help"],
+        [sys.executable, "-m", module, *subcommand, "--help"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -202,11 +207,12 @@ def test_every_service_is_health_checked_directly_or_through_its_dependencies(
 
 
 def test_only_the_api_is_published_beyond_loopback(compose: Doc) -> None:
-    """The broker and database ports are published on 127.0.0.1 only."""
+    """The broker and database ports are published on 127.0.0.1 only (the API: `api`, and the
+    clustered mode's front door to its replicas, `api-front`)."""
     for name, service in _services(compose).items():
         for port in service.get("ports", []):
             assert isinstance(port, str), f"{name}: quote ports as strings: {port!r}"
-            if name != "api":
+            if name not in ("api", "api-front"):
                 assert port.startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
 
 
@@ -217,6 +223,8 @@ def test_commands_use_only_variables_and_flags_the_processes_accept(compose: Doc
         if not (isinstance(command, list) and command[:2] == ["python", "-m"]):
             continue
         help_text = _help_text(command[2])
+        if len(command) > 3 and not command[3].startswith("-"):
+            help_text += _help_text(command[2], command[3])  # a subcommand's own flags
         wanted = [v for v in service.get("environment", {}) if v.startswith("FLOODWATCH_")]
         wanted += [arg for arg in command[3:] if arg.startswith("--")]
         missing = [item for item in wanted if item not in help_text]
@@ -394,3 +402,68 @@ def test_the_database_is_backed_up_on_a_schedule_by_the_tested_script(compose: D
     [(volume, _, _)] = [m for m in mounts if m[1] == backup["command"][2]]
     assert volume in (compose.get("volumes") or {})
     assert _depends_on(backup)["influxdb"] == "service_healthy"
+
+
+def test_the_cluster_profile_runs_the_services_stack_json_names(compose: Doc) -> None:
+    """The `cluster` profile has the clustered mode's services under the names
+    `scripts/stack --cluster` writes into stack.json (plus its street and one-shot set-up
+    jobs), and leaves the default (single-node) services without a profile."""
+    services = _services(compose)
+    cluster = {name for name, s in services.items() if "cluster" in s.get("profiles", [])}
+    jobs = {"cluster-config", "cluster-prepare", "cluster-street"}
+    assert cluster - jobs == set(cluster_service_names(workers=2, api_replicas=2))
+    default = {"credentials", "mosquitto", "influxdb", "backup", "ingest", "api", "notify"}
+    assert all("profiles" not in services[name] for name in default | {"simulator"})
+    # Pinned images: the NATS server version the tests run, and Debian's HAProxy release.
+    nats_version = subprocess.run(
+        [nats_binary(), "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    for node in ("nats-1", "nats-2", "nats-3"):
+        image = services[node]["image"]
+        assert image.startswith("nats:") and image.endswith("-alpine")
+        assert f"v{image[len('nats:') : -len('-alpine')]}" in nats_version, (image, nats_version)
+    assert services["mqtt-front"]["image"] == services["api-front"]["image"]
+    # Every worker and replica has a client id of its own (NATS binds none: two with one id
+    # would take each other's session).
+    ids = [
+        s["command"][s["command"].index("--client-id") + 1]
+        for name, s in services.items()
+        if name in cluster and "--client-id" in s.get("command", [])
+    ]
+    assert len(ids) == len(set(ids)) == 4
+
+
+def test_the_cluster_profile_configuration_is_valid(tmp_path: Path) -> None:
+    """What the profile's `cluster-config` job writes: each NATS node's file passes
+    `nats-server -t`, both HAProxy fronts pass `haproxy -c` (container names unresolved here,
+    which the fronts tolerate: they resolve them through Docker's DNS)."""
+    sensors = tmp_path / "credentials"
+    sensors.mkdir()
+    ids = list(load_registry(SHIPPED_REGISTRY).sensors)
+    Credentials.sensor_file(sensors).write_text(json.dumps({sid: "pw" for sid in ids}))
+    env = {var: "secret" for var in ENV_PASSWORDS.values()}
+    out = tmp_path / "cluster"
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "floodwatch.clusterstack", "config"),
+            *("--credentials", str(sensors), "--out", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    for node in ("nats-1", "nats-2", "nats-3"):
+        check = subprocess.run(
+            [nats_binary(), "-t", "-c", str(out / f"{node}.conf")], capture_output=True, text=True
+        )
+        assert check.returncode == 0, check.stderr
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    for front in ("mqtt-front", "api-front"):
+        conf = out / f"{front}.cfg"
+        # The admin socket's directory exists in the container, not necessarily here.
+        conf.write_text(conf.read_text().replace("/tmp/api-front.sock", str(tmp_path / "s")))
+        check = subprocess.run([haproxy, "-c", "-f", str(conf)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr

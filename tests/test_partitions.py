@@ -8,8 +8,6 @@ import argparse
 import json
 import re
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,10 +30,12 @@ from floodwatch.credentials import (
 from floodwatch.errors import SettingsError
 from floodwatch.influx import InfluxClient
 from floodwatch.localservices import Service
-from floodwatch.mqtt import Delivery
-from floodwatch.registry import SHIPPED_REGISTRY, Registry, load_registry
+from floodwatch.mqtt import Delivery, MqttConnection
+from floodwatch.operations import Override, override_sensor
+from floodwatch.registry import SHIPPED_REGISTRY, Registry, load_registry, sensor_as_properties
 from floodwatch.settings import parse_influx_url
 from floodwatch.topics import Topics
+from ingest.metrics import ingest_metrics
 from ingest.partitions import (
     PartitionedAlerting,
     add_partition_options,
@@ -46,16 +46,17 @@ from ingest.partitions import (
     reading_subscriptions,
     sensor_partitions,
 )
+from ingest.pipeline import IngestCounters
 from tests.conftest import (
-    ROOT,
     IngestProcess,
+    admin_endpoint,
     admin_influx,
     mosquitto_pub,
     own_login,
     process_env,
     wait_until,
 )
-from tests.test_alerts_e2e import Watch
+from tests.test_alerts_e2e import Watch, ack
 
 # -- a city of several wards -----------------------------------------------------------------
 
@@ -154,6 +155,14 @@ def test_partitions_split_the_sensors_without_overlap(tmp_path: Path) -> None:
     filters = sorted(s.topic_filter for g in got for s in g)
     assert filters == sorted(f"r/v1/sensors/{s}/{c}" for s in wards for c in ("reading", "status"))
     assert all(s.flag_retained == s.topic_filter.endswith("reading") for g in got for s in g)
+
+
+def test_an_override_keeps_the_sensors_ward(tmp_path: Path) -> None:
+    """A calibration keeps the sensor's ward_id, so it stays in its ward's partition."""
+    path, wards = city_registry(tmp_path / "city.geojson", 8)
+    registry = load_registry(path)
+    changed = override_sensor(registry, Override("qh-01", {"mount_height_mm": 1700.0}))
+    assert changed.ward_id == wards["qh-01"] and changed.mount_height_mm == 1700.0
 
 
 def test_alert_ids_name_their_sensor() -> None:
@@ -363,19 +372,50 @@ def test_two_static_workers_store_and_judge_each_ward_once(
         assert stored[0]["values"][0][1] == sum(expected)
         # Acknowledged by the owner alone: one answer, and the one worker's event.
         alert_id = next(e["alert_id"] for e in raised)
-        operator = dict(procs[0].env, FLOODWATCH_MQTT_URL=broker.url("api"))
-        done = subprocess.run(
-            [sys.executable, "-m", "ingest", "ack", alert_id, "--who", "Lan"],
-            env=operator,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = ack(procs[0].env, alert_id, "--who", "Lan", broker=broker)
         assert done.returncode == 0, done.stderr
         wait_until(lambda: len(floods()) == len(flooded) + 1, 10, "the acknowledged event")
         assert floods()[-1]["change"] == "acknowledged"
+
+        # An operator adds a sensor to one of worker 2's wards: worker 2 follows its topics.
+        registry = load_registry(Path(procs[1].env["FLOODWATCH_REGISTRY"]))
+        twin = next(s for s in flooded if partition(wards[s], 4) in halves[1])
+        props = {**sensor_as_properties(registry.sensors[twin]), "name": "Chợ mới"}
+        added = Override("qh-09", props, (106.73, 10.80))
+        admin = MqttConnection(admin_endpoint(broker))
+        admin.start()
+        try:
+            admin.publish_and_wait(topics.registry_override("qh-09"), added.to_json(), retain=True)
+        finally:
+            admin.stop()
+        wait_until(
+            lambda: all(b"registry changed (qh-09)" in p.log.read_bytes() for p in procs),
+            10,
+            "both workers to apply the new sensor",
+        )
+        reading = orjson.dumps({"ts": now_ms, "level_cm": 3.0}).decode()
+        mosquitto_pub(broker, topics.reading("qh-09"), message=reading)
+        wait_until(
+            lambda: (
+                [_stats(p).get("readings_stored") for p in procs] == [expected[0], expected[1] + 1]
+            ),
+            20,
+            "worker 2 alone to store the new sensor's reading",
+        )
     finally:
         events.conn.stop()
     for proc in procs:
         assert proc.stop() == 0
+
+
+def test_the_metrics_say_which_partitions_the_worker_owns() -> None:
+    """floodwatch_ingest_partition_owned is 1 for each owned partition, 0 for the others."""
+    metrics = ingest_metrics(IngestCounters(), 0, None, None, (4, frozenset({1, 3})))
+    [owned] = [m for m in metrics if m.name == "floodwatch_ingest_partition_owned"]
+    assert [(labels["partition"], value) for labels, value in owned.samples] == [
+        ("0", 0),
+        ("1", 1),
+        ("2", 0),
+        ("3", 1),
+    ]
+    assert not [m for m in ingest_metrics(IngestCounters(), 0, None) if "partition" in m.name]

@@ -32,7 +32,11 @@ Server-Sent Events (`text/event-stream`), each with an `id`:
   known). Refetch /v1/sensors and /v1/alerts after it.
 
 Reconnect with the last `id` seen in `Last-Event-ID`, and every event still held after it
-is sent first. Heartbeat comments (`: ping`) keep idle connections open.
+is sent first, by this replica or any other behind the same front door: ids are made from the
+event (its time and a digest of what it reports), so every replica gives an event the same id.
+A resumed stream may repeat events from up to 2 s before that id (replicas hear messages in a
+slightly different order); each is a snapshot of one sensor, so apply them in order.
+Heartbeat comments (`: ping`) keep idle connections open.
 
 At most `--max-streams` clients (50 by default) are served at once: one more is answered 503
 with `Retry-After`. A client that takes no data for `--stream-send-timeout` seconds (15 by
@@ -74,11 +78,8 @@ async def stream(
             yield ServerSentEvent(comment="floodwatch live stream", retry=RETRY_MS)
             while True:
                 if gap is not None:
-                    yield ServerSentEvent(
-                        data=orjson.dumps(gap.as_json()).decode(),
-                        event="gap",
-                        id=log.event_id(cursor),
-                    )
+                    # No id: the client keeps its last event's id for its next resume.
+                    yield ServerSentEvent(data=orjson.dumps(gap.as_json()).decode(), event="gap")
                 held, gap = log.after(cursor)
                 if gap is not None:
                     cursor = log.oldest_seq - 1

@@ -1,7 +1,6 @@
 """The harness of the clustered fault tests (issue 14, "Fault tests" rows 1, 2, 5 and 6;
 tests/test_cluster_faults.py): a flood published by sensors over MQTT 3.1.1 QoS 1 through the
-front door, the accounting of what became of it, and a consumer-level stand-in for the
-workers.
+front door, and the accounting of what became of it.
 
 - The scenario is the shipped `flash-flood` (simulators/: physics, sensors, messages) for the
   shipped sensors, with one ward per street (`ward-a` Đường 12, `ward-b` Quốc Hương, `ward-c`
@@ -10,9 +9,10 @@ workers.
   every run, so alert event ids (deterministic in the readings) compare across runs.
 - `LoadPublisher`: one persistent MQTT 3.1.1 session per sensor login through HAProxy, paced
   to a rate, recording which readings the broker acknowledged (PUBACK).
-- `EventWatch`: alert events as published, seen by two NATS connections on two different
-  nodes, so a node going down hides nothing from both.
+- `EventWatch`: alert events as published, seen by one NATS connection on each node, so a
+  node going down hides nothing from the others.
 - `StoreWatch`: the stored readings' count over time (the time to resume).
+- an audit consumer on the MQTT store: was a lost reading ever in the broker?
 - `account`: published, acknowledged, stored, lost, duplicated, alerts missing or doubled.
 """
 
@@ -39,27 +39,19 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from alerts import AlertEvent, EngineState, new_state, readings_to_arrays, step
 from floodwatch.cluster import (
     MQTT_MSGS_PREFIX,
     MQTT_MSGS_STREAM,
     LocalCluster,
-    PartitionPull,
-    Unpinned,
-    acknowledge,
     connect,
     partition_consumer_name,
-    partition_plan,
     retrying,
 )
 from floodwatch.contract import ALERT_MEASUREMENT, READING_MEASUREMENT
-from floodwatch.decode import decode_readings
 from floodwatch.errors import FloodwatchError
 from floodwatch.influx import InfluxClient
 from floodwatch.registry import SHIPPED_REGISTRY, Registry
 from floodwatch.topics import Topics
-from ingest.line_protocol import encode_point
-from ingest.store import reading_line
 from simulators.messages import TimeMap, build_messages
 from simulators.physics import simulate_world
 from simulators.scenario import check_against_registry, find_scenario, load_scenario
@@ -211,8 +203,8 @@ class Seen:
 
 
 class EventWatch:
-    """Alert events on `ROOT.v1.events.>` as two NATS connections, each on its own node, see
-    them; a copy seen by both counts once (same payload)."""
+    """Alert events on `ROOT.v1.events.>` as one NATS connection per node sees them; copies of
+    one decision (same `at_ns`) count once."""
 
     def __init__(self, cluster: LocalCluster, root: str, nodes: Sequence[str]) -> None:
         pairs = zip(cluster.nats_urls(), cluster.nodes, strict=True)
@@ -351,8 +343,6 @@ class FaultRow:
     alerts_extra: int  # decided in this run, not in the no-fault run (a clear at another time)
     resume_s: float
     notes: str = ""
-    level: str = "workers"  # or "consumer": the in-test stand-in, not `python -m ingest`
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -366,7 +356,6 @@ class RunResult:
     stored_events: set[str]
     delivered: int | None  # readings delivered to the workers, if they tell
     resume_s: float
-    received: set[Key] | None = None  # what the consumer-level stand-in was delivered
     in_broker: set[Key] = field(default_factory=set)  # what the audit consumer found
     notes: list[str] = field(default_factory=list)
 
@@ -379,7 +368,7 @@ def judged(event_ids: set[str]) -> set[str]:
     return {e for e in event_ids if e.split(":")[1] != "stale"}
 
 
-def account(fault: str, action: str, run: RunResult, baseline: RunResult, level: str) -> FaultRow:
+def account(fault: str, action: str, run: RunResult, baseline: RunResult) -> FaultRow:
     """The row for a faulted run against the no-fault run of the same scenario."""
     stored = set(run.stored)
     expected = set(baseline.stored)  # what the pipeline stores when nothing fails
@@ -395,8 +384,6 @@ def account(fault: str, action: str, run: RunResult, baseline: RunResult, level:
     if lost:  # which ones, and where in the publishing order
         order = {key: n for n, key in enumerate(run.published)}
         print(f"lost: {sorted((order.get(k), k) for k in lost)[:10]}")
-        if run.received is not None:
-            print(f"lost but delivered to the consumer: {len(lost & run.received)}")
         print(f"lost but in the broker's store (audit consumer): {len(lost & run.in_broker)}")
     strays = sorted(events - reference)
     missing = sorted(reference - events)
@@ -416,125 +403,10 @@ def account(fault: str, action: str, run: RunResult, baseline: RunResult, level:
         alerts_extra=len(events - reference),
         resume_s=run.resume_s,
         notes="; ".join(run.notes),
-        level=level,
     )
 
 
-# -- the consumer-level stand-in for the workers -----------------------------------------------
-
-
-class ConsumerLevelWorkers:
-    """NOT `python -m ingest --cluster`: the in-test stand-in used while the workers are not
-    built. One PartitionPull per partition that holds sensors: decode, judge with the alert
-    engine (publishing the events on `ROOT.v1.events.SENSOR` before the database, as ingest
-    does), write readings and events to InfluxDB (retrying while it is down), then acknowledge.
-    Rows it produced are labelled "consumer level"."""
-
-    def __init__(
-        self,
-        cluster: LocalCluster,
-        root: str,
-        registry: Registry,
-        influx: InfluxClient,
-        partitions: int,
-    ) -> None:
-        self.urls = cluster.nats_urls("ingest")
-        self.root = root
-        self.registry = registry
-        self.influx = influx
-        self.plan = partition_plan(registry, partitions)
-        self.delivered = 0
-        self.received: set[Key] = set()  # every reading delivered, for a lost one's story
-        self.ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._thread, name="consumer-level", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-        assert self.ready.wait(30), "the consumer-level workers did not start"
-
-    def _thread(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # reported by stop(), which the test calls
-            self.error = exc
-            self.ready.set()
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        nc = await connect(self.urls)
-        tasks = [asyncio.create_task(self._partition(nc, p)) for p in self.plan]
-        self.ready.set()
-        await self._stop.wait()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await nc.close()
-
-    async def _partition(self, nc: NatsClient, part: int) -> None:
-        pull = PartitionPull(nc, partition_consumer_name(self.root, part))
-        state: EngineState = new_state(self.registry, time.time_ns())
-        while True:
-            try:
-                batch = await pull.fetch(500)
-            except (nats.errors.Error, TimeoutError, Unpinned):
-                await asyncio.sleep(0.1)
-                continue
-            if not batch:
-                continue
-            readings = []
-            for msg in batch:
-                sensor_id = msg.subject.removeprefix(MQTT_MSGS_PREFIX).split(".")[-2]
-                sensor = self.registry.sensors[sensor_id]
-                decoded = decode_readings(
-                    sensor, Topics(self.root).reading(sensor_id), msg.data, time.time_ns()
-                )
-                readings += decoded.readings
-            self.delivered += len(batch)
-            self.received.update((r.sensor_id, r.time_ns) for r in readings)
-            # Judged before the database, as ingest does: alerts flow while InfluxDB is down.
-            arrays = readings_to_arrays(readings, state.sensor_index)
-            state, events = step(state, arrays, time.time_ns())
-            lines = [reading_line(r) for r in readings]
-            for event in events:
-                if isinstance(event, AlertEvent):
-                    subject = f"{self.root}.v1.events.{event.sensor_id}"
-                    await nc.publish(subject, event.to_json())
-                lines.append(encode_point(*event.influx_point()))
-            await self._write(lines)
-            with contextlib.suppress(nats.errors.Error, TimeoutError):
-                await acknowledge(batch)  # else redelivered after ack_wait
-
-    async def _write(self, lines: list[str]) -> None:
-        while True:
-            try:
-                await asyncio.to_thread(self.influx.write, lines)
-                return
-            except (FloodwatchError, httpx.HTTPError):
-                await asyncio.sleep(0.2)
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self.thread.join(15)
-        if self.error is not None:
-            raise self.error
-
-
 # -- the cluster ------------------------------------------------------------------------------
-
-
-async def stream_leader(cluster: LocalCluster, stream: str = MQTT_MSGS_STREAM) -> str:
-    nc = await connect(cluster.nats_urls())
-    try:
-        info = await retrying(functools.partial(nc.jetstream().stream_info, stream), "info")
-    finally:
-        await nc.close()
-    assert info.cluster is not None and info.cluster.leader is not None
-    return info.cluster.leader
 
 
 async def consumer_leaders(cluster: LocalCluster, names: Iterable[str]) -> dict[str, str]:

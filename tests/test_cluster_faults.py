@@ -31,7 +31,6 @@ from floodwatch.cluster import (
     MQTT_MSGS_STREAM,
     LocalCluster,
     connect,
-    ensure_partition_consumers,
     local_cluster,
     partition,
     partition_consumer_name,
@@ -51,7 +50,6 @@ from floodwatch.registry import Registry, load_registry
 from floodwatch.settings import parse_influx_url
 from tests.cluster_faults import (
     WARD_OF_STREET,
-    ConsumerLevelWorkers,
     EventWatch,
     FaultRow,
     LoadPublisher,
@@ -68,11 +66,10 @@ from tests.cluster_faults import (
     stored_count,
     stored_event_ids,
     stored_keys,
-    stream_leader,
     ward_split_registry,
 )
 from tests.conftest import ROOT, wait_until
-from tests.test_cluster import _KILLED_NODE_SOCKETS
+from tests.test_cluster import _KILLED_NODE_SOCKETS, _stream_leader
 
 pytestmark = [pytest.mark.slow, pytest.mark.services, _KILLED_NODE_SOCKETS]
 ARTEFACT = ROOT / "tests" / "artefacts" / "cluster_faults.json"
@@ -80,14 +77,6 @@ PARTITIONS = 8
 WORKERS = 2
 RATE = 500.0  # readings per second, every sensor together
 OUTAGE_S = float(os.environ.get("FLOODWATCH_FAULT_OUTAGE_S", "8"))
-
-
-def workers_built() -> bool:
-    """`python -m ingest --cluster` exists (branch `worker`); else the consumer-level stand-in."""
-    answer = subprocess.run(
-        [sys.executable, "-m", "ingest", "--help"], capture_output=True, cwd=ROOT, timeout=60
-    )
-    return b"--cluster" in answer.stdout
 
 
 @dataclass
@@ -98,11 +87,6 @@ class Env:
     registry_path: Path
     messages: list[Planned]
     workdir: Path
-    real_workers: bool
-
-    @property
-    def level(self) -> str:
-        return "workers" if self.real_workers else "consumer"
 
 
 _rows: list[FaultRow] = []
@@ -128,7 +112,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             # The same stamps for every run: the flood's six hours end a minute ago.
             flood_messages(registry, float(int(time.time()) - 60)),
             workdir,
-            workers_built(),
         )
     if _rows:
         # A run with another outage keeps its rows apart: the table shows both.
@@ -143,25 +126,17 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 
 
 class Workers:
-    """The run's workers: `python -m ingest --cluster` processes, or the consumer-level stand-in
-    while those are not built."""
+    """The run's `python -m ingest --cluster` workers (WORKERS of them), on the run's topic root
+    and database. Not floodwatch.clusterstack.start_cluster_stack: the rows need fresh workers
+    per run on one cluster and influxd, the three-ward registry, and no API."""
 
     def __init__(self, env: Env, root: str, db: str) -> None:
         self.env = env
         self.procs: list[tuple[subprocess.Popen[bytes], Path, int]] = []
-        self.stand_in: ConsumerLevelWorkers | None = None
         self.root, self.db = root, db
 
     def start(self) -> None:
         cluster = self.env.cluster
-        if not self.env.real_workers:
-            asyncio.run(ensure_partition_consumers(cluster.nats_urls(), self.root, PARTITIONS))
-            writer = InfluxClient(parse_influx_url(self.env.influxd.url("writer")), self.db)
-            self.stand_in = ConsumerLevelWorkers(
-                cluster, self.root, self.env.registry, writer, PARTITIONS
-            )
-            self.stand_in.start()
-            return
         for k in range(1, WORKERS + 1):
             port = free_port()
             log = self.env.workdir / f"ingest-{self.root}-{k}.log"
@@ -218,8 +193,6 @@ class Workers:
 
     def delivered(self) -> int | None:
         """Readings delivered to the workers (their metrics), before they stop."""
-        if self.stand_in is not None:
-            return self.stand_in.delivered
         counts = [
             scrape_counter(
                 f"http://127.0.0.1:{port}/metrics", "floodwatch_ingest_messages_received_total"
@@ -242,8 +215,6 @@ class Workers:
         )
 
     def stop(self) -> None:
-        if self.stand_in is not None:
-            self.stand_in.stop()
         for proc, _, _ in self.procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -273,6 +244,18 @@ class Load:
         """Wait until `fraction` of the scenario has been published."""
         target = int(fraction * len(self.env.messages))
         wait_until(lambda: self.publisher.published >= target, timeout_s, f"{target} published")
+
+    def kill_until(self, name: str, fraction: float) -> float:
+        """SIGKILL node `name` now, start it again once `fraction` of the scenario is published,
+        and wait until the cluster is current; returns when it was killed."""
+        service = self.env.cluster.node(name)[0]
+        at = time.monotonic()
+        service.kill()
+        self.reached(fraction)
+        service.start()
+        wait_cluster_ready([n for _, n in self.env.cluster.nodes], timeout_s=60)
+        self.notes.append(f"{name} back and current {time.monotonic() - at:.1f} s after")
+        return at
 
 
 # A fault acts while the load runs and returns the monotonic time to measure resumption from.
@@ -353,7 +336,6 @@ def run_scenario(env: Env, fault: Fault | None, expected: int | None = None) -> 
         delivered=delivered,
         resume_s=store.resumed_after(fault_at) if fault else 0.0,
         notes=notes,
-        received=workers.stand_in.received if workers.stand_in else None,
         in_broker=asyncio.run(audit(env.cluster, root, len(env.messages))),
     )
     # A sensor reconnects when HAProxy shuts its node's sessions; paho resends what is unacked.
@@ -432,16 +414,9 @@ def test_row1_one_nats_node_killed_under_load_and_brought_back(
 
     def kill_a_follower(load: Load) -> float:
         load.reached(0.25)
-        leader = asyncio.run(stream_leader(env.cluster))
-        service, node = next((s, n) for s, n in env.cluster.nodes if n.name != leader)
-        victim.append(node.name)
-        at = time.monotonic()
-        service.kill()
-        load.reached(0.5)
-        service.start()
-        wait_cluster_ready([n for _, n in env.cluster.nodes], timeout_s=60)
-        load.notes.append(f"{node.name} back and current {time.monotonic() - at:.1f} s after")
-        return at
+        leader = asyncio.run(_stream_leader(env.cluster, MQTT_MSGS_STREAM))
+        victim.append(next(n.name for _, n in env.cluster.nodes if n.name != leader))
+        return load.kill_until(victim[0], 0.5)
 
     run = run_scenario(env, kill_a_follower, expected=len(set(baseline.stored)))
     restore(env)
@@ -452,7 +427,6 @@ def test_row1_one_nats_node_killed_under_load_and_brought_back(
             "start it at 50%",
             run,
             baseline,
-            env.level,
         )
     )
 
@@ -463,20 +437,13 @@ def test_row2_the_mqtt_store_leader_killed_under_load(env: Env, baseline: RunRes
 
     def kill_the_leader(load: Load) -> float:
         load.reached(0.25)
-        leader = asyncio.run(stream_leader(env.cluster))
+        leader = asyncio.run(_stream_leader(env.cluster, MQTT_MSGS_STREAM))
         names = [partition_consumer_name(load.root, p) for p in range(PARTITIONS)]
         led = asyncio.run(consumer_leaders(env.cluster, names))
         victim.append(leader)
         on_it = sum(1 for node in led.values() if node == leader)
         load.notes.append(f"{on_it} of {len(led)} partition consumers led by {leader} too")
-        at = time.monotonic()
-        service = env.cluster.node(leader)[0]
-        service.kill()
-        load.reached(0.6)
-        service.start()
-        wait_cluster_ready([n for _, n in env.cluster.nodes], timeout_s=60)
-        load.notes.append(f"{leader} back and current {time.monotonic() - at:.1f} s after")
-        return at
+        return load.kill_until(leader, 0.6)
 
     run = run_scenario(env, kill_the_leader, expected=len(set(baseline.stored)))
     restore(env)
@@ -486,7 +453,6 @@ def test_row2_the_mqtt_store_leader_killed_under_load(env: Env, baseline: RunRes
             f"kill -9 the MQTT store's leader ({victim[0]}) at 25% of the flood, start it at 60%",
             run,
             baseline,
-            env.level,
         )
     )
 
@@ -514,7 +480,6 @@ def test_row5_rolling_restart_of_all_three_nodes_under_load(env: Env, baseline: 
             "from 5% of the flood",
             run,
             baseline,
-            env.level,
         )
     )
 
@@ -540,7 +505,6 @@ def test_row6_influxd_down_in_cluster_mode(env: Env, baseline: RunResult) -> Non
         "from its return",
         run,
         baseline,
-        env.level,
     )
     check(row)
     assert during[0] > 0, "no alert event was published while influxd was down"

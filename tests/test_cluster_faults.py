@@ -75,7 +75,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.services, _KILLED_NODE_SOCKETS]
 ARTEFACT = ROOT / "tests" / "artefacts" / "cluster_faults.json"
 PARTITIONS = 8
 WORKERS = 2
-RATE = 500.0  # readings per second, every sensor together
+RATE = 600.0  # readings per second, every sensor together
 OUTAGE_S = float(os.environ.get("FLOODWATCH_FAULT_OUTAGE_S", "8"))
 
 
@@ -303,9 +303,15 @@ def run_scenario(env: Env, fault: Fault | None, expected: int | None = None) -> 
     try:
         fault_at = fault(Load(env, root, publisher, events, notes)) if fault else began
         publisher.wait_done(120)
+        published_s = time.monotonic() - began
         everything = {m.key for m in env.messages}
         wait_until(lambda: publisher.acknowledged() == everything, 90, "every PUBACK")
+        acked_s = time.monotonic() - began
         wait_until(lambda: _drained_now(env.cluster, root), 90, "the partitions to drain")
+        print(
+            f"published in {published_s:.1f} s, acknowledged by {acked_s:.1f} s, "
+            f"drained by {time.monotonic() - began:.1f} s"
+        )
         if expected is not None:
             # Drained: nothing waits or is unacknowledged, and the workers acknowledge after
             # storing, so what is missing now will not come; a moment for the last write.

@@ -287,18 +287,22 @@ class StoreWatch:
         self.thread.join(10)
 
     def resumed_after(self, t: float) -> float:
-        """Seconds from `t` to the first growth of the count after its longest stall from `t`
-        on (a stall that never ended counts to the last sample)."""
-        after = [(s, n) for s, n in self.samples if s >= t]
-        if not after:
-            return float("nan")
-        resume, stall_start, best = after[0][0], t, 0.0
-        for (_, n0), (s1, n1) in itertools.pairwise(after):
-            if n1 > n0:
-                if s1 - stall_start > best:
-                    best, resume = s1 - stall_start, s1
-                stall_start = s1
-        return resume - t
+        return resume_after(self.samples, t)
+
+
+def resume_after(samples: Sequence[tuple[float, int]], t: float) -> float:
+    """Seconds from `t` to the end of the longest stall of the count from `t` on, a stall
+    ending at the count's next growth (the first growth if it never stalled); the count's
+    standstill after the last growth (the load is over) is no stall."""
+    before = [(s, n) for s, n in samples if s < t][-1:]  # the count at the fault
+    after = before + [(s, n) for s, n in samples if s >= t]
+    resume, stall_start, best = float("nan"), t, -1.0
+    for (_, n0), (s1, n1) in itertools.pairwise(after):
+        if n1 > n0:
+            if s1 - stall_start > best:
+                best, resume = s1 - stall_start, s1
+            stall_start = s1
+    return resume - t
 
 
 def stored_count(db: InfluxClient) -> int:

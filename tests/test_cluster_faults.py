@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import os
 import signal
 import subprocess
@@ -52,16 +53,19 @@ from tests.cluster_faults import (
     WARD_OF_STREET,
     EventWatch,
     FaultRow,
+    Key,
     LoadPublisher,
     Planned,
     RunResult,
     StoreWatch,
+    _ts_ns,
     account,
     audit,
     consumer_leaders,
     ensure_audit_consumer,
     flood_messages,
     partition_consumers_exist,
+    resume_after,
     scrape_counter,
     stored_count,
     stored_event_ids,
@@ -71,7 +75,6 @@ from tests.cluster_faults import (
 from tests.conftest import ROOT, wait_until
 from tests.test_cluster import _KILLED_NODE_SOCKETS, _stream_leader
 
-pytestmark = [pytest.mark.slow, pytest.mark.services, _KILLED_NODE_SOCKETS]
 ARTEFACT = ROOT / "tests" / "artefacts" / "cluster_faults.json"
 PARTITIONS = 8
 WORKERS = 2
@@ -398,6 +401,61 @@ def test_the_scenario_spreads_over_three_wards_in_three_partitions() -> None:
     assert len({partition(w, PARTITIONS) for w in set(WARD_OF_STREET.values())}) == 3
 
 
+def test_a_readings_ts_becomes_exact_nanoseconds() -> None:
+    assert _ts_ns(b'{"ts": "2026-10-09T13:00:00.123+07:00"}') == 1_791_525_600_123_000_000
+
+
+def _run(
+    stored: list[Key],
+    acknowledged: set[Key],
+    decisions: dict[str, set[int]],
+    stored_events: set[str] = frozenset(),  # type: ignore[assignment]
+    delivered: int | None = None,
+) -> RunResult:
+    return RunResult(
+        sorted(acknowledged), acknowledged, stored, decisions, set(stored_events), delivered, 1.5
+    )
+
+
+def test_only_acknowledged_readings_the_no_fault_run_stored_can_be_lost() -> None:
+    a, b, c, d = ("s", 1), ("s", 2), ("s", 3), ("s", 4)
+    baseline = _run([a, b, c], {a, b, c, d}, {"s:flood:1:raised:1": {10}})
+    # d: a reading the pipeline refuses (not stored without the fault either): not lost.
+    run = _run([a, c], {a, b, c, d}, {"s:flood:1:raised:1": {20}}, delivered=5)
+    row = account("f", "x", run, baseline)
+    assert (row.published, row.acknowledged, row.stored, row.lost) == (4, 4, 2, 1)
+    assert row.duplicated == 3  # 5 deliveries for 2 distinct stored points
+    assert (row.alerts, row.alerts_missing, row.alerts_doubled, row.alerts_extra) == (1, 0, 0, 0)
+
+
+def test_alerts_missing_doubled_and_decided_otherwise_are_told_apart() -> None:
+    baseline = _run([], set(), {"s:flood:1:raised:1": {10}, "s:flood:1:cleared:5": {11}})
+    run = _run(
+        [],
+        set(),
+        # raised decided twice (two decision times); cleared at another reading.
+        {"s:flood:1:raised:1": {20, 30}, "s:flood:1:cleared:6": {31}},
+        # a copy published twice and stored once is one decision.
+        stored_events={"s:flood:1:raised:1"},
+    )
+    row = account("f", "x", run, baseline)
+    assert (row.alerts_missing, row.alerts_doubled, row.alerts_extra) == (1, 1, 1)
+
+
+def test_stale_alerts_follow_the_clock_and_are_left_out() -> None:
+    baseline = _run([], set(), {"s:stale:9:raised:9": {1}})
+    run = _run([], set(), {"s:stale:7:raised:7": {2, 3}})
+    row = account("f", "x", run, baseline)
+    assert (row.alerts, row.alerts_missing, row.alerts_doubled, row.alerts_extra) == (0, 0, 0, 0)
+
+
+def test_writes_resume_at_the_end_of_the_longest_stall_after_the_fault() -> None:
+    samples = [(0.0, 10), (1.0, 20), (2.0, 20), (3.0, 20), (4.0, 30), (5.0, 31), (9.0, 31)]
+    assert resume_after(samples, 1.5) == 2.5  # stalled from the fault to 4.0
+    assert resume_after(samples, 4.2) == pytest.approx(0.8)  # no stall: first growth at 5.0
+    assert math.isnan(resume_after(samples, 5.5))  # nothing grew after it
+
+
 # -- the rows -----------------------------------------------------------------------------------
 
 
@@ -413,6 +471,9 @@ CLUSTER_DEFECTS = pytest.mark.xfail(
 
 
 @CLUSTER_DEFECTS
+@pytest.mark.slow
+@pytest.mark.services  # a real NATS cluster, HAProxy, influxd, workers
+@_KILLED_NODE_SOCKETS
 def test_row1_one_nats_node_killed_under_load_and_brought_back(
     env: Env, baseline: RunResult
 ) -> None:
@@ -438,6 +499,9 @@ def test_row1_one_nats_node_killed_under_load_and_brought_back(
 
 
 @CLUSTER_DEFECTS
+@pytest.mark.slow
+@pytest.mark.services  # a real NATS cluster, HAProxy, influxd, workers
+@_KILLED_NODE_SOCKETS
 def test_row2_the_mqtt_store_leader_killed_under_load(env: Env, baseline: RunResult) -> None:
     victim: list[str] = []
 
@@ -464,6 +528,9 @@ def test_row2_the_mqtt_store_leader_killed_under_load(env: Env, baseline: RunRes
 
 
 @CLUSTER_DEFECTS
+@pytest.mark.slow
+@pytest.mark.services  # a real NATS cluster, HAProxy, influxd, workers
+@_KILLED_NODE_SOCKETS
 def test_row5_rolling_restart_of_all_three_nodes_under_load(env: Env, baseline: RunResult) -> None:
     def roll(load: Load) -> float:
         load.reached(0.05)
@@ -490,6 +557,9 @@ def test_row5_rolling_restart_of_all_three_nodes_under_load(env: Env, baseline: 
     )
 
 
+@pytest.mark.slow
+@pytest.mark.services  # a real NATS cluster, HAProxy, influxd, workers
+@_KILLED_NODE_SOCKETS
 def test_row6_influxd_down_in_cluster_mode(env: Env, baseline: RunResult) -> None:
     during: list[int] = []
 

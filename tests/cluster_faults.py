@@ -111,11 +111,11 @@ def flood_messages(
         if message.channel != "reading" or message.readings != 1:
             continue  # the flash flood has no statuses and no backfill arrays
         sensor_id = sensors[message.sensor].id
-        planned.append(Planned(sensor_id, message.payload, (sensor_id, _ts_ns(message.payload))))
+        planned.append(Planned(sensor_id, message.payload, (sensor_id, ts_ns(message.payload))))
     return planned
 
 
-def _ts_ns(payload: bytes) -> int:
+def ts_ns(payload: bytes) -> int:
     """A reading's ISO `ts` (milliseconds) in epoch nanoseconds, exactly."""
     moment = datetime.fromisoformat(orjson.loads(payload)["ts"])
     return (int(moment.timestamp()) * 1000 + moment.microsecond // 1000) * 1_000_000
@@ -480,7 +480,7 @@ async def audit(
                 continue
             for msg in batch:
                 sensor_id = msg.subject.split(".")[-2]
-                keys.add((sensor_id, _ts_ns(msg.data)))
+                keys.add((sensor_id, ts_ns(msg.data)))
                 await msg.ack()
         await js.delete_consumer(MQTT_MSGS_STREAM, audit_consumer_name(root))
     finally:

@@ -58,7 +58,6 @@ from tests.cluster_faults import (
     Planned,
     RunResult,
     StoreWatch,
-    _ts_ns,
     account,
     audit,
     consumer_leaders,
@@ -70,6 +69,7 @@ from tests.cluster_faults import (
     stored_count,
     stored_event_ids,
     stored_keys,
+    ts_ns,
     ward_split_registry,
 )
 from tests.conftest import ROOT, wait_until
@@ -402,14 +402,14 @@ def test_the_scenario_spreads_over_three_wards_in_three_partitions() -> None:
 
 
 def test_a_readings_ts_becomes_exact_nanoseconds() -> None:
-    assert _ts_ns(b'{"ts": "2026-10-09T13:00:00.123+07:00"}') == 1_791_525_600_123_000_000
+    assert ts_ns(b'{"ts": "2026-10-09T13:00:00.123+07:00"}') == 1_791_525_600_123_000_000
 
 
 def _run(
     stored: list[Key],
     acknowledged: set[Key],
     decisions: dict[str, set[int]],
-    stored_events: set[str] = frozenset(),  # type: ignore[assignment]
+    stored_events: frozenset[str] = frozenset(),
     delivered: int | None = None,
 ) -> RunResult:
     return RunResult(

@@ -22,6 +22,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -409,7 +410,7 @@ def _run(
     stored: list[Key],
     acknowledged: set[Key],
     decisions: dict[str, set[int]],
-    stored_events: frozenset[str] = frozenset(),
+    stored_events: AbstractSet[str] = frozenset(),
     delivered: int | None = None,
 ) -> RunResult:
     return RunResult(

@@ -360,7 +360,7 @@ class RunResult:
     stored_events: set[str]
     delivered: int | None  # readings delivered to the workers, if they tell
     resume_s: float
-    in_broker: set[Key] = field(default_factory=set)  # what the audit consumer found
+    in_broker: Audit | None = None  # what the audit consumer found
     notes: list[str] = field(default_factory=list)
 
 
@@ -388,7 +388,13 @@ def account(fault: str, action: str, run: RunResult, baseline: RunResult) -> Fau
     if lost:  # which ones, and where in the publishing order
         order = {key: n for n, key in enumerate(run.published)}
         print(f"lost: {sorted((order.get(k), k) for k in lost)[:10]}")
-        print(f"lost but in the broker's store (audit consumer): {len(lost & run.in_broker)}")
+        if run.in_broker is not None:
+            found = run.in_broker
+            print(f"lost but in the broker's store (audit consumer): {len(lost & found.keys)}")
+            print(f"store sequences the audit never saw: {len(found.unseen)}; {dict(found.kinds)}")
+            print(f"lost, stored under the unmapped subject: {len(lost & found.unmapped)}")
+            for key in sorted(lost)[:10]:
+                print("  " + found.around(key, run.published))
     strays = sorted(events - reference)
     missing = sorted(reference - events)
     if missing or strays:  # which ones, for whoever reads a failure
@@ -445,15 +451,17 @@ def audit_consumer_name(root: str) -> str:
 
 
 async def ensure_audit_consumer(cluster: LocalCluster, root: str) -> None:
-    """A second durable consumer on the run's readings in the MQTT store, read only at the end:
-    a reading the workers never stored but the audit has was in the broker (the workers' side
-    lost it); one the audit lacks too, the broker never kept (or dropped)."""
+    """A second durable consumer on everything of the run's root in the MQTT store, read only
+    at the end: a reading the workers never stored but the audit has was in the broker (the
+    workers' side lost it); one the audit lacks too, the broker never kept. Nothing else writes
+    to the store under the root, so a stream sequence the audit never saw between two it did
+    was stored and removed before the audit read it."""
     nc = await connect(cluster.nats_urls())
     try:
         js = nc.jetstream(timeout=10)
         config = ConsumerConfig(
             durable_name=audit_consumer_name(root),
-            filter_subject=f"{MQTT_MSGS_PREFIX}{root}.v1.part.>",
+            filter_subject=f"{MQTT_MSGS_PREFIX}{root}.>",
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             max_ack_pending=-1,
@@ -463,29 +471,65 @@ async def ensure_audit_consumer(cluster: LocalCluster, root: str) -> None:
         await nc.close()
 
 
-async def audit(
-    cluster: LocalCluster, root: str, expected: int, timeout_s: float = 20.0
-) -> set[Key]:
-    """The readings (sensor, ts) the audit consumer holds: every copy the broker kept."""
+@dataclass
+class Audit:
+    """What the audit consumer found in the MQTT store."""
+
+    sequence: dict[Key, int]  # each reading's (first) stream sequence
+    unseen: list[int]  # stream sequences between the first and the last it saw, not seen
+    kinds: Counter[str]  # messages by the subject's kind after the root (part, events, ...)
+    unmapped: set[Key]  # readings stored under the sensors' own subject, not their partition's
+
+    @property
+    def keys(self) -> set[Key]:
+        return set(self.sequence)
+
+    def around(self, key: Key, order: Sequence[Key]) -> str:
+        """For a lost reading: its sensor's readings published just before and after it, their
+        sequences in the store, and how many sequences between them the audit never saw."""
+        n = order.index(key)
+        before = next((k for k in reversed(order[:n]) if k[0] == key[0]), None)
+        after = next((k for k in order[n + 1 :] if k[0] == key[0]), None)
+        lo = self.sequence.get(before) if before else None
+        hi = self.sequence.get(after) if after else None
+        if lo is None or hi is None:
+            return f"{key}: neighbours not in the store"
+        unseen = sum(1 for q in self.unseen if lo < q < hi)
+        return f"{key}: between sequences {lo} and {hi}, {unseen} never seen by the audit"
+
+
+async def audit(cluster: LocalCluster, root: str, expected: int) -> Audit:
+    """Read the audit consumer to the end (two quiet seconds) and delete it."""
     nc = await connect(cluster.nats_urls())
-    keys: set[Key] = set()
+    sequence: dict[Key, int] = {}
+    seen: set[int] = set()
+    kinds: Counter[str] = Counter()
+    unmapped: set[Key] = set()
     try:
         js = nc.jetstream(timeout=10)
         sub = await js.pull_subscribe_bind(audit_consumer_name(root), stream=MQTT_MSGS_STREAM)
-        deadline = time.monotonic() + timeout_s
-        while len(keys) < expected and time.monotonic() < deadline:
+        quiet = 0
+        while len(sequence) < expected and quiet < 2:
             try:
                 batch = await sub.fetch(1000, timeout=1)
             except (nats.errors.Error, TimeoutError):
+                quiet += 1
                 continue
+            quiet = 0
             for msg in batch:
-                sensor_id = msg.subject.split(".")[-2]
-                keys.add((sensor_id, ts_ns(msg.data)))
+                seen.add(msg.metadata.sequence.stream)
+                kinds[msg.subject.removeprefix(f"{MQTT_MSGS_PREFIX}{root}.v1.").split(".")[0]] += 1
+                if ".v1.part." in msg.subject and msg.subject.endswith(".reading"):
+                    key = (msg.subject.split(".")[-2], ts_ns(msg.data))
+                    sequence.setdefault(key, msg.metadata.sequence.stream)
+                elif ".v1.sensors." in msg.subject and msg.subject.endswith(".reading"):
+                    unmapped.add((msg.subject.split(".")[-2], ts_ns(msg.data)))
                 await msg.ack()
         await js.delete_consumer(MQTT_MSGS_STREAM, audit_consumer_name(root))
     finally:
         await nc.close()
-    return keys
+    span = range(min(seen), max(seen) + 1) if seen else range(0)
+    return Audit(sequence, [q for q in span if q not in seen], kinds, unmapped)
 
 
 def scrape_counter(metrics_url: str, name: str) -> float | None:

@@ -463,10 +463,11 @@ def test_writes_resume_at_the_end_of_the_longest_stall_after_the_fault() -> None
 # What the rows found (RELIABILITY.md, "Clustered mode"); the assertions stay as the issue sets
 # them, so a fix turns these into passes (not strict: a run may miss the window).
 CLUSTER_DEFECTS = pytest.mark.xfail(
-    reason="NATS 2.15.1 PUBACKs a few readings around node kills and returns that never reach "
-    "$MQTT_msgs (an audit consumer made before the load lacks them too); and a partition moved "
-    "between workers by a NATS fault is rebuilt from InfluxDB with floods clearing a hold time "
-    "late or merging with the next one (RELIABILITY.md, Clustered mode)",
+    reason="NATS 2.15.1 stores a few PUBACKed readings around sensors' reconnections under their "
+    "own subject, without the account's partition mapping (or not at all), where no worker "
+    "reads; and a partition moved between workers by a NATS fault is rebuilt from InfluxDB "
+    "with floods clearing a hold time late, merging, or decided twice (RELIABILITY.md, "
+    "Clustered mode)",
     strict=False,
 )
 

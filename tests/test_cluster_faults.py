@@ -462,6 +462,13 @@ def test_writes_resume_at_the_end_of_the_longest_stall_after_the_fault() -> None
 
 # What the rows found (RELIABILITY.md, "Clustered mode"); the assertions stay as the issue sets
 # them, so a fix turns these into passes (not strict: a run may miss the window).
+def cluster_row(test: Callable[..., None]) -> Callable[..., None]:
+    """What every row is: slow, on services (a real NATS cluster, HAProxy, influxd, workers),
+    with the killed nodes' sockets that nats-py leaves unclosed."""
+    marked: Callable[..., None] = pytest.mark.slow(pytest.mark.services(_KILLED_NODE_SOCKETS(test)))
+    return marked
+
+
 CLUSTER_DEFECTS = pytest.mark.xfail(
     reason="NATS 2.15.1 stores a few PUBACKed readings around sensors' reconnections under their "
     "own subject, without the account's partition mapping (or not at all), where no worker "
@@ -473,9 +480,7 @@ CLUSTER_DEFECTS = pytest.mark.xfail(
 
 
 @CLUSTER_DEFECTS
-@pytest.mark.slow
-@pytest.mark.services  # a real NATS cluster, HAProxy, influxd, workers
-@_KILLED_NODE_SOCKETS
+@cluster_row
 def test_row1_one_nats_node_killed_under_load_and_brought_back(
     env: Env, baseline: RunResult
 ) -> None:
@@ -501,9 +506,7 @@ def test_row1_one_nats_node_killed_under_load_and_brought_back(
 
 
 @CLUSTER_DEFECTS
-@pytest.mark.slow
-@pytest.mark.services  # a real NATS cluster, HAProxy, influxd, workers
-@_KILLED_NODE_SOCKETS
+@cluster_row
 def test_row2_the_mqtt_store_leader_killed_under_load(env: Env, baseline: RunResult) -> None:
     victim: list[str] = []
 
@@ -530,9 +533,7 @@ def test_row2_the_mqtt_store_leader_killed_under_load(env: Env, baseline: RunRes
 
 
 @CLUSTER_DEFECTS
-@pytest.mark.slow
-@pytest.mark.services  # a real NATS cluster, HAProxy, influxd, workers
-@_KILLED_NODE_SOCKETS
+@cluster_row
 def test_row5_rolling_restart_of_all_three_nodes_under_load(env: Env, baseline: RunResult) -> None:
     def roll(load: Load) -> float:
         load.reached(0.05)
@@ -559,9 +560,7 @@ def test_row5_rolling_restart_of_all_three_nodes_under_load(env: Env, baseline: 
     )
 
 
-@pytest.mark.slow
-@pytest.mark.services  # a real NATS cluster, HAProxy, influxd, workers
-@_KILLED_NODE_SOCKETS
+@cluster_row
 def test_row6_influxd_down_in_cluster_mode(env: Env, baseline: RunResult) -> None:
     during: list[int] = []
 

@@ -1,0 +1,535 @@
+"""bench/ingest --workers and --cluster: readings/s with 1 and 2 partitioned ingest workers
+against one `python -m ingest` process, measured in the same run.
+
+The load is a registry of its own: WARDS wards of SENSORS_PER_WARD street sensors each, the
+ward names chosen so that `floodwatch.cluster.partition()` gives every one of PARTITIONS
+partitions the same number of wards (so also for any divisor of PARTITIONS: 1, 2, 4 workers
+split it evenly). Every sensor sends the same number of readings, one per message, QoS 1.
+
+What is timed is a backlog drain, so that the publisher (one more process on the same cores)
+is not what is measured:
+  - single-node Mosquitto (`single`, `1 worker`, `2 workers`): the consumers start and
+    subscribe, are frozen (SIGSTOP; the broker queues for their persistent sessions), the
+    backlog is published, and the clock starts when they are thawed (SIGCONT). Workers are
+    `python -m ingest` with FLOODWATCH_PARTITIONS / FLOODWATCH_OWN_PARTITIONS (each
+    subscribes to its partitions' sensors' topics); `1 worker` owns every partition.
+  - cluster (`--cluster`, 3 NATS nodes + HAProxy from floodwatch.cluster.local_cluster): the
+    partitions' pull consumers are created, the backlog is published through HAProxy (MQTT
+    3.1.1 QoS 1, so it sits R3 in the MQTT store), then the workers (`python -m ingest
+    --cluster`) start; the clock starts when the first logs `owns partitions [...]`.
+The clock stops when the last reading of every sensor is stored in InfluxDB; a full count then
+gives the readings lost. Configurations run in alternating order; each run's ratios are taken
+within the run (the machine is shared), and medians of the runs are printed with the load
+average and how busy each process was (cores).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import orjson
+import psutil
+
+from bench.cluster_consume import _client, _connect
+from bench.pipeline import start_ingest, wait_until_quiet
+from floodwatch.cluster import (
+    LocalCluster,
+    ensure_partition_consumers,
+    local_cluster,
+    partition,
+)
+from floodwatch.credentials import Credentials
+from floodwatch.influx import InfluxClient
+from floodwatch.localservices import Service, influxd_service, mosquitto_service, running
+from floodwatch.registry import SHIPPED_REGISTRY, load_registry
+from floodwatch.settings import parse_influx_url
+
+ROOT = Path(__file__).resolve().parent.parent
+PARTITIONS = 8  # floodwatch.cluster.DEFAULT_PARTITIONS, the cluster's and the workers' default
+WARDS = 16
+SENSORS_PER_WARD = 8
+OWNS = re.compile(rb"owns partitions \[([0-9, ]*)\]")
+STALL_S = 30.0  # no reading stored for this long: the run ends and counts what is missing
+
+
+def balanced_wards(count: int, partitions: int) -> list[str]:
+    """`count` ward ids that `partition()` spreads evenly: count/partitions in each partition
+    (so evenly too over any divisor of `partitions`)."""
+    if count % partitions:
+        raise ValueError(f"{count} wards cannot split evenly over {partitions} partitions")
+    per = count // partitions
+    chosen: dict[int, list[str]] = {p: [] for p in range(partitions)}
+    k = 0
+    while sum(len(names) for names in chosen.values()) < count:
+        name = f"bench-ward-{k:03d}"
+        bucket = chosen[partition(name, partitions)]
+        if len(bucket) < per:
+            bucket.append(name)
+        k += 1
+    return sorted(name for names in chosen.values() for name in names)
+
+
+def write_registry(path: Path, wards: Sequence[str], per_ward: int) -> list[str]:
+    """A registry of `per_ward` street sensors in each ward (ward_id set); returns their ids."""
+    features = []
+    ids = []
+    for w, ward in enumerate(wards):
+        for j in range(per_ward):
+            sensor_id = f"w{w:02d}s{j:02d}"
+            ids.append(sensor_id)
+            features.append(
+                {
+                    "type": "Feature",
+                    "geometry": {
+                        "type": "Point",
+                        "coordinates": [106.70 + w * 0.004 + j * 0.0004, 10.79 + w * 0.002],
+                    },
+                    "properties": {
+                        "id": sensor_id,
+                        "name": f"bench sensor {sensor_id}",
+                        "street": f"Bench {w}",
+                        "ward": f"Bench ward {w}",
+                        "ward_id": ward,
+                        "kind": "street",
+                        "interval_s": 60,
+                    },
+                }
+            )
+    path.write_bytes(orjson.dumps({"type": "FeatureCollection", "features": features}))
+    return ids
+
+
+def owned_partitions(workers: int, partitions: int) -> list[list[int]]:
+    """Worker k owns the partitions p with p % workers == k (round robin)."""
+    return [[p for p in range(partitions) if p % workers == k] for k in range(workers)]
+
+
+def backlog(ids: Sequence[str], per_sensor: int, start_ms: int) -> list[tuple[str, bytes]]:
+    """(sensor id, payload) in publishing order, sensor after sensor interleaved, so each
+    partition's share arrives all along; every (sensor, ts) is unique and every sensor's last
+    reading has the same ts (start_ms + (per_sensor - 1) s)."""
+    out = []
+    for k in range(per_sensor):
+        ts = start_ms + k * 1000
+        level = round((k % 400) / 10, 1)
+        for sid in ids:
+            out.append(
+                (
+                    sid,
+                    orjson.dumps(
+                        {"ts": ts, "level_cm": level, "battery_v": 3.71, "rssi": -87, "seq": k}
+                    ),
+                )
+            )
+    return out
+
+
+def publish(port: int, password: str, root: str, messages: Sequence[tuple[str, bytes]]) -> float:
+    """Publish every message QoS 1 as admin over MQTT 3.1.1 (both brokers speak it) and wait for
+    every PUBACK; returns the rate the broker acknowledged."""
+    client = _client(f"benchpub{uuid.uuid4().hex[:8]}", "admin", password, clean=True)
+    _connect(client, port)
+    started = time.monotonic()
+    infos = [
+        client.publish(f"{root}/v1/sensors/{sid}/reading", body, qos=1) for sid, body in messages
+    ]
+    for info in infos:
+        info.wait_for_publish(120)
+    elapsed = time.monotonic() - started
+    client.disconnect()
+    client.loop_stop()
+    return len(messages) / elapsed
+
+
+@dataclass
+class Drain:
+    config: str
+    rate: float  # readings stored per second, clock start to the last sensor's last reading
+    lost: int
+    published_rate: float
+    cores: dict[str, float]  # CPU seconds / drain seconds, per process group
+    load: float  # 1-minute load average at the start of the drain
+    owns: list[str] = field(default_factory=list)  # cluster workers' last `owns partitions`
+    startup_s: float = 0.0  # cluster: worker start to its first partition
+
+
+class CpuMeter:
+    """CPU seconds of named process groups between start() and stop()."""
+
+    def __init__(self, groups: dict[str, Sequence[int]]) -> None:
+        self.groups = {k: [psutil.Process(pid) for pid in pids] for k, pids in groups.items()}
+        self.before: dict[str, float] = {}
+        self.started = 0.0
+
+    def _now(self) -> dict[str, float]:
+        total: dict[str, float] = {}
+        for name, procs in self.groups.items():
+            total[name] = 0.0
+            for p in procs:
+                with contextlib.suppress(psutil.Error):
+                    total[name] += sum(p.cpu_times()[:2])
+        return total
+
+    def start(self) -> None:
+        self.before = self._now()
+        self.started = time.monotonic()
+
+    def stop(self) -> dict[str, float]:
+        """Cores busy per group since start() (CPU seconds / wall seconds); call it while the
+        processes still run."""
+        after = self._now()
+        elapsed = time.monotonic() - self.started
+        return {k: (after[k] - self.before[k]) / elapsed for k in after}
+
+
+def wait_stored(
+    influx: InfluxClient, sensors: int, last_ts_ms: int, expected: int
+) -> tuple[int, int]:
+    """Wait until every sensor's last reading is stored (a cheap query over one second of
+    data), or nothing more is stored for STALL_S; then one full count. Returns (time.time_ns()
+    when done, readings stored)."""
+    params = {"t": last_ts_ms * 1_000_000}
+    stored, last_change, next_count = -1, time.monotonic(), time.monotonic() + 1.0
+    finished = 0
+    while True:
+        series = influx.query("SELECT count(level_cm) FROM water_level WHERE time >= $t", params)
+        if (series[0]["values"][0][1] if series else 0) >= sensors:
+            finished = time.time_ns()
+            break
+        if time.monotonic() >= next_count:
+            next_count = time.monotonic() + 1.0
+            count = _count(influx)
+            if count != stored:
+                stored, last_change = count, time.monotonic()
+                finished = time.time_ns()
+            elif time.monotonic() - last_change > STALL_S:
+                break
+        time.sleep(0.01)
+    return finished, min(expected, _count(influx))
+
+
+def _count(influx: InfluxClient) -> int:
+    series = influx.query("SELECT count(level_cm) FROM water_level")
+    return int(series[0]["values"][0][1]) if series else 0
+
+
+@contextlib.contextmanager
+def processes(procs: list[subprocess.Popen[bytes]]) -> Iterator[list[subprocess.Popen[bytes]]]:
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGCONT)
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+@dataclass
+class Bench:
+    """What every drain shares: the services, the registry and the load."""
+
+    workdir: Path
+    broker: Service
+    influxd: Service
+    registry: Path
+    ids: list[str]
+    per_sensor: int
+    cluster: LocalCluster | None = None
+
+    @property
+    def readings(self) -> int:
+        return self.per_sensor * len(self.ids)
+
+    def _env(self, root: str) -> dict[str, str]:
+        return {
+            "FLOODWATCH_INFLUX_URL": self.influxd.url("admin"),
+            "FLOODWATCH_INFLUX_DB": root,
+            "FLOODWATCH_TOPIC_ROOT": root,
+            "FLOODWATCH_REGISTRY": str(self.registry),
+            "FLOODWATCH_STATS_INTERVAL": "0",
+            "FLOODWATCH_METRICS_PORT": "0",
+        }
+
+    def _influx(self, root: str) -> InfluxClient:
+        return InfluxClient(parse_influx_url(self.influxd.url("admin")), root)
+
+    def quiet(self) -> None:
+        services = [self.broker.proc, self.influxd.proc]
+        if self.cluster is not None:
+            services += [svc.proc for svc, _ in self.cluster.nodes]
+        wait_until_quiet(services)
+
+    def drain_mosquitto(self, config: str, workers: int | None) -> Drain:
+        """`workers` None: one plain `python -m ingest` (every sensor); else that many
+        partitioned workers over PARTITIONS partitions."""
+        root = f"b{uuid.uuid4().hex[:8]}"
+        start_ms = int(time.time() * 1000) - 86_400_000
+        messages = backlog(self.ids, self.per_sensor, start_ms)
+        owns = owned_partitions(workers, PARTITIONS) if workers else [[]]
+        procs: list[subprocess.Popen[bytes]] = []
+        with processes(procs):
+            for k, own in enumerate(owns):
+                login = self.broker.take_login("ingest").username or ""
+                env = {
+                    **self._env(root),
+                    "FLOODWATCH_MQTT_URL": self.broker.url(login),
+                    "FLOODWATCH_CLIENT_ID": login,
+                    "FLOODWATCH_OUTBOX": str(self.workdir / f"outbox-{root}-{k}.sqlite"),
+                }
+                if workers:
+                    env["FLOODWATCH_PARTITIONS"] = str(PARTITIONS)
+                    env["FLOODWATCH_OWN_PARTITIONS"] = ",".join(map(str, own))
+                procs.append(start_ingest(env, self.workdir / f"ingest-{root}-{k}.log"))
+            for p in procs:
+                os.kill(p.pid, signal.SIGSTOP)
+            published = publish(
+                self.broker.port, self.broker.credentials.mqtt["admin"], root, messages
+            )
+            meter = self._meter(procs)
+            load = os.getloadavg()[0]
+            influx = self._influx(root)
+            try:
+                meter.start()
+                started = time.time_ns()
+                for p in procs:
+                    os.kill(p.pid, signal.SIGCONT)
+                finished, stored = wait_stored(
+                    influx, len(self.ids), start_ms + (self.per_sensor - 1) * 1000, self.readings
+                )
+                cores = meter.stop()
+            finally:
+                influx.close()
+        elapsed = (finished - started) / 1e9
+        return Drain(config, stored / elapsed, self.readings - stored, published, cores, load)
+
+    def drain_cluster(self, config: str, workers: int) -> Drain:
+        """`workers` cluster workers (`python -m ingest --cluster`) drain a backlog waiting in
+        the cluster's MQTT store."""
+        cluster = self.cluster
+        assert cluster is not None
+        root = f"b{uuid.uuid4().hex[:8]}"
+        start_ms = int(time.time() * 1000) - 86_400_000
+        messages = backlog(self.ids, self.per_sensor, start_ms)
+        # The store keeps a message only while a consumer covers it (interest retention).
+        asyncio.run(ensure_partition_consumers(cluster.nats_urls(), root, PARTITIONS))
+        published = publish(cluster.front.port, cluster.credentials.mqtt["admin"], root, messages)
+        procs: list[subprocess.Popen[bytes]] = []
+        logs = [self.workdir / f"ingest-{root}-{k}.log" for k in range(workers)]
+        influx = self._influx(root)
+        with processes(procs):
+            load = os.getloadavg()[0]
+            launched = time.time_ns()
+            for k, log in enumerate(logs):
+                env = {
+                    **self._env(root),
+                    "FLOODWATCH_MQTT_URL": cluster.front.url("ingest"),
+                    "FLOODWATCH_MQTT_PROTOCOL": "3.1.1",
+                    "FLOODWATCH_NATS_URL": ",".join(cluster.nats_urls("ingest")),
+                    "FLOODWATCH_PARTITIONS": str(PARTITIONS),
+                    "FLOODWATCH_CLIENT_ID": f"floodwatch-ingest-{k + 1}",
+                    "FLOODWATCH_OUTBOX": str(self.workdir / f"outbox-{root}-{k}.sqlite"),
+                }
+                procs.append(start_ingest(env, log, args=["--cluster"], ready=None))
+            meter = self._meter(procs)
+            meter.start()
+            started = self._first_owner(procs, logs)
+            try:
+                finished, stored = wait_stored(
+                    influx, len(self.ids), start_ms + (self.per_sensor - 1) * 1000, self.readings
+                )
+                cores = meter.stop()
+            finally:
+                influx.close()
+            owns = [_last_owns(log) for log in logs]
+        elapsed = (finished - started) / 1e9
+        return Drain(
+            config,
+            stored / elapsed,
+            self.readings - stored,
+            published,
+            cores,
+            load,
+            owns,
+            (started - launched) / 1e9,
+        )
+
+    def _first_owner(self, procs: Sequence[subprocess.Popen[bytes]], logs: Sequence[Path]) -> int:
+        """time.time_ns() when the first worker logs that it owns a partition."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for log in logs:
+                if any(m.group(1).strip() for m in OWNS.finditer(log.read_bytes())):
+                    return time.time_ns()
+            if any(p.poll() is not None for p in procs):
+                break
+            time.sleep(0.005)
+        text = "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in logs)
+        raise RuntimeError(f"no cluster worker took a partition; their logs say:\n{text}")
+
+    def _meter_groups(self, procs: Sequence[subprocess.Popen[bytes]]) -> dict[str, Sequence[int]]:
+        groups: dict[str, Sequence[int]] = {"ingest": [p.pid for p in procs]}
+        if self.cluster is not None:
+            groups["nats"] = [svc.proc.pid for svc, _ in self.cluster.nodes if svc.proc]
+            if self.cluster.front.proc:
+                groups["haproxy"] = [self.cluster.front.proc.pid]
+        if self.broker.proc:
+            groups["mosquitto"] = [self.broker.proc.pid]
+        if self.influxd.proc:
+            groups["influxd"] = [self.influxd.proc.pid]
+        return groups
+
+    def _meter(self, procs: Sequence[subprocess.Popen[bytes]]) -> CpuMeter:
+        return CpuMeter(self._meter_groups(procs))
+
+
+def _last_owns(log: Path) -> str:
+    found = OWNS.findall(log.read_bytes())
+    return f"[{found[-1].decode()}]" if found else "[]"
+
+
+def influx_write_stats(influxd: Service) -> tuple[int, int]:
+    """(HTTP /write body bytes, points written) since influxd started, from /debug/vars."""
+    doc = httpx.get(f"http://127.0.0.1:{influxd.port}/debug/vars", timeout=10).json()
+    httpd = next(v for k, v in doc.items() if k.startswith("httpd"))["values"]
+    return int(httpd.get("writeReqBytes", 0)), int(httpd.get("pointsWrittenOK", 0))
+
+
+def report(runs: Sequence[Sequence[Drain]], baseline: str) -> list[str]:
+    """Median rate per configuration and the median of each run's ratio to `baseline`."""
+    configs = [d.config for d in runs[0]]
+    lines = []
+    for config in configs:
+        mine = [d for run in runs for d in run if d.config == config]
+        rate = statistics.median(d.rate for d in mine)
+        ratios = [
+            by[config].rate / by[baseline].rate
+            for by in ({d.config: d for d in run} for run in runs)
+            if config in by and baseline in by
+        ]
+        cores = {k: statistics.median(d.cores.get(k, 0.0) for d in mine) for k in mine[0].cores}
+        busy = ", ".join(f"{k} {v:.2f}" for k, v in cores.items() if v >= 0.01)
+        lost = sum(d.lost for d in mine)
+        ratio = f"{statistics.median(ratios):.2f}x" if ratios else "-"
+        span = f"{min(ratios):.2f}-{max(ratios):.2f}" if ratios else ""
+        lines.append(
+            f"  {config:18s} {rate:9,.0f} readings/s  {ratio} {baseline} (runs {span})  "
+            f"lost {lost}  cores busy: {busy}"
+        )
+    return lines
+
+
+def main_note() -> str:
+    return (
+        f"{WARDS} wards x {SENSORS_PER_WARD} sensors, {PARTITIONS} partitions "
+        f"({WARDS // PARTITIONS} wards each); "
+        f"python {sys.version.split()[0]}; {os.cpu_count()} cores"
+    )
+
+
+def ingest_supports(option: str) -> bool:
+    """Whether this checkout's `python -m ingest` has `option` (the workers come from another
+    branch; without them only the single process runs)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ingest", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    return option in done.stdout
+
+
+def run(readings: int, runs: int, cluster: bool) -> int:
+    """The whole benchmark; prints per-run figures and the medians. Exit 1 if a reading was
+    lost."""
+    static = ingest_supports("--partitions")
+    clustered = cluster and ingest_supports("--cluster")
+    if not static:
+        print("  (this ingest has no --partitions: measuring the single process only)")
+    if cluster and not clustered:
+        print("  (this ingest has no --cluster: no cluster workers measured)")
+    all_runs: list[list[Drain]] = []
+    with tempfile.TemporaryDirectory(prefix="fw-bench-workers-") as tmp:
+        workdir = Path(tmp)
+        registry = workdir / "sensors.geojson"
+        ids = write_registry(registry, balanced_wards(WARDS, PARTITIONS), SENSORS_PER_WARD)
+        shipped = list(load_registry(SHIPPED_REGISTRY).sensors)
+        creds = Credentials.load_or_generate(workdir / "credentials", [*ids, *shipped])
+        broker_service = mosquitto_service(workdir, credentials=creds, instances={"ingest": 200})
+        influxd_svc = influxd_service(workdir, credentials=creds)
+        with contextlib.ExitStack() as stack:
+            broker, influxd = stack.enter_context(running(broker_service, influxd_svc))
+            lc = None
+            if clustered:
+                lc = stack.enter_context(
+                    local_cluster(workdir / "cluster", creds, load_registry(registry))
+                )
+            bench = Bench(workdir, broker, influxd, registry, ids, -(-readings // len(ids)), lc)
+            configs: list[tuple[str, Callable[[], Drain]]] = [
+                ("single", lambda: bench.drain_mosquitto("single", None))
+            ]
+            if static:
+                configs += [
+                    ("1 worker", lambda: bench.drain_mosquitto("1 worker", 1)),
+                    ("2 workers", lambda: bench.drain_mosquitto("2 workers", 2)),
+                ]
+            if clustered:
+                configs += [
+                    ("cluster 1 worker", lambda: bench.drain_cluster("cluster 1 worker", 1)),
+                    ("cluster 2 workers", lambda: bench.drain_cluster("cluster 2 workers", 2)),
+                ]
+            bytes_before, points_before = influx_write_stats(influxd)
+            for k in range(runs):
+                order = configs if k % 2 == 0 else configs[::-1]
+                drains = []
+                for _name, drain in order:
+                    bench.quiet()
+                    d = drain()
+                    drains.append(d)
+                    extra = ""
+                    if d.owns:
+                        extra = f"  owns {' '.join(d.owns)}  startup {d.startup_s:.1f} s"
+                    busy = ", ".join(f"{g} {v:.2f}" for g, v in d.cores.items() if v >= 0.01)
+                    print(
+                        f"  run {k + 1} {d.config:18s} {d.rate:9,.0f} readings/s  lost {d.lost}"
+                        f"  (published {d.published_rate:,.0f}/s; load {d.load:.1f}; cores "
+                        f"{busy}){extra}",
+                        flush=True,
+                    )
+                names = [name for name, _ in configs]
+                all_runs.append(sorted(drains, key=lambda d: names.index(d.config)))
+            bytes_after, points_after = influx_write_stats(influxd)
+            bench.quiet()
+            disk = sum(f.stat().st_size for f in (workdir / "influxdb").rglob("*") if f.is_file())
+    print(
+        f"\nbench/ingest --workers{' --cluster' if cluster else ''}: backlogs of "
+        f"{bench.readings:,} single-reading messages drained, medians of {runs} runs; "
+        f"{main_note()}; load average now {os.getloadavg()[0]:.1f}"
+    )
+    for line in report(all_runs, "single"):
+        print(line)
+    points = max(1, points_after - points_before)
+    print(
+        f"  InfluxDB line protocol: {(bytes_after - bytes_before) / points:.0f} bytes per point "
+        f"written ({points:,} points); on disk after the runs (WAL + TSM, not yet fully "
+        f"compacted): {disk / points:.0f} bytes per point"
+    )
+    lost = sum(d.lost for run in all_runs for d in run)
+    print(f"  readings lost over all runs: {lost} (target 0)")
+    return 0 if lost == 0 else 1

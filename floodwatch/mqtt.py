@@ -1,7 +1,21 @@
 """The only module that touches paho-mqtt: connect, subscribe, publish and acknowledge.
 
 The rest of Floodwatch sees `Delivery` values and plain methods, never paho's callbacks or
-threads. Every client speaks MQTT v5.
+threads. A client speaks MQTT v5, or 3.1.1 when its endpoint says so (`--mqtt-protocol 3.1.1`,
+for NATS's MQTT listener in the clustered mode, which refuses v5). What 3.1.1 cannot express:
+
+- a session's expiry: a persistent session is `clean_session=False` and lives as long as the
+  broker's own setting says (Mosquitto's `persistent_client_expiration`, NATS: until a clean
+  connect), whatever `session_expiry_s` asks;
+- Retain Handling: `Subscription(replay_retained=False)` is done here, on the client: in 3.1.1
+  a delivery carries the retain flag only when it was replayed from the broker's store at
+  subscription, so such a delivery is acknowledged and dropped, and counted
+  (`retained_dropped`) and logged;
+- Retain As Published: a live delivery never carries the flag in 3.1.1, so
+  `flag_retained=True` cannot tell a reading published retained from any other;
+- reason codes: a publish the broker's ACL denies is acknowledged (NATS) or dropped without a
+  word, so `refused_publishes` stays 0 and `publish_and_wait` cannot raise PublishDenied
+  (`refusals_visible` is False).
 """
 
 from __future__ import annotations
@@ -24,7 +38,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from floodwatch.errors import BrokerError, LoginRefused, PublishDenied
-from floodwatch.settings import MqttEndpoint
+from floodwatch.settings import MQTT_V311, MqttEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +54,13 @@ _DENIED_KEPT = 1000
 # 0x85 client id not valid, 0x86 bad user name or password, 0x87 not authorized, 0x8a banned,
 # 0x8c bad authentication method.
 LOGIN_REFUSALS = frozenset({0x85, 0x86, 0x87, 0x8A, 0x8C})
+# CONNACK "Unsupported protocol version": what paho reports when a 3.1.1-only broker (NATS's
+# MQTT listener) answers a v5 CONNECT.
+PROTOCOL_REFUSED = 0x84
+PROTOCOL_ADVICE = (
+    "the broker does not speak MQTT v5 (NATS's MQTT listener speaks only 3.1.1): pass "
+    "--mqtt-protocol 3.1.1 (or FLOODWATCH_MQTT_PROTOCOL=3.1.1)"
+)
 
 
 class Delivery(NamedTuple):
@@ -64,9 +85,10 @@ class Subscription:
     """A topic filter with MQTT v5 retain options (a plain (filter, qos) pair keeps the defaults).
 
     `replay_retained=False` (Retain Handling 2): the broker sends no retained message when the
-    subscription is made, so a reconnect never replays old messages. `flag_retained=True`
-    (Retain As Published): a message published with the retain flag arrives with it, so the
-    subscriber can tell.
+    subscription is made, so a reconnect never replays old messages (over 3.1.1 the client
+    drops them instead, see the module's docstring). `flag_retained=True` (Retain As
+    Published): a message published with the retain flag arrives with it, so the subscriber
+    can tell (v5 only: over 3.1.1 no live delivery carries the flag).
     """
 
     topic_filter: str
@@ -95,12 +117,13 @@ class Will:
 
 
 class MqttConnection:
-    """A connected MQTT v5 client with a network thread, reconnecting by itself.
+    """A connected MQTT v5 (or 3.1.1) client with a network thread, reconnecting by itself.
 
-    With `session_expiry_s` set the session is persistent (clean start off): the broker keeps
-    subscriptions and queues QoS 1 messages while the client is away. With `manual_ack` a
-    QoS 1 message is acknowledged only when `ack()` is called, so an unacknowledged message
-    is redelivered after a crash or a reconnect.
+    With `session_expiry_s` set the session is persistent (clean start off; over 3.1.1 clean
+    session off, the expiry being the broker's): the broker keeps subscriptions and queues
+    QoS 1 messages while the client is away. With `manual_ack` a QoS 1 message is
+    acknowledged only when `ack()` is called, so an unacknowledged message is redelivered
+    after a crash or a reconnect.
     """
 
     def __init__(
@@ -116,10 +139,23 @@ class MqttConnection:
         max_inflight: int = 0,
     ) -> None:
         self.endpoint = endpoint
-        self._subscriptions = [
-            (sub if isinstance(sub, Subscription) else Subscription(*sub)).paho()
-            for sub in subscriptions
+        self._v311 = endpoint.protocol == MQTT_V311
+        subs = [
+            sub if isinstance(sub, Subscription) else Subscription(*sub) for sub in subscriptions
         ]
+        self._subscriptions: list[tuple[str, SubscribeOptions]] | list[tuple[str, int]] = (
+            [(sub.topic_filter, sub.qos) for sub in subs]
+            if self._v311
+            else [sub.paho() for sub in subs]
+        )
+        # 3.1.1: the filters whose retained replays are dropped here (none over v5, where the
+        # broker does not send them), and those that asked for them.
+        self._unreplayed = [s.topic_filter for s in subs if self._v311 and not s.replay_retained]
+        self._replayed = [s.topic_filter for s in subs if s.replay_retained]
+        self._manual_ack = manual_ack
+        # Retained messages replayed at subscription and dropped (3.1.1, replay_retained=False).
+        self.retained_dropped = 0
+        self._dropped_logged = 0  # the connection whose first drop was logged
         self._on_delivery = on_delivery
         self._session_expiry_s = session_expiry_s
         self._client_id = client_id
@@ -134,13 +170,22 @@ class MqttConnection:
         self._denied: dict[int, ReasonCode] = {}
         # Set when the broker answered a connect by refusing the login (see LOGIN_REFUSALS).
         self._login_refused: ReasonCode | None = None
+        # Set when a 3.1.1-only broker refused a v5 CONNECT (PROTOCOL_REFUSED).
+        self._protocol_refused = False
         # Every publish the broker refused, and the last reason (for tools that count them).
         self.refused_publishes = 0
         self.last_refusal = ""
+        if self._v311 and session_expiry_s is not None and not client_id:
+            raise BrokerError(
+                f"a persistent MQTT 3.1.1 session on {endpoint} needs a client id of its own "
+                "(the broker cannot assign one to a session it keeps); set the client id"
+            )
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            protocol=paho.MQTTv5,
+            protocol=paho.MQTTv311 if self._v311 else paho.MQTTv5,
+            # 3.1.1 has no session expiry: a persistent session is clean_session False.
+            clean_session=(session_expiry_s is None) if self._v311 else None,
             manual_ack=manual_ack,
         )
         if endpoint.username is not None:
@@ -164,25 +209,39 @@ class MqttConnection:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    @property
+    def refusals_visible(self) -> bool:
+        """Whether the broker can tell this client that it refused a publish (v5 reason codes);
+        over 3.1.1 a denied publish is acknowledged or dropped without a word."""
+        return not self._v311
+
     def start(self, timeout_s: float = 10.0) -> None:
         """Connect and start the network thread; raise BrokerError if not connected in time."""
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        if self._session_expiry_s is not None:
-            props.SessionExpiryInterval = self._session_expiry_s
-        clean_start = self._session_expiry_s is None
         try:
-            self._client.connect_async(
-                self.endpoint.host,
-                self.endpoint.port,
-                keepalive=30,
-                clean_start=clean_start,
-                properties=props,
-            )
+            if self._v311:
+                # 3.1.1's CONNECT has no properties; clean_session was set on the client.
+                self._client.connect_async(self.endpoint.host, self.endpoint.port, keepalive=30)
+            else:
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                if self._session_expiry_s is not None:
+                    props.SessionExpiryInterval = self._session_expiry_s
+                self._client.connect_async(
+                    self.endpoint.host,
+                    self.endpoint.port,
+                    keepalive=30,
+                    clean_start=self._session_expiry_s is None,
+                    properties=props,
+                )
         except (OSError, ValueError) as exc:
             raise BrokerError(f"cannot connect to MQTT broker {self.endpoint}: {exc}") from exc
         self._client.loop_start()
         deadline = time.monotonic() + timeout_s
         while not self._connected.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
+            if self._protocol_refused:
+                self._client.loop_stop()
+                raise BrokerError(
+                    f"MQTT broker {self.endpoint} refused the connection: {PROTOCOL_ADVICE}."
+                )
             refused = self._login_refused
             if refused is not None:
                 self._client.loop_stop()
@@ -193,11 +252,18 @@ class MqttConnection:
                     if self._client_id
                     else "a broker-assigned client id"
                 )
+                # NATS refuses a '.' in a client id that Mosquitto accepts (docs/CLUSTER.md).
+                dot = (
+                    "; NATS refuses a '.' in a client id"
+                    if refused.value == 0x85 and "." in self._client_id
+                    else ""
+                )
                 raise LoginRefused(
                     f"MQTT broker {self.endpoint} did not accept the login "
                     f"{user if user is not None else '(anonymous)'!r}: {refused} "
                     f"(0x{refused.value:02x}); check the user name and password, and that the "
-                    f"broker binds this login to {client_id} (README, Users and permissions)",
+                    f"broker binds this login to {client_id} (README, Users and permissions)"
+                    f"{dot}",
                     refused.value,
                 )
             if time.monotonic() >= deadline:
@@ -250,7 +316,9 @@ class MqttConnection:
         """Publish and wait until the broker acknowledged it (QoS 1) or it was written (QoS 0).
 
         False on timeout; raises PublishDenied (with the broker's reason code, 0x87 when the
-        ACL denies the topic) if the broker answered a QoS 1 publish with a failure.
+        ACL denies the topic) if the broker answered a QoS 1 publish with a failure. Over
+        MQTT 3.1.1 a refusal cannot be seen: a denied publish returns True
+        (`refusals_visible`).
         """
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         deadline = time.monotonic() + timeout_s
@@ -307,6 +375,10 @@ class MqttConnection:
             self._last_error = f"broker refused: {reason}"
             if reason.value in LOGIN_REFUSALS:
                 self._login_refused = reason
+            if reason.value == PROTOCOL_REFUSED and not self._v311:
+                self._protocol_refused = True
+                log.warning("MQTT connection to %s refused: %s", self.endpoint, PROTOCOL_ADVICE)
+                return
             log.warning("MQTT connection to %s refused: %s", self.endpoint, reason)
             return
         self._connection += 1
@@ -323,9 +395,13 @@ class MqttConnection:
         if self._subscriptions:
             client.subscribe(self._subscriptions)
         log.info(
-            "connected to MQTT broker %s (session present: %s)",
+            "connected to MQTT broker %s (session present: %s)%s",
             self.endpoint,
             flags.session_present,
+            "; over MQTT 3.1.1 a publish the broker denies is dropped without a word, so "
+            "refusals cannot be seen"
+            if self._v311
+            else "",
         )
         self._connected.set()
 
@@ -343,7 +419,7 @@ class MqttConnection:
             # After a refused connect the broker closes the socket ("Protocol error"): the
             # refusal is the news, not the close.
             self._last_error = f"disconnected: {reason}"
-        if reason.value != 0 and self._login_refused is None:
+        if reason.value != 0 and self._login_refused is None and not self._protocol_refused:
             log.warning("MQTT connection to %s lost (%s); reconnecting", self.endpoint, reason)
 
     def _handle_publish(
@@ -372,17 +448,40 @@ class MqttConnection:
         except UnicodeDecodeError:
             topic = msg._topic.decode("utf-8", "replace")
         assert self._on_delivery is not None
-        self._on_delivery(
-            Delivery(
-                topic,
-                bytes(msg.payload),
-                bool(msg.retain),
-                time.time_ns(),
-                msg.mid,
-                msg.qos,
-                self._connection,
-            )
+        delivery = Delivery(
+            topic,
+            bytes(msg.payload),
+            bool(msg.retain),
+            time.time_ns(),
+            msg.mid,
+            msg.qos,
+            self._connection,
         )
+        if delivery.retained and self._unreplayed and self._unwanted_replay(topic):
+            self._drop_replay(delivery)
+            return
+        self._on_delivery(delivery)
+
+    def _unwanted_replay(self, topic: str) -> bool:
+        """3.1.1: a retained delivery matching only subscriptions that asked for no replay."""
+        return any(paho.topic_matches_sub(f, topic) for f in self._unreplayed) and not any(
+            paho.topic_matches_sub(f, topic) for f in self._replayed
+        )
+
+    def _drop_replay(self, delivery: Delivery) -> None:
+        """Acknowledge and drop a retained message replayed at subscription (what v5's Retain
+        Handling 2 asks the broker not to send), counted, and logged once per connection."""
+        if self._manual_ack:
+            self.ack(delivery)  # else paho acknowledges it when this callback returns
+        self.retained_dropped += 1
+        if self._dropped_logged != delivery.connection:
+            self._dropped_logged = delivery.connection
+            log.info(
+                "MQTT 3.1.1: dropping retained messages the broker replays at subscription "
+                "(first: %r), as v5 would not send them; %d dropped so far",
+                delivery.topic[:120],
+                self.retained_dropped,
+            )
 
 
 def sensor_client_id(endpoint: MqttEndpoint, sensor_id: str, label: str, pid: int) -> str:

@@ -23,6 +23,24 @@ from floodwatch.registry import SHIPPED_REGISTRY
 ENV_PREFIX = "FLOODWATCH_"
 _TOPIC_ROOT = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")
 
+# --mqtt-protocol's values: MQTT v5 (Mosquitto, the default) or 3.1.1 (NATS's MQTT listener in
+# the clustered mode speaks nothing else; docs/CLUSTER.md).
+MQTT_V5 = "5"
+MQTT_V311 = "3.1.1"
+MQTT_PROTOCOLS = (MQTT_V5, MQTT_V311)
+
+
+def mqtt_protocol(value: object) -> str:
+    """--mqtt-protocol's value checked: "5" or "3.1.1", else SettingsError naming the flag."""
+    text = str(value).strip()
+    if text not in MQTT_PROTOCOLS:
+        raise SettingsError(
+            f"MQTT protocol {value!r} is not 5 or 3.1.1; use --mqtt-protocol 3.1.1 (or "
+            "FLOODWATCH_MQTT_PROTOCOL=3.1.1) for a broker that speaks only MQTT 3.1.1, such as "
+            "NATS in the clustered mode, else leave the default 5."
+        )
+    return text
+
 
 @dataclass(frozen=True, slots=True)
 class MqttEndpoint:
@@ -31,11 +49,17 @@ class MqttEndpoint:
     username: str | None = None
     password: str | None = None
     tls: bool = False
+    # "5" or "3.1.1" (--mqtt-protocol): which MQTT the connection speaks.
+    protocol: str = MQTT_V5
+
+    def __post_init__(self) -> None:
+        mqtt_protocol(self.protocol)
 
     def __str__(self) -> str:  # never print the password
         scheme = "mqtts" if self.tls else "mqtt"
         user = f"{self.username}@" if self.username else ""
-        return f"{scheme}://{user}{self.host}:{self.port}"
+        version = "" if self.protocol == MQTT_V5 else f" (MQTT {self.protocol})"
+        return f"{scheme}://{user}{self.host}:{self.port}{version}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +116,13 @@ COMMON_OPTIONS: tuple[_Option, ...] = (
         "--mqtt-url",
         "mqtt://127.0.0.1:1883",
         "MQTT broker, mqtt://[user:password@]host[:port] (mqtts:// for TLS)",
+    ),
+    option(
+        "--mqtt-protocol",
+        MQTT_V5,
+        "MQTT version spoken to the broker: 5 (Mosquitto) or 3.1.1 (the clustered mode's NATS "
+        "listener refuses v5); over 3.1.1 a publish the broker denies is dropped without a "
+        "word, so refusals cannot be seen",
     ),
     option(
         "--influx-url",
@@ -171,7 +202,7 @@ def command_parser(
     return parser
 
 
-def parse_mqtt_url(url: str) -> MqttEndpoint:
+def parse_mqtt_url(url: str, protocol: str = MQTT_V5) -> MqttEndpoint:
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
         raise SettingsError(
@@ -197,6 +228,7 @@ def parse_mqtt_url(url: str) -> MqttEndpoint:
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
         tls=tls,
+        protocol=mqtt_protocol(protocol),
     )
 
 
@@ -255,7 +287,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             "point --registry or FLOODWATCH_REGISTRY at a GeoJSON file."
         )
     return Settings(
-        mqtt=parse_mqtt_url(str(args.mqtt_url)),
+        mqtt=parse_mqtt_url(str(args.mqtt_url), str(getattr(args, "mqtt_protocol", MQTT_V5))),
         influx=parse_influx_url(str(args.influx_url)),
         influx_db=db,
         registry_path=registry,

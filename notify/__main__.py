@@ -38,7 +38,7 @@ from notify.store import Store
 SHARED = tuple(
     o
     for o in COMMON_OPTIONS
-    if o.flag in ("--mqtt-url", "--registry", "--topic-root", "--log-level")
+    if o.flag in ("--mqtt-url", "--mqtt-protocol", "--registry", "--topic-root", "--log-level")
 )
 STATE_OPTION = option(
     "--notify-state",

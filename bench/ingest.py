@@ -267,9 +267,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="as --workers, plus 1 and 2 cluster workers through 3 NATS nodes and HAProxy",
     )
+    parser.add_argument(
+        "--probes",
+        type=int,
+        default=1000,
+        help="with --cluster: alerts timed per latency run (bench.alerts_latency's method)",
+    )
     args = parser.parse_args(argv)
     if args.workers or args.cluster:
-        return run_workers(args.readings, args.runs, args.cluster)
+        return run_workers(args.readings, args.runs, args.cluster, args.probes)
     kinds = args.only or ["bare", "single", "array"]
     n = args.readings
     results: dict[str, list[RunResult]] = {k: [] for k in kinds}

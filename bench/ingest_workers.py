@@ -44,6 +44,8 @@ import httpx
 import orjson
 import psutil
 
+from bench.alerts_latency import PROBES, RATE, Run, measure, one_run
+from bench.alerts_latency import registry_file as latency_registry
 from bench.cluster_consume import _client, _connect
 from bench.pipeline import start_ingest, wait_until_quiet
 from floodwatch.cluster import (
@@ -56,7 +58,7 @@ from floodwatch.credentials import Credentials
 from floodwatch.influx import InfluxClient
 from floodwatch.localservices import Service, influxd_service, mosquitto_service, running
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry
-from floodwatch.settings import parse_influx_url
+from floodwatch.settings import MQTT_V311, parse_influx_url
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 8  # floodwatch.cluster.DEFAULT_PARTITIONS, the cluster's and the workers' default
@@ -174,6 +176,7 @@ class CpuMeter:
         self.groups = {k: [psutil.Process(pid) for pid in pids] for k, pids in groups.items()}
         self.before: dict[str, float] = {}
         self.started = 0.0
+        self.elapsed = 0.0
 
     def _now(self) -> dict[str, float]:
         total: dict[str, float] = {}
@@ -192,8 +195,8 @@ class CpuMeter:
         """Cores busy per group since start() (CPU seconds / wall seconds); call it while the
         processes still run."""
         after = self._now()
-        elapsed = time.monotonic() - self.started
-        return {k: (after[k] - self.before[k]) / elapsed for k in after}
+        self.elapsed = time.monotonic() - self.started
+        return {k: (after[k] - self.before[k]) / self.elapsed for k in after}
 
 
 def wait_stored(
@@ -342,17 +345,13 @@ class Bench:
             for k, log in enumerate(logs):
                 env = {
                     **self._env(root),
-                    "FLOODWATCH_MQTT_URL": cluster.front.url("ingest"),
-                    "FLOODWATCH_MQTT_PROTOCOL": "3.1.1",
-                    "FLOODWATCH_NATS_URL": ",".join(cluster.nats_urls("ingest")),
-                    "FLOODWATCH_PARTITIONS": str(PARTITIONS),
-                    "FLOODWATCH_CLIENT_ID": f"floodwatch-ingest-{k + 1}",
+                    **cluster_worker_env(cluster, k),
                     "FLOODWATCH_OUTBOX": str(self.workdir / f"outbox-{root}-{k}.sqlite"),
                 }
                 procs.append(start_ingest(env, log, args=["--cluster"], ready=None))
             meter = self._meter(procs)
             meter.start()
-            started = self._first_owner(procs, logs)
+            started = first_owner(procs, logs)
             try:
                 finished, stored = wait_stored(
                     influx, len(self.ids), start_ms + (self.per_sensor - 1) * 1000, self.readings
@@ -373,19 +372,6 @@ class Bench:
             (started - launched) / 1e9,
         )
 
-    def _first_owner(self, procs: Sequence[subprocess.Popen[bytes]], logs: Sequence[Path]) -> int:
-        """time.time_ns() when the first worker logs that it owns a partition."""
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            for log in logs:
-                if any(m.group(1).strip() for m in OWNS.finditer(log.read_bytes())):
-                    return time.time_ns()
-            if any(p.poll() is not None for p in procs):
-                break
-            time.sleep(0.005)
-        text = "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in logs)
-        raise RuntimeError(f"no cluster worker took a partition; their logs say:\n{text}")
-
     def _meter_groups(self, procs: Sequence[subprocess.Popen[bytes]]) -> dict[str, Sequence[int]]:
         groups: dict[str, Sequence[int]] = {"ingest": [p.pid for p in procs]}
         if self.cluster is not None:
@@ -400,6 +386,103 @@ class Bench:
 
     def _meter(self, procs: Sequence[subprocess.Popen[bytes]]) -> CpuMeter:
         return CpuMeter(self._meter_groups(procs))
+
+
+def cluster_worker_env(cluster: LocalCluster, k: int) -> dict[str, str]:
+    """Worker k's settings for the cluster (the agreed interface of branch `worker`): pulls
+    partitions over NATS, publishes alerts and events through the MQTT front in 3.1.1."""
+    return {
+        "FLOODWATCH_MQTT_URL": cluster.front.url("ingest"),
+        "FLOODWATCH_MQTT_PROTOCOL": MQTT_V311,
+        "FLOODWATCH_NATS_URL": ",".join(cluster.nats_urls("ingest")),
+        "FLOODWATCH_PARTITIONS": str(PARTITIONS),
+        "FLOODWATCH_CLIENT_ID": f"floodwatch-ingest-{k + 1}",
+    }
+
+
+def first_owner(procs: Sequence[subprocess.Popen[bytes]], logs: Sequence[Path]) -> int:
+    """time.time_ns() when the first worker logs that it owns a partition."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for log in logs:
+            if any(m.group(1).strip() for m in OWNS.finditer(log.read_bytes())):
+                return time.time_ns()
+        if any(p.poll() is not None for p in procs):
+            break
+        time.sleep(0.005)
+    text = "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in logs)
+    raise RuntimeError(f"no cluster worker took a partition; their logs say:\n{text}")
+
+
+def cluster_latency(probes: int, workers: int = 1) -> Run:
+    """bench.alerts_latency's measurement (the same load, probes and clock) with the readings
+    going through a cluster of its own: HAProxy -> NATS's MQTT store (R3, fsync) -> a cluster
+    worker's pull -> its alert published through HAProxy -> the listener."""
+    with tempfile.TemporaryDirectory(prefix="fw-latency-cluster-") as tmp:
+        work = Path(tmp)
+        registry = work / "sensors.geojson"
+        latency_registry(registry, probes)
+        ids = list(load_registry(registry).sensors)
+        creds = Credentials.load_or_generate(work / "credentials", ids)
+        with (
+            running(influxd_service(work, credentials=creds)) as (influxd,),
+            local_cluster(work / "cluster", creds, load_registry(registry)) as cluster,
+        ):
+            procs: list[subprocess.Popen[bytes]] = []
+            logs = [work / f"ingest-{k}.log" for k in range(workers)]
+            with processes(procs):
+                for k, log in enumerate(logs):
+                    env = {
+                        **cluster_worker_env(cluster, k),
+                        "FLOODWATCH_INFLUX_URL": influxd.url("admin"),
+                        "FLOODWATCH_REGISTRY": str(registry),
+                        "FLOODWATCH_OUTBOX": "off",
+                        "FLOODWATCH_METRICS_PORT": "0",
+                        "FLOODWATCH_STATS_INTERVAL": "0",
+                    }
+                    procs.append(start_ingest(env, log, args=["--cluster"], ready=None))
+                first_owner(procs, logs)
+                cpu = CpuMeter({"ingest": [p.pid for p in procs]})
+                cpu.start()
+                latencies = measure(cluster.front.url("admin"), probes, MQTT_V311)
+                cpu_s = cpu.stop()["ingest"] * cpu.elapsed
+    return Run("cluster", sorted(latencies), probes, cpu_s)
+
+
+def latency(runs: int, probes: int) -> None:
+    """Publish -> alert through the single node and through the cluster, alternately, with
+    bench.alerts_latency's load and clock; medians of the runs' p50 and p99."""
+    by: dict[str, list[Run]] = {"single node": [], "cluster": []}
+    for k in range(runs):
+        order = ["single node", "cluster"] if k % 2 == 0 else ["cluster", "single node"]
+        for label in order:
+            result = (
+                one_run("single node", ROOT, probes)[0]
+                if label == "single node"
+                else cluster_latency(probes)
+            )
+            by[label].append(result)
+            print(
+                f"  latency run {k + 1} {label:11s}: {len(result.latencies_ms)} of {probes} "
+                f"alerts, p50 {result.p50:.1f} ms, p99 {result.p99:.1f} ms, ingest CPU "
+                f"{result.cpu_s:.1f} s; load {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
+    print(
+        f"\npublish -> alert at {RATE:,} readings/s ({probes} alerts per run; "
+        f"bench.alerts_latency's method), medians of {runs} runs:"
+    )
+    med = {
+        label: (
+            statistics.median(r.p50 for r in results),
+            statistics.median(r.p99 for r in results),
+        )
+        for label, results in by.items()
+    }
+    for label, (p50, p99) in med.items():
+        print(f"  {label:11s} p50 {p50:6.1f} ms  p99 {p99:6.1f} ms")
+    (s50, s99), (c50, c99) = med["single node"], med["cluster"]
+    print(f"  cluster / single node: p50 {c50 / s50:.2f}x, p99 {c99 / s99:.2f}x")
 
 
 def _last_owns(log: Path) -> str:
@@ -455,7 +538,7 @@ def ingest_supports(option: str) -> bool:
     return option in done.stdout
 
 
-def run(readings: int, runs: int, cluster: bool) -> int:
+def run(readings: int, runs: int, cluster: bool, probes: int = PROBES) -> int:
     """The whole benchmark; prints per-run figures and the medians. Exit 1 if a reading was
     lost."""
     static = ingest_supports("--partitions")
@@ -532,4 +615,6 @@ def run(readings: int, runs: int, cluster: bool) -> int:
     )
     lost = sum(d.lost for run in all_runs for d in run)
     print(f"  readings lost over all runs: {lost} (target 0)")
+    if clustered:
+        latency(runs, probes)
     return 0 if lost == 0 else 1

@@ -209,7 +209,15 @@ def accounts_config(
         "*.v1.deadletter",
         "*.v1.commands.ack.reply.>",
     ]
-    ingest_sub = ["_INBOX.>", "$MQTT.>", "*.v1.part.>", "*.v1.commands.ack"]
+    # Operators' registry overrides and changes too: every worker applies and stores them.
+    ingest_sub = [
+        "_INBOX.>",
+        "$MQTT.>",
+        "*.v1.part.>",
+        "*.v1.commands.ack",
+        "*.v1.registry.*",
+        "*.v1.changes.*",
+    ]
     users.append(
         f"{{user: ingest, password: {_q(credentials.mqtt['ingest'])}, "
         f"permissions: {_permissions(ingest_pub, ingest_sub)}}}"

@@ -12,7 +12,8 @@ Broker users:
 
 Every login lives in the dynamic-security plugin's file (`dynamic-security.json`), bound to
 one client id (`bound_client_id`: ingest `floodwatch-ingest`, the API `floodwatch-api`, the
-notifier `floodwatch-notify`, a sensor or an instance's own login its own name; `admin`
+notifier `floodwatch-notify`, partitioned ingest worker K's login `ingest-K` (K >= 2, role
+`ingest`) `floodwatch-ingest-K`, a sensor or an instance's own login its own name; `admin`
 none), so a leaked password can neither take over nor wipe another login's session (ingest's
 queued readings). Each service login holds the role of its name (SERVICE_ACLS), each sensor a
 role with its two topics. Passwords are hashed here (PBKDF2-SHA512, Mosquitto's own format).
@@ -34,6 +35,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import secrets
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -48,6 +50,9 @@ from floodwatch.errors import FloodwatchError, SettingsError
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry
 
 MQTT_USERS = ("admin", "ingest", "api", "notify")  # registry.RESERVED_IDS keeps sensors off these
+# Partitioned ingest workers 2..N log in as `ingest-K`, bound to client id `floodwatch-ingest-K`
+# (worker 1 is `ingest`); no leading zero, so the test suite's `ingest-001` logins stay theirs.
+_WORKER_LOGIN = re.compile(r"ingest-([1-9][0-9]{0,3})")
 INFLUX_ADMIN = "admin"
 INFLUX_WRITER = "writer"
 INFLUX_READER = "reader"
@@ -73,9 +78,11 @@ class Credentials:
     sensors: Mapping[str, str]  # sensor id -> broker password
 
     @classmethod
-    def generate(cls, sensor_ids: Iterable[str]) -> Credentials:
+    def generate(cls, sensor_ids: Iterable[str], workers: int = 1) -> Credentials:
+        """Random passwords for every user, `workers` ingest workers' logins (worker_logins)
+        and each sensor."""
         return cls(
-            mqtt={user: new_password() for user in MQTT_USERS},
+            mqtt={user: new_password() for user in (*MQTT_USERS, *worker_logins(workers))},
             influx={user: new_password() for user in INFLUX_USERS},
             sensors={sid: new_password() for sid in sensor_ids},
         )
@@ -101,20 +108,24 @@ class Credentials:
         return cls(mqtt=doc["mqtt"], influx=doc["influx"], sensors=sensors)
 
     @classmethod
-    def load_or_generate(cls, directory: Path, sensor_ids: Iterable[str]) -> Credentials:
-        """The directory's credentials, made once; sensors added to the registry get theirs."""
+    def load_or_generate(
+        cls, directory: Path, sensor_ids: Iterable[str], workers: int = 1
+    ) -> Credentials:
+        """The directory's credentials, made once; sensors added to the registry get theirs,
+        and so do ingest workers up to `workers` (worker_logins)."""
+        users = (*MQTT_USERS, *worker_logins(workers))
         if (directory / "credentials.json").exists():
             found = cls.load(directory)
             ids = list(sensor_ids)
-            if all(sid in found.sensors for sid in ids) and set(MQTT_USERS) <= set(found.mqtt):
+            if all(sid in found.sensors for sid in ids) and set(users) <= set(found.mqtt):
                 return found
             sensors = dict(found.sensors)
             sensors.update({sid: new_password() for sid in ids if sid not in sensors})
             # A service user added since the directory was made (notify) gets its password.
-            mqtt = {**{u: new_password() for u in MQTT_USERS}, **found.mqtt}
+            mqtt = {**{u: new_password() for u in users}, **found.mqtt}
             found = cls(mqtt, found.influx, sensors)
         else:
-            found = cls.generate(sensor_ids)
+            found = cls.generate(sensor_ids, workers)
         found.save(directory)
         return found
 
@@ -176,17 +187,44 @@ SERVICE_CLIENT_IDS = {
 }
 
 
+def worker_logins(workers: int) -> list[str]:
+    """The logins of partitioned ingest workers 2..`workers` (worker 1 logs in as `ingest`):
+    `ingest-2`, ... each bound to `floodwatch-ingest-K` and holding the `ingest` role."""
+    return [f"ingest-{k}" for k in range(2, workers + 1)]
+
+
+def login_role(login: str) -> str:
+    """The role a service login holds: its own name, `ingest` for a worker's login."""
+    return "ingest" if _WORKER_LOGIN.fullmatch(login) else login
+
+
 def bound_client_id(login: str | None) -> str | None:
     """The one client id the broker lets `login` use, or None for the unbound `admin`."""
     if login is None or login == "admin":
         return None
+    if _WORKER_LOGIN.fullmatch(login):
+        return f"floodwatch-{login}"
     return SERVICE_CLIENT_IDS.get(login, login)
 
 
-def check_client_id(login: str | None, client_id: str) -> None:
+def check_client_id(login: str | None, client_id: str, *, broker_binds: bool = True) -> None:
     """Raise SettingsError, before connecting, when the broker would refuse `client_id` for
-    `login` (each login is bound to one client id)."""
+    `login` (each login is bound to one client id).
+
+    `broker_binds=False` is for NATS's MQTT listener, which cannot bind a client id to a login
+    (docs/CLUSTER.md), so several workers share the `ingest` login: there the convention the
+    document names holds instead, the id is the bound one or starts with it and a dash
+    (`floodwatch-ingest-2`), so a service's id never collides with a sensor's or another
+    service's."""
     bound = bound_client_id(login)
+    if bound is not None and not broker_binds:
+        if client_id == bound or (client_id.startswith(bound + "-") and "." not in client_id):
+            return
+        raise SettingsError(
+            f"--client-id {client_id!r} does not start with {bound + '-'!r}: in the cluster the "
+            f"login {login!r} connects with {bound} or {bound}-SOMETHING (no '.', which NATS "
+            "refuses), e.g. --client-id floodwatch-ingest-2 (FLOODWATCH_CLIENT_ID)"
+        )
     if bound is not None and client_id != bound:
         raise SettingsError(
             f"--client-id {client_id!r} is not the client id the broker binds the login "
@@ -293,7 +331,7 @@ def dynsec_document(
     bindings through the plugin's API anyway, is unbound. Each service login holds the role of
     the same name (SERVICE_ACLS), each sensor a role with only its reading and status topics.
     """
-    clients = [dynsec_client(user, pw, user) for user, pw in sorted(services.items())]
+    clients = [dynsec_client(user, pw, login_role(user)) for user, pw in sorted(services.items())]
     clients += [dynsec_client(i.login, i.password, i.role, i.bound) for i in instances]
     roles = [{"rolename": name, "acls": acls} for name, acls in SERVICE_ACLS.items()]
     for sensor_id, password in sorted(sensors.items()):
@@ -420,8 +458,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--registry", type=Path, default=None, help="sensor registry (default: the shipped one)"
     )
+    parser.add_argument(
+        "--ingest-workers",
+        type=int,
+        default=1,
+        help="partitioned ingest workers (README, Partitioned ingest): workers 2..N get logins "
+        "ingest-2.. bound to client ids floodwatch-ingest-2.., role ingest, passwords from "
+        "$MQTT_INGEST_2_PASSWORD.. (default 1: `ingest` only)",
+    )
     args = parser.parse_args(argv)
-    missing = [var for var in _ENV_PASSWORDS.values() if not os.environ.get(var)]
+    env_passwords = dict(_ENV_PASSWORDS)
+    env_passwords.update(
+        {
+            login: f"MQTT_{login.upper().replace('-', '_')}_PASSWORD"
+            for login in worker_logins(args.ingest_workers)
+        }
+    )
+    missing = [var for var in env_passwords.values() if not os.environ.get(var)]
     if missing:
         print(f"credentials: set {', '.join(missing)} (copy .env.example to .env)", file=sys.stderr)
         return 2
@@ -430,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FloodwatchError as exc:
         print(f"credentials: {exc}", file=sys.stderr)
         return 2
-    passwords = {user: os.environ[var] for user, var in _ENV_PASSWORDS.items()}
+    passwords = {user: os.environ[var] for user, var in env_passwords.items()}
     write_broker_files(args.out, passwords, registry.sensors)
     if os.geteuid() == 0:
         os.chown(args.out / DYNSEC_FILE, _BROKER_UID, _BROKER_UID)

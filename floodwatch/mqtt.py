@@ -335,6 +335,27 @@ class MqttConnection:
             )
         return True
 
+    def subscribe(self, subscriptions: Sequence[tuple[str, int] | Subscription]) -> None:
+        """Add subscriptions now (if connected) and at every reconnect from now on (any
+        thread): a partitioned ingest worker follows sensors added to its wards."""
+        subs = [
+            sub if isinstance(sub, Subscription) else Subscription(*sub) for sub in subscriptions
+        ]
+        if not subs:
+            return
+        if self._v311:
+            plain = [(sub.topic_filter, sub.qos) for sub in subs]
+            self._unreplayed += [s.topic_filter for s in subs if not s.replay_retained]
+            self._replayed += [s.topic_filter for s in subs if s.replay_retained]
+            self._subscriptions = [*self._subscriptions, *plain]
+            if self._connected.is_set():
+                self._client.subscribe(plain)
+        else:
+            options = [sub.paho() for sub in subs]
+            self._subscriptions = [*self._subscriptions, *options]
+            if self._connected.is_set():
+                self._client.subscribe(options)
+
     def pending_publishes(self) -> int:
         """Outgoing messages the broker has not yet acknowledged."""
         return len(self._client._out_messages)

@@ -28,7 +28,7 @@ from floodwatch.errors import (
 )
 from floodwatch.influx import InfluxClient
 from floodwatch.metrics import serve as serve_metrics
-from floodwatch.mqtt import Delivery, MqttConnection, Subscription
+from floodwatch.mqtt import Delivery, MqttConnection
 from floodwatch.registry import Registry, load_registry
 from floodwatch.settings import (
     TIME_SCALE,
@@ -45,9 +45,19 @@ from floodwatch.settings import (
 )
 from floodwatch.topics import Topics
 from ingest.alerting import Alerting, Restored
+from ingest.cluster import NatsSource
 from ingest.metrics import ingest_metrics
 from ingest.operations import OperationsFollower, registry_in_force
 from ingest.outbox import Outbox
+from ingest.partitions import (
+    PartitionedAlerting,
+    PartitionRestore,
+    add_partition_options,
+    owned_partitions,
+    partition_settings,
+    reading_subscriptions,
+    restore_owned,
+)
 from ingest.pipeline import Ingest
 
 INGEST_OPTIONS = (
@@ -131,7 +141,9 @@ is stored in the `sensor_change` measurement.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return command_parser("python -m ingest", DESCRIPTION, INGEST_OPTIONS)
+    parser = command_parser("python -m ingest", DESCRIPTION, INGEST_OPTIONS)
+    add_partition_options(parser)
+    return parser
 
 
 STALE_CHECK_S = 1.0
@@ -311,6 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = ingest_settings(args)
+        parts = partition_settings(args)
         settings = config.shared
         outbox = None
         if config.outbox is not None:
@@ -323,7 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"--client-id {config.client_id!r} is a sensor's id in the registry, so that "
                 "sensor could take over ingest's session; choose another (FLOODWATCH_CLIENT_ID)"
             )
-        check_client_id(settings.mqtt.username, config.client_id)
+        # NATS cannot bind a client id to a login: the cluster's workers share `ingest`.
+        check_client_id(settings.mqtt.username, config.client_id, broker_binds=not parts.cluster)
     except FloodwatchError as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         return 2
@@ -380,8 +394,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         assert mqtt is not None
         mqtt.publish(topics.deadletter, payload, qos=1)
 
+    source: NatsSource | None = None  # --cluster: readings from NATS (ingest/cluster.py)
+
     def ack(deliveries: list[Delivery]) -> int:
         assert mqtt is not None
+        if source is not None:  # NATS's readings to NATS, commands and overrides to MQTT
+            return source.ack(deliveries) + mqtt.ack_many(deliveries)
         return mqtt.ack_many(deliveries)
 
     def publish(topic: str, payload: bytes, retain: bool) -> None:
@@ -399,7 +417,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         outbox_after_s=config.outbox_after_s,
     )
     log.log(*time_scale_notice(settings.time_scale))
-    alerting = Alerting(registry, topics, influx_read, publish, time_scale=settings.time_scale)
+    alerting: Alerting | PartitionedAlerting
+    if parts.partitioned:
+        # One engine per owned partition (ingest/partitions.py).
+        alerting = PartitionedAlerting(
+            registry, parts.partitions, topics, influx_read, publish, time_scale=settings.time_scale
+        )
+    else:
+        alerting = Alerting(registry, topics, influx_read, publish, time_scale=settings.time_scale)
     ingest.alerts = alerting
     if outbox is not None and not outbox.empty:
         log.info(
@@ -415,7 +440,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             alerting.reconfigure(changed)
 
         ingest.call(apply)
+        if parts.own is not None:
+            # A sensor added to an owned ward: follow its topics too.
+            known = set(following)
+            added = [s for s in reading_subscriptions(changed, topics, parts) if s not in known]
+            following.extend(added)
+            if mqtt is not None and added:
+                mqtt.subscribe(added)
 
+    # Readings and statuses followed: every sensor's, or the owned partitions' sensors'.
+    following = reading_subscriptions(registry, topics, parts)
     operations = OperationsFollower(topics, live, apply_registry, ingest.store_lines, ack, stop)
 
     def route(delivery: Delivery) -> None:
@@ -430,13 +464,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     mqtt = MqttConnection(
         settings.mqtt,
         config.client_id,
-        # No retained message is replayed at (re)subscription: a retained reading would be
-        # judged again at every reconnect, and a retained status is an old one. Readings keep
-        # their retain flag, so one published retained is counted (the pipeline's
-        # retained_readings); statuses are retained by design (the sensors' will).
         subscriptions=[
-            Subscription(topics.all_readings, 1, replay_retained=False, flag_retained=True),
-            Subscription(topics.all_statuses, 1, replay_retained=False),
+            *following,
             (topics.ack_commands, 1),
             # Operators' registry overrides (retained) and their audit (ingest/operations.py).
             (topics.registry_override("+"), 1),
@@ -451,7 +480,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     # and readings spilled to the outbox by the last run go to InfluxDB first, so the restore
     # sees them. Otherwise a thread restores as soon as InfluxDB answers.
     restored = False
-    if outbox is None or ingest.drain_outbox_now():
+    drained = outbox is None or ingest.drain_outbox_now()
+    unrestored: list[int] = []
+    if isinstance(alerting, PartitionedAlerting):
+        if parts.own is not None:
+            # Each owned partition rebuilt now if InfluxDB answers, else by ingest-restore.
+            alerting.claim(parts.own)
+            unrestored = restore_owned(
+                alerting, parts.own, alerting.adopt, stop, ready=lambda: drained, once=True
+            )
+    elif drained:
         try:
             alerting.adopt(alerting.rebuild_state())
             restored = True
@@ -459,15 +497,40 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.warning("alerts wait for InfluxDB to restore their state: %s", exc)
     ingest.start()
     operations.thread.start()
-    if not restored:
+    if isinstance(alerting, Alerting) and not restored:
         threading.Thread(
             target=restore_until_ready,
             args=(alerting, ingest, outbox, stop, log),
             daemon=True,
             name="ingest-restore",
         ).start()
+    elif isinstance(alerting, PartitionedAlerting) and unrestored:
+        partitioned = alerting
+
+        def queue_adopt(rebuilt: PartitionRestore) -> None:
+            ingest.call(lambda: partitioned.adopt(rebuilt))
+
+        threading.Thread(
+            target=restore_owned,
+            args=(alerting, unrestored, queue_adopt, stop),
+            kwargs={"ready": lambda: outbox is None or outbox.empty},
+            daemon=True,
+            name="ingest-restore",
+        ).start()
     try:
         mqtt.start(timeout_s=30)
+        if isinstance(alerting, PartitionedAlerting) and parts.cluster:
+            source = NatsSource(
+                parts.nats_urls,
+                topics,
+                parts.partitions,
+                alerting,
+                ingest.deliver,
+                ingest.call,
+                ack_wait_s=parts.ack_wait_s,
+                pin_timeout_s=parts.pin_timeout_s,
+            )
+            source.start()
     except FloodwatchError as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         ingest.stop(min(config.shutdown_timeout_s, 2.0))
@@ -483,6 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ingest.backlog,
                     outbox.status() if outbox else None,
                     dict(alerting.events_by_kind),
+                    owned_partitions(alerting, parts.partitions),
                 ),
             )
         except OSError as exc:
@@ -512,7 +576,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("%s%s", ingest.counters.summary(), state)
     log.info("stopping: storing what is in hand (at most %g s)", config.shutdown_timeout_s)
     stop.set()
+    if source is not None:
+        source.stop_pulling()  # what is in hand is stored and acknowledged below
     ingest.stop(config.shutdown_timeout_s)
+    if source is not None:
+        source.close()
     mqtt.stop()
     if metrics_server is not None:
         metrics_server.shutdown()

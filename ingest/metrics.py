@@ -15,6 +15,7 @@ def ingest_metrics(
     backlog: int,
     outbox: OutboxStatus | None,
     alert_events: Mapping[tuple[str, str, str], int] | None = None,
+    partitions: tuple[int, frozenset[int]] | None = None,  # (count, owned): partitioned ingest
 ) -> list[Metric]:
     c = counters
     metrics = [
@@ -96,6 +97,16 @@ def ingest_metrics(
                     ({"kind": kind, "change": change, "level": level}, n)
                     for (kind, change, level), n in sorted(alert_events.items())
                 ],
+            )
+        )
+    if partitions is not None:
+        count, owned = partitions
+        metrics.append(
+            Metric(
+                "floodwatch_ingest_partition_owned",
+                "1 for each partition this worker owns (judges and stores), 0 for the others.",
+                "gauge",
+                [({"partition": str(p)}, int(p in owned)) for p in range(count)],
             )
         )
     if outbox is not None:

@@ -1,0 +1,340 @@
+"""The clustered worker's reading source (`python -m ingest --cluster`, docs/CLUSTER.md): every
+partition's durable pull consumer on NATS's MQTT store, pulled as a member of its pinned
+priority group, so the server gives each partition to one worker and moves it when that worker
+stops pulling (dies).
+
+| thread        | owns                                   | talks to                               |
+|---------------|----------------------------------------|----------------------------------------|
+| `ingest-nats` | the asyncio loop: the NATS connection,  | the owner's queue (claim, adopt,       |
+|               | one pull task per partition, the       | forget, deliveries), InfluxDB (a       |
+|               | messages in hand until acknowledged    | gained partition's rebuild, executor)  |
+| ingest-finish | (calls `ack`)                          | the loop, through call_soon_threadsafe |
+
+Gaining a partition (the first messages after not owning it): the worker claims it, rebuilds
+its sensors' alert state from InfluxDB and, meanwhile, keeps pulling: the readings the previous
+owner took and never acknowledged come back after the consumer's ack wait, and they are older
+than the new ones, so the worker holds the partition's messages until those are back (or the
+wait has passed) and hands them over in stream order after the rebuilt state. So the engine
+judges the partition in order, and a reading already stored (older than the rebuilt state's
+last reading for its sensor) is ignored by the engine's rule 1: a failover raises nothing twice
+and misses nothing. Losing a partition (Unpinned: another worker holds it) drops its state.
+
+A message in hand is acknowledged after its batch is stored (explicit acknowledgements,
+floodwatch.cluster.acknowledge); while it waits (InfluxDB slow), the worker tells the server it
+is in progress, so the ack wait can stay short and a dead worker's readings return soon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from floodwatch.cluster import (
+    MQTT_MSGS_PREFIX,
+    MQTT_MSGS_STREAM,
+    ClusterError,
+    PartitionPull,
+    Unpinned,
+    acknowledge,
+    connect,
+    ensure_partition_consumers,
+    partition_filter,
+    retrying,
+)
+from floodwatch.errors import InfluxError
+from floodwatch.mqtt import Delivery
+from floodwatch.topics import Topics
+from ingest.partitions import PartitionedAlerting, PartitionRestore, restore_owned
+
+log = logging.getLogger(__name__)
+
+# Delivery.connection of a reading that came from NATS (MQTT connections count from 1).
+NATS_CONNECTION = -1
+FETCH_BATCH = 1000
+# Messages in hand (taken, not yet acknowledged) beyond which the worker pulls one at a time:
+# it must keep pulling to keep its partitions pinned, but not flood its memory while InfluxDB
+# is slow (MQTT's in-flight window does this on the Mosquitto path).
+MAX_IN_HAND = 20_000
+# A worker owning k partitions asks for one it does not own for SPREAD_ASK_S every
+# min(k * SPREAD_S, SPREAD_MAX_S) (a failover to it may take that much longer).
+SPREAD_S = 0.5
+SPREAD_MAX_S = 2.0
+SPREAD_ASK_S = 0.1
+
+
+def mqtt_topic(topics: Topics, subject: str) -> str:
+    """The contract's MQTT topic of a message in the MQTT store:
+    `$MQTT.msgs.ROOT.v1.part.P.WARD.ID.reading` -> `ROOT/v1/sensors/ID/reading`. Anything else
+    keeps its subject, and the decoder dead-letters it as an unknown topic."""
+    tokens = subject.split(".")
+    if len(tokens) >= 8 and tokens[-6] == "v1" and tokens[-5] == "part":
+        sensor_id, channel = tokens[-2], tokens[-1]
+        if channel == "reading":
+            return topics.reading(sensor_id)
+        if channel == "status":
+            return topics.status(sensor_id)
+    return subject
+
+
+class NatsSource:
+    """Pulls every partition; hands what this worker is pinned to to the pipeline."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        topics: Topics,
+        partitions: int,
+        alerting: PartitionedAlerting,
+        deliver: Callable[[Delivery], None],
+        call: Callable[[Callable[[], None]], None],
+        *,
+        ack_wait_s: float,
+        pin_timeout_s: float,
+    ) -> None:
+        self.urls = list(urls)
+        self.topics = topics
+        self.partitions = partitions
+        self.alerting = alerting
+        self._deliver = deliver
+        self._call = call
+        self.ack_wait_s = ack_wait_s
+        self.pin_timeout_s = pin_timeout_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._nc: NatsClient | None = None
+        self._pulling = threading.Event()  # cleared: stop pulling (acknowledging goes on)
+        self._closed = threading.Event()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        # Messages in hand: delivery id -> (message, when taken or last said in progress).
+        self._held: dict[int, tuple[Msg, float]] = {}
+        self._held_lock = threading.Lock()
+        self._next_id = 0
+        self.owned: frozenset[int] = frozenset()  # partitions pinned to this worker
+        self.thread = threading.Thread(target=self._run, name="ingest-nats", daemon=True)
+
+    # -- any thread ----------------------------------------------------------------------------
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Connect, create the partitions' consumers (idempotent) and start pulling; raise
+        ClusterError if NATS does not answer in time."""
+        self._pulling.set()
+        self.thread.start()
+        if not self._ready.wait(timeout_s) or self._error is not None:
+            raise ClusterError(
+                f"NATS at {', '.join(_without_password(u) for u in self.urls)} did not set up "
+                f"the partition consumers within {timeout_s:g} s ({self._error or 'no answer'}); "
+                "check --nats-url and that the cluster runs (its /healthz)."
+            )
+
+    def stop_pulling(self) -> None:
+        """Take no more messages (what is in hand is still stored and acknowledged)."""
+        self._pulling.clear()
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._pulling.clear()
+        self._closed.set()
+        self.thread.join(timeout_s)
+
+    def ack(self, deliveries: Sequence[Delivery]) -> int:
+        """Acknowledge stored deliveries that came from NATS (ingest-finish); the others are
+        the caller's. Returns how many were NATS's."""
+        with self._held_lock:
+            msgs = [
+                held[0]
+                for d in deliveries
+                if d.connection == NATS_CONNECTION
+                and (held := self._held.pop(d.mid, None)) is not None
+            ]
+        loop = self._loop
+        if msgs and loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (shutdown)
+                asyncio.run_coroutine_threadsafe(self._acknowledge(msgs), loop)
+        return len(msgs)
+
+    @property
+    def in_hand(self) -> int:
+        return len(self._held)
+
+    # -- the loop thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # reported by start(), or logged once running
+            self._error = exc
+            if self._ready.is_set():
+                log.exception("NATS source failed")
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        names = await ensure_partition_consumers(
+            self.urls,
+            self.topics.root,
+            self.partitions,
+            ack_wait_s=self.ack_wait_s,
+            pin_timeout_s=self.pin_timeout_s,
+        )
+        self._nc = nc = await connect(self.urls)
+        self._ready.set()
+        log.info("pulling %d partitions from NATS", self.partitions)
+        tasks = [
+            asyncio.create_task(self._pull_partition(part, name, nc))
+            for part, name in enumerate(names)
+        ]
+        tasks.append(asyncio.create_task(self._keep_in_progress()))
+        while not self._closed.is_set():
+            await asyncio.sleep(0.1)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await nc.drain()
+
+    async def _pull_partition(self, part: int, consumer: str, nc: NatsClient) -> None:
+        pull = PartitionPull(nc, consumer)
+        prefix = MQTT_MSGS_PREFIX + partition_filter(self.topics.root, part)[:-1]
+        owned = False
+        while not self._closed.is_set():
+            if not self._pulling.is_set():
+                await asyncio.sleep(0.1)
+                continue
+            expires_s = 1.0
+            if not owned and self.owned:
+                # Spread partitions over workers: the server pins a partition to a waiting
+                # request, so a worker that owns some asks for another only now and then, and
+                # briefly; an idle worker's request is then the one waiting.
+                await asyncio.sleep(min(SPREAD_S * len(self.owned), SPREAD_MAX_S))
+                expires_s = SPREAD_ASK_S
+            batch = FETCH_BATCH if len(self._held) < MAX_IN_HAND else 1
+            try:
+                msgs = await pull.fetch(batch, expires_s=expires_s)
+                if msgs and not owned:
+                    owned = True
+                    msgs = await self._gain(part, consumer, pull, nc, msgs)
+            except Unpinned:
+                if owned:
+                    owned = False
+                    self._lose(part)
+                continue
+            except (nats.errors.Error, TimeoutError, ClusterError) as exc:
+                log.info("partition %d: pull failed (%s); pulling again", part, exc)
+                await asyncio.sleep(0.2)
+                continue
+            if msgs:
+                self._hand_over(msgs, prefix)
+
+    async def _gain(
+        self, part: int, consumer: str, pull: PartitionPull, nc: NatsClient, first: list[Msg]
+    ) -> list[Msg]:
+        """Claim `part`, rebuild its state and collect its messages until the previous owner's
+        unacknowledged ones are back (bounded); returns them all in stream order."""
+        started = time.monotonic()
+        self.owned = self.owned | {part}
+        self._call(functools.partial(self.alerting.claim, [part]))
+        loop = asyncio.get_running_loop()
+        rebuilding = loop.run_in_executor(None, self._rebuild, part)
+        held = list(first)
+        info = await retrying(
+            functools.partial(nc.jetstream().consumer_info, MQTT_MSGS_STREAM, consumer),
+            f"partition {part}'s consumer information",
+        )
+        # Taken by the previous owner and never acknowledged: they come back after ack_wait.
+        outstanding = (info.num_ack_pending or 0) - len(first)
+        returned = sum(1 for m in first if m.metadata.num_delivered > 1)
+        deadline = started + self.ack_wait_s + 1.0
+        while (returned < outstanding and time.monotonic() < deadline) or not rebuilding.done():
+            more = await pull.fetch(FETCH_BATCH, expires_s=0.25)
+            held += more
+            returned += sum(1 for m in more if m.metadata.num_delivered > 1)
+        rebuilt = await rebuilding
+        if rebuilt is not None:
+            self._call(functools.partial(self.alerting.adopt, rebuilt))
+        held.sort(key=lambda m: m.metadata.sequence.stream)
+        log.info(
+            "partition %d gained: %d readings held until %d of %d unacknowledged by its "
+            "previous owner came back (%.1f s)",
+            part,
+            len(held),
+            returned,
+            max(outstanding, 0),
+            time.monotonic() - started,
+        )
+        return held
+
+    def _rebuild(self, part: int) -> PartitionRestore | None:
+        """The partition's state from InfluxDB (executor thread); if InfluxDB does not answer,
+        its readings are stored unjudged until a retry thread has rebuilt it."""
+        try:
+            return self.alerting.rebuild(part)
+        except InfluxError as exc:
+            log.warning("partition %d: alerts wait for InfluxDB to restore: %s", part, exc)
+
+        def queue_adopt(rebuilt: PartitionRestore) -> None:
+            self._call(functools.partial(self.alerting.adopt, rebuilt))
+
+        threading.Thread(
+            target=restore_owned,
+            args=(self.alerting, [part], queue_adopt, self._closed),
+            daemon=True,
+            name="ingest-restore",
+        ).start()
+        return None
+
+    def _lose(self, part: int) -> None:
+        self.owned = self.owned - {part}
+        log.info("partition %d lost: another worker holds it now", part)
+        self._call(functools.partial(self.alerting.forget, [part]))
+
+    def _hand_over(self, msgs: list[Msg], prefix: str) -> None:
+        topics = self.topics
+        now = time.monotonic()
+        received = time.time_ns()
+        with self._held_lock:
+            first = self._next_id
+            self._next_id += len(msgs)
+            for k, msg in enumerate(msgs):
+                self._held[first + k] = (msg, now)
+        for k, msg in enumerate(msgs):
+            subject = msg.subject
+            topic = mqtt_topic(topics, subject) if subject.startswith(prefix) else subject
+            self._deliver(Delivery(topic, msg.data, False, received, first + k, 1, NATS_CONNECTION))
+
+    async def _acknowledge(self, msgs: list[Msg]) -> None:
+        try:
+            await acknowledge(msgs)
+        except (nats.errors.Error, TimeoutError) as exc:
+            # Stored all the same: the server redelivers them, and they overwrite themselves.
+            log.warning("acknowledging %d stored readings failed (%s)", len(msgs), exc)
+
+    async def _keep_in_progress(self) -> None:
+        """Tell the server that readings still in hand (InfluxDB slow) are being worked on, so
+        it does not redeliver them after the short ack wait."""
+        every = self.ack_wait_s / 3
+        while not self._closed.is_set():
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            with self._held_lock:
+                due = [(i, m) for i, (m, t) in self._held.items() if now - t >= every]
+                for i, m in due:
+                    self._held[i] = (m, now)
+            for _, msg in due:
+                try:
+                    await msg.in_progress()
+                except nats.errors.Error:
+                    break
+
+
+def _without_password(url: str) -> str:
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1) if "://" in url else ("", url)
+    return f"{scheme}://{rest.split('@', 1)[1]}"

@@ -1,0 +1,270 @@
+"""Clustered ingest workers (`python -m ingest --cluster`, ingest/cluster.py) on a real 3-node
+NATS cluster behind HAProxy, with the real influxd: fault test 3 of issue 14, a worker
+SIGKILLed in the middle of a flood."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from alerts import AlertEvent, step
+from alerts.state import ReadingArrays, new_state
+from floodwatch.cluster import LocalCluster, local_cluster, partition
+from floodwatch.influx import InfluxClient
+from floodwatch.localservices import Service, local_credentials
+from floodwatch.registry import Registry, load_registry
+from floodwatch.topics import Topics
+from ingest.cluster import mqtt_topic
+from ingest.partitions import owned_registry
+from tests.conftest import IngestProcess, admin_influx, grant, wait_until
+from tests.test_cluster import MqttSensor
+from tests.test_partitions import city_registry
+
+PARTITIONS = 4
+FLOOD = ("d12-01", "d12-02", "d12-03", "d12-04")  # Đường 12: the flooding ward's sensors
+PER_SENSOR = 900  # readings each, one second apart in reading time
+RATE = 300  # readings per second published, all sensors together
+
+
+def test_store_subjects_become_the_contracts_topics() -> None:
+    """A message's subject in NATS's MQTT store maps back to the topic the sensor used."""
+    topics = Topics("a/b")
+    assert mqtt_topic(topics, "$MQTT.msgs.a.b.v1.part.3.an-khanh.qh-01.reading") == (
+        "a/b/v1/sensors/qh-01/reading"
+    )
+    assert mqtt_topic(topics, "$MQTT.msgs.a.b.v1.part.3.w.qh-01.status") == (
+        "a/b/v1/sensors/qh-01/status"
+    )
+    assert mqtt_topic(topics, "$MQTT.msgs.a.b.v1.part.3.w.qh-01.other") == (
+        "$MQTT.msgs.a.b.v1.part.3.w.qh-01.other"
+    )
+
+
+# -- fault test 3 ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    return city_registry(tmp_path_factory.mktemp("city") / "city.geojson", PARTITIONS)
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, city: tuple[Path, dict[str, str]]
+) -> Iterator[LocalCluster]:
+    workdir = tmp_path_factory.mktemp("cluster")
+    registry = load_registry(city[0])
+    with local_cluster(
+        workdir, local_credentials(workdir), registry, partitions=PARTITIONS
+    ) as running_cluster:
+        yield running_cluster
+
+
+def worker(
+    cluster: LocalCluster, influxd: Service, db: str, registry: Path, k: int, log_dir: Path
+) -> IngestProcess:
+    """`python -m ingest --cluster` as worker k, through the front door for MQTT."""
+    grant(influxd, db)
+    env = {
+        **os.environ,
+        "FLOODWATCH_CLUSTER": "1",
+        "FLOODWATCH_NATS_URL": ",".join(cluster.nats_urls("ingest")),
+        "FLOODWATCH_PARTITIONS": str(PARTITIONS),
+        "FLOODWATCH_MQTT_URL": cluster.front.url("ingest"),
+        "FLOODWATCH_MQTT_PROTOCOL": "3.1.1",
+        "FLOODWATCH_CLIENT_ID": f"floodwatch-ingest-{k}",
+        "FLOODWATCH_INFLUX_URL": influxd.url("writer"),
+        "FLOODWATCH_INFLUX_READ_URL": influxd.url("reader"),
+        "FLOODWATCH_INFLUX_DB": db,
+        "FLOODWATCH_TOPIC_ROOT": db,
+        "FLOODWATCH_REGISTRY": str(registry),
+        "FLOODWATCH_OUTBOX": "off",
+        "FLOODWATCH_METRICS_PORT": "0",
+        "PYTHONUNBUFFERED": "1",
+    }
+    log_dir.mkdir(exist_ok=True)
+    return IngestProcess(env, log_dir)
+
+
+def owned(proc: IngestProcess) -> set[int]:
+    """The partitions the worker's log says it owns now."""
+    found = re.findall(r"owns partitions \[([0-9, ]*)\]", proc.log.read_text())
+    return {int(p) for p in found[-1].split(",") if p.strip()} if found else set()
+
+
+def count(db: InfluxClient) -> int:
+    series = db.query('SELECT count("level_cm") FROM "water_level"')
+    return int(series[0]["values"][0][1]) if series else 0
+
+
+def stored_keys(db: InfluxClient) -> set[tuple[str, int]]:
+    series = db.query('SELECT "level_cm" FROM "water_level" GROUP BY "sensor"', epoch="ns")
+    return {(s["tags"]["sensor"], int(row[0])) for s in series for row in s["values"]}
+
+
+def stored_alerts(db: InfluxClient) -> set[str]:
+    """Event ids of the flood and rising alerts stored (stale ones depend on the clock)."""
+    series = db.query('SELECT "event_id", "kind" FROM "alert_event"')
+    return {str(row[1]) for s in series for row in s["values"] if row[2] in ("flood", "rising")}
+
+
+def flood_levels(k: int, j: int) -> float:
+    """Sensor j's k-th reading: the water rises 4.2 cm a minute, each sensor a little higher."""
+    return round(2.0 + 0.07 * k + 0.5 * j, 2)
+
+
+def reference_alerts(registry: Registry, readings: list[tuple[str, int, float]]) -> set[str]:
+    """The same readings through the engine alone, with no fault: the alerts a run without
+    the kill raises (rule 3 of alerts/engine.py: batching changes no verdict)."""
+    start = min(t for _, t, _ in readings) - 60 * 10**9
+    state = new_state(registry, start)
+    index = state.sensor_index
+    arrays = ReadingArrays(
+        np.array([index[s] for s, _, _ in readings], dtype=np.int32),
+        np.array([t for _, t, _ in readings], dtype=np.int64),
+        np.array([v for _, _, v in readings], dtype=np.float64),
+        np.full(len(readings), np.nan),
+    )
+    _, events = step(state, arrays, time.time_ns())
+    return {
+        e.event_id for e in events if isinstance(e, AlertEvent) and e.kind in ("flood", "rising")
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.services  # a real NATS cluster, HAProxy and influxd
+def test_a_worker_killed_mid_flood_hands_its_partitions_over(
+    cluster: LocalCluster,
+    influxd: Service,
+    city: tuple[Path, dict[str, str]],
+    tmp_path: Path,
+) -> None:
+    """Fault test 3: two workers own the city's partitions; the one owning the flooding ward
+    is SIGKILLed mid-flood. Its partitions resume on the other within 10 s, no acknowledged
+    reading is lost, and the flood's alerts are those of a run without the fault."""
+    path, wards = city
+    registry = load_registry(path)
+    db_name = "t" + uuid.uuid4().hex[:10]
+    topics = Topics(db_name)
+    flood_part = partition(wards[FLOOD[0]], PARTITIONS)
+    workers = [worker(cluster, influxd, db_name, path, k, tmp_path / f"w{k}") for k in (1, 2)]
+    db = admin_influx(influxd, db_name)
+    sensors: dict[str, MqttSensor] = {}
+    try:
+        # Worker 1 takes the flooding ward (alone at first), worker 2 the others it is given.
+        workers[0].start()
+        base_s = int(time.time()) - 2 * 3600
+        warm = [(FLOOD[0], base_s - 600)]
+        warm += [
+            (next(s for s, w in wards.items() if w == ward), base_s - 600)
+            for ward in sorted(set(wards.values()))
+            if ward != wards[FLOOD[0]]
+        ]
+        for sensor_id in {s for s, _ in warm} | set(FLOOD):
+            sensors[sensor_id] = MqttSensor(cluster, sensor_id)
+        sensors[FLOOD[0]].publish(
+            topics.reading(FLOOD[0]), orjson.dumps({"ts": warm[0][1] * 1000, "level_cm": 1.0})
+        )
+        wait_until(lambda: count(db) == 1, 30, "worker 1 to store the first warm-up reading")
+        workers[1].start()
+        wait_until(lambda: b"pulling" in workers[1].log.read_bytes(), 10, "worker 2 to pull")
+        for n, (sensor_id, t) in enumerate(warm[1:], start=2):
+            payload = orjson.dumps({"ts": t * 1000, "level_cm": 1.0})
+            sensors[sensor_id].publish(topics.reading(sensor_id), payload)
+            wait_until(lambda n=n: count(db) == n, 30, "the warm-up readings")  # type: ignore[misc]
+        ownership = [owned(w) for w in workers]
+        assert flood_part in ownership[0], ownership
+        print(
+            f"ownership before the kill: worker 1 {sorted(ownership[0])}, 2 {sorted(ownership[1])}"
+        )
+
+        # The flood: PER_SENSOR readings per sensor, unique times, RATE readings/s in all.
+        published: list[tuple[str, int, float]] = []
+        infos: dict[str, list[tuple[int, int]]] = {s: [] for s in FLOOD}
+        killed_at: list[float] = []
+        halfway = threading.Event()
+
+        def publish(j: int, sensor_id: str) -> None:
+            sensor = sensors[sensor_id]
+            interval = len(FLOOD) / RATE
+            next_at = time.monotonic()
+            for k in range(PER_SENSOR):
+                t_ms = (base_s + k) * 1000 + j * 100
+                level = flood_levels(k, j)
+                payload = orjson.dumps({"ts": t_ms, "level_cm": level})
+                info = sensor.client.publish(topics.reading(sensor_id), payload, qos=1)
+                infos[sensor_id].append((info.mid, t_ms))
+                published.append((sensor_id, t_ms * 10**6, level))
+                if j == 0 and k == PER_SENSOR * 2 // 5:
+                    halfway.set()
+                next_at += interval
+                pause = next_at - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)  # pacing the publisher, not waiting for a result
+
+        threads = [
+            threading.Thread(target=publish, args=(j, s), daemon=True) for j, s in enumerate(FLOOD)
+        ]
+        for thread in threads:
+            thread.start()
+        assert halfway.wait(60)
+        before_kill = count(db)
+        killed_at.append(time.monotonic())
+        workers[0].stop(signal.SIGKILL)
+        # Resumed: the first reading of the flooding ward stored after the kill (only worker 2
+        # can store it now).
+        wait_until(lambda: count(db) > before_kill, 30, "the survivor to store a reading")
+        resume_s = time.monotonic() - killed_at[0]
+        for thread in threads:
+            thread.join(60)
+        wait_until(
+            lambda: all({mid for mid, _ in infos[s]} <= sensors[s].acknowledged for s in FLOOD),
+            60,
+            "every flood reading to be acknowledged by the broker",
+        )
+        acknowledged = {(s, t_ms * 10**6) for s in FLOOD for _, t_ms in infos[s]}
+        wait_until(lambda: acknowledged <= stored_keys(db), 40, "every acknowledged reading stored")
+        stored = stored_keys(db)
+        lost = acknowledged - stored
+        survivor_log = workers[1].log.read_text()
+        returned = [int(n) for n in re.findall(r"held until (\d+) of", survivor_log)]
+        # The run without the fault: the same readings, the warm-up of the ward included.
+        warmed = [(s, t * 10**9, 1.0) for s, t in warm if s in FLOOD]
+        expected = reference_alerts(
+            owned_registry(registry, PARTITIONS, [flood_part]), warmed + published
+        )
+        deadline = time.monotonic() + 10
+        while not expected <= stored_alerts(db) and time.monotonic() < deadline:
+            time.sleep(0.1)  # the last batch's alerts are stored with it
+        got = stored_alerts(db)
+        missing, extra = expected - got, got - expected
+        flood_stored = acknowledged & stored
+        print(
+            f"fault test 3 (worker SIGKILL mid-flood): published {len(published)}, acknowledged "
+            f"{len(acknowledged)}, stored {len(flood_stored)}, lost {len(lost)}, duplicated "
+            f"{sum(returned)} (redelivered to the survivor, written idempotently), alerts "
+            f"{len(got)} of {len(expected)}: missing {len(missing)}, doubled {len(extra)}, "
+            f"resumed {resume_s:.1f} s after the kill; ownership after: "
+            f"{sorted(owned(workers[1]))}"
+        )
+        assert not lost, f"{len(lost)} acknowledged readings lost"
+        assert resume_s < 10, f"the flooding ward resumed {resume_s:.1f} s after the kill"
+        assert flood_part in owned(workers[1])
+        assert not missing and not extra, (sorted(missing)[:5], sorted(extra)[:5])
+    finally:
+        for sensor in sensors.values():
+            sensor.close()
+        for proc in workers:
+            if proc.running():
+                proc.stop(signal.SIGKILL)
+        db.close()

@@ -13,10 +13,14 @@ is not what is measured:
     backlog is published, and the clock starts when they are thawed (SIGCONT). Workers are
     `python -m ingest` with FLOODWATCH_PARTITIONS / FLOODWATCH_OWN_PARTITIONS (each
     subscribes to its partitions' sensors' topics); `1 worker` owns every partition.
-  - cluster (`--cluster`, 3 NATS nodes + HAProxy from floodwatch.cluster.local_cluster): the
-    partitions' pull consumers are created, the backlog is published through HAProxy (MQTT
-    3.1.1 QoS 1, so it sits R3 in the MQTT store), then the workers (`python -m ingest
-    --cluster`) start; the clock starts when the first logs `owns partitions [...]`.
+  - cluster (`--cluster`, 3 NATS nodes + HAProxy from floodwatch.cluster.local_cluster): not
+    a drain, since NATS pins each partition to the worker whose pull waits when its first
+    reading comes and keeps it there while that worker pulls (a waiting backlog would all go to
+    the first worker to start). The workers (`python -m ingest --cluster`) start, one reading
+    per sensor spreads the partitions over them (each logs `owns partitions [...]`), then the
+    rest is published through HAProxy (MQTT 3.1.1 QoS 1, stored R3 before each PUBACK) from
+    this process, and the clock runs from its first publish: the publisher's rate (printed)
+    bounds these figures.
 The clock stops when the last reading of every sensor is stored in InfluxDB; a full count then
 gives the readings lost. Configurations run in alternating order; each run's ratios are taken
 within the run (the machine is shared), and medians of the runs are printed with the load
@@ -67,6 +71,8 @@ WARDS = 16
 SENSORS_PER_WARD = 8
 OWNS = re.compile(rb"owns partitions \[([0-9, ]*)\]")
 IN_FLIGHT = 30_000
+ACK_WAIT_S = 4.0  # the cluster workers' defaults (python -m ingest --help)
+PIN_TIMEOUT_S = 5.0
 STALL_S = 30.0  # no reading stored for this long: the run ends and counts what is missing
 
 
@@ -171,7 +177,7 @@ class Drain:
     cores: dict[str, float]  # CPU seconds / drain seconds, per process group
     load: float  # 1-minute load average at the start of the drain
     owns: list[str] = field(default_factory=list)  # cluster workers' last `owns partitions`
-    startup_s: float = 0.0  # cluster: worker start to its first partition
+    spread_s: float = 0.0  # cluster: first reading to every partition owned
 
 
 class CpuMeter:
@@ -330,34 +336,47 @@ class Bench:
         elapsed = (finished - started) / 1e9
         return Drain(config, stored / elapsed, self.readings - stored, published, cores, load)
 
-    def drain_cluster(self, config: str, workers: int) -> Drain:
-        """`workers` cluster workers (`python -m ingest --cluster`) drain a backlog waiting in
-        the cluster's MQTT store."""
+    def live_cluster(self, config: str, workers: int) -> Drain:
+        """`workers` cluster workers (`python -m ingest --cluster`) take the load as it is
+        published through HAProxy. Not a drain of a waiting backlog: NATS pins each partition
+        to the worker whose pull is waiting when its first reading arrives and keeps it there
+        while that worker pulls, so a backlog found by the first worker to start would all be
+        its own. The workers start first, one reading per sensor spreads the partitions over
+        them, then the clock runs from the first publish of the rest to the last stored."""
         cluster = self.cluster
         assert cluster is not None
         root = f"b{uuid.uuid4().hex[:8]}"
         start_ms = int(time.time() * 1000) - 86_400_000
         messages = backlog(self.ids, self.per_sensor, start_ms)
+        warm, load_msgs = messages[: len(self.ids)], messages[len(self.ids) :]
         # The store keeps a message only while a consumer covers it (interest retention).
-        asyncio.run(ensure_partition_consumers(cluster.nats_urls(), root, PARTITIONS))
-        published = publish(cluster.front.port, cluster.credentials.mqtt["admin"], root, messages)
+        asyncio.run(
+            ensure_partition_consumers(
+                cluster.nats_urls(), root, PARTITIONS, ACK_WAIT_S, PIN_TIMEOUT_S
+            )
+        )
         procs: list[subprocess.Popen[bytes]] = []
         logs = [self.workdir / f"ingest-{root}-{k}.log" for k in range(workers)]
+        port, password = cluster.front.port, cluster.credentials.mqtt["admin"]
         influx = self._influx(root)
         with processes(procs):
-            load = os.getloadavg()[0]
-            launched = time.time_ns()
             for k, log in enumerate(logs):
                 env = {
                     **self._env(root),
                     **cluster_worker_env(cluster, k),
                     "FLOODWATCH_OUTBOX": str(self.workdir / f"outbox-{root}-{k}.sqlite"),
                 }
-                procs.append(start_ingest(env, log, args=["--cluster"], ready=None))
+                procs.append(start_ingest(env, log, args=["--cluster"]))
+            spreading = time.monotonic()
+            publish(port, password, root, warm)
+            wait_owned(procs, logs, PARTITIONS)
+            spread_s = time.monotonic() - spreading
             meter = self._meter(procs)
+            load = os.getloadavg()[0]
             meter.start()
-            started = first_owner(procs, logs)
+            started = time.time_ns()
             try:
+                published = publish(port, password, root, load_msgs)
                 finished, stored = wait_stored(
                     influx, len(self.ids), start_ms + (self.per_sensor - 1) * 1000, self.readings
                 )
@@ -368,13 +387,13 @@ class Bench:
         elapsed = (finished - started) / 1e9
         return Drain(
             config,
-            stored / elapsed,
+            (stored - len(warm)) / elapsed,
             self.readings - stored,
             published,
             cores,
             load,
             owns,
-            (started - launched) / 1e9,
+            spread_s,
         )
 
     def _meter_groups(self, procs: Sequence[subprocess.Popen[bytes]]) -> dict[str, Sequence[int]]:
@@ -402,21 +421,30 @@ def cluster_worker_env(cluster: LocalCluster, k: int) -> dict[str, str]:
         "FLOODWATCH_NATS_URL": ",".join(cluster.nats_urls("ingest")),
         "FLOODWATCH_PARTITIONS": str(PARTITIONS),
         "FLOODWATCH_CLIENT_ID": f"floodwatch-ingest-{k + 1}",
+        # The consumers the bench creates before publishing must match the workers' own.
+        "FLOODWATCH_ACK_WAIT": str(ACK_WAIT_S),
+        "FLOODWATCH_PIN_TIMEOUT": str(PIN_TIMEOUT_S),
     }
 
 
-def first_owner(procs: Sequence[subprocess.Popen[bytes]], logs: Sequence[Path]) -> int:
-    """time.time_ns() when the first worker logs that it owns a partition."""
+def wait_owned(
+    procs: Sequence[subprocess.Popen[bytes]], logs: Sequence[Path], partitions: int
+) -> None:
+    """Wait until the workers' last `owns partitions [...]` lines cover every partition."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
+        owned: set[int] = set()
         for log in logs:
-            if any(m.group(1).strip() for m in OWNS.finditer(log.read_bytes())):
-                return time.time_ns()
+            found = OWNS.findall(log.read_bytes())
+            if found:
+                owned |= {int(p) for p in found[-1].split(b",") if p.strip()}
+        if len(owned) >= partitions:
+            return
         if any(p.poll() is not None for p in procs):
             break
-        time.sleep(0.005)
+        time.sleep(0.01)
     text = "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in logs)
-    raise RuntimeError(f"no cluster worker took a partition; their logs say:\n{text}")
+    raise RuntimeError(f"the cluster workers did not take every partition; their logs:\n{text}")
 
 
 def cluster_latency(probes: int, workers: int = 1) -> Run:
@@ -445,8 +473,9 @@ def cluster_latency(probes: int, workers: int = 1) -> Run:
                         "FLOODWATCH_METRICS_PORT": "0",
                         "FLOODWATCH_STATS_INTERVAL": "0",
                     }
-                    procs.append(start_ingest(env, log, args=["--cluster"], ready=None))
-                first_owner(procs, logs)
+                    # A worker is pinned to a partition once it pulls readings from it: the
+                    # latency run's warm-up load does that.
+                    procs.append(start_ingest(env, log, args=["--cluster"]))
                 cpu = CpuMeter({"ingest": [p.pid for p in procs]})
                 cpu.start()
                 latencies = measure(cluster.front.url("admin"), probes, MQTT_V311)
@@ -547,9 +576,10 @@ def report(runs: Sequence[Sequence[Drain]], baseline: str) -> list[str]:
         lost = sum(d.lost for d in mine)
         ratio = f"{statistics.median(ratios):.2f}x" if ratios else "-"
         span = f"{min(ratios):.2f}-{max(ratios):.2f}" if ratios else ""
+        per_cpu = statistics.median(d.rate / d.cores["ingest"] for d in mine if d.cores["ingest"])
         lines.append(
             f"  {config:18s} {rate:9,.0f} readings/s  {ratio} {baseline} (runs {span})  "
-            f"lost {lost}  cores busy: {busy}"
+            f"{per_cpu:7,.0f} per ingest CPU second  lost {lost}  cores busy: {busy}"
         )
     return lines
 
@@ -608,8 +638,8 @@ def run(readings: int, runs: int, cluster: bool, probes: int = PROBES) -> int:
                 ]
             if clustered:
                 configs += [
-                    ("cluster 1 worker", lambda: bench.drain_cluster("cluster 1 worker", 1)),
-                    ("cluster 2 workers", lambda: bench.drain_cluster("cluster 2 workers", 2)),
+                    ("cluster 1 worker", lambda: bench.live_cluster("cluster 1 worker", 1)),
+                    ("cluster 2 workers", lambda: bench.live_cluster("cluster 2 workers", 2)),
                 ]
             bytes_before, points_before = influx_write_stats(influxd)
             for k in range(runs):
@@ -621,7 +651,7 @@ def run(readings: int, runs: int, cluster: bool, probes: int = PROBES) -> int:
                     drains.append(d)
                     extra = ""
                     if d.owns:
-                        extra = f"  owns {' '.join(d.owns)}  startup {d.startup_s:.1f} s"
+                        extra = f"  owns {' '.join(d.owns)} ({d.spread_s:.1f} s)"
                     busy = ", ".join(f"{g} {v:.2f}" for g, v in d.cores.items() if v >= 0.01)
                     print(
                         f"  run {k + 1} {d.config:18s} {d.rate:9,.0f} readings/s  lost {d.lost}"

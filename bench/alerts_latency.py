@@ -194,9 +194,10 @@ def background(url: str, rate: int, protocol: str = MQTT_V5) -> None:
         time.sleep(max(0.0, started + tick * 0.02 - time.perf_counter()))
 
 
-def measure(url: str, probes: int, protocol: str = MQTT_V5) -> list[float]:
-    """Publish the probes as `url`'s user (with the background load from another process) and
-    return each alert's latency in ms, in probe order; `protocol` 3.1.1 for NATS's MQTT."""
+def measure(url: str, probes: int, protocol: str = MQTT_V5, warmup_s: float = 2.0) -> list[float]:
+    """Publish the probes as `url`'s user (with the background load from another process,
+    `warmup_s` ahead) and return each alert's latency in ms, in probe order; `protocol` 3.1.1
+    for NATS's MQTT."""
     topics = Topics("floodwatch")
     sent: dict[str, float] = {}
     got: dict[str, float] = {}
@@ -236,7 +237,7 @@ def measure(url: str, probes: int, protocol: str = MQTT_V5) -> list[float]:
         cwd=ROOT,
     )
     try:
-        time.sleep(2.0)  # let the pipeline warm up under load
+        time.sleep(warmup_s)  # let the pipeline warm up under load
         ids = [f"p{i:04d}" for i in range(probes)]
         started = time.perf_counter()
         # Each tick: the first reading of the next probe, the second of this one.

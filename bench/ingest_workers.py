@@ -686,12 +686,24 @@ def run(readings: int, runs: int, cluster: bool, probes: int = PROBES) -> int:
             bytes_after, points_after = influx_write_stats(influxd)
             disk = compressed_bytes(workdir / "influxdb")
     print(
-        f"\nbench/ingest --workers{' --cluster' if cluster else ''}: backlogs of "
-        f"{bench.readings:,} single-reading messages drained, medians of {runs} runs; "
+        f"\nbench/ingest --workers{' --cluster' if cluster else ''}: {bench.readings:,} "
+        "single-reading messages per run (Mosquitto: a backlog drained; cluster: live, bounded "
+        f"by the publisher's rate), medians of {runs} runs; "
         f"{main_note()}; load average now {os.getloadavg()[0]:.1f}"
     )
     for line in report(all_runs, "single"):
         print(line)
+    for two, one in (("2 workers", "1 worker"), ("cluster 2 workers", "cluster 1 worker")):
+        pairs = [
+            by[two].rate / by[one].rate
+            for by in ({d.config: d for d in run} for run in all_runs)
+            if two in by and one in by
+        ]
+        if pairs:
+            print(
+                f"  {two} / {one}: {statistics.median(pairs):.2f}x "
+                f"(runs {min(pairs):.2f}-{max(pairs):.2f})"
+            )
     points = max(1, points_after - points_before)
     print(
         f"  InfluxDB line protocol: {(bytes_after - bytes_before) / points:.0f} bytes per point "

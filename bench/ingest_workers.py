@@ -6,25 +6,27 @@ ward names chosen so that `floodwatch.cluster.partition()` gives every one of PA
 partitions the same number of wards (so also for any divisor of PARTITIONS: 1, 2, 4 workers
 split it evenly). Every sensor sends the same number of readings, one per message, QoS 1.
 
-What is timed is a backlog drain, so that the publisher (one more process on the same cores)
-is not what is measured:
+What is timed:
   - single-node Mosquitto (`single`, `1 worker`, `2 workers`): the consumers start and
     subscribe, are frozen (SIGSTOP; the broker queues for their persistent sessions), the
     backlog is published, and the clock starts when they are thawed (SIGCONT). Workers are
     `python -m ingest` with FLOODWATCH_PARTITIONS / FLOODWATCH_OWN_PARTITIONS (each
     subscribes to its partitions' sensors' topics); `1 worker` owns every partition.
   - cluster (`--cluster`, 3 NATS nodes + HAProxy from floodwatch.cluster.local_cluster): not
-    a drain, since NATS pins each partition to the worker whose pull waits when its first
+    a drain (so that the publisher, one more process on these cores, would not be what is
+    measured), since NATS pins each partition to the worker whose pull waits when its first
     reading comes and keeps it there while that worker pulls (a waiting backlog would all go to
     the first worker to start). The workers (`python -m ingest --cluster`) start, one reading
-    per sensor spreads the partitions over them (each logs `owns partitions [...]`), then the
+    per sensor, partition after partition 1.5 s apart, spreads the partitions over them (each
+    logs `owns partitions [...]`), then the
     rest is published through HAProxy (MQTT 3.1.1 QoS 1, stored R3 before each PUBACK) from
     this process, and the clock runs from its first publish: the publisher's rate (printed)
     bounds these figures.
-The clock stops when the last reading of every sensor is stored in InfluxDB; a full count then
-gives the readings lost. Configurations run in alternating order; each run's ratios are taken
-within the run (the machine is shared), and medians of the runs are printed with the load
-average and how busy each process was (cores).
+The clock stops when every reading is stored in InfluxDB (or none more is for 30 s: the rest
+are counted lost). With --cluster, bench.alerts_latency's publish -> alert measurement runs
+through a cluster of its own and through the single node, alternately. Configurations run in
+alternating order; each run's ratios are taken within the run (the machine is shared), and
+medians of the runs are printed with the load average and how busy each process was (cores).
 """
 
 from __future__ import annotations

@@ -583,12 +583,14 @@ def influx_write_stats(influxd: Service) -> tuple[int, int]:
     return int(httpd.get("writeReqBytes", 0)), int(httpd.get("pointsWrittenOK", 0))
 
 
-def report(runs: Sequence[Sequence[Drain]], baseline: str) -> list[str]:
+def report(runs: Sequence[Sequence[Drain]], configs: Sequence[str], baseline: str) -> list[str]:
     """Median rate per configuration and the median of each run's ratio to `baseline`."""
-    configs = [d.config for d in runs[0]]
     lines = []
     for config in configs:
         mine = [d for run in runs for d in run if d.config == config]
+        if not mine:
+            lines.append(f"  {config:18s} no successful run")
+            continue
         rate = statistics.median(d.rate for d in mine)
         ratios = [
             by[config].rate / by[baseline].rate
@@ -635,6 +637,7 @@ def run(readings: int, runs: int, cluster: bool, probes: int = PROBES) -> int:
     if cluster and not clustered:
         print("  (this ingest has no --cluster: no cluster workers measured)")
     all_runs: list[list[Drain]] = []
+    failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="fw-bench-workers-") as tmp:
         workdir = Path(tmp)
         registry = workdir / "sensors.geojson"
@@ -669,9 +672,16 @@ def run(readings: int, runs: int, cluster: bool, probes: int = PROBES) -> int:
             for k in range(runs):
                 order = configs if k % 2 == 0 else configs[::-1]
                 drains = []
-                for _name, drain in order:
+                for name, drain in order:
                     bench.quiet()
-                    d = drain()
+                    try:
+                        d = drain()
+                    except RuntimeError as exc:
+                        # A process that did not start or never took its partitions: its log
+                        # goes in the report, and the other configurations still run.
+                        failures.append(f"run {k + 1} {name}: {exc}")
+                        print(f"  run {k + 1} {name:18s} FAILED (log at the end)", flush=True)
+                        continue
                     drains.append(d)
                     extra = ""
                     if d.owns:
@@ -693,7 +703,7 @@ def run(readings: int, runs: int, cluster: bool, probes: int = PROBES) -> int:
         f"by the publisher's rate), medians of {runs} runs; "
         f"{main_note()}; load average now {os.getloadavg()[0]:.1f}"
     )
-    for line in report(all_runs, "single"):
+    for line in report(all_runs, [name for name, _ in configs], "single"):
         print(line)
     for two, one in (("2 workers", "1 worker"), ("cluster 2 workers", "cluster 1 worker")):
         pairs = [
@@ -715,6 +725,8 @@ def run(readings: int, runs: int, cluster: bool, probes: int = PROBES) -> int:
     )
     lost = sum(d.lost for run in all_runs for d in run)
     print(f"  readings lost over all runs: {lost} (target 0)")
+    for failure in failures:
+        print(f"\nFAILED {failure}")
     if clustered:
         latency(runs, probes)
-    return 0 if lost == 0 else 1
+    return 0 if lost == 0 and not failures else 1

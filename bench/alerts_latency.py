@@ -34,7 +34,7 @@ import psutil
 from bench.pipeline import start_ingest
 from floodwatch.localservices import influxd_service, mosquitto_service, running
 from floodwatch.mqtt import Delivery, MqttConnection
-from floodwatch.settings import parse_mqtt_url
+from floodwatch.settings import MQTT_V5, parse_mqtt_url
 from floodwatch.topics import Topics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,11 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         "--dump", type=Path, help="append each run's latencies, in probe order, as JSON lines"
     )
     parser.add_argument(
-        "--background", nargs=2, metavar=("MQTT_URL", "RATE"), help=argparse.SUPPRESS
+        "--background", nargs=3, metavar=("MQTT_URL", "RATE", "PROTOCOL"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
     if args.background:
-        background(args.background[0], int(args.background[1]))
+        background(args.background[0], int(args.background[1]), args.background[2])
         return 0
     trees = [("this", ROOT)]
     if args.compare is not None:
@@ -174,13 +174,13 @@ def one_run(label: str, tree: Path, probes: int) -> tuple[Run, list[float]]:
     return Run(label, sorted(latencies), probes, cpu), latencies
 
 
-def background(url: str, rate: int) -> None:
+def background(url: str, rate: int, protocol: str = MQTT_V5) -> None:
     """`rate` readings/s of dry road from the background sensors, until killed (its own
     process, so the probes' publisher and the listener share their process with nothing
     busy)."""
     topics = Topics("floodwatch")
     ids = [f"s{i:04d}" for i in range(SENSORS)]
-    conn = MqttConnection(parse_mqtt_url(url))
+    conn = MqttConnection(parse_mqtt_url(url, protocol))
     conn.start()
     started = time.perf_counter()
     per_tick = max(1, rate // 50)
@@ -194,7 +194,10 @@ def background(url: str, rate: int) -> None:
         time.sleep(max(0.0, started + tick * 0.02 - time.perf_counter()))
 
 
-def measure(url: str, probes: int) -> list[float]:
+def measure(url: str, probes: int, protocol: str = MQTT_V5, warmup_s: float = 2.0) -> list[float]:
+    """Publish the probes as `url`'s user (with the background load from another process,
+    `warmup_s` ahead) and return each alert's latency in ms, in probe order; `protocol` 3.1.1
+    for NATS's MQTT."""
     topics = Topics("floodwatch")
     sent: dict[str, float] = {}
     got: dict[str, float] = {}
@@ -213,20 +216,28 @@ def measure(url: str, probes: int) -> list[float]:
                     done.set()
 
     listener = MqttConnection(
-        parse_mqtt_url(url),
+        parse_mqtt_url(url, protocol),
         subscriptions=[(f"{topics.base}/alerts/+", 1)],
         on_delivery=on_alert,
     )
     listener.start()
-    publisher = MqttConnection(parse_mqtt_url(url))
+    publisher = MqttConnection(parse_mqtt_url(url, protocol))
     publisher.start()
     probe_rate = round(2 / PROBE_EVERY_S)  # two readings per probe
     load = subprocess.Popen(
-        [sys.executable, "-m", "bench.alerts_latency", "--background", url, str(RATE - probe_rate)],
+        [
+            sys.executable,
+            "-m",
+            "bench.alerts_latency",
+            "--background",
+            url,
+            str(RATE - probe_rate),
+            protocol,
+        ],
         cwd=ROOT,
     )
     try:
-        time.sleep(2.0)  # let the pipeline warm up under load
+        time.sleep(warmup_s)  # let the pipeline warm up under load
         ids = [f"p{i:04d}" for i in range(probes)]
         started = time.perf_counter()
         # Each tick: the first reading of the next probe, the second of this one.

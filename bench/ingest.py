@@ -14,7 +14,12 @@ Single readings are published by `mosquitto_pub -l` (C, QoS 1), fed in chunks of
 early. Arrays are published by `bench.publisher` (paho), and the clock starts at its first
 message rather than at its interpreter's start-up.
 
-Run: .venv/bin/python -m bench.ingest [--readings N] [--runs 3]
+With --workers, partitioned ingest workers instead (bench/ingest_workers.py): one
+`python -m ingest` against 1 and 2 workers each owning its partitions' sensors on the same
+Mosquitto; with --cluster also 1 and 2 cluster workers through 3 NATS nodes and HAProxy, in
+the same run. These time backlog drains (see that module).
+
+Run: .venv/bin/python -m bench.ingest [--readings N] [--runs 3] [--workers] [--cluster]
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from pathlib import Path
 import orjson
 import psutil
 
+from bench.ingest_workers import run as run_workers
 from bench.pipeline import start_ingest, wait_until_quiet
 from floodwatch.influx import InfluxClient
 from floodwatch.localservices import Service, influxd_service, mosquitto_service, running
@@ -250,7 +256,26 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         help="run only these consumers (repeatable)",
     )
+    parser.add_argument(
+        "--workers",
+        action="store_true",
+        help="one ingest process against 1 and 2 partitioned workers on Mosquitto (backlog "
+        "drains of --readings)",
+    )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="as --workers, plus 1 and 2 cluster workers through 3 NATS nodes and HAProxy",
+    )
+    parser.add_argument(
+        "--probes",
+        type=int,
+        default=1000,
+        help="with --cluster: alerts timed per latency run (bench.alerts_latency's method)",
+    )
     args = parser.parse_args(argv)
+    if args.workers or args.cluster:
+        return run_workers(args.readings, args.runs, args.cluster, args.probes)
     kinds = args.only or ["bare", "single", "array"]
     n = args.readings
     results: dict[str, list[RunResult]] = {k: [] for k in kinds}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
@@ -13,19 +14,26 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_ingest(env: dict[str, str], log_path: Path, root: Path = ROOT) -> subprocess.Popen[bytes]:
-    """Start ingest with `env` (FLOODWATCH_* and PATH) from the checkout at `root` (another
-    one for A/B runs) and wait until it has subscribed."""
+def start_ingest(
+    env: dict[str, str],
+    log_path: Path,
+    root: Path = ROOT,
+    args: Sequence[str] = (),
+    ready: bytes | None = b"ingesting",
+) -> subprocess.Popen[bytes]:
+    """Start ingest with `env` (FLOODWATCH_* and PATH) and `args` from the checkout at `root`
+    (another one for A/B runs) and wait until its log says `ready` (subscribed; a cluster
+    worker's `owns partitions`; None: do not wait)."""
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ingest"],
+            [sys.executable, "-m", "ingest", *args],
             cwd=root,
             env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", **env},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
     deadline = time.monotonic() + 30
-    while b"ingesting" not in log_path.read_bytes():
+    while ready is not None and ready not in log_path.read_bytes():
         if time.monotonic() > deadline or proc.poll() is not None:
             proc.kill()
             raise RuntimeError(f"ingest did not start; its log says:\n{log_path.read_text()}")

@@ -30,10 +30,12 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +43,10 @@ import httpx
 
 from floodwatch.cluster import (
     ACCOUNT,
+    ACCOUNTS_FILE,
     DEFAULT_PARTITIONS,
     ClusterError,
+    LocalCluster,
     accounts_config,
     accounts_partitions,
     connect,
@@ -52,8 +56,11 @@ from floodwatch.cluster import (
 )
 from floodwatch.credentials import Credentials, bound_client_id, check_client_id
 from floodwatch.errors import FloodwatchError, SettingsError
+from floodwatch.mqtt import Delivery, MqttConnection
+from floodwatch.operations import LiveRegistry
 from floodwatch.registry import SHIPPED_REGISTRY, Registry, load_registry
-from floodwatch.settings import MQTT_V311, parse_mqtt_url
+from floodwatch.retained import registry_in_force
+from floodwatch.settings import MQTT_V311, MqttEndpoint, parse_mqtt_url
 from floodwatch.topics import Topics
 
 RELOAD_WAIT_S = 5.0
@@ -157,11 +164,7 @@ def reload_nodes(nodes: Iterable[NodeProcess], wait_s: float = RELOAD_WAIT_S) ->
 
 def read_registry_in_force(mqtt_url: str, admin_password: str, root: str, base: Path) -> Registry:
     """The registry file with the retained overrides the cluster holds, read as ingest reads
-    them (ingest.operations.registry_in_force), through the MQTT front as `admin`."""
-    # Ingest's reader, not a second one (one way to do it); imported here because ingest
-    # depends on floodwatch, not the other way round.
-    from ingest.operations import registry_in_force
-
+    them (registry_in_force), through the MQTT front as `admin`."""
     endpoint = parse_mqtt_url(mqtt_url, MQTT_V311)
     endpoint = type(endpoint)(
         endpoint.host, endpoint.port, "admin", admin_password, endpoint.tls, MQTT_V311
@@ -184,6 +187,89 @@ def nodes_from_stack(doc: dict[str, object]) -> list[NodeProcess]:
     if not nodes:
         raise ClusterError("stack.json names no nats-N service: start `scripts/stack --cluster`")
     return nodes
+
+
+class RegistryFollower:
+    """The local clustered stack's automatic reload (floodwatch.clusterstack): follows the
+    retained registry overrides through the MQTT front and, once they have been quiet for
+    `settle_s`, regenerates the accounts and reloads every node if the file changed. One
+    thread; `say` gets each line (the stack logs them). On real machines an operator runs
+    `python -m floodwatch.cluster reload` after a change instead (README, Clustered mode)."""
+
+    def __init__(
+        self,
+        endpoint: MqttEndpoint,
+        topics: Topics,
+        base: Registry,
+        accounts: Path,
+        credentials_dir: Path,
+        nodes: Sequence[NodeProcess],
+        say: Callable[[str], None],
+        settle_s: float = 0.5,
+    ) -> None:
+        self.topics = topics
+        self.live = LiveRegistry(base)
+        self.accounts = accounts
+        self.credentials_dir = credentials_dir
+        self.nodes = list(nodes)
+        self.say = say
+        self.settle_s = settle_s
+        self.reloads = 0  # reloads done (tests wait on it)
+        self._overrides: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
+        self._conn = MqttConnection(
+            endpoint,
+            f"floodwatch-stack-{os.getpid()}",
+            subscriptions=[(topics.registry_override("+"), 1)],
+            on_delivery=self._on_delivery,
+        )
+        self._thread = threading.Thread(target=self._run, name="cluster-reload", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._conn.start()
+
+    def stop(self) -> None:
+        self._conn.stop()
+        self._overrides.put(None)
+        self._thread.join(10)
+
+    def _on_delivery(self, delivery: Delivery) -> None:
+        sensor_id = self.topics.last_level(delivery.topic, self.topics.registry_override(""))
+        if sensor_id is not None:
+            self._overrides.put((sensor_id, delivery.payload))
+
+    def _run(self) -> None:
+        while True:
+            item = self._overrides.get()
+            changed = False
+            while item is not None:
+                changed = self.live.apply(*item) is not None or changed
+                try:  # the rest of a burst (the retained ones at start, a script's changes)
+                    item = self._overrides.get(timeout=self.settle_s)
+                except queue.Empty:
+                    break
+            if changed:
+                self._reload()
+            if item is None:
+                return
+
+    def _reload(self) -> None:
+        for problem in self.live.problems:
+            self.say(f"registry override skipped: {problem}")
+        try:
+            update = regenerate_accounts(self.accounts, self.credentials_dir, self.live.current)
+            if not update.changed:
+                return
+            for sensor_id in update.new_logins:
+                self.say(f"new login for sensor {sensor_id}")
+            self.say(f"accounts regenerated: {update.mapped} sensors mapped; reloading NATS")
+            lines = reload_nodes(self.nodes)
+        except (FloodwatchError, OSError) as exc:
+            self.say(f"reload failed: {exc}; run `python -m floodwatch.cluster reload`")
+            return
+        for line in lines:
+            self.say(line)
+        self.reloads += 1
 
 
 # -- client-id takeovers -------------------------------------------------------------------------
@@ -298,6 +384,81 @@ def sensor_logins_of(credentials_dir: Path) -> Callable[[], Collection[str]]:
         return logins
 
     return current
+
+
+class ClientIdWatch:
+    """watch_client_ids on a thread of its own (the clustered stack's process)."""
+
+    def __init__(
+        self,
+        sys_urls: Sequence[str],
+        sensor_logins: Callable[[], Collection[str]],
+        report: Callable[[Takeover], None],
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._stop = asyncio.Event()
+        self._ready = threading.Event()
+        watching = watch_client_ids(sys_urls, sensor_logins, report, self._stop, self._ready.set)
+        self._thread = threading.Thread(
+            target=self._loop.run_until_complete, args=(watching,), name="client-ids", daemon=True
+        )
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise ClusterError(
+                f"the client-id watcher could not subscribe to {CONNECT_EVENTS} within "
+                f"{timeout_s:g} s as `sys`; check the system account's password file"
+            )
+
+    def stop(self) -> None:
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(10)
+            self._loop.close()
+
+
+@contextlib.contextmanager
+def cluster_admin(
+    cluster: LocalCluster,
+    credentials_dir: Path,
+    topics: Topics,
+    base: Registry,
+    log_file: Path,
+) -> Iterator[RegistryFollower]:
+    """The local clustered stack's automatic admin: the registry follower (accounts reloaded
+    when operators add, retire or move sensors) and the client-id watcher, both writing their
+    lines to `log_file` (and this process's log)."""
+    workdir = cluster.nodes[0][0].workdir
+    lock = threading.Lock()
+
+    def say(line: str, level: int = logging.INFO) -> None:
+        log.log(level, "%s", line)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        with lock, log_file.open("a", encoding="utf-8") as out:
+            out.write(f"{stamp} {line}\n")
+
+    admin = cluster.credentials.mqtt["admin"]
+    endpoint = MqttEndpoint("127.0.0.1", cluster.front.port, "admin", admin, False, MQTT_V311)
+    nodes = [NodeProcess(node.name, svc.pid or 0, node.monitor_port) for svc, node in cluster.nodes]
+    follower = RegistryFollower(
+        endpoint, topics, base, workdir / ACCOUNTS_FILE, credentials_dir, nodes, say
+    )
+    password = system_password(workdir)
+    watch = ClientIdWatch(
+        [f"nats://sys:{password}@127.0.0.1:{node.client_port}" for _, node in cluster.nodes],
+        sensor_logins_of(credentials_dir),
+        lambda takeover: say(takeover.message(), logging.WARNING),
+    )
+    watch.start()
+    try:
+        follower.start()
+        try:
+            yield follower
+        finally:
+            follower.stop()
+    finally:
+        watch.stop()
 
 
 def sys_urls(doc: Mapping[str, object], password: str) -> list[str]:

@@ -30,6 +30,7 @@ from floodwatch.influx import InfluxClient
 from floodwatch.metrics import serve as serve_metrics
 from floodwatch.mqtt import Delivery, MqttConnection
 from floodwatch.registry import Registry, load_registry
+from floodwatch.retained import registry_in_force
 from floodwatch.settings import (
     TIME_SCALE,
     InfluxEndpoint,
@@ -47,7 +48,7 @@ from floodwatch.topics import Topics
 from ingest.alerting import Alerting, Restored
 from ingest.cluster import NatsSource
 from ingest.metrics import ingest_metrics
-from ingest.operations import OperationsFollower, registry_in_force
+from ingest.operations import OperationsFollower
 from ingest.outbox import Outbox
 from ingest.partitions import (
     PartitionedAlerting,

@@ -19,6 +19,11 @@ judges the partition in order, and a reading already stored (older than the rebu
 last reading for its sensor) is ignored by the engine's rule 1: a failover raises nothing twice
 and misses nothing. Losing a partition (Unpinned: another worker holds it) drops its state.
 
+One more consumer holds the sensors' publishes no account mapping moved to a partition (a
+sensor added at runtime before `python -m floodwatch.cluster reload`); whichever worker is
+pinned to it hands them to the pipeline under their own subject, which dead-letters them
+(floodwatch.cluster.decode_unmapped) and acknowledges them once the dead letters are stored.
+
 A message in hand is acknowledged after its batch is stored (explicit acknowledgements,
 floodwatch.cluster.acknowledge); while it waits (InfluxDB slow), the worker tells the server it
 is in progress, so the ack wait can stay short and a dead worker's readings return soon.

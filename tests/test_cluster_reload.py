@@ -23,6 +23,7 @@ from floodwatch.cluster import (
     ACCOUNTS_FILE,
     MQTT_MSGS_PREFIX,
     MQTT_MSGS_STREAM,
+    ClusterError,
     LocalCluster,
     PartitionPull,
     accounts_config,
@@ -269,6 +270,15 @@ def test_a_sensor_added_at_runtime_is_mapped_by_a_reload_that_keeps_sessions_and
         operator.publish(topics.registry_override("qh-77"), b"", retain=True)
         for client in (watcher, sensor, operator):
             client.close()
+
+
+@pytest.mark.services
+def test_a_node_that_cannot_be_reloaded_is_named(cluster: LocalCluster) -> None:
+    _, node = cluster.nodes[0]
+    gone = NodeProcess("nats-9", 2**22 + 7, node.monitor_port)  # above Linux's default pid_max
+    with pytest.raises(ClusterError, match=r"nats-9 \(pid \d+\): not signalled") as refused:
+        reload_nodes([gone])
+    assert "not reloaded: nats-9" in str(refused.value)
 
 
 @pytest.mark.services

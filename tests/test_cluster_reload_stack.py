@@ -17,11 +17,19 @@ import orjson
 import pytest
 
 from floodwatch.cluster import MQTT_MSGS_STREAM, connect, unmapped_consumer_name
-from floodwatch.clusterstack import ClusterStack, start_cluster_stack
+from floodwatch.clusteradmin import main as cluster_main
+from floodwatch.clusterstack import (
+    ClusterStack,
+    cluster_credential_files,
+    stack_services,
+    start_cluster_stack,
+)
 from floodwatch.credentials import Credentials
 from floodwatch.mqtt import Delivery, MqttConnection
 from floodwatch.operations import Override
+from floodwatch.registry import SHIPPED_REGISTRY, load_registry
 from floodwatch.settings import MQTT_V311, MqttEndpoint
+from floodwatch.stack import stack_document
 from floodwatch.topics import Topics
 from tests.conftest import admin_influx, wait_until
 
@@ -59,7 +67,9 @@ async def _unmapped_left(stack: ClusterStack) -> int:
         await nc.close()
 
 
-def test_the_stack_maps_added_sensors_and_dead_letters_unmapped_ones(tmp_path: Path) -> None:
+def test_the_stack_maps_added_sensors_and_dead_letters_unmapped_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with start_cluster_stack(tmp_path, workers=1, api_replicas=1, simulator=False) as stack:
         admin_log = tmp_path / "logs" / "cluster-admin.log"
         dead: list[dict[str, object]] = []
@@ -112,6 +122,21 @@ def test_the_stack_maps_added_sensors_and_dead_letters_unmapped_ones(tmp_path: P
                 wait_until(
                     lambda: asyncio.run(_unmapped_left(stack)) == 0, 10, "the acknowledgement"
                 )
+            # The operators' command on the same stack: nothing new to map, every node reloaded.
+            stack_file = tmp_path / "stack.json"
+            stack_file.write_text(
+                json.dumps(
+                    stack_document(
+                        "cluster", tmp_path, stack_services(stack), cluster_credential_files(stack)
+                    )
+                )
+            )
+            assert cluster_main(["reload", "--stack", str(stack_file)]) == 0
+            said = capsys.readouterr().out
+            # The shipped sensors and qh-77; zz-01 has a user but no mapping.
+            mapped = len(load_registry(SHIPPED_REGISTRY).sensors) + 1
+            assert f"{mapped} sensors mapped over 8 partitions (unchanged)" in said, said
+            assert said.count(": reloaded (") == 3, said
             # A sensor's password used with another sensor's client id is logged.
             sensors = stack.credentials.sensors
             _publish_as(stack, "d12-02", sensors["d12-02"], "d12-01")

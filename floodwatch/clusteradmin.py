@@ -128,6 +128,10 @@ def reload_nodes(nodes: Iterable[NodeProcess], wait_s: float = RELOAD_WAIT_S) ->
     lines: list[str] = []
     failed: list[str] = []
     for node in nodes:
+        if node.pid <= 0:  # never signal 0 or -1: the whole process group or every process
+            failed.append(node.name)
+            lines.append(f"{node.name}: not running, not signalled")
+            continue
         before = _config_load_time(node)
         done = subprocess.run(
             [nats_binary(), "--signal", f"reload={node.pid}"],
@@ -203,7 +207,7 @@ class RegistryFollower:
         base: Registry,
         accounts: Path,
         credentials_dir: Path,
-        nodes: Sequence[NodeProcess],
+        nodes: Callable[[], Sequence[NodeProcess]],
         say: Callable[[str], None],
         settle_s: float = 0.5,
     ) -> None:
@@ -211,7 +215,7 @@ class RegistryFollower:
         self.live = LiveRegistry(base)
         self.accounts = accounts
         self.credentials_dir = credentials_dir
-        self.nodes = list(nodes)
+        self.nodes = nodes  # asked at each reload: a restarted node has a new PID
         self.say = say
         self.settle_s = settle_s
         self.reloads = 0  # reloads done (tests wait on it)
@@ -263,7 +267,7 @@ class RegistryFollower:
             for sensor_id in update.new_logins:
                 self.say(f"new login for sensor {sensor_id}")
             self.say(f"accounts regenerated: {update.mapped} sensors mapped; reloading NATS")
-            lines = reload_nodes(self.nodes)
+            lines = reload_nodes(self.nodes())
         except (FloodwatchError, OSError) as exc:
             self.say(f"reload failed: {exc}; run `python -m floodwatch.cluster reload`")
             return
@@ -440,7 +444,10 @@ def cluster_admin(
 
     admin = cluster.credentials.mqtt["admin"]
     endpoint = MqttEndpoint("127.0.0.1", cluster.front.port, "admin", admin, False, MQTT_V311)
-    nodes = [NodeProcess(node.name, svc.pid or 0, node.monitor_port) for svc, node in cluster.nodes]
+
+    def nodes() -> list[NodeProcess]:
+        return [NodeProcess(n.name, svc.pid or 0, n.monitor_port) for svc, n in cluster.nodes]
+
     follower = RegistryFollower(
         endpoint, topics, base, workdir / ACCOUNTS_FILE, credentials_dir, nodes, say
     )

@@ -279,6 +279,8 @@ def test_a_node_that_cannot_be_reloaded_is_named(cluster: LocalCluster) -> None:
     with pytest.raises(ClusterError, match=r"nats-9 \(pid \d+\): not signalled") as refused:
         reload_nodes([gone])
     assert "not reloaded: nats-9" in str(refused.value)
+    with pytest.raises(ClusterError, match="nats-0: not running"):
+        reload_nodes([NodeProcess("nats-0", 0, node.monitor_port)])
 
 
 @pytest.mark.services

@@ -46,7 +46,9 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, ServiceUnavailableError
 from paho.mqtt.enums import CallbackAPIVersion
 
+from floodwatch.contract import Rejection
 from floodwatch.credentials import Credentials, new_password
+from floodwatch.decode import Decoded, decode_message
 from floodwatch.errors import FloodwatchError
 from floodwatch.localservices import Service, free_port, running
 from floodwatch.registry import Registry, Sensor, ward_key
@@ -72,6 +74,15 @@ REPLICAS = 3
 # 10 s; rebuilding the partition's state takes the rest).
 PRIORITY_GROUP = "workers"
 PIN_TIMEOUT_S = 5.0
+
+# The generated NATS accounts (users, permissions, per-sensor mappings) and the system
+# account's password, in the cluster's working directory.
+ACCOUNTS_FILE = "nats-accounts.conf"
+SYSTEM_PASSWORD_FILE = "nats-sys.password"
+PARTITIONS_HEADER = "# floodwatch partitions: "
+# The durable consumer of sensors' publishes that no per-sensor mapping moved to a partition
+# (a sensor added since the last reload): dead-lettered by whichever worker holds it.
+UNMAPPED = "unmapped"
 
 _FNV32_OFFSET = 0x811C9DC5
 _FNV32_PRIME = 0x01000193
@@ -230,15 +241,24 @@ def accounts_config(
     mappings = []
     for sensor_id, password in sorted(credentials.sensors.items()):
         sensor = registry.get(sensor_id)
-        if sensor is None:
-            continue  # a login for a sensor no longer registered gets no account
-        ward = ward_key(sensor)
-        mapped = f"part.{sensor_partition(sensor, partitions)}.{ward}"
+        # A login whose sensor is not in the registry (retired, or not added yet) keeps its
+        # user but gets no mapping: its publishes stay under the contract's subject, where the
+        # unmapped consumer dead-letters them with the decoder's reason (`retired_sensor`,
+        # `unknown_sensor`), as ingest does on Mosquitto, instead of a refused login the IOC
+        # never hears about.
+        middles = ["sensors"]
+        if sensor is not None:
+            mapped = f"part.{sensor_partition(sensor, partitions)}.{ward_key(sensor)}"
+            middles.append(mapped)
+            mappings.append(
+                f"  {_q(f'*.v1.sensors.{sensor_id}.*')}: "
+                f"{_q(f'{{{{wildcard(1)}}}}.v1.{mapped}.{sensor_id}.{{{{wildcard(2)}}}}')}"
+            )
         # NATS checks an MQTT publish twice, against the subject as published and after the
         # account's mapping, so a sensor is allowed both forms of its own subjects only.
         own = [
             f"*.v1.{middle}.{sensor_id}.{channel}"
-            for middle in ("sensors", mapped)
+            for middle in middles
             for channel in ("reading", "status")
         ]
         # Sensors subscribe to nothing; MQTT-only, so a stolen sensor password cannot be used
@@ -247,13 +267,12 @@ def accounts_config(
             f"{{user: {_q(sensor_id)}, password: {_q(password)}, "
             f"permissions: {_permissions(own, [])}, allowed_connection_types: [MQTT]}}"
         )
-        mappings.append(
-            f"  {_q(f'*.v1.sensors.{sensor_id}.*')}: "
-            f"{_q(f'{{{{wildcard(1)}}}}.v1.{mapped}.{sensor_id}.{{{{wildcard(2)}}}}')}"
-        )
     user_lines = "\n      ".join(users)
     mapping_lines = "\n    ".join(mappings)
-    return f"""accounts {{
+    # The partition count in the file itself, so a reload (floodwatch.clusteradmin) maps new
+    # sensors with the count the running consumers use.
+    return f"""{PARTITIONS_HEADER}{partitions}
+accounts {{
   {ACCOUNT} {{
     jetstream: enabled
     users: [
@@ -269,6 +288,38 @@ def accounts_config(
 }}
 system_account: SYS
 """
+
+
+def accounts_partitions(text: str) -> int | None:
+    """The partition count an accounts file was generated with (its first line), or None."""
+    first = text.split("\n", 1)[0]
+    if first.startswith(PARTITIONS_HEADER) and first[len(PARTITIONS_HEADER) :].isdigit():
+        return int(first[len(PARTITIONS_HEADER) :])
+    return None
+
+
+def system_password(workdir: Path) -> str:
+    """The `sys` user's password (NATS's system account), made once and kept beside the
+    accounts file (mode 0600): a reload must keep it, and the client-id watcher logs in with
+    it (floodwatch.clusteradmin)."""
+    path = workdir / SYSTEM_PASSWORD_FILE
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(new_password())
+    return path.read_text().strip()
+
+
+def write_accounts(path: Path, text: str) -> bool:
+    """Write the accounts file (plain passwords: mode 0600) atomically, so a node reloading
+    meanwhile never reads half of it; False when it already says `text`."""
+    if path.exists() and path.read_text() == text:
+        return False
+    partial = path.with_name(f".{path.name}.tmp")
+    partial.touch(mode=0o600, exist_ok=True)
+    partial.chmod(0o600)
+    partial.write_text(text)
+    partial.replace(path)
+    return True
 
 
 def node_config(
@@ -334,10 +385,11 @@ def nats_cluster_services(
     MQTT listener. A Service's `port` is its MQTT port, so `Service.endpoint(user)` is an MQTT
     login as for Mosquitto; the NatsNode says the other ports."""
     workdir.mkdir(parents=True, exist_ok=True)
-    accounts = workdir / "nats-accounts.conf"
-    accounts.touch(mode=0o600, exist_ok=True)
-    accounts.chmod(0o600)  # plain-text passwords, as credentials.json beside it
-    accounts.write_text(accounts_config(credentials, registry, partitions, new_password()))
+    accounts = workdir / ACCOUNTS_FILE
+    # Plain-text passwords, as credentials.json beside it (mode 0600).
+    write_accounts(
+        accounts, accounts_config(credentials, registry, partitions, system_password(workdir))
+    )
     nodes = [
         NatsNode(f"nats-{i + 1}", free_port(), free_port(), free_port(), free_port())
         for i in range(size)
@@ -607,6 +659,49 @@ def partition_consumer_name(root: str, part: int) -> str:
     return f"ingest_{_subject_root(root).replace('.', '_')}_p{part}"
 
 
+def unmapped_consumer_name(root: str) -> str:
+    return f"ingest_{_subject_root(root).replace('.', '_')}_{UNMAPPED}"
+
+
+def unmapped_filter(root: str) -> str:
+    """A sensor's publish that no account mapping moved to a partition stays under the
+    contract's subject in the MQTT store: a sensor with a login but no mapping yet (added at
+    runtime, the accounts not reloaded). No partition consumer covers it, so without this one
+    the store would drop it at once (interest retention)."""
+    return f"{MQTT_MSGS_PREFIX}{_subject_root(root)}.v1.sensors.>"
+
+
+def decode_unmapped(
+    topics: Topics, registry: Registry, subject: str, payload: bytes, received_at_ns: int
+) -> Decoded | None:
+    """A publish from the unmapped consumer (`$MQTT.msgs.ROOT.v1.sensors.ID.CHANNEL`) as a
+    dead letter, never judged: None if `subject` is not one. A sensor the registry in force
+    knows gets `unmapped_sensor` (the accounts lag the registry: reload them); any other gets
+    the decoder's own reason (`unknown_sensor`, `retired_sensor`, `bad_topic`).
+
+    Not routed to its partition's worker instead: this worker may not own that partition, and
+    the partition's readings would reach its engine out of stream order."""
+    if not subject.startswith(MQTT_MSGS_PREFIX):
+        return None
+    base = f"{_subject_root(topics.root)}.v1.sensors."
+    rest = subject[len(MQTT_MSGS_PREFIX) :]
+    if not rest.startswith(base):
+        return None
+    sensor_id, _, channel = rest[len(base) :].partition(".")
+    topic = {"reading": topics.reading, "status": topics.status}.get(channel, lambda _: rest)(
+        sensor_id
+    )
+    decoded = decode_message(topics, registry, topic, payload, received_at_ns)
+    if registry.get(sensor_id) is None or topic == rest:
+        return Decoded([], [], decoded.rejections)
+    reason = (
+        f"sensor {sensor_id[:80]!r} is in the registry but the cluster has no partition "
+        "mapping for it yet, so no worker judged this message; run `python -m "
+        "floodwatch.cluster reload` (README, Clustered mode) and have the sensor send it again"
+    )
+    return Decoded([], [], [Rejection(topic, payload, "unmapped_sensor", reason, received_at_ns)])
+
+
 def mqtt_store_filter(root: str, part: int) -> str:
     """One partition's readings and statuses in the MQTT listener's QoS 1 store."""
     return f"{MQTT_MSGS_PREFIX}{partition_filter(root, part)}"
@@ -624,7 +719,8 @@ async def ensure_partition_consumers(
     a message while a consumer is interested in it and has not acknowledged it, so all
     partitions' consumers must exist before sensors publish: a message no consumer covers is
     dropped at once (interest retention). Each partition is a fixed subject prefix, so the
-    consumers cover every registered sensor, wards added later included.
+    consumers cover every registered sensor, wards added later included; one more consumer,
+    not returned, covers publishes no mapping moved (unmapped_filter).
 
     Explicit acknowledgements (`acknowledge(batch)` after storing it); unacknowledged readings
     come back after `ack_wait_s`, possibly out of order (judge by reading time, write
@@ -640,12 +736,18 @@ async def ensure_partition_consumers(
     """
     nc = await connect(servers)
     names = []
+    # Last, the consumer of unmapped publishes (unmapped_filter): not a partition, so not in
+    # the names returned.
+    wanted = [
+        (f"partition {part}", partition_consumer_name(root, part), mqtt_store_filter(root, part))
+        for part in range(partitions)
+    ]
+    wanted.append(("the unmapped sensors'", unmapped_consumer_name(root), unmapped_filter(root)))
     try:
-        for part in range(partitions):
-            name = partition_consumer_name(root, part)
+        for what, name, subject_filter in wanted:
             config = {
                 "durable_name": name,
-                "filter_subject": mqtt_store_filter(root, part),
+                "filter_subject": subject_filter,
                 "ack_policy": "explicit",
                 "ack_wait": int(ack_wait_s * 1e9),
                 "max_ack_pending": -1,
@@ -662,15 +764,16 @@ async def ensure_partition_consumers(
                     json.dumps(request).encode(),
                     timeout=10,
                 ),
-                f"partition {part}'s consumer creation",
+                f"{what} consumer creation",
             )
             error = json.loads(answer.data).get("error")
             if error:
                 raise ClusterError(
-                    f"JetStream refused partition {part}'s consumer {name}: "
+                    f"JetStream refused {what} consumer {name}: "
                     f"{error.get('description', error)}; check the cluster's health (/healthz)."
                 )
             names.append(name)
+        names.pop()  # the unmapped consumer
     finally:
         await nc.close()
     return names
@@ -778,3 +881,11 @@ def wait_cluster_ready(nodes: Sequence[NatsNode], timeout_s: float = 30.0) -> No
             f"NATS node(s) {', '.join(n.name for n in pending)} not healthy within "
             f"{timeout_s:g} s; see their logs beside their configuration."
         )
+
+
+if __name__ == "__main__":
+    # `python -m floodwatch.cluster reload`: the operators' tools live in clusteradmin, which
+    # imports this module.
+    from floodwatch.clusteradmin import main
+
+    sys.exit(main())

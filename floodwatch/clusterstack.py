@@ -43,13 +43,14 @@ from floodwatch.cluster import (
     haproxy_config,
     local_cluster,
     node_config,
+    system_password,
 )
+from floodwatch.clusteradmin import cluster_admin
 from floodwatch.credentials import (
     _ENV_PASSWORDS,
     Credentials,
     grant_database,
     load_sensor_credentials,
-    new_password,
 )
 from floodwatch.errors import FloodwatchError
 from floodwatch.localservices import (
@@ -60,6 +61,7 @@ from floodwatch.localservices import (
 )
 from floodwatch.registry import SHIPPED_REGISTRY, Registry, load_registry
 from floodwatch.settings import MQTT_V311, MqttEndpoint, parse_mqtt_url
+from floodwatch.topics import Topics
 
 ROOT = Path(__file__).resolve().parent.parent
 # NATS's MQTT listener speaks only 3.1.1 (docs/CLUSTER.md).
@@ -444,7 +446,12 @@ def start_cluster_stack(
             urls,
         )
         apps = [*worker_svcs, *api_svcs, api_front, *([street] if street else [])]
-        with running(*apps):
+        # Sensors added, retired or moved through the API get their NATS users and mappings
+        # (a reload), and client-id takeovers are logged: logs/cluster-admin.log.
+        admin = cluster_admin(
+            cluster, creds_dir, Topics(root), registry, logs / "cluster-admin.log"
+        )
+        with admin, running(*apps):
             stack.wait_apis_up([svc.name for svc in api_svcs])
             yield stack
 
@@ -495,7 +502,8 @@ def compose_cluster_files(
     accounts = out / "nats-accounts.conf"
     accounts.touch(mode=0o600, exist_ok=True)
     accounts.chmod(0o600)
-    accounts.write_text(accounts_config(credentials, registry, partitions, new_password()))
+    # The system account's password is kept beside it, for `floodwatch.cluster watch`.
+    accounts.write_text(accounts_config(credentials, registry, partitions, system_password(out)))
     written = [accounts]
     for node in nodes:
         peers = [p for p in nodes if p is not node]

@@ -51,6 +51,7 @@ RejectionCode = Literal[
     "influx_refused",  # decoded, but InfluxDB refused the point
     "conflicting_reading",  # the same (sensor, ts) as a stored reading, with other values
     "retired_sensor",  # an operator retired the sensor (floodwatch.operations)
+    "unmapped_sensor",  # clustered mode: registered, but the NATS accounts lag the registry
 ]
 REJECTION_CODES: tuple[RejectionCode, ...] = get_args(RejectionCode)
 

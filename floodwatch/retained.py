@@ -5,6 +5,7 @@ may deliver its queued messages before the retained ones (floodwatch.operations)
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -12,7 +13,12 @@ from collections.abc import Sequence
 from paho.mqtt.client import topic_matches_sub
 
 from floodwatch.mqtt import Delivery, MqttConnection
+from floodwatch.operations import LiveRegistry
+from floodwatch.registry import Registry
 from floodwatch.settings import MqttEndpoint
+from floodwatch.topics import Topics
+
+log = logging.getLogger(__name__)
 
 # The broker sends retained messages right after the subscription is granted; once none has
 # come for this long, there is no more.
@@ -73,3 +79,32 @@ def read_retained(
         conn.stop()
     with lock:
         return dict(held)
+
+
+def registry_in_force(
+    endpoint: MqttEndpoint,
+    topics: Topics,
+    base: Registry,
+    *,
+    client_id: str = "",
+    session_expiry_s: int | None = None,
+) -> LiveRegistry:
+    """The file's registry with the overrides the broker holds now, read before the first
+    reading is decoded (so a restart never decodes with a stale calibration), through ingest's
+    own session (read_retained); raises BrokerError when the broker cannot be
+    reached."""
+    live = LiveRegistry(base)
+    prefix = topics.registry_override("")
+    held = read_retained(
+        endpoint,
+        [topics.registry_override("+")],
+        client_id=client_id,
+        session_expiry_s=session_expiry_s,
+    )
+    for topic, payload in sorted(held.items()):
+        sensor_id = topics.last_level(topic, prefix)
+        if sensor_id is not None:
+            live.apply(sensor_id, payload)
+    for problem in live.problems:
+        log.error("registry override skipped: %s", problem)
+    return live

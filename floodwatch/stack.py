@@ -299,6 +299,8 @@ def run_cluster(args: argparse.Namespace, data: Path) -> int:
   workers      {", ".join(w.name for w in stack.workers) or "none"} over {stack.partitions} \
 partitions
   logs         {logs}/   (NATS nodes: {data / "nats"}/)
+  NATS admin   {logs / "cluster-admin.log"}   (reloads after registry changes, client-id \
+takeovers; by hand: python -m floodwatch.cluster reload)
   stack.json   {stack_file}   (each service's URL, ports and PID)""",
                 flush=True,
             )

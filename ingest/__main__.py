@@ -30,6 +30,7 @@ from floodwatch.influx import InfluxClient
 from floodwatch.metrics import serve as serve_metrics
 from floodwatch.mqtt import Delivery, MqttConnection
 from floodwatch.registry import Registry, load_registry
+from floodwatch.retained import registry_in_force
 from floodwatch.settings import (
     TIME_SCALE,
     InfluxEndpoint,
@@ -47,7 +48,7 @@ from floodwatch.topics import Topics
 from ingest.alerting import Alerting, Restored
 from ingest.cluster import NatsSource
 from ingest.metrics import ingest_metrics
-from ingest.operations import OperationsFollower, registry_in_force
+from ingest.operations import OperationsFollower
 from ingest.outbox import Outbox
 from ingest.partitions import (
     PartitionedAlerting,
@@ -144,6 +145,9 @@ those partitions' sensors only, judges them and answers their acknowledgements),
 `--cluster --nats-url URL[,URL...]` on NATS, where NATS gives each partition to one worker and
 moves it to another within --pin-timeout when that worker dies; the new owner rebuilds the
 partition's alert state from InfluxDB before judging. Each worker logs `owns partitions [..]`.
+One worker at a time also takes the readings of sensors NATS has no partition mapping for
+(added since the accounts were last reloaded) and dead-letters them (`unmapped_sensor`: run
+`python -m floodwatch.cluster reload`).
 
 `python -m ingest ack ALERT_ID --who NAME [--note TEXT]` acknowledges an alert.
 """

@@ -19,6 +19,11 @@ judges the partition in order, and a reading already stored (older than the rebu
 last reading for its sensor) is ignored by the engine's rule 1: a failover raises nothing twice
 and misses nothing. Losing a partition (Unpinned: another worker holds it) drops its state.
 
+One more consumer holds the sensors' publishes no account mapping moved to a partition (a
+sensor added at runtime before `python -m floodwatch.cluster reload`); whichever worker is
+pinned to it hands them to the pipeline under their own subject, which dead-letters them
+(floodwatch.cluster.decode_unmapped) and acknowledges them once the dead letters are stored.
+
 A message in hand is acknowledged after its batch is stored (explicit acknowledgements,
 floodwatch.cluster.acknowledge); while it waits (InfluxDB slow), the worker tells the server it
 is in progress, so the ack wait can stay short and a dead worker's readings return soon.
@@ -49,6 +54,7 @@ from floodwatch.cluster import (
     ensure_partition_consumers,
     partition_filter,
     retrying,
+    unmapped_consumer_name,
 )
 from floodwatch.errors import InfluxError
 from floodwatch.mqtt import Delivery
@@ -187,6 +193,7 @@ class NatsSource:
             asyncio.create_task(self._pull_partition(part, name, nc))
             for part, name in enumerate(names)
         ]
+        tasks.append(asyncio.create_task(self._pull_unmapped(nc)))
         tasks.append(asyncio.create_task(self._keep_in_progress()))
         while not self._closed.is_set():
             await asyncio.sleep(0.1)
@@ -233,6 +240,33 @@ class NatsSource:
                 continue
             if msgs:
                 self._hand_over(msgs, prefix)
+
+    async def _pull_unmapped(self, nc: NatsClient) -> None:
+        """Publishes no account mapping moved to a partition (floodwatch.cluster.unmapped_filter):
+        one worker at a time holds them (a priority group, as a partition) and hands them over
+        under their subject, which the pipeline dead-letters (decode_unmapped) and acknowledges
+        once the dead letter is stored. No alert state: nothing is judged."""
+        pull = PartitionPull(nc, unmapped_consumer_name(self.topics.root))
+        while not self._closed.is_set():
+            if not self._pulling.is_set():
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                msgs = await pull.fetch(FETCH_BATCH if len(self._held) < MAX_IN_HAND else 1)
+            except Unpinned:
+                continue  # another worker holds it
+            except (nats.errors.Error, TimeoutError, ClusterError) as exc:
+                log.info("unmapped sensors' consumer: pull failed (%s); pulling again", exc)
+                await asyncio.sleep(0.2)
+                continue
+            if msgs:
+                log.warning(
+                    "%d messages from sensors without a partition mapping (first: %s); "
+                    "dead-lettered: run `python -m floodwatch.cluster reload`",
+                    len(msgs),
+                    msgs[0].subject,
+                )
+                self._hand_over(msgs, "")
 
     async def _gain(
         self, part: int, consumer: str, pull: PartitionPull, nc: NatsClient, first: list[Msg]
@@ -309,7 +343,8 @@ class NatsSource:
                 self._held[first + k] = (msg, now)
         for k, msg in enumerate(msgs):
             subject = msg.subject
-            topic = mqtt_topic(topics, subject) if subject.startswith(prefix) else subject
+            mapped = prefix and subject.startswith(prefix)  # "": the unmapped consumer's
+            topic = mqtt_topic(topics, subject) if mapped else subject
             self._deliver(Delivery(topic, msg.data, False, received, first + k, 1, NATS_CONNECTION))
 
     async def _acknowledge(self, msgs: list[Msg]) -> None:

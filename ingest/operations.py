@@ -17,41 +17,10 @@ from collections.abc import Callable
 from floodwatch.mqtt import Delivery
 from floodwatch.operations import LiveRegistry, SensorChange
 from floodwatch.registry import Registry
-from floodwatch.retained import read_retained
-from floodwatch.settings import MqttEndpoint
 from floodwatch.topics import Topics
 from ingest.line_protocol import encode_point
 
 log = logging.getLogger(__name__)
-
-
-def registry_in_force(
-    endpoint: MqttEndpoint,
-    topics: Topics,
-    base: Registry,
-    *,
-    client_id: str = "",
-    session_expiry_s: int | None = None,
-) -> LiveRegistry:
-    """The file's registry with the overrides the broker holds now, read before the first
-    reading is decoded (so a restart never decodes with a stale calibration), through ingest's
-    own session (floodwatch/retained.py); raises BrokerError when the broker cannot be
-    reached."""
-    live = LiveRegistry(base)
-    prefix = topics.registry_override("")
-    held = read_retained(
-        endpoint,
-        [topics.registry_override("+")],
-        client_id=client_id,
-        session_expiry_s=session_expiry_s,
-    )
-    for topic, payload in sorted(held.items()):
-        sensor_id = topics.last_level(topic, prefix)
-        if sensor_id is not None:
-            live.apply(sensor_id, payload)
-    for problem in live.problems:
-        log.error("registry override skipped: %s", problem)
-    return live
 
 
 class OperationsFollower:

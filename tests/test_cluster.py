@@ -170,7 +170,7 @@ async def _forget(cluster: LocalCluster, root: str) -> None:
             await js.delete_stream(stream_name(root))
         with contextlib.suppress(nats.errors.Error):
             for consumer in await js.consumers_info(MQTT_MSGS_STREAM):
-                if consumer.name.startswith(partition_consumer_name(root, 0)[:-1]):
+                if consumer.name.startswith(partition_consumer_name(root, 0)[:-2]):  # and unmapped
                     await js.delete_consumer(MQTT_MSGS_STREAM, consumer.name)
     finally:
         await nc.close()

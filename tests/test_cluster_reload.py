@@ -1,0 +1,342 @@
+"""Sensors added at runtime in the clustered mode (docs/CLUSTER.md, "Sensors added at runtime"):
+the accounts regenerated from the registry in force and every node reloaded, keeping sessions
+and JetStream data; publishes no mapping covers kept as dead letters; client-id takeovers seen
+in the server's connect events. A real 3-node NATS cluster behind HAProxy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import paho.mqtt.client as mqtt
+import pytest
+from nats.aio.msg import Msg
+from paho.mqtt.enums import CallbackAPIVersion
+
+from floodwatch.cluster import (
+    ACCOUNTS_FILE,
+    MQTT_MSGS_PREFIX,
+    MQTT_MSGS_STREAM,
+    ClusterError,
+    LocalCluster,
+    PartitionPull,
+    accounts_config,
+    accounts_partitions,
+    acknowledge,
+    connect,
+    decode_unmapped,
+    ensure_partition_consumers,
+    local_cluster,
+    partition_consumer_name,
+    sensor_partition,
+    system_password,
+    unmapped_consumer_name,
+)
+from floodwatch.clusteradmin import (
+    NodeProcess,
+    Takeover,
+    judge_connect,
+    read_registry_in_force,
+    regenerate_accounts,
+    reload_nodes,
+    sensor_logins_of,
+    watch_client_ids,
+)
+from floodwatch.credentials import Credentials
+from floodwatch.localservices import local_credentials
+from floodwatch.mqtt import Delivery
+from floodwatch.operations import Override, apply_overrides
+from floodwatch.registry import SHIPPED_REGISTRY, load_registry
+from floodwatch.topics import Topics
+from ingest.pipeline import judge
+from tests.conftest import wait_until
+
+PARTITIONS = 8
+REGISTRY = load_registry(SHIPPED_REGISTRY)
+NEW_SENSOR = Override(
+    "qh-77",
+    {"name": "Quốc Hương 77", "street": "Quốc Hương", "ward": "An Khánh", "kind": "street"},
+    (106.735, 10.8056),
+)
+READING = orjson.dumps({"ts": "2026-10-01T00:00:00Z", "level_cm": 12.5})
+
+# -- pure -------------------------------------------------------------------------------------
+
+
+def test_a_login_without_a_registry_sensor_keeps_its_user_but_gets_no_mapping() -> None:
+    creds = Credentials.generate([*REGISTRY.sensors, "zz-01"])
+    conf = accounts_config(creds, REGISTRY, PARTITIONS, "x")
+    line = next(x for x in conf.splitlines() if 'user: "zz-01"' in x)
+    assert '"*.v1.sensors.zz-01.reading"' in line and ".part." not in line
+    assert "zz-01" not in conf.split("mappings:")[1].split("}")[0]
+    assert '"*.v1.sensors.d12-01.*"' in conf.split("mappings:")[1]
+    assert accounts_partitions(conf) == PARTITIONS
+
+
+def test_unmapped_publishes_are_dead_letters_with_the_reason_that_fits() -> None:
+    topics = Topics("fw")
+    in_force, _ = apply_overrides(REGISTRY, {"qh-77": NEW_SENSOR})
+
+    def code(sensor_id: str, channel: str) -> str:
+        subject = f"{MQTT_MSGS_PREFIX}fw.v1.sensors.{sensor_id}.{channel}"
+        decoded = decode_unmapped(topics, in_force, subject, READING, 1)
+        assert decoded is not None and not decoded.readings and not decoded.statuses
+        (rejection,) = decoded.rejections
+        return f"{rejection.code}: {rejection.topic}: {rejection.reason}"
+
+    assert code("qh-77", "reading").startswith("unmapped_sensor: fw/v1/sensors/qh-77/reading")
+    assert "python -m floodwatch.cluster reload" in code("qh-77", "status")
+    assert code("zz-01", "reading").startswith("unknown_sensor: fw/v1/sensors/zz-01/reading")
+    assert code("qh-77", "other").startswith("bad_topic")
+    # Partition subjects and anything else are not the unmapped consumer's.
+    assert decode_unmapped(topics, in_force, "fw/v1/sensors/qh-77/reading", READING, 1) is None
+    assert decode_unmapped(topics, in_force, "$MQTT.msgs.fw.v1.part.3.a.b.reading", b"", 1) is None
+    # The pipeline's decoding step gives the same dead letter, never a reading.
+    delivery = Delivery(
+        f"{MQTT_MSGS_PREFIX}fw.v1.sensors.qh-77.reading", READING, False, 1, 0, 1, 0
+    )
+    batch = judge(topics, in_force, [delivery])
+    assert not batch.readings and [r.code for r in batch.rejections] == ["unmapped_sensor"]
+
+
+def _event(user: str, client_id: str, client_type: str = "mqtt") -> dict[str, object]:
+    return {
+        "server": {"name": "nats-2"},
+        "client": {"user": user, "client_id": client_id, "client_type": client_type},
+    }
+
+
+def test_judge_connect_flags_client_ids_that_are_not_their_logins() -> None:
+    sensors = {"d12-01", "d12-02"}
+    takeover = judge_connect(_event("d12-02", "d12-01"), sensors)
+    assert takeover is not None and (takeover.login, takeover.client_id) == ("d12-02", "d12-01")
+    assert "d12-02" in takeover.message() and "nats-2" in takeover.message()
+    assert judge_connect(_event("d12-01", "d12-01"), sensors) is None
+    assert judge_connect(_event("ingest", "floodwatch-ingest-3"), sensors) is None
+    assert judge_connect(_event("ingest", "d12-01"), sensors) is not None
+    assert judge_connect(_event("api", "floodwatch-api-2"), sensors) is None
+    assert judge_connect(_event("admin", "anything"), sensors) is None
+    assert judge_connect(_event("d12-02", "d12-01", client_type="nats"), sensors) is None
+    assert judge_connect({"client": "junk"}, sensors) is None
+
+
+# -- a real cluster ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cluster-reload")
+
+
+@pytest.fixture(scope="module")
+def cluster(workdir: Path) -> Iterator[LocalCluster]:
+    with local_cluster(workdir, local_credentials(workdir), REGISTRY) as running_cluster:
+        yield running_cluster
+
+
+def _nodes(cluster: LocalCluster) -> list[NodeProcess]:
+    return [NodeProcess(node.name, svc.pid or 0, node.monitor_port) for svc, node in cluster.nodes]
+
+
+class Client:
+    """A paho MQTT 3.1.1 client through the front door, persistent session; records
+    disconnections and what it receives."""
+
+    def __init__(self, cluster: LocalCluster, user: str, password: str, client_id: str) -> None:
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv311,
+            clean_session=False,
+        )
+        self.client.username_pw_set(user, password)
+        self.disconnects = 0
+        self.refused: list[str] = []
+        self.received: list[tuple[str, bytes]] = []
+        self.connected = threading.Event()
+
+        def on_connect(*args: object) -> None:
+            if getattr(args[3], "is_failure", False):
+                self.refused.append(str(args[3]))
+            self.connected.set()
+
+        def on_disconnect(*_: object) -> None:
+            self.disconnects += 1
+
+        self.client.on_connect = on_connect
+        self.client.on_disconnect = on_disconnect
+        self.client.on_message = lambda _c, _u, m: self.received.append((m.topic, bytes(m.payload)))
+        self.subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
+        self.client.connect("127.0.0.1", cluster.front.port)
+        self.client.loop_start()
+        assert self.connected.wait(10), "no CONNACK through HAProxy"
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+async def _fetch(cluster: LocalCluster, consumer: str, expected: int) -> list[Msg]:
+    """The consumer's next `expected` messages, acknowledged (fails after 15 s)."""
+    nc = await connect(cluster.nats_urls())
+    try:
+        pull = PartitionPull(nc, consumer)
+        got: list[Msg] = []
+        deadline = time.monotonic() + 15
+        while len(got) < expected and time.monotonic() < deadline:
+            got += await pull.fetch(expected - len(got), expires_s=1.0)
+        await acknowledge(got)
+        assert len(got) == expected, f"{len(got)} of {expected} messages on {consumer}"
+        return got
+    finally:
+        await nc.close()
+
+
+async def _forget(cluster: LocalCluster, root: str) -> None:
+    nc = await connect(cluster.nats_urls())
+    try:
+        js = nc.jetstream(timeout=10)
+        for consumer in await js.consumers_info(MQTT_MSGS_STREAM):
+            if consumer.name.startswith(f"ingest_{root}_"):
+                await js.delete_consumer(MQTT_MSGS_STREAM, consumer.name)
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+def root(cluster: LocalCluster) -> Iterator[str]:
+    name = "t" + uuid.uuid4().hex[:10]
+    asyncio.run(ensure_partition_consumers(cluster.nats_urls(), name, PARTITIONS))
+    yield name
+    asyncio.run(_forget(cluster, name))
+
+
+@pytest.mark.services
+def test_a_sensor_added_at_runtime_is_mapped_by_a_reload_that_keeps_sessions_and_data(
+    cluster: LocalCluster, workdir: Path, root: str
+) -> None:
+    creds_dir = workdir / "credentials"
+    admin = cluster.credentials.mqtt["admin"]
+    topics = Topics(root)
+    part = sensor_partition(REGISTRY.sensors["d12-01"], PARTITIONS)
+    # A persistent subscriber (its session lives in JetStream) and a reading left pending in
+    # its partition's consumer: both must outlive the reload.
+    watcher = Client(cluster, "admin", admin, f"reload-sub-{uuid.uuid4().hex[:6]}")
+    watcher.client.subscribe(f"{root}/v1/part/+/+/+/reading", qos=1)
+    assert watcher.subscribed.wait(10), "no SUBACK"
+    sensor = Client(cluster, "d12-01", cluster.credentials.sensors["d12-01"], "d12-01")
+    sensor.publish(topics.reading("d12-01"), READING)
+    # The operator adds a sensor through the API: a retained registry override.
+    operator = Client(cluster, "admin", admin, f"reload-op-{uuid.uuid4().hex[:6]}")
+    operator.publish(topics.registry_override("qh-77"), NEW_SENSOR.to_json(), retain=True)
+    try:
+        in_force = read_registry_in_force(
+            f"mqtt://127.0.0.1:{cluster.front.port}", admin, root, SHIPPED_REGISTRY
+        )
+        assert "qh-77" in in_force.sensors
+        update = regenerate_accounts(workdir / ACCOUNTS_FILE, creds_dir, in_force)
+        assert update.new_logins == ["qh-77"] and update.changed
+        assert update.partitions == PARTITIONS
+        lines = reload_nodes(_nodes(cluster))
+        assert [line.split(" ")[0] for line in lines] == ["nats-1", "nats-2", "nats-3"]
+        assert all("reloaded" in line for line in lines), lines
+        # Nothing regenerated twice: the same registry writes the same file.
+        assert not regenerate_accounts(workdir / ACCOUNTS_FILE, creds_dir, in_force).changed
+
+        password = Credentials.load(creds_dir).sensors["qh-77"]
+        added = Client(cluster, "qh-77", password, "qh-77")
+        try:
+            assert not added.refused, added.refused
+            added.publish(topics.reading("qh-77"), READING)
+        finally:
+            added.close()
+        # Both readings in the ward's partition, the one from before the reload first.
+        got = asyncio.run(_fetch(cluster, partition_consumer_name(root, part), 2))
+        assert [m.subject.split(".")[-2] for m in got] == ["d12-01", "qh-77"]
+        assert got[1].subject == f"{MQTT_MSGS_PREFIX}{root}.v1.part.{part}.an-khanh.qh-77.reading"
+        wait_until(lambda: len(watcher.received) == 2, 10, f"two readings: {watcher.received}")
+        assert watcher.disconnects == 0 and sensor.disconnects == 0
+    finally:
+        operator.publish(topics.registry_override("qh-77"), b"", retain=True)
+        for client in (watcher, sensor, operator):
+            client.close()
+
+
+@pytest.mark.services
+def test_a_node_that_cannot_be_reloaded_is_named(cluster: LocalCluster) -> None:
+    _, node = cluster.nodes[0]
+    gone = NodeProcess("nats-9", 2**22 + 7, node.monitor_port)  # above Linux's default pid_max
+    with pytest.raises(ClusterError, match=r"nats-9 \(pid \d+\): not signalled") as refused:
+        reload_nodes([gone])
+    assert "not reloaded: nats-9" in str(refused.value)
+    with pytest.raises(ClusterError, match="nats-0: not running"):
+        reload_nodes([NodeProcess("nats-0", 0, node.monitor_port)])
+
+
+@pytest.mark.services
+def test_a_login_the_mappings_do_not_cover_is_kept_for_the_dead_letters(
+    cluster: LocalCluster, workdir: Path, root: str
+) -> None:
+    """An admin made a login for zz-01 (not in the registry): it may connect, and its readings
+    wait in the unmapped consumer, which the pipeline dead-letters, instead of vanishing."""
+    creds_dir = workdir / "credentials"
+    creds = Credentials.load(creds_dir)
+    sensors = {**creds.sensors, "zz-01": "zz-password-1"}
+    Credentials.sensor_file(creds_dir).write_text(json.dumps(sensors))
+    regenerate_accounts(workdir / ACCOUNTS_FILE, creds_dir, REGISTRY)
+    reload_nodes(_nodes(cluster))
+    stray = Client(cluster, "zz-01", "zz-password-1", "zz-01")
+    try:
+        assert not stray.refused, stray.refused
+        stray.publish(Topics(root).reading("zz-01"), READING)
+    finally:
+        stray.close()
+    (msg,) = asyncio.run(_fetch(cluster, unmapped_consumer_name(root), 1))
+    assert msg.subject == f"{MQTT_MSGS_PREFIX}{root}.v1.sensors.zz-01.reading"
+    delivery = Delivery(msg.subject, msg.data, False, 1, 0, 1, 0)
+    (rejection,) = judge(Topics(root), REGISTRY, [delivery]).rejections
+    assert rejection.code == "unknown_sensor" and rejection.payload == READING
+
+
+@pytest.mark.services
+def test_the_watcher_reports_a_sensor_taking_another_sensors_client_id(
+    cluster: LocalCluster, workdir: Path
+) -> None:
+    found: list[Takeover] = []
+    urls = [
+        f"nats://sys:{system_password(workdir)}@127.0.0.1:{node.client_port}"
+        for _, node in cluster.nodes
+    ]
+    stop = asyncio.Event()
+    subscribed = threading.Event()
+    loop = asyncio.new_event_loop()
+    logins = sensor_logins_of(workdir / "credentials")
+    watching = threading.Thread(
+        target=loop.run_until_complete,
+        args=(watch_client_ids(urls, logins, found.append, stop, subscribed.set),),
+        daemon=True,
+    )
+    watching.start()
+    sensors = cluster.credentials.sensors
+    try:
+        assert subscribed.wait(10), "the watcher did not subscribe to the connect events"
+        honest = Client(cluster, "d12-03", sensors["d12-03"], "d12-03")
+        honest.close()
+        intruder = Client(cluster, "d12-02", sensors["d12-02"], "d12-01")
+        intruder.close()
+        wait_until(lambda: bool(found), 10, "the takeover's report")
+        assert [(t.login, t.client_id) for t in found] == [("d12-02", "d12-01")]
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        watching.join(10)
+        loop.close()

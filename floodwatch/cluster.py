@@ -671,6 +671,27 @@ def unmapped_filter(root: str) -> str:
     return f"{MQTT_MSGS_PREFIX}{_subject_root(root)}.v1.sensors.>"
 
 
+def remapped_store_subject(
+    root: str, registry: Registry, partitions: int, subject: str
+) -> str | None:
+    """Where an unmapped publish of a sensor the registry knows belongs in the MQTT store: its
+    partition's subject, `$MQTT.msgs.ROOT.v1.part.P.WARD.ID.CHANNEL`; None for anything else.
+
+    Two ways a known sensor's publish stays unmapped: the accounts lag the registry (a sensor
+    added at runtime, no reload yet), and NATS 2.15 itself, which the fault tests caught
+    storing some publishes of mapped sensors without the mapping while sessions reconnected
+    (RELIABILITY.md). Either way the reading is good, so it goes to its partition's worker."""
+    base = f"{MQTT_MSGS_PREFIX}{_subject_root(root)}.v1.sensors."
+    if not subject.startswith(base):
+        return None
+    sensor_id, _, channel = subject[len(base) :].partition(".")
+    sensor = registry.sensors.get(sensor_id)
+    if sensor is None or channel not in ("reading", "status"):
+        return None
+    part = sensor_partition(sensor, partitions)
+    return MQTT_MSGS_PREFIX + partition_subject(root, part, ward_key(sensor), sensor_id, channel)
+
+
 def decode_unmapped(
     topics: Topics, registry: Registry, subject: str, payload: bytes, received_at_ns: int
 ) -> Decoded | None:

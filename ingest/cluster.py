@@ -53,6 +53,7 @@ from floodwatch.cluster import (
     connect,
     ensure_partition_consumers,
     partition_filter,
+    remapped_store_subject,
     retrying,
     unmapped_consumer_name,
 )
@@ -260,13 +261,48 @@ class NatsSource:
                 await asyncio.sleep(0.2)
                 continue
             if msgs:
-                log.warning(
-                    "%d messages from sensors without a partition mapping (first: %s); "
-                    "dead-lettered: run `python -m floodwatch.cluster reload`",
-                    len(msgs),
-                    msgs[0].subject,
-                )
-                self._hand_over(msgs, "")
+                left = await self._remap(nc, msgs)
+                if left:
+                    log.warning(
+                        "%d messages from sensors the registry does not know (first: %s); "
+                        "dead-lettered",
+                        len(left),
+                        left[0].subject,
+                    )
+                    self._hand_over(left, "")
+
+    async def _remap(self, nc: NatsClient, msgs: list[Msg]) -> list[Msg]:
+        """Put each unmapped publish of a sensor the registry knows into its partition's
+        subject of the MQTT store (floodwatch.cluster.remapped_store_subject), acknowledging the
+        original once the store has the copy; returns the others (dead letters). The copy
+        reaches the partition's owner after readings published later, so its engine may take
+        it as late: stored, not judged (the engine's rule for late readings)."""
+        registry = self.alerting.registry
+        js = nc.jetstream()
+        left: list[Msg] = []
+        moved = 0
+        for msg in msgs:
+            target = remapped_store_subject(
+                self.topics.root, registry, self.partitions, msg.subject
+            )
+            if target is None:
+                left.append(msg)
+                continue
+            try:
+                await js.publish(target, msg.data, stream=MQTT_MSGS_STREAM)
+                await msg.ack()
+                moved += 1
+            except (nats.errors.Error, TimeoutError) as exc:
+                # Left unacknowledged: the server offers it again after the ack wait.
+                log.warning("could not move %s to its partition (%s); retrying", msg.subject, exc)
+        if moved:
+            log.warning(
+                "%d publishes of known sensors arrived without their partition mapping (the "
+                "accounts lag the registry: `python -m floodwatch.cluster reload`, or NATS "
+                "skipped the mapping); moved to their partitions",
+                moved,
+            )
+        return left
 
     async def _gain(
         self, part: int, consumer: str, pull: PartitionPull, nc: NatsClient, first: list[Msg]

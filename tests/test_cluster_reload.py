@@ -34,6 +34,7 @@ from floodwatch.cluster import (
     ensure_partition_consumers,
     local_cluster,
     partition_consumer_name,
+    remapped_store_subject,
     sensor_partition,
     system_password,
     unmapped_consumer_name,
@@ -52,7 +53,7 @@ from floodwatch.credentials import Credentials
 from floodwatch.localservices import local_credentials
 from floodwatch.mqtt import Delivery
 from floodwatch.operations import Override, apply_overrides
-from floodwatch.registry import SHIPPED_REGISTRY, load_registry
+from floodwatch.registry import SHIPPED_REGISTRY, load_registry, ward_key
 from floodwatch.topics import Topics
 from ingest.pipeline import judge
 from tests.conftest import wait_until
@@ -340,3 +341,20 @@ def test_the_watcher_reports_a_sensor_taking_another_sensors_client_id(
         loop.call_soon_threadsafe(stop.set)
         watching.join(10)
         loop.close()
+
+
+def test_a_known_sensors_unmapped_publish_goes_back_to_its_partition() -> None:
+    """NATS stored some publishes of mapped sensors without the mapping (RELIABILITY.md); the
+    worker holding the unmapped consumer moves a known sensor's to its partition's subject."""
+    in_force, _ = apply_overrides(REGISTRY, {"qh-77": NEW_SENSOR})
+    for sensor_id in ("qh-02", "qh-77"):
+        sensor = in_force.sensors[sensor_id]
+        part = sensor_partition(sensor, PARTITIONS)
+        subject = f"{MQTT_MSGS_PREFIX}fw.v1.sensors.{sensor_id}.reading"
+        assert remapped_store_subject("fw", in_force, PARTITIONS, subject) == (
+            f"{MQTT_MSGS_PREFIX}fw.v1.part.{part}.{ward_key(sensor)}.{sensor_id}.reading"
+        )
+    for unknown in ("zz-01.reading", "qh-02.other", "qh-02"):
+        subject = f"{MQTT_MSGS_PREFIX}fw.v1.sensors.{unknown}"
+        assert remapped_store_subject("fw", in_force, PARTITIONS, subject) is None
+    assert remapped_store_subject("fw", in_force, PARTITIONS, "fw.v1.sensors.qh-02.reading") is None

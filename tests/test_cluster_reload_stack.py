@@ -16,7 +16,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from floodwatch.cluster import MQTT_MSGS_STREAM, connect, unmapped_consumer_name
+from floodwatch.cluster import (
+    MQTT_MSGS_PREFIX,
+    MQTT_MSGS_STREAM,
+    connect,
+    unmapped_consumer_name,
+)
 from floodwatch.clusteradmin import main as cluster_main
 from floodwatch.clusterstack import (
     ClusterStack,
@@ -54,6 +59,15 @@ def _publish_as(stack: ClusterStack, login: str, password: str, client_id: str) 
         conn.publish_and_wait(TOPICS.reading(login), _reading())
     finally:
         conn.stop()
+
+
+async def _store_unmapped(stack: ClusterStack, sensor_id: str, payload: bytes) -> None:
+    nc = await connect(stack.cluster.nats_urls())
+    try:
+        subject = f"{MQTT_MSGS_PREFIX}{TOPICS.root}.v1.sensors.{sensor_id}.reading"
+        await nc.jetstream().publish(subject, payload, stream=MQTT_MSGS_STREAM)
+    finally:
+        await nc.close()
 
 
 async def _unmapped_left(stack: ClusterStack) -> int:
@@ -119,6 +133,19 @@ def test_the_stack_maps_added_sensors_and_dead_letters_unmapped_ones(
                 letter = next(d for d in dead if d.get("topic") == TOPICS.reading("zz-01"))
                 assert letter["code"] == "unknown_sensor", letter
                 assert stored('SELECT reason FROM deadletter WHERE "code" = $v', "unknown_sensor")
+                # What NATS did in the fault runs: a mapped sensor's publish stored under its
+                # unmapped subject. The worker moves it to its partition: stored, no dead letter.
+                lost_mapping = b'{"ts": 1796486000000, "level_cm": 4.25}'
+                asyncio.run(_store_unmapped(stack, "qh-02", lost_mapping))
+                wait_until(
+                    lambda: stored(
+                        'SELECT level_cm FROM water_level WHERE "sensor" = $v AND level_cm = 4.25',
+                        "qh-02",
+                    ),
+                    20,
+                    "qh-02's unmapped reading stored through its partition",
+                )
+                assert not any(d.get("topic") == TOPICS.reading("qh-02") for d in dead), dead
                 wait_until(
                     lambda: asyncio.run(_unmapped_left(stack)) == 0, 10, "the acknowledgement"
                 )

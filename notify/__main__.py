@@ -16,7 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from floodwatch.credentials import check_client_id
-from floodwatch.errors import FloodwatchError
+from floodwatch.errors import FloodwatchError, SettingsError
 from floodwatch.metrics import serve as serve_metrics
 from floodwatch.mqtt import MqttConnection
 from floodwatch.registry import load_registry
@@ -31,6 +31,7 @@ from floodwatch.settings import (
     whole_number,
 )
 from floodwatch.topics import Topics
+from notify.lease import Lease
 from notify.routing import Routing, RoutingError, load_routing
 from notify.service import Notifier, NotifierOptions
 from notify.store import Store
@@ -86,6 +87,12 @@ NOTIFY_OPTIONS = (
         "port of the notifier's Prometheus endpoint, http://HOST:PORT/metrics (0: none)",
     ),
     option("--metrics-host", "127.0.0.1", "address of the metrics endpoint (0.0.0.0: all)"),
+    option(
+        "--nats-url",
+        "",
+        "with --cluster: the NATS nodes, nats://user:password@host:port[,nats://...] (the "
+        "`notify` user), where the notifiers' lease lives",
+    ),
 )
 
 DESCRIPTION = """\
@@ -122,6 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_options(parser, SHARED + NOTIFY_OPTIONS)
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        default=os.environ.get("FLOODWATCH_CLUSTER", "").lower() in ("1", "true", "yes"),
+        help="clustered mode (docs/CLUSTER.md): several notifiers, one active, the others "
+        "standing by; the active one holds a lease in NATS JetStream (--nats-url) and only it "
+        "delivers and publishes the records; a standby follows the same events and records "
+        "and takes over within about 8 s when the active one dies. --mqtt-url is the MQTT "
+        "front (HAProxy) with --mqtt-protocol 3.1.1, and each instance has its own --client-id "
+        "(floodwatch-notify-K) and --notify-state [env FLOODWATCH_CLUSTER=1]",
+    )
     # The notifier reads no database: the shared checks still want these names.
     parser.set_defaults(influx_url="http://127.0.0.1:8086", influx_db="floodwatch")
     return parser
@@ -237,7 +255,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(settings.log_level, "notify")
         routing = routing_from(args.routing)
         registry = load_registry(settings.registry_path)
-        check_client_id(settings.mqtt.username, args.client_id)
+        # NATS cannot bind a client id to a login: the cluster's notifiers share `notify`.
+        check_client_id(settings.mqtt.username, args.client_id, broker_binds=not args.cluster)
+        nats_urls = [u.strip() for u in str(args.nats_url).split(",") if u.strip()]
+        if args.cluster and not all(u.startswith(("nats://", "tls://")) for u in nats_urls or [""]):
+            raise SettingsError(
+                "--cluster needs --nats-url nats://user:password@host:port[,...] (the NATS "
+                f"nodes), got {str(args.nats_url)[:60]!r}; set --nats-url or FLOODWATCH_NATS_URL."
+            )
         store = Store(state_path(args.notify_state, args.client_id))
     except FloodwatchError as exc:
         print(f"notify: {exc}", file=sys.stderr)
@@ -249,7 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             routing.source,
         )
     topics = Topics(settings.topic_root)
-    notifier = Notifier(routing, registry, topics, store, options)
+    lease = Lease(nats_urls, settings.topic_root, args.client_id) if args.cluster else None
+    notifier = Notifier(
+        routing, registry, topics, store, options, may_send=None if lease is None else lease.held
+    )
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
         notifier.stop.set()
@@ -277,12 +305,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
         mqtt.start(timeout_s=30)
+        if lease is not None:
+            # After the subscriptions: a notifier takes over only once it follows the events.
+            lease.start()
     except FloodwatchError as exc:
         print(f"notify: {exc}", file=sys.stderr)
         return 1
     log.info(
-        "notifying from %s: %d rules, %d recipients, %d channels; state in %s",
+        "notifying from %s%s: %d rules, %d recipients, %d channels; state in %s",
         settings.mqtt,
+        "" if lease is None else f" (clustered: {args.client_id}, standing by for the lease)",
         len(routing.rules),
         len(routing.recipients),
         len(routing.channels),
@@ -306,6 +338,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("stopping: %s", exc)
         mqtt.stop()
         return 1
+    if lease is not None:
+        # Not released: the key lapses within its TTL, after this notifier's last send.
+        lease.stop.set()
     mqtt.stop()
     store.close()
     return 0

@@ -267,6 +267,19 @@ class Store:
             for i, error in failures
         )
 
+    def settle(self, outcomes: dict[str, tuple[str, str]], now_ns: int) -> None:
+        """A standby's copy of what the active notifier settled (notification id -> status,
+        error; status delivered, dead or suppressed): only notifications still pending here
+        change, so it never undoes anything."""
+        self._write(
+            (
+                "UPDATE deliveries SET status = ?, last_error = ?, delivered_ns = ? "
+                "WHERE notification_id = ? AND status = ?",
+                (status, error[:500], now_ns if status == DELIVERED else None, nid, PENDING),
+            )
+            for nid, (status, error) in sorted(outcomes.items())
+        )
+
     def suppress(self, ids: Sequence[int], reason: str) -> None:
         """Queued notifications that must now go to nobody (their sensor went under
         maintenance while they waited): kept for the history, never sent."""

@@ -1,0 +1,198 @@
+"""The notifier in the clustered mode: two real notifiers (`python -m notify --cluster`) on a
+real 3-node NATS cluster behind HAProxy, one active and one standing by, delivering to a real
+webhook receiver; the active one is killed while notifications wait, and the standby takes over
+(notify/lease.py). Also the lease's pure state and the accounts' `notify` user."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from floodwatch.cluster import LocalCluster, accounts_config, local_cluster
+from floodwatch.credentials import check_client_id
+from floodwatch.errors import SettingsError
+from floodwatch.localservices import local_credentials
+from floodwatch.mqtt import MqttConnection
+from floodwatch.registry import SHIPPED_REGISTRY, load_registry
+from floodwatch.settings import MQTT_V311
+from notify.lease import LeaseState, lease_bucket
+from tests.conftest import ROOT, wait_until
+from tests.notify_servers import Answer, HttpReceiver, Request
+from tests.test_notify_e2e import assert_in_order_per_alert, lifetimes, webhook_routing
+
+REGISTRY = load_registry(SHIPPED_REGISTRY)
+
+
+def test_a_lease_is_held_until_its_ttl_minus_the_margin_from_when_it_was_asked() -> None:
+    state = LeaseState()
+    assert not state.held(0.0)
+    state.won(revision=7, asked_at=100.0, ttl_s=6.0, margin_s=1.5)
+    assert state.held(104.4)
+    assert not state.held(104.5)  # the server may give it away from 106 on; we stop earlier
+    state.lost()
+    assert not state.held(100.0)
+
+
+def test_each_topic_root_has_its_own_lease_bucket() -> None:
+    assert lease_bucket("floodwatch") == "notify_lease_floodwatch"
+    assert lease_bucket("city/hcm") == "notify_lease_city_hcm"
+
+
+def test_cluster_notifiers_share_the_notify_login_with_their_own_client_ids() -> None:
+    check_client_id("notify", "floodwatch-notify-2", broker_binds=False)
+    with pytest.raises(SettingsError, match="floodwatch-notify-"):
+        check_client_id("notify", "notify-2", broker_binds=False)
+
+
+def test_the_notify_user_may_publish_only_its_records_and_its_lease(tmp_path: Path) -> None:
+    creds = local_credentials(tmp_path)
+    text = accounts_config(creds, REGISTRY, 8, "x")
+    line = next(row for row in text.splitlines() if "user: notify," in row)
+    publish = line.split("publish: {allow: [")[1].split("]")[0]
+    assert '"*.v1.notifications.*"' in publish
+    assert '"$KV.notify_lease_*.>"' in publish
+    assert "events" not in publish and "alerts" not in publish and '">"' not in publish
+
+
+# -- the fault test ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    workdir = tmp_path_factory.mktemp("cluster")
+    with local_cluster(workdir, local_credentials(workdir), REGISTRY) as running_cluster:
+        yield running_cluster
+
+
+class ClusterNotifier:
+    """`python -m notify --cluster` as instance K, through the MQTT front as `notify`."""
+
+    def __init__(self, cluster: LocalCluster, root: str, routing: Path, k: int, workdir: Path):
+        self.name = f"notify-{k}"
+        self.state = workdir / f"{self.name}.sqlite"
+        self.log = workdir / f"{self.name}.log"
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "PYTHONUNBUFFERED": "1",
+            "FLOODWATCH_CLUSTER": "1",
+            "FLOODWATCH_NATS_URL": ",".join(cluster.nats_urls("notify")),
+            "FLOODWATCH_MQTT_URL": cluster.credentials.mqtt_url(
+                "notify", "127.0.0.1", cluster.front.port
+            ),
+            "FLOODWATCH_MQTT_PROTOCOL": MQTT_V311,
+            "FLOODWATCH_TOPIC_ROOT": root,
+            "FLOODWATCH_ROUTING": str(routing),
+            "FLOODWATCH_NOTIFY_STATE": str(self.state),
+            "FLOODWATCH_CLIENT_ID": f"floodwatch-notify-{k}",
+            "FLOODWATCH_RETRY_MAX": "1",
+            "FLOODWATCH_STATS_INTERVAL": "0",
+            "FLOODWATCH_METRICS_PORT": "0",
+        }
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "notify"],
+                env=env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def said(self, text: str) -> bool:
+        return text.encode() in self.log.read_bytes()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.mark.slow
+def test_the_standby_notifier_takes_over_when_the_active_one_is_killed(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """SIGKILL the active notifier while a slow receiver leaves most notifications waiting,
+    then publish more events: the standby takes the lease, and every notification arrives,
+    in order per alert (resends after the takeover are duplicates with the same
+    X-Floodwatch-Delivery, counted)."""
+    root = "t" + uuid.uuid4().hex[:10]
+
+    def slow(request: Request) -> Answer:
+        time.sleep(0.03)
+        return 200, {}, b"{}"
+
+    receiver = HttpReceiver(slow).start()
+    routing = tmp_path / "routing.toml"
+    routing.write_text(webhook_routing(receiver.url, concurrency=2))
+    notifiers = [ClusterNotifier(cluster, root, routing, k, tmp_path) for k in (1, 2)]
+    publisher = MqttConnection(
+        replace(cluster.front.endpoint("admin"), protocol=MQTT_V311), f"events-{root}"
+    )
+    publisher.start()
+    try:
+        wait_until(
+            lambda: all(n.said("notifying from") for n in notifiers), 30, "both notifiers"
+        )
+        wait_until(
+            lambda: any(n.said("took the lease") for n in notifiers), 20, "one to take the lease"
+        )
+        active = next(n for n in notifiers if n.said("took the lease"))
+        standby = next(n for n in notifiers if n is not active)
+        sensors = ["qh-01", "qh-02", "qh-03", "qh-04", "nvh-01", "nvh-02", "nvh-03", "nvh-04"]
+        events = lifetimes(sensors, alerts_per_sensor=4)  # 128 notifications
+        for e in events:
+            publisher.publish(f"{root}/v1/events/{e.sensor_id}", e.to_json(), qos=1)
+        wait_until(lambda: publisher.pending_publishes() == 0, 30, "the broker to take them")
+        receiver.wait_for(lambda got: len(got) >= 20, 30, "the first deliveries")
+        active.proc.send_signal(signal.SIGKILL)
+        killed_ns = time.time_ns()
+        active.proc.wait(10)
+        first_sent = len({r.headers["X-Floodwatch-Delivery"] for r in receiver.accepted})
+        assert first_sent < len(events), "the active notifier finished before it was killed"
+        # Events while no notifier is active wait in the standby's broker session.
+        later = lifetimes(["d12-01", "d12-02"], alerts_per_sensor=2)
+        for e in later:
+            publisher.publish(f"{root}/v1/events/{e.sensor_id}", e.to_json(), qos=1)
+        events += later
+        receiver.wait_for(
+            lambda got: len({r.headers["X-Floodwatch-Delivery"] for r in got}) >= len(events),
+            30,
+            "every notification through the standby",
+        )
+        assert standby.said("took the lease")
+        assert standby.proc.poll() is None
+        after = [r.received_ns for r in receiver.accepted if r.received_ns > killed_ns]
+        takeover_s = (min(after) - killed_ns) / 1e9
+        assert_in_order_per_alert(receiver.accepted, events)
+        counts = Counter(r.headers["X-Floodwatch-Delivery"] for r in receiver.accepted)
+        duplicates = sum(n - 1 for n in counts.values())
+        # The standby's queue was the active one's: nothing of its own left pending.
+        with sqlite3.connect(standby.state) as db:
+            (pending,) = db.execute(
+                "SELECT count(*) FROM deliveries WHERE status = 'pending'"
+            ).fetchone()
+        assert pending == 0
+        print(
+            f"\nnotifier active SIGKILL: {len(events)} notifications, {first_sent} delivered "
+            f"before the kill, {len(counts)} delivered in all, 0 missing, {duplicates} "
+            f"duplicates, standby delivering {takeover_s:.1f} s after the kill"
+        )
+        assert takeover_s < 12.0
+    finally:
+        publisher.stop()
+        for n in notifiers:
+            n.stop()
+        receiver.stop()

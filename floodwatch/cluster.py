@@ -230,16 +230,17 @@ def accounts_config(
     # The notifiers (active/standby, notify/lease.py): MQTT 3.1.1 for what they follow (alert
     # events and states, episodes, maintenance, registry overrides, each other's retained
     # records) and publish (the records); the NATS protocol for their lease, a JetStream
-    # key-value bucket `notify_lease_ROOT` (its stream KV_notify_lease_ROOT).
+    # key-value bucket (notify.lease.LEASE_BUCKET, its stream KV_ + that name).
+    lease = "floodwatch_notify_lease"
     notify_pub = [
         "$MQTT.>",
         "*.v1.notifications.*",
-        "$KV.notify_lease_*.>",
+        f"$KV.{lease}.>",
         "$JS.API.INFO",
-        "$JS.API.STREAM.INFO.KV_notify_lease_*",
-        "$JS.API.STREAM.CREATE.KV_notify_lease_*",
-        "$JS.API.DIRECT.GET.KV_notify_lease_*.>",
-        "$JS.API.STREAM.MSG.GET.KV_notify_lease_*",
+        f"$JS.API.STREAM.INFO.KV_{lease}",
+        f"$JS.API.STREAM.CREATE.KV_{lease}",
+        f"$JS.API.DIRECT.GET.KV_{lease}.>",
+        f"$JS.API.STREAM.MSG.GET.KV_{lease}",
     ]
     notify_sub = [
         "_INBOX.>",

@@ -300,8 +300,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             read_retained(
                 settings.mqtt,
                 [topics.maintenance("+"), topics.registry_override("+")],
-                client_id=args.client_id,
-                session_expiry_s=session_expiry,
+                # In the cluster a clean connection of its own: NATS does not bind the id, and
+                # the persistent session, opened twice in a row, lost events now and then.
+                client_id=f"{args.client_id}-prime" if args.cluster else args.client_id,
+                session_expiry_s=None if args.cluster else session_expiry,
             )
         )
         mqtt.start(timeout_s=30)

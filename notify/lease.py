@@ -1,7 +1,8 @@
 """Active/standby for the clustered mode's notifiers: one lease in a JetStream key-value bucket
 (R3), so exactly one notifier delivers at a time and a standby takes over when it dies.
 
-The lease is the bucket's key `active`, whose value names the holder. The bucket's TTL removes
+The lease is the key `active_ROOT` of the bucket LEASE_BUCKET (one key per topic root), whose
+value names the holder. The bucket's TTL removes
 a value that nobody renewed for LEASE_TTL_S; a standby's `create` (refused while the key
 exists) then succeeds. The holder renews with `update(..., last=revision)`: once another
 notifier has taken the key, the old revision no longer matches and the update is refused, so a
@@ -29,7 +30,8 @@ from floodwatch.cluster import REPLICAS, connect, retrying
 
 log = logging.getLogger("notify.lease")
 
-LEASE_KEY = "active"
+# One bucket with a fixed name, so that the `notify` user's permissions can name its subjects.
+LEASE_BUCKET = "floodwatch_notify_lease"
 # A dead holder's lease is gone within the TTL; a standby asks every TRY_EVERY_S, so it takes
 # over within about LEASE_TTL_S + TRY_EVERY_S (the issue asks ~10 s).
 LEASE_TTL_S = 6.0
@@ -39,10 +41,10 @@ TRY_EVERY_S = 0.5
 MARGIN_S = 1.5
 
 
-def lease_bucket(root: str) -> str:
-    """One bucket per topic root (the tests give each test its own root)."""
+def lease_key(root: str) -> str:
+    """One lease per topic root (the tests give each test its own root)."""
     safe = "".join(ch if ch.isalnum() else "_" for ch in root)
-    return f"notify_lease_{safe}"
+    return f"active_{safe}"
 
 
 @dataclass
@@ -81,7 +83,8 @@ class Lease:
         if not 0 < renew_every_s < ttl_s - margin_s:
             raise ValueError("the lease must be renewed well within its TTL minus the margin")
         self.servers = list(servers)
-        self.bucket = lease_bucket(root)
+        self.bucket = LEASE_BUCKET
+        self.key = lease_key(root)
         self.holder = holder
         self.ttl_s = ttl_s
         self.renew_every_s = renew_every_s
@@ -135,9 +138,9 @@ class Lease:
         value = self.holder.encode()
         try:
             if revision is None:
-                new = await kv.create(LEASE_KEY, value)
+                new = await kv.create(self.key, value)
             else:
-                new = await kv.update(LEASE_KEY, value, last=revision)
+                new = await kv.update(self.key, value, last=revision)
         except KeyWrongLastSequenceError:
             if revision is not None:
                 log.warning("lost the lease: another notifier delivers now; this one waits")
@@ -149,6 +152,6 @@ class Lease:
             log.info("lease %s: %s", "renewal" if revision is not None else "request", exc)
             return
         if revision is None:
-            log.info("took the lease (%s): this notifier delivers now", self.bucket)
+            log.info("took the lease (%s %s): this notifier delivers now", self.bucket, self.key)
             self.changed.set()
         self.state.won(new, asked_at, self.ttl_s, self.margin_s)

@@ -5,6 +5,7 @@ webhook receiver; the active one is killed while notifications wait, and the sta
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import sqlite3
 import subprocess
@@ -18,14 +19,21 @@ from pathlib import Path
 
 import pytest
 
-from floodwatch.cluster import LocalCluster, accounts_config, local_cluster
+from floodwatch.cluster import (
+    MQTT_MSGS_PREFIX,
+    MQTT_MSGS_STREAM,
+    LocalCluster,
+    accounts_config,
+    connect,
+    local_cluster,
+)
 from floodwatch.credentials import check_client_id
 from floodwatch.errors import SettingsError
 from floodwatch.localservices import local_credentials
 from floodwatch.mqtt import MqttConnection
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry
 from floodwatch.settings import MQTT_V311
-from notify.lease import LeaseState, lease_bucket
+from notify.lease import LEASE_BUCKET, LeaseState, lease_key
 from tests.conftest import ROOT, wait_until
 from tests.notify_servers import Answer, HttpReceiver, Request
 from tests.test_notify_e2e import assert_in_order_per_alert, lifetimes, webhook_routing
@@ -43,9 +51,9 @@ def test_a_lease_is_held_until_its_ttl_minus_the_margin_from_when_it_was_asked()
     assert not state.held(100.0)
 
 
-def test_each_topic_root_has_its_own_lease_bucket() -> None:
-    assert lease_bucket("floodwatch") == "notify_lease_floodwatch"
-    assert lease_bucket("city/hcm") == "notify_lease_city_hcm"
+def test_each_topic_root_has_its_own_lease() -> None:
+    assert lease_key("floodwatch") == "active_floodwatch"
+    assert lease_key("city/hcm") == "active_city_hcm"
 
 
 def test_cluster_notifiers_share_the_notify_login_with_their_own_client_ids() -> None:
@@ -60,7 +68,7 @@ def test_the_notify_user_may_publish_only_its_records_and_its_lease(tmp_path: Pa
     line = next(row for row in text.splitlines() if "user: notify," in row)
     publish = line.split("publish: {allow: [")[1].split("]")[0]
     assert '"*.v1.notifications.*"' in publish
-    assert '"$KV.notify_lease_*.>"' in publish
+    assert f'"$KV.{LEASE_BUCKET}.>"' in publish
     assert "events" not in publish and "alerts" not in publish and '">"' not in publish
 
 
@@ -72,6 +80,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     workdir = tmp_path_factory.mktemp("cluster")
     with local_cluster(workdir, local_credentials(workdir), REGISTRY) as running_cluster:
         yield running_cluster
+
+
+async def _event_sessions(cluster: LocalCluster, root: str) -> int:
+    """How many MQTT sessions' consumers follow the alert events of `root`: NATS's MQTT store
+    keeps a QoS 1 publish only for the consumers that exist when it arrives."""
+    nc = await connect(cluster.nats_urls())
+    try:
+        infos = await nc.jetstream(timeout=10).consumers_info(MQTT_MSGS_STREAM)
+        wanted = f"{MQTT_MSGS_PREFIX}{root}.v1.events.*"
+        return sum(1 for info in infos if info.config.filter_subject == wanted)
+    finally:
+        await nc.close()
 
 
 class ClusterNotifier:
@@ -143,11 +163,12 @@ def test_the_standby_notifier_takes_over_when_the_active_one_is_killed(
     )
     publisher.start()
     try:
-        wait_until(
-            lambda: all(n.said("notifying from") for n in notifiers), 30, "both notifiers"
-        )
+        wait_until(lambda: all(n.said("notifying from") for n in notifiers), 30, "both notifiers")
         wait_until(
             lambda: any(n.said("took the lease") for n in notifiers), 20, "one to take the lease"
+        )
+        wait_until(
+            lambda: asyncio.run(_event_sessions(cluster, root)) >= 2, 20, "both event sessions"
         )
         active = next(n for n in notifiers if n.said("took the lease"))
         standby = next(n for n in notifiers if n is not active)
@@ -156,7 +177,9 @@ def test_the_standby_notifier_takes_over_when_the_active_one_is_killed(
         for e in events:
             publisher.publish(f"{root}/v1/events/{e.sensor_id}", e.to_json(), qos=1)
         wait_until(lambda: publisher.pending_publishes() == 0, 30, "the broker to take them")
-        receiver.wait_for(lambda got: len(got) >= 20, 30, "the first deliveries")
+        # More than a sender's batch (50), so that the active one has settled and published
+        # some: the standby sends those no more.
+        receiver.wait_for(lambda got: len(got) >= 70, 30, "the first deliveries")
         active.proc.send_signal(signal.SIGKILL)
         killed_ns = time.time_ns()
         active.proc.wait(10)
@@ -179,16 +202,22 @@ def test_the_standby_notifier_takes_over_when_the_active_one_is_killed(
         assert_in_order_per_alert(receiver.accepted, events)
         counts = Counter(r.headers["X-Floodwatch-Delivery"] for r in receiver.accepted)
         duplicates = sum(n - 1 for n in counts.values())
-        # The standby's queue was the active one's: nothing of its own left pending.
-        with sqlite3.connect(standby.state) as db:
-            (pending,) = db.execute(
-                "SELECT count(*) FROM deliveries WHERE status = 'pending'"
-            ).fetchone()
-        assert pending == 0
+
+        def pending() -> int:
+            with sqlite3.connect(standby.state) as db:
+                (count,) = db.execute(
+                    "SELECT count(*) FROM deliveries WHERE status = 'pending'"
+                ).fetchone()
+            return int(count)
+
+        # The standby's queue was the active one's: nothing of its own is left to send.
+        wait_until(lambda: pending() == 0, 10, "the standby's queue to empty")
+        settled = standby.log.read_text().split("active: delivering the queue (")[1].split(")")[0]
         print(
             f"\nnotifier active SIGKILL: {len(events)} notifications, {first_sent} delivered "
             f"before the kill, {len(counts)} delivered in all, 0 missing, {duplicates} "
-            f"duplicates, standby delivering {takeover_s:.1f} s after the kill"
+            f"duplicates, standby delivering {takeover_s:.1f} s after the kill; at takeover its "
+            f"queue was {settled}"
         )
         assert takeover_s < 12.0
     finally:

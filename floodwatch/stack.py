@@ -10,7 +10,8 @@ installs what is missing and runs this.
 NATS nodes with JetStream and MQTT, HAProxy in front of their MQTT listeners (`mqtt-front`) and
 of the API replicas (`api-front`), InfluxDB, `--workers` ingest workers and `--api-replicas`
 API replicas, and the street publishing MQTT 3.1.1 through the front door
-(floodwatch.clusterstack, which tests and benchmarks reuse). No notifier in this mode yet.
+(floodwatch.clusterstack, which tests and benchmarks reuse), and two notifiers (`notify-1`,
+`notify-2`): one active, one standing by to take over (notify/lease.py).
 
 Once every service is up, DATA/stack.json says where each one is (name, URL, ports, PID, log)
 and where the credential files are, so tools and tests find a running stack without reading
@@ -298,6 +299,8 @@ def run_cluster(args: argparse.Namespace, data: Path) -> int:
   NATS         {", ".join(stack.urls[s.name] for s, _ in stack.cluster.nodes)}
   workers      {", ".join(w.name for w in stack.workers) or "none"} over {stack.partitions} \
 partitions
+  notifiers    {", ".join(n.name for n in stack.notifiers)}   (one active, the other standing by; \
+what would be sent: their logs)
   logs         {logs}/   (NATS nodes: {data / "nats"}/)
   stack.json   {stack_file}   (each service's URL, ports and PID)""",
                 flush=True,

@@ -30,13 +30,24 @@ from floodwatch.cluster import (
 from floodwatch.credentials import check_client_id
 from floodwatch.errors import SettingsError
 from floodwatch.localservices import local_credentials
+from floodwatch.mqtt import Delivery as MqttDelivery
 from floodwatch.mqtt import MqttConnection
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry
 from floodwatch.settings import MQTT_V311
+from floodwatch.topics import Topics
 from notify.lease import LEASE_BUCKET, LeaseState, lease_key
+from notify.routing import load_routing
+from notify.service import Notifier, NotifierOptions
+from notify.store import Store
 from tests.conftest import ROOT, wait_until
 from tests.notify_servers import Answer, HttpReceiver, Request
-from tests.test_notify_e2e import assert_in_order_per_alert, lifetimes, webhook_routing
+from tests.test_notify_e2e import (
+    T0,
+    assert_in_order_per_alert,
+    event,
+    lifetimes,
+    webhook_routing,
+)
 
 REGISTRY = load_registry(SHIPPED_REGISTRY)
 
@@ -70,6 +81,114 @@ def test_the_notify_user_may_publish_only_its_records_and_its_lease(tmp_path: Pa
     assert '"*.v1.notifications.*"' in publish
     assert f'"$KV.{LEASE_BUCKET}.>"' in publish
     assert "events" not in publish and "alerts" not in publish and '">"' not in publish
+
+
+ESCALATING = """
+[channels.gis]
+type = "webhook"
+url = "http://127.0.0.1:9/gis"
+secret = "s"
+
+[channels.duty]
+type = "webhook"
+url = "http://127.0.0.1:9/duty"
+secret = "s"
+
+[recipients.ioc_gis]
+name = "Nền tảng GIS"
+channels = ["gis"]
+
+[recipients.duty_chief]
+name = "Trực ban IOC"
+channels = ["duty"]
+
+[[rules]]
+kinds = ["flood"]
+min_level = 1
+notify = ["ioc_gis"]
+escalate = [{ after_min = 5, notify = ["duty_chief"] }]
+"""
+
+
+def _router(tmp_path: Path, name: str, clock: list[int], active: list[bool]) -> Notifier:
+    """The notifier's router and queue in this process: `handle` and `tick` driven by hand,
+    with the clock passed in; its senders wait for the lease (`active`), so the test plays the
+    active one's deliveries on its queue itself."""
+    (tmp_path / "routing.toml").write_text(ESCALATING)
+    return Notifier(
+        load_routing(tmp_path / "routing.toml"),
+        REGISTRY,
+        Topics("fw"),
+        Store(tmp_path / f"{name}.sqlite"),
+        NotifierOptions(page_url="http://ioc.example.vn/"),
+        clock=lambda: clock[0],
+        may_send=lambda: active[0],
+    )
+
+
+def _message(topic: str, payload: bytes) -> MqttDelivery:
+    return MqttDelivery(topic, payload, False, 0, 0, 1, 0)
+
+
+def test_a_standby_queues_what_the_active_one_queues_minus_what_its_records_settled(
+    tmp_path: Path,
+) -> None:
+    """Both routers see the same raised event; the active one's record says the first
+    notification was delivered; the standby marks it so, keeps the escalation timer, and once
+    it holds the lease has exactly the escalation to send."""
+    clock = [T0]
+    active, standby = [False], [False]
+    first = _router(tmp_path, "active", clock, active)
+    second = _router(tmp_path, "standby", clock, standby)
+    try:
+        _standby_follows(first, second, clock, active, standby)
+    finally:
+        first.stop.set()
+        second.stop.set()
+
+
+def _standby_follows(
+    first: Notifier, second: Notifier, clock: list[int], active: list[bool], standby: list[bool]
+) -> None:
+    raised = event("qh-01", 0, 1, "raised")
+    raised = replace(raised, at_ns=T0, raised_ns=T0, reading_time_ns=T0)
+    first.handle([_message("fw/v1/events/qh-01", raised.to_json())])
+    (delivered,) = first.store.due("gis|", T0, 10)[0]
+    first.store.delivered([delivered.id], T0)
+    record = first.record(raised.alert_id)
+    # The record may come before the event that queues its notification: remembered.
+    second.handle([_message(f"fw/v1/notifications/{raised.alert_id}", record)])
+    assert second.store.counts() == {}
+    second.handle([_message("fw/v1/events/qh-01", raised.to_json())])
+    assert second.store.counts() == {"delivered": 1}
+    # Five minutes on, nobody acknowledged: both queue the escalation (the same id).
+    clock[0] = T0 + 5 * 60 * 10**9 + 1
+    for router in (first, second):
+        router.tick()
+    standby[0] = True
+    pending = second.store.due("duty|", clock[0], 10)[0]
+    assert [p.message for p in pending] == ["unacknowledged"]
+    assert second.store.due("gis|", clock[0], 10)[0] == []
+    ids = {p.notification_id for p in pending}
+    assert ids == {p.notification_id for p in first.store.due("duty|", clock[0], 10)[0]}
+    # The holder's own queue is the truth: an echo of an older record changes nothing there.
+    active[0] = True
+    first.handle([_message(f"fw/v1/notifications/{raised.alert_id}", b"")])
+    assert first.store.counts() == {"delivered": 1, "pending": 1}
+
+
+def test_a_single_node_notifier_neither_follows_records_nor_waits_for_a_lease(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "routing.toml").write_text(ESCALATING)
+    single = Notifier(
+        load_routing(tmp_path / "routing.toml"),
+        REGISTRY,
+        Topics("fw"),
+        Store(tmp_path / "single.sqlite"),
+        NotifierOptions(page_url="http://ioc.example.vn/"),
+    )
+    assert ("fw/v1/notifications/+", 1) not in single.subscriptions()
 
 
 # -- the fault test ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from alerts.events import AlertEvent
 from floodwatch.cluster import (
     MQTT_MSGS_PREFIX,
     MQTT_MSGS_STREAM,
@@ -259,14 +260,25 @@ class ClusterNotifier:
                 self.proc.wait()
 
 
+def _unique(requests: list[Request]) -> int:
+    return len({r.headers["X-Floodwatch-Delivery"] for r in requests})
+
+
+def _took_over(notifier: ClusterNotifier, times: int = 1) -> bool:
+    return notifier.log.read_text().count("took the lease") >= times
+
+
 @pytest.mark.slow
-def test_the_standby_notifier_takes_over_when_the_active_one_is_killed(
+def test_the_standby_notifier_takes_over_from_a_paused_then_a_killed_active_one(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:
-    """SIGKILL the active notifier while a slow receiver leaves most notifications waiting,
-    then publish more events: the standby takes the lease, and every notification arrives,
-    in order per alert (resends after the takeover are duplicates with the same
-    X-Floodwatch-Delivery, counted)."""
+    """Two notifiers; a slow receiver leaves most notifications waiting. The active one is
+    paused (SIGSTOP): the standby takes over; let go on (SIGCONT), the deposed one sends
+    nothing more than what it had in flight and stands by. Then the new active one is
+    SIGKILLed with more events waiting: the first takes over again. Every notification arrives,
+    in order per alert; resends are duplicates with the same X-Floodwatch-Delivery (counted).
+    Each notifier posts to its own path (the same channel, destination and ids), so the
+    receiver knows who sent what: one at a time."""
     root = "t" + uuid.uuid4().hex[:10]
 
     def slow(request: Request) -> Answer:
@@ -274,73 +286,97 @@ def test_the_standby_notifier_takes_over_when_the_active_one_is_killed(
         return 200, {}, b"{}"
 
     receiver = HttpReceiver(slow).start()
-    routing = tmp_path / "routing.toml"
-    routing.write_text(webhook_routing(receiver.url, concurrency=2))
-    notifiers = [ClusterNotifier(cluster, root, routing, k, tmp_path) for k in (1, 2)]
+    notifiers = []
+    for k in (1, 2):
+        routing = tmp_path / f"routing-{k}.toml"
+        routing.write_text(webhook_routing(f"{receiver.url}/notify-{k}", concurrency=2))
+        notifiers.append(ClusterNotifier(cluster, root, routing, k, tmp_path))
     publisher = MqttConnection(
         replace(cluster.front.endpoint("admin"), protocol=MQTT_V311), f"events-{root}"
     )
     publisher.start()
-    try:
-        wait_until(lambda: all(n.said("notifying from") for n in notifiers), 30, "both notifiers")
-        wait_until(
-            lambda: any(n.said("took the lease") for n in notifiers), 20, "one to take the lease"
-        )
-        wait_until(
-            lambda: asyncio.run(_event_sessions(cluster, root)) >= 2, 20, "both event sessions"
-        )
-        active = next(n for n in notifiers if n.said("took the lease"))
-        standby = next(n for n in notifiers if n is not active)
-        sensors = ["qh-01", "qh-02", "qh-03", "qh-04", "nvh-01", "nvh-02", "nvh-03", "nvh-04"]
-        events = lifetimes(sensors, alerts_per_sensor=4)  # 128 notifications
+
+    def publish(events: list[AlertEvent]) -> None:
         for e in events:
             publisher.publish(f"{root}/v1/events/{e.sensor_id}", e.to_json(), qos=1)
         wait_until(lambda: publisher.pending_publishes() == 0, 30, "the broker to take them")
-        # More than a sender's batch (50), so that the active one has settled and published
-        # some: the standby sends those no more.
-        receiver.wait_for(lambda got: len(got) >= 70, 30, "the first deliveries")
-        active.proc.send_signal(signal.SIGKILL)
-        killed_ns = time.time_ns()
-        active.proc.wait(10)
-        first_sent = len({r.headers["X-Floodwatch-Delivery"] for r in receiver.accepted})
-        assert first_sent < len(events), "the active notifier finished before it was killed"
-        # Events while no notifier is active wait in the standby's broker session.
-        later = lifetimes(["d12-01", "d12-02"], alerts_per_sensor=2)
-        for e in later:
-            publisher.publish(f"{root}/v1/events/{e.sensor_id}", e.to_json(), qos=1)
-        events += later
-        receiver.wait_for(
-            lambda got: len({r.headers["X-Floodwatch-Delivery"] for r in got}) >= len(events),
-            30,
-            "every notification through the standby",
+
+    def sent_by(n: ClusterNotifier, after_ns: int = 0) -> list[Request]:
+        return [
+            r for r in receiver.accepted if r.path.endswith(n.name) and r.received_ns > after_ns
+        ]
+
+    try:
+        wait_until(lambda: all(n.said("notifying from") for n in notifiers), 30, "both")
+        wait_until(lambda: any(_took_over(n) for n in notifiers), 20, "one to take the lease")
+        wait_until(
+            lambda: asyncio.run(_event_sessions(cluster, root)) >= 2, 20, "both event sessions"
         )
-        assert standby.said("took the lease")
-        assert standby.proc.poll() is None
-        after = [r.received_ns for r in receiver.accepted if r.received_ns > killed_ns]
-        takeover_s = (min(after) - killed_ns) / 1e9
+        first = next(n for n in notifiers if _took_over(n))
+        second = next(n for n in notifiers if n is not first)
+        events = lifetimes(["qh-01", "qh-02", "qh-03", "qh-04"], alerts_per_sensor=4)  # 64
+        publish(events)
+        receiver.wait_for(lambda got: len(got) >= 20, 30, "the first deliveries")
+
+        # 1. Pause the active one: the standby takes over; the paused one, let go on, is fenced.
+        first.proc.send_signal(signal.SIGSTOP)
+        paused_ns = time.time_ns()
+        wait_until(lambda: _took_over(second), 15, "the standby to take the lease")
+        first.proc.send_signal(signal.SIGCONT)
+        resumed_ns = time.time_ns()
+        wait_until(lambda: first.said("lost the lease"), 10, "the paused one to learn it lost")
+        receiver.wait_for(lambda got: _unique(got) >= len(events), 30, "phase 1's notifications")
+        pause_takeover_s = (min(r.received_ns for r in sent_by(second)) - paused_ns) / 1e9
+        late = sent_by(first, resumed_ns)
+        assert len(late) <= 2, f"the deposed notifier sent {len(late)} after it was let go on"
+
+        # 2. Kill the new active one with events waiting: the first takes over again.
+        more = lifetimes(["nvh-01", "nvh-02", "nvh-03", "nvh-04"], alerts_per_sensor=4)
+        publish(more)
+        events += more
+        before_kill = len(receiver.accepted)
+        receiver.wait_for(
+            lambda got: len(got) >= before_kill + 20, 30, "the second one's deliveries"
+        )
+        second.proc.send_signal(signal.SIGKILL)
+        killed_ns = time.time_ns()
+        second.proc.wait(10)
+        assert _unique(receiver.accepted) < len(events), "all delivered before the kill"
+        later = lifetimes(["d12-01", "d12-02"], alerts_per_sensor=2)  # while none is active
+        publish(later)
+        events += later
+        receiver.wait_for(lambda got: _unique(got) >= len(events), 30, "every notification")
+        kill_takeover_s = (min(r.received_ns for r in sent_by(first, killed_ns)) - killed_ns) / 1e9
+        assert _took_over(first, 2)
+
+        # One at a time: the second sent nothing before it held the lease, nothing after its
+        # death; the first nothing between its fencing and its second lease.
+        assert all(paused_ns < r.received_ns < killed_ns for r in sent_by(second))
+        fenced = [r for r in sent_by(first, resumed_ns) if r.received_ns < killed_ns]
+        assert len(fenced) <= 2, f"the deposed notifier sent {len(fenced)} (2 were in flight)"
         assert_in_order_per_alert(receiver.accepted, events)
         counts = Counter(r.headers["X-Floodwatch-Delivery"] for r in receiver.accepted)
         duplicates = sum(n - 1 for n in counts.values())
 
         def pending() -> int:
-            with sqlite3.connect(standby.state) as db:
+            with sqlite3.connect(first.state) as db:
                 (count,) = db.execute(
                     "SELECT count(*) FROM deliveries WHERE status = 'pending'"
                 ).fetchone()
             return int(count)
 
-        # The standby's queue was the active one's: nothing of its own is left to send.
-        wait_until(lambda: pending() == 0, 10, "the standby's queue to empty")
-        settled = standby.log.read_text().split("active: delivering the queue (")[1].split(")")[0]
+        wait_until(lambda: pending() == 0, 10, "the survivor's queue to empty")
         print(
-            f"\nnotifier active SIGKILL: {len(events)} notifications, {first_sent} delivered "
-            f"before the kill, {len(counts)} delivered in all, 0 missing, {duplicates} "
-            f"duplicates, standby delivering {takeover_s:.1f} s after the kill; at takeover its "
-            f"queue was {settled}"
+            f"\nnotifier failover: {len(events)} notifications, {len(counts)} delivered, 0 "
+            f"missing, {duplicates} duplicates; SIGSTOP: standby delivering "
+            f"{pause_takeover_s:.1f} s after the pause, the deposed one sent {len(late)} after "
+            f"SIGCONT; SIGKILL: standby delivering {kill_takeover_s:.1f} s after the kill"
         )
-        assert takeover_s < 12.0
+        assert pause_takeover_s < 12.0 and kill_takeover_s < 12.0
     finally:
         publisher.stop()
         for n in notifiers:
+            if n.proc.poll() is None:
+                n.proc.send_signal(signal.SIGCONT)
             n.stop()
         receiver.stop()

@@ -341,8 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         mqtt.stop()
         return 1
     if lease is not None:
-        # Not released: the key lapses within its TTL, after this notifier's last send.
-        lease.stop.set()
+        # The senders have stopped: nothing more goes out from here.
+        lease.release()
     mqtt.stop()
     store.close()
     return 0

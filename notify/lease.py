@@ -15,6 +15,7 @@ value, later than the start), and senders check it before each send.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -120,6 +121,12 @@ class Lease:
                 )
             )
 
+    def release(self, timeout_s: float = 5.0) -> None:
+        """A clean stop, once nothing is sent any more: give the lease up at once, so the
+        standby takes over without waiting for the TTL."""
+        self.stop.set()
+        self.thread.join(timeout_s)
+
     async def _run(self) -> None:
         nc = await connect(self.servers)
         try:
@@ -128,9 +135,22 @@ class Lease:
             while not self.stop.is_set():
                 await self._step(kv)
                 pause = self.renew_every_s if self.held() else self.try_every_s
-                await asyncio.sleep(pause)
+                await self._sleep(pause)
+            revision = self.state.revision
+            self.state.lost()
+            if revision is not None:
+                # Only our own revision: if another holds it already, nothing is deleted.
+                with contextlib.suppress(nats.errors.Error, TimeoutError):
+                    await kv.delete(self.key, last=revision)
+                    log.info("gave the lease up (stopping)")
         finally:
             await nc.close()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, waking early when asked to stop."""
+        deadline = time.monotonic() + seconds
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(min(0.1, seconds))
 
     async def _step(self, kv: KeyValue) -> None:
         asked_at = time.monotonic()

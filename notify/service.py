@@ -676,6 +676,13 @@ class Notifier:
                 [({}, age)],
             ),
             Metric(
+                "floodwatch_notify_active",
+                "1 while this notifier delivers: always on a single node; in the cluster while "
+                "it holds the lease (0: standing by).",
+                "gauge",
+                [({}, 1 if self.may_send is None or self.may_send() else 0)],
+            ),
+            Metric(
                 "floodwatch_notify_open_alerts",
                 "Alerts being followed (not cleared).",
                 "gauge",

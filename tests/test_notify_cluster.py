@@ -373,6 +373,9 @@ def test_the_standby_notifier_takes_over_from_a_paused_then_a_killed_active_one(
             f"SIGCONT; SIGKILL: standby delivering {kill_takeover_s:.1f} s after the kill"
         )
         assert pause_takeover_s < 12.0 and kill_takeover_s < 12.0
+        # A clean stop gives the lease up (a standby would not wait for the TTL).
+        first.stop()
+        assert first.said("gave the lease up")
     finally:
         publisher.stop()
         for n in notifiers:

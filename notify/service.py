@@ -255,6 +255,9 @@ class Notifier:
         self.may_send = may_send
         self._records_prefix = topics.notifications("")
         self._settled: dict[str, dict[str, tuple[str, str]]] = {}
+        # ... and per alert (recipient, channel) -> (status, error) of its `raised` ones: a
+        # standby that learnt the alert from its retained state queued it under another id.
+        self._raised: dict[str, dict[tuple[str, str], tuple[str, str]]] = {}
         self._was_active = False
 
     # -- wiring ---------------------------------------------------------------------------------
@@ -421,13 +424,25 @@ class Notifier:
         items = doc.get("notifications") if isinstance(doc, dict) else None
         if not isinstance(items, list):
             self._settled.pop(alert_id, None)  # the alert was forgotten (or a bad record)
+            self._raised.pop(alert_id, None)
             return True
-        self._settled[alert_id] = {
-            str(item["notification_id"]): (str(item["status"]), str(item.get("error") or ""))
+        done = [
+            item
             for item in items
             if isinstance(item, dict)
             and item.get("status") in SETTLED
             and "notification_id" in item
+        ]
+        self._settled[alert_id] = {
+            str(i["notification_id"]): (str(i["status"]), str(i.get("error") or "")) for i in done
+        }
+        self._raised[alert_id] = {
+            (str(i.get("recipient")), str(i.get("channel"))): (
+                str(i["status"]),
+                str(i.get("error") or ""),
+            )
+            for i in done
+            if i.get("message") == "raised"
         }
         self._settle_known({alert_id}, now)
         return True
@@ -442,6 +457,16 @@ class Notifier:
             for alert_id in alert_ids
             for nid, outcome in self._settled.get(alert_id, {}).items()
         }
+        for alert_id in alert_ids:
+            raised = self._raised.get(alert_id)
+            if not raised:
+                continue
+            # One `raised` per alert and recipient and channel, whatever its id: the one queued
+            # here from the retained state (`...:retained`) is the one the active one sent.
+            for row in self.store.history(alert_id):
+                told = raised.get((row.recipient, row.channel))
+                if row.status == PENDING and row.message == "raised" and told is not None:
+                    settled[row.notification_id] = told
         if settled:
             self.store.settle(settled, now)
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import orjson
 import pytest
 
 from alerts.events import AlertEvent
@@ -176,6 +177,39 @@ def _standby_follows(
     active[0] = True
     first.handle([_message(f"fw/v1/notifications/{raised.alert_id}", b"")])
     assert first.store.counts() == {"delivered": 1, "pending": 1}
+
+
+def test_a_standby_that_learnt_an_alert_from_its_retained_state_does_not_announce_it_again(
+    tmp_path: Path,
+) -> None:
+    """A standby with a new state file learns an open alert from the sensor's retained state
+    (its `raised` gets another id than the event's); the active one's record says the alert's
+    `raised` was delivered to the same recipient and channel: the standby will not send it."""
+    clock = [T0]
+    active, standby = [False], [False]
+    first = _router(tmp_path, "active", clock, active)
+    second = _router(tmp_path, "standby", clock, standby)
+    try:
+        raised = replace(event("qh-01", 0, 1, "raised"), at_ns=T0, raised_ns=T0, reading_time_ns=T0)
+        first.handle([_message("fw/v1/events/qh-01", raised.to_json())])
+        (sent,) = first.store.due("gis|", T0, 10)[0]
+        first.store.delivered([sent.id], T0)
+        state = {
+            "sensor": "qh-01",
+            "depth_cm": 20.0,
+            "alerts": [
+                {"alert_id": raised.alert_id, "kind": "flood", "state": "active_unack", "level": 1}
+            ],
+        }
+        second.handle([_message("fw/v1/alerts/qh-01", orjson.dumps(state))])
+        (queued,) = second.store.due("gis|", T0, 10)[0]
+        assert queued.notification_id != sent.notification_id
+        record = first.record(raised.alert_id)
+        second.handle([_message(f"fw/v1/notifications/{raised.alert_id}", record)])
+        assert second.store.counts() == {"delivered": 1}
+    finally:
+        first.stop.set()
+        second.stop.set()
 
 
 def test_a_single_node_notifier_neither_follows_records_nor_waits_for_a_lease(

@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="clustered mode (docs/CLUSTER.md): several notifiers, one active, the others "
         "standing by; the active one holds a lease in NATS JetStream (--nats-url) and only it "
         "delivers and publishes the records; a standby follows the same events and records "
-        "and takes over within about 8 s when the active one dies. --mqtt-url is the MQTT "
+        "and takes over within about 7 s when the active one dies. --mqtt-url is the MQTT "
         "front (HAProxy) with --mqtt-protocol 3.1.1, and each instance has its own --client-id "
         "(floodwatch-notify-K) and --notify-state [env FLOODWATCH_CLUSTER=1]",
     )

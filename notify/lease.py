@@ -94,9 +94,7 @@ class Lease:
         self.state = LeaseState()
         self.stop = threading.Event()
         self.changed = threading.Event()  # set when the lease is taken or lost
-        self.thread = threading.Thread(
-            target=lambda: asyncio.run(self._run()), name="notify-lease", daemon=True
-        )
+        self.thread = threading.Thread(target=self._thread, name="notify-lease", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
@@ -126,6 +124,16 @@ class Lease:
         standby takes over without waiting for the TTL."""
         self.stop.set()
         self.thread.join(timeout_s)
+
+    def _thread(self) -> None:
+        """Never gives up: a notifier whose lease thread died would stand by for ever."""
+        while not self.stop.is_set():
+            try:
+                asyncio.run(self._run())
+            except Exception as exc:  # the cluster unreachable, a bucket not made: try again
+                self.state.lost()
+                log.error("lease: %s; trying again in 1 s (this notifier sends nothing)", exc)
+                self.stop.wait(1.0)
 
     async def _run(self) -> None:
         nc = await connect(self.servers)

@@ -17,8 +17,10 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import nats
 import orjson
 import pytest
+from nats.js.errors import KeyWrongLastSequenceError
 
 from alerts.events import AlertEvent
 from floodwatch.cluster import (
@@ -37,7 +39,7 @@ from floodwatch.mqtt import MqttConnection
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry
 from floodwatch.settings import MQTT_V311
 from floodwatch.topics import Topics
-from notify.lease import LEASE_BUCKET, LeaseState, lease_key
+from notify.lease import LEASE_BUCKET, Lease, LeaseState, lease_key
 from notify.routing import load_routing
 from notify.service import Notifier, NotifierOptions
 from notify.store import Store
@@ -294,6 +296,47 @@ class ClusterNotifier:
                 self.proc.wait()
 
 
+@pytest.mark.services  # a real NATS cluster and HAProxy
+def test_the_notify_user_may_use_its_lease_and_nothing_else_of_jetstream(
+    cluster: LocalCluster,
+) -> None:
+    """On the real cluster, as `notify` over the NATS protocol: the lease bucket works (create
+    refused while the key exists, update fenced by the revision); another stream cannot be
+    made, and alert events cannot be published."""
+    root = "t" + uuid.uuid4().hex[:10]
+
+    async def check() -> list[str]:
+        errors: list[str] = []
+        refused = asyncio.Event()  # the server refused the event's publish
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(str(exc).lower())
+            if f"{root}.v1.events.qh-01" in errors[-1]:
+                refused.set()
+
+        nc = await nats.connect(servers=cluster.nats_urls("notify"), error_cb=on_error)
+        try:
+            lease = Lease(cluster.nats_urls("notify"), root, "floodwatch-notify-9")
+            kv = await lease._bucket(nc.jetstream(timeout=5))
+            revision = await kv.create(lease_key(root), b"floodwatch-notify-9")
+            with pytest.raises(KeyWrongLastSequenceError):
+                await kv.create(lease_key(root), b"floodwatch-notify-8")
+            await kv.update(lease_key(root), b"floodwatch-notify-9", last=revision)
+            with pytest.raises(KeyWrongLastSequenceError):
+                await kv.update(lease_key(root), b"floodwatch-notify-8", last=revision)
+            await kv.delete(lease_key(root))
+            with pytest.raises(nats.errors.Error):
+                await nc.jetstream(timeout=2).add_stream(name=f"X{root}", subjects=[f"{root}.x"])
+            await nc.publish(f"{root}.v1.events.qh-01", b"{}")
+            await asyncio.wait_for(refused.wait(), 10)
+        finally:
+            await nc.close()
+        return errors
+
+    errors = asyncio.run(check())
+    assert any("permissions violation for publish" in e for e in errors), errors
+
+
 def _unique(requests: list[Request]) -> int:
     return len({r.headers["X-Floodwatch-Delivery"] for r in requests})
 
@@ -303,6 +346,7 @@ def _took_over(notifier: ClusterNotifier, times: int = 1) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.services  # a real NATS cluster and HAProxy
 def test_the_standby_notifier_takes_over_from_a_paused_then_a_killed_active_one(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:

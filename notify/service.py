@@ -14,6 +14,7 @@ to the store, so a crash of the notifier loses nothing (the broker redelivers, t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -21,6 +22,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 
 import orjson
 
@@ -42,7 +44,7 @@ from notify.escalation import (
 from notify.model import AlertFacts, Send, facts_from_episode, facts_from_event, facts_from_retained
 from notify.plan import alert_doc, event_from_payload, iso, outgoing, plan
 from notify.routing import Routing
-from notify.store import DEAD, DELIVERED, PENDING, SUPPRESSED, Delivery, Store
+from notify.store import DEAD, DELIVERED, PENDING, SUPPRESSED, Delivery, Settled, Store
 
 log = logging.getLogger("notify")
 
@@ -61,6 +63,23 @@ class NotifierOptions:
     give_up_s: float = 24 * 3600.0
     batch: int = 50
     keep_history_s: float = 7 * 24 * 3600.0
+
+
+def _settled_from(item: dict[str, object], now_ns: int) -> Settled:
+    """What a record says of one settled notification; when it was delivered as the record
+    says (else now), so the history keeps the time after a takeover."""
+    delivered_ns: int | None = None
+    if item.get("status") == DELIVERED:
+        delivered_ns = now_ns
+        with contextlib.suppress(TypeError, ValueError):
+            delivered_ns = int(datetime.fromisoformat(str(item["delivered_at"])).timestamp() * _S)
+    attempts = item.get("attempts")
+    return Settled(
+        str(item["status"]),
+        str(item.get("error") or ""),
+        delivered_ns,
+        attempts if isinstance(attempts, int) else 0,
+    )
 
 
 def backoff_s(failures: int, base_s: float, cap_s: float) -> float:
@@ -250,14 +269,13 @@ class Notifier:
         self._alerts_prefix = topics.alert("")
         # The clustered mode (notify/lease.py): None for the single node, which always sends.
         # Otherwise this notifier also follows the retained notification records, so that as
-        # a standby it knows what the active one settled: alert -> notification id -> (status,
-        # error).
+        # a standby it knows what the active one settled: alert -> notification id -> outcome.
         self.may_send = may_send
         self._records_prefix = topics.notifications("")
-        self._settled: dict[str, dict[str, tuple[str, str]]] = {}
-        # ... and per alert (recipient, channel) -> (status, error) of its `raised` ones: a
-        # standby that learnt the alert from its retained state queued it under another id.
-        self._raised: dict[str, dict[tuple[str, str], tuple[str, str]]] = {}
+        self._settled: dict[str, dict[str, Settled]] = {}
+        # ... and per alert (recipient, channel) -> outcome of its `raised` ones: a standby
+        # that learnt the alert from its retained state queued it under another id.
+        self._raised: dict[str, dict[tuple[str, str], Settled]] = {}
         self._was_active = False
 
     # -- wiring ---------------------------------------------------------------------------------
@@ -433,14 +451,9 @@ class Notifier:
             and item.get("status") in SETTLED
             and "notification_id" in item
         ]
-        self._settled[alert_id] = {
-            str(i["notification_id"]): (str(i["status"]), str(i.get("error") or "")) for i in done
-        }
+        self._settled[alert_id] = {str(i["notification_id"]): _settled_from(i, now) for i in done}
         self._raised[alert_id] = {
-            (str(i.get("recipient")), str(i.get("channel"))): (
-                str(i["status"]),
-                str(i.get("error") or ""),
-            )
+            (str(i.get("recipient")), str(i.get("channel"))): _settled_from(i, now)
             for i in done
             if i.get("message") == "raised"
         }
@@ -468,7 +481,7 @@ class Notifier:
                 if row.status == PENDING and row.message == "raised" and told is not None:
                     settled[row.notification_id] = told
         if settled:
-            self.store.settle(settled, now)
+            self.store.settle(settled)
 
     def prime(self, held: dict[str, bytes]) -> None:
         """Apply the retained maintenance records and registry overrides read before the

@@ -46,6 +46,17 @@ class NewDelivery:
 
 
 @dataclass(frozen=True, slots=True)
+class Settled:
+    """A notification another notifier settled, as its retained record says (a standby's
+    copy, notify/lease.py): delivered, dead or suppressed."""
+
+    status: str
+    error: str
+    delivered_ns: int | None
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
 class Delivery:
     id: int
     notification_id: str
@@ -267,17 +278,16 @@ class Store:
             for i, error in failures
         )
 
-    def settle(self, outcomes: dict[str, tuple[str, str]], now_ns: int) -> None:
-        """A standby's copy of what the active notifier settled (notification id -> status,
-        error; status delivered, dead or suppressed): only notifications still pending here
-        change, so it never undoes anything."""
+    def settle(self, outcomes: dict[str, Settled]) -> None:
+        """A standby's copy of what the active notifier settled (notification id -> outcome):
+        only notifications still pending here change, so it never undoes anything."""
         self._write(
             (
-                "UPDATE deliveries SET status = ?, last_error = ?, delivered_ns = ? "
+                "UPDATE deliveries SET status = ?, last_error = ?, delivered_ns = ?, attempts = ? "
                 "WHERE notification_id = ? AND status = ?",
-                (status, error[:500], now_ns if status == DELIVERED else None, nid, PENDING),
+                (o.status, o.error[:500], o.delivered_ns, o.attempts, nid, PENDING),
             )
-            for nid, (status, error) in sorted(outcomes.items())
+            for nid, o in sorted(outcomes.items())
         )
 
     def suppress(self, ids: Sequence[int], reason: str) -> None:

@@ -165,6 +165,8 @@ def _standby_follows(
     assert second.store.counts() == {}
     second.handle([_message("fw/v1/events/qh-01", raised.to_json())])
     assert second.store.counts() == {"delivered": 1}
+    (copied,) = second.store.history(raised.alert_id)
+    assert (copied.delivered_ns, copied.attempts) == (T0, 1)  # as the record says
     # Five minutes on, nobody acknowledged: both queue the escalation (the same id).
     clock[0] = T0 + 5 * 60 * 10**9 + 1
     for router in (first, second):

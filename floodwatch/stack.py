@@ -208,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cluster",
         action="store_true",
         help="the clustered mode: 3 NATS nodes (JetStream, MQTT 3.1.1), HAProxy fronts for MQTT "
-        "and the API, --workers ingest workers, --api-replicas API replicas, InfluxDB and the "
+        "and the API, --workers ingest workers, --api-replicas API replicas, two notifiers "
+        "(notify-1 active, notify-2 standing by), InfluxDB and the "
         "street, all on free loopback ports (README, Architecture); --mqtt-port, --influx-port "
         "and --api-port do not apply",
     )

@@ -238,6 +238,35 @@ def accounts_config(
         f"{{user: api, password: {_q(credentials.mqtt['api'])}, "
         f"permissions: {_permissions(['*.v1.commands.ack', '$MQTT.>'], ['*.v1.>', '$MQTT.>'])}}}"
     )
+    # The notifiers (active/standby, notify/lease.py): MQTT 3.1.1 for what they follow (alert
+    # events and states, episodes, maintenance, registry overrides, each other's retained
+    # records) and publish (the records); the NATS protocol for their lease, a JetStream
+    # key-value bucket (notify.lease.LEASE_BUCKET, its stream KV_ + that name).
+    lease = "floodwatch_notify_lease"
+    notify_pub = [
+        "$MQTT.>",
+        "*.v1.notifications.*",
+        f"$KV.{lease}.>",
+        "$JS.API.INFO",
+        f"$JS.API.STREAM.INFO.KV_{lease}",
+        f"$JS.API.STREAM.CREATE.KV_{lease}",
+        f"$JS.API.DIRECT.GET.KV_{lease}.>",
+        f"$JS.API.STREAM.MSG.GET.KV_{lease}",
+    ]
+    notify_sub = [
+        "_INBOX.>",
+        "$MQTT.>",
+        "*.v1.events.*",
+        "*.v1.alerts.*",
+        "*.v1.episodes",
+        "*.v1.maintenance.*",
+        "*.v1.registry.*",
+        "*.v1.notifications.*",
+    ]
+    users.append(
+        f"{{user: notify, password: {_q(credentials.mqtt['notify'])}, "
+        f"permissions: {_permissions(notify_pub, notify_sub)}}}"
+    )
     mappings = []
     for sensor_id, password in sorted(credentials.sensors.items()):
         sensor = registry.get(sensor_id)

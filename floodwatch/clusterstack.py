@@ -8,6 +8,8 @@ benchmarks: `start_cluster_stack(data, ...)` starts, on free loopback ports,
 - `ingest-1`..`ingest-N`: `python -m ingest --cluster` workers pulling the partitions;
 - `api-1`..`api-M`: API replicas, each with its own MQTT client id, through the MQTT front;
 - `api-front`: HAProxy (HTTP) in front of the API replicas, for the page and its SSE stream;
+- `notify-1`, `notify-2`: notifiers, one active (it holds the lease, notify/lease.py), the other
+  standing by to take over;
 - the simulated street publishing MQTT 3.1.1 through the MQTT front (optional).
 
 Logins go to each process in its environment (never on the command line). `stack_document`
@@ -70,6 +72,8 @@ DEFAULT_WORKERS = 2
 # `python -m ingest --ack-wait`'s default: the partition consumers are made with it.
 WORKER_ACK_WAIT_S = 4.0
 DEFAULT_API_REPLICAS = 2
+# Active and standby (notify/lease.py).
+DEFAULT_NOTIFIERS = 2
 # HAProxy's checks of the API replicas (each one a line in the replica's access log): every
 # 2 s, every 0.5 s once one failed, so a dead replica is out within about 3 s; meanwhile a
 # request it refuses is sent to another at once (`option redispatch 1`).
@@ -196,6 +200,7 @@ class ClusterStack:
     influxd: Service
     workers: list[Service]
     apis: list[Service]
+    notifiers: list[Service]
     api_front: Service
     api_front_stats_port: int
     simulator: Service | None
@@ -237,7 +242,7 @@ class ClusterStack:
 
     def services(self) -> list[Service]:
         nodes = [svc for svc, _ in self.cluster.nodes]
-        apps = [*self.workers, *self.apis, self.api_front]
+        apps = [*self.workers, *self.apis, self.api_front, *self.notifiers]
         street = [self.simulator] if self.simulator is not None else []
         return [*nodes, self.cluster.front, self.influxd, *apps, *street]
 
@@ -300,6 +305,8 @@ def start_cluster_stack(
     workers: int = DEFAULT_WORKERS,
     api_replicas: int = DEFAULT_API_REPLICAS,
     partitions: int = DEFAULT_PARTITIONS,
+    notifiers: int = DEFAULT_NOTIFIERS,
+    notify_routing: Path | None = None,
     speed: str = "60",
     simulator: bool = True,
     api_keys: Path | None = None,
@@ -309,8 +316,9 @@ def start_cluster_stack(
     """Start the clustered pipeline under `data` (NATS data, logs, credentials) and stop it
     all, in reverse, on leaving. `workers=0` starts no ingest (tests that publish alerts
     themselves); `api_keys` is the keys file the replicas read (none: anonymous reads only).
-    `env` is added to every Floodwatch process's environment."""
-    if workers < 0 or api_replicas < 1 or partitions < 1:
+    `env` is added to every Floodwatch process's environment. `notifiers` (0: none) share one
+    lease; `notify_routing` is their routing file (none: config/notify-routing.demo.toml)."""
+    if workers < 0 or api_replicas < 1 or partitions < 1 or notifiers < 0:
         raise ValueError(
             f"need workers >= 0, api_replicas >= 1 and partitions >= 1, got {workers}, "
             f"{api_replicas}, {partitions}"
@@ -408,6 +416,24 @@ def start_cluster_stack(
             api_svcs.append(_app(name, "api", args, api_env, logs, port))
             ports[name] = {"http": port}
             urls[name] = f"http://127.0.0.1:{port}/"
+        notify_svcs = []
+        routing = notify_routing or ROOT / "config" / "notify-routing.demo.toml"
+        for k in range(1, notifiers + 1):
+            name = f"notify-{k}"
+            metrics_port = free_port()
+            notify_env = {
+                **base_env,
+                "FLOODWATCH_CLUSTER": "1",
+                "FLOODWATCH_NATS_URL": ",".join(cluster.nats_urls("notify")),
+                "FLOODWATCH_MQTT_URL": creds.mqtt_url("notify", "127.0.0.1", front.port),
+                "FLOODWATCH_CLIENT_ID": f"floodwatch-{name}",
+                "FLOODWATCH_ROUTING": str(routing),
+                "FLOODWATCH_NOTIFY_STATE": str(data / f"{name}.sqlite"),
+                "FLOODWATCH_METRICS_PORT": str(metrics_port),
+            }
+            notify_svcs.append(_app(name, "notify", [], notify_env, logs))
+            ports[name] = {"metrics": metrics_port}
+            urls[name] = f"http://127.0.0.1:{metrics_port}/metrics"
         api_front, stats_port = api_front_service(
             data, creds, [(svc.name, svc.port) for svc in api_svcs]
         )
@@ -436,6 +462,7 @@ def start_cluster_stack(
             influxd,
             worker_svcs,
             api_svcs,
+            notify_svcs,
             api_front,
             stats_port,
             street,
@@ -445,7 +472,7 @@ def start_cluster_stack(
             ports,
             urls,
         )
-        apps = [*worker_svcs, *api_svcs, api_front, *([street] if street else [])]
+        apps = [*worker_svcs, *api_svcs, api_front, *notify_svcs, *([street] if street else [])]
         # Sensors added, retired or moved through the API get their NATS users and mappings
         # (a reload), and client-id takeovers are logged: logs/cluster-admin.log.
         admin = cluster_admin(
@@ -468,7 +495,9 @@ DOCKER_RESOLVERS = """resolvers docker
 """
 
 
-def cluster_service_names(workers: int, api_replicas: int, size: int = 3) -> list[str]:
+def cluster_service_names(
+    workers: int, api_replicas: int, size: int = 3, notifiers: int = DEFAULT_NOTIFIERS
+) -> list[str]:
     """The services of the clustered mode, as stack.json and compose's `cluster` profile name
     them (the street and one-shot set-up jobs aside)."""
     return [
@@ -478,6 +507,7 @@ def cluster_service_names(workers: int, api_replicas: int, size: int = 3) -> lis
         *(f"ingest-{k}" for k in range(1, workers + 1)),
         *(f"api-{k}" for k in range(1, api_replicas + 1)),
         "api-front",
+        *(f"notify-{k}" for k in range(1, notifiers + 1)),
     ]
 
 

@@ -223,7 +223,7 @@ def check_client_id(login: str | None, client_id: str, *, broker_binds: bool = T
         raise SettingsError(
             f"--client-id {client_id!r} does not start with {bound + '-'!r}: in the cluster the "
             f"login {login!r} connects with {bound} or {bound}-SOMETHING (no '.', which NATS "
-            "refuses), e.g. --client-id floodwatch-ingest-2 (FLOODWATCH_CLIENT_ID)"
+            f"refuses), e.g. --client-id {bound}-2 (FLOODWATCH_CLIENT_ID)"
         )
     if bound is not None and client_id != bound:
         raise SettingsError(

@@ -10,7 +10,8 @@ installs what is missing and runs this.
 NATS nodes with JetStream and MQTT, HAProxy in front of their MQTT listeners (`mqtt-front`) and
 of the API replicas (`api-front`), InfluxDB, `--workers` ingest workers and `--api-replicas`
 API replicas, and the street publishing MQTT 3.1.1 through the front door
-(floodwatch.clusterstack, which tests and benchmarks reuse). No notifier in this mode yet.
+(floodwatch.clusterstack, which tests and benchmarks reuse), and two notifiers (`notify-1`,
+`notify-2`): one active, one standing by to take over (notify/lease.py).
 
 Once every service is up, DATA/stack.json says where each one is (name, URL, ports, PID, log)
 and where the credential files are, so tools and tests find a running stack without reading
@@ -207,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cluster",
         action="store_true",
         help="the clustered mode: 3 NATS nodes (JetStream, MQTT 3.1.1), HAProxy fronts for MQTT "
-        "and the API, --workers ingest workers, --api-replicas API replicas, InfluxDB and the "
+        "and the API, --workers ingest workers, --api-replicas API replicas, two notifiers "
+        "(notify-1 active, notify-2 standing by), InfluxDB and the "
         "street, all on free loopback ports (README, Architecture); --mqtt-port, --influx-port "
         "and --api-port do not apply",
     )
@@ -298,6 +300,8 @@ def run_cluster(args: argparse.Namespace, data: Path) -> int:
   NATS         {", ".join(stack.urls[s.name] for s, _ in stack.cluster.nodes)}
   workers      {", ".join(w.name for w in stack.workers) or "none"} over {stack.partitions} \
 partitions
+  notifiers    {", ".join(n.name for n in stack.notifiers)}   (one active, the other standing by; \
+what would be sent: their logs)
   logs         {logs}/   (NATS nodes: {data / "nats"}/)
   NATS admin   {logs / "cluster-admin.log"}   (reloads after registry changes, client-id \
 takeovers; by hand: python -m floodwatch.cluster reload)

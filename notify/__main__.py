@@ -11,12 +11,13 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
 from floodwatch.credentials import check_client_id
-from floodwatch.errors import FloodwatchError
+from floodwatch.errors import FloodwatchError, SettingsError
 from floodwatch.metrics import serve as serve_metrics
 from floodwatch.mqtt import MqttConnection
 from floodwatch.registry import load_registry
@@ -31,6 +32,7 @@ from floodwatch.settings import (
     whole_number,
 )
 from floodwatch.topics import Topics
+from notify.lease import Lease
 from notify.routing import Routing, RoutingError, load_routing
 from notify.service import Notifier, NotifierOptions
 from notify.store import Store
@@ -86,7 +88,16 @@ NOTIFY_OPTIONS = (
         "port of the notifier's Prometheus endpoint, http://HOST:PORT/metrics (0: none)",
     ),
     option("--metrics-host", "127.0.0.1", "address of the metrics endpoint (0.0.0.0: all)"),
+    option(
+        "--nats-url",
+        "",
+        "with --cluster: the NATS nodes, nats://user:password@host:port[,nats://...] (the "
+        "`notify` user), where the notifiers' lease lives",
+    ),
 )
+
+# Notifications a sender takes at a time in the clustered mode (50 on a single node).
+CLUSTER_BATCH = 8
 
 DESCRIPTION = """\
 Follow the alert engine's events ({root}/v1/events/+, QoS 1, persistent session), the
@@ -122,6 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_options(parser, SHARED + NOTIFY_OPTIONS)
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        default=os.environ.get("FLOODWATCH_CLUSTER", "").lower() in ("1", "true", "yes"),
+        help="clustered mode (docs/CLUSTER.md): several notifiers, one active, the others "
+        "standing by; the active one holds a lease in NATS JetStream (--nats-url) and only it "
+        "delivers and publishes the records; a standby follows the same events and records "
+        "and takes over within about 7 s when the active one dies. --mqtt-url is the MQTT "
+        "front (HAProxy) with --mqtt-protocol 3.1.1, and each instance has its own --client-id "
+        "(floodwatch-notify-K) and --notify-state [env FLOODWATCH_CLUSTER=1]",
+    )
     # The notifier reads no database: the shared checks still want these names.
     parser.set_defaults(influx_url="http://127.0.0.1:8086", influx_db="floodwatch")
     return parser
@@ -234,10 +256,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             retry_max_s=real_number(args.retry_max, "--retry-max", positive=True),
             give_up_s=real_number(args.give_up_after, "--give-up-after", positive=True),
         )
+        if args.cluster:
+            # A sender records its deliveries a batch at a time, and a standby learns of them
+            # from the records that follow: a smaller batch means fewer resends after a
+            # takeover (at most about a batch per destination, plus 0.2 s of records).
+            options = replace(options, batch=CLUSTER_BATCH)
         configure_logging(settings.log_level, "notify")
         routing = routing_from(args.routing)
         registry = load_registry(settings.registry_path)
-        check_client_id(settings.mqtt.username, args.client_id)
+        # NATS cannot bind a client id to a login: the cluster's notifiers share `notify`.
+        check_client_id(settings.mqtt.username, args.client_id, broker_binds=not args.cluster)
+        nats_urls = [u.strip() for u in str(args.nats_url).split(",") if u.strip()]
+        if args.cluster and not all(u.startswith(("nats://", "tls://")) for u in nats_urls or [""]):
+            raise SettingsError(
+                "--cluster needs --nats-url nats://user:password@host:port[,...] (the NATS "
+                f"nodes), got {str(args.nats_url)[:60]!r}; set --nats-url or FLOODWATCH_NATS_URL."
+            )
         store = Store(state_path(args.notify_state, args.client_id))
     except FloodwatchError as exc:
         print(f"notify: {exc}", file=sys.stderr)
@@ -249,7 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             routing.source,
         )
     topics = Topics(settings.topic_root)
-    notifier = Notifier(routing, registry, topics, store, options)
+    lease = Lease(nats_urls, settings.topic_root, args.client_id) if args.cluster else None
+    notifier = Notifier(
+        routing, registry, topics, store, options, may_send=None if lease is None else lease.held
+    )
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
         notifier.stop.set()
@@ -272,17 +309,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             read_retained(
                 settings.mqtt,
                 [topics.maintenance("+"), topics.registry_override("+")],
-                client_id=args.client_id,
-                session_expiry_s=session_expiry,
+                # In the cluster a clean connection of its own: NATS does not bind the id, and
+                # the persistent session, opened twice in a row, lost events now and then.
+                client_id=f"{args.client_id}-prime" if args.cluster else args.client_id,
+                session_expiry_s=None if args.cluster else session_expiry,
             )
         )
         mqtt.start(timeout_s=30)
+        if lease is not None:
+            # After the subscriptions: a notifier takes over only once it follows the events.
+            lease.start()
     except FloodwatchError as exc:
         print(f"notify: {exc}", file=sys.stderr)
         return 1
     log.info(
-        "notifying from %s: %d rules, %d recipients, %d channels; state in %s",
+        "notifying from %s%s: %d rules, %d recipients, %d channels; state in %s",
         settings.mqtt,
+        "" if lease is None else f" (clustered: {args.client_id}, standing by for the lease)",
         len(routing.rules),
         len(routing.recipients),
         len(routing.channels),
@@ -306,6 +349,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("stopping: %s", exc)
         mqtt.stop()
         return 1
+    if lease is not None:
+        # The senders have stopped: nothing more goes out from here.
+        lease.release()
     mqtt.stop()
     store.close()
     return 0

@@ -14,6 +14,7 @@ to the store, so a crash of the notifier loses nothing (the broker redelivers, t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -21,6 +22,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 
 import orjson
 
@@ -42,11 +44,15 @@ from notify.escalation import (
 from notify.model import AlertFacts, Send, facts_from_episode, facts_from_event, facts_from_retained
 from notify.plan import alert_doc, event_from_payload, iso, outgoing, plan
 from notify.routing import Routing
-from notify.store import DEAD, DELIVERED, PENDING, SUPPRESSED, Delivery, Store
+from notify.store import DEAD, DELIVERED, PENDING, SUPPRESSED, Delivery, Settled, Store
 
 log = logging.getLogger("notify")
 
 _S = 10**9
+# A send a deposed notifier did not make (notify/lease.py); the sender leaves it pending.
+FENCED = Outcome("retry", "not sent: this notifier no longer holds the lease")
+# A notification the active notifier's retained record shows settled (the standby copies it).
+SETTLED = (DELIVERED, DEAD, SUPPRESSED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +63,23 @@ class NotifierOptions:
     give_up_s: float = 24 * 3600.0
     batch: int = 50
     keep_history_s: float = 7 * 24 * 3600.0
+
+
+def _settled_from(item: dict[str, object], now_ns: int) -> Settled:
+    """What a record says of one settled notification; when it was delivered as the record
+    says (else now), so the history keeps the time after a takeover."""
+    delivered_ns: int | None = None
+    if item.get("status") == DELIVERED:
+        delivered_ns = now_ns
+        with contextlib.suppress(TypeError, ValueError):
+            delivered_ns = int(datetime.fromisoformat(str(item["delivered_at"])).timestamp() * _S)
+    attempts = item.get("attempts")
+    return Settled(
+        str(item["status"]),
+        str(item.get("error") or ""),
+        delivered_ns,
+        attempts if isinstance(attempts, int) else 0,
+    )
 
 
 def backoff_s(failures: int, base_s: float, cap_s: float) -> float:
@@ -86,8 +109,11 @@ class Sender:
         stop: threading.Event,
         clock: Callable[[], int] = time.time_ns,
         silenced: Callable[[str], str] = lambda alert_id: "",
+        may_send: Callable[[], bool] = lambda: True,
     ) -> None:
         self.dest = dest
+        # The clustered mode's fence (notify/lease.py): only the lease's holder sends.
+        self.may_send = may_send
         self.silenced = silenced
         self.adapter = adapter
         self.store = store
@@ -103,6 +129,11 @@ class Sender:
 
     def run(self) -> None:
         while not self.stop.is_set():
+            if not self.may_send():
+                # A standby: its queue mirrors the active one's; it sends once it holds the lease.
+                self.wake.wait(0.2)
+                self.wake.clear()
+                continue
             now = self.clock()
             ready, later = self.store.due(self.dest, now, max(self.options.batch, self.concurrency))
             # Checked again just before sending: a notification queued before its sensor went
@@ -144,6 +175,8 @@ class Sender:
         self.adapter.close()
 
     def _attempt(self, item: Delivery) -> Outcome:
+        if not self.may_send():
+            return FENCED  # lost the lease while the batch waited: the new holder sends it
         try:
             return self.adapter.send(outgoing(item))
         except Exception as exc:  # a bug in one adapter must not stop the destination
@@ -152,6 +185,12 @@ class Sender:
 
     def _record(self, items: list[Delivery], outcomes: list[Outcome]) -> None:
         now = self.clock()
+        kept = [(i, o) for i, o in zip(items, outcomes, strict=True) if o is not FENCED]
+        if len(kept) < len(items):
+            # Not attempted: left pending as they were, neither failed nor counted.
+            items, outcomes = [i for i, _ in kept], [o for _, o in kept]
+            if not items:
+                return
         done = [i.id for i, o in zip(items, outcomes, strict=True) if o.status == "delivered"]
         dead = [
             (i.id, o.detail) for i, o in zip(items, outcomes, strict=True) if o.status == "dead"
@@ -201,6 +240,7 @@ class Notifier:
         store: Store,
         options: NotifierOptions,
         clock: Callable[[], int] = time.time_ns,
+        may_send: Callable[[], bool] | None = None,
     ) -> None:
         self.routing = routing
         self.registry = registry
@@ -227,6 +267,16 @@ class Notifier:
         self.events_seen = 0
         self.ignored = 0
         self._alerts_prefix = topics.alert("")
+        # The clustered mode (notify/lease.py): None for the single node, which always sends.
+        # Otherwise this notifier also follows the retained notification records, so that as
+        # a standby it knows what the active one settled: alert -> notification id -> outcome.
+        self.may_send = may_send
+        self._records_prefix = topics.notifications("")
+        self._settled: dict[str, dict[str, Settled]] = {}
+        # ... and per alert (recipient, channel) -> outcome of its `raised` ones: a standby
+        # that learnt the alert from its retained state queued it under another id.
+        self._raised: dict[str, dict[tuple[str, str], Settled]] = {}
+        self._was_active = False
 
     # -- wiring ---------------------------------------------------------------------------------
 
@@ -268,6 +318,7 @@ class Notifier:
                         self.stop,
                         self.clock,
                         self.silence_reason,
+                        self.may_send or (lambda: True),
                     )
                     self.senders[dest] = sender
                     sender.thread.start()
@@ -275,13 +326,17 @@ class Notifier:
 
     def subscriptions(self) -> list[tuple[str, int]]:
         """Alert events, the sensors' retained alert states, and finished flood episodes."""
-        return [
+        subscriptions = [
             (self.topics.all_alert_events, 1),
             (self.topics.alert("+"), 1),
             (self.topics.episodes, 1),
             (self.topics.maintenance("+"), 1),
             (self.topics.registry_override("+"), 1),
         ]
+        if self.may_send is not None:
+            # The active notifier's records: what it delivered (a standby copies the status).
+            subscriptions.append((self.topics.notifications("+"), 1))
+        return subscriptions
 
     def deliver(self, delivery: MqttDelivery) -> None:
         """paho's thread: hand the message to the router."""
@@ -297,6 +352,8 @@ class Notifier:
         view = dict(self.tracks)
         for message in batch:
             if self._operation(message, now, view, changed, sends):
+                continue
+            if self._note_record(message, now):
                 continue
             if not message.payload:
                 continue  # a sensor's retained state cleared: nothing to announce
@@ -327,6 +384,7 @@ class Notifier:
                 sends.extend(new_sends)
         deliveries = plan(sends, self.routing, self.options.page_url, now, self.silenced(now))
         self.store.commit(changed, [], deliveries, now)
+        self._settle_known({d.alert_id for d in deliveries}, now)
         self.tracks = view
         if self.mqtt is not None:
             self.mqtt.ack_many(batch)
@@ -370,6 +428,60 @@ class Notifier:
                 log.error("registry override skipped: %s", problem)
             return True
         return False
+
+    def _note_record(self, message: MqttDelivery, now: int) -> bool:
+        """A retained notification record (clustered mode only); False for any other message.
+
+        A standby marks what the record shows delivered, dead or suppressed as such in its own
+        queue, so that on taking over it sends only what the dead active one had not settled
+        (and what it settled in its last moments, before publishing, again: at least once)."""
+        alert_id = self.topics.last_level(message.topic, self._records_prefix)
+        if alert_id is None or self.may_send is None:
+            return False
+        doc = _json(message.payload) if message.payload else None
+        items = doc.get("notifications") if isinstance(doc, dict) else None
+        if not isinstance(items, list):
+            self._settled.pop(alert_id, None)  # the alert was forgotten (or a bad record)
+            self._raised.pop(alert_id, None)
+            return True
+        done = [
+            item
+            for item in items
+            if isinstance(item, dict)
+            and item.get("status") in SETTLED
+            and "notification_id" in item
+        ]
+        self._settled[alert_id] = {str(i["notification_id"]): _settled_from(i, now) for i in done}
+        self._raised[alert_id] = {
+            (str(i.get("recipient")), str(i.get("channel"))): _settled_from(i, now)
+            for i in done
+            if i.get("message") == "raised"
+        }
+        self._settle_known({alert_id}, now)
+        return True
+
+    def _settle_known(self, alert_ids: set[str], now: int) -> None:
+        """While a standby: copy the settled statuses known for these alerts into the queue
+        (a record may arrive before the event that queues its notifications here)."""
+        if self.may_send is None or self.may_send():
+            return  # the holder's own queue is the truth; its records only echo it
+        settled = {
+            nid: outcome
+            for alert_id in alert_ids
+            for nid, outcome in self._settled.get(alert_id, {}).items()
+        }
+        for alert_id in alert_ids:
+            raised = self._raised.get(alert_id)
+            if not raised:
+                continue
+            # One `raised` per alert and recipient and channel, whatever its id: the one queued
+            # here from the retained state (`...:retained`) is the one the active one sent.
+            for row in self.store.history(alert_id):
+                told = raised.get((row.recipient, row.channel))
+                if row.status == PENDING and row.message == "raised" and told is not None:
+                    settled[row.notification_id] = told
+        if settled:
+            self.store.settle(settled)
 
     def prime(self, held: dict[str, bytes]) -> None:
         """Apply the retained maintenance records and registry overrides read before the
@@ -443,6 +555,7 @@ class Notifier:
             return
         deliveries = plan(sends, self.routing, self.options.page_url, now, self.silenced(now))
         self.store.commit(changed, forget, deliveries, now)
+        self._settle_known({d.alert_id for d in deliveries}, now)
         self.tracks = {k: v for k, v in {**self.tracks, **changed}.items() if k not in forget}
         if deliveries:
             self.ensure_senders()
@@ -473,12 +586,27 @@ class Notifier:
                 self.handle(batch)
             if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + 1.0
+                self._follow_lease()
                 self.tick()
                 self.ensure_senders()  # replayed dead letters, held notifications
         publisher.join(5)
         for sender in list(self.senders.values()):
             sender.wake.set()
             sender.thread.join(10)
+
+    def _follow_lease(self) -> None:
+        """Log a change of role; a new holder republishes every record from its own queue."""
+        if self.may_send is None:
+            return
+        active = self.may_send()
+        if active and not self._was_active:
+            log.info("active: delivering the queue (%s)", self.summary())
+            self.mark_dirty(set(self.tracks) | set(self._settled))
+            with self._dirty_lock:
+                self._published.clear()
+        elif self._was_active and not active:
+            log.warning("standby: stopped delivering (the lease is lost)")
+        self._was_active = active
 
     # -- history --------------------------------------------------------------------------------
 
@@ -534,6 +662,12 @@ class Notifier:
                 gone, self._gone = self._gone, set()
             if self.mqtt is None:
                 continue
+            if self.may_send is not None and not self.may_send():
+                # Only the active notifier writes the records; a standby keeps them for later.
+                with self._dirty_lock:
+                    self._dirty |= dirty
+                    self._gone |= gone
+                continue
             for alert_id in sorted(gone):
                 self.mqtt.publish(self.topics.notifications(alert_id), b"", qos=1, retain=True)
                 self._published.pop(alert_id, None)
@@ -578,6 +712,13 @@ class Notifier:
                 "Age of the oldest undelivered notification (0 when none waits).",
                 "gauge",
                 [({}, age)],
+            ),
+            Metric(
+                "floodwatch_notify_active",
+                "1 while this notifier delivers: always on a single node; in the cluster while "
+                "it holds the lease (0: standing by).",
+                "gauge",
+                [({}, 1 if self.may_send is None or self.may_send() else 0)],
             ),
             Metric(
                 "floodwatch_notify_open_alerts",

@@ -46,6 +46,17 @@ class NewDelivery:
 
 
 @dataclass(frozen=True, slots=True)
+class Settled:
+    """A notification another notifier settled, as its retained record says (a standby's
+    copy, notify/lease.py): delivered, dead or suppressed."""
+
+    status: str
+    error: str
+    delivered_ns: int | None
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
 class Delivery:
     id: int
     notification_id: str
@@ -265,6 +276,18 @@ class Store:
                 (error[:500], DEAD if dead else PENDING, retry_at_ns or 0, i),
             )
             for i, error in failures
+        )
+
+    def settle(self, outcomes: dict[str, Settled]) -> None:
+        """A standby's copy of what the active notifier settled (notification id -> outcome):
+        only notifications still pending here change, so it never undoes anything."""
+        self._write(
+            (
+                "UPDATE deliveries SET status = ?, last_error = ?, delivered_ns = ?, attempts = ? "
+                "WHERE notification_id = ? AND status = ?",
+                (o.status, o.error[:500], o.delivered_ns, o.attempts, nid, PENDING),
+            )
+            for nid, o in sorted(outcomes.items())
         )
 
     def suppress(self, ids: Sequence[int], reason: str) -> None:

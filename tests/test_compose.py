@@ -423,14 +423,14 @@ def test_the_cluster_profile_runs_the_services_stack_json_names(compose: Doc) ->
         assert image.startswith("nats:") and image.endswith("-alpine")
         assert f"v{image[len('nats:') : -len('-alpine')]}" in nats_version, (image, nats_version)
     assert services["mqtt-front"]["image"] == services["api-front"]["image"]
-    # Every worker and replica has a client id of its own (NATS binds none: two with one id
-    # would take each other's session).
+    # Every worker, replica and notifier has a client id of its own (NATS binds none: two
+    # with one id would take each other's session).
     ids = [
         s["command"][s["command"].index("--client-id") + 1]
         for name, s in services.items()
         if name in cluster and "--client-id" in s.get("command", [])
     ]
-    assert len(ids) == len(set(ids)) == 4
+    assert len(ids) == len(set(ids)) == 6  # workers, replicas, notifiers
 
 
 def test_the_cluster_profile_configuration_is_valid(tmp_path: Path) -> None:

@@ -4,9 +4,9 @@ alerts are exactly those before it (nothing raised twice, nothing forgotten).
 Two sources, both already in InfluxDB:
 - the alert events the engine emitted: which alerts are open, in which lifecycle state, at which
   level, acknowledged by whom, and the flood episode in progress;
-- the readings since `rebuild_window_start(events, now_ns, newest_ns)`: the short memory of the rules
-  (the debounce's previous reading, hysteresis and rate-of-rise windows, obstructions, unchanged
-  values) and the peaks of open floods since their last event. These readings are replayed
+- the readings since `rebuild_window_start(events, now_ns, newest_ns)`: the short memory of the
+  rules (the debounce's previous reading, hysteresis and rate-of-rise windows, obstructions,
+  unchanged values) and the peaks of open floods since their last event. These readings are replayed
   through the same vectorised pass as `step`, silently; the replay's own alert decisions are
   then replaced by what the events say.
 

@@ -15,11 +15,10 @@ pulling: the readings the previous owner took and never acknowledged come back a
 consumer's ack wait, and they are older than the new ones, so the worker holds the partition's
 messages until those are back (or the wait has passed), then rebuilds its sensors' alert state
 from InfluxDB (so it sees what the previous owner stored of them: it has had the ack wait to
-store them) and hands them over in
-stream order after the rebuilt state. So the engine judges the partition in order, and a
-reading already stored (not newer than the rebuilt state's last reading for its sensor) is
-ignored by the engine's rule 1: a failover raises nothing twice and misses nothing. Losing a
-partition (Unpinned: another worker holds it) drops its state.
+store them) and hands them over in stream order after the rebuilt state. So the engine judges
+the partition in order, and a reading already stored (not newer than the rebuilt state's last
+reading for its sensor) is ignored by the engine's rule 1: a failover raises nothing twice and
+misses nothing. Losing a partition (Unpinned: another worker holds it) drops its state.
 
 A message in hand is acknowledged after its batch is stored (explicit acknowledgements,
 floodwatch.cluster.acknowledge); while it waits (InfluxDB slow), the worker tells the server it

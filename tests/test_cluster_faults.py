@@ -472,9 +472,9 @@ def cluster_row(test: Callable[..., None]) -> Callable[..., None]:
 CLUSTER_DEFECTS = pytest.mark.xfail(
     reason="NATS 2.15.1 stores a few PUBACKed readings around sensors' reconnections under their "
     "own subject, without the account's partition mapping (or not at all), where no worker "
-    "reads; and a partition moved between workers by a NATS fault is rebuilt from InfluxDB "
-    "with floods clearing a hold time late, merging, or decided twice (RELIABILITY.md, "
-    "Clustered mode)",
+    "reads; and a batch a dying consumer leader delivered is redelivered after the ack wait "
+    "behind newer readings, which the engine ignores as late, so a flood in it may be "
+    "missed (RELIABILITY.md, Clustered mode, findings 1 and 2)",
     strict=False,
 )
 

@@ -1,6 +1,7 @@
-"""A partition taken over by another worker (or one ingest restarted) judges on as the
-uninterrupted run did (issue 14: "the engine's state for those partitions is rebuilt ... before
-their alerts resume, and no alert is lost or raised twice").
+"""A partition taken over by another worker judges on as the uninterrupted run did (issue 14:
+"the engine's state for those partitions is rebuilt ... before their alerts resume, and no
+alert is lost or raised twice"); a single-node restart rebuilds through the same
+Alerting.rebuild_state.
 
 No broker: the clustered fault tests' flood (tests/cluster_faults.py: the shipped flash flood,
 one ward per street, stamped in the past) is decoded and judged batch by batch through the
@@ -102,10 +103,9 @@ class Worker:
 
     def states(self) -> list[tuple[object, ...]]:
         """Each engine's open alerts, episode and flood levels."""
-        engines = self.alerting._engines
         out: list[tuple[object, ...]] = []
-        for part in sorted(engines):
-            state = engines[part].state if engines[part] is not None else None  # type: ignore[union-attr]
+        for part, engine in sorted(self.alerting._engines.items()):
+            state = engine.state if engine is not None else None
             if state is not None:
                 out.append((part, state.alerts, state.episode, state.arrays.level.tolist()))
         return out

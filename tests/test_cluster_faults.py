@@ -472,9 +472,9 @@ def cluster_row(test: Callable[..., None]) -> Callable[..., None]:
 CLUSTER_DEFECTS = pytest.mark.xfail(
     reason="NATS 2.15.1 stores a few PUBACKed readings around sensors' reconnections under their "
     "own subject, without the account's partition mapping (or not at all), where no worker "
-    "reads; and in some runs a NATS fault still makes a worker judge a few floods "
-    "differently, with or without a partition move (cause not established; redelivery out "
-    "of order is suspected) (RELIABILITY.md, Clustered mode, findings 1 and 2)",
+    "reads; and around a leader kill some readings reach a worker behind newer ones of the "
+    "same sensor, with or without a partition move, and the engine ignores them as late, so "
+    "a flood may be missed (RELIABILITY.md, Clustered mode, findings 1 and 2)",
     strict=False,
 )
 

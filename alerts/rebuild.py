@@ -4,9 +4,9 @@ alerts are exactly those before it (nothing raised twice, nothing forgotten).
 Two sources, both already in InfluxDB:
 - the alert events the engine emitted: which alerts are open, in which lifecycle state, at which
   level, acknowledged by whom, and the flood episode in progress;
-- the readings since `rebuild_window_start(events, now_ns)`: the short memory of the rules
-  (the debounce's previous reading, hysteresis and rate-of-rise windows, obstructions, unchanged
-  values) and the peaks of open floods since their last event. These readings are replayed
+- the readings since `rebuild_window_start(events, now_ns, newest_ns)`: the short memory of the
+  rules (the debounce's previous reading, hysteresis and rate-of-rise windows, obstructions,
+  unchanged values) and the peaks of open floods since their last event. These readings are replayed
   through the same vectorised pass as `step`, silently; the replay's own alert decisions are
   then replaced by what the events say.
 
@@ -56,10 +56,17 @@ from floodwatch.registry import Registry
 REBUILD_LOOKBACK_NS = TAIL_NS + OBSTRUCTION_FAULT_NS + 10 * MINUTE_NS
 
 
-def rebuild_window_start(events: Iterable[Event], now_ns: int) -> int:
-    """From when to read stored readings back for `rebuild`: the lookback before `now_ns`, or
-    earlier if an open flood alert's latest change is older (its peak since then is needed)."""
-    start = now_ns - REBUILD_LOOKBACK_NS
+def rebuild_window_start(events: Iterable[Event], now_ns: int, newest_ns: int | None = None) -> int:
+    """From when to read stored readings back for `rebuild`: the lookback before the newest
+    stored reading (`newest_ns`, no later than `now_ns`; `now_ns` when none is known), or
+    earlier if an open flood alert's latest change is older (its peak since then is needed).
+
+    The rules' memory reaches back from the last reading judged, not from the wall clock: a
+    partition taken over with a backlog behind it (readings hours older than the clock), or a
+    restart after a long stop, finds its debounce, hysteresis and rate-of-rise windows where
+    its readings stopped, and the readings redelivered from there are recognised as judged."""
+    anchor = now_ns if newest_ns is None else min(newest_ns, now_ns)
+    start = anchor - REBUILD_LOOKBACK_NS
     for alert in _open_alerts(_alert_events(events)).values():
         if alert.kind == "flood" and alert.active:
             start = min(start, alert.reading_time_ns)

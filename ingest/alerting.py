@@ -187,7 +187,7 @@ class Alerting:
                 tags = {k: str(doc.pop(k)) for k in ("sensor", "kind", "change")}
                 doc.pop("time", None)
                 events.append(AlertEvent.from_influx(tags, doc))
-        since = rebuild_window_start(events, now)
+        since = rebuild_window_start(events, now, self._newest_reading(now, registry))
         readings = self._stored_readings(since, registry)
         state = rebuild(registry, events, readings, since, now, self.time_scale)
         return Restored(state, len(events), len(readings), registry)
@@ -200,6 +200,19 @@ class Alerting:
         ids = sorted({*registry.sensors, *registry.retired})
         params = {f"s{k}": sensor_id for k, sensor_id in enumerate(ids)}
         return " AND (" + " OR ".join(f'"sensor" = ${name}' for name in params) + ")", params
+
+    def _newest_reading(self, now_ns: int, registry: Registry) -> int | None:
+        """The time of the newest stored reading of the registry's sensors (in the events'
+        memory), where the rules' memory is rebuilt back from; None if there is none."""
+        only, params = self._sensor_clause(registry)
+        rows = self.influx.query(
+            f'SELECT last("level_cm") FROM "water_level" WHERE time >= $since{only}',
+            {"since": now_ns - EVENT_MEMORY_NS, **params},
+            epoch="ns",
+            method="POST" if params else "GET",
+        )
+        times = [int(row[0]) for series in rows for row in series["values"]]
+        return max(times) if times else None
 
     def _stored_readings(self, since_ns: int, registry: Registry) -> ReadingArrays:
         only, params = self._sensor_clause(registry)

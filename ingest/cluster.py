@@ -10,14 +10,15 @@ stops pulling (dies).
 |               | messages in hand until acknowledged    | gained partition's rebuild, executor)  |
 | ingest-finish | (calls `ack`)                          | the loop, through call_soon_threadsafe |
 
-Gaining a partition (the first messages after not owning it): the worker claims it, rebuilds
-its sensors' alert state from InfluxDB and, meanwhile, keeps pulling: the readings the previous
-owner took and never acknowledged come back after the consumer's ack wait, and they are older
-than the new ones, so the worker holds the partition's messages until those are back (or the
-wait has passed) and hands them over in stream order after the rebuilt state. So the engine
-judges the partition in order, and a reading already stored (older than the rebuilt state's
-last reading for its sensor) is ignored by the engine's rule 1: a failover raises nothing twice
-and misses nothing. Losing a partition (Unpinned: another worker holds it) drops its state.
+Gaining a partition (the first messages after not owning it): the worker claims it and keeps
+pulling: the readings the previous owner took and never acknowledged come back after the
+consumer's ack wait, and they are older than the new ones, so the worker holds the partition's
+messages until those are back (or the wait has passed), then rebuilds its sensors' alert state
+from InfluxDB (so it sees what the previous owner stored of them: it has had the ack wait to
+store them) and hands them over in stream order after the rebuilt state. So the engine judges
+the partition in order, and a reading already stored (not newer than the rebuilt state's last
+reading for its sensor) is ignored by the engine's rule 1: a failover raises nothing twice and
+misses nothing. Losing a partition (Unpinned: another worker holds it) drops its state.
 
 One more consumer holds the sensors' publishes no account mapping moved to a partition (a
 sensor added at runtime before `python -m floodwatch.cluster reload`); whichever worker is
@@ -312,8 +313,6 @@ class NatsSource:
         started = time.monotonic()
         self.owned = self.owned | {part}
         self._call(functools.partial(self.alerting.claim, [part]))
-        loop = asyncio.get_running_loop()
-        rebuilding = loop.run_in_executor(None, self._rebuild, part)
         held = list(first)
         info = await retrying(
             functools.partial(nc.jetstream().consumer_info, MQTT_MSGS_STREAM, consumer),
@@ -324,12 +323,16 @@ class NatsSource:
         outstanding = (info.num_ack_pending or 0) - len(first)
         returned = 0
         deadline = started + self.ack_wait_s + 1.0
-        while (returned < outstanding and time.monotonic() < deadline) or not rebuilding.done():
+        while returned < outstanding and time.monotonic() < deadline:
             more = await pull.fetch(FETCH_BATCH, expires_s=0.25)
             held += more
             returned += sum(1 for m in more if m.metadata.num_delivered > 1)
         returned += sum(1 for m in first if m.metadata.num_delivered > 1)
-        rebuilt = await rebuilding
+        # Rebuilt only now: the previous owner's unacknowledged readings are back (or the ack
+        # wait has passed), so what it stored of them, and the events it judged from them, are
+        # in InfluxDB, and the rebuilt state knows them as judged.
+        loop = asyncio.get_running_loop()
+        rebuilt = await loop.run_in_executor(None, self._rebuild, part)
         if rebuilt is not None:
             self._call(functools.partial(self.alerting.adopt, rebuilt))
         held.sort(key=lambda m: m.metadata.sequence.stream)

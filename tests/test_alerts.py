@@ -32,6 +32,7 @@ from alerts import (
 )
 from alerts.lifecycle import TABLE as LIFECYCLE_TABLE
 from alerts.lifecycle import LifecycleError, transition
+from alerts.rebuild import REBUILD_LOOKBACK_NS
 from floodwatch.contract import CHANGES, LIFECYCLES, Change, Lifecycle, Reading
 from floodwatch.registry import SHIPPED_REGISTRY, Registry, Sensor, load_registry
 from ingest.line_protocol import encode_point
@@ -997,6 +998,15 @@ def test_rebuild_window_reaches_back_to_an_open_floods_last_change() -> None:
     assert int(rebuilt.arrays.peak_ns[INDEX["s1"]]) == T0 + 5 * M
 
 
+def test_rebuild_window_reaches_back_from_the_newest_stored_reading() -> None:
+    """The rules' memory is read back from the last reading judged (hours behind the clock in
+    a backlog or a replay), never from after the clock (a reading stamped ahead)."""
+    now = T0 + 600 * M
+    assert rebuild_window_start([], now, T0 + 100 * M) == T0 + 100 * M - REBUILD_LOOKBACK_NS
+    assert rebuild_window_start([], now, now + 5 * M) == now - REBUILD_LOOKBACK_NS
+    assert rebuild_window_start([], now) == now - REBUILD_LOOKBACK_NS
+
+
 # ---------------------------------------------------------------------------------------------
 # Properties over random series.
 
@@ -1264,13 +1274,22 @@ def _drive(
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(fleet=fleets(), restart_at=st.integers(0, 10**6), ack_every=st.integers(0, 3))
+@given(
+    fleet=fleets(),
+    restart_at=st.integers(0, 10**6),
+    ack_every=st.integers(0, 3),
+    behind_min=st.sampled_from([0, 6 * 60]),
+)
 def test_a_restart_rebuilt_from_events_continues_like_an_uninterrupted_run(
-    fleet: tuple[dict[str, list[float]], list[int], list[float]], restart_at: int, ack_every: int
+    fleet: tuple[dict[str, list[float]], list[int], list[float]],
+    restart_at: int,
+    ack_every: int,
+    behind_min: int,
 ) -> None:
     """Stop after any batch, rebuild from the stored events and readings, go on: the events
-    after the restart and the open alerts are exactly those of a run that never stopped."""
-    _restart_continues_like_an_uninterrupted_run(fleet, restart_at, ack_every)
+    after the restart and the open alerts are exactly those of a run that never stopped;
+    also when the readings run hours behind the clock (a backlog, a replay)."""
+    _restart_continues_like_an_uninterrupted_run(fleet, restart_at, ack_every, behind_min)
 
 
 def test_a_car_parked_as_the_rebuild_window_opens_is_not_a_moving_neighbour() -> None:
@@ -1306,7 +1325,10 @@ def test_a_car_parked_inside_the_rebuild_window_is_not_seeded_from_before_it(
 
 
 def _restart_continues_like_an_uninterrupted_run(
-    fleet: tuple[dict[str, list[float]], list[int], list[float]], restart_at: int, ack_every: int
+    fleet: tuple[dict[str, list[float]], list[int], list[float]],
+    restart_at: int,
+    ack_every: int,
+    behind_min: int = 0,
 ) -> None:
     batches = _fleet_batches(*fleet)
     k = 1 + restart_at % len(batches)
@@ -1314,10 +1336,11 @@ def _restart_continues_like_an_uninterrupted_run(
 
     before, before_events = _drive(new_state(REGISTRY, T0), batches[:k], ack_every)
     stored_events = [e for batch in before_events for e in batch]
-    restart_ns = int(batches[k - 1].time_ns.max()) + 4 * M
-    # The database holds readings from T0 on: what it gives back starts there at the earliest.
-    since = max(T0, rebuild_window_start(stored_events, restart_ns))
+    newest_ns = int(batches[k - 1].time_ns.max())
+    restart_ns = newest_ns + 4 * M + behind_min * M
     stored = ReadingArrays.concat(batches[:k])
+    # The database holds readings from T0 on: what it gives back starts there at the earliest.
+    since = max(T0, rebuild_window_start(stored_events, restart_ns, newest_ns))
     window = stored.take(stored.time_ns >= since)
     rebuilt = rebuild(REGISTRY, stored_events, window, since, restart_ns)
 

@@ -472,9 +472,9 @@ def cluster_row(test: Callable[..., None]) -> Callable[..., None]:
 CLUSTER_DEFECTS = pytest.mark.xfail(
     reason="NATS 2.15.1 stores a few PUBACKed readings around sensors' reconnections under their "
     "own subject, without the account's partition mapping (or not at all), where no worker "
-    "reads; and a partition moved between workers by a NATS fault is rebuilt from InfluxDB "
-    "with floods clearing a hold time late, merging, or decided twice (RELIABILITY.md, "
-    "Clustered mode)",
+    "reads; and around a leader kill some readings reach a worker behind newer ones of the "
+    "same sensor, with or without a partition move, and the engine ignores them as late, so "
+    "a flood may be missed (RELIABILITY.md, Clustered mode, findings 1 and 2)",
     strict=False,
 )
 

@@ -45,6 +45,9 @@ from ingest.line_protocol import encode_point
 from ingest.pipeline import EMPTY_BATCH, ToStore
 
 log = logging.getLogger(__name__)
+# How often the rebuild asks again when InfluxDB answers alert_event rows without their fields.
+INCOMPLETE_ATTEMPTS = 3
+INCOMPLETE_RETRY_S = 0.5
 
 
 Publish = Callable[[str, bytes, bool], None]  # topic, payload, retain
@@ -172,6 +175,30 @@ class Alerting:
         adopts it). Raises InfluxError if InfluxDB cannot answer."""
         registry = self.registry  # read once: the owner may change it meanwhile
         now = self._clock()
+        events: list[Event] = []
+        for attempt in range(1, INCOMPLETE_ATTEMPTS + 1):
+            events, incomplete = self._stored_events(now, registry)
+            if not incomplete:
+                break
+            # Seen once with two workers writing a new database: rows whose fields were not
+            # there yet. Asked again they are whole; a row that stays broken is left out.
+            log.warning(
+                "InfluxDB answered %d alert_event rows without their fields (attempt %d of %d)%s",
+                incomplete,
+                attempt,
+                INCOMPLETE_ATTEMPTS,
+                "; asking again" if attempt < INCOMPLETE_ATTEMPTS else "; rebuilding without them",
+            )
+            if attempt < INCOMPLETE_ATTEMPTS:
+                time.sleep(INCOMPLETE_RETRY_S)
+        since = rebuild_window_start(events, now, self._newest_reading(now, registry))
+        readings = self._stored_readings(since, registry)
+        state = rebuild(registry, events, readings, since, now, self.time_scale)
+        return Restored(state, len(events), len(readings), registry)
+
+    def _stored_events(self, now: int, registry: Registry) -> tuple[list[Event], int]:
+        """The stored alert events of the memory window, and how many rows were incomplete (no
+        event id, state or tags) or not this version's (logged); neither stops the rebuild."""
         only, params = self._sensor_clause(registry)
         rows = self.influx.query(
             f'SELECT * FROM "{ALERT_MEASUREMENT}" WHERE time >= $since{only}',
@@ -180,17 +207,21 @@ class Alerting:
             method="POST" if params else "GET",  # a long list of sensors: not in a URL
         )
         events: list[Event] = []
+        incomplete = 0
         for series in rows:
             columns = series["columns"]
             for row in series["values"]:
                 doc = {k: v for k, v in zip(columns, row, strict=True) if v is not None}
+                if any(k not in doc for k in ("sensor", "kind", "change", "event_id", "state")):
+                    incomplete += 1
+                    continue
                 tags = {k: str(doc.pop(k)) for k in ("sensor", "kind", "change")}
                 doc.pop("time", None)
-                events.append(AlertEvent.from_influx(tags, doc))
-        since = rebuild_window_start(events, now, self._newest_reading(now, registry))
-        readings = self._stored_readings(since, registry)
-        state = rebuild(registry, events, readings, since, now, self.time_scale)
-        return Restored(state, len(events), len(readings), registry)
+                try:
+                    events.append(AlertEvent.from_influx(tags, doc))
+                except (ValueError, TypeError) as exc:
+                    log.error("stored alert event left out of the rebuild: %s", exc)
+        return events, incomplete
 
     def _sensor_clause(self, registry: Registry) -> tuple[str, dict[str, str]]:
         """` AND ("sensor" = $s0 OR ...)` with its bound values when the registry is one

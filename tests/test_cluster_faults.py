@@ -378,13 +378,18 @@ def baseline(env: Env) -> RunResult:
     return run
 
 
-def check(row: FaultRow) -> None:
+def check(row: FaultRow, *, late_readings: bool = False) -> None:
+    """The issue's bar. `late_readings`: a NATS fault of this row may hand a worker readings
+    behind newer ones of the same sensor, which the engine stores without judging, so an alert
+    may be missing: that alone is an expected failure (LATE_READINGS), nothing else is."""
     _rows.append(row)
     print(row)
     assert row.acknowledged == row.published, "the broker did not acknowledge every publish"
     assert row.lost == 0, f"{row.lost} acknowledged readings lost"
-    assert row.alerts_missing == 0, f"{row.alerts_missing} alert events missing"
     assert row.alerts_doubled == 0, f"{row.alerts_doubled} alert events decided twice"
+    if row.alerts_missing and late_readings:
+        pytest.xfail(f"{row.alerts_missing} alert events missing: {LATE_READINGS}")
+    assert row.alerts_missing == 0, f"{row.alerts_missing} alert events missing"
 
 
 def restore(env: Env) -> None:
@@ -469,17 +474,14 @@ def cluster_row(test: Callable[..., None]) -> Callable[..., None]:
     return marked
 
 
-CLUSTER_DEFECTS = pytest.mark.xfail(
-    reason="NATS 2.15.1 stores a few PUBACKed readings around sensors' reconnections under their "
-    "own subject, without the account's partition mapping (or not at all), where no worker "
-    "reads; and around a leader kill some readings reach a worker behind newer ones of the "
-    "same sensor, with or without a partition move, and the engine ignores them as late, so "
-    "a flood may be missed (RELIABILITY.md, Clustered mode, findings 1 and 2)",
-    strict=False,
+LATE_READINGS = (
+    "around a consumer leader's death some readings reach a worker behind newer ones of the "
+    "same sensor; the engine stores them as late without judging them, so a flood may be "
+    "raised late or missed (RELIABILITY.md, Clustered mode, finding 2; docs/CLUSTER.md, What "
+    "remains 1)"
 )
 
 
-@CLUSTER_DEFECTS
 @cluster_row
 def test_row1_one_nats_node_killed_under_load_and_brought_back(
     env: Env, baseline: RunResult
@@ -501,11 +503,11 @@ def test_row1_one_nats_node_killed_under_load_and_brought_back(
             "start it at 50%",
             run,
             baseline,
-        )
+        ),
+        late_readings=True,
     )
 
 
-@CLUSTER_DEFECTS
 @cluster_row
 def test_row2_the_mqtt_store_leader_killed_under_load(env: Env, baseline: RunResult) -> None:
     victim: list[str] = []
@@ -528,11 +530,11 @@ def test_row2_the_mqtt_store_leader_killed_under_load(env: Env, baseline: RunRes
             f"kill -9 the MQTT store's leader ({victim[0]}) at 25% of the flood, start it at 60%",
             run,
             baseline,
-        )
+        ),
+        late_readings=True,
     )
 
 
-@CLUSTER_DEFECTS
 @cluster_row
 def test_row5_rolling_restart_of_all_three_nodes_under_load(env: Env, baseline: RunResult) -> None:
     def roll(load: Load) -> float:
@@ -556,7 +558,8 @@ def test_row5_rolling_restart_of_all_three_nodes_under_load(env: Env, baseline: 
             "from 5% of the flood",
             run,
             baseline,
-        )
+        ),
+        late_readings=True,
     )
 
 

@@ -347,6 +347,9 @@ class FaultRow:
     alerts_extra: int  # decided in this run, not in the no-fault run (a clear at another time)
     resume_s: float
     notes: str = ""
+    # Of the lost readings, how many the audit consumer never saw in the broker's store (NATS
+    # acknowledged them and never stored them); None without an audit.
+    lost_never_in_store: int | None = None
 
 
 @dataclass
@@ -413,6 +416,7 @@ def account(fault: str, action: str, run: RunResult, baseline: RunResult) -> Fau
         alerts_extra=len(events - reference),
         resume_s=run.resume_s,
         notes="; ".join(run.notes),
+        lost_never_in_store=None if run.in_broker is None else len(lost - run.in_broker.keys),
     )
 
 

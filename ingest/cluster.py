@@ -20,6 +20,11 @@ the partition in order, and a reading already stored (not newer than the rebuilt
 reading for its sensor) is ignored by the engine's rule 1: a failover raises nothing twice and
 misses nothing. Losing a partition (Unpinned: another worker holds it) drops its state.
 
+Deliveries lost in flight while owning a partition (a consumer leader died with a batch on its
+way; DeliveryOrder sees the gap in the consumer's delivery numbers) come back after the ack
+wait, behind readings delivered since: the worker holds the partition's readings until they
+are back (collect_missed) and hands them over in stream order, so none is judged as late.
+
 One more consumer holds the sensors' publishes no account mapping moved to a partition (a
 sensor added at runtime before `python -m floodwatch.cluster reload`); whichever worker is
 pinned to it hands them to the pipeline under their own subject, which dead-letters them
@@ -91,6 +96,64 @@ def mqtt_topic(topics: Topics, subject: str) -> str:
         if channel == "status":
             return topics.status(sensor_id)
     return subject
+
+
+def delivery_sequences(msgs: Sequence[Msg]) -> list[int]:
+    """The consumer's delivery sequence of each message (a redelivery gets a new one)."""
+    return [m.metadata.sequence.consumer for m in msgs]
+
+
+class DeliveryOrder:
+    """Gaps in one partition consumer's delivery sequence, as this worker sees it. The server
+    numbers every delivery of the consumer, redeliveries included, one after another, so a
+    number skipped is a delivery made to this worker that never reached it; it comes back as
+    a redelivery after the ack wait. A number going back is a new consumer leader redelivering
+    from an older state (duplicates, which the engine ignores): counting restarts there."""
+
+    def __init__(self) -> None:
+        self.last: int | None = None
+
+    def missed(self, sequences: Sequence[int]) -> int:
+        """How many deliveries before and among `sequences` (in arrival order) never came."""
+        missed = 0
+        for seq in sequences:
+            if self.last is not None and seq > self.last + 1:
+                missed += seq - self.last - 1
+            self.last = seq
+        return missed
+
+
+async def collect_missed(
+    pull: PartitionPull, held: list[Msg], missed: int, order: DeliveryOrder, ack_wait_s: float
+) -> tuple[list[Msg], int, int]:
+    """Deliveries of an owned partition never reached this worker (lost in flight: a consumer
+    leader died, a pull expired under them); the server offers them again after the ack wait,
+    behind the readings delivered since, and the engine would take those as late (stored,
+    never judged). So keep pulling and holding the partition's readings until as many
+    redeliveries came back (or the ack wait and a second have passed); returns what is held,
+    in stream order, how many came back and how many were missed in all."""
+    started = touched = time.monotonic()
+    deadline = started + ack_wait_s + 1.0
+    returned = 0
+    while returned < missed and time.monotonic() < deadline:
+        try:
+            more = await pull.fetch(FETCH_BATCH, expires_s=0.25)
+        except Unpinned:
+            raise  # the partition is lost: what is held comes back to its new owner
+        except (nats.errors.Error, TimeoutError, ClusterError) as exc:
+            log.info("pull failed while holding for missed deliveries (%s); pulling again", exc)
+            await asyncio.sleep(0.2)
+            continue
+        missed += order.missed(delivery_sequences(more))
+        returned += sum(1 for m in more if m.metadata.num_delivered > 1)
+        held = held + more
+        if time.monotonic() - touched >= ack_wait_s / 3:
+            # Held for a third of the ack wait: keep these from coming back as well.
+            touched = time.monotonic()
+            for msg in held:
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.in_progress()
+    return sorted(held, key=lambda m: m.metadata.sequence.stream), returned, missed
 
 
 class NatsSource:
@@ -208,6 +271,7 @@ class NatsSource:
         pull = PartitionPull(nc, consumer)
         prefix = MQTT_MSGS_PREFIX + partition_filter(self.topics.root, part)[:-1]
         owned = False
+        order = DeliveryOrder()
         while not self._closed.is_set():
             if not self._pulling.is_set():
                 await asyncio.sleep(0.1)
@@ -231,6 +295,10 @@ class NatsSource:
                         self._lose(part, "its takeover did not complete")
                         raise
                     owned = True
+                    order = DeliveryOrder()
+                    order.missed(sorted(delivery_sequences(msgs)))
+                elif msgs and (missed := order.missed(delivery_sequences(msgs))):
+                    msgs = await self._wait_for_missed(part, pull, msgs, missed, order)
             except Unpinned:
                 if owned:
                     owned = False
@@ -344,6 +412,25 @@ class NatsSource:
             returned,
             max(outstanding, 0) + sum(1 for m in first if m.metadata.num_delivered > 1),
             time.monotonic() - started,
+        )
+        return held
+
+    async def _wait_for_missed(
+        self, part: int, pull: PartitionPull, held: list[Msg], missed: int, order: DeliveryOrder
+    ) -> list[Msg]:
+        started = time.monotonic()
+        held, returned, missed_in_all = await collect_missed(
+            pull, held, missed, order, self.ack_wait_s
+        )
+        log.warning(
+            "partition %d: %d deliveries never reached this worker (lost in flight); held %d "
+            "readings %.1f s until %d of %d came back, then judged them in stream order",
+            part,
+            missed,
+            len(held),
+            time.monotonic() - started,
+            returned,
+            missed_in_all,
         )
         return held
 

@@ -135,7 +135,10 @@ class LoadPublisher:
         self.messages = messages
         self.rate = rate
         ids = sorted({m.sensor_id for m in messages})
-        self.sensors = {s: MqttSensor(cluster, s) for s in ids}
+        # One publish in flight per sensor, as a sensor's firmware (one reading a minute) has:
+        # NATS stores a sensor's QoS 1 publishes out of order when one of a window fails at a
+        # leader change and is resent after the reconnect (docs/CLUSTER.md).
+        self.sensors = {s: MqttSensor(cluster, s, max_inflight=1) for s in ids}
         self.sent: list[tuple[Planned, mqtt.MQTTMessageInfo]] = []
         self.sent_at: list[float] = []  # time.monotonic() of each publish
         # (time.monotonic(), sensor) of every (re)connection after the first: HAProxy shuts a
@@ -402,6 +405,13 @@ def account(fault: str, action: str, run: RunResult, baseline: RunResult) -> Fau
     missing = sorted(reference - events)
     if missing or strays:  # which ones, for whoever reads a failure
         print(f"alert events missing: {missing[:10]}; not in the no-fault run: {strays[:10]}")
+        if run.in_broker is not None:
+            behind = run.in_broker.behind_newer()
+            print(
+                f"readings the store holds behind newer ones of their sensor: "
+                f"{sum(behind.values())} {dict(behind)}; published unmapped: "
+                f"{len(run.in_broker.unmapped)}"
+            )
     return FaultRow(
         fault=fault,
         action=action,
@@ -487,6 +497,17 @@ class Audit:
     @property
     def keys(self) -> set[Key]:
         return set(self.sequence)
+
+    def behind_newer(self) -> Counter[str]:
+        """Per sensor, its readings the store holds behind a newer reading of it (the engine
+        takes those as late): sensors' resent publishes, or copies moved from unmapped."""
+        behind: Counter[str] = Counter()
+        newest: dict[str, int] = {}
+        for (sensor_id, ts), _ in sorted(self.sequence.items(), key=lambda kv: kv[1]):
+            if ts < newest.get(sensor_id, ts):
+                behind[sensor_id] += 1
+            newest[sensor_id] = max(ts, newest.get(sensor_id, ts))
+        return behind
 
     def around(self, key: Key, order: Sequence[Key]) -> str:
         """For a lost reading: its sensor's readings published just before and after it, their

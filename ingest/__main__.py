@@ -145,6 +145,8 @@ those partitions' sensors only, judges them and answers their acknowledgements),
 `--cluster --nats-url URL[,URL...]` on NATS, where NATS gives each partition to one worker and
 moves it to another within --pin-timeout when that worker dies; the new owner rebuilds the
 partition's alert state from InfluxDB before judging. Each worker logs `owns partitions [..]`.
+NATS may deliver a sensor's readings behind later ones around a leader's death: a worker judges
+such a reading in its place (--late-replay seconds of history) instead of ignoring it as late.
 One worker at a time also takes the readings of sensors NATS has no partition mapping for
 (added since the accounts were last reloaded) and dead-letters them (`unmapped_sensor`: run
 `python -m floodwatch.cluster reload`).
@@ -436,7 +438,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if parts.partitioned:
         # One engine per owned partition (ingest/partitions.py).
         alerting = PartitionedAlerting(
-            registry, parts.partitions, topics, influx_read, publish, time_scale=settings.time_scale
+            registry,
+            parts.partitions,
+            topics,
+            influx_read,
+            publish,
+            time_scale=settings.time_scale,
+            late_replay_s=parts.late_replay_s,
         )
     else:
         alerting = Alerting(registry, topics, influx_read, publish, time_scale=settings.time_scale)

@@ -12,9 +12,10 @@ thread) rebuilds the state from what InfluxDB holds (alerts.rebuild).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,7 @@ from alerts import (
 from alerts.commands import AckReply, parse_ack_request
 from alerts.errors import UnknownAlert
 from alerts.reconfigure import reconfigure
+from alerts.reorder import LateReplay
 from floodwatch.contract import ALERT_MEASUREMENT, EVENT_MEMORY_NS, Reading
 from floodwatch.influx import InfluxClient
 from floodwatch.mqtt import Delivery
@@ -75,6 +77,7 @@ class Alerting:
         state: EngineState | None = None,
         *,
         part_of_city: bool = False,
+        late_replay_s: float = 0.0,
     ) -> None:
         self.registry = registry
         # The registry is one partition's (ingest/partitions.py): the rebuild asks InfluxDB for
@@ -89,6 +92,10 @@ class Alerting:
         self._state: EngineState | None = state
         # (kind, change, level name) -> events emitted, for the metrics.
         self.events_by_kind: dict[tuple[str, str, str], int] = {}
+        # Clustered workers: readings NATS delivers behind newer ones of their sensor are
+        # judged in their place (alerts/reorder.py) if the newer ones came within this window.
+        self._late = LateReplay(int(late_replay_s * 1e9)) if late_replay_s > 0 else None
+        self.late_replayed = 0  # readings judged in their place, for the metrics and logs
 
     @property
     def ready(self) -> bool:
@@ -105,14 +112,36 @@ class Alerting:
         if self._state is None or not readings:
             return []  # before the restore: the restore's replay covers stored readings
         arrays = readings_to_arrays(readings, self._state.sensor_index)
-        self._state, events = step(self._state, arrays, self._clock())
-        return self._emit(self._state, events)
+        if self._late is None:
+            self._state, events = step(self._state, arrays, self._clock())
+            return self._emit(self._state, events)
+        done = self._late.step(self._state, arrays, self._clock())
+        self._state = done.state
+        if done.replayed:
+            self.late_replayed += done.replayed
+            names = self._state.config.sensor_ids
+            log.warning(
+                "%d readings came behind newer ones of their sensors (%s): judged in their "
+                "place again, %d events not made before",
+                done.replayed,
+                ", ".join(sorted(names[i] for i in done.sensors)),
+                len(done.events),
+            )
+            extra = [names[i] for i in sorted(done.sensors)]
+            return self._emit(self._state, done.events, also=extra)
+        return self._emit(self._state, done.events)
 
     def check_stale(self) -> ToStore | None:
         """The stale tick; its events, if any, for the store."""
         if self._state is None:
             return None
-        self._state, events = check_stale(self._state, self._clock())
+        now = self._clock()
+        if self._late is None:
+            self._state, events = check_stale(self._state, now)
+        else:
+            self._state, events = self._late.operate(
+                self._state, functools.partial(check_stale, now_ns=now), now
+            )
         lines = self._emit(self._state, events)
         return ToStore([], EMPTY_BATCH, lines) if lines else None
 
@@ -134,9 +163,18 @@ class Alerting:
             error = "alerts are not restored yet (InfluxDB unreachable); retry"
             return reply_to, AckReply.refused("not_ready", error), []
         try:
-            self._state, events = acknowledge(
-                self._state, request.alert_id, request.who, request.note, self._clock()
+            now = self._clock()
+            ack = functools.partial(
+                acknowledge,
+                alert_id=request.alert_id,
+                who=request.who,
+                note=request.note,
+                now_ns=now,
             )
+            if self._late is None:
+                self._state, events = ack(self._state)
+            else:
+                self._state, events = self._late.operate(self._state, ack, now)
         except UnknownAlert as exc:
             return reply_to, AckReply.refused("unknown_alert", str(exc)), []
         lines = self._emit(self._state, events)
@@ -149,6 +187,8 @@ class Alerting:
         queued with `Ingest.call`, in order with the deliveries."""
         if self._state is not None:
             self._state = reconfigure(self._state, registry, self._clock())
+        if self._late is not None:
+            self._late.clear()  # a history judged with the old registry cannot be replayed
         self.registry = registry
 
     def adopt(self, restored: Restored) -> None:
@@ -159,6 +199,8 @@ class Alerting:
         if restored.registry is not self.registry:  # an operator's change came in meanwhile
             state = reconfigure(state, self.registry, self._clock())
         self._state = state
+        if self._late is not None:
+            self._late.clear()
         for sensor_id in self.registry.sensors:
             self._publish(self.topics.alert(sensor_id), sensor_payload(state, sensor_id), True)
         log.info(
@@ -277,12 +319,12 @@ class Alerting:
 
     # -- output (owner thread) ---------------------------------------------------------------
 
-    def _emit(self, state: EngineState, events: list[Event]) -> list[str]:
-        """Publish the events and the touched sensors' retained states; return the events as
-        line protocol, for the store."""
-        if not events:
+    def _emit(self, state: EngineState, events: list[Event], also: Sequence[str] = ()) -> list[str]:
+        """Publish the events and the touched sensors' retained states (and those of `also`);
+        return the events as line protocol, for the store."""
+        touched: list[str] = list(also)
+        if not events and not touched:
             return []
-        touched: list[str] = []
         for e in events:
             if isinstance(e, AlertEvent):
                 key = (e.kind, e.change, e.level_name or "")  # only floods have levels

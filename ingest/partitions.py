@@ -55,6 +55,7 @@ class PartitionSettings:
     nats_urls: tuple[str, ...]
     ack_wait_s: float
     pin_timeout_s: float
+    late_replay_s: float = 0.0  # with cluster: alerts/reorder.py's window; 0 in other modes
 
     @property
     def partitioned(self) -> bool:
@@ -112,6 +113,14 @@ def add_partition_options(parser: argparse.ArgumentParser) -> None:
         help="with --cluster: seconds a worker may stop pulling a partition before NATS gives "
         "it to another [env FLOODWATCH_PIN_TIMEOUT; default 5]",
     )
+    group.add_argument(
+        "--late-replay",
+        default=env.get("FLOODWATCH_LATE_REPLAY", "30"),
+        help="with --cluster: a reading NATS delivers behind newer ones of its sensor is judged "
+        "in its place (the engine steps again from before it) if those newer ones came at most "
+        "this many seconds earlier; older, or 0, the engine's rule for late readings stands "
+        "(stored, not judged) [env FLOODWATCH_LATE_REPLAY; default 30]",
+    )
 
 
 def partition_settings(args: argparse.Namespace) -> PartitionSettings:
@@ -153,6 +162,9 @@ def partition_settings(args: argparse.Namespace) -> PartitionSettings:
         nats_urls=urls,
         ack_wait_s=real_number(args.ack_wait, "--ack-wait", positive=True),
         pin_timeout_s=real_number(args.pin_timeout, "--pin-timeout", positive=True),
+        late_replay_s=(
+            real_number(args.late_replay, "--late-replay", positive=False) if cluster else 0.0
+        ),
     )
 
 
@@ -239,9 +251,11 @@ class PartitionedAlerting:
         publish: Publish,
         clock: Callable[[], int] = time.time_ns,
         time_scale: float = 1.0,
+        late_replay_s: float = 0.0,
     ) -> None:
         self.registry = registry
         self.partitions = partitions
+        self.late_replay_s = late_replay_s
         self.topics = topics
         self.influx = influx
         self._publish = publish
@@ -405,6 +419,7 @@ class PartitionedAlerting:
             time_scale=self.time_scale,
             state=state,
             part_of_city=True,
+            late_replay_s=self.late_replay_s,
         )
 
     def _changed(self) -> None:

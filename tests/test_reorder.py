@@ -128,7 +128,7 @@ def test_a_held_back_run_is_judged_in_its_place_and_nothing_is_decided_twice(
     assert not [i for i, n in Counter(made).items() if n > 1], "an event decided twice"
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(
     st.sets(st.integers(0, 13), min_size=1, max_size=6),
     st.integers(0, 75),
@@ -150,8 +150,9 @@ def test_any_held_back_run_within_the_window_misses_nothing(
 
 
 class _Cached:
-    value: tuple[Registry, list[ReadingArrays]] | None = None
-    reference: list[str] = []
+    def __init__(self) -> None:
+        self.value: tuple[Registry, list[ReadingArrays]] | None = None
+        self.reference: list[str] = []
 
     def get(self, factory: pytest.TempPathFactory) -> tuple[Registry, list[ReadingArrays]]:
         if self.value is None:
@@ -196,7 +197,7 @@ def test_acknowledgements_and_stale_ticks_are_kept_through_a_replay(
         done = replay.step(state, batch, now(k))
         state, replayed = done.state, replayed + done.replayed
         state, _ = replay.operate(state, lambda s, k=k: check_stale(s, now(k)), now(k))
-        if acked is None and 18 <= k and state.alerts:
+        if acked is None and k >= 18 and state.alerts:
             acked = next(iter(state.alerts))
             state, events = replay.operate(
                 state, lambda s, a=acked, k=k: acknowledge(s, a, "ioc", "", now(k)), now(k)

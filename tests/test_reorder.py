@@ -10,9 +10,11 @@ of some sensors' readings held back and delivered a few batches later. No broker
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -80,9 +82,9 @@ def disorder(
     out = list(batches)
     late: list[ReadingArrays] = []
     for k in range(first, min(first + held, len(out))):
-        mine = [int(s) in sensors for s in out[k].sensor]
-        late.append(out[k].take([i for i, m in enumerate(mine) if m]))
-        out[k] = out[k].take([i for i, m in enumerate(mine) if not m])
+        mine = np.isin(out[k].sensor, list(sensors))
+        late.append(out[k].take(mine))
+        out[k] = out[k].take(~mine)
     at = min(first + held + delay, len(out) - 1)
     out[at] = ReadingArrays.concat([*late, out[at]])
     return out
@@ -196,12 +198,11 @@ def test_acknowledgements_and_stale_ticks_are_kept_through_a_replay(
     for k, batch in enumerate(shuffled):
         done = replay.step(state, batch, now(k))
         state, replayed = done.state, replayed + done.replayed
-        state, _ = replay.operate(state, lambda s, k=k: check_stale(s, now(k)), now(k))
+        state, _ = replay.operate(state, functools.partial(check_stale, now_ns=now(k)), now(k))
         if acked is None and k >= 18 and state.alerts:
             acked = next(iter(state.alerts))
-            state, events = replay.operate(
-                state, lambda s, a=acked, k=k: acknowledge(s, a, "ioc", "", now(k)), now(k)
-            )
+            ack = functools.partial(acknowledge, alert_id=acked, who="ioc", note="", now_ns=now(k))
+            state, events = replay.operate(state, ack, now(k))
             assert events
     assert replayed > 0 and acked is not None
     if acked in state.alerts:

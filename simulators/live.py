@@ -94,14 +94,6 @@ class RunOptions:
     sensor_ids: tuple[str, ...]  # empty: every sensor
 
 
-# Each simulated sensor keeps one QoS 1 publish in flight, as the contract asks of sensors
-# (docs/CONTRACT.md, "Ordering"): a clustered broker that fails to store one publish of a wider
-# window stores it, resent after the reconnect, behind the sensor's later ones, and the engine
-# does not judge a reading that arrives behind a newer one of its sensor. (Scenario replays, far
-# faster than a street, keep paho's window: they are tests and demos, not sensors.)
-SENSOR_INFLIGHT = 1
-
-
 def run_options(args: argparse.Namespace) -> RunOptions:
     """Check the simulator's own options; raise SettingsError naming the flag and variable."""
     ids = tuple(part.strip() for part in str(args.sensors).split(",") if part.strip())
@@ -239,7 +231,6 @@ def _connections(
             settings.sensor_endpoint(sensor.id),
             sensor_client_id(settings.sensor_endpoint(sensor.id), sensor.id, "sim", pid),
             will=Will(topics.status(sensor.id), OFFLINE, qos=1, retain=True),
-            max_inflight=SENSOR_INFLIGHT,
         )
         for sensor in sensors
     ]

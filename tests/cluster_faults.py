@@ -135,10 +135,10 @@ class LoadPublisher:
         self.messages = messages
         self.rate = rate
         ids = sorted({m.sensor_id for m in messages})
-        # One publish in flight per sensor, as a sensor's firmware (one reading a minute) has:
-        # NATS stores a sensor's QoS 1 publishes out of order when one of a window fails at a
-        # leader change and is resent after the reconnect (docs/CLUSTER.md).
-        self.sensors = {s: MqttSensor(cluster, s, max_inflight=1) for s in ids}
+        # paho's window of 200 publishes in flight per sensor (far more than a sensor's
+        # firmware, one reading a minute, has): around a leader change NATS stores some of a
+        # sensor's readings behind its later ones, and the workers must judge them in place.
+        self.sensors = {s: MqttSensor(cluster, s) for s in ids}
         self.sent: list[tuple[Planned, mqtt.MQTTMessageInfo]] = []
         self.sent_at: list[float] = []  # time.monotonic() of each publish
         # (time.monotonic(), sensor) of every (re)connection after the first: HAProxy shuts a

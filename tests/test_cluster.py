@@ -210,7 +210,7 @@ class MqttSensor:
     """A paho MQTT 3.1.1 client (NATS refuses v5) logged in as a sensor through the front door;
     its session persists, so paho sends unacknowledged publishes again after a reconnect."""
 
-    def __init__(self, cluster: LocalCluster, user: str, max_inflight: int = 200) -> None:
+    def __init__(self, cluster: LocalCluster, user: str) -> None:
         password = cluster.credentials.sensors.get(user) or cluster.credentials.mqtt[user]
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -220,7 +220,7 @@ class MqttSensor:
         )
         self.client.username_pw_set(user, password)
         self.client.reconnect_delay_set(1, 2)
-        self.client.max_inflight_messages_set(max_inflight)
+        self.client.max_inflight_messages_set(200)
         self.acknowledged: set[int] = set()  # message ids the broker PUBACKed
         self.client.on_publish = lambda _c, _u, mid, _rc, _p: self.acknowledged.add(mid)
         connected = threading.Event()

@@ -130,6 +130,7 @@ def test_a_held_back_run_is_judged_in_its_place_and_nothing_is_decided_twice(
     assert not [i for i, n in Counter(made).items() if n > 1], "an event decided twice"
 
 
+@pytest.mark.slow  # six whole-flood runs
 @settings(max_examples=6, deadline=None)
 @given(
     st.sets(st.integers(0, 13), min_size=1, max_size=6),

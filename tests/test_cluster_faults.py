@@ -207,6 +207,23 @@ class Workers:
         ]
         return None if None in counts else int(sum(c or 0 for c in counts))
 
+    def reordered(self) -> str:
+        """What the workers' logs say they put back in order: readings judged in their place
+        (alerts/reorder.py) and deliveries lost in flight they waited for."""
+        replays = placed = gaps = missed = 0
+        for _, log, _ in self.procs:
+            for line in log.read_text(errors="replace").splitlines():
+                if "judged in their place" in line:
+                    replays += 1
+                    placed += int(line.split(" WARNING ", 1)[1].split()[0])
+                elif "never reached this worker" in line:
+                    gaps += 1
+                    missed += int(line.split(": ", 1)[1].split()[0])
+        return (
+            f"{placed} readings judged in their place ({replays} replays); "
+            f"{missed} deliveries lost in flight waited for ({gaps} times)"
+        )
+
     def spilled(self) -> int:
         """Lines the workers put in their disk outbox (InfluxDB away past --outbox-after)."""
         return int(
@@ -333,6 +350,7 @@ def run_scenario(env: Env, fault: Fault | None, expected: int | None = None) -> 
         publisher.wait_done(120)
         publisher.close()
         workers.stop()
+        notes.append(workers.reordered())
         events.stop()
         store.stop()
     first_event = events.first_after(fault_at)

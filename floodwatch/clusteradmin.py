@@ -7,12 +7,13 @@
 
 A sensor added through the API (a retained registry override, CONTRACT section 6) has no NATS
 user and no partition mapping until the accounts are regenerated and every node reloaded; until
-then it cannot log in, or (a login without a mapping) its readings are dead letters
-`unmapped_sensor`. `reload` gives every sensor of the registry in force a login if it has none
-(kept in the credentials' sensors.json, as `Credentials.load_or_generate` does at start),
-writes the accounts file atomically, and signals each node (`nats-server --signal
-reload=PID`); a reload keeps MQTT sessions, connections and JetStream data (tested). It then
-asks each node's /varz whether the configuration was loaded again, and says so per node.
+then it cannot log in, or (a login without a mapping) the worker holding the unmapped consumer
+moves each of its readings to its partition. `reload` gives every sensor of the registry in
+force a login if it has none (kept in the credentials' sensors.json, as
+`Credentials.load_or_generate` does at start), writes the accounts file atomically, and signals
+each node (`nats-server --signal reload=PID`); a reload keeps MQTT sessions, connections and
+JetStream data (tested). It then asks each node's /varz whether the configuration was loaded
+again, and says so per node.
 
 NATS cannot bind an MQTT client id to a login (docs/CLUSTER.md, Permissions): a sensor with a
 valid password can take another sensor's client id and so disconnect it. `watch` follows the

@@ -145,9 +145,9 @@ those partitions' sensors only, judges them and answers their acknowledgements),
 `--cluster --nats-url URL[,URL...]` on NATS, where NATS gives each partition to one worker and
 moves it to another within --pin-timeout when that worker dies; the new owner rebuilds the
 partition's alert state from InfluxDB before judging. Each worker logs `owns partitions [..]`.
-One worker at a time also takes the readings of sensors NATS has no partition mapping for
-(added since the accounts were last reloaded) and dead-letters them (`unmapped_sensor`: run
-`python -m floodwatch.cluster reload`).
+One worker at a time also takes the readings NATS stored without a partition mapping: those
+of sensors the registry knows go to their partition (run `python -m floodwatch.cluster reload`
+after adding sensors), the others are dead letters (`unknown_sensor`, `retired_sensor`).
 
 `python -m ingest ack ALERT_ID --who NAME [--note TEXT]` acknowledges an alert.
 """

@@ -22,8 +22,10 @@ misses nothing. Losing a partition (Unpinned: another worker holds it) drops its
 
 One more consumer holds the sensors' publishes no account mapping moved to a partition (a
 sensor added at runtime before `python -m floodwatch.cluster reload`); whichever worker is
-pinned to it hands them to the pipeline under their own subject, which dead-letters them
-(floodwatch.cluster.decode_unmapped) and acknowledges them once the dead letters are stored.
+pinned to it moves those of sensors the registry knows to their partitions
+(floodwatch.cluster.remapped_store_subject) and hands the others to the pipeline under their
+sensor's topic (unmapped_topic), which dead-letters them with the decoder's reason
+(`unknown_sensor`, `retired_sensor`) and acknowledges them once the dead letters are stored.
 
 A message in hand is acknowledged after its batch is stored (explicit acknowledgements,
 floodwatch.cluster.acknowledge); while it waits (InfluxDB slow), the worker tells the server it
@@ -85,6 +87,22 @@ def mqtt_topic(topics: Topics, subject: str) -> str:
     keeps its subject, and the decoder dead-letters it as an unknown topic."""
     tokens = subject.split(".")
     if len(tokens) >= 8 and tokens[-6] == "v1" and tokens[-5] == "part":
+        sensor_id, channel = tokens[-2], tokens[-1]
+        if channel == "reading":
+            return topics.reading(sensor_id)
+        if channel == "status":
+            return topics.status(sensor_id)
+    return subject
+
+
+def unmapped_topic(topics: Topics, subject: str) -> str:
+    """The contract's MQTT topic of a message of the unmapped sensors' consumer:
+    `$MQTT.msgs.ROOT.v1.sensors.ID.reading` -> `ROOT/v1/sensors/ID/reading`, which the decoder
+    dead-letters with its reason (`unknown_sensor`, `retired_sensor`): the worker moved every
+    sensor the registry knows to its partition first (NatsSource._remap; one added since is
+    stored as its reading). Anything else keeps its subject (`bad_topic`)."""
+    tokens = subject.split(".")
+    if len(tokens) >= 7 and tokens[-4] == "v1" and tokens[-3] == "sensors":
         sensor_id, channel = tokens[-2], tokens[-1]
         if channel == "reading":
             return topics.reading(sensor_id)
@@ -246,8 +264,9 @@ class NatsSource:
     async def _pull_unmapped(self, nc: NatsClient) -> None:
         """Publishes no account mapping moved to a partition (floodwatch.cluster.unmapped_filter):
         one worker at a time holds them (a priority group, as a partition) and hands them over
-        under their subject, which the pipeline dead-letters (decode_unmapped) and acknowledges
-        once the dead letter is stored. No alert state: nothing is judged."""
+        under their sensor's topic (unmapped_topic) after moving those the registry knows to their
+        partitions; the pipeline dead-letters the rest with the decoder's reason and
+        acknowledges each once the dead letter is stored. No alert state: nothing is judged."""
         pull = PartitionPull(nc, unmapped_consumer_name(self.topics.root))
         while not self._closed.is_set():
             if not self._pulling.is_set():
@@ -382,8 +401,10 @@ class NatsSource:
                 self._held[first + k] = (msg, now)
         for k, msg in enumerate(msgs):
             subject = msg.subject
-            mapped = prefix and subject.startswith(prefix)  # "": the unmapped consumer's
-            topic = mqtt_topic(topics, subject) if mapped else subject
+            if not prefix:  # the unmapped consumer's: dead letters
+                topic = unmapped_topic(topics, subject)
+            else:
+                topic = mqtt_topic(topics, subject) if subject.startswith(prefix) else subject
             self._deliver(Delivery(topic, msg.data, False, received, first + k, 1, NATS_CONNECTION))
 
     async def _acknowledge(self, msgs: list[Msg]) -> None:

@@ -30,7 +30,6 @@ from floodwatch.cluster import (
     accounts_partitions,
     acknowledge,
     connect,
-    decode_unmapped,
     ensure_partition_consumers,
     local_cluster,
     partition_consumer_name,
@@ -55,6 +54,7 @@ from floodwatch.mqtt import Delivery
 from floodwatch.operations import Override, apply_overrides
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry, ward_key
 from floodwatch.topics import Topics
+from ingest.cluster import unmapped_topic
 from ingest.pipeline import judge
 from tests.conftest import wait_until
 
@@ -81,29 +81,27 @@ def test_a_login_without_a_registry_sensor_keeps_its_user_but_gets_no_mapping() 
 
 
 def test_unmapped_publishes_are_dead_letters_with_the_reason_that_fits() -> None:
+    """What the worker hands over from the unmapped consumer (after moving the registry's
+    sensors to their partitions) is dead-lettered by the pipeline with the decoder's reason."""
     topics = Topics("fw")
-    in_force, _ = apply_overrides(REGISTRY, {"qh-77": NEW_SENSOR})
+    in_force, _ = apply_overrides(REGISTRY, {"qh-02": Override("qh-02", retired=True)})
 
-    def code(sensor_id: str, channel: str) -> str:
+    def rejection(sensor_id: str, channel: str) -> str:
         subject = f"{MQTT_MSGS_PREFIX}fw.v1.sensors.{sensor_id}.{channel}"
-        decoded = decode_unmapped(topics, in_force, subject, READING, 1)
-        assert decoded is not None and not decoded.readings and not decoded.statuses
-        (rejection,) = decoded.rejections
-        return f"{rejection.code}: {rejection.topic}: {rejection.reason}"
+        delivery = Delivery(unmapped_topic(topics, subject), READING, False, 1, 0, 1, 0)
+        batch = judge(topics, in_force, [delivery])
+        assert not batch.readings and not batch.statuses
+        (rejected,) = batch.rejections
+        return f"{rejected.code}: {rejected.topic}"
 
-    assert code("qh-77", "reading").startswith("unmapped_sensor: fw/v1/sensors/qh-77/reading")
-    assert "python -m floodwatch.cluster reload" in code("qh-77", "status")
-    assert code("zz-01", "reading").startswith("unknown_sensor: fw/v1/sensors/zz-01/reading")
-    assert code("qh-77", "other").startswith("bad_topic")
-    # Partition subjects and anything else are not the unmapped consumer's.
-    assert decode_unmapped(topics, in_force, "fw/v1/sensors/qh-77/reading", READING, 1) is None
-    assert decode_unmapped(topics, in_force, "$MQTT.msgs.fw.v1.part.3.a.b.reading", b"", 1) is None
-    # The pipeline's decoding step gives the same dead letter, never a reading.
-    delivery = Delivery(
-        f"{MQTT_MSGS_PREFIX}fw.v1.sensors.qh-77.reading", READING, False, 1, 0, 1, 0
+    assert rejection("zz-01", "reading") == "unknown_sensor: fw/v1/sensors/zz-01/reading"
+    assert rejection("zz-01", "status") == "unknown_sensor: fw/v1/sensors/zz-01/status"
+    assert rejection("qh-02", "reading") == "retired_sensor: fw/v1/sensors/qh-02/reading"
+    assert rejection("zz-01", "other").startswith("bad_topic: $MQTT.msgs.fw.v1.sensors.zz-01")
+    # A sensor the registry knows by the time it is decoded is stored as its reading.
+    assert unmapped_topic(topics, f"{MQTT_MSGS_PREFIX}fw.v1.sensors.d12-01.reading") == (
+        "fw/v1/sensors/d12-01/reading"
     )
-    batch = judge(topics, in_force, [delivery])
-    assert not batch.readings and [r.code for r in batch.rejections] == ["unmapped_sensor"]
 
 
 def _event(user: str, client_id: str, client_type: str = "mqtt") -> dict[str, object]:
@@ -304,7 +302,7 @@ def test_a_login_the_mappings_do_not_cover_is_kept_for_the_dead_letters(
         stray.close()
     (msg,) = asyncio.run(_fetch(cluster, unmapped_consumer_name(root), 1))
     assert msg.subject == f"{MQTT_MSGS_PREFIX}{root}.v1.sensors.zz-01.reading"
-    delivery = Delivery(msg.subject, msg.data, False, 1, 0, 1, 0)
+    delivery = Delivery(unmapped_topic(Topics(root), msg.subject), msg.data, False, 1, 0, 1, 0)
     (rejection,) = judge(Topics(root), REGISTRY, [delivery]).rejections
     assert rejection.code == "unknown_sensor" and rejection.payload == READING
 

@@ -41,15 +41,19 @@ from floodwatch.cluster import (
 from floodwatch.clusteradmin import (
     NodeProcess,
     Takeover,
+    TakeoverCount,
+    as_sys,
     judge_connect,
     read_registry_in_force,
     regenerate_accounts,
     reload_nodes,
+    reload_over_nats,
     sensor_logins_of,
     watch_client_ids,
 )
 from floodwatch.credentials import Credentials
 from floodwatch.localservices import local_credentials
+from floodwatch.metrics import render
 from floodwatch.mqtt import Delivery
 from floodwatch.operations import Override, apply_overrides
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry, ward_key
@@ -272,7 +276,7 @@ def test_a_sensor_added_at_runtime_is_mapped_by_a_reload_that_keeps_sessions_and
 
 
 @pytest.mark.services
-def test_a_node_that_cannot_be_reloaded_is_named(cluster: LocalCluster) -> None:
+def test_a_node_that_cannot_be_reloaded_is_named(cluster: LocalCluster, workdir: Path) -> None:
     _, node = cluster.nodes[0]
     gone = NodeProcess("nats-9", 2**22 + 7, node.monitor_port)  # above Linux's default pid_max
     with pytest.raises(ClusterError, match=r"nats-9 \(pid \d+\): not signalled") as refused:
@@ -280,20 +284,27 @@ def test_a_node_that_cannot_be_reloaded_is_named(cluster: LocalCluster) -> None:
     assert "not reloaded: nats-9" in str(refused.value)
     with pytest.raises(ClusterError, match="nats-0: not running"):
         reload_nodes([NodeProcess("nats-0", 0, node.monitor_port)])
+    # Through the system account: a node that does not answer is counted.
+    urls = as_sys(",".join(cluster.nats_urls()), system_password(workdir))
+    with pytest.raises(ClusterError, match="not reloaded: 1 of 4 nodes did not answer"):
+        asyncio.run(reload_over_nats(urls, 4, wait_s=0.5))
 
 
 @pytest.mark.services
 def test_a_login_the_mappings_do_not_cover_is_kept_for_the_dead_letters(
     cluster: LocalCluster, workdir: Path, root: str
 ) -> None:
-    """An admin made a login for zz-01 (not in the registry): it may connect, and its readings
-    wait in the unmapped consumer, which the pipeline dead-letters, instead of vanishing."""
+    """An admin made a login for zz-01 (not in the registry): once the nodes are reloaded
+    through the system account (compose's way: no PIDs), it may connect, and its readings wait
+    in the unmapped consumer, which the pipeline dead-letters, instead of vanishing."""
     creds_dir = workdir / "credentials"
     creds = Credentials.load(creds_dir)
     sensors = {**creds.sensors, "zz-01": "zz-password-1"}
     Credentials.sensor_file(creds_dir).write_text(json.dumps(sensors))
     regenerate_accounts(workdir / ACCOUNTS_FILE, creds_dir, REGISTRY)
-    reload_nodes(_nodes(cluster))
+    urls = as_sys(",".join(cluster.nats_urls()), system_password(workdir))
+    lines = asyncio.run(reload_over_nats(urls, len(urls)))
+    assert lines == ["nats-1: reloaded", "nats-2: reloaded", "nats-3: reloaded"]
     stray = Client(cluster, "zz-01", "zz-password-1", "zz-01")
     try:
         assert not stray.refused, stray.refused
@@ -312,17 +323,23 @@ def test_the_watcher_reports_a_sensor_taking_another_sensors_client_id(
     cluster: LocalCluster, workdir: Path
 ) -> None:
     found: list[Takeover] = []
+    count = TakeoverCount()
     urls = [
         f"nats://sys:{system_password(workdir)}@127.0.0.1:{node.client_port}"
         for _, node in cluster.nodes
     ]
+
+    def report(takeover: Takeover) -> None:
+        found.append(takeover)
+        count.report(takeover)
+
     stop = asyncio.Event()
     subscribed = threading.Event()
     loop = asyncio.new_event_loop()
     logins = sensor_logins_of(workdir / "credentials")
     watching = threading.Thread(
         target=loop.run_until_complete,
-        args=(watch_client_ids(urls, logins, found.append, stop, subscribed.set),),
+        args=(watch_client_ids(urls, logins, report, stop, subscribed.set),),
         daemon=True,
     )
     watching.start()
@@ -335,6 +352,8 @@ def test_the_watcher_reports_a_sensor_taking_another_sensors_client_id(
         intruder.close()
         wait_until(lambda: bool(found), 10, "the takeover's report")
         assert [(t.login, t.client_id) for t in found] == [("d12-02", "d12-01")]
+        # Prometheus sees it too (`python -m floodwatch.cluster admin --metrics-port`).
+        assert "floodwatch_cluster_client_id_takeovers_total 1.0" in render(count.metrics())
     finally:
         loop.call_soon_threadsafe(stop.set)
         watching.join(10)

@@ -60,7 +60,15 @@ from floodwatch.cluster import (
     system_password,
     write_accounts,
 )
-from floodwatch.credentials import Credentials, bound_client_id, check_client_id
+from floodwatch.credentials import (
+    _ENV_PASSWORDS,
+    Credentials,
+    bound_client_id,
+    check_client_id,
+    load_sensor_credentials,
+    new_password,
+    save_sensor_logins,
+)
 from floodwatch.errors import FloodwatchError, SettingsError
 from floodwatch.metrics import Metric, serve
 from floodwatch.mqtt import Delivery, MqttConnection
@@ -96,11 +104,17 @@ class AccountsUpdate:
 
 
 def regenerate_accounts(
-    accounts: Path, credentials_dir: Path, registry: Registry, partitions: int | None = None
+    accounts: Path,
+    credentials_dir: Path,
+    registry: Registry,
+    partitions: int | None = None,
+    services: Mapping[str, str] | None = None,
 ) -> AccountsUpdate:
     """Write `accounts` for `registry` (the registry in force): a login for each of its sensors
     that has none, a mapping for each, with the partition count the file was made with (the
-    running consumers use it) unless `partitions` is given."""
+    running consumers use it) unless `partitions` is given. The service logins' passwords are
+    `services` (compose: from the environment, only sensors.json in `credentials_dir`), or
+    the directory's credentials.json (the local stack)."""
     if partitions is None:
         old = accounts.read_text() if accounts.exists() else ""
         found = accounts_partitions(old)
@@ -110,8 +124,16 @@ def regenerate_accounts(
                 "pass --partitions with the count the cluster runs with."
             )
         partitions = found
-    before = set(Credentials.load(credentials_dir).sensors)
-    creds = Credentials.load_or_generate(credentials_dir, registry.sensors)
+    if services is None:
+        before = set(Credentials.load(credentials_dir).sensors)
+        creds = Credentials.load_or_generate(credentials_dir, registry.sensors)
+    else:
+        sensors = load_sensor_credentials(Credentials.sensor_file(credentials_dir))
+        before = set(sensors)
+        if not set(registry.sensors) <= before:
+            sensors.update({sid: new_password() for sid in registry.sensors if sid not in before})
+            save_sensor_logins(credentials_dir, sensors)
+        creds = Credentials(dict(services), {}, sensors)
     text = accounts_config(creds, registry, partitions, system_password(accounts.parent))
     changed = write_accounts(accounts, text)
     return AccountsUpdate(
@@ -277,6 +299,7 @@ class RegistryFollower:
         reload: Callable[[], list[str]],
         say: Callable[[str], None],
         settle_s: float = 0.5,
+        services: Mapping[str, str] | None = None,  # regenerate_accounts's
     ) -> None:
         self.topics = topics
         self.live = LiveRegistry(base)
@@ -285,6 +308,7 @@ class RegistryFollower:
         self.reload = reload  # every node (reload_nodes, reload_over_nats): its lines
         self.say = say
         self.settle_s = settle_s
+        self.services = services
         self.reloads = 0  # reloads done (tests wait on it)
         self._overrides: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
         self._conn = MqttConnection(
@@ -328,7 +352,9 @@ class RegistryFollower:
         for problem in self.live.problems:
             self.say(f"registry override skipped: {problem}")
         try:
-            update = regenerate_accounts(self.accounts, self.credentials_dir, self.live.current)
+            update = regenerate_accounts(
+                self.accounts, self.credentials_dir, self.live.current, services=self.services
+            )
             if not update.changed:
                 return
             for sensor_id in update.new_logins:
@@ -601,6 +627,8 @@ def run_admin(args: argparse.Namespace) -> int:
     def say(line: str) -> None:
         log.info("%s", line)
 
+    # Compose gives the service logins' passwords in the environment, as to cluster-config.
+    passwords = {user: os.environ.get(var, "") for user, var in _ENV_PASSWORDS.items()}
     follower = RegistryFollower(
         endpoint,
         Topics(args.topic_root),
@@ -609,6 +637,7 @@ def run_admin(args: argparse.Namespace) -> int:
         args.credentials,
         lambda: asyncio.run(reload_over_nats(urls, len(urls))),
         say,
+        services=passwords if all(passwords.values()) else None,
     )
     takeovers = TakeoverCount()
     watch = ClientIdWatch(urls, sensor_logins_of(args.credentials), takeovers.report)

@@ -108,6 +108,27 @@ def test_unmapped_publishes_are_dead_letters_with_the_reason_that_fits() -> None
     )
 
 
+def test_compose_regenerates_the_accounts_from_the_environment_s_service_logins(
+    tmp_path: Path,
+) -> None:
+    """compose keeps only sensors.json in the credentials volume: the service logins come from
+    the environment, and a sensor added at runtime gets its login in sensors.json."""
+    sensors = {sid: f"pw-{sid}" for sid in REGISTRY.sensors}
+    Credentials.sensor_file(tmp_path).write_text(json.dumps(sensors))
+    services = {user: f"secret-{user}" for user in ("admin", "ingest", "api", "notify")}
+    in_force, _ = apply_overrides(REGISTRY, {"qh-77": NEW_SENSOR})
+    accounts = tmp_path / ACCOUNTS_FILE
+    update = regenerate_accounts(accounts, tmp_path, in_force, PARTITIONS, services=services)
+    assert update.changed and update.new_logins == ["qh-77"]
+    written = json.loads(Credentials.sensor_file(tmp_path).read_text())
+    assert written == {**sensors, "qh-77": written["qh-77"]}
+    text = accounts.read_text()
+    assert all(f'password: "secret-{user}"' in text for user in services), text[:400]
+    assert f'password: "{written["qh-77"]}"' in text
+    again = regenerate_accounts(accounts, tmp_path, in_force, services=services)
+    assert not again.changed and not again.new_logins
+
+
 def _event(user: str, client_id: str, client_type: str = "mqtt") -> dict[str, object]:
     return {
         "server": {"name": "nats-2"},

@@ -679,17 +679,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     reload.add_argument("--stack", type=Path, default=Path(".stack/stack.json"), help=stack_help)
     reload.add_argument(
-        "--registry",
-        type=Path,
-        default=Path(os.environ.get("FLOODWATCH_REGISTRY", str(SHIPPED_REGISTRY))),
-        help="the registry file the cluster runs with [env FLOODWATCH_REGISTRY]",
-    )
-    reload.add_argument(
-        "--topic-root",
-        default=os.environ.get("FLOODWATCH_TOPIC_ROOT", "floodwatch"),
-        help="topic root of the overrides [env FLOODWATCH_TOPIC_ROOT; default floodwatch]",
-    )
-    reload.add_argument(
         "--partitions",
         type=int,
         default=None,
@@ -741,22 +730,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the credentials directory with sensors.json (a new sensor's login is added there)",
     )
     admin_cmd.add_argument(
-        "--registry",
-        type=Path,
-        default=Path(os.environ.get("FLOODWATCH_REGISTRY", str(SHIPPED_REGISTRY))),
-        help="the registry file the cluster runs with [env FLOODWATCH_REGISTRY]",
-    )
-    admin_cmd.add_argument(
-        "--topic-root",
-        default=os.environ.get("FLOODWATCH_TOPIC_ROOT", "floodwatch"),
-        help="topic root of the overrides [env FLOODWATCH_TOPIC_ROOT; default floodwatch]",
-    )
-    admin_cmd.add_argument(
         "--metrics-port",
         type=int,
         default=int(os.environ.get("FLOODWATCH_METRICS_PORT", "9466")),
         help="Prometheus /metrics port, 0 for none [env FLOODWATCH_METRICS_PORT; default 9466]",
     )
+    for command in (reload, admin_cmd):
+        command.add_argument(
+            "--registry",
+            type=Path,
+            default=Path(os.environ.get("FLOODWATCH_REGISTRY", str(SHIPPED_REGISTRY))),
+            help="the registry file the cluster runs with [env FLOODWATCH_REGISTRY]",
+        )
+        command.add_argument(
+            "--topic-root",
+            default=os.environ.get("FLOODWATCH_TOPIC_ROOT", "floodwatch"),
+            help="topic root of the overrides [env FLOODWATCH_TOPIC_ROOT; default floodwatch]",
+        )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.command == "admin":

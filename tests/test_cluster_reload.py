@@ -58,7 +58,7 @@ from floodwatch.mqtt import Delivery
 from floodwatch.operations import Override, apply_overrides
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry, ward_key
 from floodwatch.topics import Topics
-from ingest.cluster import unmapped_topic
+from ingest.cluster import mqtt_topic
 from ingest.pipeline import judge
 from tests.conftest import wait_until
 
@@ -92,7 +92,7 @@ def test_unmapped_publishes_are_dead_letters_with_the_reason_that_fits() -> None
 
     def rejection(sensor_id: str, channel: str) -> str:
         subject = f"{MQTT_MSGS_PREFIX}fw.v1.sensors.{sensor_id}.{channel}"
-        delivery = Delivery(unmapped_topic(topics, subject), READING, False, 1, 0, 1, 0)
+        delivery = Delivery(mqtt_topic(topics, subject), READING, False, 1, 0, 1, 0)
         batch = judge(topics, in_force, [delivery])
         assert not batch.readings and not batch.statuses
         (rejected,) = batch.rejections
@@ -103,7 +103,7 @@ def test_unmapped_publishes_are_dead_letters_with_the_reason_that_fits() -> None
     assert rejection("qh-02", "reading") == "retired_sensor: fw/v1/sensors/qh-02/reading"
     assert rejection("zz-01", "other").startswith("bad_topic: $MQTT.msgs.fw.v1.sensors.zz-01")
     # A sensor the registry knows by the time it is decoded is stored as its reading.
-    assert unmapped_topic(topics, f"{MQTT_MSGS_PREFIX}fw.v1.sensors.d12-01.reading") == (
+    assert mqtt_topic(topics, f"{MQTT_MSGS_PREFIX}fw.v1.sensors.d12-01.reading") == (
         "fw/v1/sensors/d12-01/reading"
     )
 
@@ -334,7 +334,7 @@ def test_a_login_the_mappings_do_not_cover_is_kept_for_the_dead_letters(
         stray.close()
     (msg,) = asyncio.run(_fetch(cluster, unmapped_consumer_name(root), 1))
     assert msg.subject == f"{MQTT_MSGS_PREFIX}{root}.v1.sensors.zz-01.reading"
-    delivery = Delivery(unmapped_topic(Topics(root), msg.subject), msg.data, False, 1, 0, 1, 0)
+    delivery = Delivery(mqtt_topic(Topics(root), msg.subject), msg.data, False, 1, 0, 1, 0)
     (rejection,) = judge(Topics(root), REGISTRY, [delivery]).rejections
     assert rejection.code == "unknown_sensor" and rejection.payload == READING
 

@@ -6,13 +6,18 @@ in the server's connect events. A real 3-node NATS cluster behind HAProxy."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
@@ -51,8 +56,8 @@ from floodwatch.clusteradmin import (
     sensor_logins_of,
     watch_client_ids,
 )
-from floodwatch.credentials import Credentials
-from floodwatch.localservices import local_credentials
+from floodwatch.credentials import _ENV_PASSWORDS, Credentials
+from floodwatch.localservices import free_port, local_credentials
 from floodwatch.metrics import render
 from floodwatch.mqtt import Delivery
 from floodwatch.operations import Override, apply_overrides
@@ -60,7 +65,7 @@ from floodwatch.registry import SHIPPED_REGISTRY, load_registry, ward_key
 from floodwatch.topics import Topics
 from ingest.cluster import mqtt_topic
 from ingest.pipeline import judge
-from tests.conftest import wait_until
+from tests.conftest import ROOT, wait_until
 
 PARTITIONS = 8
 REGISTRY = load_registry(SHIPPED_REGISTRY)
@@ -396,3 +401,52 @@ def test_a_known_sensors_unmapped_publish_goes_back_to_its_partition() -> None:
         subject = f"{MQTT_MSGS_PREFIX}fw.v1.sensors.{unknown}"
         assert remapped_store_subject("fw", in_force, PARTITIONS, subject) is None
     assert remapped_store_subject("fw", in_force, PARTITIONS, "fw.v1.sensors.qh-02.reading") is None
+
+
+@pytest.mark.services
+def test_the_admin_process_maps_a_sensor_an_operator_adds_and_serves_the_takeover_count(
+    cluster: LocalCluster, workdir: Path, root: str
+) -> None:
+    """`python -m floodwatch.cluster admin` as compose runs it (service logins from the
+    environment, nodes reloaded through the system account): an operator adds a sensor, and
+    its login works once the admin says the nodes reloaded; /metrics counts takeovers."""
+    creds_dir = workdir / "credentials"
+    metrics_port = free_port()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONUNBUFFERED": "1",
+        "FLOODWATCH_NATS_URL": ",".join(f"127.0.0.1:{n.client_port}" for _, n in cluster.nodes),
+        "FLOODWATCH_MQTT_URL": cluster.credentials.mqtt_url(
+            "admin", "127.0.0.1", cluster.front.port
+        ),
+        "FLOODWATCH_TOPIC_ROOT": root,
+        "FLOODWATCH_METRICS_PORT": str(metrics_port),
+        **{var: cluster.credentials.mqtt[user] for user, var in _ENV_PASSWORDS.items()},
+    }
+    log = workdir / f"admin-{root}.log"
+    args = ["--accounts", str(workdir / ACCOUNTS_FILE), "--credentials", str(creds_dir)]
+    with log.open("wb") as out:
+        admin = subprocess.Popen(
+            [sys.executable, "-m", "floodwatch.cluster", "admin", *args],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    operator = Client(cluster, "admin", cluster.credentials.mqtt["admin"], f"op-{root}")
+    added = dataclasses.replace(NEW_SENSOR, sensor_id="qh-78")
+    try:
+        wait_until(lambda: b"admin: following" in log.read_bytes(), 30, "the admin to start")
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        assert "floodwatch_cluster_client_id_takeovers_total 0.0" in scraped
+        operator.publish(Topics(root).registry_override("qh-78"), added.to_json(), retain=True)
+        wait_until(lambda: log.read_bytes().count(b": reloaded") == 3, 30, "three reloads")
+        password = Credentials.load(creds_dir).sensors["qh-78"]
+        sensor = Client(cluster, "qh-78", password, "qh-78")
+        sensor.close()
+        assert not sensor.refused, sensor.refused
+    finally:
+        operator.publish(Topics(root).registry_override("qh-78"), b"", retain=True)
+        operator.close()
+        admin.send_signal(signal.SIGTERM)
+        assert admin.wait(15) == 0, log.read_text()

@@ -732,7 +732,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     admin_cmd.add_argument(
         "--metrics-port",
         type=int,
-        default=int(os.environ.get("FLOODWATCH_METRICS_PORT", "9466")),
+        default=os.environ.get("FLOODWATCH_METRICS_PORT", "9466"),  # checked by type=int
         help="Prometheus /metrics port, 0 for none [env FLOODWATCH_METRICS_PORT; default 9466]",
     )
     for command in (reload, admin_cmd):

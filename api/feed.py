@@ -342,9 +342,7 @@ class LiveFeed:
             delay = min(delay * 2, MAX_RETRY_DELAY_S)
 
     def _deliver(self, delivery: Delivery) -> None:
-        topic = self.topics.unpartitioned(delivery.topic)
-        if topic is not delivery.topic:
-            delivery = delivery._replace(topic=topic)
+        # Partition topics are converted once, in FeedHandler.handle: no route takes them.
         for topic_filter, on_delivery in self._routes:
             if topic_matches_sub(topic_filter, delivery.topic):
                 on_delivery(delivery)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,9 +27,9 @@ from alerts.events import AlertEvent
 from bench.alerts_latency import registry_file
 from floodwatch.localservices import Service, mosquitto_service, running
 from floodwatch.mqtt import MqttConnection
+from tests.notify_process import NotifierProcess, notifier_env
 from tests.notify_servers import HttpReceiver
 
-ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_796_000_000 * 10**9
 SENSORS = 1000
 
@@ -75,51 +74,31 @@ def event(i: int, seq: int, change: str, level: int) -> AlertEvent:
     )
 
 
-class Run:
+class Run(NotifierProcess):
     """One notifier with its own state file, client id and topic root."""
 
     def __init__(self, broker: Service, work: Path, name: str, url: str, concurrency: int) -> None:
         self.root = name
         self.state = work / f"{name}.sqlite"
         (work / f"{name}.toml").write_text(routing(url, concurrency))
-        self.log = work / f"{name}.log"
         # A login of its own per notifier: the broker binds `notify` to one client id.
         login = broker.take_login("notify").username or ""
-        env = {
-            "PATH": "/usr/bin:/bin",
-            "FLOODWATCH_MQTT_URL": broker.url(login),
-            "FLOODWATCH_TOPIC_ROOT": name,
-            "FLOODWATCH_ROUTING": str(work / f"{name}.toml"),
-            "FLOODWATCH_NOTIFY_STATE": str(self.state),
-            "FLOODWATCH_CLIENT_ID": login,
-            "FLOODWATCH_REGISTRY": str(work / "registry.geojson"),
-            "FLOODWATCH_RETRY_MAX": "2",
-            "FLOODWATCH_STATS_INTERVAL": "0",
-            "FLOODWATCH_METRICS_PORT": "0",
-            "PYTHONUNBUFFERED": "1",
-        }
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "notify"],
-                env=env,
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 30
-        while b"notifying from" not in self.log.read_bytes():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"the notifier did not start:\n{self.log.read_text()}")
-            time.sleep(0.05)
+        env = notifier_env(
+            name,
+            work / f"{name}.toml",
+            self.state,
+            MQTT_URL=broker.url(login),
+            CLIENT_ID=login,
+            REGISTRY=str(work / "registry.geojson"),
+            RETRY_MAX="2",
+        )
+        super().__init__(env, work, name)
+        self.start()
 
     def pending(self) -> int:
         with sqlite3.connect(f"file:{self.state}?mode=ro", uri=True) as db:
             row = db.execute("SELECT count(*) FROM deliveries WHERE status = 'pending'").fetchone()
         return int(row[0])
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
 
 
 def publish(

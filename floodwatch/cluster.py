@@ -46,9 +46,7 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, ServiceUnavailableError
 from paho.mqtt.enums import CallbackAPIVersion
 
-from floodwatch.contract import Rejection
 from floodwatch.credentials import Credentials, new_password
-from floodwatch.decode import Decoded, decode_message
 from floodwatch.errors import FloodwatchError
 from floodwatch.localservices import Service, free_port, running
 from floodwatch.registry import Registry, Sensor, ward_key
@@ -719,37 +717,6 @@ def remapped_store_subject(
         return None
     part = sensor_partition(sensor, partitions)
     return MQTT_MSGS_PREFIX + partition_subject(root, part, ward_key(sensor), sensor_id, channel)
-
-
-def decode_unmapped(
-    topics: Topics, registry: Registry, subject: str, payload: bytes, received_at_ns: int
-) -> Decoded | None:
-    """A publish from the unmapped consumer (`$MQTT.msgs.ROOT.v1.sensors.ID.CHANNEL`) as a
-    dead letter, never judged: None if `subject` is not one. A sensor the registry in force
-    knows gets `unmapped_sensor` (the accounts lag the registry: reload them); any other gets
-    the decoder's own reason (`unknown_sensor`, `retired_sensor`, `bad_topic`).
-
-    Not routed to its partition's worker instead: this worker may not own that partition, and
-    the partition's readings would reach its engine out of stream order."""
-    if not subject.startswith(MQTT_MSGS_PREFIX):
-        return None
-    base = f"{_subject_root(topics.root)}.v1.sensors."
-    rest = subject[len(MQTT_MSGS_PREFIX) :]
-    if not rest.startswith(base):
-        return None
-    sensor_id, _, channel = rest[len(base) :].partition(".")
-    topic = {"reading": topics.reading, "status": topics.status}.get(channel, lambda _: rest)(
-        sensor_id
-    )
-    decoded = decode_message(topics, registry, topic, payload, received_at_ns)
-    if registry.get(sensor_id) is None or topic == rest:
-        return Decoded([], [], decoded.rejections)
-    reason = (
-        f"sensor {sensor_id[:80]!r} is in the registry but the cluster has no partition "
-        "mapping for it yet, so no worker judged this message; run `python -m "
-        "floodwatch.cluster reload` (README, Clustered mode) and have the sensor send it again"
-    )
-    return Decoded([], [], [Rejection(topic, payload, "unmapped_sensor", reason, received_at_ns)])
 
 
 def mqtt_store_filter(root: str, part: int) -> str:

@@ -7,12 +7,13 @@
 
 A sensor added through the API (a retained registry override, CONTRACT section 6) has no NATS
 user and no partition mapping until the accounts are regenerated and every node reloaded; until
-then it cannot log in, or (a login without a mapping) its readings are dead letters
-`unmapped_sensor`. `reload` gives every sensor of the registry in force a login if it has none
-(kept in the credentials' sensors.json, as `Credentials.load_or_generate` does at start),
-writes the accounts file atomically, and signals each node (`nats-server --signal
-reload=PID`); a reload keeps MQTT sessions, connections and JetStream data (tested). It then
-asks each node's /varz whether the configuration was loaded again, and says so per node.
+then it cannot log in, or (a login without a mapping) the worker holding the unmapped consumer
+moves each of its readings to its partition. `reload` gives every sensor of the registry in
+force a login if it has none (kept in the credentials' sensors.json, as
+`Credentials.load_or_generate` does at start), writes the accounts file atomically, and signals
+each node (`nats-server --signal reload=PID`); a reload keeps MQTT sessions, connections and
+JetStream data (tested). It then asks each node's /varz whether the configuration was loaded
+again, and says so per node.
 
 NATS cannot bind an MQTT client id to a login (docs/CLUSTER.md, Permissions): a sensor with a
 valid password can take another sensor's client id and so disconnect it. `watch` follows the
@@ -31,6 +32,7 @@ import json
 import logging
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -38,8 +40,12 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 
 from floodwatch.cluster import (
     ACCOUNT,
@@ -54,8 +60,17 @@ from floodwatch.cluster import (
     system_password,
     write_accounts,
 )
-from floodwatch.credentials import Credentials, bound_client_id, check_client_id
+from floodwatch.credentials import (
+    _ENV_PASSWORDS,
+    Credentials,
+    bound_client_id,
+    check_client_id,
+    load_sensor_credentials,
+    new_password,
+    save_sensor_logins,
+)
 from floodwatch.errors import FloodwatchError, SettingsError
+from floodwatch.metrics import Metric, serve
 from floodwatch.mqtt import Delivery, MqttConnection
 from floodwatch.operations import LiveRegistry
 from floodwatch.registry import SHIPPED_REGISTRY, Registry, load_registry
@@ -65,6 +80,8 @@ from floodwatch.topics import Topics
 
 RELOAD_WAIT_S = 5.0
 CONNECT_EVENTS = f"$SYS.ACCOUNT.{ACCOUNT}.CONNECT"
+SERVER_PING = "$SYS.REQ.SERVER.PING"
+SERVER_RELOAD = "$SYS.REQ.SERVER.{}.RELOAD"
 
 log = logging.getLogger("floodwatch.cluster")
 
@@ -87,11 +104,17 @@ class AccountsUpdate:
 
 
 def regenerate_accounts(
-    accounts: Path, credentials_dir: Path, registry: Registry, partitions: int | None = None
+    accounts: Path,
+    credentials_dir: Path,
+    registry: Registry,
+    partitions: int | None = None,
+    services: Mapping[str, str] | None = None,
 ) -> AccountsUpdate:
     """Write `accounts` for `registry` (the registry in force): a login for each of its sensors
     that has none, a mapping for each, with the partition count the file was made with (the
-    running consumers use it) unless `partitions` is given."""
+    running consumers use it) unless `partitions` is given. The service logins' passwords are
+    `services` (compose: from the environment, only sensors.json in `credentials_dir`), or
+    the directory's credentials.json (the local stack)."""
     if partitions is None:
         old = accounts.read_text() if accounts.exists() else ""
         found = accounts_partitions(old)
@@ -101,8 +124,16 @@ def regenerate_accounts(
                 "pass --partitions with the count the cluster runs with."
             )
         partitions = found
-    before = set(Credentials.load(credentials_dir).sensors)
-    creds = Credentials.load_or_generate(credentials_dir, registry.sensors)
+    if services is None:
+        before = set(Credentials.load(credentials_dir).sensors)
+        creds = Credentials.load_or_generate(credentials_dir, registry.sensors)
+    else:
+        sensors = load_sensor_credentials(Credentials.sensor_file(credentials_dir))
+        before = set(sensors)
+        if not set(registry.sensors) <= before:
+            sensors.update({sid: new_password() for sid in registry.sensors if sid not in before})
+            save_sensor_logins(credentials_dir, sensors)
+        creds = Credentials(dict(services), {}, sensors)
     text = accounts_config(creds, registry, partitions, system_password(accounts.parent))
     changed = write_accounts(accounts, text)
     return AccountsUpdate(
@@ -166,6 +197,64 @@ def reload_nodes(nodes: Iterable[NodeProcess], wait_s: float = RELOAD_WAIT_S) ->
     return lines
 
 
+async def _servers(nc: NatsClient, expected: int, wait_s: float) -> dict[str, str]:
+    """Every node's server id -> name, from the system account's PING (all nodes answer)."""
+    found: dict[str, str] = {}
+    complete = asyncio.Event()
+
+    async def on_reply(msg: Msg) -> None:
+        with contextlib.suppress(ValueError, AttributeError, KeyError, TypeError):
+            server = json.loads(msg.data)["server"]
+            found[str(server["id"])] = str(server.get("name") or server["id"])
+        if len(found) >= expected:
+            complete.set()
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=on_reply)
+    await nc.publish(SERVER_PING, b"", reply=inbox)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(complete.wait(), wait_s)
+    await sub.unsubscribe()
+    return found
+
+
+async def reload_over_nats(
+    sys_urls: Sequence[str], nodes: int, wait_s: float = RELOAD_WAIT_S
+) -> list[str]:
+    """Reload every node's configuration through the system account (`sys_urls` log in as
+    `sys`): the request each server answers, `$SYS.REQ.SERVER.ID.RELOAD`, for nodes this
+    process cannot signal (compose: each node in a container of its own). One sentence per
+    node; ClusterError naming the nodes that refused the file or did not answer."""
+    nc = await connect(sys_urls)
+    try:
+        servers = await _servers(nc, nodes, wait_s)
+        lines: list[str] = []
+        failed: list[str] = []
+        for server_id, name in sorted(servers.items(), key=lambda item: item[1]):
+            try:
+                answer = await nc.request(SERVER_RELOAD.format(server_id), b"", timeout=wait_s)
+                error = json.loads(answer.data).get("error")
+            except (nats.errors.Error, TimeoutError, ValueError, AttributeError) as exc:
+                error = f"no answer ({exc!r})"
+            if error:
+                failed.append(name)
+                lines.append(f"{name}: not reloaded: {error}; see its log")
+            else:
+                lines.append(f"{name}: reloaded")
+        if len(servers) < nodes:
+            failed.append(f"{nodes - len(servers)} of {nodes} nodes did not answer")
+            lines.append(
+                f"{nodes - len(servers)} of {nodes} nodes did not answer within {wait_s:g} s"
+            )
+        if failed:
+            raise ClusterError(
+                "\n".join(lines) + f"\nnot reloaded: {', '.join(failed)}; fix and run reload again"
+            )
+        return lines
+    finally:
+        await nc.close()
+
+
 def read_registry_in_force(mqtt_url: str, admin_password: str, root: str, base: Path) -> Registry:
     """The registry file with the retained overrides the cluster holds, read as ingest reads
     them (registry_in_force), through the MQTT front as `admin`."""
@@ -207,17 +296,19 @@ class RegistryFollower:
         base: Registry,
         accounts: Path,
         credentials_dir: Path,
-        nodes: Callable[[], Sequence[NodeProcess]],
+        reload: Callable[[], list[str]],
         say: Callable[[str], None],
         settle_s: float = 0.5,
+        services: Mapping[str, str] | None = None,  # regenerate_accounts's
     ) -> None:
         self.topics = topics
         self.live = LiveRegistry(base)
         self.accounts = accounts
         self.credentials_dir = credentials_dir
-        self.nodes = nodes  # asked at each reload: a restarted node has a new PID
+        self.reload = reload  # every node (reload_nodes, reload_over_nats): its lines
         self.say = say
         self.settle_s = settle_s
+        self.services = services
         self.reloads = 0  # reloads done (tests wait on it)
         self._overrides: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
         self._conn = MqttConnection(
@@ -261,13 +352,15 @@ class RegistryFollower:
         for problem in self.live.problems:
             self.say(f"registry override skipped: {problem}")
         try:
-            update = regenerate_accounts(self.accounts, self.credentials_dir, self.live.current)
+            update = regenerate_accounts(
+                self.accounts, self.credentials_dir, self.live.current, services=self.services
+            )
             if not update.changed:
                 return
             for sensor_id in update.new_logins:
                 self.say(f"new login for sensor {sensor_id}")
             self.say(f"accounts regenerated: {update.mapped} sensors mapped; reloading NATS")
-            lines = reload_nodes(self.nodes())
+            lines = self.reload()
         except (FloodwatchError, OSError) as exc:
             self.say(f"reload failed: {exc}; run `python -m floodwatch.cluster reload`")
             return
@@ -369,6 +462,29 @@ def log_takeover(takeover: Takeover) -> None:
     log.warning("%s", takeover.message())
 
 
+class TakeoverCount:
+    """The takeovers a watcher reported, for Prometheus (`admin --metrics-port`): a counter an
+    alert rule can watch (`increase(...) > 0`); who and where are in the log line."""
+
+    def __init__(self) -> None:
+        self.seen = 0  # one writer (the watcher's loop); a scrape reads an int
+
+    def report(self, takeover: Takeover) -> None:
+        self.seen += 1
+        log_takeover(takeover)
+
+    def metrics(self) -> list[Metric]:
+        return [
+            Metric(
+                "floodwatch_cluster_client_id_takeovers_total",
+                "MQTT connections whose client id was not the one their login must use (a "
+                "connection already using it was dropped).",
+                "counter",
+                [({}, self.seen)],
+            )
+        ]
+
+
 def sensor_logins_of(credentials_dir: Path) -> Callable[[], Collection[str]]:
     """The sensor logins in the credentials' sensors.json, read again when the file changes
     (a reload adds logins)."""
@@ -449,7 +565,13 @@ def cluster_admin(
         return [NodeProcess(n.name, svc.pid or 0, n.monitor_port) for svc, n in cluster.nodes]
 
     follower = RegistryFollower(
-        endpoint, topics, base, workdir / ACCOUNTS_FILE, credentials_dir, nodes, say
+        endpoint,
+        topics,
+        base,
+        workdir / ACCOUNTS_FILE,
+        credentials_dir,
+        lambda: reload_nodes(nodes()),  # asked at each reload: a restarted node has a new PID
+        say,
     )
     password = system_password(workdir)
     watch = ClientIdWatch(
@@ -479,6 +601,61 @@ def sys_urls(doc: Mapping[str, object], password: str) -> list[str]:
     ]
 
 
+def as_sys(nats_urls: str, password: str) -> list[str]:
+    """`nats://nats-1:4222,nats://...` (any login in them dropped) as the `sys` user's URLs."""
+    urls = []
+    for url in (u.strip() for u in nats_urls.split(",") if u.strip()):
+        parts = urlsplit(url if "://" in url else f"nats://{url}")
+        if parts.hostname is None:
+            raise SettingsError(f"NATS URL {url!r} has no host; write nats://HOST:4222")
+        urls.append(f"{parts.scheme}://sys:{password}@{parts.hostname}:{parts.port or 4222}")
+    if not urls:
+        raise SettingsError("admin: set --nats-url or FLOODWATCH_NATS_URL (every NATS node)")
+    return urls
+
+
+def run_admin(args: argparse.Namespace) -> int:
+    """`admin`: the registry follower and the client-id watcher until SIGTERM, reloading the
+    nodes through the system account (compose's `cluster-admin`; the local stack runs both in
+    its own process)."""
+    accounts: Path = args.accounts
+    urls = as_sys(args.nats_url, system_password(accounts.parent))
+    endpoint = parse_mqtt_url(args.mqtt_url, MQTT_V311)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def say(line: str) -> None:
+        log.info("%s", line)
+
+    # Compose gives the service logins' passwords in the environment, as to cluster-config.
+    passwords = {user: os.environ.get(var, "") for user, var in _ENV_PASSWORDS.items()}
+    follower = RegistryFollower(
+        endpoint,
+        Topics(args.topic_root),
+        load_registry(args.registry),
+        accounts,
+        args.credentials,
+        lambda: asyncio.run(reload_over_nats(urls, len(urls))),
+        say,
+        services=passwords if all(passwords.values()) else None,
+    )
+    takeovers = TakeoverCount()
+    watch = ClientIdWatch(urls, sensor_logins_of(args.credentials), takeovers.report)
+    server = serve("0.0.0.0", args.metrics_port, takeovers.metrics) if args.metrics_port else None
+    watch.start()
+    follower.start()
+    say(f"admin: following the registry and client ids on {len(urls)} nodes")
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+    finally:
+        follower.stop()
+        watch.stop()
+        if server is not None:
+            server.shutdown()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m floodwatch.cluster",
@@ -502,17 +679,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     reload.add_argument("--stack", type=Path, default=Path(".stack/stack.json"), help=stack_help)
     reload.add_argument(
-        "--registry",
-        type=Path,
-        default=Path(os.environ.get("FLOODWATCH_REGISTRY", str(SHIPPED_REGISTRY))),
-        help="the registry file the cluster runs with [env FLOODWATCH_REGISTRY]",
-    )
-    reload.add_argument(
-        "--topic-root",
-        default=os.environ.get("FLOODWATCH_TOPIC_ROOT", "floodwatch"),
-        help="topic root of the overrides [env FLOODWATCH_TOPIC_ROOT; default floodwatch]",
-    )
-    reload.add_argument(
         "--partitions",
         type=int,
         default=None,
@@ -529,8 +695,66 @@ def main(argv: Sequence[str] | None = None) -> int:
         "itself.",
     )
     watch.add_argument("--stack", type=Path, default=Path(".stack/stack.json"), help=stack_help)
+    admin_cmd = sub.add_parser(
+        "admin",
+        help="run the registry follower and the client-id watcher until stopped (docker "
+        "compose's cluster-admin service; `scripts/stack --cluster` runs both itself)",
+        description="Follow the retained registry overrides through the MQTT front and, after "
+        "each change, regenerate the accounts file and reload every NATS node through the "
+        "system account (no PIDs needed: each node may run in a container of its own); log "
+        "`client id takeover: ...` for each MQTT connection whose client id is not its "
+        "login's, and count them on /metrics (floodwatch_cluster_client_id_takeovers_total).",
+    )
+    admin_cmd.add_argument(
+        "--nats-url",
+        default=os.environ.get("FLOODWATCH_NATS_URL", ""),
+        help="every NATS node, comma-separated, e.g. nats://nats-1:4222 (logged into as `sys` "
+        "with the password beside the accounts file) [env FLOODWATCH_NATS_URL]",
+    )
+    admin_cmd.add_argument(
+        "--mqtt-url",
+        default=os.environ.get("FLOODWATCH_MQTT_URL", ""),
+        help="the MQTT front as admin, e.g. mqtt://admin:PASSWORD@mqtt-front:1883 "
+        "[env FLOODWATCH_MQTT_URL]",
+    )
+    admin_cmd.add_argument(
+        "--accounts",
+        type=Path,
+        default=Path("/cluster/nats-accounts.conf"),
+        help="the accounts file the nodes include (rewritten; default /cluster/nats-accounts.conf)",
+    )
+    admin_cmd.add_argument(
+        "--credentials",
+        type=Path,
+        default=Path("/credentials"),
+        help="the credentials directory with sensors.json (a new sensor's login is added there)",
+    )
+    admin_cmd.add_argument(
+        "--metrics-port",
+        type=int,
+        default=os.environ.get("FLOODWATCH_METRICS_PORT", "9466"),  # checked by type=int
+        help="Prometheus /metrics port, 0 for none [env FLOODWATCH_METRICS_PORT; default 9466]",
+    )
+    for command in (reload, admin_cmd):
+        command.add_argument(
+            "--registry",
+            type=Path,
+            default=Path(os.environ.get("FLOODWATCH_REGISTRY", str(SHIPPED_REGISTRY))),
+            help="the registry file the cluster runs with [env FLOODWATCH_REGISTRY]",
+        )
+        command.add_argument(
+            "--topic-root",
+            default=os.environ.get("FLOODWATCH_TOPIC_ROOT", "floodwatch"),
+            help="topic root of the overrides [env FLOODWATCH_TOPIC_ROOT; default floodwatch]",
+        )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.command == "admin":
+        try:
+            return run_admin(args)
+        except (FloodwatchError, OSError) as exc:
+            print(f"admin: {exc}", file=sys.stderr)
+            return 1
     try:
         doc = json.loads(args.stack.read_text())
         creds = doc["credentials"]

@@ -51,7 +51,9 @@ RejectionCode = Literal[
     "influx_refused",  # decoded, but InfluxDB refused the point
     "conflicting_reading",  # the same (sensor, ts) as a stored reading, with other values
     "retired_sensor",  # an operator retired the sensor (floodwatch.operations)
-    "unmapped_sensor",  # clustered mode: registered, but the NATS accounts lag the registry
+    # No longer given (the clustered workers move such publishes to their partition); kept for
+    # the dead letters stored with it before.
+    "unmapped_sensor",
 ]
 REJECTION_CODES: tuple[RejectionCode, ...] = get_args(RejectionCode)
 

@@ -430,6 +430,11 @@ _BROKER_UID = 1883
 _SIMULATOR_UID = 10001
 
 
+def save_sensor_logins(directory: Path, sensors: Mapping[str, str]) -> None:
+    """sensors.json (mode 0600): each sensor's login password."""
+    _write_private(Credentials.sensor_file(directory), json.dumps(dict(sensors), indent=2))
+
+
 def write_broker_files(
     out: Path, service_passwords: Mapping[str, str], sensor_ids: Iterable[str]
 ) -> dict[str, str]:
@@ -440,7 +445,7 @@ def write_broker_files(
     creds = Credentials(mqtt=dict(service_passwords), influx={}, sensors=sensors)
     out.mkdir(parents=True, exist_ok=True)
     creds.write_dynsec_file(Credentials.dynsec_file(out))
-    _write_private(Credentials.sensor_file(out), json.dumps(sensors, indent=2))
+    save_sensor_logins(out, sensors)
     return sensors
 
 

@@ -147,9 +147,9 @@ moves it to another within --pin-timeout when that worker dies; the new owner re
 partition's alert state from InfluxDB before judging. Each worker logs `owns partitions [..]`.
 NATS may deliver a sensor's readings behind later ones around a leader's death: a worker judges
 such a reading in its place (--late-replay seconds of history) instead of ignoring it as late.
-One worker at a time also takes the readings of sensors NATS has no partition mapping for
-(added since the accounts were last reloaded) and dead-letters them (`unmapped_sensor`: run
-`python -m floodwatch.cluster reload`).
+One worker at a time also takes the readings NATS stored without a partition mapping: those
+of sensors the registry knows go to their partition (run `python -m floodwatch.cluster reload`
+after adding sensors), the others are dead letters (`unknown_sensor`, `retired_sensor`).
 
 `python -m ingest ack ALERT_ID --who NAME [--note TEXT]` acknowledges an alert.
 """

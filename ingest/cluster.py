@@ -27,8 +27,10 @@ are back (collect_missed) and hands them over in stream order, so none is judged
 
 One more consumer holds the sensors' publishes no account mapping moved to a partition (a
 sensor added at runtime before `python -m floodwatch.cluster reload`); whichever worker is
-pinned to it hands them to the pipeline under their own subject, which dead-letters them
-(floodwatch.cluster.decode_unmapped) and acknowledges them once the dead letters are stored.
+pinned to it moves those of sensors the registry knows to their partitions
+(floodwatch.cluster.remapped_store_subject) and hands the others to the pipeline under their
+sensor's topic (mqtt_topic), which dead-letters them with the decoder's reason
+(`unknown_sensor`, `retired_sensor`) and acknowledges them once the dead letters are stored.
 
 A message in hand is acknowledged after its batch is stored (explicit acknowledgements,
 floodwatch.cluster.acknowledge); while it waits (InfluxDB slow), the worker tells the server it
@@ -85,11 +87,15 @@ SPREAD_ASK_S = 0.1
 
 
 def mqtt_topic(topics: Topics, subject: str) -> str:
-    """The contract's MQTT topic of a message in the MQTT store:
-    `$MQTT.msgs.ROOT.v1.part.P.WARD.ID.reading` -> `ROOT/v1/sensors/ID/reading`. Anything else
-    keeps its subject, and the decoder dead-letters it as an unknown topic."""
+    """The contract's MQTT topic of a message in the MQTT store: a partition's
+    `$MQTT.msgs.ROOT.v1.part.P.WARD.ID.reading`, or the unmapped consumer's
+    `$MQTT.msgs.ROOT.v1.sensors.ID.reading` (what the worker did not move to a partition:
+    sensors the registry does not know, which the decoder dead-letters with its reason; one
+    added since is stored as its reading) -> `ROOT/v1/sensors/ID/reading`. Anything else keeps
+    its subject, and the decoder dead-letters it as an unknown topic."""
     tokens = subject.split(".")
-    if len(tokens) >= 8 and tokens[-6] == "v1" and tokens[-5] == "part":
+    partitioned = len(tokens) >= 8 and tokens[-6] == "v1" and tokens[-5] == "part"
+    if partitioned or (len(tokens) >= 7 and tokens[-4] == "v1" and tokens[-3] == "sensors"):
         sensor_id, channel = tokens[-2], tokens[-1]
         if channel == "reading":
             return topics.reading(sensor_id)
@@ -314,8 +320,9 @@ class NatsSource:
     async def _pull_unmapped(self, nc: NatsClient) -> None:
         """Publishes no account mapping moved to a partition (floodwatch.cluster.unmapped_filter):
         one worker at a time holds them (a priority group, as a partition) and hands them over
-        under their subject, which the pipeline dead-letters (decode_unmapped) and acknowledges
-        once the dead letter is stored. No alert state: nothing is judged."""
+        under their sensor's topic (mqtt_topic) after moving those the registry knows to their
+        partitions; the pipeline dead-letters the rest with the decoder's reason and
+        acknowledges each once the dead letter is stored. No alert state: nothing is judged."""
         pull = PartitionPull(nc, unmapped_consumer_name(self.topics.root))
         while not self._closed.is_set():
             if not self._pulling.is_set():
@@ -469,7 +476,7 @@ class NatsSource:
                 self._held[first + k] = (msg, now)
         for k, msg in enumerate(msgs):
             subject = msg.subject
-            mapped = prefix and subject.startswith(prefix)  # "": the unmapped consumer's
+            mapped = not prefix or subject.startswith(prefix)  # "": the unmapped consumer's
             topic = mqtt_topic(topics, subject) if mapped else subject
             self._deliver(Delivery(topic, msg.data, False, received, first + k, 1, NATS_CONNECTION))
 

@@ -48,7 +48,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from floodwatch.cluster import decode_unmapped
 from floodwatch.contract import Reading, Rejection, iso_time
 from floodwatch.decode import decode_message
 from floodwatch.errors import (
@@ -222,11 +221,7 @@ def judge(
     rejections: list[Rejection] = []
     statuses = 0
     for d in deliveries:
-        decoded = decode_unmapped(topics, registry, d.topic, d.payload, d.received_at_ns)
-        if decoded is None:
-            decoded = decode_message(
-                topics, registry, d.topic, d.payload, d.received_at_ns, d.retained
-            )
+        decoded = decode_message(topics, registry, d.topic, d.payload, d.received_at_ns, d.retained)
         origin = (d.topic, d.payload, d.received_at_ns)
         if recent is None:
             for r in decoded.readings:

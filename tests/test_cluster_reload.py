@@ -6,13 +6,18 @@ in the server's connect events. A real 3-node NATS cluster behind HAProxy."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
@@ -30,7 +35,6 @@ from floodwatch.cluster import (
     accounts_partitions,
     acknowledge,
     connect,
-    decode_unmapped,
     ensure_partition_consumers,
     local_cluster,
     partition_consumer_name,
@@ -42,21 +46,26 @@ from floodwatch.cluster import (
 from floodwatch.clusteradmin import (
     NodeProcess,
     Takeover,
+    TakeoverCount,
+    as_sys,
     judge_connect,
     read_registry_in_force,
     regenerate_accounts,
     reload_nodes,
+    reload_over_nats,
     sensor_logins_of,
     watch_client_ids,
 )
-from floodwatch.credentials import Credentials
-from floodwatch.localservices import local_credentials
+from floodwatch.credentials import _ENV_PASSWORDS, Credentials
+from floodwatch.localservices import free_port, local_credentials
+from floodwatch.metrics import render
 from floodwatch.mqtt import Delivery
 from floodwatch.operations import Override, apply_overrides
 from floodwatch.registry import SHIPPED_REGISTRY, load_registry, ward_key
 from floodwatch.topics import Topics
+from ingest.cluster import mqtt_topic
 from ingest.pipeline import judge
-from tests.conftest import wait_until
+from tests.conftest import ROOT, wait_until
 
 PARTITIONS = 8
 REGISTRY = load_registry(SHIPPED_REGISTRY)
@@ -81,29 +90,48 @@ def test_a_login_without_a_registry_sensor_keeps_its_user_but_gets_no_mapping() 
 
 
 def test_unmapped_publishes_are_dead_letters_with_the_reason_that_fits() -> None:
+    """What the worker hands over from the unmapped consumer (after moving the registry's
+    sensors to their partitions) is dead-lettered by the pipeline with the decoder's reason."""
     topics = Topics("fw")
-    in_force, _ = apply_overrides(REGISTRY, {"qh-77": NEW_SENSOR})
+    in_force, _ = apply_overrides(REGISTRY, {"qh-02": Override("qh-02", retired=True)})
 
-    def code(sensor_id: str, channel: str) -> str:
+    def rejection(sensor_id: str, channel: str) -> str:
         subject = f"{MQTT_MSGS_PREFIX}fw.v1.sensors.{sensor_id}.{channel}"
-        decoded = decode_unmapped(topics, in_force, subject, READING, 1)
-        assert decoded is not None and not decoded.readings and not decoded.statuses
-        (rejection,) = decoded.rejections
-        return f"{rejection.code}: {rejection.topic}: {rejection.reason}"
+        delivery = Delivery(mqtt_topic(topics, subject), READING, False, 1, 0, 1, 0)
+        batch = judge(topics, in_force, [delivery])
+        assert not batch.readings and not batch.statuses
+        (rejected,) = batch.rejections
+        return f"{rejected.code}: {rejected.topic}"
 
-    assert code("qh-77", "reading").startswith("unmapped_sensor: fw/v1/sensors/qh-77/reading")
-    assert "python -m floodwatch.cluster reload" in code("qh-77", "status")
-    assert code("zz-01", "reading").startswith("unknown_sensor: fw/v1/sensors/zz-01/reading")
-    assert code("qh-77", "other").startswith("bad_topic")
-    # Partition subjects and anything else are not the unmapped consumer's.
-    assert decode_unmapped(topics, in_force, "fw/v1/sensors/qh-77/reading", READING, 1) is None
-    assert decode_unmapped(topics, in_force, "$MQTT.msgs.fw.v1.part.3.a.b.reading", b"", 1) is None
-    # The pipeline's decoding step gives the same dead letter, never a reading.
-    delivery = Delivery(
-        f"{MQTT_MSGS_PREFIX}fw.v1.sensors.qh-77.reading", READING, False, 1, 0, 1, 0
+    assert rejection("zz-01", "reading") == "unknown_sensor: fw/v1/sensors/zz-01/reading"
+    assert rejection("zz-01", "status") == "unknown_sensor: fw/v1/sensors/zz-01/status"
+    assert rejection("qh-02", "reading") == "retired_sensor: fw/v1/sensors/qh-02/reading"
+    assert rejection("zz-01", "other").startswith("bad_topic: $MQTT.msgs.fw.v1.sensors.zz-01")
+    # A sensor the registry knows by the time it is decoded is stored as its reading.
+    assert mqtt_topic(topics, f"{MQTT_MSGS_PREFIX}fw.v1.sensors.d12-01.reading") == (
+        "fw/v1/sensors/d12-01/reading"
     )
-    batch = judge(topics, in_force, [delivery])
-    assert not batch.readings and [r.code for r in batch.rejections] == ["unmapped_sensor"]
+
+
+def test_compose_regenerates_the_accounts_from_the_environment_s_service_logins(
+    tmp_path: Path,
+) -> None:
+    """compose keeps only sensors.json in the credentials volume: the service logins come from
+    the environment, and a sensor added at runtime gets its login in sensors.json."""
+    sensors = {sid: f"pw-{sid}" for sid in REGISTRY.sensors}
+    Credentials.sensor_file(tmp_path).write_text(json.dumps(sensors))
+    services = {user: f"secret-{user}" for user in ("admin", "ingest", "api", "notify")}
+    in_force, _ = apply_overrides(REGISTRY, {"qh-77": NEW_SENSOR})
+    accounts = tmp_path / ACCOUNTS_FILE
+    update = regenerate_accounts(accounts, tmp_path, in_force, PARTITIONS, services=services)
+    assert update.changed and update.new_logins == ["qh-77"]
+    written = json.loads(Credentials.sensor_file(tmp_path).read_text())
+    assert written == {**sensors, "qh-77": written["qh-77"]}
+    text = accounts.read_text()
+    assert all(f'password: "secret-{user}"' in text for user in services), text[:400]
+    assert f'password: "{written["qh-77"]}"' in text
+    again = regenerate_accounts(accounts, tmp_path, in_force, services=services)
+    assert not again.changed and not again.new_logins
 
 
 def _event(user: str, client_id: str, client_type: str = "mqtt") -> dict[str, object]:
@@ -274,7 +302,7 @@ def test_a_sensor_added_at_runtime_is_mapped_by_a_reload_that_keeps_sessions_and
 
 
 @pytest.mark.services
-def test_a_node_that_cannot_be_reloaded_is_named(cluster: LocalCluster) -> None:
+def test_a_node_that_cannot_be_reloaded_is_named(cluster: LocalCluster, workdir: Path) -> None:
     _, node = cluster.nodes[0]
     gone = NodeProcess("nats-9", 2**22 + 7, node.monitor_port)  # above Linux's default pid_max
     with pytest.raises(ClusterError, match=r"nats-9 \(pid \d+\): not signalled") as refused:
@@ -282,20 +310,27 @@ def test_a_node_that_cannot_be_reloaded_is_named(cluster: LocalCluster) -> None:
     assert "not reloaded: nats-9" in str(refused.value)
     with pytest.raises(ClusterError, match="nats-0: not running"):
         reload_nodes([NodeProcess("nats-0", 0, node.monitor_port)])
+    # Through the system account: a node that does not answer is counted.
+    urls = as_sys(",".join(cluster.nats_urls()), system_password(workdir))
+    with pytest.raises(ClusterError, match="not reloaded: 1 of 4 nodes did not answer"):
+        asyncio.run(reload_over_nats(urls, 4, wait_s=0.5))
 
 
 @pytest.mark.services
 def test_a_login_the_mappings_do_not_cover_is_kept_for_the_dead_letters(
     cluster: LocalCluster, workdir: Path, root: str
 ) -> None:
-    """An admin made a login for zz-01 (not in the registry): it may connect, and its readings
-    wait in the unmapped consumer, which the pipeline dead-letters, instead of vanishing."""
+    """An admin made a login for zz-01 (not in the registry): once the nodes are reloaded
+    through the system account (compose's way: no PIDs), it may connect, and its readings wait
+    in the unmapped consumer, which the pipeline dead-letters, instead of vanishing."""
     creds_dir = workdir / "credentials"
     creds = Credentials.load(creds_dir)
     sensors = {**creds.sensors, "zz-01": "zz-password-1"}
     Credentials.sensor_file(creds_dir).write_text(json.dumps(sensors))
     regenerate_accounts(workdir / ACCOUNTS_FILE, creds_dir, REGISTRY)
-    reload_nodes(_nodes(cluster))
+    urls = as_sys(",".join(cluster.nats_urls()), system_password(workdir))
+    lines = asyncio.run(reload_over_nats(urls, len(urls)))
+    assert lines == ["nats-1: reloaded", "nats-2: reloaded", "nats-3: reloaded"]
     stray = Client(cluster, "zz-01", "zz-password-1", "zz-01")
     try:
         assert not stray.refused, stray.refused
@@ -304,7 +339,7 @@ def test_a_login_the_mappings_do_not_cover_is_kept_for_the_dead_letters(
         stray.close()
     (msg,) = asyncio.run(_fetch(cluster, unmapped_consumer_name(root), 1))
     assert msg.subject == f"{MQTT_MSGS_PREFIX}{root}.v1.sensors.zz-01.reading"
-    delivery = Delivery(msg.subject, msg.data, False, 1, 0, 1, 0)
+    delivery = Delivery(mqtt_topic(Topics(root), msg.subject), msg.data, False, 1, 0, 1, 0)
     (rejection,) = judge(Topics(root), REGISTRY, [delivery]).rejections
     assert rejection.code == "unknown_sensor" and rejection.payload == READING
 
@@ -314,17 +349,23 @@ def test_the_watcher_reports_a_sensor_taking_another_sensors_client_id(
     cluster: LocalCluster, workdir: Path
 ) -> None:
     found: list[Takeover] = []
+    count = TakeoverCount()
     urls = [
         f"nats://sys:{system_password(workdir)}@127.0.0.1:{node.client_port}"
         for _, node in cluster.nodes
     ]
+
+    def report(takeover: Takeover) -> None:
+        found.append(takeover)
+        count.report(takeover)
+
     stop = asyncio.Event()
     subscribed = threading.Event()
     loop = asyncio.new_event_loop()
     logins = sensor_logins_of(workdir / "credentials")
     watching = threading.Thread(
         target=loop.run_until_complete,
-        args=(watch_client_ids(urls, logins, found.append, stop, subscribed.set),),
+        args=(watch_client_ids(urls, logins, report, stop, subscribed.set),),
         daemon=True,
     )
     watching.start()
@@ -337,6 +378,8 @@ def test_the_watcher_reports_a_sensor_taking_another_sensors_client_id(
         intruder.close()
         wait_until(lambda: bool(found), 10, "the takeover's report")
         assert [(t.login, t.client_id) for t in found] == [("d12-02", "d12-01")]
+        # Prometheus sees it too (`python -m floodwatch.cluster admin --metrics-port`).
+        assert "floodwatch_cluster_client_id_takeovers_total 1.0" in render(count.metrics())
     finally:
         loop.call_soon_threadsafe(stop.set)
         watching.join(10)
@@ -358,3 +401,52 @@ def test_a_known_sensors_unmapped_publish_goes_back_to_its_partition() -> None:
         subject = f"{MQTT_MSGS_PREFIX}fw.v1.sensors.{unknown}"
         assert remapped_store_subject("fw", in_force, PARTITIONS, subject) is None
     assert remapped_store_subject("fw", in_force, PARTITIONS, "fw.v1.sensors.qh-02.reading") is None
+
+
+@pytest.mark.services
+def test_the_admin_process_maps_a_sensor_an_operator_adds_and_serves_the_takeover_count(
+    cluster: LocalCluster, workdir: Path, root: str
+) -> None:
+    """`python -m floodwatch.cluster admin` as compose runs it (service logins from the
+    environment, nodes reloaded through the system account): an operator adds a sensor, and
+    its login works once the admin says the nodes reloaded; /metrics counts takeovers."""
+    creds_dir = workdir / "credentials"
+    metrics_port = free_port()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONUNBUFFERED": "1",
+        "FLOODWATCH_NATS_URL": ",".join(f"127.0.0.1:{n.client_port}" for _, n in cluster.nodes),
+        "FLOODWATCH_MQTT_URL": cluster.credentials.mqtt_url(
+            "admin", "127.0.0.1", cluster.front.port
+        ),
+        "FLOODWATCH_TOPIC_ROOT": root,
+        "FLOODWATCH_METRICS_PORT": str(metrics_port),
+        **{var: cluster.credentials.mqtt[user] for user, var in _ENV_PASSWORDS.items()},
+    }
+    log = workdir / f"admin-{root}.log"
+    args = ["--accounts", str(workdir / ACCOUNTS_FILE), "--credentials", str(creds_dir)]
+    with log.open("wb") as out:
+        admin = subprocess.Popen(
+            [sys.executable, "-m", "floodwatch.cluster", "admin", *args],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    operator = Client(cluster, "admin", cluster.credentials.mqtt["admin"], f"op-{root}")
+    added = dataclasses.replace(NEW_SENSOR, sensor_id="qh-78")
+    try:
+        wait_until(lambda: b"admin: following" in log.read_bytes(), 30, "the admin to start")
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        assert "floodwatch_cluster_client_id_takeovers_total 0.0" in scraped
+        operator.publish(Topics(root).registry_override("qh-78"), added.to_json(), retain=True)
+        wait_until(lambda: log.read_bytes().count(b": reloaded") == 3, 30, "three reloads")
+        password = Credentials.load(creds_dir).sensors["qh-78"]
+        sensor = Client(cluster, "qh-78", password, "qh-78")
+        sensor.close()
+        assert not sensor.refused, sensor.refused
+    finally:
+        operator.publish(Topics(root).registry_override("qh-78"), b"", retain=True)
+        operator.close()
+        admin.send_signal(signal.SIGTERM)
+        assert admin.wait(15) == 0, log.read_text()

@@ -410,8 +410,17 @@ def test_the_cluster_profile_runs_the_services_stack_json_names(compose: Doc) ->
     jobs), and leaves the default (single-node) services without a profile."""
     services = _services(compose)
     cluster = {name for name, s in services.items() if "cluster" in s.get("profiles", [])}
-    jobs = {"cluster-config", "cluster-prepare", "cluster-street"}
+    # The stack runs the registry follower and takeover watcher (cluster-admin) in its own
+    # process, so stack.json does not name it.
+    jobs = {"cluster-config", "cluster-prepare", "cluster-street", "cluster-admin"}
     assert cluster - jobs == set(cluster_service_names(workers=2, api_replicas=2))
+    admin = services["cluster-admin"]
+    assert admin["command"][2:4] == ["floodwatch.cluster", "admin"]
+    # It rewrites the files the nodes and cluster-config share, and reaches every node.
+    assert ("cluster-config", "/cluster", "rw") in _volume_mounts(admin)
+    assert ("credentials", "/credentials", "rw") in _volume_mounts(admin)
+    nats_urls = admin["environment"]["FLOODWATCH_NATS_URL"].split(",")
+    assert nats_urls == [f"nats://{node}:4222" for node in ("nats-1", "nats-2", "nats-3")]
     default = {"credentials", "mosquitto", "influxdb", "backup", "ingest", "api", "notify"}
     assert all("profiles" not in services[name] for name in default | {"simulator"})
     # Pinned images: the NATS server version the tests run, and Debian's HAProxy release.

@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -43,7 +41,8 @@ from notify.lease import LEASE_BUCKET, Lease, LeaseState, lease_key
 from notify.routing import load_routing
 from notify.service import Notifier, NotifierOptions
 from notify.store import Store
-from tests.conftest import ROOT, wait_until
+from tests.conftest import wait_until
+from tests.notify_process import NotifierProcess, notifier_env
 from tests.notify_servers import Answer, HttpReceiver, Request
 from tests.test_notify_e2e import (
     T0,
@@ -252,50 +251,23 @@ async def _event_sessions(cluster: LocalCluster, root: str) -> int:
         await nc.close()
 
 
-class ClusterNotifier:
+class ClusterNotifier(NotifierProcess):
     """`python -m notify --cluster` as instance K, through the MQTT front as `notify`."""
 
     def __init__(self, cluster: LocalCluster, root: str, routing: Path, k: int, workdir: Path):
-        self.name = f"notify-{k}"
-        self.state = workdir / f"{self.name}.sqlite"
-        self.log = workdir / f"{self.name}.log"
-        env = {
-            "PATH": "/usr/bin:/bin",
-            "PYTHONUNBUFFERED": "1",
-            "FLOODWATCH_CLUSTER": "1",
-            "FLOODWATCH_NATS_URL": ",".join(cluster.nats_urls("notify")),
-            "FLOODWATCH_MQTT_URL": cluster.credentials.mqtt_url(
-                "notify", "127.0.0.1", cluster.front.port
-            ),
-            "FLOODWATCH_MQTT_PROTOCOL": MQTT_V311,
-            "FLOODWATCH_TOPIC_ROOT": root,
-            "FLOODWATCH_ROUTING": str(routing),
-            "FLOODWATCH_NOTIFY_STATE": str(self.state),
-            "FLOODWATCH_CLIENT_ID": f"floodwatch-notify-{k}",
-            "FLOODWATCH_RETRY_MAX": "1",
-            "FLOODWATCH_STATS_INTERVAL": "0",
-            "FLOODWATCH_METRICS_PORT": "0",
-        }
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "notify"],
-                env=env,
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def said(self, text: str) -> bool:
-        return text.encode() in self.log.read_bytes()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.state = workdir / f"notify-{k}.sqlite"
+        env = notifier_env(
+            root,
+            routing,
+            self.state,
+            CLUSTER="1",
+            NATS_URL=",".join(cluster.nats_urls("notify")),
+            MQTT_URL=cluster.credentials.mqtt_url("notify", "127.0.0.1", cluster.front.port),
+            MQTT_PROTOCOL=MQTT_V311,
+            CLIENT_ID=f"floodwatch-notify-{k}",
+        )
+        super().__init__(env, workdir, f"notify-{k}")
+        self.launch()
 
 
 @pytest.mark.services  # a real NATS cluster and HAProxy
@@ -399,10 +371,10 @@ def test_the_standby_notifier_takes_over_from_a_paused_then_a_killed_active_one(
         receiver.wait_for(lambda got: len(got) >= 20, 30, "the first deliveries")
 
         # 1. Pause the active one: the standby takes over; the paused one, let go on, is fenced.
-        first.proc.send_signal(signal.SIGSTOP)
+        first.send(signal.SIGSTOP)
         paused_ns = time.time_ns()
         wait_until(lambda: _took_over(second), 15, "the standby to take the lease")
-        first.proc.send_signal(signal.SIGCONT)
+        first.send(signal.SIGCONT)
         resumed_ns = time.time_ns()
         wait_until(lambda: first.said("lost the lease"), 10, "the paused one to learn it lost")
         receiver.wait_for(lambda got: _unique(got) >= len(events), 30, "phase 1's notifications")
@@ -418,9 +390,9 @@ def test_the_standby_notifier_takes_over_from_a_paused_then_a_killed_active_one(
         receiver.wait_for(
             lambda got: len(got) >= before_kill + 20, 30, "the second one's deliveries"
         )
-        second.proc.send_signal(signal.SIGKILL)
+        second.send(signal.SIGKILL)
         killed_ns = time.time_ns()
-        second.proc.wait(10)
+        second.wait(10)
         assert _unique(receiver.accepted) < len(events), "all delivered before the kill"
         later = lifetimes(["d12-01", "d12-02"], alerts_per_sensor=2)  # while none is active
         publish(later)
@@ -459,7 +431,7 @@ def test_the_standby_notifier_takes_over_from_a_paused_then_a_killed_active_one(
     finally:
         publisher.stop()
         for n in notifiers:
-            if n.proc.poll() is None:
-                n.proc.send_signal(signal.SIGCONT)
+            if n.running:
+                n.send(signal.SIGCONT)
             n.stop()
         receiver.stop()

@@ -5,6 +5,7 @@ RELIABILITY.md's table is written (`python -m tests.reliability_table`)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -29,6 +30,14 @@ from tests.conftest import ROOT, IngestProcess, admin_endpoint, grant, mosquitto
 
 pytestmark = pytest.mark.slow  # outages and kills, a minute of load: CI and `scripts/test`
 ARTEFACT = ROOT / "tests" / "artefacts" / "reliability.json"
+# How long influxd stays down under load: RELIABILITY.md's figure is 60 s (run by hand with
+# FLOODWATCH_RELIABILITY_OUTAGE_S=60); the suite's outage is shorter for its time budget, and
+# still longer than ingest's retry cap (5 s) and than the broker's default queue holds.
+OUTAGE_S = float(os.environ.get("FLOODWATCH_RELIABILITY_OUTAGE_S", "15"))
+# Readings queued for a stopped ingest: RELIABILITY.md's figure is 200,000
+# (FLOODWATCH_RELIABILITY_FLOOD=200000); the suite's 50,000 are still 50 times Mosquitto's
+# default queue and 5 times the shipped in-flight window.
+FLOOD = int(os.environ.get("FLOODWATCH_RELIABILITY_FLOOD", "50000"))
 T0_MS = 1_795_000_000_000
 Key = tuple[str, int]
 
@@ -195,13 +204,14 @@ def test_ingest_sigkill_mid_batch(
     )
 
 
-def test_influxd_down_for_a_minute_under_load(
+def test_influxd_down_under_load(
     broker: Service,
     own_influxd: Service,
     unique: str,
     start_ingest: Callable[..., IngestProcess],
 ) -> None:
-    """influxd stopped for 60 s while readings keep coming (no outbox): all stored after."""
+    """influxd stopped for OUTAGE_S (RELIABILITY.md: 60 s) while readings keep coming (no
+    outbox): all stored after."""
     ingest = start_ingest(
         FLOODWATCH_INFLUX_URL=own_influxd.url("writer"),
         FLOODWATCH_INFLUX_READ_URL=own_influxd.url("reader"),
@@ -230,7 +240,7 @@ def test_influxd_down_for_a_minute_under_load(
     pub = in_background(publish_steadily)
     time.sleep(2)
     own_influxd.stop()
-    time.sleep(60)
+    time.sleep(OUTAGE_S)  # the outage itself, not a wait for a result
     own_influxd.start()
     wait_influx_ready(own_influxd.port)
     back = time.monotonic()
@@ -243,8 +253,8 @@ def test_influxd_down_for_a_minute_under_load(
     assert (lost, dup) == (0, 0)
     record(
         Row(
-            "influxd down 60 s under load",
-            "stop influxd for 60 s at ~200 readings/s, "
+            f"influxd down {OUTAGE_S:.0f} s under load",
+            f"stop influxd for {OUTAGE_S:.0f} s at ~200 readings/s, "
             "start it (no outbox: the broker holds everything)",
             len(published),
             stored,
@@ -401,9 +411,16 @@ def test_broker_sigkill_loses_at_most_what_came_after_the_last_autosave(
     unique: str,
     start_ingest: Callable[..., IngestProcess],
 ) -> None:
-    """The shipped config saves every 30 s: a broker SIGKILL keeps what was queued before the
-    last save and may lose what was queued after it, and nothing else."""
+    """The shipped config saves every 30 s (here every 3 s, the same mechanism sooner): a broker
+    SIGKILL keeps what was queued before the last save and may lose what was queued after it,
+    and nothing else."""
     topic = f"{unique}/v1/sensors/qh-04/reading"
+    own_broker.stop()
+    conf = own_broker.workdir / "mosquitto.conf"
+    shipped = conf.read_text()
+    assert "\nautosave_interval 30\n" in shipped
+    conf.write_text(shipped.replace("\nautosave_interval 30\n", "\nautosave_interval 3\n"))
+    own_broker.start()
     # A broker of its own: ingest as shipped, under the id its login is bound to.
     env = {
         "FLOODWATCH_MQTT_URL": own_broker.url("ingest"),
@@ -418,8 +435,8 @@ def test_broker_sigkill_loses_at_most_what_came_after_the_last_autosave(
     queued_at = time.time()
     wait_until(
         lambda: db_file.exists() and db_file.stat().st_mtime > queued_at,
-        45,
-        "the broker's 30 s autosave",
+        15,
+        "the broker's autosave",
     )
     unsaved, keys_unsaved = readings("qh-04", 10_000, 10_000)
     mosquitto_pub(own_broker, topic, lines=unsaved)
@@ -490,12 +507,13 @@ def test_duplicates_and_overlapping_backfill_store_each_reading_once(
 def test_subscriber_flood_beyond_default_queue_limits(
     broker: Service, db: InfluxClient, unique: str, start_ingest: Callable[..., IngestProcess]
 ) -> None:
-    """200,000 readings queued for an absent ingest (Mosquitto's default keeps 1,000): all."""
+    """FLOOD readings (RELIABILITY.md: 200,000) queued for an absent ingest (Mosquitto's
+    default keeps 1,000): all stored."""
     ingest = start_ingest()
     ingest.stop(signal.SIGTERM)
     published: set[Key] = set()
     for sensor in ("d12-01", "d12-03", "qh-02", "nvh-01", "nvh-02"):
-        body, sent = readings(sensor, 0, 40_000)
+        body, sent = readings(sensor, 0, FLOOD // 5)
         mosquitto_pub(broker, f"{unique}/v1/sensors/{sensor}/reading", lines=body)
         published |= sent
     started = time.monotonic()
@@ -506,7 +524,7 @@ def test_subscriber_flood_beyond_default_queue_limits(
     record(
         Row(
             "subscriber flood beyond default queue",
-            "200,000 readings queued for a stopped ingest, then start it",
+            f"{FLOOD:,} readings queued for a stopped ingest, then start it",
             len(published),
             stored,
             lost,

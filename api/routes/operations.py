@@ -118,6 +118,14 @@ def _refuse(status: int, message: str) -> HTTPException:
     return HTTPException(status, message)
 
 
+def _in_force(services: Services, sensor_id: str) -> Sensor:
+    """The sensor of the registry in force, or the 404 every operator route gives."""
+    sensor = services.registry.get(sensor_id)
+    if sensor is None:
+        raise _refuse(404, f"no sensor {sensor_id!r} in the registry; see GET /v1/sensors")
+    return sensor
+
+
 def _reason(text: str) -> str:
     try:
         return check_text(text, "reason", MAX_REASON)
@@ -243,8 +251,7 @@ async def list_maintenance(services: ServicesDep, _: ViewerDep) -> Response:
 async def begin_sensor(
     sensor_id: SensorId, body: MaintenanceIn, services: ServicesDep, operator: OperatorDep
 ) -> Response:
-    if services.registry.get(sensor_id) is None:
-        raise _refuse(404, f"no sensor {sensor_id!r} in the registry; see GET /v1/sensors")
+    _in_force(services, sensor_id)
     try:
         record = start_maintenance(
             sensor_id, operator.name, body.reason, _until_ns(body.until), services.clock()
@@ -366,9 +373,7 @@ def _sensor_json(services: Services, sensor_id: str) -> dict[str, Any]:
 async def calibrate(
     sensor_id: SensorId, body: CalibrationIn, services: ServicesDep, operator: OperatorDep
 ) -> Response:
-    before = services.registry.get(sensor_id)
-    if before is None:
-        raise _refuse(404, f"no sensor {sensor_id!r} in the registry; see GET /v1/sensors")
+    before = _in_force(services, sensor_id)
     patch = body.model_dump(exclude_none=True, exclude={"reason"})
     try:
         override, change = calibration_change(
@@ -426,8 +431,7 @@ async def add_sensor(body: SensorIn, services: ServicesDep, operator: OperatorDe
 async def retire_sensor(
     sensor_id: SensorId, services: ServicesDep, operator: OperatorDep, reason: Reason
 ) -> Response:
-    if services.registry.get(sensor_id) is None:
-        raise _refuse(404, f"no sensor {sensor_id!r} in force; see GET /v1/sensors")
+    _in_force(services, sensor_id)
     held = _override_of(services, sensor_id)
     override = Override(
         sensor_id,

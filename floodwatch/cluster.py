@@ -23,6 +23,7 @@ import functools
 import json
 import logging
 import shutil
+import socket as sock
 import subprocess
 import sys
 import time
@@ -451,13 +452,21 @@ def nats_url(node: NatsNode, credentials: Credentials, user: str = "admin") -> s
 # -- HAProxy, the MQTT front door ---------------------------------------------------------------
 
 
-def haproxy_config(front_port: int, backends: Sequence[NatsNode], stats_port: int) -> str:
+def haproxy_config(
+    front_port: int,
+    backends: Sequence[NatsNode],
+    stats_port: int,
+    admin_socket: Path | None = None,
+) -> str:
     """TCP mode in front of the MQTT listeners; a sensor reconnects to the front port and lands
     on a live node. The health check asks each node's monitoring port whether the node is
     current with JetStream's meta leader (starting, cut off, no quorum: down), so no sensor is
     sent where its QoS 1 publishes could not be stored. Only the server: a full /healthz also
     fails while any one stream or consumer catches up (one is created, say), and shutting every
-    sensor's session then would do harm."""
+    sensor's session then would do harm. `admin_socket` (mode 0600) lets the orderly restart
+    (floodwatch.clusteradmin.restart_node_orderly) move a node's sensors off before stopping
+    it."""
+    admin = f"\n    stats socket {admin_socket} mode 600 level admin" if admin_socket else ""
     servers = "\n".join(
         f"    server {node.name} 127.0.0.1:{node.mqtt_port} check port {node.monitor_port} "
         "inter 500ms fall 2 rise 2 on-marked-down shutdown-sessions"
@@ -467,7 +476,7 @@ def haproxy_config(front_port: int, backends: Sequence[NatsNode], stats_port: in
 global
     # One connection per sensor plus services; the process needs ~2 file descriptors each, so
     # a city-sized front door raises maxconn with the fd limit (docs/CLUSTER.md).
-    maxconn 4000
+    maxconn 4000{admin}
 defaults
     mode tcp
     timeout connect 2s
@@ -503,7 +512,11 @@ def haproxy_service(
         )
     port = free_port()
     conf = workdir / "haproxy.cfg"
-    conf.write_text(haproxy_config(port, backends, haproxy_stats_port(workdir, new=True)))
+    conf.write_text(
+        haproxy_config(
+            port, backends, haproxy_stats_port(workdir, new=True), mqtt_front_socket(workdir)
+        )
+    )
     check = subprocess.run([binary, "-c", "-f", str(conf)], capture_output=True, text=True)
     if check.returncode != 0:
         raise ClusterError(f"haproxy refused its generated {conf}: {check.stdout}{check.stderr}")
@@ -559,6 +572,40 @@ def local_cluster(
             wait_cluster_ready([node for _, node in pairs])
             wait_front_door(workdir, len(pairs))
             yield LocalCluster(pairs, front, credentials)
+
+
+def mqtt_front_socket(workdir: Path) -> Path:
+    """HAProxy's admin socket for the MQTT front (mode 0600), beside its configuration."""
+    return workdir / "mqtt-front.sock"
+
+
+def haproxy_admin(socket: Path, command: str) -> str:
+    """One command on an HAProxy admin socket (`set server B/S state maint`, ...); its answer
+    (empty when it simply did it)."""
+    with sock.socket(sock.AF_UNIX, sock.SOCK_STREAM) as conn:
+        conn.settimeout(5)
+        conn.connect(str(socket))
+        conn.sendall(f"{command}\n".encode())
+        chunks = []
+        while chunk := conn.recv(4096):
+            chunks.append(chunk)
+    return b"".join(chunks).decode().strip()
+
+
+def set_mqtt_front_server(workdir: Path, node: str, state: str) -> None:
+    """Tell the MQTT front to send `node` new sensors (`ready`) or none (`maint`); with `maint`
+    it also closes the sensors' connections there now, so they reconnect to the other nodes
+    while this one still stores their publishes (the orderly restart)."""
+    if state not in ("ready", "maint"):
+        raise ValueError(f"state must be ready or maint, got {state!r}")
+    socket = mqtt_front_socket(workdir)
+    commands = [f"set server nats_mqtt/{node} state {state}"]
+    if state == "maint":
+        commands.append(f"shutdown sessions server nats_mqtt/{node}")
+    for command in commands:
+        answer = haproxy_admin(socket, command)
+        if answer:
+            raise ClusterError(f"HAProxy refused `{command}` on {socket}: {answer}")
 
 
 def haproxy_stats_port(workdir: Path, new: bool = False) -> int:

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -38,8 +39,10 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
+import nats
 
 from floodwatch.cluster import (
     ACCOUNT,
@@ -51,7 +54,10 @@ from floodwatch.cluster import (
     accounts_partitions,
     connect,
     nats_binary,
+    set_mqtt_front_server,
     system_password,
+    wait_cluster_ready,
+    wait_front_door,
     write_accounts,
 )
 from floodwatch.credentials import Credentials, bound_client_id, check_client_id
@@ -164,6 +170,91 @@ def reload_nodes(nodes: Iterable[NodeProcess], wait_s: float = RELOAD_WAIT_S) ->
             "\n".join(lines) + f"\nnot reloaded: {', '.join(failed)}; fix and run reload again"
         )
     return lines
+
+
+# -- the orderly restart of a node (docs/CLUSTER.md, "Restarting a node") ---------------------
+
+
+async def leaders_on(urls: Sequence[str], node: str) -> list[tuple[str, str | None]]:
+    """(stream, consumer or None) of every JetStream asset of the account led by `node`."""
+    nc = await connect(urls)
+    led: list[tuple[str, str | None]] = []
+    try:
+        js = nc.jetstream(timeout=5)
+        for stream in await js.streams_info():
+            name = stream.config.name or ""
+            if stream.cluster is not None and stream.cluster.leader == node:
+                led.append((name, None))
+            for consumer in await js.consumers_info(name):
+                if consumer.cluster is not None and consumer.cluster.leader == node:
+                    led.append((name, consumer.name))
+    finally:
+        await nc.close()
+    return led
+
+
+async def step_down_leaders(
+    urls: Sequence[str], sys_urls: Sequence[str], node: str, timeout_s: float = 20.0
+) -> int:
+    """Move every leadership off `node` while it still runs (the JetStream meta group's, each
+    stream's and each consumer's of the account), and wait until the others lead them all: the
+    node then leaves as a mere follower, so no stream is ever without a leader while it stops.
+    Returns how many leaderships moved."""
+    deadline = time.monotonic() + timeout_s
+    moved = 0
+    nc = await connect(sys_urls)
+    try:
+        info = await nc.request("$JS.API.INFO", b"", timeout=5)
+        if json.loads(info.data).get("meta_cluster", {}).get("leader") == node:
+            await nc.request("$JS.API.META.LEADER.STEPDOWN", b"", timeout=5)
+            moved += 1
+    except (nats.errors.Error, TimeoutError, ValueError) as exc:
+        log.info("meta leader stepdown: %s", exc)
+    finally:
+        await nc.close()
+    while True:
+        led = await leaders_on(urls, node)
+        if not led:
+            return moved
+        if time.monotonic() > deadline:
+            raise ClusterError(
+                f"{node} still leads {len(led)} JetStream assets (first: {led[0]}) after "
+                f"{timeout_s:g} s; check the other nodes' health (/healthz) before stopping it."
+            )
+        nc = await connect(urls)
+        try:
+            for stream, consumer in led:
+                subject = (
+                    f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}"
+                    if consumer is None
+                    else f"$JS.API.CONSUMER.LEADER.STEPDOWN.{stream}.{consumer}"
+                )
+                with contextlib.suppress(nats.errors.Error, TimeoutError):
+                    await nc.request(subject, b"", timeout=5)
+                    moved += 1
+        finally:
+            await nc.close()
+        await asyncio.sleep(0.2)
+
+
+def restart_node_orderly(cluster: LocalCluster, name: str, timeout_s: float = 60.0) -> None:
+    """Restart one node of a local cluster the orderly way (docs/CLUSTER.md, "Restarting a
+    node"): the MQTT front stops sending it sensors and closes theirs, so they reconnect to the
+    other nodes while it still stores; every leadership moves off it; SIGTERM; start; wait
+    until every node is current; the front sends it sensors again."""
+    service, _ = cluster.node(name)
+    front_dir = cluster.front.workdir
+    password = quote(system_password(front_dir), safe="")
+    sys_urls = [f"nats://sys:{password}@127.0.0.1:{n.client_port}" for _, n in cluster.nodes]
+    set_mqtt_front_server(front_dir, name, "maint")
+    try:
+        asyncio.run(step_down_leaders(cluster.nats_urls(), sys_urls, name))
+        service.stop(signal.SIGTERM)
+        service.start()
+        wait_cluster_ready([node for _, node in cluster.nodes], timeout_s=timeout_s)
+    finally:
+        set_mqtt_front_server(front_dir, name, "ready")
+    wait_front_door(front_dir, len(cluster.nodes), timeout_s=timeout_s)
 
 
 def read_registry_in_force(mqtt_url: str, admin_password: str, root: str, base: Path) -> Registry:

@@ -63,6 +63,7 @@ from tests.cluster_faults import (
     StoreWatch,
     account,
     audit,
+    connect_and_publish,
     consumer_leaders,
     ensure_audit_consumer,
     flood_messages,
@@ -444,6 +445,9 @@ def test_only_acknowledged_readings_the_no_fault_run_stored_can_be_lost() -> Non
     assert account("f", "x", run, baseline).lost_never_in_store == 0
     run.in_broker = Audit({a: 1, c: 3}, [], Counter(), set())
     assert account("f", "x", run, baseline).lost_never_in_store == 1
+    # Stored under the sensor's own subject (no mapping): in the store all the same.
+    run.in_broker = Audit({a: 1, c: 3}, [], Counter(), {b})
+    assert account("f", "x", run, baseline).lost_never_in_store == 0
 
 
 def test_alerts_missing_doubled_and_decided_otherwise_are_told_apart() -> None:
@@ -578,6 +582,33 @@ def test_row5_rolling_restart_of_all_three_nodes_under_load(env: Env, baseline: 
         ),
         nats_fault=True,
     )
+
+
+@pytest.mark.slow
+@pytest.mark.services  # the module's NATS cluster and HAProxy
+def test_nats_skips_the_mapping_of_publishes_that_come_with_the_connect(env: Env) -> None:
+    """NATS 2.15.1 (docs/CLUSTER.md, "Acknowledged publishes NATS never stored"): a PUBLISH
+    read from the socket together with its connection's CONNECT is stored without the
+    account's mapping, under the sensor's own subject; after the CONNACK it is mapped. paho
+    writes PUBLISHes before the CONNACK when a sensor publishes while reconnecting, so every
+    reconnection under load stores some unmapped; the workers move them to their partitions
+    (floodwatch.cluster.remapped_store_subject). If this fails, NATS maps them now."""
+    root = "m" + uuid.uuid4().hex[:10]
+    asyncio.run(ensure_audit_consumer(env.cluster, root))
+    readings = [
+        f'{{"ts": "2026-10-09T13:00:{n:02d}.000+07:00", "level_cm": {n}}}'.encode()
+        for n in range(10)
+    ]
+    topic, password = f"{root}/v1/sensors/d12-01/reading", env.cluster.credentials.sensors["d12-01"]
+    port = env.cluster.front.port
+    assert connect_and_publish(port, "d12-01", password, topic, readings[:5], together=False) == 5
+    assert connect_and_publish(port, "d12-01", password, topic, readings[5:], together=True) == 5
+    found = asyncio.run(audit(env.cluster, root, 10))
+    after_connack = {("d12-01", ts_ns(r)) for r in readings[:5]}
+    with_connect = {("d12-01", ts_ns(r)) for r in readings[5:]}
+    assert after_connack <= found.keys and not after_connack & found.unmapped
+    assert found.unmapped & with_connect, "every publish sent with the CONNECT was mapped"
+    assert (found.keys | found.unmapped) >= with_connect, "a PUBACKed publish is not in the store"
 
 
 @cluster_row

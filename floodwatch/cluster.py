@@ -64,6 +64,10 @@ STREAM = "READINGS"
 # under `$MQTT.msgs.SUBJECT` before it sends the PUBACK.
 MQTT_MSGS_STREAM = "$MQTT_msgs"
 MQTT_MSGS_PREFIX = "$MQTT.msgs."
+# How long the MQTT store keeps a publish (limits retention, ensure_mqtt_store): longer than any
+# worker outage the deployment means to ride out; 48 h of a 10,000-sensor city at one reading a
+# minute is about 7 GB per node (docs/CLUSTER.md).
+MQTT_STORE_MAX_AGE_S = 48 * 3600.0
 ACCOUNT = "FLOODWATCH"
 # JetStream fsyncs every write before acknowledging it (default: every 2 minutes), so a power
 # cut of all three machines at once loses no acknowledged reading; costs measured in
@@ -566,6 +570,7 @@ def local_cluster(
         wait_cluster_ready([node for _, node in pairs])
         with running(front):
             wait_front_door(workdir, len(pairs))
+            asyncio.run(ensure_mqtt_store([nats_url(node, credentials) for _, node in pairs]))
             _create_mqtt_store(front.port, credentials)
             # Creating the MQTT store makes the nodes catch up for a moment (their /healthz
             # fails meanwhile); sensors may connect once the front door sees all of them up.
@@ -695,6 +700,36 @@ async def ensure_readings_stream(
             await retrying(lambda: js.add_stream(config), "the stream's creation")
         except BadRequestError:
             await retrying(lambda: js.update_stream(config), "the stream's update")
+    finally:
+        await nc.close()
+
+
+async def ensure_mqtt_store(servers: Sequence[str], replicas: int = REPLICAS) -> None:
+    """Create the MQTT listener's QoS 1 store, `$MQTT_msgs`, before its first MQTT connection
+    would (the listener keeps a stream it finds), with limits retention and a maximum age
+    instead of the listener's interest retention; an existing store is changed to it.
+
+    Why (docs/CLUSTER.md, "Acknowledged publishes NATS never stored"): under interest retention
+    each replica removes what it believes no consumer still needs, judging by the consumers it
+    has loaded; in rolling restarts NATS 2.15.1 removed stored, PUBACKed readings that a
+    consumer had not yet received (measured). With limits nothing leaves the store before
+    MQTT_STORE_MAX_AGE_S, whatever the consumers' state; the cost is disk (that age of
+    readings, docs/CLUSTER.md)."""
+    config = StreamConfig(
+        name=MQTT_MSGS_STREAM,
+        subjects=[f"{MQTT_MSGS_PREFIX}>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        max_age=MQTT_STORE_MAX_AGE_S,
+    )
+    nc = await connect(servers)
+    try:
+        js = nc.jetstream(timeout=10)
+        try:
+            await retrying(lambda: js.add_stream(config), "the MQTT store's creation")
+        except BadRequestError:
+            await retrying(lambda: js.update_stream(config), "the MQTT store's update")
     finally:
         await nc.close()
 

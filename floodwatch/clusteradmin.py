@@ -4,6 +4,10 @@
                                            and the registry in force, and reload every node
     python -m floodwatch.cluster watch     log every MQTT connection whose client id is not
                                            its login's (a client-id takeover)
+    python -m floodwatch.cluster drain N   before restarting node N: the MQTT front moves its
+                                           sensors to the other nodes, its leaderships move off
+    python -m floodwatch.cluster ready N   after starting it again: wait until every node is
+                                           current, then the front sends it sensors again
 
 A sensor added through the API (a retained registry override, CONTRACT section 6) has no NATS
 user and no partition mapping until the accounts are regenerated and every node reloaded; until
@@ -39,10 +43,12 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 import nats
+from nats.js.api import ClusterInfo
 
 from floodwatch.cluster import (
     ACCOUNT,
@@ -56,7 +62,6 @@ from floodwatch.cluster import (
     nats_binary,
     set_mqtt_front_server,
     system_password,
-    wait_cluster_ready,
     wait_front_door,
     write_accounts,
 )
@@ -176,21 +181,27 @@ def reload_nodes(nodes: Iterable[NodeProcess], wait_s: float = RELOAD_WAIT_S) ->
 
 
 async def leaders_on(urls: Sequence[str], node: str) -> list[tuple[str, str | None]]:
-    """(stream, consumer or None) of every JetStream asset of the account led by `node`."""
+    """(stream, consumer or None) of every replicated JetStream asset of the account led by
+    `node`. Single-replica ones (the MQTT listener keeps one consumer per node on its retained
+    messages) live and die with their node: nothing to hand over."""
     nc = await connect(urls)
     led: list[tuple[str, str | None]] = []
     try:
         js = nc.jetstream(timeout=5)
         for stream in await js.streams_info():
             name = stream.config.name or ""
-            if stream.cluster is not None and stream.cluster.leader == node:
+            if _leads_replicated(stream.cluster, node):
                 led.append((name, None))
             for consumer in await js.consumers_info(name):
-                if consumer.cluster is not None and consumer.cluster.leader == node:
+                if _leads_replicated(consumer.cluster, node):
                     led.append((name, consumer.name))
     finally:
         await nc.close()
     return led
+
+
+def _leads_replicated(cluster: ClusterInfo | None, node: str) -> bool:
+    return cluster is not None and cluster.leader == node and bool(cluster.replicas)
 
 
 async def step_down_leaders(
@@ -237,24 +248,47 @@ async def step_down_leaders(
         await asyncio.sleep(0.2)
 
 
+def drain_node(front_dir: Path, urls: Sequence[str], sys_urls: Sequence[str], name: str) -> int:
+    """Before stopping node `name`: the MQTT front (its admin socket in `front_dir`) stops
+    sending it sensors and closes theirs, so they reconnect to the other nodes while it still
+    stores; then every leadership moves off it. Returns how many leaderships moved."""
+    set_mqtt_front_server(front_dir, name, "maint")
+    return asyncio.run(step_down_leaders(urls, sys_urls, name))
+
+
+def ready_node(front_dir: Path, monitor_ports: Sequence[int], name: str, timeout_s: float) -> None:
+    """After starting node `name` again: wait until every node is current (/healthz), then the
+    MQTT front sends it sensors again."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(monitor_ports)
+    while pending:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{pending[0]}/healthz", timeout=2).status_code == 200:
+                pending.pop(0)
+                continue
+        if time.monotonic() > deadline:
+            raise ClusterError(
+                f"NATS node(s) at monitoring port(s) {pending} not healthy within {timeout_s:g} "
+                f"s; {name} stays out of the MQTT front (see the nodes' logs)."
+            )
+        time.sleep(0.1)
+    set_mqtt_front_server(front_dir, name, "ready")
+    wait_front_door(front_dir, len(monitor_ports), timeout_s=timeout_s)
+
+
 def restart_node_orderly(cluster: LocalCluster, name: str, timeout_s: float = 60.0) -> None:
     """Restart one node of a local cluster the orderly way (docs/CLUSTER.md, "Restarting a
-    node"): the MQTT front stops sending it sensors and closes theirs, so they reconnect to the
-    other nodes while it still stores; every leadership moves off it; SIGTERM; start; wait
-    until every node is current; the front sends it sensors again."""
+    node"): drain_node, SIGTERM, start, ready_node."""
     service, _ = cluster.node(name)
     front_dir = cluster.front.workdir
     password = quote(system_password(front_dir), safe="")
     sys_urls = [f"nats://sys:{password}@127.0.0.1:{n.client_port}" for _, n in cluster.nodes]
-    set_mqtt_front_server(front_dir, name, "maint")
     try:
-        asyncio.run(step_down_leaders(cluster.nats_urls(), sys_urls, name))
+        drain_node(front_dir, cluster.nats_urls(), sys_urls, name)
         service.stop(signal.SIGTERM)
         service.start()
-        wait_cluster_ready([node for _, node in cluster.nodes], timeout_s=timeout_s)
     finally:
-        set_mqtt_front_server(front_dir, name, "ready")
-    wait_front_door(front_dir, len(cluster.nodes), timeout_s=timeout_s)
+        ready_node(front_dir, [n.monitor_port for _, n in cluster.nodes], name, timeout_s)
 
 
 def read_registry_in_force(mqtt_url: str, admin_password: str, root: str, base: Path) -> Registry:
@@ -570,6 +604,32 @@ def sys_urls(doc: Mapping[str, object], password: str) -> list[str]:
     ]
 
 
+def _drain_or_ready(
+    command: str, doc: Mapping[str, object], nats_dir: Path, creds_dir: Path, args: Any
+) -> int:
+    services = doc["services"]
+    assert isinstance(services, dict)
+    if args.node not in services or not args.node.startswith("nats-"):
+        print(f"{command}: stack.json names no node {args.node!r}", file=sys.stderr)
+        return 2
+    nodes = sorted((n, e) for n, e in services.items() if n.startswith("nats-"))
+    if command == "ready":
+        ports = [int(e["ports"]["monitor"]) for _, e in nodes]
+        ready_node(nats_dir, ports, args.node, args.timeout)
+        print(f"ready: every node current; the MQTT front sends {args.node} sensors again")
+        return 0
+    admin = quote(Credentials.load(creds_dir).mqtt["admin"], safe="")
+    clients = [int(e["ports"]["client"]) for _, e in nodes]
+    urls = [f"nats://admin:{admin}@127.0.0.1:{port}" for port in clients]
+    moved = drain_node(nats_dir, urls, sys_urls(doc, system_password(nats_dir)), args.node)
+    print(
+        f"drain: the MQTT front sends {args.node} no sensors; {moved} leaderships moved off "
+        f"it; stop and start it now (SIGTERM, PID {services[args.node]['pid']} in this stack), "
+        f"then run `python -m floodwatch.cluster ready {args.node}`"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m floodwatch.cluster",
@@ -610,6 +670,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="only for an accounts file made before the count was written in it "
         f"(default: the file's; the stack's default is {DEFAULT_PARTITIONS})",
     )
+    for command, text in (
+        (
+            "drain",
+            "before restarting a NATS node: the MQTT front stops sending it sensors and moves "
+            "its sensors to the other nodes, then every JetStream leadership moves off it; "
+            "then stop and start the node (SIGTERM) and run `ready` (docs/CLUSTER.md, "
+            "Restarting a node)",
+        ),
+        (
+            "ready",
+            "after the node is started again: wait until every node is current (/healthz), "
+            "then the MQTT front sends it sensors again",
+        ),
+    ):
+        step = sub.add_parser(command, help=text, description=text)
+        step.add_argument("node", help="the node's name in stack.json (nats-1, nats-2, ...)")
+        step.add_argument("--stack", type=Path, default=Path(".stack/stack.json"), help=stack_help)
+        step.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
     watch = sub.add_parser(
         "watch",
         help="log a warning for every MQTT connection whose client id is not its login's "
@@ -634,6 +712,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             with contextlib.suppress(KeyboardInterrupt):
                 asyncio.run(watch_client_ids(urls, sensor_logins_of(creds_dir), log_takeover, stop))
             return 0
+        if args.command in ("drain", "ready"):
+            return _drain_or_ready(args.command, doc, accounts.parent, creds_dir, args)
         front = doc["services"]["mqtt-front"]["url"]
         nodes = nodes_from_stack(doc)
         admin = Credentials.load(creds_dir).mqtt["admin"]

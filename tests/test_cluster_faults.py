@@ -381,17 +381,18 @@ def baseline(env: Env) -> RunResult:
     return run
 
 
-def check(row: FaultRow, *, nats_fault: bool = False) -> None:
-    """The issue's bar. With `nats_fault` (a NATS node or leader dies in this row) two defects
-    outside Floodwatch are expected failures, and only they: readings NATS acknowledged but the
-    audit consumer never saw in its store (NEVER_STORED), and alert events missing because
-    readings reached a worker behind newer ones (LATE_READINGS). A reading that was in the
-    store and not stored by the workers, or an event decided twice, always fails."""
+def check(row: FaultRow, *, nats_fault: bool = False, killed: bool = False) -> None:
+    """The issue's bar. With `nats_fault` (a NATS node or leader dies in this row) alert events
+    missing because readings reached a worker behind newer ones (LATE_READINGS) are an expected
+    failure; with `killed` (a node SIGKILLed) also readings NATS acknowledged but the audit
+    consumer never saw in its store (NEVER_STORED: fixed for restarts by the MQTT store's limits
+    retention, not yet shown for kills). A reading that was in the store and not stored by the
+    workers, or an event decided twice, always fails."""
     _rows.append(row)
     print(row)
     assert row.acknowledged == row.published, "the broker did not acknowledge every publish"
     assert row.alerts_doubled == 0, f"{row.alerts_doubled} alert events decided twice"
-    if row.lost and nats_fault and row.lost_never_in_store == row.lost:
+    if row.lost and killed and row.lost_never_in_store == row.lost:
         pytest.xfail(f"{row.lost} acknowledged readings lost: {NEVER_STORED}")
     assert row.lost == 0, f"{row.lost} acknowledged readings lost"
     if row.alerts_missing and nats_fault:
@@ -492,8 +493,9 @@ def cluster_row(test: Callable[..., None]) -> Callable[..., None]:
 
 NEVER_STORED = (
     "NATS 2.15.1 acknowledged them (PUBACK) but the audit consumer never saw them in its MQTT "
-    "store, so no worker could; seen around sensors' reconnections while nodes restart "
-    "(RELIABILITY.md, Clustered mode, finding 1)"
+    "store, so no worker could; around node restarts the cause was the store's interest "
+    "retention (now limits: RELIABILITY.md, Clustered mode, finding 1); after a SIGKILL not "
+    "yet shown gone"
 )
 LATE_READINGS = (
     "around a consumer leader's death some readings reach a worker behind newer ones of the "
@@ -526,6 +528,7 @@ def test_row1_one_nats_node_killed_under_load_and_brought_back(
             baseline,
         ),
         nats_fault=True,
+        killed=True,
     )
 
 
@@ -553,6 +556,7 @@ def test_row2_the_mqtt_store_leader_killed_under_load(env: Env, baseline: RunRes
             baseline,
         ),
         nats_fault=True,
+        killed=True,
     )
 
 

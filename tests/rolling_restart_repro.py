@@ -22,9 +22,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import nats
+from nats.aio.client import Client as NatsClient
+from nats.js.api import RetentionPolicy
 
 from floodwatch.cluster import (
     MQTT_MSGS_STREAM,
@@ -44,6 +47,7 @@ from floodwatch.localservices import local_credentials
 from floodwatch.registry import load_registry
 from tests.cluster_faults import (
     LoadPublisher,
+    Planned,
     audit,
     ensure_audit_consumer,
     flood_messages,
@@ -78,8 +82,8 @@ class Puller:
             task.cancel()
         await nc.close()
 
-    async def _pull(self, nc: object, consumer: str) -> None:
-        pull = PartitionPull(nc, consumer)  # type: ignore[arg-type]
+    async def _pull(self, nc: NatsClient, consumer: str) -> None:
+        pull = PartitionPull(nc, consumer)
         while True:
             try:
                 msgs = await pull.fetch(200)
@@ -137,7 +141,7 @@ PROCEDURES: dict[str, Callable[[LocalCluster], list[str]]] = {
 }
 
 
-def one_run(cluster: LocalCluster, messages: list, procedure: str) -> dict[str, object]:  # type: ignore[type-arg]
+def one_run(cluster: LocalCluster, messages: list[Planned], procedure: str) -> dict[str, object]:
     root = "r" + uuid.uuid4().hex[:10]
     asyncio.run(ensure_audit_consumer(cluster, root))
     puller = Puller(cluster, root)
@@ -198,10 +202,28 @@ def one_run(cluster: LocalCluster, messages: list, procedure: str) -> dict[str, 
     }
 
 
+async def interest_retention(cluster: LocalCluster) -> None:
+    """The MQTT store as NATS's MQTT listener makes it: interest retention, no age."""
+    nc = await connect(cluster.nats_urls())
+    try:
+        js = nc.jetstream(timeout=10)
+        info = await js.stream_info(MQTT_MSGS_STREAM)
+        config = replace(info.config, retention=RetentionPolicy.INTEREST, max_age=0)
+        await js.update_stream(config)
+    finally:
+        await nc.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--procedure", choices=sorted(PROCEDURES), default="sigterm")
+    parser.add_argument(
+        "--retention",
+        choices=("limits", "interest"),
+        default="limits",
+        help="the MQTT store's retention: Floodwatch's (limits) or NATS's own (interest)",
+    )
     parser.add_argument("--trace", action="store_true")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -216,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
                 service.argv = [*service.argv, "-DV"]
                 service.start()
             wait_cluster_ready([n for _, n in cluster.nodes], timeout_s=60)
-        print(f"workdir {workdir}", flush=True)
+        if args.retention == "interest":
+            asyncio.run(interest_retention(cluster))
+        print(f"workdir {workdir}, MQTT store retention {args.retention}", flush=True)
         for n in range(args.runs):
             result = one_run(cluster, messages, args.procedure)
             print(f"run {n + 1}: {result}", flush=True)

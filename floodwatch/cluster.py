@@ -23,7 +23,6 @@ import functools
 import json
 import logging
 import shutil
-import socket as sock
 import subprocess
 import sys
 import time
@@ -467,9 +466,9 @@ def haproxy_config(
     current with JetStream's meta leader (starting, cut off, no quorum: down), so no sensor is
     sent where its QoS 1 publishes could not be stored. Only the server: a full /healthz also
     fails while any one stream or consumer catches up (one is created, say), and shutting every
-    sensor's session then would do harm. `admin_socket` (mode 0600) lets the orderly restart
-    (floodwatch.clusteradmin.restart_node_orderly) move a node's sensors off before stopping
-    it."""
+    sensor's session then would do harm. `admin_socket` (mode 0600) lets an operator take a
+    node out (`set server nats_mqtt/nats-2 state maint`, `shutdown sessions server ...`), as
+    tests/rolling_restart_repro.py's orderly restarts do."""
     admin = f"\n    stats socket {admin_socket} mode 600 level admin" if admin_socket else ""
     servers = "\n".join(
         f"    server {node.name} 127.0.0.1:{node.mqtt_port} check port {node.monitor_port} "
@@ -582,35 +581,6 @@ def local_cluster(
 def mqtt_front_socket(workdir: Path) -> Path:
     """HAProxy's admin socket for the MQTT front (mode 0600), beside its configuration."""
     return workdir / "mqtt-front.sock"
-
-
-def haproxy_admin(socket: Path, command: str) -> str:
-    """One command on an HAProxy admin socket (`set server B/S state maint`, ...); its answer
-    (empty when it simply did it)."""
-    with sock.socket(sock.AF_UNIX, sock.SOCK_STREAM) as conn:
-        conn.settimeout(5)
-        conn.connect(str(socket))
-        conn.sendall(f"{command}\n".encode())
-        chunks = []
-        while chunk := conn.recv(4096):
-            chunks.append(chunk)
-    return b"".join(chunks).decode().strip()
-
-
-def set_mqtt_front_server(workdir: Path, node: str, state: str) -> None:
-    """Tell the MQTT front to send `node` new sensors (`ready`) or none (`maint`); with `maint`
-    it also closes the sensors' connections there now, so they reconnect to the other nodes
-    while this one still stores their publishes (the orderly restart)."""
-    if state not in ("ready", "maint"):
-        raise ValueError(f"state must be ready or maint, got {state!r}")
-    socket = mqtt_front_socket(workdir)
-    commands = [f"set server nats_mqtt/{node} state {state}"]
-    if state == "maint":
-        commands.append(f"shutdown sessions server nats_mqtt/{node}")
-    for command in commands:
-        answer = haproxy_admin(socket, command)
-        if answer:
-            raise ClusterError(f"HAProxy refused `{command}` on {socket}: {answer}")
 
 
 def haproxy_stats_port(workdir: Path, new: bool = False) -> int:

@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
@@ -39,11 +38,8 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import httpx
-import nats
-from nats.js.api import ClusterInfo
 
 from floodwatch.cluster import (
     ACCOUNT,
@@ -55,9 +51,7 @@ from floodwatch.cluster import (
     accounts_partitions,
     connect,
     nats_binary,
-    set_mqtt_front_server,
     system_password,
-    wait_front_door,
     write_accounts,
 )
 from floodwatch.credentials import Credentials, bound_client_id, check_client_id
@@ -170,122 +164,6 @@ def reload_nodes(nodes: Iterable[NodeProcess], wait_s: float = RELOAD_WAIT_S) ->
             "\n".join(lines) + f"\nnot reloaded: {', '.join(failed)}; fix and run reload again"
         )
     return lines
-
-
-# -- the orderly restart of a node (docs/CLUSTER.md, "Restarting a node") ---------------------
-
-
-async def leaders_on(urls: Sequence[str], node: str) -> list[tuple[str, str | None]]:
-    """(stream, consumer or None) of every replicated JetStream asset of the account led by
-    `node`. Single-replica ones (the MQTT listener keeps one consumer per node on its retained
-    messages) live and die with their node: nothing to hand over."""
-    nc = await connect(urls)
-    led: list[tuple[str, str | None]] = []
-    try:
-        js = nc.jetstream(timeout=5)
-        for stream in await js.streams_info():
-            name = stream.config.name or ""
-            if _leads_replicated(stream.cluster, node):
-                led.append((name, None))
-            for consumer in await js.consumers_info(name):
-                if _leads_replicated(consumer.cluster, node):
-                    led.append((name, consumer.name))
-    finally:
-        await nc.close()
-    return led
-
-
-def _leads_replicated(cluster: ClusterInfo | None, node: str) -> bool:
-    return cluster is not None and cluster.leader == node and bool(cluster.replicas)
-
-
-async def step_down_leaders(
-    urls: Sequence[str], sys_urls: Sequence[str], node: str, timeout_s: float = 20.0
-) -> int:
-    """Move every leadership off `node` while it still runs (the JetStream meta group's, each
-    stream's and each consumer's of the account), and wait until the others lead them all: the
-    node then leaves as a mere follower, so no stream is ever without a leader while it stops.
-    Returns how many leaderships moved."""
-    deadline = time.monotonic() + timeout_s
-    moved = 0
-    nc = await connect(sys_urls)
-    try:
-        info = await nc.request("$JS.API.INFO", b"", timeout=5)
-        if json.loads(info.data).get("meta_cluster", {}).get("leader") == node:
-            await nc.request("$JS.API.META.LEADER.STEPDOWN", b"", timeout=5)
-            moved += 1
-    except (nats.errors.Error, TimeoutError, ValueError) as exc:
-        log.info("meta leader stepdown: %s", exc)
-    finally:
-        await nc.close()
-    while True:
-        led = await leaders_on(urls, node)
-        if not led:
-            return moved
-        if time.monotonic() > deadline:
-            raise ClusterError(
-                f"{node} still leads {len(led)} JetStream assets (first: {led[0]}) after "
-                f"{timeout_s:g} s; check the other nodes' health (/healthz) before stopping it."
-            )
-        nc = await connect(urls)
-        try:
-            for stream, consumer in led:
-                subject = (
-                    f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}"
-                    if consumer is None
-                    else f"$JS.API.CONSUMER.LEADER.STEPDOWN.{stream}.{consumer}"
-                )
-                with contextlib.suppress(nats.errors.Error, TimeoutError):
-                    await nc.request(subject, b"", timeout=5)
-                    moved += 1
-        finally:
-            await nc.close()
-        await asyncio.sleep(0.2)
-
-
-def drain_node(front_dir: Path, urls: Sequence[str], sys_urls: Sequence[str], name: str) -> int:
-    """Before stopping node `name`: the MQTT front (its admin socket in `front_dir`) stops
-    sending it sensors and closes theirs, so they reconnect to the other nodes while it still
-    stores; then every leadership moves off it. Returns how many leaderships moved."""
-    set_mqtt_front_server(front_dir, name, "maint")
-    return asyncio.run(step_down_leaders(urls, sys_urls, name))
-
-
-def ready_node(front_dir: Path, monitor_ports: Sequence[int], name: str, timeout_s: float) -> None:
-    """After starting node `name` again: wait until every node is current (/healthz), then the
-    MQTT front sends it sensors again."""
-    deadline = time.monotonic() + timeout_s
-    pending = list(monitor_ports)
-    while pending:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"http://127.0.0.1:{pending[0]}/healthz", timeout=2).status_code == 200:
-                pending.pop(0)
-                continue
-        if time.monotonic() > deadline:
-            raise ClusterError(
-                f"NATS node(s) at monitoring port(s) {pending} not healthy within {timeout_s:g} "
-                f"s; {name} stays out of the MQTT front (see the nodes' logs)."
-            )
-        time.sleep(0.1)
-    set_mqtt_front_server(front_dir, name, "ready")
-    wait_front_door(front_dir, len(monitor_ports), timeout_s=timeout_s)
-
-
-def restart_node_orderly(cluster: LocalCluster, name: str, timeout_s: float = 60.0) -> None:
-    """Restart one node of a local cluster the orderly way: drain_node, SIGTERM, start,
-    ready_node. Measured against a plain SIGTERM restart (docs/CLUSTER.md, "Restarting a
-    node"): no fewer readings lost, so not the documented procedure; kept for that comparison
-    (tests/rolling_restart_repro.py --procedure orderly)."""
-    service, _ = cluster.node(name)
-    front_dir = cluster.front.workdir
-    password = quote(system_password(front_dir), safe="")
-    sys_urls = [f"nats://sys:{password}@127.0.0.1:{n.client_port}" for _, n in cluster.nodes]
-    try:
-        drain_node(front_dir, cluster.nats_urls(), sys_urls, name)
-        service.stop(signal.SIGTERM)
-        service.start()
-    finally:
-        ready_node(front_dir, [n.monitor_port for _, n in cluster.nodes], name, timeout_s)
 
 
 def read_registry_in_force(mqtt_url: str, admin_password: str, root: str, base: Path) -> Registry:

@@ -1,33 +1,41 @@
-"""A quick reproduction of "acknowledged publishes NATS never stored" (docs/CLUSTER.md, What
-remains 2), without workers or influxd: the fault rows' sensors publish the flash flood over
-MQTT 3.1.1 QoS 1 through HAProxy while the three NATS nodes are restarted one after the other,
-and an audit consumer on the run's root in `$MQTT_msgs` (created before the load, read at the
-end) says what the store holds. Per run it prints the readings PUBACKed, those the audit found
-under their partition's subject, under the sensor's own (unmapped) subject, and nowhere.
+"""A quick reproduction of "acknowledged publishes NATS did not keep" (docs/CLUSTER.md), without
+workers or influxd: the fault rows' sensors publish the flash flood over MQTT 3.1.1 QoS 1
+through HAProxy while the three NATS nodes are restarted one after the other; a puller does the
+workers' NATS side (every partition's consumer, acknowledged on receipt), and an audit consumer
+on the run's root in `$MQTT_msgs` (created before the load, read at the end) says what the store
+holds. Per run it prints the readings PUBACKed, those the audit found under their partition's
+subject, under the sensor's own (unmapped) subject, and nowhere, and those in the store that
+their partition's consumer never delivered. About 20 s a run.
 
-    .venv/bin/python -m tests.rolling_restart_repro --runs 5 --procedure sigterm
-    .venv/bin/python -m tests.rolling_restart_repro --runs 5 --procedure orderly
+    .venv/bin/python -m tests.rolling_restart_repro --runs 10 --retention interest
+    .venv/bin/python -m tests.rolling_restart_repro --runs 10 --retention limits
+    .venv/bin/python -m tests.rolling_restart_repro --runs 8 --procedure orderly
 
-`--trace` starts the nodes with `-DV` (every MQTT packet in their logs, to follow a lost one).
+`--retention interest` turns the store back to NATS's own retention (Floodwatch makes it
+limits); `--trace` starts the nodes with `-DV` (every MQTT packet in their logs).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import signal
+import socket
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import quote
 
 import nats
 from nats.aio.client import Client as NatsClient
-from nats.js.api import RetentionPolicy
+from nats.js.api import ClusterInfo, RetentionPolicy
 
 from floodwatch.cluster import (
     MQTT_MSGS_STREAM,
@@ -39,10 +47,12 @@ from floodwatch.cluster import (
     connect,
     ensure_partition_consumers,
     local_cluster,
+    mqtt_front_socket,
     partition_consumer_name,
+    system_password,
     wait_cluster_ready,
+    wait_front_door,
 )
-from floodwatch.clusteradmin import restart_node_orderly
 from floodwatch.localservices import local_credentials
 from floodwatch.registry import load_registry
 from tests.cluster_faults import (
@@ -112,6 +122,107 @@ class Puller:
 RATE = 600.0
 
 
+# -- the orderly restart measured against plain SIGTERM (docs/CLUSTER.md, "Restarting a node") --
+
+
+def haproxy_admin(socket_path: Path, command: str) -> str:
+    """One command on an HAProxy admin socket; its answer (empty when it simply did it)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(5)
+        conn.connect(str(socket_path))
+        conn.sendall(f"{command}\n".encode())
+        chunks = []
+        while chunk := conn.recv(4096):
+            chunks.append(chunk)
+    return b"".join(chunks).decode().strip()
+
+
+def set_front_server(cluster: LocalCluster, node: str, state: str) -> None:
+    """`maint`: the MQTT front sends `node` no new sensor and closes its sensors' connections
+    (they reconnect to the others while it still stores); `ready`: it takes it back."""
+    commands = [f"set server nats_mqtt/{node} state {state}"]
+    if state == "maint":
+        commands.append(f"shutdown sessions server nats_mqtt/{node}")
+    for command in commands:
+        answer = haproxy_admin(mqtt_front_socket(cluster.front.workdir), command)
+        if answer:
+            raise ClusterError(f"HAProxy refused `{command}`: {answer}")
+
+
+def _leads_replicated(info: ClusterInfo | None, node: str) -> bool:
+    # Single-replica assets (the MQTT listener's per-node consumers of retained messages) live
+    # and die with their node: nothing to hand over.
+    return info is not None and info.leader == node and bool(info.replicas)
+
+
+async def leaders_on(urls: Sequence[str], node: str) -> list[tuple[str, str | None]]:
+    """(stream, consumer or None) of every replicated JetStream asset led by `node`."""
+    nc = await connect(urls)
+    led: list[tuple[str, str | None]] = []
+    try:
+        js = nc.jetstream(timeout=5)
+        for stream in await js.streams_info():
+            name = stream.config.name or ""
+            if _leads_replicated(stream.cluster, node):
+                led.append((name, None))
+            for consumer in await js.consumers_info(name):
+                if _leads_replicated(consumer.cluster, node):
+                    led.append((name, consumer.name))
+    finally:
+        await nc.close()
+    return led
+
+
+async def step_down_leaders(
+    urls: Sequence[str], sys_urls: Sequence[str], node: str, timeout_s: float = 20.0
+) -> None:
+    """Move every leadership off `node` while it still runs (the meta group's as `sys`, each
+    stream's and consumer's), and wait until the others lead them all."""
+    deadline = time.monotonic() + timeout_s
+    nc = await connect(sys_urls)
+    try:
+        info = await nc.request("$JS.API.INFO", b"", timeout=5)
+        if json.loads(info.data).get("meta_cluster", {}).get("leader") == node:
+            await nc.request("$JS.API.META.LEADER.STEPDOWN", b"", timeout=5)
+    except (nats.errors.Error, TimeoutError, ValueError) as exc:
+        print(f"meta leader stepdown: {exc}", flush=True)
+    finally:
+        await nc.close()
+    while led := await leaders_on(urls, node):
+        if time.monotonic() > deadline:
+            raise ClusterError(f"{node} still leads {len(led)} assets (first: {led[0]})")
+        nc = await connect(urls)
+        try:
+            for stream, consumer in led:
+                subject = (
+                    f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}"
+                    if consumer is None
+                    else f"$JS.API.CONSUMER.LEADER.STEPDOWN.{stream}.{consumer}"
+                )
+                with contextlib.suppress(nats.errors.Error, TimeoutError):
+                    await nc.request(subject, b"", timeout=5)
+        finally:
+            await nc.close()
+        await asyncio.sleep(0.2)
+
+
+def restart_node_orderly(cluster: LocalCluster, name: str, timeout_s: float = 60.0) -> None:
+    """The front drains the node, its leaderships move off, SIGTERM, start, every node
+    current, the front takes it back."""
+    service, _ = cluster.node(name)
+    password = quote(system_password(cluster.front.workdir), safe="")
+    sys_urls = [f"nats://sys:{password}@127.0.0.1:{n.client_port}" for _, n in cluster.nodes]
+    set_front_server(cluster, name, "maint")
+    try:
+        asyncio.run(step_down_leaders(cluster.nats_urls(), sys_urls, name))
+        service.stop(signal.SIGTERM)
+        service.start()
+        wait_cluster_ready([n for _, n in cluster.nodes], timeout_s=timeout_s)
+    finally:
+        set_front_server(cluster, name, "ready")
+    wait_front_door(cluster.front.workdir, len(cluster.nodes), timeout_s=timeout_s)
+
+
 def roll_sigterm(cluster: LocalCluster) -> list[str]:
     """Today's fault row 5: SIGTERM, start, wait healthy, node after node."""
     notes = []
@@ -125,7 +236,7 @@ def roll_sigterm(cluster: LocalCluster) -> list[str]:
 
 
 def roll_orderly(cluster: LocalCluster) -> list[str]:
-    """The documented procedure (floodwatch.clusteradmin.restart_node_orderly)."""
+    """The orderly variant (restart_node_orderly), node after node."""
     notes = []
     for service, node in cluster.nodes:
         began = time.monotonic()

@@ -61,6 +61,10 @@ STREAM = "READINGS"
 # under `$MQTT.msgs.SUBJECT` before it sends the PUBACK.
 MQTT_MSGS_STREAM = "$MQTT_msgs"
 MQTT_MSGS_PREFIX = "$MQTT.msgs."
+# How long the MQTT store keeps a publish (limits retention, ensure_mqtt_store): longer than any
+# worker outage the deployment means to ride out; 48 h of a 10,000-sensor city at one reading a
+# minute is about 7 GB per node (docs/CLUSTER.md).
+MQTT_STORE_MAX_AGE_S = 48 * 3600.0
 ACCOUNT = "FLOODWATCH"
 # JetStream fsyncs every write before acknowledging it (default: every 2 minutes), so a power
 # cut of all three machines at once loses no acknowledged reading; costs measured in
@@ -449,13 +453,21 @@ def nats_url(node: NatsNode, credentials: Credentials, user: str = "admin") -> s
 # -- HAProxy, the MQTT front door ---------------------------------------------------------------
 
 
-def haproxy_config(front_port: int, backends: Sequence[NatsNode], stats_port: int) -> str:
+def haproxy_config(
+    front_port: int,
+    backends: Sequence[NatsNode],
+    stats_port: int,
+    admin_socket: Path | None = None,
+) -> str:
     """TCP mode in front of the MQTT listeners; a sensor reconnects to the front port and lands
     on a live node. The health check asks each node's monitoring port whether the node is
     current with JetStream's meta leader (starting, cut off, no quorum: down), so no sensor is
     sent where its QoS 1 publishes could not be stored. Only the server: a full /healthz also
     fails while any one stream or consumer catches up (one is created, say), and shutting every
-    sensor's session then would do harm."""
+    sensor's session then would do harm. `admin_socket` (mode 0600) lets an operator take a
+    node out (`set server nats_mqtt/nats-2 state maint`, `shutdown sessions server ...`), as
+    tests/rolling_restart_repro.py's orderly restarts do."""
+    admin = f"\n    stats socket {admin_socket} mode 600 level admin" if admin_socket else ""
     servers = "\n".join(
         f"    server {node.name} 127.0.0.1:{node.mqtt_port} check port {node.monitor_port} "
         "inter 500ms fall 2 rise 2 on-marked-down shutdown-sessions"
@@ -465,7 +477,7 @@ def haproxy_config(front_port: int, backends: Sequence[NatsNode], stats_port: in
 global
     # One connection per sensor plus services; the process needs ~2 file descriptors each, so
     # a city-sized front door raises maxconn with the fd limit (docs/CLUSTER.md).
-    maxconn 4000
+    maxconn 4000{admin}
 defaults
     mode tcp
     timeout connect 2s
@@ -501,7 +513,11 @@ def haproxy_service(
         )
     port = free_port()
     conf = workdir / "haproxy.cfg"
-    conf.write_text(haproxy_config(port, backends, haproxy_stats_port(workdir, new=True)))
+    conf.write_text(
+        haproxy_config(
+            port, backends, haproxy_stats_port(workdir, new=True), mqtt_front_socket(workdir)
+        )
+    )
     check = subprocess.run([binary, "-c", "-f", str(conf)], capture_output=True, text=True)
     if check.returncode != 0:
         raise ClusterError(f"haproxy refused its generated {conf}: {check.stdout}{check.stderr}")
@@ -551,12 +567,18 @@ def local_cluster(
         wait_cluster_ready([node for _, node in pairs])
         with running(front):
             wait_front_door(workdir, len(pairs))
+            asyncio.run(ensure_mqtt_store([nats_url(node, credentials) for _, node in pairs]))
             _create_mqtt_store(front.port, credentials)
             # Creating the MQTT store makes the nodes catch up for a moment (their /healthz
             # fails meanwhile); sensors may connect once the front door sees all of them up.
             wait_cluster_ready([node for _, node in pairs])
             wait_front_door(workdir, len(pairs))
             yield LocalCluster(pairs, front, credentials)
+
+
+def mqtt_front_socket(workdir: Path) -> Path:
+    """HAProxy's admin socket for the MQTT front (mode 0600), beside its configuration."""
+    return workdir / "mqtt-front.sock"
 
 
 def haproxy_stats_port(workdir: Path, new: bool = False) -> int:
@@ -646,6 +668,36 @@ async def ensure_readings_stream(
             await retrying(lambda: js.add_stream(config), "the stream's creation")
         except BadRequestError:
             await retrying(lambda: js.update_stream(config), "the stream's update")
+    finally:
+        await nc.close()
+
+
+async def ensure_mqtt_store(servers: Sequence[str], replicas: int = REPLICAS) -> None:
+    """Create the MQTT listener's QoS 1 store, `$MQTT_msgs`, before its first MQTT connection
+    would (the listener keeps a stream it finds), with limits retention and a maximum age
+    instead of the listener's interest retention; an existing store is changed to it.
+
+    Why (docs/CLUSTER.md, "Acknowledged publishes NATS never stored"): under interest retention
+    each replica removes what it believes no consumer still needs, judging by the consumers it
+    has loaded; in rolling restarts NATS 2.15.1 removed stored, PUBACKed readings that a
+    consumer had not yet received (measured). With limits nothing leaves the store before
+    MQTT_STORE_MAX_AGE_S, whatever the consumers' state; the cost is disk (that age of
+    readings, docs/CLUSTER.md)."""
+    config = StreamConfig(
+        name=MQTT_MSGS_STREAM,
+        subjects=[f"{MQTT_MSGS_PREFIX}>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        max_age=MQTT_STORE_MAX_AGE_S,
+    )
+    nc = await connect(servers)
+    try:
+        js = nc.jetstream(timeout=10)
+        try:
+            await retrying(lambda: js.add_stream(config), "the MQTT store's creation")
+        except BadRequestError:
+            await retrying(lambda: js.update_stream(config), "the MQTT store's update")
     finally:
         await nc.close()
 

@@ -41,6 +41,7 @@ from floodwatch.cluster import (
     NatsNode,
     _create_mqtt_store,
     accounts_config,
+    ensure_mqtt_store,
     ensure_partition_consumers,
     haproxy_config,
     local_cluster,
@@ -347,8 +348,8 @@ def start_cluster_stack(
     ):
         influx_port = influxd.port
         grant_database(f"http://127.0.0.1:{influx_port}", creds.influx, "floodwatch")
-        # Every partition's consumer before anything publishes: the MQTT store drops a
-        # message that no consumer covers (interest retention, docs/CLUSTER.md).
+        # Every partition's consumer before anything publishes, so each starts at the first
+        # reading (the MQTT store keeps them by limits retention, docs/CLUSTER.md).
         # With the workers' own settings (ingest's --ack-wait default), which each worker
         # applies again at its start.
         asyncio.run(
@@ -575,7 +576,9 @@ def prepare_cluster(
     partitions: int,
 ) -> list[str]:
     """Before any sensor publishes: the MQTT listener's store (made at an account's first MQTT
-    connection) and every partition's consumer on it. Returns the consumers' names."""
+    connection; created first with limits retention: ensure_mqtt_store) and every partition's
+    consumer on it. Returns the consumers' names."""
+    asyncio.run(ensure_mqtt_store(nats_urls))
     _create_mqtt_store(mqtt.port, credentials, host=mqtt.host)
     return asyncio.run(ensure_partition_consumers(nats_urls, root, partitions))
 

@@ -63,6 +63,7 @@ from tests.cluster_faults import (
     StoreWatch,
     account,
     audit,
+    connect_and_publish,
     consumer_leaders,
     ensure_audit_consumer,
     flood_messages,
@@ -398,17 +399,18 @@ def baseline(env: Env) -> RunResult:
     return run
 
 
-def check(row: FaultRow, *, nats_fault: bool = False) -> None:
-    """The issue's bar. With `nats_fault` (a NATS node or leader dies in this row) one defect
-    outside Floodwatch is an expected failure, and only it: readings NATS acknowledged but the
-    audit consumer never saw in its store (NEVER_STORED). A reading that was in the store and
-    not stored by the workers, an alert event missing or an event decided twice always fails
-    (readings NATS delivers behind newer ones are judged in their place: alerts/reorder.py)."""
+def check(row: FaultRow, *, killed: bool = False) -> None:
+    """The issue's bar. With `killed` (a NATS node SIGKILLed in this row) one defect outside
+    Floodwatch is an expected failure, and only it: readings NATS acknowledged but the audit
+    consumer never saw in its store (NEVER_STORED: fixed for restarts by the MQTT store's limits
+    retention, not yet shown for kills). A reading that was in the store and not stored by the
+    workers, an alert event missing or an event decided twice always fails (readings NATS
+    delivers behind newer ones are judged in their place: alerts/reorder.py)."""
     _rows.append(row)
     print(row)
     assert row.acknowledged == row.published, "the broker did not acknowledge every publish"
     assert row.alerts_doubled == 0, f"{row.alerts_doubled} alert events decided twice"
-    if row.lost and nats_fault and row.lost_never_in_store == row.lost:
+    if row.lost and killed and row.lost_never_in_store == row.lost:
         pytest.xfail(f"{row.lost} acknowledged readings lost: {NEVER_STORED}")
     assert row.lost == 0, f"{row.lost} acknowledged readings lost"
     assert row.alerts_missing == 0, f"{row.alerts_missing} alert events missing"
@@ -460,6 +462,9 @@ def test_only_acknowledged_readings_the_no_fault_run_stored_can_be_lost() -> Non
     assert account("f", "x", run, baseline).lost_never_in_store == 0
     run.in_broker = Audit({a: 1, c: 3}, [], Counter(), set())
     assert account("f", "x", run, baseline).lost_never_in_store == 1
+    # Stored under the sensor's own subject (no mapping): in the store all the same.
+    run.in_broker = Audit({a: 1, c: 3}, [], Counter(), {b})
+    assert account("f", "x", run, baseline).lost_never_in_store == 0
 
 
 def test_alerts_missing_doubled_and_decided_otherwise_are_told_apart() -> None:
@@ -504,8 +509,9 @@ def cluster_row(test: Callable[..., None]) -> Callable[..., None]:
 
 NEVER_STORED = (
     "NATS 2.15.1 acknowledged them (PUBACK) but the audit consumer never saw them in its MQTT "
-    "store, so no worker could; seen around sensors' reconnections while nodes restart "
-    "(RELIABILITY.md, Clustered mode, finding 1)"
+    "store, so no worker could; around node restarts the cause was the store's interest "
+    "retention (now limits: RELIABILITY.md, Clustered mode, finding 1); after a SIGKILL not "
+    "yet shown gone"
 )
 
 
@@ -531,7 +537,7 @@ def test_row1_one_nats_node_killed_under_load_and_brought_back(
             run,
             baseline,
         ),
-        nats_fault=True,
+        killed=True,
     )
 
 
@@ -558,7 +564,7 @@ def test_row2_the_mqtt_store_leader_killed_under_load(env: Env, baseline: RunRes
             run,
             baseline,
         ),
-        nats_fault=True,
+        killed=True,
     )
 
 
@@ -586,8 +592,34 @@ def test_row5_rolling_restart_of_all_three_nodes_under_load(env: Env, baseline: 
             run,
             baseline,
         ),
-        nats_fault=True,
     )
+
+
+@pytest.mark.slow
+@pytest.mark.services  # the module's NATS cluster and HAProxy
+def test_nats_skips_the_mapping_of_publishes_that_come_with_the_connect(env: Env) -> None:
+    """NATS 2.15.1 (docs/CLUSTER.md, "Acknowledged publishes NATS never stored"): a PUBLISH
+    read from the socket together with its connection's CONNECT is stored without the
+    account's mapping, under the sensor's own subject; after the CONNACK it is mapped. paho
+    writes PUBLISHes before the CONNACK when a sensor publishes while reconnecting, so every
+    reconnection under load stores some unmapped; the workers move them to their partitions
+    (floodwatch.cluster.remapped_store_subject). If this fails, NATS maps them now."""
+    root = "m" + uuid.uuid4().hex[:10]
+    asyncio.run(ensure_audit_consumer(env.cluster, root))
+    readings = [
+        f'{{"ts": "2026-10-09T13:00:{n:02d}.000+07:00", "level_cm": {n}}}'.encode()
+        for n in range(10)
+    ]
+    topic, password = f"{root}/v1/sensors/d12-01/reading", env.cluster.credentials.sensors["d12-01"]
+    port = env.cluster.front.port
+    assert connect_and_publish(port, "d12-01", password, topic, readings[:5], together=False) == 5
+    assert connect_and_publish(port, "d12-01", password, topic, readings[5:], together=True) == 5
+    found = asyncio.run(audit(env.cluster, root, 10))
+    after_connack = {("d12-01", ts_ns(r)) for r in readings[:5]}
+    with_connect = {("d12-01", ts_ns(r)) for r in readings[5:]}
+    assert after_connack <= found.keys and not after_connack & found.unmapped
+    assert found.unmapped & with_connect, "every publish sent with the CONNECT was mapped"
+    assert (found.keys | found.unmapped) >= with_connect, "a PUBACKed publish is not in the store"
 
 
 @cluster_row

@@ -19,7 +19,8 @@ partitions move). Then:
   that needs it.
 
 Quiet partitions (no reading within ACTIVE_S) count for nobody and are never released: they
-cost nothing, and a released partition stays unowned (no stale checks) until its next reading.
+cost nothing, and a released partition stays unowned (no stale checks, no acknowledgements)
+until its next reading pins it to a taker.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-# A partition is active when it took a reading within this window: one reporting interval of a
-# sensor in normal mode (a minute), so a ward whose sensors report every minute counts.
-ACTIVE_S = 60.0
+# A partition is active when it took a reading within this window. Short, because a released
+# partition is pinned to its taker only by its next reading: until then nobody owns it (no
+# stale checks), so only partitions with readings flowing are counted and moved.
+ACTIVE_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)

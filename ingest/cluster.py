@@ -25,6 +25,15 @@ sensor added at runtime before `python -m floodwatch.cluster reload`); whichever
 pinned to it hands them to the pipeline under their own subject, which dead-letters them
 (floodwatch.cluster.decode_unmapped) and acknowledges them once the dead letters are stored.
 
+Balancing (ingest/balance.py decides, `_balance` here does the I/O): every worker announces
+itself and its partitions in the JetStream key-value bucket `floodwatch_workers` (renewed every
+second, lapsing 6 s after a worker stops), reads the others' every 0.5 s, and each ends up with
+its share of the partitions that have readings flowing: a worker above its share gives one up
+at a time in order (stops pulling it, waits until what it took is stored and acknowledged,
+unpins it through the server's API) and only workers below their share ask for partitions
+meanwhile, so the taker is pinned at the partition's next reading and its gain has nothing
+unacknowledged to wait for. A clean stop unpins this worker's partitions in the same way.
+
 A message in hand is acknowledged after its batch is stored (explicit acknowledgements,
 floodwatch.cluster.acknowledge); while it waits (InfluxDB slow), the worker tells the server it
 is in progress, so the ack wait can stay short and a dead worker's readings return soon.

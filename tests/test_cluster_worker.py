@@ -422,6 +422,9 @@ def test_live_workers_share_the_partitions_and_a_joining_one_gets_its_share(
         balanced_s = time.monotonic() - joined_at
         split = shares(workers)
         print(f"three workers: {[sorted(s) for s in split]} ({balanced_s:.1f} s after the start)")
+        # Readings for the partitions' new owners to judge after their handovers.
+        more = len(published) + 50 * len(chosen)
+        wait_until(lambda: len(published) >= more, 30, "more readings published")
         done.set()
         publisher.join(10)
         wait_until(

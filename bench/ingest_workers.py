@@ -15,10 +15,10 @@ What is timed:
   - cluster (`--cluster`, 3 NATS nodes + HAProxy from floodwatch.cluster.local_cluster): not
     a drain (so that the publisher, one more process on these cores, would not be what is
     measured), and so that the partitions are shared before the clock starts. The workers
-    (`python -m ingest --cluster`) start together, one reading per sensor is published, and
-    the workers share the partitions out (ingest/balance.py: whoever holds more than its share
-    releases partitions to the others; each logs `owns partitions [...]`; the time until every
-    worker holds its share is printed), then the rest is published through HAProxy (MQTT
+    (`python -m ingest --cluster`) start together, and readings flow, a round of one per
+    sensor at a time, until the workers have shared the partitions out (ingest/balance.py:
+    whoever holds more than its share releases partitions to the others; each logs `owns
+    partitions [...]`; the time until every worker holds its share is printed), then the rest is published through HAProxy (MQTT
     3.1.1 QoS 1, stored R3 before each PUBACK) from this process, and the clock runs from its
     first publish: the publisher's rate (printed) bounds these figures.
 The clock stops when every reading is stored in InfluxDB (or none more is for 30 s: the rest
@@ -382,10 +382,21 @@ class Bench:
                 }
                 procs.append(start_ingest(env, log, args=["--cluster"]))
             spreading = time.monotonic()
-            # Every partition's first readings at once: whoever pulls first takes them, and the
-            # workers then share them out (ingest/balance.py) before the clock starts.
-            publish(port, password, root, warm)
-            wait_owned(procs, logs, set(partition_plan(load_registry(self.registry), PARTITIONS)))
+            # Readings flowing to every partition, a round (one per sensor) at a time, until
+            # the workers have shared the partitions out (ingest/balance.py: a released
+            # partition goes to its taker with its next reading); the clock starts after.
+            parts = set(partition_plan(load_registry(self.registry), PARTITIONS))
+            n = len(self.ids)
+            rounds = 0
+            while not shared_out(logs, parts):
+                if rounds * n >= len(messages) // 2 or any(p.poll() is not None for p in procs):
+                    text = "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in logs)
+                    raise RuntimeError(
+                        f"the cluster workers did not share the partitions out; their logs:\n{text}"
+                    )
+                publish(port, password, root, messages[rounds * n : (rounds + 1) * n])
+                rounds += 1
+            warm, load_msgs = messages[: rounds * n], messages[rounds * n :]
             spread_s = time.monotonic() - spreading
             meter = self._meter(procs)
             load = os.getloadavg()[0]
@@ -443,30 +454,17 @@ def cluster_worker_env(cluster: LocalCluster, k: int) -> dict[str, str]:
     }
 
 
-def wait_owned(
-    procs: Sequence[subprocess.Popen[bytes]], logs: Sequence[Path], partitions: set[int]
-) -> None:
-    """Wait until the workers' last `owns partitions [...]` lines cover `partitions`, each
-    once, every worker holding its share of them (floor or ceil: ingest/balance.py)."""
-    deadline = time.monotonic() + 60
+def shared_out(logs: Sequence[Path], partitions: set[int]) -> bool:
+    """Do the workers' last `owns partitions [...]` lines cover `partitions`, each once, every
+    worker holding its share of them (floor or ceil: ingest/balance.py)?"""
     floor, extra = divmod(len(partitions), len(logs))
-    while time.monotonic() < deadline:
-        held: list[set[int]] = []
-        for log in logs:
-            found = OWNS.findall(log.read_bytes())
-            held.append({int(p) for p in found[-1].split(b",") if p.strip()} if found else set())
-        counts = [len(h & partitions) for h in held]
-        owned = set().union(*held)
-        shared = min(counts) >= floor and max(counts) <= floor + (1 if extra else 0)
-        if partitions <= owned and sum(counts) == len(partitions) and shared:
-            return
-        if any(p.poll() is not None for p in procs):
-            break
-        time.sleep(0.01)
-    text = "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in logs)
-    raise RuntimeError(
-        f"the cluster workers did not share every partition out; their logs:\n{text}"
-    )
+    held: list[set[int]] = []
+    for log in logs:
+        found = OWNS.findall(log.read_bytes())
+        held.append({int(p) for p in found[-1].split(b",") if p.strip()} if found else set())
+    counts = [len(h & partitions) for h in held]
+    shared = min(counts) >= floor and max(counts) <= floor + (1 if extra else 0)
+    return partitions <= set().union(*held) and sum(counts) == len(partitions) and shared
 
 
 def cluster_latency(probes: int, workers: int = 1) -> Run:

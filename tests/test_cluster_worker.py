@@ -143,6 +143,18 @@ def stored_alerts(db: InfluxClient) -> set[str]:
     return {str(row[1]) for s in series for row in s["values"] if row[2] in ("flood", "rising")}
 
 
+def close_all(
+    sensors: dict[str, MqttSensor], workers: list[IngestProcess], db: InfluxClient
+) -> None:
+    """A test's end, whatever happened: sensors disconnected, workers still running killed."""
+    for sensor in sensors.values():
+        sensor.close()
+    for proc in workers:
+        if proc.running():
+            proc.stop(signal.SIGKILL)
+    db.close()
+
+
 def flood_levels(k: int, j: int) -> float:
     """Sensor j's k-th reading: the water rises 7.2 cm a minute, each sensor a little higher."""
     return round(2.0 + 0.12 * k + 0.5 * j, 2)
@@ -327,12 +339,7 @@ def test_a_worker_lost_mid_flood_hands_its_partitions_over(
             if proc.running():
                 assert proc.stop(signal.SIGTERM) == 0, "a worker did not stop cleanly"
     finally:
-        for sensor in sensors.values():
-            sensor.close()
-        for proc in workers:
-            if proc.running():
-                proc.stop(signal.SIGKILL)
-        db.close()
+        close_all(sensors, workers, db)
 
 
 # -- balancing ---------------------------------------------------------------------------------
@@ -463,9 +470,4 @@ def test_live_workers_share_the_partitions_and_a_joining_one_gets_its_share(
     finally:
         done.set()
         watch.stop()
-        for sensor in sensors.values():
-            sensor.close()
-        for proc in workers:
-            if proc.running():
-                proc.stop(signal.SIGKILL)
-        db.close()
+        close_all(sensors, workers, db)

@@ -455,44 +455,48 @@ class NatsSource:
         activity = Activity()
         gained: dict[int, float] = {}
         announced: tuple[Member | None, float] = (None, 0.0)
-        while not self._closed.is_set():
-            now = time.monotonic()
-            try:
-                if kv is None:
-                    kv = await _workers_bucket(nc)
-                activity = activity.observe(now, tuple(self._taken))
-                load = activity.load()
-                owned = self.owned
-                gained = {p: gained.get(p, now) for p in owned}
-                mine = Member(owned, frozenset(p for p in owned if p in load))
-                if mine != announced[0] or now - announced[1] >= HEARTBEAT_S:
-                    value = {"owned": sorted(mine.owned), "active": sorted(mine.active)}
-                    await kv.put(key, json.dumps(value).encode())
-                    announced = (mine, now)
-                members = await _members(kv, _key_safe(self.topics.root))
-                decision = decide(
-                    self.member,
-                    view_with(self.member, mine, members),
-                    load,
-                    gained,
-                    self._released,
-                    now,
-                    settle_s=max(self.pin_timeout_s, 2.0),
-                )
-                self._asks = decision.ask
-                if self._releasing not in owned:
-                    self._releasing = None  # lost meanwhile
-                if decision.release is not None and self._releasing is None:
-                    log.info(
-                        "partition %d: releasing it to a worker below its share (%d workers)",
-                        decision.release,
-                        len(members),
+        try:
+            while not self._closed.is_set():
+                now = time.monotonic()
+                try:
+                    if kv is None:
+                        kv = await _workers_bucket(nc)
+                    activity = activity.observe(now, tuple(self._taken))
+                    load = activity.load()
+                    owned = self.owned
+                    gained = {p: gained.get(p, now) for p in owned}
+                    mine = Member(owned, frozenset(p for p in owned if p in load))
+                    if mine != announced[0] or now - announced[1] >= HEARTBEAT_S:
+                        value = {"owned": sorted(mine.owned), "active": sorted(mine.active)}
+                        await kv.put(key, json.dumps(value).encode())
+                        announced = (mine, now)
+                    members = await _members(kv, _key_safe(self.topics.root))
+                    decision = decide(
+                        self.member,
+                        view_with(self.member, mine, members),
+                        load,
+                        gained,
+                        self._released,
+                        now,
+                        settle_s=max(self.pin_timeout_s, 2.0),
                     )
-                    self._releasing = decision.release
-            except (nats.errors.Error, TimeoutError, ClusterError, ValueError) as exc:
-                self._asks = True
-                log.info("balancing: %s; this worker asks for every partition meanwhile", exc)
-            await asyncio.sleep(BALANCE_TICK_S)
+                    self._asks = decision.ask
+                    if self._releasing not in owned:
+                        self._releasing = None  # lost meanwhile
+                    if decision.release is not None and self._releasing is None:
+                        log.info(
+                            "partition %d: releasing it to a worker below its share (%d workers)",
+                            decision.release,
+                            len(members),
+                        )
+                        self._releasing = decision.release
+                except (nats.errors.Error, TimeoutError, ClusterError) as exc:
+                    self._asks = True
+                    log.info("balancing: %s; this worker asks for every partition meanwhile", exc)
+                await asyncio.sleep(BALANCE_TICK_S)
+        finally:
+            # Whatever stopped it, this worker must not leave partitions unasked.
+            self._asks = True
 
     async def _release(
         self, part: int, consumer: str, pull: PartitionPull, nc: NatsClient, prefix: str
@@ -575,7 +579,7 @@ async def _workers_bucket(nc: NatsClient) -> KeyValue:
 
 async def _members(kv: KeyValue, root_key: str, timeout_s: float = 3.0) -> dict[str, Member]:
     """The announcements of the live workers of this topic root (a key lapses with the
-    bucket's TTL). Raises ValueError for an announcement that is not one."""
+    bucket's TTL); one that does not parse is left out."""
     watcher = await kv.watch(f"{root_key}.*", ignore_deletes=True)
     # nats-py leaves the watcher's methods untyped.
     updates = cast(Callable[[float], Awaitable[KeyValue.Entry | None]], watcher.updates)
@@ -588,11 +592,13 @@ async def _members(kv: KeyValue, root_key: str, timeout_s: float = 3.0) -> dict[
                 break
             if entry.value is None:
                 continue
-            doc = json.loads(entry.value)
             name = entry.key.split(".", 1)[1]
-            members[name] = Member(
-                frozenset(int(p) for p in doc["owned"]), frozenset(int(p) for p in doc["active"])
-            )
+            try:
+                doc = json.loads(entry.value)
+                owned = frozenset(int(p) for p in doc["owned"])
+                members[name] = Member(owned, owned & frozenset(int(p) for p in doc["active"]))
+            except (ValueError, KeyError, TypeError):
+                log.warning("balancing: %s's announcement is not one; left out", name)
     finally:
         await stop()
     return members

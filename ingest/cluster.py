@@ -51,8 +51,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import cast
+from collections.abc import Callable, Sequence
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -470,7 +469,7 @@ class NatsSource:
                         value = {"owned": sorted(mine.owned), "active": sorted(mine.active)}
                         await kv.put(key, json.dumps(value).encode())
                         announced = (mine, now)
-                    members = await _members(kv, _key_safe(self.topics.root))
+                    members = await _members(nc, _key_safe(self.topics.root))
                     decision = decide(
                         self.member,
                         view_with(self.member, mine, members),
@@ -573,34 +572,44 @@ async def _workers_bucket(nc: NatsClient) -> KeyValue:
                 ttl=MEMBER_TTL_S,
                 replicas=REPLICAS,
                 storage=StorageType.MEMORY,
+                direct=True,
             )
         )
 
 
-async def _members(kv: KeyValue, root_key: str, timeout_s: float = 3.0) -> dict[str, Member]:
+async def _members(nc: NatsClient, root_key: str, timeout_s: float = 3.0) -> dict[str, Member]:
     """The announcements of the live workers of this topic root (a key lapses with the
-    bucket's TTL); one that does not parse is left out."""
-    watcher = await kv.watch(f"{root_key}.*", ignore_deletes=True)
-    # nats-py leaves the watcher's methods untyped.
-    updates = cast(Callable[[float], Awaitable[KeyValue.Entry | None]], watcher.updates)
-    stop = cast(Callable[[], Awaitable[None]], watcher.stop)
+    bucket's TTL), in one direct get of each key's last value: any replica answers it, and it
+    creates no consumer (a watcher would, through the meta leader, twice a second per worker).
+    An announcement that does not parse is left out."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    prefix = f"$KV.{WORKERS_BUCKET}.{root_key}."
+    request = {"multi_last": [prefix + "*"], "batch": 1024}
     members: dict[str, Member] = {}
     try:
+        await nc.publish(
+            f"$JS.API.DIRECT.GET.KV_{WORKERS_BUCKET}", json.dumps(request).encode(), reply=inbox
+        )
+        deadline = time.monotonic() + timeout_s
         while True:
-            entry = await updates(timeout_s)
-            if entry is None:
-                break
-            if entry.value is None:
+            msg = await sub.next_msg(timeout=max(deadline - time.monotonic(), 0.01))
+            headers = msg.headers or {}
+            if "Status" in headers:  # 204: the end of the batch; 404: nobody announced
+                if headers["Status"] in ("204", "404"):
+                    break
+                raise ClusterError(f"the workers' bucket answered {headers['Status']}")
+            name = headers.get("Nats-Subject", "")[len(prefix) :]
+            if headers.get("KV-Operation") in ("DEL", "PURGE") or not name:
                 continue
-            name = entry.key.split(".", 1)[1]
             try:
-                doc = json.loads(entry.value)
+                doc = json.loads(msg.data)
                 owned = frozenset(int(p) for p in doc["owned"])
                 members[name] = Member(owned, owned & frozenset(int(p) for p in doc["active"]))
             except (ValueError, KeyError, TypeError):
                 log.warning("balancing: %s's announcement is not one; left out", name)
     finally:
-        await stop()
+        await sub.unsubscribe()
     return members
 
 

@@ -18,9 +18,10 @@ What is timed:
     (`python -m ingest --cluster`) start together, and readings flow, a round of one per
     sensor at a time, until the workers have shared the partitions out (ingest/balance.py:
     whoever holds more than its share releases partitions to the others; each logs `owns
-    partitions [...]`; the time until every worker holds its share is printed), then the rest is published through HAProxy (MQTT
-    3.1.1 QoS 1, stored R3 before each PUBACK) from this process, and the clock runs from its
-    first publish: the publisher's rate (printed) bounds these figures.
+    partitions [...]`; the time until every worker holds its share is printed), then the rest
+    is published through HAProxy (MQTT 3.1.1 QoS 1, stored R3 before each PUBACK) from this
+    process, and the clock runs from its first publish: the publisher's rate (printed) bounds
+    these figures.
 The clock stops when every reading is stored in InfluxDB (or none more is for 30 s: the rest
 are counted lost). With --cluster, bench.alerts_latency's publish -> alert measurement runs
 through a cluster of its own and through the single node, alternately. Configurations run in

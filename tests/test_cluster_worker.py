@@ -460,7 +460,9 @@ def test_live_workers_share_the_partitions_and_a_joining_one_gets_its_share(
             f"{len(waited)} (longest {max(waited, default=0):.1f} s), alert events "
             f"{len(judged_events)} of {len(expected)}, decided twice {len(twice)}"
         )
-        assert released >= 2, "the shares came from releases"
+        # The third worker's share can only come from a release: every partition was pinned.
+        assert released >= 1, "no partition was released"
+        assert "gained" in workers[2].log.read_text()
         assert stored_total == len(published), "a reading was stored twice or not at all"
         assert not twice, sorted(twice)[:5]
         assert judged_events == expected, (

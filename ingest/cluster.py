@@ -511,7 +511,7 @@ class NatsSource:
             while self._in_hand(prefix) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             while time.monotonic() < deadline:
-                info = await nc.jetstream().consumer_info(MQTT_MSGS_STREAM, consumer)
+                info = await nc.jetstream(timeout=1).consumer_info(MQTT_MSGS_STREAM, consumer)
                 if not info.num_ack_pending:
                     break
                 await asyncio.sleep(0.05)

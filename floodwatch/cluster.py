@@ -868,12 +868,14 @@ class PartitionPull:
             json.dumps({"group": PRIORITY_GROUP}).encode(),
             timeout=5,
         )
-        self.pin = None
         error = json.loads(answer.data).get("error")
         if error:
             raise ClusterError(
                 f"JetStream refused to unpin {self.consumer}: {error.get('description', error)}"
             )
+        # Only now: had the server kept the pin, a pull without its id would wait for ever
+        # behind it, where one with the old id is refused (Unpinned) once another holds it.
+        self.pin = None
 
     async def _pull(self, batch: int, expires_s: float | None) -> list[Msg]:
         """One pull request: without `expires_s` it answers at once with what is there."""

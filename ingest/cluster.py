@@ -524,7 +524,8 @@ class NatsSource:
             return False
         finally:
             self._releasing = None
-        self._released = Release(part, time.monotonic())
+            # Kept or not, the next release waits (ingest.balance.decide's settle time).
+            self._released = Release(part, time.monotonic())
         self._lose(part, f"released to balance the workers ({time.monotonic() - started:.2f} s)")
         return True
 

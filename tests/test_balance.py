@@ -152,3 +152,30 @@ def test_releases_reach_fair_shares_and_go_to_workers_below_theirs(
         now += 1.0
     counts = sorted(len(p) for p in owned.values())
     assert counts[0] >= floor and counts[-1] <= floor + (1 if extra else 0), owned
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["a", "b", "c", "d", "e"]),
+        st.frozensets(st.integers(0, 15), max_size=8),
+        min_size=1,
+    ),
+    st.data(),
+)
+def test_only_a_worker_above_its_share_releases_and_only_to_one_below(
+    owned: dict[str, frozenset[int]], data: st.DataObject
+) -> None:
+    """For any view: a release comes from a worker above its target while another is below
+    (who asks), and a worker below its target always asks."""
+    view = {m: Member(p, p) for m, p in owned.items()}
+    counts = {m: len(p) for m, p in owned.items()}
+    shares = targets(counts)
+    load = {p: data.draw(st.integers(0, 50)) for ps in owned.values() for p in ps}
+    for me in view:
+        d = decide(me, view, load, {}, None, 0.0, 5.0)
+        below = [m for m in view if m != me and counts[m] < shares[m]]
+        if d.release is not None:
+            assert counts[me] > shares[me] and below and d.release in owned[me]
+            assert not d.ask
+        if counts[me] < shares[me]:
+            assert d.ask and d.release is None

@@ -14,14 +14,14 @@ What is timed:
     subscribes to its partitions' sensors' topics); `1 worker` owns every partition.
   - cluster (`--cluster`, 3 NATS nodes + HAProxy from floodwatch.cluster.local_cluster): not
     a drain (so that the publisher, one more process on these cores, would not be what is
-    measured), since NATS pins each partition to the worker whose pull waits when its first
-    reading comes and keeps it there while that worker pulls (a waiting backlog would all go to
-    the first worker to start). The workers (`python -m ingest --cluster`) start, one reading
-    per sensor, partition after partition 1.5 s apart, spreads the partitions over them (each
-    logs `owns partitions [...]`), then the
-    rest is published through HAProxy (MQTT 3.1.1 QoS 1, stored R3 before each PUBACK) from
-    this process, and the clock runs from its first publish: the publisher's rate (printed)
-    bounds these figures.
+    measured), and so that the partitions are shared before the clock starts. The workers
+    (`python -m ingest --cluster`) start together, and readings flow, a round of one per
+    sensor at a time, until the workers have shared the partitions out (ingest/balance.py:
+    whoever holds more than its share releases partitions to the others; each logs `owns
+    partitions [...]`; the time until every worker holds its share is printed), then the rest
+    is published through HAProxy (MQTT 3.1.1 QoS 1, stored R3 before each PUBACK) from this
+    process, and the clock runs from its first publish: the publisher's rate (printed) bounds
+    these figures.
 The clock stops when every reading is stored in InfluxDB (or none more is for 30 s: the rest
 are counted lost). With --cluster, bench.alerts_latency's publish -> alert measurement runs
 through a cluster of its own and through the single node, alternately. Configurations run in
@@ -184,7 +184,7 @@ class Drain:
     cores: dict[str, float]  # CPU seconds / drain seconds, per process group
     load: float  # 1-minute load average at the start of the drain
     owns: list[str] = field(default_factory=list)  # cluster workers' last `owns partitions`
-    spread_s: float = 0.0  # cluster: first reading to every partition owned
+    spread_s: float = 0.0  # cluster: first reading to every worker holding its share
 
 
 class CpuMeter:
@@ -383,17 +383,21 @@ class Bench:
                 }
                 procs.append(start_ingest(env, log, args=["--cluster"]))
             spreading = time.monotonic()
-            # Partition after partition, as traffic arrives in a city: a worker that owns some
-            # asks for more only now and then (ingest/cluster.py), so the next partition's
-            # first reading finds an idle worker's pull waiting. All at once, the first
-            # worker's waiting pulls would take every partition.
-            plan = partition_plan(load_registry(self.registry), PARTITIONS)
-            for part, sensors in plan.items():
-                mine = set(sensors)
-                publish(port, password, root, [m for m in warm if m[0] in mine])
-                wait_owned(procs, logs, {part})
-                # The owners' earlier pulls (1 s) expire; from then on they ask only briefly.
-                time.sleep(1.5)
+            # Readings flowing to every partition, a round (one per sensor) at a time, until
+            # the workers have shared the partitions out (ingest/balance.py: a released
+            # partition goes to its taker with its next reading); the clock starts after.
+            parts = set(partition_plan(load_registry(self.registry), PARTITIONS))
+            n = len(self.ids)
+            rounds = 0
+            while not shared_out(logs, parts):
+                if rounds * n >= len(messages) // 2 or any(p.poll() is not None for p in procs):
+                    text = "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in logs)
+                    raise RuntimeError(
+                        f"the cluster workers did not share the partitions out; their logs:\n{text}"
+                    )
+                publish(port, password, root, messages[rounds * n : (rounds + 1) * n])
+                rounds += 1
+            warm, load_msgs = messages[: rounds * n], messages[rounds * n :]
             spread_s = time.monotonic() - spreading
             meter = self._meter(procs)
             load = os.getloadavg()[0]
@@ -451,24 +455,17 @@ def cluster_worker_env(cluster: LocalCluster, k: int) -> dict[str, str]:
     }
 
 
-def wait_owned(
-    procs: Sequence[subprocess.Popen[bytes]], logs: Sequence[Path], partitions: set[int]
-) -> None:
-    """Wait until the workers' last `owns partitions [...]` lines cover `partitions`."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        owned: set[int] = set()
-        for log in logs:
-            found = OWNS.findall(log.read_bytes())
-            if found:
-                owned |= {int(p) for p in found[-1].split(b",") if p.strip()}
-        if partitions <= owned:
-            return
-        if any(p.poll() is not None for p in procs):
-            break
-        time.sleep(0.01)
-    text = "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in logs)
-    raise RuntimeError(f"the cluster workers did not take every partition; their logs:\n{text}")
+def shared_out(logs: Sequence[Path], partitions: set[int]) -> bool:
+    """Do the workers' last `owns partitions [...]` lines cover `partitions`, each once, every
+    worker holding its share of them (floor or ceil: ingest/balance.py)?"""
+    floor, extra = divmod(len(partitions), len(logs))
+    held: list[set[int]] = []
+    for log in logs:
+        found = OWNS.findall(log.read_bytes())
+        held.append({int(p) for p in found[-1].split(b",") if p.strip()} if found else set())
+    counts = [len(h & partitions) for h in held]
+    shared = min(counts) >= floor and max(counts) <= floor + (1 if extra else 0)
+    return partitions <= set().union(*held) and sum(counts) == len(partitions) and shared
 
 
 def cluster_latency(probes: int, workers: int = 1) -> Run:

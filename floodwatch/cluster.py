@@ -76,6 +76,9 @@ REPLICAS = 3
 # 10 s; rebuilding the partition's state takes the rest).
 PRIORITY_GROUP = "workers"
 PIN_TIMEOUT_S = 5.0
+# The cluster workers announce themselves here (ingest/balance.py): one key per worker, gone
+# with the bucket's TTL when it stops renewing it. A fixed name, so permissions can name it.
+WORKERS_BUCKET = "floodwatch_workers"
 
 # The generated NATS accounts (users, permissions, per-sensor mappings) and the system
 # account's password, in the cluster's working directory.
@@ -216,6 +219,7 @@ def accounts_config(
         "$JS.API.>",
         "$JS.ACK.>",
         "$MQTT.>",
+        f"$KV.{WORKERS_BUCKET}.>",
         "*.v1.alerts.*",
         "*.v1.events.*",
         "*.v1.episodes",
@@ -873,6 +877,24 @@ class PartitionPull:
         if msgs and batch > 1:
             msgs += await self._pull(batch - 1, None)
         return msgs
+
+    async def unpin(self) -> None:
+        """Ask the server to unpin the partition's worker (this one, once it has stored and
+        acknowledged what it took): the next waiting pull of another worker is pinned. Raises
+        ClusterError if JetStream refuses."""
+        answer = await self.nc.request(
+            f"$JS.API.CONSUMER.UNPIN.{MQTT_MSGS_STREAM}.{self.consumer}",
+            json.dumps({"group": PRIORITY_GROUP}).encode(),
+            timeout=5,
+        )
+        error = json.loads(answer.data).get("error")
+        if error:
+            raise ClusterError(
+                f"JetStream refused to unpin {self.consumer}: {error.get('description', error)}"
+            )
+        # Only now: had the server kept the pin, a pull without its id would wait for ever
+        # behind it, where one with the old id is refused (Unpinned) once another holds it.
+        self.pin = None
 
     async def _pull(self, batch: int, expires_s: float | None) -> list[Msg]:
         """One pull request: without `expires_s` it answers at once with what is there."""

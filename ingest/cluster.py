@@ -32,6 +32,15 @@ pinned to it moves those of sensors the registry knows to their partitions
 sensor's topic (mqtt_topic), which dead-letters them with the decoder's reason
 (`unknown_sensor`, `retired_sensor`) and acknowledges them once the dead letters are stored.
 
+Balancing (ingest/balance.py decides, `_balance` here does the I/O): every worker announces
+itself and its partitions in the JetStream key-value bucket `floodwatch_workers` (renewed every
+second, lapsing 6 s after a worker stops), reads the others' every 0.5 s, and each ends up with
+its share of the partitions that have readings flowing: a worker above its share gives one up
+at a time in order (stops pulling it, waits until what it took is stored and acknowledged,
+unpins it through the server's API) and only workers below their share ask for partitions
+meanwhile, so the taker is pinned at the partition's next reading and its gain has nothing
+unacknowledged to wait for. A clean stop unpins this worker's partitions in the same way.
+
 A message in hand is acknowledged after its batch is stored (explicit acknowledgements,
 floodwatch.cluster.acknowledge); while it waits (InfluxDB slow), the worker tells the server it
 is in progress, so the ack wait can stay short and a dead worker's readings return soon.
@@ -42,7 +51,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
+import os
+import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -50,10 +63,15 @@ from collections.abc import Callable, Sequence
 import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KeyValue
 
 from floodwatch.cluster import (
     MQTT_MSGS_PREFIX,
     MQTT_MSGS_STREAM,
+    REPLICAS,
+    WORKERS_BUCKET,
     ClusterError,
     PartitionPull,
     Unpinned,
@@ -68,6 +86,7 @@ from floodwatch.cluster import (
 from floodwatch.errors import InfluxError
 from floodwatch.mqtt import Delivery
 from floodwatch.topics import Topics
+from ingest.balance import Activity, Member, Release, decide, view_with
 from ingest.partitions import PartitionedAlerting, PartitionRestore, restore_owned
 
 log = logging.getLogger(__name__)
@@ -79,11 +98,12 @@ FETCH_BATCH = 1000
 # it must keep pulling to keep its partitions pinned, but not flood its memory while InfluxDB
 # is slow (MQTT's in-flight window does this on the Mosquitto path).
 MAX_IN_HAND = 20_000
-# A worker owning k partitions asks for one it does not own for SPREAD_ASK_S every
-# min(k * SPREAD_S, SPREAD_MAX_S) (a failover to it may take that much longer).
-SPREAD_S = 0.25
-SPREAD_MAX_S = 1.0
-SPREAD_ASK_S = 0.1
+# Balancing (ingest/balance.py): each worker renews its announcement every HEARTBEAT_S (and at
+# once when its partitions change); a dead worker's lapses after MEMBER_TTL_S. It looks at the
+# others' every BALANCE_TICK_S.
+HEARTBEAT_S = 1.0
+MEMBER_TTL_S = 6.0
+BALANCE_TICK_S = 0.5
 
 
 def mqtt_topic(topics: Topics, subject: str) -> str:
@@ -196,6 +216,14 @@ class NatsSource:
         self._held_lock = threading.Lock()
         self._next_id = 0
         self.owned: frozenset[int] = frozenset()  # partitions pinned to this worker
+        # Balancing (ingest/balance.py, `_balance`): this worker's name among the members,
+        # readings taken per partition, whether to ask for partitions it does not hold, the one
+        # its pull task is to give up, and the last one given up.
+        self.member = _member_name()
+        self._taken = [0] * partitions
+        self._asks = True
+        self._releasing: int | None = None
+        self._released: Release | None = None
         self.thread = threading.Thread(target=self._run, name="ingest-nats", daemon=True)
 
     # -- any thread ----------------------------------------------------------------------------
@@ -266,11 +294,13 @@ class NatsSource:
         ]
         tasks.append(asyncio.create_task(self._pull_unmapped(nc)))
         tasks.append(asyncio.create_task(self._keep_in_progress()))
+        tasks.append(asyncio.create_task(self._balance(nc)))
         while not self._closed.is_set():
             await asyncio.sleep(0.1)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._leave(nc, names)
         await nc.drain()
 
     async def _pull_partition(self, part: int, consumer: str, nc: NatsClient) -> None:
@@ -283,12 +313,14 @@ class NatsSource:
                 await asyncio.sleep(0.1)
                 continue
             expires_s = 1.0
-            if not owned and self.owned:
-                # Spread partitions over workers: the server pins a partition to a waiting
-                # request, so a worker that owns some asks for another only now and then, and
-                # briefly; an idle worker's request is then the one waiting.
-                await asyncio.sleep(min(SPREAD_S * len(self.owned), SPREAD_MAX_S))
-                expires_s = SPREAD_ASK_S
+            if owned and part == self._releasing:
+                owned = not await self._release(part, consumer, pull, nc, prefix)
+                continue
+            if not owned and not self._asks:
+                # At its share while another worker is below it (ingest/balance.py): what is
+                # released goes to the one that asks.
+                await asyncio.sleep(0.1)
+                continue
             batch = FETCH_BATCH if len(self._held) < MAX_IN_HAND else 1
             try:
                 msgs = await pull.fetch(batch, expires_s=expires_s)
@@ -315,6 +347,7 @@ class NatsSource:
                 await asyncio.sleep(0.2)
                 continue
             if msgs:
+                self._taken[part] += len(msgs)
                 self._hand_over(msgs, prefix)
 
     async def _pull_unmapped(self, nc: NatsClient) -> None:
@@ -503,6 +536,176 @@ class NatsSource:
                     await msg.in_progress()
                 except nats.errors.Error:
                     break
+
+    # -- balancing (ingest/balance.py) ------------------------------------------------------------
+
+    async def _balance(self, nc: NatsClient) -> None:
+        """Announce this worker and its partitions, read the others', and decide (pure:
+        ingest.balance.decide) whether to ask for partitions and which one to give up. If the
+        bucket cannot be read, the worker asks for everything (as a lone worker does)."""
+        key = f"{_key_safe(self.topics.root)}.{self.member}"
+        kv: KeyValue | None = None
+        activity = Activity()
+        gained: dict[int, float] = {}
+        announced: tuple[Member | None, float] = (None, 0.0)
+        try:
+            while not self._closed.is_set():
+                now = time.monotonic()
+                try:
+                    if kv is None:
+                        kv = await _workers_bucket(nc)
+                    activity = activity.observe(now, tuple(self._taken))
+                    load = activity.load()
+                    owned = self.owned
+                    gained = {p: gained.get(p, now) for p in owned}
+                    mine = Member(owned, frozenset(p for p in owned if p in load))
+                    if mine != announced[0] or now - announced[1] >= HEARTBEAT_S:
+                        value = {"owned": sorted(mine.owned), "active": sorted(mine.active)}
+                        await kv.put(key, json.dumps(value).encode())
+                        announced = (mine, now)
+                    members = await _members(nc, _key_safe(self.topics.root))
+                    decision = decide(
+                        self.member,
+                        view_with(self.member, mine, members),
+                        load,
+                        gained,
+                        self._released,
+                        now,
+                        settle_s=max(self.pin_timeout_s, 2.0),
+                    )
+                    self._asks = decision.ask
+                    if self._releasing not in owned:
+                        self._releasing = None  # lost meanwhile
+                    if decision.release is not None and self._releasing is None:
+                        log.info(
+                            "partition %d: releasing it to a worker below its share (%d workers)",
+                            decision.release,
+                            len(members),
+                        )
+                        self._releasing = decision.release
+                except (nats.errors.Error, TimeoutError, ClusterError) as exc:
+                    self._asks = True
+                    log.info("balancing: %s; this worker asks for every partition meanwhile", exc)
+                await asyncio.sleep(BALANCE_TICK_S)
+        finally:
+            # Whatever stopped it, this worker must not leave partitions unasked.
+            self._asks = True
+
+    async def _release(
+        self, part: int, consumer: str, pull: PartitionPull, nc: NatsClient, prefix: str
+    ) -> bool:
+        """Give `part` up in order (its pull task, having stopped pulling it): wait until what
+        is in hand of it is stored and acknowledged, and the server has nothing of it pending,
+        then unpin it, so a worker below its share, whose pull waits, is pinned and its gain
+        need not wait for unacknowledged readings. Gives up releasing (and pulls on, keeping
+        the pin) if that takes longer than most of the pin timeout."""
+        started = time.monotonic()
+        deadline = started + 0.6 * min(self.pin_timeout_s, self.ack_wait_s)
+        try:
+            while self._in_hand(prefix) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            while time.monotonic() < deadline:
+                info = await nc.jetstream(timeout=1).consumer_info(MQTT_MSGS_STREAM, consumer)
+                if not info.num_ack_pending:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                log.info("partition %d: kept (readings still unacknowledged)", part)
+                return False
+            await pull.unpin()
+        except (nats.errors.Error, TimeoutError, ClusterError) as exc:
+            log.info("partition %d: kept (could not release it: %s)", part, exc)
+            return False
+        finally:
+            self._releasing = None
+            # Kept or not, the next release waits (ingest.balance.decide's settle time).
+            self._released = Release(part, time.monotonic())
+        self._lose(part, f"released to balance the workers ({time.monotonic() - started:.2f} s)")
+        return True
+
+    def _in_hand(self, prefix: str) -> bool:
+        with self._held_lock:
+            return any(m.subject.startswith(prefix) for m, _ in self._held.values())
+
+    async def _leave(self, nc: NatsClient, consumers: Sequence[str]) -> None:
+        """A clean stop, once what was in hand is stored and acknowledged: withdraw the
+        announcement and unpin the partitions with nothing pending, so the other workers take
+        them at once rather than after the pin timeout."""
+        with contextlib.suppress(nats.errors.Error, TimeoutError, ClusterError):
+            kv = await _workers_bucket(nc)
+            await kv.delete(f"{_key_safe(self.topics.root)}.{self.member}")
+        for part in sorted(self.owned):
+            pull = PartitionPull(nc, consumers[part])
+            try:
+                info = await nc.jetstream().consumer_info(MQTT_MSGS_STREAM, consumers[part])
+                if not info.num_ack_pending:
+                    await pull.unpin()
+                    log.info("partition %d handed over (stopping)", part)
+            except (nats.errors.Error, TimeoutError, ClusterError) as exc:
+                log.info("partition %d: left to the pin timeout (%s)", part, exc)
+
+
+def _member_name() -> str:
+    """This worker's key among the members: host, process and a random part (unique)."""
+    return _key_safe(f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}")
+
+
+def _key_safe(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in text)
+
+
+async def _workers_bucket(nc: NatsClient) -> KeyValue:
+    js = nc.jetstream(timeout=3)
+    try:
+        return await js.key_value(WORKERS_BUCKET)
+    except BucketNotFoundError:
+        # Every worker may create it at once: the same configuration is accepted twice.
+        return await js.create_key_value(
+            KeyValueConfig(
+                bucket=WORKERS_BUCKET,
+                history=1,
+                ttl=MEMBER_TTL_S,
+                replicas=REPLICAS,
+                storage=StorageType.MEMORY,
+                direct=True,
+            )
+        )
+
+
+async def _members(nc: NatsClient, root_key: str, timeout_s: float = 3.0) -> dict[str, Member]:
+    """The announcements of the live workers of this topic root (a key lapses with the
+    bucket's TTL), in one direct get of each key's last value: any replica answers it, and it
+    creates no consumer (a watcher would, through the meta leader, twice a second per worker).
+    An announcement that does not parse is left out."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    prefix = f"$KV.{WORKERS_BUCKET}.{root_key}."
+    request = {"multi_last": [prefix + "*"], "batch": 1024}
+    members: dict[str, Member] = {}
+    try:
+        await nc.publish(
+            f"$JS.API.DIRECT.GET.KV_{WORKERS_BUCKET}", json.dumps(request).encode(), reply=inbox
+        )
+        deadline = time.monotonic() + timeout_s
+        while True:
+            msg = await sub.next_msg(timeout=max(deadline - time.monotonic(), 0.01))
+            headers = msg.headers or {}
+            if "Status" in headers:  # 204: the end of the batch; 404: nobody announced
+                if headers["Status"] in ("204", "404"):
+                    break
+                raise ClusterError(f"the workers' bucket answered {headers['Status']}")
+            name = headers.get("Nats-Subject", "")[len(prefix) :]
+            if headers.get("KV-Operation") in ("DEL", "PURGE") or not name:
+                continue
+            try:
+                doc = json.loads(msg.data)
+                owned = frozenset(int(p) for p in doc["owned"])
+                members[name] = Member(owned, owned & frozenset(int(p) for p in doc["active"]))
+            except (ValueError, KeyError, TypeError):
+                log.warning("balancing: %s's announcement is not one; left out", name)
+    finally:
+        await sub.unsubscribe()
+    return members
 
 
 def _without_password(url: str) -> str:

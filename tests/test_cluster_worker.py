@@ -32,6 +32,7 @@ from floodwatch.registry import Registry, load_registry
 from floodwatch.topics import Topics
 from ingest.cluster import mqtt_topic
 from ingest.partitions import owned_registry
+from tests.cluster_faults import EventWatch
 from tests.conftest import IngestProcess, admin_influx, grant, wait_until
 from tests.test_alerts_e2e import ack
 from tests.test_cluster import MqttSensor
@@ -140,6 +141,18 @@ def stored_alerts(db: InfluxClient) -> set[str]:
     """Event ids of the flood and rising alerts stored (stale ones depend on the clock)."""
     series = db.query('SELECT "event_id", "kind" FROM "alert_event"')
     return {str(row[1]) for s in series for row in s["values"] if row[2] in ("flood", "rising")}
+
+
+def close_all(
+    sensors: dict[str, MqttSensor], workers: list[IngestProcess], db: InfluxClient
+) -> None:
+    """A test's end, whatever happened: sensors disconnected, workers still running killed."""
+    for sensor in sensors.values():
+        sensor.close()
+    for proc in workers:
+        if proc.running():
+            proc.stop(signal.SIGKILL)
+    db.close()
 
 
 def flood_levels(k: int, j: int) -> float:
@@ -326,9 +339,137 @@ def test_a_worker_lost_mid_flood_hands_its_partitions_over(
             if proc.running():
                 assert proc.stop(signal.SIGTERM) == 0, "a worker did not stop cleanly"
     finally:
-        for sensor in sensors.values():
-            sensor.close()
+        close_all(sensors, workers, db)
+
+
+# -- balancing ---------------------------------------------------------------------------------
+
+
+def shares(workers: list[IngestProcess]) -> list[set[int]]:
+    return [owned(w) for w in workers]
+
+
+def fair(split: list[set[int]]) -> bool:
+    """Every partition held by exactly one worker, each worker at floor or ceil of its share."""
+    floor, extra = divmod(PARTITIONS, len(split))
+    held = sorted(len(s) for s in split)
+    every = set().union(*split) == set(range(PARTITIONS)) and sum(held) == PARTITIONS
+    return every and held[0] >= floor and held[-1] <= floor + (1 if extra else 0)
+
+
+def readings_stored(proc: IngestProcess) -> int:
+    """What a stopped worker says it stored (its last summary)."""
+    found = re.findall(r"stopped; .*readings_stored=(\d+)", proc.log.read_text())
+    assert found, f"{proc.log} has no summary"
+    return int(found[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.services  # a real NATS cluster, HAProxy and influxd
+def test_live_workers_share_the_partitions_and_a_joining_one_gets_its_share(
+    cluster: LocalCluster,
+    influxd: Service,
+    city: tuple[Path, dict[str, str]],
+    tmp_path: Path,
+) -> None:
+    """Balancing (ingest/balance.py): readings rising in every ward are published before and
+    while two workers start together; they end up holding two partitions each, and a third that
+    joins gets its one, by orderly releases; every reading is stored once (no redelivery),
+    every alert event is decided once, and the alerts are those of the engine alone."""
+    path, wards = city
+    registry = load_registry(path)
+    db_name = "t" + uuid.uuid4().hex[:10]
+    topics = Topics(db_name)
+    # One sensor per ward, the flooding ward's four: every partition has traffic.
+    chosen = list(FLOOD) + [
+        next(s for s, w in sorted(wards.items()) if w == ward)
+        for ward in sorted(set(wards.values()))
+        if ward != wards[FLOOD[0]]
+    ]
+    assert {partition(wards[s], PARTITIONS) for s in chosen} == set(range(PARTITIONS))
+    # The store keeps a reading only while a consumer covers it: create them before publishing.
+    asyncio.run(ensure_partition_consumers(cluster.nats_urls("ingest"), db_name, PARTITIONS, 4))
+    workers = [worker(cluster, influxd, db_name, path, k, tmp_path / f"w{k}") for k in (1, 2, 3)]
+    db = admin_influx(influxd, db_name)
+    sensors = {s: MqttSensor(cluster, s) for s in chosen}
+    watch = EventWatch(cluster, db_name, ["nats-1"])
+    watch.start()
+    published: list[tuple[str, int, float]] = []
+    mids: dict[str, set[int]] = {s: set() for s in chosen}
+    done = threading.Event()
+    base_s = int(time.time()) - 3 * 3600
+
+    def publish() -> None:
+        """Every chosen sensor a reading at a time, 1 s apart in reading time, ~120 a second."""
+        k = 0
+        while not done.is_set():
+            for j, sensor_id in enumerate(chosen):
+                t_ms = (base_s + k) * 1000 + j * 10
+                level = flood_levels(k, j)
+                payload = orjson.dumps({"ts": t_ms, "level_cm": level})
+                info = sensors[sensor_id].client.publish(topics.reading(sensor_id), payload, qos=1)
+                mids[sensor_id].add(info.mid)
+                published.append((sensor_id, t_ms * 10**6, level))
+            k += 1
+            time.sleep(len(chosen) / 120)  # pacing the publisher, not waiting for a result
+
+    publisher = threading.Thread(target=publish, daemon=True)
+    try:
+        publisher.start()
+        starting = [threading.Thread(target=w.start) for w in workers[:2]]
+        for thread in starting:
+            thread.start()
+        for thread in starting:
+            thread.join(60)
+        wait_until(lambda: fair(shares(workers[:2])), 30, "two workers to share the partitions")
+        print(f"two workers: {[sorted(s) for s in shares(workers[:2])]}")
+        joined_at = time.monotonic()
+        workers[2].start()
+        wait_until(lambda: fair(shares(workers)), 30, "the third worker to get its share")
+        balanced_s = time.monotonic() - joined_at
+        split = shares(workers)
+        print(f"three workers: {[sorted(s) for s in split]} ({balanced_s:.1f} s after the start)")
+        # Readings for the partitions' new owners to judge after their handovers.
+        more = len(published) + 50 * len(chosen)
+        wait_until(lambda: len(published) >= more, 30, "more readings published")
+        done.set()
+        publisher.join(10)
+        wait_until(
+            lambda: all(mids[s] <= sensors[s].acknowledged for s in chosen),
+            30,
+            "every reading to be acknowledged by the broker",
+        )
+        keys = {(s, t) for s, t, _ in published}
+        wait_until(lambda: keys <= stored_keys(db), 30, "every reading stored")
+        expected = reference_alerts(registry, published)
+        wait_until(lambda: expected <= stored_alerts(db), 10, "the last alerts stored")
         for proc in workers:
-            if proc.running():
-                proc.stop(signal.SIGKILL)
-        db.close()
+            assert proc.stop(signal.SIGTERM) == 0, "a worker did not stop cleanly"
+        logs = "".join(w.log.read_text() for w in workers)
+        released = len(re.findall(r"released to balance the workers", logs))
+        waited = [float(x) for x in re.findall(r"expected; ([0-9.]+) s\)", logs)]
+        stored_total = sum(readings_stored(w) for w in workers)
+        decisions = watch.decisions()
+        twice = {e for e, at in decisions.items() if len(at) > 1}
+        judged_events = {
+            e for e in decisions if e.split(":")[1] in ("flood", "rising")
+        } | stored_alerts(db)
+        print(
+            f"balancing: published {len(published)}, stored {stored_total} by the workers "
+            f"({len(stored_keys(db))} points), {released} releases, gains "
+            f"{len(waited)} (longest {max(waited, default=0):.1f} s), alert events "
+            f"{len(judged_events)} of {len(expected)}, decided twice {len(twice)}"
+        )
+        # The third worker's share can only come from a release: every partition was pinned.
+        assert released >= 1, "no partition was released"
+        assert "gained" in workers[2].log.read_text()
+        assert stored_total == len(published), "a reading was stored twice or not at all"
+        assert not twice, sorted(twice)[:5]
+        assert judged_events == expected, (
+            sorted(expected - judged_events)[:5],
+            sorted(judged_events - expected)[:5],
+        )
+    finally:
+        done.set()
+        watch.stop()
+        close_all(sensors, workers, db)

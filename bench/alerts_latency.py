@@ -13,7 +13,12 @@ stack's alert rules) evaluates once a minute: 60,000 ms at worst.
 /tmp/before main`) in alternate runs, this one first, and prints both medians and their
 ratio: on a shared machine only figures taken side by side compare.
 
+--cluster measures through a cluster of its own instead (bench.ingest_workers.cluster_latency:
+3 NATS nodes, HAProxy, one `python -m ingest --cluster` worker, MQTT 3.1.1, a 15 s warm-up),
+with --compare as above; `bench.ingest --cluster` runs it alternately with the single node.
+
 Run: .venv/bin/python -m bench.alerts_latency [--probes 1000] [--runs 3] [--compare DIR]
+     [--cluster]
 """
 
 from __future__ import annotations
@@ -100,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         "--compare", type=Path, help="another checkout whose ingest runs in alternate runs"
     )
     parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="through 3 NATS nodes, HAProxy and a cluster worker instead of Mosquitto",
+    )
+    parser.add_argument(
         "--dump", type=Path, help="append each run's latencies, in probe order, as JSON lines"
     )
     parser.add_argument(
@@ -115,7 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[Run] = []
     for k in range(args.runs):
         for label, tree in trees:
-            run, in_order = one_run(label, tree, args.probes)
+            if args.cluster:
+                # Imported here: bench.ingest_workers imports this module.
+                from bench.ingest_workers import cluster_latency
+
+                run = cluster_latency(args.probes, tree=tree, label=label)
+                in_order = run.latencies_ms  # (sorted: the cluster run keeps no order)
+            else:
+                run, in_order = one_run(label, tree, args.probes)
             runs.append(run)
             if args.dump is not None:
                 with args.dump.open("ab") as out:

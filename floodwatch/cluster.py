@@ -43,7 +43,7 @@ from nats.js.api import (
     StreamConfig,
     SubjectTransform,
 )
-from nats.js.errors import BadRequestError, ServiceUnavailableError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 from paho.mqtt.enums import CallbackAPIVersion
 
 from floodwatch.contract import Rejection
@@ -63,6 +63,10 @@ STREAM = "READINGS"
 # under `$MQTT.msgs.SUBJECT` before it sends the PUBACK.
 MQTT_MSGS_STREAM = "$MQTT_msgs"
 MQTT_MSGS_PREFIX = "$MQTT.msgs."
+# ... and every retained publish in this one (R3, one message per subject; an empty body is a
+# cleared one), under `$MQTT.rmsgs.SUBJECT`, before it takes the session's next publish.
+MQTT_RETAINED_STREAM = "$MQTT_rmsgs"
+MQTT_RETAINED_PREFIX = "$MQTT.rmsgs."
 ACCOUNT = "FLOODWATCH"
 # JetStream fsyncs every write before acknowledging it (default: every 2 minutes), so a power
 # cut of all three machines at once loses no acknowledged reading; costs measured in
@@ -750,6 +754,39 @@ def decode_unmapped(
         "floodwatch.cluster reload` (README, Clustered mode) and have the sensor send it again"
     )
     return Decoded([], [], [Rejection(topic, payload, "unmapped_sensor", reason, received_at_ns)])
+
+
+async def retained_alert_states(
+    nc: NatsClient, topics: Topics, sensor_ids: Sequence[str]
+) -> dict[str, bytes]:
+    """Sensor -> the non-empty `alerts/{id}` payload NATS's MQTT listener holds retained, for
+    `sensor_ids`, read from its retained store (`$MQTT_rmsgs`: which subjects it has, then the
+    last message of each; read only, never written). A worker that gains a partition publishes
+    only the states that differ (ingest/alerting.py). Raises ClusterError if JetStream cannot
+    answer."""
+    prefix = MQTT_RETAINED_PREFIX + _subject_root(topics.alert(""))
+    wanted = set(sensor_ids)
+    js = nc.jetstream()
+    try:
+        info = await js.stream_info(MQTT_RETAINED_STREAM, subjects_filter=prefix + "*")
+        subjects = [
+            subject for subject in (info.state.subjects or {}) if subject[len(prefix) :] in wanted
+        ]
+        found = await asyncio.gather(
+            *(js.get_last_msg(MQTT_RETAINED_STREAM, subject) for subject in subjects)
+        )
+    except NotFoundError:
+        return {}  # no retained message at all yet (the listener makes the stream lazily)
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise ClusterError(
+            f"could not read the retained alert states from {MQTT_RETAINED_STREAM} ({exc}); "
+            "is the cluster's JetStream up (its /healthz)?"
+        ) from exc
+    return {
+        subject[len(prefix) :]: msg.data
+        for subject, msg in zip(subjects, found, strict=True)
+        if msg.data
+    }
 
 
 def mqtt_store_filter(root: str, part: int) -> str:

@@ -24,14 +24,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from alerts.commands import AckReply, AckRequest, parse_ack_request
 from alerts.state import EngineState, new_state
 from floodwatch.cluster import DEFAULT_PARTITIONS, mosquitto_subscriptions, sensor_partition
 from floodwatch.contract import Reading
-from floodwatch.errors import InfluxError, SettingsError
+from floodwatch.errors import FloodwatchError, InfluxError, SettingsError
 from floodwatch.influx import InfluxClient
 from floodwatch.mqtt import Delivery, Subscription
 from floodwatch.registry import Registry
@@ -225,6 +225,9 @@ class PartitionRestore:
     alerting: Alerting | None  # None: the partition has no sensor (nothing to judge yet)
     restored: Restored | None
     base: Registry  # the whole registry it was cut from
+    # Its sensors' retained alert states as the broker held them after the rebuild (None:
+    # not read, so every state is published again).
+    retained: Mapping[str, bytes] | None = None
 
 
 class PartitionedAlerting:
@@ -254,6 +257,10 @@ class PartitionedAlerting:
         self._engines: dict[int, Alerting | None] = {}
         # Events of engines already dropped, for the metrics' counters.
         self._past_events: dict[tuple[str, str, str], int] = {}
+        # Reads the broker's retained alert states of some sensors (sensor -> non-empty
+        # payload; any thread), so a gained partition publishes only the states that differ
+        # (ingest/cluster.py's, through JetStream); None: a gain publishes every state.
+        self.read_retained: Callable[[Sequence[str]], dict[str, bytes]] | None = None
 
     # -- any thread --------------------------------------------------------------------------
 
@@ -265,7 +272,16 @@ class PartitionedAlerting:
         if not sub.sensors:
             return PartitionRestore(part, None, None, base)
         alerting = self._alerting(sub)
-        return PartitionRestore(part, alerting, alerting.rebuild_state(), base)
+        restored = alerting.rebuild_state()
+        retained = None
+        if self.read_retained is not None:
+            try:
+                retained = self.read_retained(list(sub.sensors))
+            except FloodwatchError as exc:
+                log.warning(
+                    "partition %d: retained alert states not read (%s); publishing all", part, exc
+                )
+        return PartitionRestore(part, alerting, restored, base, retained)
 
     @property
     def events_by_kind(self) -> dict[tuple[str, str, str], int]:
@@ -295,7 +311,7 @@ class PartitionedAlerting:
             return
         alerting, restored = rebuilt.alerting, rebuilt.restored
         if alerting is not None and restored is not None:
-            alerting.adopt(restored)
+            alerting.adopt(restored, rebuilt.retained)
             log.info(
                 "partition %d: alert state of its %d sensors restored",
                 part,

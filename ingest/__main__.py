@@ -115,10 +115,11 @@ INGEST_OPTIONS = (
     option(
         "--publish-connections",
         "",
-        "MQTT connections that publish alert states and events, each sensor's always on the "
-        "same one, so its messages keep their order (empty: 1, or 4 with --cluster, where "
-        "NATS's MQTT listener stores each QoS 1 publish of a connection before it reads the "
-        "next, so one connection limits how many alerts a second go out; docs/CLUSTER.md)",
+        "with --cluster: MQTT connections that publish alert states and events, each "
+        "sensor's always on the same one, so its messages keep their order; NATS's MQTT "
+        "listener stores a connection's QoS 1 publishes one at a time, so 4 take about twice "
+        "the retained alert states a second of 1 (a storm's burst), at some CPU; "
+        "docs/CLUSTER.md, Alert latency (empty: 1)",
     ),
     TIME_SCALE,
 )
@@ -169,9 +170,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 STALE_CHECK_S = 1.0
-# --publish-connections with --cluster: measured through HAProxy into the 3 nodes, 4
-# connections took about twice one's retained QoS 1 publishes a second, 8 hardly more.
-CLUSTER_PUBLISH_CONNECTIONS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +188,7 @@ class IngestSettings:
     metrics_host: str
     metrics_port: int  # 0: no endpoint
     stats_interval_s: int  # 0: no progress lines
-    publish_connections: int  # 0: the default (1, or CLUSTER_PUBLISH_CONNECTIONS with --cluster)
+    publish_connections: int  # alert states and events (more than 1 only with --cluster)
 
 
 def ingest_settings(args: argparse.Namespace) -> IngestSettings:
@@ -222,7 +220,7 @@ def ingest_settings(args: argparse.Namespace) -> IngestSettings:
         publish_connections=(
             whole_number(args.publish_connections, "--publish-connections", 1, 64)
             if str(args.publish_connections).strip()
-            else 0
+            else 1
         ),
     )
 
@@ -442,15 +440,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return source.ack(deliveries) + mqtt.ack_many(deliveries)
         return mqtt.ack_many(deliveries)
 
-    # Alert states and events through several connections, a sensor's always through the
-    # same one (its messages keep their order): NATS's MQTT listener stores a connection's
-    # QoS 1 publishes one after another (R3, fsync; a retained one twice), so one connection
-    # held the alerts back (docs/CLUSTER.md, "Alert latency"). On Mosquitto one is plenty.
+    # --publish-connections: alert states and events through several connections, a sensor's
+    # always through the same one (its messages keep their order): NATS's MQTT listener stores
+    # a connection's QoS 1 publishes one after another (R3, fsync; a retained one twice)
+    # (docs/CLUSTER.md, "Alert latency"). On Mosquitto one is plenty.
     publishers: list[MqttConnection] = []
     per_sensor = (topics.alert(""), topics.alert_events(""))
-    connections = config.publish_connections or (
-        CLUSTER_PUBLISH_CONNECTIONS if parts.cluster else 1
-    )
+    connections = config.publish_connections
 
     def publish(topic: str, payload: bytes, retain: bool) -> None:
         assert mqtt is not None

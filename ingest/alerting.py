@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -210,16 +211,11 @@ class Alerting:
     def _stored_events(self, now: int, registry: Registry) -> tuple[list[Event], int]:
         """The stored alert events of the memory window, and how many rows were incomplete (no
         event id, state or tags) or not this version's (logged); neither stops the rebuild."""
-        rows = [
-            series
-            for only, params in self._sensor_clauses(registry)
-            for series in self.influx.query(
-                f'SELECT * FROM "{ALERT_MEASUREMENT}" WHERE time >= $since{only}',
-                {"since": now - EVENT_MEMORY_NS, **params},
-                epoch="ns",
-                method="POST" if params else "GET",  # a long list of sensors: not in a URL
-            )
-        ]
+        rows = self._query_sensors(
+            registry,
+            f'SELECT * FROM "{ALERT_MEASUREMENT}" WHERE time >= $since{{only}}',
+            now - EVENT_MEMORY_NS,
+        )
         events: list[Event] = []
         incomplete = 0
         for series in rows:
@@ -236,6 +232,20 @@ class Alerting:
                 except (ValueError, TypeError) as exc:
                     log.error("stored alert event left out of the rebuild: %s", exc)
         return events, incomplete
+
+    def _query_sensors(self, registry: Registry, query: str, since_ns: int) -> list[dict[str, Any]]:
+        """The series `query` answers (`{only}` in it: the clause that keeps the registry's
+        sensors, `$since`: `since_ns`), over every chunk of sensors (_sensor_clauses)."""
+        return [
+            series
+            for only, params in self._sensor_clauses(registry)
+            for series in self.influx.query(
+                query.format(only=only),
+                {"since": since_ns, **params},
+                epoch="ns",
+                method="POST" if params else "GET",  # a long list of sensors: not in a URL
+            )
+        ]
 
     def _sensor_clauses(self, registry: Registry) -> list[tuple[str, dict[str, str]]]:
         """` AND ("sensor" = $s0 OR ...)` with its bound values when the registry is one
@@ -258,31 +268,21 @@ class Alerting:
     def _newest_reading(self, now_ns: int, registry: Registry) -> int | None:
         """The time of the newest stored reading of the registry's sensors (in the events'
         memory), where the rules' memory is rebuilt back from; None if there is none."""
-        rows = [
-            series
-            for only, params in self._sensor_clauses(registry)
-            for series in self.influx.query(
-                f'SELECT last("level_cm") FROM "water_level" WHERE time >= $since{only}',
-                {"since": now_ns - EVENT_MEMORY_NS, **params},
-                epoch="ns",
-                method="POST" if params else "GET",
-            )
-        ]
+        rows = self._query_sensors(
+            registry,
+            'SELECT last("level_cm") FROM "water_level" WHERE time >= $since{only}',
+            now_ns - EVENT_MEMORY_NS,
+        )
         times = [int(row[0]) for series in rows for row in series["values"]]
         return max(times) if times else None
 
     def _stored_readings(self, since_ns: int, registry: Registry) -> ReadingArrays:
-        rows = [
-            series
-            for only, params in self._sensor_clauses(registry)
-            for series in self.influx.query(
-                f'SELECT "level_cm", "battery_v" FROM "water_level" WHERE time >= $since{only} '
-                'GROUP BY "sensor"',
-                {"since": since_ns, **params},
-                epoch="ns",
-                method="POST" if params else "GET",
-            )
-        ]
+        rows = self._query_sensors(
+            registry,
+            'SELECT "level_cm", "battery_v" FROM "water_level" WHERE time >= $since{only} '
+            'GROUP BY "sensor"',
+            since_ns,
+        )
         index = {sensor_id: i for i, sensor_id in enumerate(registry.sensors)}
         sensors: list[int] = []
         times: list[int] = []

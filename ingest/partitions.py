@@ -31,7 +31,7 @@ from alerts.commands import AckReply, AckRequest, parse_ack_request
 from alerts.state import EngineState, new_state
 from floodwatch.cluster import DEFAULT_PARTITIONS, mosquitto_subscriptions, sensor_partition
 from floodwatch.contract import Reading
-from floodwatch.errors import FloodwatchError, InfluxError, SettingsError
+from floodwatch.errors import InfluxError, SettingsError
 from floodwatch.influx import InfluxClient
 from floodwatch.mqtt import Delivery, Subscription
 from floodwatch.registry import Registry
@@ -277,7 +277,7 @@ class PartitionedAlerting:
         if self.read_retained is not None:
             try:
                 retained = self.read_retained(list(sub.sensors))
-            except FloodwatchError as exc:
+            except Exception as exc:  # only a saving: whatever fails, every state is published
                 log.warning(
                     "partition %d: retained alert states not read (%s); publishing all", part, exc
                 )

@@ -893,9 +893,35 @@ class PartitionPull:
         return msgs
 
     async def _pull(self, batch: int, expires_s: float | None) -> list[Msg]:
-        """One pull request: without `expires_s` it answers at once with what is there."""
+        """One pull request: without `expires_s` it answers at once with what is there.
+
+        The messages are collected by the subscription's callback, not one `next_msg` each: at
+        a thousand readings a second that wait per message (a timer, a task, a uuid) was much
+        of the worker's pull thread, which fell behind on a busy machine (docs/CLUSTER.md,
+        "Alert latency")."""
+        msgs: list[Msg] = []
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def take(msg: Msg) -> None:
+            if done.done():
+                return  # came after the wait ended: offered again after the ack wait
+            headers = msg.headers or {}
+            status = headers.get("Status")
+            if status is None:
+                self.pin = headers.get("Nats-Pin-Id", self.pin)
+                msgs.append(msg)
+                if len(msgs) >= batch:
+                    done.set_result(None)
+            elif status == "423":  # Nats-Pin-Id mismatch
+                self.pin = None
+                done.set_exception(
+                    Unpinned(f"partition consumer {self.consumer} is pinned to another worker")
+                )
+            elif status != "100":  # 404/408 no (more) messages, 409 leader change
+                done.set_result(None)
+
         inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox)
+        sub = await self.nc.subscribe(inbox, cb=take)
         request: dict[str, object] = {"batch": batch, "group": PRIORITY_GROUP}
         if expires_s is None:
             request["no_wait"] = True
@@ -903,34 +929,14 @@ class PartitionPull:
             request["expires"] = int(expires_s * 1e9)
         if self.pin is not None:
             request["id"] = self.pin
-        msgs: list[Msg] = []
         try:
             await self.nc.publish(
                 f"$JS.API.CONSUMER.MSG.NEXT.{MQTT_MSGS_STREAM}.{self.consumer}",
                 json.dumps(request).encode(),
                 reply=inbox,
             )
-            deadline = time.monotonic() + (expires_s or 0.0) + 2.0
-            while len(msgs) < batch:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    msg = await sub.next_msg(timeout=remaining)
-                except nats.errors.TimeoutError:
-                    break
-                headers = msg.headers or {}
-                status = headers.get("Status")
-                if status is None:
-                    self.pin = headers.get("Nats-Pin-Id", self.pin)
-                    msgs.append(msg)
-                elif status == "423":  # Nats-Pin-Id mismatch
-                    self.pin = None
-                    raise Unpinned(
-                        f"partition consumer {self.consumer} is pinned to another worker"
-                    )
-                elif status != "100":  # 404/408 no (more) messages, 409 leader change
-                    break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done, (expires_s or 0.0) + 2.0)
         finally:
             await sub.unsubscribe()
         return msgs

@@ -468,10 +468,13 @@ def shared_out(logs: Sequence[Path], partitions: set[int]) -> bool:
     return partitions <= set().union(*held) and sum(counts) == len(partitions) and shared
 
 
-def cluster_latency(probes: int, workers: int = 1) -> Run:
+def cluster_latency(
+    probes: int, workers: int = 1, tree: Path = ROOT, label: str = "cluster"
+) -> Run:
     """bench.alerts_latency's measurement (the same load, probes and clock) with the readings
     going through a cluster of its own: HAProxy -> NATS's MQTT store (R3, fsync) -> a cluster
-    worker's pull -> its alert published through HAProxy -> the listener."""
+    worker's pull -> its alert published through HAProxy -> the listener. The workers are
+    `python -m ingest` of the checkout at `tree` (another one for A/B runs)."""
     with tempfile.TemporaryDirectory(prefix="fw-latency-cluster-") as tmp:
         work = Path(tmp)
         registry = work / "sensors.geojson"
@@ -496,12 +499,12 @@ def cluster_latency(probes: int, workers: int = 1) -> Run:
                     }
                     # A worker is pinned to a partition once it pulls readings from it: the
                     # latency run's warm-up load does that.
-                    procs.append(start_ingest(env, log, args=["--cluster"]))
+                    procs.append(start_ingest(env, log, tree, args=["--cluster"]))
                 cpu = CpuMeter({"ingest": [p.pid for p in procs]})
                 cpu.start()
                 latencies = measure(cluster.front.url("admin"), probes, MQTT_V311, CLUSTER_WARMUP_S)
                 cpu_s = cpu.stop()["ingest"] * cpu.elapsed
-    return Run("cluster", sorted(latencies), probes, cpu_s)
+    return Run(label, sorted(latencies), probes, cpu_s)
 
 
 def latency(runs: int, probes: int) -> None:

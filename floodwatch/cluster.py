@@ -43,7 +43,7 @@ from nats.js.api import (
     StreamConfig,
     SubjectTransform,
 )
-from nats.js.errors import BadRequestError, ServiceUnavailableError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 from paho.mqtt.enums import CallbackAPIVersion
 
 from floodwatch.credentials import Credentials, new_password
@@ -65,6 +65,10 @@ MQTT_MSGS_PREFIX = "$MQTT.msgs."
 # worker outage the deployment means to ride out; 48 h of a 10,000-sensor city at one reading a
 # minute is about 7 GB per node (docs/CLUSTER.md).
 MQTT_STORE_MAX_AGE_S = 48 * 3600.0
+# ... and every retained publish in this one (R3, one message per subject; an empty body is a
+# cleared one), under `$MQTT.rmsgs.SUBJECT`, before it takes the session's next publish.
+MQTT_RETAINED_STREAM = "$MQTT_rmsgs"
+MQTT_RETAINED_PREFIX = "$MQTT.rmsgs."
 ACCOUNT = "FLOODWATCH"
 # JetStream fsyncs every write before acknowledging it (default: every 2 minutes), so a power
 # cut of all three machines at once loses no acknowledged reading; costs measured in
@@ -775,6 +779,39 @@ def remapped_store_subject(
     return MQTT_MSGS_PREFIX + partition_subject(root, part, ward_key(sensor), sensor_id, channel)
 
 
+async def retained_alert_states(
+    nc: NatsClient, topics: Topics, sensor_ids: Sequence[str]
+) -> dict[str, bytes]:
+    """Sensor -> the non-empty `alerts/{id}` payload NATS's MQTT listener holds retained, for
+    `sensor_ids`, read from its retained store (`$MQTT_rmsgs`: which subjects it has, then the
+    last message of each; read only, never written). A worker that gains a partition publishes
+    only the states that differ (ingest/alerting.py). Raises ClusterError if JetStream cannot
+    answer."""
+    prefix = MQTT_RETAINED_PREFIX + _subject_root(topics.alert(""))
+    wanted = set(sensor_ids)
+    js = nc.jetstream()
+    try:
+        info = await js.stream_info(MQTT_RETAINED_STREAM, subjects_filter=prefix + "*")
+        subjects = [
+            subject for subject in (info.state.subjects or {}) if subject[len(prefix) :] in wanted
+        ]
+        found = await asyncio.gather(
+            *(js.get_last_msg(MQTT_RETAINED_STREAM, subject) for subject in subjects)
+        )
+    except NotFoundError:
+        return {}  # no retained message at all yet (the listener makes the stream lazily)
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise ClusterError(
+            f"could not read the retained alert states from {MQTT_RETAINED_STREAM} ({exc}); "
+            "is the cluster's JetStream up (its /healthz)?"
+        ) from exc
+    return {
+        subject[len(prefix) :]: msg.data
+        for subject, msg in zip(subjects, found, strict=True)
+        if msg.data
+    }
+
+
 def mqtt_store_filter(root: str, part: int) -> str:
     """One partition's readings and statuses in the MQTT listener's QoS 1 store."""
     return f"{MQTT_MSGS_PREFIX}{partition_filter(root, part)}"
@@ -897,9 +934,35 @@ class PartitionPull:
         self.pin = None
 
     async def _pull(self, batch: int, expires_s: float | None) -> list[Msg]:
-        """One pull request: without `expires_s` it answers at once with what is there."""
+        """One pull request: without `expires_s` it answers at once with what is there.
+
+        The messages are collected by the subscription's callback, not one `next_msg` each: at
+        a thousand readings a second that wait per message (a timer, a task, a uuid) was much
+        of the worker's pull thread, which fell behind on a busy machine (docs/CLUSTER.md,
+        "Alert latency")."""
+        msgs: list[Msg] = []
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def take(msg: Msg) -> None:
+            if done.done():
+                return  # came after the wait ended: offered again after the ack wait
+            headers = msg.headers or {}
+            status = headers.get("Status")
+            if status is None:
+                self.pin = headers.get("Nats-Pin-Id", self.pin)
+                msgs.append(msg)
+                if len(msgs) >= batch:
+                    done.set_result(None)
+            elif status == "423":  # Nats-Pin-Id mismatch
+                self.pin = None
+                done.set_exception(
+                    Unpinned(f"partition consumer {self.consumer} is pinned to another worker")
+                )
+            elif status != "100":  # 404/408 no (more) messages, 409 leader change
+                done.set_result(None)
+
         inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox)
+        sub = await self.nc.subscribe(inbox, cb=take)
         request: dict[str, object] = {"batch": batch, "group": PRIORITY_GROUP}
         if expires_s is None:
             request["no_wait"] = True
@@ -907,34 +970,14 @@ class PartitionPull:
             request["expires"] = int(expires_s * 1e9)
         if self.pin is not None:
             request["id"] = self.pin
-        msgs: list[Msg] = []
         try:
             await self.nc.publish(
                 f"$JS.API.CONSUMER.MSG.NEXT.{MQTT_MSGS_STREAM}.{self.consumer}",
                 json.dumps(request).encode(),
                 reply=inbox,
             )
-            deadline = time.monotonic() + (expires_s or 0.0) + 2.0
-            while len(msgs) < batch:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    msg = await sub.next_msg(timeout=remaining)
-                except nats.errors.TimeoutError:
-                    break
-                headers = msg.headers or {}
-                status = headers.get("Status")
-                if status is None:
-                    self.pin = headers.get("Nats-Pin-Id", self.pin)
-                    msgs.append(msg)
-                elif status == "423":  # Nats-Pin-Id mismatch
-                    self.pin = None
-                    raise Unpinned(
-                        f"partition consumer {self.consumer} is pinned to another worker"
-                    )
-                elif status != "100":  # 404/408 no (more) messages, 409 leader change
-                    break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done, (expires_s or 0.0) + 2.0)
         finally:
             await sub.unsubscribe()
         return msgs

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,15 @@ INGEST_OPTIONS = (
     ),
     option("--metrics-host", "127.0.0.1", "address of the metrics endpoint (0.0.0.0: all)"),
     option("--stats-interval", "10", "seconds between progress lines in the log (0: none)"),
+    option(
+        "--publish-connections",
+        "",
+        "with --cluster: MQTT connections that publish alert states and events, each "
+        "sensor's always on the same one, so its messages keep their order; NATS's MQTT "
+        "listener stores a connection's QoS 1 publishes one at a time, so 4 take about twice "
+        "the retained alert states a second of 1 (a storm's burst), at some CPU; "
+        "docs/CLUSTER.md, Alert latency (empty: 1)",
+    ),
     TIME_SCALE,
 )
 
@@ -180,6 +190,7 @@ class IngestSettings:
     metrics_host: str
     metrics_port: int  # 0: no endpoint
     stats_interval_s: int  # 0: no progress lines
+    publish_connections: int  # alert states and events (more than 1 only with --cluster)
 
 
 def ingest_settings(args: argparse.Namespace) -> IngestSettings:
@@ -208,6 +219,11 @@ def ingest_settings(args: argparse.Namespace) -> IngestSettings:
         metrics_host=str(args.metrics_host),
         metrics_port=whole_number(args.metrics_port, "--metrics-port", 0, 65535),
         stats_interval_s=whole_number(args.stats_interval, "--stats-interval"),
+        publish_connections=(
+            whole_number(args.publish_connections, "--publish-connections", 1, 64)
+            if str(args.publish_connections).strip()
+            else 1
+        ),
     )
 
 
@@ -353,6 +369,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"--client-id {config.client_id!r} is a sensor's id in the registry, so that "
                 "sensor could take over ingest's session; choose another (FLOODWATCH_CLIENT_ID)"
             )
+        if config.publish_connections > 1 and not parts.cluster:
+            # Mosquitto binds the login to one client id, and takes a connection's publishes
+            # as fast as they come.
+            raise SettingsError(
+                "--publish-connections above 1 needs --cluster; drop it (or "
+                "FLOODWATCH_PUBLISH_CONNECTIONS) on a single node."
+            )
         # NATS cannot bind a client id to a login: the cluster's workers share `ingest`.
         check_client_id(settings.mqtt.username, config.client_id, broker_binds=not parts.cluster)
     except FloodwatchError as exc:
@@ -419,9 +442,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             return source.ack(deliveries) + mqtt.ack_many(deliveries)
         return mqtt.ack_many(deliveries)
 
+    # --publish-connections: alert states and events through several connections, a sensor's
+    # always through the same one (its messages keep their order): NATS's MQTT listener stores
+    # a connection's QoS 1 publishes one after another (R3, fsync; a retained one twice)
+    # (docs/CLUSTER.md, "Alert latency"). On Mosquitto one is plenty.
+    publishers: list[MqttConnection] = []
+    per_sensor = (topics.alert(""), topics.alert_events(""))
+    connections = config.publish_connections
+
     def publish(topic: str, payload: bytes, retain: bool) -> None:
         assert mqtt is not None
-        mqtt.publish(topic, payload, qos=1, retain=retain)
+        conn = mqtt
+        if publishers and topic.startswith(per_sensor):
+            k = zlib.crc32(topic.rsplit("/", 1)[1].encode()) % (len(publishers) + 1)
+            conn = publishers[k - 1] if k else mqtt
+        conn.publish(topic, payload, qos=1, retain=retain)
 
     ingest = Ingest(
         topics,
@@ -498,6 +533,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         session_expiry_s=config.session_expiry_s,
         manual_ack=True,
     )
+    try:
+        # Connected before anything is published, so a sensor's messages never change
+        # connection. Publishes only, so no session to keep: paho sends a QoS 1 publish again
+        # after a reconnect until the broker acknowledges it.
+        extras = [
+            MqttConnection(settings.mqtt, f"{config.client_id}-pub{k}")
+            for k in range(1, connections)
+        ]
+        for extra in extras:
+            extra.start(timeout_s=30)
+    except FloodwatchError as exc:
+        print(f"ingest: {exc}", file=sys.stderr)
+        return 1
+    publishers.extend(extras)
     # Alerts are restored before the first reading is judged when InfluxDB answers at start:
     # the broker connection is made after, so no delivery can overtake the restore. Events
     # and readings spilled to the outbox by the last run go to InfluxDB first, so the restore
@@ -553,6 +602,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ack_wait_s=parts.ack_wait_s,
                 pin_timeout_s=parts.pin_timeout_s,
             )
+            # A gained partition publishes only the alert states that differ from NATS's.
+            alerting.read_retained = source.retained_alerts
             source.start()
     except FloodwatchError as exc:
         print(f"ingest: {exc}", file=sys.stderr)
@@ -605,6 +656,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if source is not None:
         source.close()
     mqtt.stop()
+    for extra in publishers:
+        extra.stop()
     if metrics_server is not None:
         metrics_server.shutdown()
     log.info("stopped; %s", ingest.counters.summary())

@@ -15,8 +15,9 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 # How often the rebuild asks again when InfluxDB answers alert_event rows without their fields.
 INCOMPLETE_ATTEMPTS = 3
 INCOMPLETE_RETRY_S = 0.5
+# A partition's rebuild asks InfluxDB about this many sensors per query (_sensor_clauses).
+SENSOR_CHUNK = 200
 
 
 Publish = Callable[[str, bytes, bool], None]  # topic, payload, retain
@@ -96,6 +99,11 @@ class Alerting:
         # judged in their place (alerts/reorder.py) if the newer ones came within this window.
         self._late = LateReplay(int(late_replay_s * 1e9)) if late_replay_s > 0 else None
         self.late_replayed = 0  # readings judged in their place, for the metrics and logs
+        # Sensor -> the retained `alerts/{id}` payload it last published (or found retained at
+        # adopt): a state equal to it is not published again. Through NATS every retained
+        # publish is an R3, fsynced write that holds up the publishes behind it (docs/CLUSTER.md,
+        # "Alert latency").
+        self._retained: dict[str, bytes] = {}
 
     @property
     def ready(self) -> bool:
@@ -191,8 +199,10 @@ class Alerting:
             self._late.clear()  # a history judged with the old registry cannot be replayed
         self.registry = registry
 
-    def adopt(self, restored: Restored) -> None:
-        """Take the rebuilt state (unless one is held already) and republish every sensor's."""
+    def adopt(self, restored: Restored, retained: Mapping[str, bytes] | None = None) -> None:
+        """Take the rebuilt state (unless one is held already) and republish every sensor's;
+        given what the broker holds retained (`retained`: sensor -> non-empty payload), only
+        the states that differ from it (a takeover in the cluster: most are equal)."""
         if self._state is not None:
             return
         state = restored.state
@@ -201,8 +211,10 @@ class Alerting:
         self._state = state
         if self._late is not None:
             self._late.clear()
+        if retained is not None:
+            self._retained = {s: retained.get(s, b"") for s in self.registry.sensors}
         for sensor_id in self.registry.sensors:
-            self._publish(self.topics.alert(sensor_id), sensor_payload(state, sensor_id), True)
+            self._publish_state(state, sensor_id)
         log.info(
             "alerts restored: %d open from %d stored events, rules replayed over %d readings",
             len(state.alerts),
@@ -241,12 +253,10 @@ class Alerting:
     def _stored_events(self, now: int, registry: Registry) -> tuple[list[Event], int]:
         """The stored alert events of the memory window, and how many rows were incomplete (no
         event id, state or tags) or not this version's (logged); neither stops the rebuild."""
-        only, params = self._sensor_clause(registry)
-        rows = self.influx.query(
-            f'SELECT * FROM "{ALERT_MEASUREMENT}" WHERE time >= $since{only}',
-            {"since": now - EVENT_MEMORY_NS, **params},
-            epoch="ns",
-            method="POST" if params else "GET",  # a long list of sensors: not in a URL
+        rows = self._query_sensors(
+            registry,
+            f'SELECT * FROM "{ALERT_MEASUREMENT}" WHERE time >= $since{{only}}',
+            now - EVENT_MEMORY_NS,
         )
         events: list[Event] = []
         incomplete = 0
@@ -265,36 +275,55 @@ class Alerting:
                     log.error("stored alert event left out of the rebuild: %s", exc)
         return events, incomplete
 
-    def _sensor_clause(self, registry: Registry) -> tuple[str, dict[str, str]]:
+    def _query_sensors(self, registry: Registry, query: str, since_ns: int) -> list[dict[str, Any]]:
+        """The series `query` answers (`{only}` in it: the clause that keeps the registry's
+        sensors, `$since`: `since_ns`), over every chunk of sensors (_sensor_clauses)."""
+        return [
+            series
+            for only, params in self._sensor_clauses(registry)
+            for series in self.influx.query(
+                query.format(only=only),
+                {"since": since_ns, **params},
+                epoch="ns",
+                method="POST" if params else "GET",  # a long list of sensors: not in a URL
+            )
+        ]
+
+    def _sensor_clauses(self, registry: Registry) -> list[tuple[str, dict[str, str]]]:
         """` AND ("sensor" = $s0 OR ...)` with its bound values when the registry is one
-        partition's, else nothing."""
+        partition's, one per SENSOR_CHUNK sensors (each is a query of its own), else one empty
+        clause.
+
+        Chunked because InfluxDB's time grows faster than the list: with 2,000 sensors each
+        rebuild query took 2.5-8 s here, on an empty database, so a big partition's takeover
+        outlasted the pin timeout and was lost and taken again in a loop; with 200, 15 ms."""
         if not self.part_of_city:
-            return "", {}
+            return [("", {})]
         ids = sorted({*registry.sensors, *registry.retired})
-        params = {f"s{k}": sensor_id for k, sensor_id in enumerate(ids)}
-        return " AND (" + " OR ".join(f'"sensor" = ${name}' for name in params) + ")", params
+        clauses: list[tuple[str, dict[str, str]]] = []
+        for start in range(0, len(ids), SENSOR_CHUNK):
+            params = {f"s{k}": ids[k] for k in range(start, min(start + SENSOR_CHUNK, len(ids)))}
+            only = " AND (" + " OR ".join(f'"sensor" = ${name}' for name in params) + ")"
+            clauses.append((only, params))
+        return clauses or [(' AND "sensor" = $none', {"none": ""})]
 
     def _newest_reading(self, now_ns: int, registry: Registry) -> int | None:
         """The time of the newest stored reading of the registry's sensors (in the events'
         memory), where the rules' memory is rebuilt back from; None if there is none."""
-        only, params = self._sensor_clause(registry)
-        rows = self.influx.query(
-            f'SELECT last("level_cm") FROM "water_level" WHERE time >= $since{only}',
-            {"since": now_ns - EVENT_MEMORY_NS, **params},
-            epoch="ns",
-            method="POST" if params else "GET",
+        rows = self._query_sensors(
+            registry,
+            'SELECT last("level_cm") FROM "water_level" WHERE time >= $since{only}',
+            now_ns - EVENT_MEMORY_NS,
         )
         times = [int(row[0]) for series in rows for row in series["values"]]
         return max(times) if times else None
 
     def _stored_readings(self, since_ns: int, registry: Registry) -> ReadingArrays:
-        only, params = self._sensor_clause(registry)
-        rows = self.influx.query(
-            f'SELECT "level_cm", "battery_v" FROM "water_level" WHERE time >= $since{only} '
+        rows = self._query_sensors(
+            registry,
+            'SELECT "level_cm", "battery_v" FROM "water_level" WHERE time >= $since{only} '
             'GROUP BY "sensor"',
-            {"since": since_ns, **params},
-            epoch="ns",
-            method="POST" if params else "GET",
+            since_ns,
         )
         index = {sensor_id: i for i, sensor_id in enumerate(registry.sensors)}
         sensors: list[int] = []
@@ -335,5 +364,15 @@ class Alerting:
             elif isinstance(e, FloodEpisode):
                 self._publish(self.topics.episodes, e.to_json(), False)
         for sensor_id in touched:
-            self._publish(self.topics.alert(sensor_id), sensor_payload(state, sensor_id), True)
+            self._publish_state(state, sensor_id)
         return [encode_point(*e.influx_point()) for e in events]
+
+    def _publish_state(self, state: EngineState, sensor_id: str) -> None:
+        """Publish the sensor's retained state unless it is the one last published (several
+        changes in one batch that end where they began, e.g. a stale alert raised and cleared,
+        or a takeover's state equal to what is retained)."""
+        payload = sensor_payload(state, sensor_id)
+        if self._retained.get(sensor_id) == payload:
+            return
+        self._retained[sensor_id] = payload
+        self._publish(self.topics.alert(sensor_id), payload, True)

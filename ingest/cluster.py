@@ -80,6 +80,7 @@ from floodwatch.cluster import (
     ensure_partition_consumers,
     partition_filter,
     remapped_store_subject,
+    retained_alert_states,
     retrying,
     unmapped_consumer_name,
 )
@@ -248,6 +249,26 @@ class NatsSource:
         self._pulling.clear()
         self._closed.set()
         self.thread.join(timeout_s)
+
+    def retained_alerts(
+        self, sensor_ids: Sequence[str], timeout_s: float = 10.0
+    ) -> dict[str, bytes]:
+        """Sensor -> its non-empty retained `alerts/{id}` payload in NATS (any thread but the
+        loop's: a gained partition's rebuild, PartitionedAlerting.read_retained). Raises
+        ClusterError if NATS does not answer within `timeout_s`."""
+        loop, nc = self._loop, self._nc
+        if loop is None or nc is None or loop.is_closed():
+            raise ClusterError("not connected to NATS yet")
+        future = asyncio.run_coroutine_threadsafe(
+            retained_alert_states(nc, self.topics, sensor_ids), loop
+        )
+        try:
+            return future.result(timeout_s)
+        except TimeoutError as exc:
+            future.cancel()
+            raise ClusterError(
+                f"NATS did not answer the retained alert states within {timeout_s:g} s"
+            ) from exc
 
     def ack(self, deliveries: Sequence[Delivery]) -> int:
         """Acknowledge stored deliveries that came from NATS (ingest-finish); the others are

@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from alerts.commands import AckReply, AckRequest, parse_ack_request
@@ -237,6 +237,9 @@ class PartitionRestore:
     alerting: Alerting | None  # None: the partition has no sensor (nothing to judge yet)
     restored: Restored | None
     base: Registry  # the whole registry it was cut from
+    # Its sensors' retained alert states as the broker held them after the rebuild (None:
+    # not read, so every state is published again).
+    retained: Mapping[str, bytes] | None = None
 
 
 class PartitionedAlerting:
@@ -268,6 +271,10 @@ class PartitionedAlerting:
         self._engines: dict[int, Alerting | None] = {}
         # Events of engines already dropped, for the metrics' counters.
         self._past_events: dict[tuple[str, str, str], int] = {}
+        # Reads the broker's retained alert states of some sensors (sensor -> non-empty
+        # payload; any thread), so a gained partition publishes only the states that differ
+        # (ingest/cluster.py's, through JetStream); None: a gain publishes every state.
+        self.read_retained: Callable[[Sequence[str]], dict[str, bytes]] | None = None
 
     # -- any thread --------------------------------------------------------------------------
 
@@ -279,7 +286,16 @@ class PartitionedAlerting:
         if not sub.sensors:
             return PartitionRestore(part, None, None, base)
         alerting = self._alerting(sub)
-        return PartitionRestore(part, alerting, alerting.rebuild_state(), base)
+        restored = alerting.rebuild_state()
+        retained = None
+        if self.read_retained is not None:
+            try:
+                retained = self.read_retained(list(sub.sensors))
+            except Exception as exc:  # only a saving: whatever fails, every state is published
+                log.warning(
+                    "partition %d: retained alert states not read (%s); publishing all", part, exc
+                )
+        return PartitionRestore(part, alerting, restored, base, retained)
 
     @property
     def events_by_kind(self) -> dict[tuple[str, str, str], int]:
@@ -309,7 +325,7 @@ class PartitionedAlerting:
             return
         alerting, restored = rebuilt.alerting, rebuilt.restored
         if alerting is not None and restored is not None:
-            alerting.adopt(restored)
+            alerting.adopt(restored, rebuilt.retained)
             log.info(
                 "partition %d: alert state of its %d sensors restored",
                 part,

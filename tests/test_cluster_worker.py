@@ -22,13 +22,17 @@ from alerts import AlertEvent, step
 from alerts.state import ReadingArrays, new_state
 from floodwatch.cluster import (
     LocalCluster,
+    connect,
     ensure_partition_consumers,
     local_cluster,
     partition,
+    retained_alert_states,
 )
 from floodwatch.influx import InfluxClient
 from floodwatch.localservices import Service, local_credentials
+from floodwatch.mqtt import MqttConnection
 from floodwatch.registry import Registry, load_registry
+from floodwatch.settings import MQTT_V311, parse_mqtt_url
 from floodwatch.topics import Topics
 from ingest.cluster import mqtt_topic
 from ingest.partitions import owned_registry
@@ -69,6 +73,33 @@ def test_workers_with_other_timeouts_share_the_consumers(cluster: LocalCluster) 
         ensure_partition_consumers(urls, root, PARTITIONS, ack_wait_s=9, pin_timeout_s=3)
     )
     assert first == again
+
+
+@pytest.mark.services  # a real NATS cluster
+def test_the_retained_alert_states_are_read_from_nats(cluster: LocalCluster) -> None:
+    """What a gained partition compares its states with: NATS's retained `alerts/{id}`
+    payloads, read from its retained store, a cleared one (empty payload) left out."""
+    topics = Topics("t" + uuid.uuid4().hex[:10])
+    admin = MqttConnection(parse_mqtt_url(cluster.front.url("admin"), MQTT_V311))
+    admin.start()
+    try:
+        for sensor_id, payload in (
+            ("qh-02", b'{"a": 1}'),
+            ("d12-01", b'{"b": 2}'),
+            ("d12-01", b""),
+        ):
+            assert admin.publish_and_wait(topics.alert(sensor_id), payload, retain=True)
+    finally:
+        admin.stop()
+
+    async def read() -> dict[str, bytes]:
+        nc = await connect(cluster.nats_urls("ingest"))
+        try:
+            return await retained_alert_states(nc, topics, ["qh-02", "d12-01", "d12-02"])
+        finally:
+            await nc.close()
+
+    assert asyncio.run(read()) == {"qh-02": b'{"a": 1}'}
 
 
 # -- fault test 3 ----------------------------------------------------------------------------

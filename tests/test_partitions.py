@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from alerts import sensor_payload
 from alerts.commands import AckReply, AckRequest
 from alerts.state import new_state
 from floodwatch.cluster import partition
@@ -38,9 +39,11 @@ from floodwatch.operations import Override, override_sensor
 from floodwatch.registry import SHIPPED_REGISTRY, Registry, load_registry, sensor_as_properties
 from floodwatch.settings import parse_influx_url
 from floodwatch.topics import Topics
+from ingest.alerting import Alerting, Restored
 from ingest.metrics import ingest_metrics
 from ingest.partitions import (
     PartitionedAlerting,
+    PartitionRestore,
     add_partition_options,
     alert_sensor,
     owned_registry,
@@ -255,6 +258,46 @@ def test_only_owned_partitions_judge_and_answer(city: tuple[Registry, dict[str, 
     alerting.forget([p_mine])
     assert alerting.owned == {p_other}
     assert alerting.judge(batch.readings) == [], "a lost partition was still judged"
+
+
+def test_a_gained_partition_publishes_only_the_states_nats_does_not_hold(
+    city: tuple[Registry, dict[str, str]],
+) -> None:
+    """A takeover publishes the retained alert states that differ from those NATS holds (a
+    flood it lacks, a cleared alert it still shows), not every sensor's; without them (the
+    single node) it publishes every one, as before."""
+    from ingest.pipeline import judge
+
+    registry, wards = city
+    now = 1_800_000_000
+    topics = Topics("r")
+    unused = InfluxClient(parse_influx_url("http://127.0.0.1:9"), "unused")
+    mine = "qh-02"
+    part = partition(wards[mine], 8)
+    sub = owned_registry(registry, 8, [part])
+    other = next(s for s in sub.sensors if s != mine)
+    engine = Alerting(sub, topics, unused, Published(), state=new_state(sub, (now - 600) * 10**9))
+    readings = [_reading(mine, now - 120, 12.5), _reading(mine, now - 60, 14.0)]
+    engine.judge(judge(topics, registry, readings).readings)
+    state = engine.state
+    assert state is not None
+    flood = sensor_payload(state, mine)
+    assert flood, "the readings raised no flood"
+
+    def gained(retained: dict[str, bytes] | None) -> dict[str, bytes]:
+        published = Published()
+        alerting = PartitionedAlerting(registry, 8, topics, unused, published)
+        alerting.claim([part])
+        restored = Restored(state, 1, 2, sub)
+        alerting.adopt(
+            PartitionRestore(part, alerting._alerting(sub), restored, registry, retained)
+        )
+        return dict(published.items)
+
+    assert gained({mine: flood}) == {}
+    assert gained({mine: flood, other: b'{"old": 1}'}) == {topics.alert(other): b""}
+    assert gained({}) == {topics.alert(mine): flood}
+    assert set(gained(None)) == {topics.alert(s) for s in sub.sensors}
 
 
 # -- logins ----------------------------------------------------------------------------------

@@ -669,15 +669,7 @@ async def ensure_readings_stream(
         max_age=7 * 24 * 3600.0,
         duplicate_window=120.0,
     )
-    nc = await connect(servers)
-    try:
-        js = nc.jetstream(timeout=10)
-        try:
-            await retrying(lambda: js.add_stream(config), "the stream's creation")
-        except BadRequestError:
-            await retrying(lambda: js.update_stream(config), "the stream's update")
-    finally:
-        await nc.close()
+    await _create_or_update_stream(servers, config, "the stream")
 
 
 async def ensure_mqtt_store(servers: Sequence[str], replicas: int = REPLICAS) -> None:
@@ -699,13 +691,18 @@ async def ensure_mqtt_store(servers: Sequence[str], replicas: int = REPLICAS) ->
         num_replicas=replicas,
         max_age=MQTT_STORE_MAX_AGE_S,
     )
+    await _create_or_update_stream(servers, config, "the MQTT store")
+
+
+async def _create_or_update_stream(servers: Sequence[str], config: StreamConfig, what: str) -> None:
+    """Create the stream `config` names, or bring an existing one to `config`."""
     nc = await connect(servers)
     try:
         js = nc.jetstream(timeout=10)
         try:
-            await retrying(lambda: js.add_stream(config), "the MQTT store's creation")
+            await retrying(lambda: js.add_stream(config), f"{what}'s creation")
         except BadRequestError:
-            await retrying(lambda: js.update_stream(config), "the MQTT store's update")
+            await retrying(lambda: js.update_stream(config), f"{what}'s update")
     finally:
         await nc.close()
 

@@ -87,8 +87,8 @@ class LateReplay:
         """Judge `batch`; its readings never judged that belong before newer readings judged
         within the window are judged in their place."""
         late = self._never_judged_late(state, batch)
-        places = self._places(batch.take(late), state.config.n) if late.any() else {}
-        if not places:
+        places, left = self._places(batch.take(late), state.config.n) if late.any() else ({}, None)
+        if left is None or not places:
             new, events = step(state, batch, now_ns)
             self._record(_Entry(now_ns, batch, None, _ids(events)), state)
             return Replayed(new, events, 0)
@@ -96,10 +96,7 @@ class LateReplay:
         placed = ReadingArrays.concat(list(places.values()))
         # The rest: the batch's other readings, and late ones with no place in the window
         # (newer ones judged before it), which the engine ignores as late (rule 1).
-        rest = batch.take(~late)
-        unplaced = len(np.flatnonzero(late)) - len(placed)
-        if unplaced:
-            rest = ReadingArrays.concat([rest, self._unplaced(batch.take(late), places)])
+        rest = ReadingArrays.concat([batch.take(~late), left])
         new, more = step(state, rest, now_ns)
         self._record(_Entry(now_ns, rest, None, _ids(more)), state)
         return Replayed(new, events + more, len(placed), set(placed.sensor.tolist()))
@@ -149,15 +146,17 @@ class LateReplay:
                 late[k] = False
         return late
 
-    def _places(self, late: ReadingArrays, n_sensors: int) -> dict[int, ReadingArrays]:
+    def _places(
+        self, late: ReadingArrays, n_sensors: int
+    ) -> tuple[dict[int, ReadingArrays], ReadingArrays]:
         """Where each late reading belongs: the first entry holding a newer reading of its
-        sensor (by entry index); a late reading whose sensor had a newer one judged before the
-        first entry is left out."""
+        sensor (by entry index); and the late readings with no place (their sensor had a newer
+        one judged before the first entry)."""
         places: dict[int, ReadingArrays] = {}
         oldest = self._entries[0].before
         assert oldest is not None  # the entries start at a snapshot (see _trim)
-        # Judged before the window began a newer reading of its sensor: no place in it.
-        left = late.take(oldest.arrays.last_ns[late.sensor] < late.time_ns)
+        placeable = oldest.arrays.last_ns[late.sensor] < late.time_ns
+        left = late.take(placeable)
         for k, entry in enumerate(self._entries):
             batch = entry.batch
             if batch is None or not len(batch):
@@ -170,23 +169,7 @@ class LateReplay:
                 left = left.take(~here)
                 if not len(left):
                     break
-        return places
-
-    @staticmethod
-    def _unplaced(late: ReadingArrays, places: dict[int, ReadingArrays]) -> ReadingArrays:
-        placed = {
-            (s, t)
-            for p in places.values()
-            for s, t in zip(p.sensor.tolist(), p.time_ns.tolist(), strict=True)
-        }
-        keep = np.array(
-            [
-                (s, t) not in placed
-                for s, t in zip(late.sensor.tolist(), late.time_ns.tolist(), strict=True)
-            ],
-            dtype=bool,
-        )
-        return late.take(keep)
+        return places, ReadingArrays.concat([late.take(~placeable), left])
 
     def _replay(self, places: dict[int, ReadingArrays]) -> tuple[EngineState, list[Event]]:
         """Step again from the last snapshot at or before the first place, each late reading

@@ -38,7 +38,7 @@ from alerts import (
 from alerts.commands import AckReply, parse_ack_request
 from alerts.errors import UnknownAlert
 from alerts.reconfigure import reconfigure
-from alerts.reorder import LateReplay
+from alerts.reorder import LateReplay, Operation
 from floodwatch.contract import ALERT_MEASUREMENT, EVENT_MEMORY_NS, Reading
 from floodwatch.influx import InfluxClient
 from floodwatch.mqtt import Delivery
@@ -98,7 +98,6 @@ class Alerting:
         # Clustered workers: readings NATS delivers behind newer ones of their sensor are
         # judged in their place (alerts/reorder.py) if the newer ones came within this window.
         self._late = LateReplay(int(late_replay_s * 1e9)) if late_replay_s > 0 else None
-        self.late_replayed = 0  # readings judged in their place, for the metrics and logs
         # Sensor -> the retained `alerts/{id}` payload it last published (or found retained at
         # adopt): a state equal to it is not published again. Through NATS every retained
         # publish is an R3, fsynced write that holds up the publishes behind it (docs/CLUSTER.md,
@@ -125,31 +124,24 @@ class Alerting:
             return self._emit(self._state, events)
         done = self._late.step(self._state, arrays, self._clock())
         self._state = done.state
-        if done.replayed:
-            self.late_replayed += done.replayed
-            names = self._state.config.sensor_ids
+        replayed = [self._state.config.sensor_ids[i] for i in sorted(done.sensors)]
+        if replayed:
             log.warning(
                 "%d readings came behind newer ones of their sensors (%s): judged in their "
                 "place again, %d events not made before",
                 done.replayed,
-                ", ".join(sorted(names[i] for i in done.sensors)),
+                ", ".join(replayed),
                 len(done.events),
             )
-            extra = [names[i] for i in sorted(done.sensors)]
-            return self._emit(self._state, done.events, also=extra)
-        return self._emit(self._state, done.events)
+        # Their sensors' retained states follow the replayed engine, events or not.
+        return self._emit(self._state, done.events, also=replayed)
 
     def check_stale(self) -> ToStore | None:
         """The stale tick; its events, if any, for the store."""
         if self._state is None:
             return None
         now = self._clock()
-        if self._late is None:
-            self._state, events = check_stale(self._state, now)
-        else:
-            self._state, events = self._late.operate(
-                self._state, functools.partial(check_stale, now_ns=now), now
-            )
+        events = self._operate(functools.partial(check_stale, now_ns=now), now)
         lines = self._emit(self._state, events)
         return ToStore([], EMPTY_BATCH, lines) if lines else None
 
@@ -179,15 +171,22 @@ class Alerting:
                 note=request.note,
                 now_ns=now,
             )
-            if self._late is None:
-                self._state, events = ack(self._state)
-            else:
-                self._state, events = self._late.operate(self._state, ack, now)
+            events = self._operate(ack, now)
         except UnknownAlert as exc:
             return reply_to, AckReply.refused("unknown_alert", str(exc)), []
         lines = self._emit(self._state, events)
         acked = tuple(e for e in events if isinstance(e, AlertEvent))
         return reply_to, AckReply(True, acked), lines
+
+    def _operate(self, operation: Operation, now_ns: int) -> list[Event]:
+        """Apply a stale tick or an acknowledgement to the held state (recorded, for a replay,
+        when late readings are judged in their place); the events it made."""
+        assert self._state is not None
+        if self._late is None:
+            self._state, events = operation(self._state)
+        else:
+            self._state, events = self._late.operate(self._state, operation, now_ns)
+        return events
 
     def reconfigure(self, registry: Registry) -> None:
         """An operator changed the registry (ingest/operations.py): judge with it from now on;

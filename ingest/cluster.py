@@ -153,12 +153,14 @@ class DeliveryOrder:
 async def collect_missed(
     pull: PartitionPull, held: list[Msg], missed: int, order: DeliveryOrder, ack_wait_s: float
 ) -> tuple[list[Msg], int, int]:
-    """Deliveries of an owned partition never reached this worker (lost in flight: a consumer
-    leader died, a pull expired under them); the server offers them again after the ack wait,
-    behind the readings delivered since, and the engine would take those as late (stored,
-    never judged). So keep pulling and holding the partition's readings until as many
-    redeliveries came back (or the ack wait and a second have passed); returns what is held,
-    in stream order, how many came back and how many were missed in all."""
+    """Hold a partition's readings until `missed` deliveries are back, so the engine judges
+    them in stream order: readings a gained partition's previous owner took and never
+    acknowledged, or deliveries of an owned partition that never reached this worker (lost in
+    flight: a consumer leader died, a pull expired under them). The server offers them again
+    after the ack wait, behind the readings delivered since, and the engine would take those
+    as late. So keep pulling and holding until as many redeliveries came back (or the ack wait
+    and a second have passed); returns what is held, in stream order, how many came back and
+    how many were missed in all (gaps seen meanwhile included)."""
     started = touched = time.monotonic()
     deadline = started + ack_wait_s + 1.0
     returned = 0
@@ -333,7 +335,6 @@ class NatsSource:
             if not self._pulling.is_set():
                 await asyncio.sleep(0.1)
                 continue
-            expires_s = 1.0
             if owned and part == self._releasing:
                 owned = not await self._release(part, consumer, pull, nc, prefix)
                 continue
@@ -344,18 +345,17 @@ class NatsSource:
                 continue
             batch = FETCH_BATCH if len(self._held) < MAX_IN_HAND else 1
             try:
-                msgs = await pull.fetch(batch, expires_s=expires_s)
+                msgs = await pull.fetch(batch)
                 if msgs and not owned:
+                    order = DeliveryOrder()
                     try:
-                        msgs = await self._gain(part, consumer, pull, nc, msgs)
+                        msgs = await self._gain(part, consumer, pull, nc, msgs, order)
                     except BaseException:
                         # Half gained (pin lost, NATS failing): give it up; the messages in
                         # hand come back, and the next ones start the gain again.
                         self._lose(part, "its takeover did not complete")
                         raise
                     owned = True
-                    order = DeliveryOrder()
-                    order.missed(sorted(delivery_sequences(msgs)))
                 elif msgs and (missed := order.missed(delivery_sequences(msgs))):
                     msgs = await self._wait_for_missed(part, pull, msgs, missed, order)
             except Unpinned:
@@ -435,14 +435,20 @@ class NatsSource:
         return left
 
     async def _gain(
-        self, part: int, consumer: str, pull: PartitionPull, nc: NatsClient, first: list[Msg]
+        self,
+        part: int,
+        consumer: str,
+        pull: PartitionPull,
+        nc: NatsClient,
+        first: list[Msg],
+        order: DeliveryOrder,
     ) -> list[Msg]:
         """Claim `part`, rebuild its state and collect its messages until the previous owner's
-        unacknowledged ones are back (bounded); returns them all in stream order."""
+        unacknowledged ones are back (bounded); returns them all in stream order. `order`
+        (fresh) learns the deliveries seen."""
         started = time.monotonic()
         self.owned = self.owned | {part}
         self._call(functools.partial(self.alerting.claim, [part]))
-        held = list(first)
         info = await retrying(
             functools.partial(nc.jetstream().consumer_info, MQTT_MSGS_STREAM, consumer),
             f"partition {part}'s consumer information",
@@ -450,13 +456,11 @@ class NatsSource:
         # Taken by the previous owner and never acknowledged: they come back after ack_wait
         # (those already in `first` are pending too, as is everything in it).
         outstanding = (info.num_ack_pending or 0) - len(first)
-        returned = 0
-        deadline = started + self.ack_wait_s + 1.0
-        while returned < outstanding and time.monotonic() < deadline:
-            more = await pull.fetch(FETCH_BATCH, expires_s=0.25)
-            held += more
-            returned += sum(1 for m in more if m.metadata.num_delivered > 1)
-        returned += sum(1 for m in first if m.metadata.num_delivered > 1)
+        order.missed(sorted(delivery_sequences(first)))
+        held, returned, _ = await collect_missed(
+            pull, list(first), outstanding, order, self.ack_wait_s
+        )
+        in_first = sum(1 for m in first if m.metadata.num_delivered > 1)
         # Rebuilt only now: the previous owner's unacknowledged readings are back (or the ack
         # wait has passed), so what it stored of them, and the events it judged from them, are
         # in InfluxDB, and the rebuilt state knows them as judged.
@@ -464,14 +468,13 @@ class NatsSource:
         rebuilt = await loop.run_in_executor(None, self._rebuild, part)
         if rebuilt is not None:
             self._call(functools.partial(self.alerting.adopt, rebuilt))
-        held.sort(key=lambda m: m.metadata.sequence.stream)
         log.info(
             "partition %d gained: %d readings held until %d unacknowledged by its previous "
             "owner came back (%d expected; %.1f s)",
             part,
             len(held),
-            returned,
-            max(outstanding, 0) + sum(1 for m in first if m.metadata.num_delivered > 1),
+            returned + in_first,
+            max(outstanding, 0) + in_first,
             time.monotonic() - started,
         )
         return held

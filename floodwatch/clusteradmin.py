@@ -78,6 +78,8 @@ from floodwatch.retained import registry_in_force
 from floodwatch.settings import MQTT_V311, MqttEndpoint, parse_mqtt_url
 from floodwatch.topics import Topics
 
+# How long a follower waits for the broker to grant its subscription before going on.
+SUBSCRIBE_TIMEOUT_S = 10.0
 RELOAD_WAIT_S = 5.0
 CONNECT_EVENTS = f"$SYS.ACCOUNT.{ACCOUNT}.CONNECT"
 SERVER_PING = "$SYS.REQ.SERVER.PING"
@@ -322,6 +324,9 @@ class RegistryFollower:
     def start(self) -> None:
         self._thread.start()
         self._conn.start()
+        # Following only once the broker says so: NATS takes a moment to set a subscription
+        # up, and an override published meanwhile would be missed (seen in a CI run).
+        self._conn.wait_subscribed(SUBSCRIBE_TIMEOUT_S)
 
     def stop(self) -> None:
         self._conn.stop()
